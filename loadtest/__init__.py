@@ -1,0 +1,1 @@
+"""hubbub-loadtest: fan-out, latency and correctness measurement (issue 5)."""

@@ -1,0 +1,1 @@
+"""Hubbub frame protocol: schemas, codec, error codes, and a small async client."""

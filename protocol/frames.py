@@ -1,0 +1,377 @@
+"""Every frame of the Hubbub protocol, declared once as a typed msgspec schema.
+
+Client requests are a tagged union on ``type``; each request gets exactly one
+reply frame, ``result`` or ``error``, echoing the request ``id``. Every other
+server frame is an event, whose ``type`` names it. The schemas here are the
+single source of truth: the server validates with them, the client decodes
+with them, ``protocol/schema.json`` is generated from them and the tests
+check every example in PROTOCOL.md against them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from msgspec import Meta, Struct
+
+PROTOCOL_VERSION = "hubbub.v1"
+"""The WebSocket subprotocol this module speaks."""
+
+# ---------------------------------------------------------------------------
+# Field types with their schema-level limits. Limits that operators can tune
+# (message length, frame size) are checked by the server, not here.
+
+RequestId = str | int
+"""A client-chosen request id, echoed in the reply. Strings up to 64 chars."""
+Username = Annotated[str, Meta(min_length=3, max_length=32, pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
+Password = Annotated[str, Meta(min_length=8, max_length=256)]
+DisplayName = Annotated[str, Meta(min_length=1, max_length=64)]
+ChannelName = Annotated[str, Meta(min_length=1, max_length=80, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+Topic = Annotated[str, Meta(max_length=250)]
+Token = Annotated[str, Meta(min_length=1, max_length=4096)]
+ObjectId = Annotated[int, Meta(ge=1, le=2**53)]
+Seq = Annotated[int, Meta(ge=0, le=2**53)]
+ClientMsgId = Annotated[str, Meta(min_length=1, max_length=64)]
+MessageText = Annotated[str, Meta(min_length=1)]
+HistoryLimit = Annotated[int, Meta(ge=1, le=100)]
+MAX_DM_OTHERS = 8
+MAX_PRESENCE_QUERY = 100
+DmOthers = Annotated[list[ObjectId], Meta(min_length=1, max_length=MAX_DM_OTHERS)]
+PresenceUsers = Annotated[list[ObjectId], Meta(min_length=1, max_length=MAX_PRESENCE_QUERY)]
+Timestamp = int
+"""Milliseconds since the Unix epoch, UTC."""
+ConversationKind = Literal["channel", "dm"]
+PresenceStatus = Literal["online", "offline"]
+HistoryOrder = Literal["desc", "asc"]
+
+# ---------------------------------------------------------------------------
+# Objects that appear inside results and events.
+
+
+class User(Struct, kw_only=True):
+    id: int
+    username: str
+    display_name: str
+    created_at: Timestamp
+
+
+class Conversation(Struct, kw_only=True):
+    """A channel or a direct-message conversation."""
+
+    id: int
+    kind: ConversationKind
+    name: str | None
+    """Channel name; null for DMs."""
+    topic: str
+    private: bool
+    """True for private channels and every DM."""
+    created_by: int
+    created_at: Timestamp
+    last_seq: Seq
+    """Seq of the newest message (0 when empty): compare with the last seq seen."""
+    member: bool
+    """Whether the caller is a member."""
+    member_ids: list[int] | None = None
+    """For DMs: every participant, the caller included. Null for channels."""
+
+
+class Message(Struct, kw_only=True):
+    id: str
+    conversation_id: int
+    seq: Seq
+    sender_id: int
+    text: str
+    client_msg_id: str
+    ts: Timestamp
+
+
+class Presence(Struct, kw_only=True):
+    user_id: int
+    status: PresenceStatus
+    last_seen: Timestamp | None
+    """When the user was last connected; null if never."""
+
+
+class ErrorBody(Struct, kw_only=True):
+    code: str
+    message: str
+
+
+class Limits(Struct, kw_only=True):
+    """The limits of this server, announced in ``hello``."""
+
+    max_frame_bytes: int
+    max_message_chars: int
+    requests_per_second: float
+    request_burst: int
+    auth_timeout_ms: int
+
+
+# ---------------------------------------------------------------------------
+# Requests (client -> server).
+
+
+class Request(Struct, tag_field="type", forbid_unknown_fields=True, kw_only=True):
+    id: RequestId
+
+
+class Ping(Request, tag="ping"):
+    pass
+
+
+class Register(Request, tag="register"):
+    username: Username
+    password: Password
+    display_name: DisplayName
+
+
+class Login(Request, tag="login"):
+    username: Username
+    password: Password
+
+
+class Auth(Request, tag="auth"):
+    token: Token
+
+
+class Me(Request, tag="me"):
+    pass
+
+
+class ChannelCreate(Request, tag="channel.create"):
+    name: ChannelName
+    topic: Topic = ""
+    private: bool = False
+
+
+class ChannelList(Request, tag="channel.list"):
+    pass
+
+
+class ChannelJoin(Request, tag="channel.join"):
+    channel_id: ObjectId
+
+
+class ChannelInvite(Request, tag="channel.invite"):
+    channel_id: ObjectId
+    user_id: ObjectId
+
+
+class ChannelLeave(Request, tag="channel.leave"):
+    channel_id: ObjectId
+
+
+class ChannelMembers(Request, tag="channel.members"):
+    channel_id: ObjectId
+
+
+class DmOpen(Request, tag="dm.open"):
+    user_ids: DmOthers
+
+
+class DmList(Request, tag="dm.list"):
+    pass
+
+
+class MessageSend(Request, tag="message.send"):
+    conversation_id: ObjectId
+    text: MessageText
+    client_msg_id: ClientMsgId
+
+
+class MessageHistory(Request, tag="message.history"):
+    conversation_id: ObjectId
+    before: Seq | None = None
+    """Only messages with seq < before."""
+    after: Seq | None = None
+    """Only messages with seq > after."""
+    limit: HistoryLimit = 50
+    order: HistoryOrder = "desc"
+
+
+class PresenceQuery(Request, tag="presence.query"):
+    user_ids: PresenceUsers
+
+
+AnyRequest = (
+    Ping
+    | Register
+    | Login
+    | Auth
+    | Me
+    | ChannelCreate
+    | ChannelList
+    | ChannelJoin
+    | ChannelInvite
+    | ChannelLeave
+    | ChannelMembers
+    | DmOpen
+    | DmList
+    | MessageSend
+    | MessageHistory
+    | PresenceQuery
+)
+
+# ---------------------------------------------------------------------------
+# Results: the ``result`` object of a reply, one type per request.
+
+
+class Pong(Struct, kw_only=True):
+    ts: Timestamp
+
+
+class Session(Struct, kw_only=True):
+    """Result of register, login and auth: the connection is now authenticated."""
+
+    user: User
+    token: str
+    """A fresh JWT for ``auth`` on the next connection."""
+    expires_at: Timestamp
+
+
+class UserResult(Struct, kw_only=True):
+    user: User
+
+
+class ConversationResult(Struct, kw_only=True):
+    conversation: Conversation
+
+
+class ConversationList(Struct, kw_only=True):
+    conversations: list[Conversation]
+
+
+class Empty(Struct, kw_only=True):
+    pass
+
+
+class Members(Struct, kw_only=True):
+    members: list[User]
+
+
+class SendAck(Struct, kw_only=True):
+    """The message is durably stored: it will be in history from now on."""
+
+    message: Message
+    duplicate: bool
+    """True when this client_msg_id was already stored; the original is returned."""
+
+
+class HistoryPage(Struct, kw_only=True):
+    messages: list[Message]
+    next_cursor: Seq | None
+    """Pass as ``before`` (order desc) or ``after`` (order asc) for the next page;
+    null when this page reached the end of the requested range."""
+
+
+class PresenceList(Struct, kw_only=True):
+    presence: list[Presence]
+
+
+RESULT_TYPES: dict[str, type[Struct]] = {
+    "ping": Pong,
+    "register": Session,
+    "login": Session,
+    "auth": Session,
+    "me": UserResult,
+    "channel.create": ConversationResult,
+    "channel.list": ConversationList,
+    "channel.join": ConversationResult,
+    "channel.invite": Empty,
+    "channel.leave": Empty,
+    "channel.members": Members,
+    "dm.open": ConversationResult,
+    "dm.list": ConversationList,
+    "message.send": SendAck,
+    "message.history": HistoryPage,
+    "presence.query": PresenceList,
+}
+"""The result type of every request type."""
+
+PRE_AUTH_TYPES = frozenset({"ping", "register", "login", "auth"})
+"""Request types allowed before the connection is authenticated."""
+
+# ---------------------------------------------------------------------------
+# Server frames: replies and events.
+
+
+class ServerFrame(Struct, tag_field="type", kw_only=True):
+    pass
+
+
+class ResultFrame(ServerFrame, tag="result"):
+    id: RequestId
+    result: Any
+
+
+class ErrorFrame(ServerFrame, tag="error"):
+    id: RequestId | None
+    """Null when the request id could not be read."""
+    error: ErrorBody
+
+
+class Hello(ServerFrame, tag="hello"):
+    """First frame on every connection."""
+
+    protocol: str
+    server: str
+    limits: Limits
+
+
+class MessageNew(ServerFrame, tag="message.new"):
+    message: Message
+
+
+class MemberJoined(ServerFrame, tag="member.joined"):
+    conversation_id: int
+    user: User
+    by: int | None
+    """Who invited them; null when they joined by themselves."""
+
+
+class MemberLeft(ServerFrame, tag="member.left"):
+    conversation_id: int
+    user_id: int
+
+
+class ConversationAdded(ServerFrame, tag="conversation.added"):
+    """You were added to a conversation (invited, a DM opened, or joined on another device)."""
+
+    conversation: Conversation
+    by: int
+
+
+class ConversationRemoved(ServerFrame, tag="conversation.removed"):
+    """You left a conversation (on this or another device)."""
+
+    conversation_id: int
+
+
+class PresenceChanged(ServerFrame, tag="presence"):
+    presence: Presence
+
+
+AnyEvent = Hello | MessageNew | MemberJoined | MemberLeft | ConversationAdded | ConversationRemoved | PresenceChanged
+AnyServerFrame = ResultFrame | ErrorFrame | AnyEvent
+
+EVENT_TYPES: tuple[type[ServerFrame], ...] = (
+    Hello,
+    MessageNew,
+    MemberJoined,
+    MemberLeft,
+    ConversationAdded,
+    ConversationRemoved,
+    PresenceChanged,
+)
+
+
+def tag_of(struct_type: type[Struct]) -> str:
+    """The ``type`` tag of a request or server frame class."""
+    tag = struct_type.__struct_config__.tag
+    assert isinstance(tag, str), struct_type
+    return tag
+
+
+REQUEST_TYPES: tuple[type[Request], ...] = tuple(
+    t for t in Request.__subclasses__() if isinstance(t.__struct_config__.tag, str)
+)

@@ -1,0 +1,1 @@
+"""Hubbub server: the asyncio/uvloop I/O shell around protocol/ and storage/."""

@@ -1,0 +1,152 @@
+"""Start-up, serving and graceful shutdown of one Hubbub process."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Sequence
+from pathlib import Path
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.typing import Subprotocol
+
+from protocol.errors import CloseCode
+from protocol.frames import PROTOCOL_VERSION
+from server import logs
+from server.auth import Passwords, Tokens, load_or_create_dev_secret
+from server.broker import InProcessBroker
+from server.config import Settings
+from server.guarded import guarded
+from server.http import make_process_request
+from server.hub import Hub
+from server.metrics import Metrics
+from server.session import Session
+from storage.sqlite import SqliteDatabase, open_sqlite
+
+SUPPORTED_SUBPROTOCOLS = (Subprotocol(PROTOCOL_VERSION),)
+
+
+class NegotiationError(Exception):
+    pass
+
+
+def select_subprotocol(connection: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+    """hubbub.v1 when offered; none offered means v1 too (any plain client works).
+
+    Offering only versions this server does not speak fails the handshake
+    (HTTP 400), so a v2-only client learns at once instead of misparsing.
+    """
+    for protocol in offered:
+        if protocol in SUPPORTED_SUBPROTOCOLS:
+            return protocol
+    if offered:
+        raise NegotiationError(f"unsupported subprotocols {', '.join(offered)}; this server speaks {PROTOCOL_VERSION}")
+    return None
+
+
+class App:
+    """One running server: stores, hub and the WebSocket listener."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.sessions: set[Session] = set()
+        self.hub: Hub | None = None
+        self.server: Server | None = None
+        self._db: SqliteDatabase | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        port: int = next(iter(self.server.sockets)).getsockname()[1]
+        return port
+
+    async def start(self) -> None:
+        s = self.settings
+        data_dir = Path(s.data_dir)
+        secret = s.jwt_secret
+        if not secret:
+            secret = load_or_create_dev_secret(data_dir)
+            logs.warning(
+                "dev_jwt_secret", path=str(data_dir / "jwt-secret"), hint="set HUBBUB_JWT_SECRET in production"
+            )
+        self._db, directory, messages = await open_sqlite(data_dir / "hubbub.db", s.storage_timeout_seconds)
+        loop = asyncio.get_running_loop()
+        passwords = await loop.run_in_executor(None, Passwords, s)
+        self.hub = Hub(
+            settings=s,
+            directory=guarded(directory, self.metrics, s.storage_timeout_seconds),
+            messages=guarded(messages, self.metrics, s.storage_timeout_seconds),
+            broker=InProcessBroker(),
+            passwords=passwords,
+            tokens=Tokens(secret, s.jwt_issuer, s.jwt_audience, s.jwt_ttl_seconds),
+            metrics=self.metrics,
+        )
+        await self.hub.broker.start(self.hub.registry.deliver)
+        self.server = await serve(
+            self._handler,
+            s.host,
+            s.port,
+            origins=s.origins,  # type: ignore[arg-type]
+            select_subprotocol=select_subprotocol,
+            compression=None,  # per-message deflate costs CPU and memory per connection
+            process_request=make_process_request(self.hub, lambda: len(self.sessions)),
+            max_size=s.hard_frame_bytes,
+            max_queue=8,
+            write_limit=s.outbound_buffer_bytes,
+            ping_interval=s.ping_interval_seconds,
+            ping_timeout=s.ping_timeout_seconds,
+            close_timeout=5,
+            server_header="hubbub",
+        )
+        logs.info("listening", host=s.host, port=self.port, data_dir=str(data_dir))
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        assert self.hub is not None
+        session = Session(self.hub, ws)
+        self.sessions.add(session)
+        try:
+            await session.run()
+        finally:
+            self.sessions.discard(session)
+
+    async def stop(self, code: int = CloseCode.GOING_AWAY, reason: str = "server shutting down") -> None:
+        """Stop accepting, close every connection with ``code``, wait for handlers, close stores."""
+        if self.server is not None:
+            self.server.close(close_connections=False)
+            try:
+                async with asyncio.timeout(self.settings.shutdown_grace_seconds):
+                    # close() sends the close frame after what is already written.
+                    await asyncio.gather(*(session.ws.close(code, reason) for session in list(self.sessions)))
+                    await self.server.wait_closed()
+            except TimeoutError:
+                logs.warning("shutdown_timeout", open_connections=len(self.sessions))
+            self.server = None
+        if self.hub is not None:
+            await self.hub.broker.close()
+            await self.hub.messages.close()
+            await self.hub.directory.close()
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+        logs.info("stopped")
+
+
+async def run(settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    app = App(settings)
+    await app.start()
+    loop = asyncio.get_running_loop()
+    stop: asyncio.Future[CloseCode] = loop.create_future()
+
+    def on_signal(code: CloseCode) -> None:
+        if not stop.done():
+            stop.set_result(code)
+
+    # SIGTERM is what orchestrators send on redeploy: 1012 tells clients to reconnect.
+    loop.add_signal_handler(signal.SIGTERM, on_signal, CloseCode.SERVICE_RESTART)
+    loop.add_signal_handler(signal.SIGINT, on_signal, CloseCode.GOING_AWAY)
+    code = await stop
+    logs.info("shutdown", close_code=int(code))
+    await app.stop(code, "server restarting" if code == CloseCode.SERVICE_RESTART else "server shutting down")

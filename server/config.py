@@ -1,0 +1,163 @@
+"""Settings: every tunable of the server, its default, and where it comes from.
+
+Each field is one setting, read from the environment variable
+``HUBBUB_<NAME>`` or the CLI flag ``--<name-with-dashes>`` (the flag wins).
+Values are validated by msgspec against the annotations below; an invalid
+value stops start-up with one clear line. README.md's settings table is
+checked against this class by tests/test_docs.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+ENV_PREFIX = "HUBBUB_"
+
+Port = Annotated[int, Meta(ge=0, le=65535)]
+Positive = Annotated[int, Meta(ge=1)]
+PositiveFloat = Annotated[float, Meta(gt=0)]
+
+
+def _doc(text: str) -> Meta:
+    return Meta(description=text)
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    host: Annotated[str, _doc("Interface to listen on.")] = "127.0.0.1"
+    port: Annotated[Port, _doc("TCP port for WebSocket and HTTP (0 picks a free port).")] = 8765
+    data_dir: Annotated[str, _doc("Directory of the embedded SQLite store and the dev JWT secret.")] = "./data"
+    jwt_secret: Annotated[
+        str, _doc("HS256 signing key, at least 32 bytes. Empty: a random dev secret kept in data_dir.")
+    ] = ""
+    jwt_ttl_seconds: Annotated[Positive, _doc("Lifetime of issued tokens.")] = 86400
+    jwt_issuer: Annotated[str, _doc("`iss` claim issued and required.")] = "hubbub"
+    jwt_audience: Annotated[str, _doc("`aud` claim issued and required.")] = "hubbub"
+    argon2_time_cost: Annotated[Positive, _doc("Argon2id iterations.")] = 3
+    argon2_memory_kib: Annotated[Annotated[int, Meta(ge=8)], _doc("Argon2id memory per hash, KiB.")] = 65536
+    argon2_parallelism: Annotated[Positive, _doc("Argon2id lanes.")] = 4
+    max_frame_bytes: Annotated[
+        Annotated[int, Meta(ge=1024)],
+        _doc("Largest client frame served; larger gets `too_large`, over 4x this the connection closes 1009."),
+    ] = 65536
+    max_message_chars: Annotated[Positive, _doc("Longest message text, in characters (`too_large` beyond).")] = 4000
+    rate_per_second: Annotated[PositiveFloat, _doc("Sustained requests per second per connection.")] = 20.0
+    rate_burst: Annotated[Positive, _doc("Requests a connection may send at once before `rate_limited`.")] = 40
+    max_connections: Annotated[Positive, _doc("Open WebSocket connections per process (HTTP 503 beyond).")] = 50000
+    max_connections_per_user: Annotated[Positive, _doc("Authenticated connections per user per process.")] = 10
+    login_failures_per_username: Annotated[
+        Positive, _doc("Failed logins per username per window before `rate_limited`.")
+    ] = 5
+    login_failures_per_address: Annotated[
+        Positive, _doc("Failed logins per client address per window before `rate_limited`.")
+    ] = 20
+    login_failure_window_seconds: Annotated[PositiveFloat, _doc("Window of the failed-login limits.")] = 300.0
+    auth_timeout_seconds: Annotated[PositiveFloat, _doc("Unauthenticated connections close (4001) after this.")] = 10.0
+    allowed_origins: Annotated[str, _doc("Comma-separated allowed `Origin` headers; empty allows any (and none).")] = ""
+    outbound_buffer_bytes: Annotated[
+        Annotated[int, Meta(ge=4096)],
+        _doc("Unsent bytes a connection may hold before it is closed as a slow consumer (4008)."),
+    ] = 1048576
+    ping_interval_seconds: Annotated[PositiveFloat, _doc("WebSocket keepalive ping interval.")] = 20.0
+    ping_timeout_seconds: Annotated[PositiveFloat, _doc("A peer not answering a ping this long is dropped.")] = 20.0
+    storage_timeout_seconds: Annotated[PositiveFloat, _doc("Longest wait on a store before `unavailable`.")] = 5.0
+    shutdown_grace_seconds: Annotated[
+        PositiveFloat, _doc("On SIGTERM/SIGINT, time allowed for in-flight requests and writes.")
+    ] = 10.0
+    log_level: Annotated[Literal["debug", "info", "warning", "error"], _doc("Lowest level logged.")] = "info"
+
+    @property
+    def origins(self) -> list[str] | None:
+        """Allowed origins for websockets' ``origins=``; None allows any."""
+        items = [o.strip() for o in self.allowed_origins.split(",") if o.strip()]
+        return items or None
+
+    @property
+    def hard_frame_bytes(self) -> int:
+        """Frames larger than this are refused by the WebSocket layer (close 1009)."""
+        return 4 * self.max_frame_bytes
+
+
+class ConfigError(Exception):
+    """An invalid setting, described in one line."""
+
+
+SETTING_NAMES: tuple[str, ...] = Settings.__struct_fields__
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def describe_settings() -> list[tuple[str, str, Any, str]]:
+    """(env var, flag, default, description) of every setting."""
+    info = msgspec.inspect.type_info(Settings)
+    assert isinstance(info, msgspec.inspect.StructType)
+    rows = []
+    for field in info.fields:
+        description = ""
+        ftype = field.type
+        while isinstance(ftype, msgspec.inspect.Metadata):
+            description = description or (ftype.extra_json_schema or {}).get("description", "")
+            ftype = ftype.type
+        rows.append((env_name(field.name), flag_name(field.name), field.default, description))
+    return rows
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """One CLI flag per setting; values are validated with the environment's."""
+    for env, flag, default, description in describe_settings():
+        parser.add_argument(
+            flag, dest=flag[2:].replace("-", "_"), default=None, help=f"{description} [{env}={default}]"
+        )
+
+
+def load_settings(environ: Mapping[str, str], flags: Mapping[str, str | None] | None = None) -> Settings:
+    """Settings from ``HUBBUB_*`` variables, overridden by CLI flags."""
+    raw: dict[str, str] = {}
+    source: dict[str, str] = {}
+    for field in SETTING_NAMES:
+        name = env_name(field)
+        if name in environ:
+            raw[field] = environ[name]
+            source[field] = name
+        if flags and flags.get(field) is not None:
+            value = flags[field]
+            assert value is not None
+            raw[field] = value
+            source[field] = flag_name(field)
+    # A misspelt variable would silently fall back to a default: refuse it.
+    # HUBBUB_TEST_* belong to the test suite, not the server.
+    unknown = sorted(
+        k
+        for k in environ
+        if k.startswith(ENV_PREFIX)
+        and not k.startswith(ENV_PREFIX + "TEST_")
+        and k[len(ENV_PREFIX) :].lower() not in SETTING_NAMES
+    )
+    if unknown:
+        raise ConfigError(f"unknown setting {unknown[0]}")
+    try:
+        settings = msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_explain(exc, raw, source)) from None
+    if settings.jwt_secret and len(settings.jwt_secret.encode()) < 32:
+        raise ConfigError(f"invalid setting {source.get('jwt_secret', 'jwt_secret')}: must be at least 32 bytes")
+    return settings
+
+
+def _explain(exc: msgspec.ValidationError, raw: Mapping[str, str], source: Mapping[str, str]) -> str:
+    message = str(exc)
+    for field, origin in source.items():
+        if message.endswith(f"`$.{field}`"):
+            reason = message.rsplit(" - at ", 1)[0]
+            return f"invalid setting {origin}={raw[field]!r}: {reason}"
+    return f"invalid settings: {message}"

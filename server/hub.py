@@ -1,0 +1,49 @@
+"""The Hub: every long-lived component of one server process, wired together.
+
+Handlers receive the Hub and a Session; nothing else is global.
+"""
+
+from __future__ import annotations
+
+import time
+
+from server.auth import Passwords, Tokens
+from server.broker import Broker, Delivery
+from server.config import Settings
+from server.metrics import Metrics
+from server.presence import PresenceTracker
+from server.ratelimit import FailureWindow
+from server.registry import Registry
+from storage.base import Directory, MessageLog
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Hub:
+    def __init__(
+        self,
+        settings: Settings,
+        directory: Directory,
+        messages: MessageLog,
+        broker: Broker,
+        passwords: Passwords,
+        tokens: Tokens,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.directory = directory
+        self.messages = messages
+        self.broker = broker
+        self.passwords = passwords
+        self.tokens = tokens
+        self.metrics = metrics
+        self.registry = Registry(broker, metrics)
+        self.presence = PresenceTracker()
+        window = settings.login_failure_window_seconds
+        self.login_failures_by_username = FailureWindow(settings.login_failures_per_username, window)
+        self.login_failures_by_address = FailureWindow(settings.login_failures_per_address, window)
+
+    async def publish(self, delivery: Delivery) -> None:
+        await self.broker.publish(delivery)

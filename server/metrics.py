@@ -1,0 +1,43 @@
+"""Prometheus metrics of one server, on a registry of its own.
+
+A registry per server (not the global default) lets several servers run in
+one process, as the tests do.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.connections = Gauge("hubbub_connections", "Open WebSocket connections.", registry=r)
+        self.authenticated = Gauge("hubbub_authenticated_connections", "Authenticated connections.", registry=r)
+        self.frames_in = Counter("hubbub_frames_in", "Client frames received, by request type.", ["type"], registry=r)
+        self.frames_out = Counter("hubbub_frames_out", "Frames sent, by frame type.", ["type"], registry=r)
+        self.request_latency = Histogram(
+            "hubbub_request_seconds", "Request handling time, by op.", ["op"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.errors = Counter("hubbub_errors", "Error replies, by code.", ["code"], registry=r)
+        self.messages_stored = Counter("hubbub_messages_stored", "Messages stored and acknowledged.", registry=r)
+        self.deliveries = Counter("hubbub_deliveries", "Event frames queued to local connections.", registry=r)
+        self.slow_consumers = Counter(
+            "hubbub_slow_consumer_disconnects", "Connections closed because their buffer overflowed.", registry=r
+        )
+        self.storage_latency = Histogram(
+            "hubbub_storage_seconds",
+            "Store call time, by store and op.",
+            ["store", "op"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.storage_errors = Counter(
+            "hubbub_storage_errors", "Store calls that failed, by store.", ["store"], registry=r
+        )
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,227 @@
+"""One WebSocket connection: its read loop, request dispatch, and outbound buffer.
+
+Outbound frames (replies and events) are appended to a per-connection list
+and written with one transport.write per event-loop turn, so a burst of
+events costs one syscall per connection, not one per frame. The list plus
+the transport's own buffer is bounded by ``outbound_buffer_bytes``; a
+connection that exceeds it is closed as a slow consumer (4008) without ever
+making the fan-out wait for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from typing import Any
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
+
+from protocol import codec
+from protocol.errors import CloseCode, ErrorCode
+from protocol.frames import PRE_AUTH_TYPES, PROTOCOL_VERSION, Hello, Limits, RequestId
+from server import logs
+from server.errors import ApiError
+from server.handlers import HANDLERS, on_offline, on_online
+from server.hub import Hub
+from server.ratelimit import TokenBucket
+from storage.errors import StoreUnavailable
+from storage.records import UserRecord
+
+_connection_ids = itertools.count(1)
+SERVER_NAME = "hubbub/0.1.0"
+
+
+class Session:
+    def __init__(self, hub: Hub, ws: ServerConnection) -> None:
+        self.hub = hub
+        self.ws = ws
+        self.conn_id = next(_connection_ids)
+        self.user: UserRecord | None = None
+        self.user_id = 0
+        self.conversations: set[int] = set()
+        self.address = _client_address(ws)
+        self._loop = asyncio.get_running_loop()
+        self._transport = ws.transport
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+        self._flush_scheduled = False
+        self._closing = False
+        self._limit = hub.settings.outbound_buffer_bytes
+        self._bucket = TokenBucket(hub.settings.rate_per_second, hub.settings.rate_burst)
+        self._auth_timer: asyncio.TimerHandle | None = None
+
+    # -- outbound -----------------------------------------------------------
+
+    def send_frame(self, frame: bytes) -> None:
+        if self._closing:
+            return
+        self._out.append(frame)
+        self._out_bytes += len(frame)
+        if self._out_bytes > self._limit:
+            self._slow_consumer()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._closing or not self._out:
+            return
+        if self.ws.protocol.state is not State.OPEN:
+            # Closing handshake started: data frames may no longer follow.
+            self._out.clear()
+            self._out_bytes = 0
+            return
+        out = self._out
+        self._transport.write(out[0] if len(out) == 1 else b"".join(out))
+        self._out = []
+        self._out_bytes = 0
+        if self._transport.get_write_buffer_size() > self._limit:
+            self._slow_consumer()
+
+    def _slow_consumer(self) -> None:
+        self._closing = True
+        self._out.clear()
+        self._out_bytes = 0
+        self.hub.metrics.slow_consumers.inc()
+        logs.warning("slow_consumer", conn_id=self.conn_id, user_id=self.user_id or None)
+        self._loop.create_task(self.ws.close(CloseCode.SLOW_CONSUMER, "slow consumer"))
+
+    def send_payload(self, payload: bytes, frame_type: str) -> None:
+        self.hub.metrics.frames_out.labels(frame_type).inc()
+        self.send_frame(codec.websocket_text_frame(payload))
+
+    def reply(self, request_id: RequestId, result: Any) -> None:
+        self.send_payload(codec.encode_result(request_id, result), "result")
+
+    def reply_error(self, request_id: RequestId | None, code: ErrorCode, message: str) -> None:
+        self.hub.metrics.errors.labels(code.value).inc()
+        self.send_payload(codec.encode_error(request_id, code, message), "error")
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def run(self) -> None:
+        s = self.hub.settings
+        self.hub.metrics.connections.inc()
+        logs.info("connect", conn_id=self.conn_id, address=self.address)
+        hello = Hello(
+            protocol=PROTOCOL_VERSION,
+            server=SERVER_NAME,
+            limits=Limits(
+                max_frame_bytes=s.max_frame_bytes,
+                max_message_chars=s.max_message_chars,
+                requests_per_second=s.rate_per_second,
+                request_burst=s.rate_burst,
+                auth_timeout_ms=int(s.auth_timeout_seconds * 1000),
+            ),
+        )
+        self.send_payload(codec.encode(hello), "hello")
+        self._auth_timer = self._loop.call_later(s.auth_timeout_seconds, self._auth_expired)
+        try:
+            async for raw in self.ws:
+                await self._handle(raw)
+        except ConnectionClosed:
+            pass
+        finally:
+            self._auth_timer.cancel()
+            await self._teardown()
+
+    def _auth_expired(self) -> None:
+        if self.user is None and not self._closing:
+            logs.info("auth_timeout", conn_id=self.conn_id)
+            self._loop.create_task(self.ws.close(CloseCode.AUTH_TIMEOUT, "authentication timeout"))
+
+    async def _teardown(self) -> None:
+        self.hub.metrics.connections.dec()
+        logs.info(
+            "disconnect",
+            conn_id=self.conn_id,
+            user_id=self.user_id or None,
+            code=self.ws.close_code,
+        )
+        if self.user is None:
+            return
+        self.hub.metrics.authenticated.dec()
+        self.hub.registry.remove(self)
+        if self.hub.presence.disconnected(self.user_id):
+            try:
+                await on_offline(self.hub, self.user_id)
+            except StoreUnavailable as exc:
+                logs.warning("presence_offline_failed", user_id=self.user_id, error=str(exc))
+
+    async def authenticate(self, user: UserRecord) -> None:
+        """Make this connection the user's: route their conversations here."""
+        if self.user is not None:
+            if self.user.id == user.id:
+                return
+            raise ApiError(ErrorCode.FORBIDDEN, "this connection is authenticated as another user")
+        if self.hub.registry.connections_of(user.id) >= self.hub.settings.max_connections_per_user:
+            raise ApiError(
+                ErrorCode.RATE_LIMITED,
+                f"at most {self.hub.settings.max_connections_per_user} connections per user",
+            )
+        conversation_ids = [c.id for c in await self.hub.directory.conversations_of(user.id)]
+        self.user = user
+        self.user_id = user.id
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+        self.hub.metrics.authenticated.inc()
+        self.hub.registry.add(self, conversation_ids)
+        logs.info("auth", conn_id=self.conn_id, user_id=user.id)
+        if self.hub.presence.connected(user.id):
+            await on_online(self.hub, user.id, conversation_ids)
+
+    # -- requests -----------------------------------------------------------
+
+    async def _handle(self, raw: str | bytes) -> None:
+        metrics = self.hub.metrics
+        if isinstance(raw, bytes):
+            metrics.frames_in.labels("binary").inc()
+            self.reply_error(None, ErrorCode.BAD_REQUEST, "binary frames are not supported: send JSON text frames")
+            return
+        max_bytes = self.hub.settings.max_frame_bytes
+        if len(raw) > max_bytes or (len(raw) * 4 > max_bytes and len(raw.encode()) > max_bytes):
+            metrics.frames_in.labels("oversized").inc()
+            self.reply_error(codec.recover_request_id(raw), ErrorCode.TOO_LARGE, f"frame larger than {max_bytes} bytes")
+            return
+        if not self._bucket.take():
+            metrics.frames_in.labels("rate_limited").inc()
+            self.reply_error(codec.recover_request_id(raw), ErrorCode.RATE_LIMITED, "too many requests; slow down")
+            return
+        try:
+            request = codec.decode_request(raw)
+        except codec.FrameError as exc:
+            metrics.frames_in.labels("invalid").inc()
+            self.reply_error(exc.request_id, exc.code, exc.message)
+            return
+        op = request.__struct_config__.tag
+        assert isinstance(op, str)
+        metrics.frames_in.labels(op).inc()
+        if self.user is None and op not in PRE_AUTH_TYPES:
+            self.reply_error(request.id, ErrorCode.UNAUTHORIZED, "authenticate first (register, login or auth)")
+            return
+        start = time.perf_counter()
+        try:
+            result = await HANDLERS[op](self.hub, self, request)
+        except ApiError as exc:
+            self.reply_error(request.id, exc.code, exc.message)
+        except StoreUnavailable as exc:
+            logs.warning("store_unavailable", op=op, conn_id=self.conn_id, store=exc.store, error=exc.detail)
+            self.reply_error(request.id, ErrorCode.UNAVAILABLE, f"{exc.store} is unavailable; retry later")
+        except Exception:
+            logs.error("internal_error", exc_info=True, op=op, conn_id=self.conn_id, request_id=request.id)
+            self.reply_error(request.id, ErrorCode.INTERNAL, "internal error")
+        else:
+            self.reply(request.id, result)
+        latency = time.perf_counter() - start
+        metrics.request_latency.labels(op).observe(latency)
+
+
+def _client_address(ws: ServerConnection) -> str:
+    try:
+        return str(ws.remote_address[0])
+    except (TypeError, IndexError):
+        return "unknown"

@@ -1,0 +1,1 @@
+"""Hubbub storage: narrow async interfaces and one module per backend."""
