@@ -181,7 +181,8 @@ def _message(row: sqlite3.Row | tuple[Any, ...]) -> MessageRecord:
 
 
 USER_COLUMNS = "id, username, display_name, password_hash, created_at, last_seen_at"
-CONVERSATION_COLUMNS = "c.id, c.kind, c.name, c.topic, c.private, c.created_by, c.created_at"
+CONVERSATION_FIELDS = "id, kind, name, topic, private, created_by, created_at"
+CONVERSATION_COLUMNS = ", ".join(f"c.{f}" for f in CONVERSATION_FIELDS.split(", "))
 MESSAGE_COLUMNS = "conversation_id, seq, id, sender_id, text, client_msg_id, ts"
 
 
@@ -246,8 +247,8 @@ class SqliteDirectory:
     ) -> ConversationRecord:
         def insert(c: sqlite3.Connection) -> ConversationRecord:
             row = c.execute(
-                "INSERT INTO conversations AS c (kind, name, topic, private, created_by, created_at)"
-                f" VALUES ('channel', ?, ?, ?, ?, ?) RETURNING {CONVERSATION_COLUMNS}",
+                "INSERT INTO conversations (kind, name, topic, private, created_by, created_at)"
+                f" VALUES ('channel', ?, ?, ?, ?, ?) RETURNING {CONVERSATION_FIELDS}",
                 (name, topic, int(private), creator_id, now),
             ).fetchone()
             c.execute(
@@ -346,8 +347,8 @@ class SqliteDirectory:
             if row:
                 return _conversation(row), False
             row = c.execute(
-                "INSERT INTO conversations AS c (kind, name, topic, private, created_by, created_at, dm_key)"
-                f" VALUES ('dm', NULL, '', 1, ?, ?, ?) RETURNING {CONVERSATION_COLUMNS}",
+                "INSERT INTO conversations (kind, name, topic, private, created_by, created_at, dm_key)"
+                f" VALUES ('dm', NULL, '', 1, ?, ?, ?) RETURNING {CONVERSATION_FIELDS}",
                 (creator_id, now, key),
             ).fetchone()
             c.executemany(
