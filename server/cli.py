@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import uvloop
 
 from server import logs
-from server.config import ConfigError, add_flags, load_settings
+from server.config import ConfigError, add_flags, load_settings, settings_markdown
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -18,7 +18,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser("serve", help="Run the server (settings from HUBBUB_* and flags).")
     add_flags(serve_parser)
+    commands.add_parser("settings", help="Print every setting with its default as a Markdown table.")
     args = parser.parse_args(argv)
+    if args.command == "settings":
+        print(settings_markdown(), end="")
+        return 0
     flags = {k: v for k, v in vars(args).items() if k != "command"}
     try:
         settings = load_settings(os.environ, flags)

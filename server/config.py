@@ -161,3 +161,12 @@ def _explain(exc: msgspec.ValidationError, raw: Mapping[str, str], source: Mappi
             reason = message.rsplit(" - at ", 1)[0]
             return f"invalid setting {origin}={raw[field]!r}: {reason}"
     return f"invalid settings: {message}"
+
+
+def settings_markdown() -> str:
+    """The README's settings table, generated so the two cannot drift."""
+    lines = ["| Environment variable | Flag | Default | Meaning |", "|---|---|---|---|"]
+    for env, flag, default, description in describe_settings():
+        shown = f"`{default}`" if default != "" else "(empty)"
+        lines.append(f"| `{env}` | `{flag}` | {shown} | {description} |")
+    return "\n".join(lines) + "\n"
