@@ -4,7 +4,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint venv
+# The MongoDB-wire-compatible test server (GPL-2.0): a test tool in its own
+# virtualenv, never imported by or shipped with Hubbub.
+TOOLS_VENV := .venv-secantus
+TOOLS_STAMP := $(TOOLS_VENV)/.installed
+SECANTUSDB := secantusdb==0.7.0b3
+
+.PHONY: run test lint venv test-tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +20,14 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+$(TOOLS_STAMP): Makefile
+	$(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(TOOLS_VENV)/bin/python -m pip install --quiet "$(SECANTUSDB)"
+	touch $(TOOLS_STAMP)
+
+test-tools: $(TOOLS_STAMP)
+
 run: $(STAMP)
 	$(BIN)/hubbub serve
 
@@ -22,5 +36,5 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+test: lint $(TOOLS_STAMP)
 	$(BIN)/pytest -n 2 --dist loadgroup

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import NegotiationError as HandshakeNegotiationError
 from websockets.typing import Subprotocol
 
 from protocol.errors import CloseCode
@@ -15,19 +16,20 @@ from protocol.frames import PROTOCOL_VERSION
 from server import logs
 from server.auth import Passwords, Tokens, load_or_create_dev_secret
 from server.broker import InProcessBroker
-from server.config import Settings
+from server.config import Settings, storage_config
 from server.guarded import guarded
 from server.http import make_process_request
 from server.hub import Hub
 from server.metrics import Metrics
 from server.session import Session
-from storage.sqlite import SqliteDatabase, open_sqlite
+from storage.errors import StoreUnavailable
+from storage.factory import Stores, open_stores
 
 SUPPORTED_SUBPROTOCOLS = (Subprotocol(PROTOCOL_VERSION),)
 
 
-class NegotiationError(Exception):
-    pass
+class NegotiationError(HandshakeNegotiationError):
+    """A websockets NegotiationError, so the handshake fails with HTTP 400, not 500."""
 
 
 def select_subprotocol(connection: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
@@ -53,7 +55,7 @@ class App:
         self.sessions: set[Session] = set()
         self.hub: Hub | None = None
         self.server: Server | None = None
-        self._db: SqliteDatabase | None = None
+        self._stores: Stores | None = None
         self._inflight: set[asyncio.Task[None]] = set()
 
     @property
@@ -71,7 +73,8 @@ class App:
             logs.warning(
                 "dev_jwt_secret", path=str(data_dir / "jwt-secret"), hint="set HUBBUB_JWT_SECRET in production"
             )
-        self._db, directory, messages = await open_sqlite(data_dir / "hubbub.db", s.storage_timeout_seconds)
+        self._stores = await open_stores(storage_config(s))
+        directory, messages = self._stores.directory, self._stores.messages
         loop = asyncio.get_running_loop()
         passwords = await loop.run_in_executor(None, Passwords, s)
         self.hub = Hub(
@@ -100,7 +103,14 @@ class App:
             close_timeout=5,
             server_header="hubbub",
         )
-        logs.info("listening", host=s.host, port=self.port, data_dir=str(data_dir))
+        logs.info(
+            "listening",
+            host=s.host,
+            port=self.port,
+            accounts=directory.name,
+            messages=messages.name,
+            profile=s.profile,
+        )
 
     async def _handler(self, ws: ServerConnection) -> None:
         assert self.hub is not None
@@ -125,18 +135,21 @@ class App:
             self.server = None
         if self.hub is not None:
             await self.hub.broker.close()
-            await self.hub.messages.close()
-            await self.hub.directory.close()
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
+        if self._stores is not None:
+            await self._stores.close()
+            self._stores = None
         logs.info("stopped")
 
 
-async def run(settings: Settings) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+async def run(settings: Settings) -> int:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully; the exit code."""
     app = App(settings)
-    await app.start()
+    try:
+        await app.start()
+    except (StoreUnavailable, OSError) as exc:
+        logs.error("startup_failed", error=str(exc))
+        await app.stop()
+        return 1
     loop = asyncio.get_running_loop()
     stop: asyncio.Future[CloseCode] = loop.create_future()
 
@@ -150,3 +163,4 @@ async def run(settings: Settings) -> None:
     code = await stop
     logs.info("shutdown", close_code=int(code))
     await app.stop(code, "server restarting" if code == CloseCode.SERVICE_RESTART else "server shutting down")
+    return 0

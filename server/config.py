@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from storage.factory import StorageConfig
+
 ENV_PREFIX = "HUBBUB_"
 
 Port = Annotated[int, Meta(ge=0, le=65535)]
@@ -69,6 +71,46 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         PositiveFloat, _doc("On SIGTERM/SIGINT, time allowed for in-flight requests and writes.")
     ] = 10.0
     log_level: Annotated[Literal["debug", "info", "warning", "error"], _doc("Lowest level logged.")] = "info"
+    profile: Annotated[
+        Literal["local", "cloud"],
+        _doc("`cloud` refuses the dev JWT secret and plaintext database URLs that lack TLS options."),
+    ] = "local"
+    accounts_backend: Annotated[
+        Literal["", "sqlite", "postgres"],
+        _doc("Store of accounts, channels, memberships. Empty: `postgres` when a DSN is set, else `sqlite`."),
+    ] = ""
+    messages_backend: Annotated[
+        Literal["", "sqlite", "mongo", "postgres"],
+        _doc("Store of messages. Empty: `mongo` when a Mongo URL is set, else like the accounts backend."),
+    ] = ""
+    postgres_dsn: Annotated[str, _doc("PostgreSQL DSN, e.g. `postgresql://hubbub@db:5432/hubbub`.")] = ""
+    postgres_replica_dsn: Annotated[
+        str, _doc("Optional read replica for listings (public channels, users, DM members).")
+    ] = ""
+    postgres_pool_min: Annotated[Annotated[int, Meta(ge=0)], _doc("Connections kept open per pool.")] = 1
+    postgres_pool_max: Annotated[Positive, _doc("Most connections per pool.")] = 10
+    auto_migrate: Annotated[
+        bool, _doc("Apply pending PostgreSQL migrations at start-up (safe with many instances).")
+    ] = True
+    mongo_url: Annotated[str, _doc("MongoDB URL, e.g. `mongodb://mongo:27017/?replicaSet=rs0`.")] = ""
+    mongo_database: Annotated[str, _doc("MongoDB database name.")] = "hubbub"
+    mongo_write_concern: Annotated[
+        str, _doc("Write concern `w` of message inserts (`majority` or a node count); journaled.")
+    ] = "majority"
+
+    @property
+    def resolved_accounts_backend(self) -> Literal["sqlite", "postgres"]:
+        if self.accounts_backend:
+            return self.accounts_backend
+        return "postgres" if self.postgres_dsn else "sqlite"
+
+    @property
+    def resolved_messages_backend(self) -> Literal["sqlite", "mongo", "postgres"]:
+        if self.messages_backend:
+            return self.messages_backend
+        if self.mongo_url:
+            return "mongo"
+        return self.resolved_accounts_backend
 
     @property
     def origins(self) -> list[str] | None:
@@ -151,7 +193,30 @@ def load_settings(environ: Mapping[str, str], flags: Mapping[str, str | None] | 
         raise ConfigError(_explain(exc, raw, source)) from None
     if settings.jwt_secret and len(settings.jwt_secret.encode()) < 32:
         raise ConfigError(f"invalid setting {source.get('jwt_secret', 'jwt_secret')}: must be at least 32 bytes")
+    _check_consistency(settings)
+    if settings.profile == "cloud" and source.get("jwt_secret", "").startswith("--"):
+        raise ConfigError("profile cloud takes secrets from the environment only, not from flags")
     return settings
+
+
+def _check_consistency(s: Settings) -> None:
+    """Rules that span several settings."""
+    uses_postgres = "postgres" in (s.resolved_accounts_backend, s.resolved_messages_backend)
+    if uses_postgres and not s.postgres_dsn:
+        raise ConfigError("the postgres backend needs HUBBUB_POSTGRES_DSN")
+    if s.resolved_messages_backend == "mongo" and not s.mongo_url:
+        raise ConfigError("the mongo messages backend needs HUBBUB_MONGO_URL")
+    if s.postgres_pool_min > s.postgres_pool_max:
+        raise ConfigError("HUBBUB_POSTGRES_POOL_MIN is larger than HUBBUB_POSTGRES_POOL_MAX")
+    if s.profile == "cloud":
+        if not s.jwt_secret:
+            raise ConfigError("profile cloud needs HUBBUB_JWT_SECRET (the dev secret is not allowed)")
+        if s.resolved_accounts_backend == "sqlite":
+            raise ConfigError("profile cloud needs HUBBUB_POSTGRES_DSN (no embedded store in the cloud)")
+        if "sslmode=" not in s.postgres_dsn:
+            raise ConfigError("profile cloud needs TLS to PostgreSQL: add sslmode=require (or verify-full)")
+        if s.mongo_url and "tls=true" not in s.mongo_url and not s.mongo_url.startswith("mongodb+srv://"):
+            raise ConfigError("profile cloud needs TLS to MongoDB: use mongodb+srv:// or add tls=true")
 
 
 def _explain(exc: msgspec.ValidationError, raw: Mapping[str, str], source: Mapping[str, str]) -> str:
@@ -170,3 +235,20 @@ def settings_markdown() -> str:
         shown = f"`{default}`" if default != "" else "(empty)"
         lines.append(f"| `{env}` | `{flag}` | {shown} | {description} |")
     return "\n".join(lines) + "\n"
+
+
+def storage_config(s: Settings) -> StorageConfig:
+    return StorageConfig(
+        directory_backend=s.resolved_accounts_backend,
+        messages_backend=s.resolved_messages_backend,
+        data_dir=s.data_dir,
+        postgres_dsn=s.postgres_dsn,
+        postgres_replica_dsn=s.postgres_replica_dsn,
+        postgres_pool_min=s.postgres_pool_min,
+        postgres_pool_max=s.postgres_pool_max,
+        auto_migrate=s.auto_migrate,
+        mongo_url=s.mongo_url,
+        mongo_database=s.mongo_database,
+        mongo_write_concern=s.mongo_write_concern,
+        timeout=s.storage_timeout_seconds,
+    )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import itertools
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import pytest
@@ -15,6 +18,14 @@ import pytest
 from protocol.client import Client, open_client
 from server.app import App
 from server.config import Settings
+from tests.backends import (
+    BACKENDS,
+    MongoServer,
+    create_postgres_database,
+    drop_mongo_database,
+    drop_postgres_database,
+    truncate_postgres,
+)
 
 # Cheap hashing keeps registration fast in tests; production defaults are in Settings.
 TEST_SETTINGS: dict[str, Any] = {
@@ -28,6 +39,7 @@ TEST_SETTINGS: dict[str, Any] = {
     "jwt_secret": "test-secret-that-is-at-least-32-bytes-long",
 }
 
+T = TypeVar("T")
 _names = itertools.count(1)
 
 
@@ -73,13 +85,73 @@ def http_get(url: str) -> tuple[int, str]:
 ServerFactory = Callable[..., Awaitable[RunningServer]]
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Modules marked ``all_backends`` run against every store combination; the rest on SQLite."""
+    if "backend" in metafunc.fixturenames:
+        every = metafunc.definition.get_closest_marker("all_backends") is not None
+        metafunc.parametrize("backend", BACKENDS if every else ("sqlite",), scope="function")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "all_backends: run against every storage backend combination")
+
+
+def run_in_thread(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from sync code, even inside a running loop."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """One PostgreSQL database per test session (per xdist worker), dropped at the end."""
+    dsn = run_in_thread(create_postgres_database())
+    try:
+        yield dsn
+    finally:
+        run_in_thread(drop_postgres_database(dsn))
+
+
+@pytest.fixture(scope="session")
+def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MongoServer]:
+    server = MongoServer.start(tmp_path_factory.mktemp("mongo") / "data")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
-async def make_server(tmp_path: Path) -> AsyncIterator[ServerFactory]:
+async def backend_settings(backend: str, request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]:
+    """Setting overrides selecting ``backend``, on freshly emptied databases."""
+    accounts, _, messages = backend.partition("+")
+    values: dict[str, Any] = {"accounts_backend": accounts, "messages_backend": messages or accounts}
+    mongo: MongoServer | None = None
+    if accounts == "postgres":
+        dsn: str = request.getfixturevalue("postgres_database")
+        await truncate_postgres(dsn)
+        values["postgres_dsn"] = dsn
+    if messages == "mongo":
+        mongo = request.getfixturevalue("mongo_server")
+        values["mongo_url"] = mongo.url
+        values["mongo_database"] = f"hubbub_test_{uuid.uuid4().hex[:12]}"
+    yield values
+    if mongo is not None:
+        await drop_mongo_database(mongo.url, values["mongo_database"])
+
+
+@pytest.fixture
+async def make_server(tmp_path: Path, backend_settings: dict[str, Any]) -> AsyncIterator[ServerFactory]:
     """Start servers with setting overrides; all are stopped after the test."""
     async with AsyncExitStack() as stack:
 
         async def factory(data_dir: Path | None = None, **overrides: Any) -> RunningServer:
-            values = {**TEST_SETTINGS, "data_dir": str(data_dir or tmp_path / "data"), **overrides}
+            values = {
+                **TEST_SETTINGS,
+                **backend_settings,
+                "data_dir": str(data_dir or tmp_path / "data"),
+                **overrides,
+            }
             settings = msgspec.convert(values, Settings)
             app = App(settings)
             await app.start()

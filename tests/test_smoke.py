@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import pytest
+
 from protocol import frames
 from tests.conftest import RunningServer
+
+pytestmark = pytest.mark.all_backends
 
 
 async def test_register_send_receive(server: RunningServer) -> None:

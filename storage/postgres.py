@@ -1,0 +1,473 @@
+"""PostgreSQL backend (asyncpg): the directory, and optionally the message log.
+
+Versioned SQL migrations live in storage/migrations/postgres/ and are applied
+under a session advisory lock, so several instances starting at once apply
+each migration exactly once. Read-mostly listings may go to a read replica.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from importlib import resources
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import asyncpg
+from asyncpg import Record
+from asyncpg.pool import PoolConnectionProxy
+
+from storage.base import HistoryOrder
+from storage.errors import Conflict, StoreUnavailable
+from storage.records import ConversationRecord, MessageRecord, NewMessage, UserRecord
+from storage.sqlite import dm_key
+
+T = TypeVar("T")
+if TYPE_CHECKING:
+    Conn = PoolConnectionProxy[Record]  # generic only in the stubs
+else:
+    Conn = PoolConnectionProxy
+
+MIGRATION_LOCK_ID = 0x48554242  # "HUBB": the advisory lock serialising migrations
+
+# Errors that mean "the server is not there (now)", as opposed to a bad query.
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
+def migrations() -> list[tuple[str, str]]:
+    """(version, sql) of every migration, in order."""
+    folder = resources.files("storage") / "migrations" / "postgres"
+    files = sorted((f for f in folder.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
+    return [(f.name.removesuffix(".sql"), f.read_text()) for f in files]
+
+
+async def migrate(dsn: str, timeout: float = 30.0) -> list[str]:
+    """Apply pending migrations; return the versions applied now."""
+    conn = await asyncpg.connect(dsn, timeout=timeout)
+    applied_now: list[str] = []
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
+        try:
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version TEXT PRIMARY KEY, applied_at TIMESTAMPTZ"
+                " NOT NULL DEFAULT now())"
+            )
+            done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+            for version, sql in migrations():
+                if version in done:
+                    continue
+                async with conn.transaction():
+                    await conn.execute(sql)
+                    await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+                applied_now.append(version)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
+    finally:
+        await conn.close()
+    return applied_now
+
+
+class PostgresPools:
+    """The primary pool and, when configured, a read-replica pool."""
+
+    def __init__(self, primary: asyncpg.Pool, replica: asyncpg.Pool | None) -> None:
+        self.primary = primary
+        self.replica = replica or primary
+
+    @classmethod
+    async def open(
+        cls, dsn: str, replica_dsn: str | None, *, min_size: int, max_size: int, timeout: float
+    ) -> PostgresPools:
+        async def create(target: str) -> asyncpg.Pool:
+            try:
+                pool = await asyncpg.create_pool(
+                    target,
+                    min_size=min_size,
+                    max_size=max_size,
+                    timeout=timeout,
+                    command_timeout=timeout,
+                    max_inactive_connection_lifetime=300,
+                )
+            except _CONNECTION_ERRORS as exc:
+                raise StoreUnavailable("postgres", f"cannot connect: {exc}") from exc
+            assert pool is not None
+            return pool
+
+        primary = await create(dsn)
+        replica = await create(replica_dsn) if replica_dsn else None
+        return cls(primary, replica)
+
+    async def close(self) -> None:
+        if self.replica is not self.primary:
+            await self.replica.close()
+        await self.primary.close()
+
+
+async def _run(pool: asyncpg.Pool, fn: Callable[[Conn], Awaitable[T]], *, retry: bool) -> T:
+    """Run ``fn`` on a pooled connection, translating outages to StoreUnavailable.
+
+    Reads retry once: after a database restart the first use of each pooled
+    connection fails, and a fresh connection then succeeds.
+    """
+    attempts = 2 if retry else 1
+    for attempt in range(attempts):
+        try:
+            async with pool.acquire() as conn:
+                return await fn(conn)
+        except _CONNECTION_ERRORS as exc:
+            if attempt + 1 == attempts:
+                raise StoreUnavailable("postgres", str(exc) or type(exc).__name__) from exc
+    raise AssertionError("unreachable")
+
+
+def _user(r: asyncpg.Record) -> UserRecord:
+    return UserRecord(
+        id=r["id"],
+        username=r["username"],
+        display_name=r["display_name"],
+        password_hash=r["password_hash"],
+        created_at=r["created_at"],
+        last_seen_at=r["last_seen_at"],
+    )
+
+
+def _conversation(r: asyncpg.Record) -> ConversationRecord:
+    return ConversationRecord(
+        id=r["id"],
+        kind=r["kind"],
+        name=r["name"],
+        topic=r["topic"],
+        private=r["private"],
+        created_by=r["created_by"],
+        created_at=r["created_at"],
+    )
+
+
+def _message(r: asyncpg.Record) -> MessageRecord:
+    return MessageRecord(
+        id=r["id"],
+        conversation_id=r["conversation_id"],
+        seq=r["seq"],
+        sender_id=r["sender_id"],
+        text=r["text"],
+        client_msg_id=r["client_msg_id"],
+        ts=r["ts"],
+    )
+
+
+USER_COLUMNS = "id, username, display_name, password_hash, created_at, last_seen_at"
+CONVERSATION_COLUMNS = "c.id, c.kind, c.name, c.topic, c.private, c.created_by, c.created_at"
+MESSAGE_COLUMNS = "conversation_id, seq, id, sender_id, text, client_msg_id, ts"
+
+
+class PostgresDirectory:
+    name = "postgres"
+
+    def __init__(self, pools: PostgresPools) -> None:
+        self.pools = pools
+
+    async def _primary(self, fn: Callable[[Conn], Awaitable[T]], *, write: bool = False) -> T:
+        return await _run(self.pools.primary, fn, retry=not write)
+
+    async def _replica(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+        return await _run(self.pools.replica, fn, retry=True)
+
+    async def ping(self) -> None:
+        await self._primary(lambda c: c.fetchval("SELECT 1"))
+
+    async def close(self) -> None:
+        """The pools are shared and closed by storage.factory.Stores."""
+
+    async def create_user(self, username: str, display_name: str, password_hash: str, now: int) -> UserRecord:
+        try:
+            row = await self._primary(
+                lambda c: c.fetchrow(
+                    "INSERT INTO users (username, display_name, password_hash, created_at) VALUES ($1, $2, $3, $4)"
+                    f" RETURNING {USER_COLUMNS}",
+                    username,
+                    display_name,
+                    password_hash,
+                    now,
+                ),
+                write=True,
+            )
+        except asyncpg.UniqueViolationError:
+            raise Conflict(f"username {username!r} is taken") from None
+        assert row is not None
+        return _user(row)
+
+    async def get_user(self, user_id: int) -> UserRecord | None:
+        row = await self._primary(lambda c: c.fetchrow(f"SELECT {USER_COLUMNS} FROM users WHERE id = $1", user_id))
+        return _user(row) if row else None
+
+    async def get_user_by_username(self, username: str) -> UserRecord | None:
+        row = await self._primary(
+            lambda c: c.fetchrow(f"SELECT {USER_COLUMNS} FROM users WHERE username = $1", username)
+        )
+        return _user(row) if row else None
+
+    async def get_users(self, user_ids: Sequence[int]) -> list[UserRecord]:
+        ids = sorted(set(user_ids))
+        if not ids:
+            return []
+        rows = await self._replica(
+            lambda c: c.fetch(f"SELECT {USER_COLUMNS} FROM users WHERE id = ANY($1::bigint[]) ORDER BY id", ids)
+        )
+        return [_user(r) for r in rows]
+
+    async def set_last_seen(self, user_id: int, ts: int) -> None:
+        await self._primary(
+            lambda c: c.execute("UPDATE users SET last_seen_at = $1 WHERE id = $2", ts, user_id), write=True
+        )
+
+    async def create_channel(
+        self, name: str, topic: str, private: bool, creator_id: int, now: int
+    ) -> ConversationRecord:
+        async def insert(c: Conn) -> asyncpg.Record:
+            async with c.transaction():
+                row = await c.fetchrow(
+                    "INSERT INTO conversations AS c (kind, name, topic, private, created_by, created_at)"
+                    f" VALUES ('channel', $1, $2, $3, $4, $5) RETURNING {CONVERSATION_COLUMNS}",
+                    name,
+                    topic,
+                    private,
+                    creator_id,
+                    now,
+                )
+                assert row is not None
+                await c.execute(
+                    "INSERT INTO memberships (conversation_id, user_id, joined_at) VALUES ($1, $2, $3)",
+                    row["id"],
+                    creator_id,
+                    now,
+                )
+                return row
+
+        try:
+            return _conversation(await self._primary(insert, write=True))
+        except asyncpg.UniqueViolationError:
+            raise Conflict(f"channel name {name!r} is taken") from None
+
+    async def get_conversation(self, conversation_id: int) -> ConversationRecord | None:
+        row = await self._primary(
+            lambda c: c.fetchrow(f"SELECT {CONVERSATION_COLUMNS} FROM conversations c WHERE c.id = $1", conversation_id)
+        )
+        return _conversation(row) if row else None
+
+    async def public_channels(self) -> list[ConversationRecord]:
+        rows = await self._replica(
+            lambda c: c.fetch(
+                f"SELECT {CONVERSATION_COLUMNS} FROM conversations c"
+                " WHERE c.kind = 'channel' AND NOT c.private ORDER BY c.name"
+            )
+        )
+        return [_conversation(r) for r in rows]
+
+    async def conversations_of(self, user_id: int) -> list[ConversationRecord]:
+        rows = await self._primary(
+            lambda c: c.fetch(
+                f"SELECT {CONVERSATION_COLUMNS} FROM memberships m JOIN conversations c ON c.id = m.conversation_id"
+                " WHERE m.user_id = $1 ORDER BY c.id",
+                user_id,
+            )
+        )
+        return [_conversation(r) for r in rows]
+
+    async def is_member(self, conversation_id: int, user_id: int) -> bool:
+        found = await self._primary(
+            lambda c: c.fetchval(
+                "SELECT 1 FROM memberships WHERE conversation_id = $1 AND user_id = $2", conversation_id, user_id
+            )
+        )
+        return found is not None
+
+    async def add_member(self, conversation_id: int, user_id: int, now: int) -> bool:
+        status = await self._primary(
+            lambda c: c.execute(
+                "INSERT INTO memberships (conversation_id, user_id, joined_at) VALUES ($1, $2, $3)"
+                " ON CONFLICT DO NOTHING",
+                conversation_id,
+                user_id,
+                now,
+            ),
+            write=True,
+        )
+        return bool(status == "INSERT 0 1")
+
+    async def remove_member(self, conversation_id: int, user_id: int) -> bool:
+        status = await self._primary(
+            lambda c: c.execute(
+                "DELETE FROM memberships WHERE conversation_id = $1 AND user_id = $2", conversation_id, user_id
+            ),
+            write=True,
+        )
+        return bool(status == "DELETE 1")
+
+    async def member_ids(self, conversation_id: int) -> list[int]:
+        rows = await self._primary(
+            lambda c: c.fetch(
+                "SELECT user_id FROM memberships WHERE conversation_id = $1 ORDER BY user_id", conversation_id
+            )
+        )
+        return [r["user_id"] for r in rows]
+
+    async def members_of_many(self, conversation_ids: Sequence[int]) -> dict[int, list[int]]:
+        ids = sorted(set(conversation_ids))
+        if not ids:
+            return {}
+        rows = await self._replica(
+            lambda c: c.fetch(
+                "SELECT conversation_id, user_id FROM memberships WHERE conversation_id = ANY($1::bigint[])"
+                " ORDER BY conversation_id, user_id",
+                ids,
+            )
+        )
+        result: dict[int, list[int]] = {}
+        for r in rows:
+            result.setdefault(r["conversation_id"], []).append(r["user_id"])
+        return result
+
+    async def open_dm(self, member_ids: Sequence[int], creator_id: int, now: int) -> tuple[ConversationRecord, bool]:
+        key = dm_key(member_ids)
+        members = sorted(set(member_ids))
+
+        async def open_(c: Conn) -> tuple[asyncpg.Record, bool]:
+            async with c.transaction():
+                # ON CONFLICT makes two people opening the same DM at once meet in one row.
+                row = await c.fetchrow(
+                    "INSERT INTO conversations AS c (kind, name, topic, private, created_by, created_at, dm_key)"
+                    " VALUES ('dm', NULL, '', TRUE, $1, $2, $3) ON CONFLICT (dm_key) DO NOTHING"
+                    f" RETURNING {CONVERSATION_COLUMNS}",
+                    creator_id,
+                    now,
+                    key,
+                )
+                if row is None:
+                    existing = await c.fetchrow(
+                        f"SELECT {CONVERSATION_COLUMNS} FROM conversations c WHERE c.dm_key = $1", key
+                    )
+                    assert existing is not None  # the conflicting row is committed
+                    return existing, False
+                await c.executemany(
+                    "INSERT INTO memberships (conversation_id, user_id, joined_at) VALUES ($1, $2, $3)",
+                    [(row["id"], uid, now) for uid in members],
+                )
+                return row, True
+
+        row, created = await self._primary(open_, write=True)
+        return _conversation(row), created
+
+
+class PostgresMessageLog:
+    """Messages in PostgreSQL: seq from a per-conversation counter row.
+
+    The counter update and the insert share one transaction, so seqs are
+    gapless; the counter row lock orders concurrent senders, on any instance.
+    """
+
+    name = "postgres"
+
+    def __init__(self, pools: PostgresPools) -> None:
+        self.pools = pools
+
+    async def ping(self) -> None:
+        await _run(self.pools.primary, lambda c: c.fetchval("SELECT 1"), retry=True)
+
+    async def close(self) -> None:
+        """The pools are shared and closed by storage.factory.Stores."""
+
+    async def append(self, message: NewMessage) -> tuple[MessageRecord, bool]:
+        m = message
+
+        async def append(c: Conn) -> tuple[asyncpg.Record | MessageRecord, bool]:
+            async with c.transaction():
+                existing = await c.fetchrow(
+                    f"SELECT {MESSAGE_COLUMNS} FROM messages"
+                    " WHERE conversation_id = $1 AND sender_id = $2 AND client_msg_id = $3",
+                    m.conversation_id,
+                    m.sender_id,
+                    m.client_msg_id,
+                )
+                if existing is not None:
+                    return existing, True
+                seq = await c.fetchval(
+                    "INSERT INTO conversation_seq (conversation_id, last_seq) VALUES ($1, 1)"
+                    " ON CONFLICT (conversation_id) DO UPDATE SET last_seq = conversation_seq.last_seq + 1"
+                    " RETURNING last_seq",
+                    m.conversation_id,
+                )
+                record = MessageRecord(
+                    id=uuid.uuid4().hex,
+                    conversation_id=m.conversation_id,
+                    seq=seq,
+                    sender_id=m.sender_id,
+                    text=m.text,
+                    client_msg_id=m.client_msg_id,
+                    ts=m.ts,
+                )
+                await c.execute(
+                    f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    record.conversation_id,
+                    record.seq,
+                    record.id,
+                    record.sender_id,
+                    record.text,
+                    record.client_msg_id,
+                    record.ts,
+                )
+                return record, False
+
+        for _ in range(3):
+            try:
+                row, duplicate = await _run(self.pools.primary, append, retry=False)
+            except asyncpg.UniqueViolationError:
+                # A concurrent resend of the same client_msg_id won the race and
+                # our transaction rolled back (counter included): read it back.
+                continue
+            return (row if isinstance(row, MessageRecord) else _message(row)), duplicate
+        raise StoreUnavailable("postgres", "append kept conflicting")
+
+    async def history(
+        self,
+        conversation_id: int,
+        *,
+        before: int | None,
+        after: int | None,
+        limit: int,
+        order: HistoryOrder,
+    ) -> list[MessageRecord]:
+        direction = "DESC" if order == "desc" else "ASC"
+        sql = (
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1 AND seq > $2 AND seq < $3"
+            f" ORDER BY seq {direction} LIMIT $4"
+        )
+        args: tuple[Any, ...] = (
+            conversation_id,
+            -1 if after is None else after,
+            2**62 if before is None else before,
+            limit,
+        )
+        rows = await _run(self.pools.primary, lambda c: c.fetch(sql, *args), retry=True)
+        return [_message(r) for r in rows]
+
+    async def last_seqs(self, conversation_ids: Sequence[int]) -> dict[int, int]:
+        ids = sorted(set(conversation_ids))
+        if not ids:
+            return {}
+        rows = await _run(
+            self.pools.primary,
+            lambda c: c.fetch(
+                "SELECT conversation_id, last_seq FROM conversation_seq WHERE conversation_id = ANY($1::bigint[])",
+                ids,
+            ),
+            retry=True,
+        )
+        return {r["conversation_id"]: r["last_seq"] for r in rows}

@@ -1,0 +1,135 @@
+"""Real database servers for the tests: PostgreSQL, and a MongoDB-protocol server.
+
+PostgreSQL is the machine's (HUBBUB_TEST_POSTGRES_DSN, default the local
+trust-auth server); each test session makes its own database and drops it.
+MongoDB is HUBBUB_TEST_MONGO_URL when given, else a secantusd-py process the
+session starts from the tool virtualenv `.venv-secantus` (see Makefile); each
+test gets its own Mongo database. A missing server fails the tests that need
+it: these tests never skip.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+from pymongo import AsyncMongoClient, MongoClient
+
+ROOT = Path(__file__).resolve().parent.parent
+BACKENDS = ("sqlite", "postgres+mongo", "postgres+postgres")
+"""accounts store + messages store; "sqlite" is both in one file."""
+
+ADMIN_DSN = os.environ.get("HUBBUB_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+SECANTUSD = os.environ.get("HUBBUB_TEST_SECANTUSD", str(ROOT / ".venv-secantus" / "bin" / "secantusd-py"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def dsn_for(database: str, admin_dsn: str = ADMIN_DSN) -> str:
+    return admin_dsn.rsplit("/", 1)[0] + "/" + database
+
+
+async def create_postgres_database(admin_dsn: str = ADMIN_DSN) -> str:
+    """A new empty database; returns its DSN."""
+    name = f"hubbub_test_{uuid.uuid4().hex[:12]}"
+    try:
+        conn = await asyncpg.connect(admin_dsn, timeout=10)
+    except OSError as exc:
+        raise RuntimeError(f"PostgreSQL is not reachable at {admin_dsn} (start it, see README): {exc}") from exc
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return dsn_for(name, admin_dsn)
+
+
+async def drop_postgres_database(dsn: str, admin_dsn: str = ADMIN_DSN) -> None:
+    name = dsn.rsplit("/", 1)[1]
+    conn = await asyncpg.connect(admin_dsn, timeout=10)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def truncate_postgres(dsn: str) -> None:
+    """Empty every table the stores use, between tests sharing one database."""
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        tables = [
+            r["tablename"]
+            for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+            if r["tablename"] != "schema_migrations"
+        ]
+        if tables:
+            await conn.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
+    finally:
+        await conn.close()
+
+
+class MongoServer:
+    """A secantusd-py process on a free port, or an external MongoDB."""
+
+    def __init__(self, url: str, process: subprocess.Popen[bytes] | None) -> None:
+        self.url = url
+        self.process = process
+
+    @classmethod
+    def start(cls, storage_path: Path, port: int | None = None) -> MongoServer:
+        external = os.environ.get("HUBBUB_TEST_MONGO_URL")
+        if external:
+            return cls(external, None)
+        if not Path(SECANTUSD).exists():
+            raise RuntimeError(f"{SECANTUSD} is missing: run `make test` (it installs the test tool secantusdb)")
+        port = port or free_port()
+        storage_path.mkdir(parents=True, exist_ok=True)
+        log = open(storage_path.parent / f"secantusd-{port}.log", "ab")  # noqa: SIM115 - lives as long as the process
+        process = subprocess.Popen(
+            [SECANTUSD, "--host", "127.0.0.1", "--port", str(port), "--storage-path", str(storage_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        server = cls(f"mongodb://127.0.0.1:{port}/?directConnection=true", process)
+        server.wait_ready()
+        return server
+
+    def wait_ready(self, deadline_seconds: float = 30.0) -> None:
+        deadline = time.monotonic() + deadline_seconds
+        while True:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"secantusd-py exited with {self.process.returncode}")
+            try:
+                with MongoClient(self.url, serverSelectionTimeoutMS=500) as client:
+                    client.admin.command("ping")
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+async def drop_mongo_database(url: str, name: str) -> None:
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(url, serverSelectionTimeoutMS=5000)
+    try:
+        await client.drop_database(name)
+    finally:
+        await client.close()
