@@ -109,7 +109,8 @@ class MongoServer:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"secantusd-py exited with {self.process.returncode}")
             try:
-                with MongoClient(self.url, serverSelectionTimeoutMS=500) as client:
+                client: MongoClient[dict[str, object]] = MongoClient(self.url, serverSelectionTimeoutMS=500)
+                with client:
                     client.admin.command("ping")
                 return
             except Exception:
