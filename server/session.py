@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from typing import Any
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -52,6 +51,7 @@ class Session:
         self._limit = hub.settings.outbound_buffer_bytes
         self._bucket = TokenBucket(hub.settings.rate_per_second, hub.settings.rate_burst)
         self._auth_timer: asyncio.TimerHandle | None = None
+        self._close_task: asyncio.Task[None] | None = None
 
     # -- outbound -----------------------------------------------------------
 
@@ -88,14 +88,20 @@ class Session:
         self._out_bytes = 0
         self.hub.metrics.slow_consumers.inc()
         logs.warning("slow_consumer", conn_id=self.conn_id, user_id=self.user_id or None)
-        self._loop.create_task(self.ws.close(CloseCode.SLOW_CONSUMER, "slow consumer"))
+        self._close_task = self._loop.create_task(self._close_slow_consumer())
+
+    async def _close_slow_consumer(self) -> None:
+        # ws.close() first waits for the peer to drain the buffer, with no time
+        # limit: a peer that never reads again would keep the connection forever.
+        try:
+            async with asyncio.timeout(self.ws.close_timeout or 5):
+                await self.ws.close(CloseCode.SLOW_CONSUMER, "slow consumer")
+        except TimeoutError:
+            self._transport.abort()
 
     def send_payload(self, payload: bytes, frame_type: str) -> None:
         self.hub.metrics.frames_out.labels(frame_type).inc()
         self.send_frame(codec.websocket_text_frame(payload))
-
-    def reply(self, request_id: RequestId, result: Any) -> None:
-        self.send_payload(codec.encode_result(request_id, result), "result")
 
     def reply_error(self, request_id: RequestId | None, code: ErrorCode, message: str) -> None:
         self.hub.metrics.errors.labels(code.value).inc()
@@ -206,6 +212,8 @@ class Session:
         start = time.perf_counter()
         try:
             result = await HANDLERS[op](self.hub, self, request)
+            # Encoded here so that an encoding fault is an error reply, not a dropped connection.
+            payload = codec.encode_result(request.id, result)
         except ApiError as exc:
             self.reply_error(request.id, exc.code, exc.message)
         except StoreUnavailable as exc:
@@ -215,7 +223,7 @@ class Session:
             logs.error("internal_error", exc_info=True, op=op, conn_id=self.conn_id, request_id=request.id)
             self.reply_error(request.id, ErrorCode.INTERNAL, "internal error")
         else:
-            self.reply(request.id, result)
+            self.send_payload(payload, "result")
         latency = time.perf_counter() - start
         metrics.request_latency.labels(op).observe(latency)
 

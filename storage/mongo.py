@@ -33,14 +33,15 @@ Document = dict[str, Any]
 
 
 def _message(d: Document) -> MessageRecord:
+    # int(): BSON may hand back bson.Int64, which JSON encoders refuse.
     return MessageRecord(
         id=d["_id"],
-        conversation_id=d["conversation_id"],
-        seq=d["seq"],
-        sender_id=d["sender_id"],
+        conversation_id=int(d["conversation_id"]),
+        seq=int(d["seq"]),
+        sender_id=int(d["sender_id"]),
         text=d["text"],
         client_msg_id=d["client_msg_id"],
-        ts=d["ts"],
+        ts=int(d["ts"]),
     )
 
 
@@ -181,6 +182,6 @@ class MongoMessageLog:
         if not ids:
             return {}
         try:
-            return {d["_id"]: d["seq"] async for d in self.counters.find({"_id": {"$in": ids}})}
+            return {int(d["_id"]): int(d["seq"]) async for d in self.counters.find({"_id": {"$in": ids}})}
         except PyMongoError as exc:
             raise _unavailable(exc) from exc

@@ -83,25 +83,35 @@ class MongoServer:
     def __init__(self, url: str, process: subprocess.Popen[bytes] | None) -> None:
         self.url = url
         self.process = process
+        self._command: list[str] = []
+        self._log_path = Path(os.devnull)
 
     @classmethod
-    def start(cls, storage_path: Path, port: int | None = None) -> MongoServer:
+    def start(cls, storage_path: Path) -> MongoServer:
+        """The external MongoDB when HUBBUB_TEST_MONGO_URL is set, else our own process."""
         external = os.environ.get("HUBBUB_TEST_MONGO_URL")
         if external:
             return cls(external, None)
+        return cls.start_own(storage_path)
+
+    @classmethod
+    def start_own(cls, storage_path: Path) -> MongoServer:
+        """A secantusd-py process of this test run, which tests may stop and restart."""
         if not Path(SECANTUSD).exists():
             raise RuntimeError(f"{SECANTUSD} is missing: run `make test` (it installs the test tool secantusdb)")
-        port = port or free_port()
+        port = free_port()
+        server = cls(f"mongodb://127.0.0.1:{port}/?directConnection=true", None)
+        server._command = [SECANTUSD, "--host", "127.0.0.1", "--port", str(port), "--storage-path", str(storage_path)]
+        server._log_path = storage_path.parent / f"secantusd-{port}.log"
         storage_path.mkdir(parents=True, exist_ok=True)
-        log = open(storage_path.parent / f"secantusd-{port}.log", "ab")  # noqa: SIM115 - lives as long as the process
-        process = subprocess.Popen(
-            [SECANTUSD, "--host", "127.0.0.1", "--port", str(port), "--storage-path", str(storage_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        server = cls(f"mongodb://127.0.0.1:{port}/?directConnection=true", process)
-        server.wait_ready()
+        server.restart()
         return server
+
+    def restart(self) -> None:
+        """(Re)start our own process on the same port and storage."""
+        with open(self._log_path, "ab") as log:
+            self.process = subprocess.Popen(self._command, stdout=log, stderr=subprocess.STDOUT)
+        self.wait_ready()
 
     def wait_ready(self, deadline_seconds: float = 30.0) -> None:
         deadline = time.monotonic() + deadline_seconds
@@ -134,3 +144,60 @@ async def drop_mongo_database(url: str, name: str) -> None:
         await client.drop_database(name)
     finally:
         await client.close()
+
+
+def _postgres_bin(name: str) -> str:
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    if not candidates:
+        raise RuntimeError(f"{name} not found under /usr/lib/postgresql (install the postgresql package)")
+    return str(candidates[-1])
+
+
+class ThrowawayPostgres:
+    """A private PostgreSQL cluster on a spare port, for tests that stop and restart it.
+
+    Never the machine's shared server. Run as the ``postgres`` user when the
+    tests run as root, since initdb refuses root.
+    """
+
+    def __init__(self) -> None:
+        import tempfile
+
+        self.root = Path(tempfile.mkdtemp(prefix="hubbub-pg-"))
+        self.data = self.root / "data"
+        self.port = free_port()
+        self._as_user: list[str] = []
+        if os.geteuid() == 0:
+            import shutil
+
+            shutil.chown(self.root, "postgres", "postgres")
+            self._as_user = ["runuser", "-u", "postgres", "--"]
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str) -> None:
+        subprocess.run([*self._as_user, *args], check=True, capture_output=True, timeout=60)
+
+    def init(self) -> None:
+        self._run(_postgres_bin("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "--no-sync")
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run(
+            _postgres_bin("pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.root / "log"), "-w", "start"
+        )
+
+    def stop(self) -> None:
+        """Stop at once, as a crash would (in-flight transactions are lost, committed ones kept)."""
+        if (self.data / "postmaster.pid").exists():
+            self._run(_postgres_bin("pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
+    def destroy(self) -> None:
+        import shutil
+
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)

@@ -1,0 +1,128 @@
+"""A database stopped mid-run: prompt `unavailable`, /readyz 503 naming the
+store, connections kept, and service resumes by itself with every
+acknowledged message in history."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from protocol.client import Client, ServerError
+from tests.backends import MongoServer, ThrowawayPostgres
+from tests.conftest import RunningServer, ServerFactory, http_get
+
+STORAGE_TIMEOUT = 2.0
+
+
+@pytest.fixture
+def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
+    pg = ThrowawayPostgres()
+    pg.init()
+    pg.start()
+    try:
+        yield pg
+    finally:
+        pg.destroy()
+
+
+@pytest.fixture
+def own_mongo(tmp_path: Path) -> Iterator[MongoServer]:
+    mongo = MongoServer.start_own(tmp_path / "mongo")
+    try:
+        yield mongo
+    finally:
+        mongo.stop()
+
+
+async def send(client: Client, conversation_id: int, client_msg_id: str) -> int:
+    ack = await client.call(
+        "message.send", conversation_id=conversation_id, text=client_msg_id, client_msg_id=client_msg_id
+    )
+    seq: int = ack.message.seq
+    return seq
+
+
+async def send_until_accepted(client: Client, conversation_id: int, client_msg_id: str, deadline: float = 30) -> int:
+    """Retry a send (same client_msg_id, so at most one copy) until the store is back."""
+    end = time.monotonic() + deadline
+    while True:
+        try:
+            return await send(client, conversation_id, client_msg_id)
+        except ServerError as exc:
+            assert exc.code == "unavailable", exc
+            if time.monotonic() > end:
+                raise
+            await asyncio.sleep(0.2)  # a client's retry backoff: time passing is the point here
+
+
+async def outage_checks(server: RunningServer, client: Client, conversation_id: int, store: str) -> None:
+    """While the store is down: prompt errors, 503 naming it, the connection open."""
+    started = time.monotonic()
+    with pytest.raises(ServerError) as failed:
+        await send(client, conversation_id, "during-outage")
+    assert failed.value.code == "unavailable"
+    assert time.monotonic() - started < STORAGE_TIMEOUT + 3, "a dead store must not hang requests"
+    with pytest.raises(ServerError) as failed:
+        await client.call("message.history", conversation_id=conversation_id)
+    assert failed.value.code == "unavailable"
+    status, body = await asyncio.to_thread(http_get, server.http_url + "/readyz")
+    assert status == 503
+    assert store in body
+    assert (await client.call("ping")).ts > 0  # the connection stays open
+
+
+async def recovery_checks(server: RunningServer, client: Client, conversation_id: int, acked: dict[str, int]) -> None:
+    acked["during-outage"] = await send_until_accepted(client, conversation_id, "during-outage")
+    acked["after"] = await send(client, conversation_id, "after")
+    status, _ = await asyncio.to_thread(http_get, server.http_url + "/readyz")
+    assert status == 200
+    page = await client.call("message.history", conversation_id=conversation_id, order="asc", limit=100)
+    stored = {m.client_msg_id: m.seq for m in page.messages}
+    assert stored == acked, "every acknowledged message is in history, once"
+    seqs = [m.seq for m in page.messages]
+    assert seqs == sorted(set(seqs))
+
+
+async def test_postgres_outage(throwaway_postgres: ThrowawayPostgres, make_server: ServerFactory) -> None:
+    server = await make_server(
+        accounts_backend="postgres",
+        messages_backend="postgres",
+        postgres_dsn=throwaway_postgres.dsn,
+        storage_timeout_seconds=STORAGE_TIMEOUT,
+    )
+    alice = await server.user()
+    channel = (await alice.call("channel.create", name="ops")).conversation
+    acked = {f"before-{i}": await send(alice, channel.id, f"before-{i}") for i in range(3)}
+
+    await asyncio.to_thread(throwaway_postgres.stop)
+    await outage_checks(server, alice, channel.id, "postgres")
+    await asyncio.to_thread(throwaway_postgres.start)
+    await recovery_checks(server, alice, channel.id, acked)
+    assert [m.seq for m in (await alice.call("message.history", conversation_id=channel.id)).messages] == [
+        5,
+        4,
+        3,
+        2,
+        1,
+    ]
+
+
+async def test_mongo_outage(own_mongo: MongoServer, make_server: ServerFactory) -> None:
+    server = await make_server(
+        accounts_backend="sqlite",
+        messages_backend="mongo",
+        mongo_url=own_mongo.url,
+        storage_timeout_seconds=STORAGE_TIMEOUT,
+    )
+    alice = await server.user()
+    channel = (await alice.call("channel.create", name="ops")).conversation
+    acked = {f"before-{i}": await send(alice, channel.id, f"before-{i}") for i in range(3)}
+
+    await asyncio.to_thread(own_mongo.stop)
+    await outage_checks(server, alice, channel.id, "mongo")
+    await asyncio.to_thread(own_mongo.restart)
+    await recovery_checks(server, alice, channel.id, acked)
