@@ -93,9 +93,20 @@ class SqliteDatabase:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        for target, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            conn.executescript(f"BEGIN; {script}; PRAGMA user_version={target}; COMMIT;")
+        # BEGIN IMMEDIATE takes the write lock before reading the version, so
+        # processes starting at once on one file migrate it exactly once.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            for target, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                # One statement at a time: executescript() would commit the lock away.
+                for statement in filter(None, (part.strip() for part in script.split(";"))):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={target}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
         self._conn = conn
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
