@@ -27,7 +27,8 @@ class ErrorCode(enum.StrEnum):
     TOO_LARGE = "too_large"
     """The frame or a field in it is over its documented limit."""
     UNAVAILABLE = "unavailable"
-    """A backing store is unreachable; the request had no effect, retry later."""
+    """A backing store is unreachable or timed out; retry later. A message.send
+    may still have been stored: resend it with the same client_msg_id."""
     INTERNAL = "internal"
     """An unexpected server fault; the request may be retried."""
 
@@ -39,8 +40,6 @@ class CloseCode(enum.IntEnum):
     """The client or server closed the connection normally."""
     GOING_AWAY = 1001
     """The server is shutting down; reconnect (to another instance)."""
-    POLICY_VIOLATION = 1008
-    """The handshake or a frame broke a policy (for example a binary frame)."""
     MESSAGE_TOO_BIG = 1009
     """A frame exceeded the hard frame size cap; the connection is dropped."""
     INTERNAL_ERROR = 1011

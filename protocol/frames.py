@@ -335,7 +335,9 @@ class MemberLeft(ServerFrame, tag="member.left"):
 
 
 class ConversationAdded(ServerFrame, tag="conversation.added"):
-    """You were added to a conversation (invited, a DM opened, or joined on another device)."""
+    """You were added to a conversation: created, joined or invited, a DM opened.
+
+    Sent to every connection of the user, the one that made the request included."""
 
     conversation: Conversation
     by: int

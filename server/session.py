@@ -158,18 +158,21 @@ class Session:
             except StoreUnavailable as exc:
                 logs.warning("presence_offline_failed", user_id=self.user_id, error=str(exc))
 
+    def _check_connection_limit(self, user_id: int) -> None:
+        limit = self.hub.settings.max_connections_per_user
+        if self.hub.registry.connections_of(user_id) >= limit:
+            raise ApiError(ErrorCode.RATE_LIMITED, f"at most {limit} connections per user")
+
     async def authenticate(self, user: UserRecord) -> None:
         """Make this connection the user's: route their conversations here."""
         if self.user is not None:
             if self.user.id == user.id:
                 return
             raise ApiError(ErrorCode.FORBIDDEN, "this connection is authenticated as another user")
-        if self.hub.registry.connections_of(user.id) >= self.hub.settings.max_connections_per_user:
-            raise ApiError(
-                ErrorCode.RATE_LIMITED,
-                f"at most {self.hub.settings.max_connections_per_user} connections per user",
-            )
+        self._check_connection_limit(user.id)
         conversation_ids = [c.id for c in await self.hub.directory.conversations_of(user.id)]
+        # Checked again: other connections of the user may have authenticated during the await.
+        self._check_connection_limit(user.id)
         self.user = user
         self.user_id = user.id
         if self._auth_timer is not None:

@@ -34,8 +34,10 @@ async def send(hub: Hub, session: Session, req: frames.MessageSend) -> frames.Se
     message = message_view(record)
     if not duplicate:
         hub.metrics.messages_stored.inc()
-        event = codec.encode(frames.MessageNew(message=message))
-        await hub.publish(Delivery(event, "message.new", conversations=(record.conversation_id,)))
+    # A duplicate is announced again: the first attempt may have been stored
+    # after its request timed out, with no event sent. Clients dedupe by id.
+    event = codec.encode(frames.MessageNew(message=message))
+    await hub.publish(Delivery(event, "message.new", conversations=(record.conversation_id,)))
     return frames.SendAck(message=message, duplicate=duplicate)
 
 
