@@ -71,7 +71,9 @@ class Client:
         """Send a frame as is (tests of malformed input)."""
         await self.ws.send(data)
 
-    async def reply_to(self, request_id: frames.RequestId, timeout: float = 10) -> frames.ResultFrame | frames.ErrorFrame:
+    async def reply_to(
+        self, request_id: frames.RequestId, timeout: float = 10
+    ) -> frames.ResultFrame | frames.ErrorFrame:
         """Wait for the reply to a request sent with ``send_raw``."""
         future = self._pending.setdefault(request_id, asyncio.get_running_loop().create_future())
         return await asyncio.wait_for(future, timeout)
