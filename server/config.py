@@ -59,7 +59,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ] = 20
     login_failure_window_seconds: Annotated[PositiveFloat, _doc("Window of the failed-login limits.")] = 300.0
     auth_timeout_seconds: Annotated[PositiveFloat, _doc("Unauthenticated connections close (4001) after this.")] = 10.0
-    allowed_origins: Annotated[str, _doc("Comma-separated allowed `Origin` headers; empty allows any (and none).")] = ""
+    allowed_origins: Annotated[
+        str,
+        _doc("Comma-separated allowed browser `Origin`s (403 for others); no `Origin` is always allowed; empty: any."),
+    ] = ""
     outbound_buffer_bytes: Annotated[
         Annotated[int, Meta(ge=4096)],
         _doc("Unsent bytes a connection may hold before it is closed as a slow consumer (4008)."),
@@ -113,10 +116,14 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return self.resolved_accounts_backend
 
     @property
-    def origins(self) -> list[str] | None:
-        """Allowed origins for websockets' ``origins=``; None allows any."""
-        items = [o.strip() for o in self.allowed_origins.split(",") if o.strip()]
-        return items or None
+    def origins(self) -> list[str | None] | None:
+        """Allowed origins for websockets' ``origins=``; None allows any.
+
+        The list includes None (no Origin header): the check protects
+        browsers, which always send one, and must not lock out bots.
+        """
+        items: list[str | None] = [o.strip() for o in self.allowed_origins.split(",") if o.strip()]
+        return [*items, None] if items else None
 
     @property
     def hard_frame_bytes(self) -> int:
