@@ -1,0 +1,184 @@
+"""Presence: online while at least one device is connected, heard by those who
+share a conversation, queryable with last_seen."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from protocol import frames
+from protocol.client import Client, ServerError
+from tests.conftest import RunningServer, unique_name
+
+
+def uid(client: Client) -> int:
+    assert client.user is not None
+    return client.user.id
+
+
+def token(client: Client) -> str:
+    assert client.token is not None
+    return client.token
+
+
+async def settled_events(client: Client) -> list[frames.ServerFrame]:
+    """Every event queued to ``client`` before its own ping was answered."""
+    await client.call("ping")
+    return client.drain_events()
+
+
+async def events_until(client: Client, match: Callable[[frames.ServerFrame], bool]) -> list[frames.ServerFrame]:
+    """Events up to and including the first that matches, in arrival order."""
+    seen: list[frames.ServerFrame] = []
+    async with asyncio.timeout(10):
+        while True:
+            event = await client.next_event()
+            seen.append(event)
+            if match(event):
+                return seen
+
+
+def presence_of(events: list[frames.ServerFrame], user_id: int) -> list[frames.Presence]:
+    return [e.presence for e in events if isinstance(e, frames.PresenceChanged) and e.presence.user_id == user_id]
+
+
+async def next_presence_of(client: Client, user_id: int) -> frames.Presence:
+    async with asyncio.timeout(10):
+        while True:
+            event = await client.next_event(frames.PresenceChanged)
+            if event.presence.user_id == user_id:
+                presence: frames.Presence = event.presence
+                return presence
+
+
+async def query(client: Client, *user_ids: int) -> list[frames.Presence]:
+    result: frames.PresenceList = await client.call("presence.query", user_ids=list(user_ids))
+    return result.presence
+
+
+async def connect_as(server: RunningServer, client: Client) -> Client:
+    device = await server.client()
+    await device.auth(token(client))
+    return device
+
+
+async def sessions_gone(server: RunningServer, user_id: int, remaining: int) -> None:
+    """Wait (bounded) until the server has finished tearing down the user's
+    closed connections and only ``remaining`` are left; nothing observable is
+    sent when a user's non-last connection ends, so this watches the server."""
+    async with asyncio.timeout(5):
+        while sum(1 for s in server.app.sessions if s.user_id == user_id) != remaining:  # noqa: ASYNC110 - no event to await
+            await asyncio.sleep(0.005)
+
+
+async def test_online_until_the_last_device_closes(server: RunningServer) -> None:
+    alice = await server.user()
+    bob = await server.user()
+    await bob.call("dm.open", user_ids=[uid(alice)])
+    (status,) = await query(bob, uid(alice))
+    assert status.status == "online"
+
+    await alice.close()
+    gone = await next_presence_of(bob, uid(alice))
+    assert gone.status == "offline"
+    assert gone.last_seen is not None
+    (status,) = await query(bob, uid(alice))
+    assert (status.status, status.last_seen) == ("offline", gone.last_seen)
+
+    laptop = await connect_as(server, alice)
+    back = await next_presence_of(bob, uid(alice))
+    assert back.status == "online"
+    assert back.last_seen is not None and back.last_seen >= gone.last_seen
+
+    phone = await connect_as(server, alice)
+    await phone.call("ping")
+    assert presence_of(await settled_events(bob), uid(alice)) == []  # still the same online
+
+    await laptop.close()
+    await sessions_gone(server, uid(alice), remaining=1)
+    assert presence_of(await settled_events(bob), uid(alice)) == []
+    (status,) = await query(bob, uid(alice))
+    assert status.status == "online"
+    # The remaining device still works and still receives.
+    dm = (await phone.call("dm.list")).conversations[0]
+    await bob.call("message.send", conversation_id=dm.id, text="still there?", client_msg_id="1")
+    assert (await phone.next_event(frames.MessageNew)).message.text == "still there?"
+
+    await phone.close()
+    last = await next_presence_of(bob, uid(alice))
+    assert last.status == "offline"
+    assert last.last_seen is not None and last.last_seen >= back.last_seen
+    (status,) = await query(bob, uid(alice))
+    assert (status.status, status.last_seen) == ("offline", last.last_seen)
+
+
+async def test_presence_reaches_only_those_sharing_a_conversation(server: RunningServer) -> None:
+    alice = await server.user()
+    dm_peer = await server.user()  # shares a DM with alice
+    channel_peer = await server.user()  # shares a channel with alice
+    stranger = await server.user()  # shares nothing with alice
+    await dm_peer.call("dm.open", user_ids=[uid(alice)])
+    room = (await alice.call("channel.create", name=unique_name("room"))).conversation.id
+    await channel_peer.call("channel.join", channel_id=room)
+    # The stranger and the DM peer share a channel of their own, used to
+    # prove ordering: whatever the stranger got before that channel's next
+    # message was sent before it.
+    side = (await dm_peer.call("channel.create", name=unique_name("side"))).conversation.id
+    await stranger.call("channel.join", channel_id=side)
+    for client in (dm_peer, channel_peer, stranger):
+        await settled_events(client)
+
+    async def stranger_heard_nothing_of_alice(text: str) -> None:
+        await dm_peer.call("message.send", conversation_id=side, text=text, client_msg_id=text)
+        events = await events_until(stranger, lambda e: isinstance(e, frames.MessageNew) and e.message.text == text)
+        assert presence_of(events, uid(alice)) == []
+
+    alice_token = token(alice)
+    await alice.close()
+    for peer in (dm_peer, channel_peer):
+        presence = await next_presence_of(peer, uid(alice))
+        assert presence.status == "offline" and presence.last_seen is not None
+    await stranger_heard_nothing_of_alice("after-offline")
+
+    again = await server.client()
+    await again.auth(alice_token)
+    for peer in (dm_peer, channel_peer):
+        presence = await next_presence_of(peer, uid(alice))
+        assert presence.status == "online"
+    await stranger_heard_nothing_of_alice("after-online")
+
+    # Presence is still queryable by anyone.
+    (status,) = await query(stranger, uid(alice))
+    assert status.status == "online"
+
+
+async def test_presence_query(server: RunningServer) -> None:
+    online = await server.user()
+    leaving = await server.user()
+    asker = await server.user()
+    await asker.call("dm.open", user_ids=[uid(leaving)])
+    await leaving.close()
+    gone = await next_presence_of(asker, uid(leaving))
+
+    result = await query(asker, uid(leaving), 999_999, uid(online), uid(asker))
+    by_user = {p.user_id: p for p in result}
+    assert [p.user_id for p in result] == sorted([uid(leaving), uid(online), uid(asker)])  # unknown ids left out
+    assert by_user[uid(online)].status == "online"
+    assert by_user[uid(online)].last_seen is not None
+    assert by_user[uid(asker)].status == "online"
+    assert by_user[uid(leaving)].status == "offline"
+    assert by_user[uid(leaving)].last_seen == gone.last_seen
+
+    for bad in ([], list(range(1, 102))):
+        with pytest.raises(ServerError) as info:
+            await asker.call("presence.query", user_ids=bad)
+        assert info.value.code == "bad_request"
+
+
+async def test_presence_query_requires_auth(server: RunningServer) -> None:
+    anonymous = await server.client()
+    with pytest.raises(ServerError) as info:
+        await anonymous.call("presence.query", user_ids=[1])
+    assert info.value.code == "unauthorized"

@@ -1,0 +1,385 @@
+"""The contract of storage.base.Directory and storage.base.MessageLog.
+
+Every test here runs once per storage backend, through the server's own
+factory (server.config.storage_config + storage.factory.open_stores), and
+speaks only the Protocol types: a backend is added by adding it to the
+``backend`` parametrization (conftest.py; BACKENDS in tests/backends.py),
+never by copying assertions. Today this module runs on "sqlite"; marking it
+``pytest.mark.all_backends`` runs it on every combination in BACKENDS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from server.config import Settings, storage_config
+from storage.base import Directory, MessageLog
+from storage.errors import Conflict
+from storage.factory import Stores, open_stores
+from storage.records import ConversationRecord, MessageRecord, NewMessage, UserRecord
+from tests.conftest import TEST_SETTINGS
+
+NOW = 1_700_000_000_000
+_names = itertools.count(1)
+
+
+@pytest.fixture
+async def stores(backend: str, backend_settings: dict[str, Any], tmp_path: Path) -> AsyncIterator[Stores]:
+    """Fresh, empty stores of ``backend``, opened as the server opens them."""
+    settings = msgspec.convert({**TEST_SETTINGS, **backend_settings, "data_dir": str(tmp_path / "data")}, Settings)
+    opened = await open_stores(storage_config(settings))
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@pytest.fixture
+def directory(stores: Stores) -> Directory:
+    return stores.directory
+
+
+@pytest.fixture
+def messages(stores: Stores) -> MessageLog:
+    return stores.messages
+
+
+def name(prefix: str) -> str:
+    return f"{prefix}{next(_names)}"
+
+
+async def new_user(directory: Directory, username: str | None = None) -> UserRecord:
+    return await directory.create_user(username or name("user"), "Display Name", "hash$value", NOW)
+
+
+async def new_channel(directory: Directory, creator: UserRecord, *, private: bool = False) -> ConversationRecord:
+    return await directory.create_channel(name("room"), "topic", private, creator.id, NOW)
+
+
+def new_message(conversation: ConversationRecord, sender: UserRecord, client_msg_id: str, text: str = "") -> NewMessage:
+    return NewMessage(
+        conversation_id=conversation.id,
+        sender_id=sender.id,
+        text=text or f"text of {client_msg_id}",
+        client_msg_id=client_msg_id,
+        ts=NOW + 1,
+    )
+
+
+async def fill(
+    messages: MessageLog, conversation: ConversationRecord, sender: UserRecord, count: int
+) -> list[MessageRecord]:
+    stored = []
+    for n in range(count):
+        record, duplicate = await messages.append(new_message(conversation, sender, f"fill-{n}"))
+        assert not duplicate
+        stored.append(record)
+    return stored
+
+
+async def test_ping(directory: Directory, messages: MessageLog) -> None:
+    await directory.ping()
+    await messages.ping()
+    assert directory.name and messages.name
+
+
+# -- users ----------------------------------------------------------------------
+
+
+async def test_create_and_get_users(directory: Directory) -> None:
+    alice = await directory.create_user("alice", "Alice A.", "argon2$alice", NOW)
+    assert (alice.username, alice.display_name, alice.password_hash) == ("alice", "Alice A.", "argon2$alice")
+    assert alice.created_at == NOW
+    assert alice.last_seen_at is None
+    assert alice.id >= 1
+    bob = await directory.create_user("bob", "Bob", "argon2$bob", NOW + 5)
+    assert bob.id != alice.id
+
+    assert await directory.get_user(alice.id) == alice
+    assert await directory.get_user(bob.id) == bob
+    assert await directory.get_user(max(alice.id, bob.id) + 1000) is None
+    assert await directory.get_user_by_username("alice") == alice
+    assert await directory.get_user_by_username("nobody") is None
+
+    missing = max(alice.id, bob.id) + 1000
+    by_id = sorted([alice, bob], key=lambda u: u.id)
+    assert await directory.get_users([bob.id, missing, alice.id]) == by_id
+    assert await directory.get_users([alice.id]) == [alice]
+    assert await directory.get_users([missing]) == []
+    assert await directory.get_users([]) == []
+
+
+async def test_username_conflict(directory: Directory) -> None:
+    first = await directory.create_user("taken", "First", "h1", NOW)
+    with pytest.raises(Conflict):
+        await directory.create_user("taken", "Second", "h2", NOW)
+    assert await directory.get_user_by_username("taken") == first
+
+
+async def test_set_last_seen(directory: Directory) -> None:
+    alice = await new_user(directory)
+    await directory.set_last_seen(alice.id, NOW + 42)
+    stored = await directory.get_user(alice.id)
+    assert stored is not None and stored.last_seen_at == NOW + 42
+    await directory.set_last_seen(alice.id, NOW + 99)
+    (again,) = await directory.get_users([alice.id])
+    assert again.last_seen_at == NOW + 99
+
+
+# -- channels -------------------------------------------------------------------
+
+
+async def test_create_channel_with_creator_as_member(directory: Directory) -> None:
+    alice = await new_user(directory)
+    channel = await directory.create_channel("general", "all things", False, alice.id, NOW)
+    assert (channel.kind, channel.name, channel.topic, channel.private) == ("channel", "general", "all things", False)
+    assert (channel.created_by, channel.created_at) == (alice.id, NOW)
+    assert await directory.get_conversation(channel.id) == channel
+    assert await directory.is_member(channel.id, alice.id)
+    assert await directory.member_ids(channel.id) == [alice.id]
+    private = await directory.create_channel("hidden", "", True, alice.id, NOW)
+    assert private.private is True and private.id != channel.id
+    assert await directory.get_conversation(private.id + channel.id + 1000) is None
+
+
+async def test_channel_name_conflict(directory: Directory) -> None:
+    alice = await new_user(directory)
+    bob = await new_user(directory)
+    original = await directory.create_channel("dup", "", True, alice.id, NOW)
+    with pytest.raises(Conflict):
+        await directory.create_channel("dup", "", False, bob.id, NOW)
+    assert await directory.conversations_of(bob.id) == []
+    assert await directory.member_ids(original.id) == [alice.id]
+
+
+async def test_public_channels_exclude_private_and_dms(directory: Directory) -> None:
+    alice = await new_user(directory)
+    bob = await new_user(directory)
+    public_b = await directory.create_channel("b-public", "", False, alice.id, NOW)
+    public_a = await directory.create_channel("a-public", "", False, bob.id, NOW)
+    await directory.create_channel("c-private", "", True, alice.id, NOW)
+    await directory.open_dm([alice.id, bob.id], alice.id, NOW)
+    listed = await directory.public_channels()
+    assert sorted(listed, key=lambda c: c.id) == sorted([public_a, public_b], key=lambda c: c.id)
+
+
+async def test_conversations_of(directory: Directory) -> None:
+    alice = await new_user(directory)
+    bob = await new_user(directory)
+    mine = await new_channel(directory, alice)
+    secret = await new_channel(directory, alice, private=True)
+    theirs = await new_channel(directory, bob)
+    joined = await new_channel(directory, bob, private=True)
+    await directory.add_member(joined.id, alice.id, NOW)
+    dm, _ = await directory.open_dm([alice.id, bob.id], bob.id, NOW)
+    await new_channel(directory, bob)  # not alice's
+
+    of_alice = {c.id: c for c in await directory.conversations_of(alice.id)}
+    assert set(of_alice) == {mine.id, secret.id, joined.id, dm.id}
+    assert of_alice[dm.id] == dm
+    assert of_alice[secret.id] == secret
+    of_bob = {c.id for c in await directory.conversations_of(bob.id)}
+    assert theirs.id in of_bob and dm.id in of_bob and mine.id not in of_bob
+    nobody = await new_user(directory)
+    assert await directory.conversations_of(nobody.id) == []
+
+
+# -- memberships ----------------------------------------------------------------
+
+
+async def test_add_and_remove_members(directory: Directory) -> None:
+    alice = await new_user(directory)
+    bob = await new_user(directory)
+    channel = await new_channel(directory, alice)
+
+    assert await directory.is_member(channel.id, bob.id) is False
+    assert await directory.add_member(channel.id, bob.id, NOW) is True
+    assert await directory.add_member(channel.id, bob.id, NOW + 1) is False
+    assert await directory.is_member(channel.id, bob.id) is True
+    assert sorted(await directory.member_ids(channel.id)) == sorted([alice.id, bob.id])
+
+    assert await directory.remove_member(channel.id, bob.id) is True
+    assert await directory.remove_member(channel.id, bob.id) is False
+    assert await directory.is_member(channel.id, bob.id) is False
+    assert await directory.member_ids(channel.id) == [alice.id]
+    assert channel.id not in {c.id for c in await directory.conversations_of(bob.id)}
+    # Rejoining after leaving works.
+    assert await directory.add_member(channel.id, bob.id, NOW + 2) is True
+
+
+async def test_members_of_many(directory: Directory) -> None:
+    alice = await new_user(directory)
+    bob = await new_user(directory)
+    carol = await new_user(directory)
+    first = await new_channel(directory, alice)
+    await directory.add_member(first.id, carol.id, NOW)
+    await directory.add_member(first.id, bob.id, NOW)
+    dm, _ = await directory.open_dm([bob.id, carol.id], bob.id, NOW)
+    missing = first.id + dm.id + 1000
+
+    many = await directory.members_of_many([first.id, dm.id, missing])
+    assert set(many) == {first.id, dm.id}
+    assert sorted(many[first.id]) == sorted([alice.id, bob.id, carol.id])
+    assert sorted(many[dm.id]) == sorted([bob.id, carol.id])
+    assert await directory.members_of_many([]) == {}
+
+
+# -- DMs ------------------------------------------------------------------------
+
+
+async def test_open_dm_is_one_per_set(directory: Directory) -> None:
+    alice = await new_user(directory)
+    bob = await new_user(directory)
+    carol = await new_user(directory)
+
+    dm, created = await directory.open_dm([alice.id, bob.id], alice.id, NOW)
+    assert created is True
+    assert (dm.kind, dm.name, dm.private, dm.created_by) == ("dm", None, True, alice.id)
+    assert sorted(await directory.member_ids(dm.id)) == sorted([alice.id, bob.id])
+    assert await directory.get_conversation(dm.id) == dm
+
+    again, created = await directory.open_dm([alice.id, bob.id], alice.id, NOW + 1)
+    assert (again, created) == (dm, False)
+    reversed_, created = await directory.open_dm([bob.id, alice.id], bob.id, NOW + 2)
+    assert (reversed_, created) == (dm, False)
+    repeated, created = await directory.open_dm([bob.id, alice.id, bob.id], bob.id, NOW + 3)
+    assert (repeated, created) == (dm, False)
+
+    group, created = await directory.open_dm([carol.id, alice.id, bob.id], carol.id, NOW)
+    assert created is True and group.id != dm.id
+    same_group, created = await directory.open_dm([bob.id, carol.id, alice.id], alice.id, NOW)
+    assert (same_group.id, created) == (group.id, False)
+    assert sorted(await directory.member_ids(group.id)) == sorted([alice.id, bob.id, carol.id])
+
+
+async def test_concurrent_open_dm_creates_one(directory: Directory) -> None:
+    users = [await new_user(directory) for _ in range(3)]
+    ids = [u.id for u in users]
+    results = await asyncio.gather(
+        *(directory.open_dm(ids[i % 3 :] + ids[: i % 3], users[i % 3].id, NOW) for i in range(12))
+    )
+    assert len({record.id for record, _ in results}) == 1
+    assert [created for _, created in results].count(True) == 1
+
+
+# -- messages -------------------------------------------------------------------
+
+
+async def test_append_assigns_seq_from_one(directory: Directory, messages: MessageLog) -> None:
+    alice = await new_user(directory)
+    channel = await new_channel(directory, alice)
+    other = await new_channel(directory, alice)
+
+    stored = await fill(messages, channel, alice, 5)
+    assert [m.seq for m in stored] == [1, 2, 3, 4, 5]
+    assert len({m.id for m in stored}) == 5
+    first = stored[0]
+    assert (first.conversation_id, first.sender_id, first.client_msg_id) == (channel.id, alice.id, "fill-0")
+    assert (first.text, first.ts) == ("text of fill-0", NOW + 1)
+    # Each conversation has its own sequence.
+    record, _ = await messages.append(new_message(other, alice, "x"))
+    assert record.seq == 1
+
+
+async def test_duplicate_append_returns_the_original(directory: Directory, messages: MessageLog) -> None:
+    alice = await new_user(directory)
+    bob = await new_user(directory)
+    channel = await new_channel(directory, alice)
+    other = await new_channel(directory, alice)
+    original, duplicate = await messages.append(new_message(channel, alice, "once", "first text"))
+    assert duplicate is False
+
+    again, duplicate = await messages.append(new_message(channel, alice, "once", "second text"))
+    assert duplicate is True
+    assert again == original
+    history = await messages.history(channel.id, before=None, after=None, limit=10, order="asc")
+    assert history == [original]
+    assert await messages.last_seqs([channel.id]) == {channel.id: 1}
+
+    # Scoped by sender and conversation.
+    by_bob, duplicate = await messages.append(new_message(channel, bob, "once"))
+    assert duplicate is False and by_bob.seq == 2
+    elsewhere, duplicate = await messages.append(new_message(other, alice, "once"))
+    assert duplicate is False and elsewhere.seq == 1
+
+
+async def test_history(directory: Directory, messages: MessageLog) -> None:
+    alice = await new_user(directory)
+    channel = await new_channel(directory, alice)
+    stored = await fill(messages, channel, alice, 10)
+
+    async def seqs(**kwargs: Any) -> list[int]:
+        options: dict[str, Any] = {"before": None, "after": None, "limit": 100, "order": "desc", **kwargs}
+        return [m.seq for m in await messages.history(channel.id, **options)]
+
+    assert await messages.history(channel.id, before=None, after=None, limit=100, order="asc") == stored
+    assert await seqs() == list(range(10, 0, -1))
+    assert await seqs(order="asc") == list(range(1, 11))
+    assert await seqs(limit=3) == [10, 9, 8]
+    assert await seqs(limit=3, order="asc") == [1, 2, 3]
+    assert await seqs(before=5) == [4, 3, 2, 1]
+    assert await seqs(before=5, limit=2) == [4, 3]
+    assert await seqs(after=7, order="asc") == [8, 9, 10]
+    assert await seqs(after=7) == [10, 9, 8]
+    assert await seqs(after=2, before=6, order="asc") == [3, 4, 5]
+    assert await seqs(after=2, before=6, limit=2) == [5, 4]
+    assert await seqs(after=2, before=6, limit=2, order="asc") == [3, 4]
+    assert await seqs(after=0, order="asc", limit=1) == [1]
+    assert await seqs(after=10) == []
+    assert await seqs(before=1) == []
+    assert await seqs(after=5, before=6) == []
+    empty = await new_channel(directory, alice)
+    assert await messages.history(empty.id, before=None, after=None, limit=10, order="desc") == []
+
+
+async def test_last_seqs(directory: Directory, messages: MessageLog) -> None:
+    alice = await new_user(directory)
+    busy = await new_channel(directory, alice)
+    quiet = await new_channel(directory, alice)
+    empty = await new_channel(directory, alice)
+    await fill(messages, busy, alice, 4)
+    await fill(messages, quiet, alice, 1)
+    assert await messages.last_seqs([busy.id, quiet.id, empty.id]) == {busy.id: 4, quiet.id: 1}
+    assert await messages.last_seqs([empty.id]) == {}
+    assert await messages.last_seqs([]) == {}
+
+
+async def test_concurrent_appends_are_gapless(directory: Directory, messages: MessageLog) -> None:
+    users = [await new_user(directory) for _ in range(4)]
+    channel = await new_channel(directory, users[0])
+    side = await new_channel(directory, users[0])
+    count = 200
+
+    results = await asyncio.gather(
+        *(messages.append(new_message(channel, users[n % 4], f"c-{n}")) for n in range(count)),
+        *(messages.append(new_message(side, users[n % 4], f"s-{n}")) for n in range(count // 4)),
+    )
+    main = [record for record, _ in results[:count]]
+    assert all(not duplicate for _, duplicate in results)
+    assert sorted(m.seq for m in main) == list(range(1, count + 1))
+    assert sorted(record.seq for record, _ in results[count:]) == list(range(1, count // 4 + 1))
+    assert len({m.id for m in main}) == count
+
+    history = await messages.history(channel.id, before=None, after=None, limit=count, order="asc")
+    assert [m.seq for m in history] == list(range(1, count + 1))
+    assert {m.client_msg_id for m in history} == {f"c-{n}" for n in range(count)}
+    assert await messages.last_seqs([channel.id, side.id]) == {channel.id: count, side.id: count // 4}
+
+
+async def test_concurrent_duplicates_store_once(directory: Directory, messages: MessageLog) -> None:
+    alice = await new_user(directory)
+    channel = await new_channel(directory, alice)
+    results = await asyncio.gather(*(messages.append(new_message(channel, alice, "retry")) for _ in range(20)))
+    records = {record for record, _ in results}
+    assert len(records) == 1
+    assert [duplicate for _, duplicate in results].count(False) == 1
+    (record,) = records
+    assert record.seq == 1
+    assert await messages.history(channel.id, before=None, after=None, limit=10, order="asc") == [record]
