@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -62,6 +63,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     allowed_origins: Annotated[
         str,
         _doc("Comma-separated allowed browser `Origin`s (403 for others); no `Origin` is always allowed; empty: any."),
+    ] = ""
+    trusted_proxies: Annotated[
+        str,
+        _doc("Comma-separated proxy IPs/CIDRs whose `X-Forwarded-For` gives the client address (login limits)."),
     ] = ""
     outbound_buffer_bytes: Annotated[
         Annotated[int, Meta(ge=4096)],
@@ -124,6 +129,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         """
         items: list[str | None] = [o.strip() for o in self.allowed_origins.split(",") if o.strip()]
         return [*items, None] if items else None
+
+    @property
+    def proxy_networks(self) -> list[IPv4Network | IPv6Network]:
+        return [ip_network(p.strip(), strict=False) for p in self.trusted_proxies.split(",") if p.strip()]
 
     @property
     def hard_frame_bytes(self) -> int:
@@ -200,6 +209,10 @@ def load_settings(environ: Mapping[str, str], flags: Mapping[str, str | None] | 
         raise ConfigError(_explain(exc, raw, source)) from None
     if settings.jwt_secret and len(settings.jwt_secret.encode()) < 32:
         raise ConfigError(f"invalid setting {source.get('jwt_secret', 'jwt_secret')}: must be at least 32 bytes")
+    try:
+        settings.proxy_networks  # noqa: B018 - parsed here so a typo stops start-up
+    except ValueError as exc:
+        raise ConfigError(f"invalid setting HUBBUB_TRUSTED_PROXIES: {exc}") from None
     _check_consistency(settings)
     if settings.profile == "cloud" and source.get("jwt_secret", "").startswith("--"):
         raise ConfigError("profile cloud takes secrets from the environment only, not from flags")
@@ -220,8 +233,16 @@ def _check_consistency(s: Settings) -> None:
             raise ConfigError("profile cloud needs HUBBUB_JWT_SECRET (the dev secret is not allowed)")
         if s.resolved_accounts_backend == "sqlite":
             raise ConfigError("profile cloud needs HUBBUB_POSTGRES_DSN (no embedded store in the cloud)")
-        if "sslmode=" not in s.postgres_dsn:
-            raise ConfigError("profile cloud needs TLS to PostgreSQL: add sslmode=require (or verify-full)")
+        if s.resolved_messages_backend == "sqlite":
+            raise ConfigError("profile cloud needs a shared message store (mongo or postgres), not sqlite")
+        for name, dsn in (
+            ("HUBBUB_POSTGRES_DSN", s.postgres_dsn),
+            ("HUBBUB_POSTGRES_REPLICA_DSN", s.postgres_replica_dsn),
+        ):
+            if dsn and not any(f"sslmode={mode}" in dsn for mode in ("require", "verify-ca", "verify-full")):
+                raise ConfigError(
+                    f"profile cloud needs TLS to PostgreSQL: add sslmode=require (or verify-full) to {name}"
+                )
         if s.mongo_url and "tls=true" not in s.mongo_url and not s.mongo_url.startswith("mongodb+srv://"):
             raise ConfigError("profile cloud needs TLS to MongoDB: use mongodb+srv:// or add tls=true")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from ipaddress import IPv4Network, IPv6Network, ip_address
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -41,7 +42,7 @@ class Session:
         self.user: UserRecord | None = None
         self.user_id = 0
         self.conversations: set[int] = set()
-        self.address = _client_address(ws)
+        self.address = client_address(ws, hub.settings.proxy_networks)
         self._loop = asyncio.get_running_loop()
         self._transport = ws.transport
         self._out: list[bytes] = []
@@ -231,8 +232,23 @@ class Session:
         metrics.request_latency.labels(op).observe(latency)
 
 
-def _client_address(ws: ServerConnection) -> str:
+def client_address(ws: ServerConnection, trusted: list[IPv4Network | IPv6Network]) -> str:
+    """The client's IP: the TCP peer, or behind trusted proxies the nearest
+    untrusted hop of X-Forwarded-For (the rightmost entries are the proxies' own)."""
     try:
-        return str(ws.remote_address[0])
+        peer = str(ws.remote_address[0])
     except (TypeError, IndexError):
         return "unknown"
+    if not trusted or ws.request is None:
+        return peer
+    hops = [peer]
+    for header in ws.request.headers.get_all("X-Forwarded-For"):
+        hops[:0] = [h.strip() for h in header.split(",") if h.strip()]
+    for hop in reversed(hops):
+        try:
+            address = ip_address(hop)
+        except ValueError:
+            return hop  # garbage from beyond our proxies: still a distinct key
+        if not any(address in net for net in trusted):
+            return hop
+    return hops[0]

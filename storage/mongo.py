@@ -1,9 +1,10 @@
 """MongoDB message log on pymongo's native AsyncMongoClient.
 
 Documents are keyed for sharding by ``conversation_id``: every query names
-one conversation, so with shard key ``{conversation_id: 1, seq: 1}`` (or
-hashed conversation_id) each read and write goes to exactly one shard and a
-conversation's history stays together. Per-conversation seq comes from an
+one conversation, so with shard key ``{conversation_id: 1}`` each read and
+write goes to exactly one shard and a conversation's history stays together.
+Both unique indexes start with ``conversation_id``, as MongoDB requires of
+unique indexes on a sharded collection (which also rules out a hashed key). Per-conversation seq comes from an
 atomic ``$inc`` on a counter document (``counters`` collection, ``_id`` =
 conversation id), which is correct with any number of server instances.
 The counter and the insert are two writes: if the insert fails after the

@@ -2,7 +2,7 @@
 
 Versioned SQL migrations live in storage/migrations/postgres/ and are applied
 under a session advisory lock, so several instances starting at once apply
-each migration exactly once. Read-mostly listings may go to a read replica.
+each migration exactly once. Browsing public channels, which tolerates replica lag, may go to a read replica.
 """
 
 from __future__ import annotations
@@ -218,7 +218,8 @@ class PostgresDirectory:
         ids = sorted(set(user_ids))
         if not ids:
             return []
-        rows = await self._replica(
+        # The primary: dm.open and invites check that users exist, which must see new accounts.
+        rows = await self._primary(
             lambda c: c.fetch(f"SELECT {USER_COLUMNS} FROM users WHERE id = ANY($1::bigint[]) ORDER BY id", ids)
         )
         return [_user(r) for r in rows]
@@ -323,7 +324,7 @@ class PostgresDirectory:
         ids = sorted(set(conversation_ids))
         if not ids:
             return {}
-        rows = await self._replica(
+        rows = await self._primary(
             lambda c: c.fetch(
                 "SELECT conversation_id, user_id FROM memberships WHERE conversation_id = ANY($1::bigint[])"
                 " ORDER BY conversation_id, user_id",

@@ -271,3 +271,38 @@ async def test_v1_is_picked_among_several(server: RunningServer) -> None:
     client = await server.client(subprotocols=[Subprotocol("hubbub.v2"), Subprotocol(frames.PROTOCOL_VERSION)])
     assert client.ws.subprotocol == frames.PROTOCOL_VERSION
     await assert_serving(client)
+
+
+async def test_failed_logins_counted_per_forwarded_address_behind_trusted_proxy(make_server: ServerFactory) -> None:
+    server = await make_server(trusted_proxies="127.0.0.1", login_failures_per_address=2)
+    name = unique_name()
+    await server.user(name)
+
+    async def attempt(forwarded_for: str, password: str) -> str:
+        client = await server.client(additional_headers={"X-Forwarded-For": forwarded_for})
+        try:
+            await client.login(name, password)
+        except ServerError as exc:
+            return exc.code
+        return "ok"
+
+    # Two failures from one client address behind the proxy block that address only.
+    assert await attempt("203.0.113.7", "wrong password") == "unauthorized"
+    assert await attempt("198.51.100.1, 203.0.113.7", "wrong password") == "unauthorized"
+    assert await attempt("203.0.113.7", "correct horse") == "rate_limited"
+    # Another client behind the same proxy is not affected.
+    assert await attempt("203.0.113.8", "correct horse") == "ok"
+
+
+async def test_forwarded_for_ignored_without_trusted_proxies(make_server: ServerFactory) -> None:
+    server = await make_server(login_failures_per_address=1)
+    name = unique_name()
+    await server.user(name)
+    spoofer = await server.client(additional_headers={"X-Forwarded-For": "203.0.113.9"})
+    with pytest.raises(ServerError):
+        await spoofer.login(name, "wrong password")
+    # The failure counted against the real peer (127.0.0.1), whatever the header said.
+    other = await server.client(additional_headers={"X-Forwarded-For": "203.0.113.10"})
+    with pytest.raises(ServerError) as blocked:
+        await other.login(name, "correct horse")
+    assert blocked.value.code == "rate_limited"
