@@ -143,13 +143,6 @@ class App:
 
 async def run(settings: Settings) -> int:
     """Serve until SIGTERM or SIGINT, then shut down gracefully; the exit code."""
-    app = App(settings)
-    try:
-        await app.start()
-    except (StoreUnavailable, OSError) as exc:
-        logs.error("startup_failed", error=str(exc))
-        await app.stop()
-        return 1
     loop = asyncio.get_running_loop()
     stop: asyncio.Future[CloseCode] = loop.create_future()
 
@@ -157,9 +150,17 @@ async def run(settings: Settings) -> int:
         if not stop.done():
             stop.set_result(code)
 
+    # Installed before start-up, so a signal at any point after it is a graceful stop.
     # SIGTERM is what orchestrators send on redeploy: 1012 tells clients to reconnect.
     loop.add_signal_handler(signal.SIGTERM, on_signal, CloseCode.SERVICE_RESTART)
     loop.add_signal_handler(signal.SIGINT, on_signal, CloseCode.GOING_AWAY)
+    app = App(settings)
+    try:
+        await app.start()
+    except (StoreUnavailable, OSError) as exc:
+        logs.error("startup_failed", error=str(exc))
+        await app.stop()
+        return 1
     code = await stop
     logs.info("shutdown", close_code=int(code))
     await app.stop(code, "server restarting" if code == CloseCode.SERVICE_RESTART else "server shutting down")

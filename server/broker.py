@@ -38,7 +38,12 @@ class Broker(Protocol):
 
     async def close(self) -> None: ...
 
-    async def publish(self, delivery: Delivery) -> None: ...
+    def publish(self, delivery: Delivery) -> None:
+        """Deliver locally now and route to other instances; never blocks.
+
+        Deliveries leave in publish order. Routing to other instances is
+        at-most-once: the message store, not the broker, is the truth.
+        """
 
     def interest_added(self, conversation_ids: Iterable[int]) -> None:
         """The first local member of these conversations connected or joined."""
@@ -62,7 +67,7 @@ class InProcessBroker:
     async def close(self) -> None:
         self._on_delivery = None
 
-    async def publish(self, delivery: Delivery) -> None:
+    def publish(self, delivery: Delivery) -> None:
         if self._on_delivery is not None:
             self._on_delivery(delivery)
 

@@ -14,6 +14,7 @@ from server.metrics import Metrics
 from server.presence import PresenceTracker
 from server.ratelimit import FailureWindow
 from server.registry import Registry
+from server.sequencer import Sequencer
 from storage.base import Directory, MessageLog
 
 
@@ -41,9 +42,14 @@ class Hub:
         self.metrics = metrics
         self.registry = Registry(broker, metrics)
         self.presence = PresenceTracker()
+        self.sequencer = Sequencer(self._publish_message)
         window = settings.login_failure_window_seconds
         self.login_failures_by_username = FailureWindow(settings.login_failures_per_username, window)
         self.login_failures_by_address = FailureWindow(settings.login_failures_per_address, window)
 
-    async def publish(self, delivery: Delivery) -> None:
-        await self.broker.publish(delivery)
+    def _publish_message(self, conversation_id: int, payload: bytes) -> None:
+        self.publish(Delivery(payload, "message.new", conversations=(conversation_id,)))
+
+    def publish(self, delivery: Delivery) -> None:
+        """Send an event on its way; delivery order follows publish order."""
+        self.broker.publish(delivery)

@@ -139,7 +139,7 @@ class Session:
     def _auth_expired(self) -> None:
         if self.user is None and not self._closing:
             logs.info("auth_timeout", conn_id=self.conn_id)
-            self._loop.create_task(self.ws.close(CloseCode.AUTH_TIMEOUT, "authentication timeout"))
+            self._close_task = self._loop.create_task(self.ws.close(CloseCode.AUTH_TIMEOUT, "authentication timeout"))
 
     async def _teardown(self) -> None:
         self.hub.metrics.connections.dec()

@@ -73,6 +73,8 @@ class MessageLog(Protocol):
     """Messages, ordered per conversation by a strictly increasing seq."""
 
     name: str
+    gapless: bool
+    """True when seqs never skip a number (the store allocates them transactionally)."""
 
     async def ping(self) -> None: ...
 

@@ -375,6 +375,7 @@ class PostgresMessageLog:
     """
 
     name = "postgres"
+    gapless = True
 
     def __init__(self, pools: PostgresPools) -> None:
         self.pools = pools

@@ -124,6 +124,10 @@ class SqliteDatabase:
             raise sqlite3.OperationalError("database is not open")
         return fn(self._conn)
 
+    async def ping(self) -> None:
+        """Read a page of the file, so a vanished or unreadable database fails readiness."""
+        await self.run(lambda c: c.execute("SELECT count(*) FROM sqlite_master").fetchone())
+
     async def transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` inside BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
 
@@ -209,7 +213,7 @@ class SqliteDirectory:
         self.db = db
 
     async def ping(self) -> None:
-        await self.db.run(lambda c: c.execute("SELECT 1").fetchone())
+        await self.db.ping()
 
     async def close(self) -> None:
         """The database is closed by its owner, shared with the message log."""
@@ -381,6 +385,7 @@ class _PendingAppend:
 
 class SqliteMessageLog:
     name = "sqlite"
+    gapless = True
 
     def __init__(self, db: SqliteDatabase, max_batch: int = 256) -> None:
         self.db = db
@@ -389,7 +394,7 @@ class SqliteMessageLog:
         self._flusher: asyncio.Task[None] | None = None
 
     async def ping(self) -> None:
-        await self.db.run(lambda c: c.execute("SELECT 1").fetchone())
+        await self.db.ping()
 
     async def close(self) -> None:
         if self._flusher is not None:

@@ -19,6 +19,8 @@ from protocol.errors import ErrorCode
 from server.config import Settings
 from tests.conftest import TEST_SETTINGS, RunningServer, unique_name
 
+pytestmark = pytest.mark.all_backends
+
 PASSWORD = "correct horse"
 SECRET: str = TEST_SETTINGS["jwt_secret"]
 OTHER_SECRET = "another-secret-that-is-also-long-enough-0123456789-0123456789"

@@ -10,6 +10,8 @@ from protocol import frames
 from protocol.client import Client, ServerError
 from tests.conftest import RunningServer, unique_name
 
+pytestmark = pytest.mark.all_backends
+
 
 async def expect_error(code: str, client: Client, op: str, **fields: Any) -> ServerError:
     with pytest.raises(ServerError) as info:

@@ -12,6 +12,8 @@ from protocol import frames
 from protocol.client import Client, ServerError
 from tests.conftest import RunningServer, unique_name
 
+pytestmark = pytest.mark.all_backends
+
 
 def uid(client: Client) -> int:
     assert client.user is not None

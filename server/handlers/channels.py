@@ -23,7 +23,7 @@ async def create(hub: Hub, session: Session, req: frames.ChannelCreate) -> frame
     except Conflict:
         raise ApiError(ErrorCode.CONFLICT, f"channel name {req.name!r} is taken") from None
     view = await conversation_view(hub, record, member=True)
-    await announce_added(hub, view, session.user_id, by=session.user_id)
+    announce_added(hub, view, session.user_id, by=session.user_id)
     return frames.ConversationResult(conversation=view)
 
 
@@ -48,8 +48,8 @@ async def join(hub: Hub, session: Session, req: frames.ChannelJoin) -> frames.Co
     assert session.user is not None
     if await hub.directory.add_member(record.id, session.user_id, now_ms()):
         view = await conversation_view(hub, record, member=True)
-        await announce_added(hub, view, session.user_id, by=session.user_id)
-        await announce_joined(hub, record.id, session.user, by=None)
+        announce_added(hub, view, session.user_id, by=session.user_id)
+        announce_joined(hub, record.id, session.user, by=None)
     else:
         view = await conversation_view(hub, record, member=True)
     return frames.ConversationResult(conversation=view)
@@ -62,8 +62,8 @@ async def invite(hub: Hub, session: Session, req: frames.ChannelInvite) -> frame
         raise not_found("user")
     if await hub.directory.add_member(record.id, invitee.id, now_ms()):
         view = await conversation_view(hub, record, member=True)
-        await announce_added(hub, view, invitee.id, by=session.user_id)
-        await announce_joined(hub, record.id, invitee, by=session.user_id)
+        announce_added(hub, view, invitee.id, by=session.user_id)
+        announce_joined(hub, record.id, invitee, by=session.user_id)
     return frames.Empty()
 
 
@@ -73,9 +73,9 @@ async def leave(hub: Hub, session: Session, req: frames.ChannelLeave) -> frames.
         # Members (the leaver's other devices included) hear of it before the
         # leaver's connections stop receiving the channel.
         left = frames.MemberLeft(conversation_id=record.id, user_id=session.user_id)
-        await hub.publish(Delivery(codec.encode(left), "member.left", conversations=(record.id,)))
+        hub.publish(Delivery(codec.encode(left), "member.left", conversations=(record.id,)))
         removed = frames.ConversationRemoved(conversation_id=record.id)
-        await hub.publish(
+        hub.publish(
             Delivery(
                 codec.encode(removed),
                 "conversation.removed",
@@ -92,14 +92,12 @@ async def members(hub: Hub, session: Session, req: frames.ChannelMembers) -> fra
     return frames.Members(members=[user_view(u) for u in users])
 
 
-async def announce_added(hub: Hub, view: frames.Conversation, user_id: int, by: int) -> None:
+def announce_added(hub: Hub, view: frames.Conversation, user_id: int, by: int) -> None:
     """Route the conversation to the user's connections and tell them."""
     event = frames.ConversationAdded(conversation=view, by=by)
-    await hub.publish(
-        Delivery(codec.encode(event), "conversation.added", users=(user_id,), joined=((user_id, view.id),))
-    )
+    hub.publish(Delivery(codec.encode(event), "conversation.added", users=(user_id,), joined=((user_id, view.id),)))
 
 
-async def announce_joined(hub: Hub, conversation_id: int, user: UserRecord, by: int | None) -> None:
+def announce_joined(hub: Hub, conversation_id: int, user: UserRecord, by: int | None) -> None:
     event = frames.MemberJoined(conversation_id=conversation_id, user=user_view(user), by=by)
-    await hub.publish(Delivery(codec.encode(event), "member.joined", conversations=(conversation_id,)))
+    hub.publish(Delivery(codec.encode(event), "member.joined", conversations=(conversation_id,)))

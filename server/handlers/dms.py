@@ -26,7 +26,7 @@ async def open_(hub: Hub, session: Session, req: frames.DmOpen) -> frames.Conver
     view = await conversation_view(hub, record, member=True)
     if created:
         event = frames.ConversationAdded(conversation=view, by=session.user_id)
-        await hub.publish(
+        hub.publish(
             Delivery(
                 codec.encode(event),
                 "conversation.added",

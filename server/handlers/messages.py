@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING
 
 from protocol import codec, frames
 from protocol.errors import ErrorCode
-from server.broker import Delivery
 from server.errors import ApiError
 from server.handlers.views import message_view, visible_conversation
 from server.hub import Hub, now_ms
@@ -22,22 +21,27 @@ async def send(hub: Hub, session: Session, req: frames.MessageSend) -> frames.Se
         raise ApiError(ErrorCode.TOO_LARGE, f"text: longer than {limit} characters")
     if req.conversation_id not in session.conversations:
         await visible_conversation(hub, session, req.conversation_id, require_member=True)
-    record, duplicate = await hub.messages.append(
-        NewMessage(
-            conversation_id=req.conversation_id,
-            sender_id=session.user_id,
-            text=req.text,
-            client_msg_id=req.client_msg_id,
-            ts=now_ms(),
+    ticket = hub.sequencer.begin(req.conversation_id)
+    try:
+        record, duplicate = await hub.messages.append(
+            NewMessage(
+                conversation_id=req.conversation_id,
+                sender_id=session.user_id,
+                text=req.text,
+                client_msg_id=req.client_msg_id,
+                ts=now_ms(),
+            )
         )
-    )
+    except BaseException:
+        hub.sequencer.abort(req.conversation_id, ticket)
+        raise
     message = message_view(record)
     if not duplicate:
         hub.metrics.messages_stored.inc()
     # A duplicate is announced again: the first attempt may have been stored
     # after its request timed out, with no event sent. Clients dedupe by id.
     event = codec.encode(frames.MessageNew(message=message))
-    await hub.publish(Delivery(event, "message.new", conversations=(record.conversation_id,)))
+    hub.sequencer.complete(req.conversation_id, ticket, record.seq, event)
     return frames.SendAck(message=message, duplicate=duplicate)
 
 

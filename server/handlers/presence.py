@@ -36,20 +36,18 @@ async def query(hub: Hub, session: Session, req: frames.PresenceQuery) -> frames
 
 
 async def on_online(hub: Hub, user_id: int, conversation_ids: Sequence[int]) -> None:
-    await _announce(hub, user_id, conversation_ids, "online", now_ms())
+    _announce(hub, user_id, conversation_ids, "online", now_ms())
 
 
 async def on_offline(hub: Hub, user_id: int) -> None:
     now = now_ms()
     await hub.directory.set_last_seen(user_id, now)
     conversation_ids = [c.id for c in await hub.directory.conversations_of(user_id)]
-    await _announce(hub, user_id, conversation_ids, "offline", now)
+    _announce(hub, user_id, conversation_ids, "offline", now)
 
 
-async def _announce(hub: Hub, user_id: int, conversation_ids: Sequence[int], status: str, ts: int) -> None:
+def _announce(hub: Hub, user_id: int, conversation_ids: Sequence[int], status: str, ts: int) -> None:
     event = frames.PresenceChanged(
         presence=frames.Presence(user_id=user_id, status="online" if status == "online" else "offline", last_seen=ts)
     )
-    await hub.publish(
-        Delivery(codec.encode(event), "presence", conversations=tuple(conversation_ids), users=(user_id,))
-    )
+    hub.publish(Delivery(codec.encode(event), "presence", conversations=tuple(conversation_ids), users=(user_id,)))

@@ -1,0 +1,63 @@
+"""Publishing this process's new messages in seq order.
+
+Stores assign seq inside the database, and with PostgreSQL or MongoDB two
+concurrent appends to one conversation can come back in the other order
+(seq 10's reply before seq 9's). Published as they come back, members would
+see 10 before 9. The sequencer holds a completed message while any append
+to the same conversation that was already in flight when it completed is
+still running: only those can still produce a lower seq here. The wait is
+bounded by those appends, so a steady stream of sends never starves it.
+Seqs taken by other instances are not waited for; the delivery guarantee
+(gap-fill by seq) covers those.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass
+class _Conversation:
+    in_flight: set[int] = field(default_factory=set)
+    # (seq, barrier ticket, payload): publishable once no ticket <= barrier is in flight.
+    held: list[tuple[int, int, bytes]] = field(default_factory=list)
+
+
+class Sequencer:
+    def __init__(self, emit: Callable[[int, bytes], None]) -> None:
+        """``emit(conversation_id, payload)`` publishes one message event."""
+        self._emit = emit
+        self._tickets = itertools.count(1)
+        self._conversations: dict[int, _Conversation] = {}
+
+    def begin(self, conversation_id: int) -> int:
+        """Call before the append; returns its ticket."""
+        ticket = next(self._tickets)
+        self._conversations.setdefault(conversation_id, _Conversation()).in_flight.add(ticket)
+        return ticket
+
+    def abort(self, conversation_id: int, ticket: int) -> None:
+        """The append failed: it will produce no message."""
+        self._finish(conversation_id, ticket)
+
+    def complete(self, conversation_id: int, ticket: int, seq: int, payload: bytes) -> None:
+        """The append stored ``seq``; publish it (and whatever it held back) in order."""
+        state = self._conversations[conversation_id]
+        state.in_flight.discard(ticket)
+        barrier = max(state.in_flight, default=0)
+        heapq.heappush(state.held, (seq, barrier, payload))
+        self._finish(conversation_id, None)
+
+    def _finish(self, conversation_id: int, ticket: int | None) -> None:
+        state = self._conversations[conversation_id]
+        if ticket is not None:
+            state.in_flight.discard(ticket)
+        oldest_running = min(state.in_flight, default=None)
+        while state.held and (oldest_running is None or state.held[0][1] < oldest_running):
+            _, _, payload = heapq.heappop(state.held)
+            self._emit(conversation_id, payload)
+        if not state.in_flight and not state.held:
+            del self._conversations[conversation_id]
