@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 from ipaddress import IPv4Network, IPv6Network, ip_address
 
@@ -214,22 +215,37 @@ class Session:
             self.reply_error(request.id, ErrorCode.UNAUTHORIZED, "authenticate first (register, login or auth)")
             return
         start = time.perf_counter()
+        failure: ErrorCode | None = None
         try:
             result = await HANDLERS[op](self.hub, self, request)
             # Encoded here so that an encoding fault is an error reply, not a dropped connection.
             payload = codec.encode_result(request.id, result)
         except ApiError as exc:
+            failure = exc.code
             self.reply_error(request.id, exc.code, exc.message)
         except StoreUnavailable as exc:
+            failure = ErrorCode.UNAVAILABLE
             logs.warning("store_unavailable", op=op, conn_id=self.conn_id, store=exc.store, error=exc.detail)
             self.reply_error(request.id, ErrorCode.UNAVAILABLE, f"{exc.store} is unavailable; retry later")
         except Exception:
+            failure = ErrorCode.INTERNAL
             logs.error("internal_error", exc_info=True, op=op, conn_id=self.conn_id, request_id=request.id)
             self.reply_error(request.id, ErrorCode.INTERNAL, "internal error")
         else:
             self.send_payload(payload, "result")
         latency = time.perf_counter() - start
         metrics.request_latency.labels(op).observe(latency)
+        logs.log(
+            logging.INFO if failure else logging.DEBUG,
+            "request_failed" if failure else "request",
+            op=op,
+            request_id=request.id,
+            conn_id=self.conn_id,
+            user_id=self.user_id or None,
+            conversation_id=getattr(request, "conversation_id", None) or getattr(request, "channel_id", None),
+            code=failure.value if failure else None,
+            latency_ms=round(latency * 1000, 3),
+        )
 
 
 def client_address(ws: ServerConnection, trusted: list[IPv4Network | IPv6Network]) -> str:

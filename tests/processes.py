@@ -1,87 +1,135 @@
-"""Real `hubbub serve` processes for tests that need more than one server or
-signals: started with HUBBUB_* variables, port read from the JSON log line."""
+"""Real `hubbub serve` processes, for tests of the CLI, signals, and several
+servers sharing databases. Each process's stderr (the JSON log) is collected
+line by line; its port is read from the "listening" line. Processes are
+always killed by PID on the way out."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
-import subprocess
 import sys
-import threading
-import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.backends import ROOT
-
 
 def settings_env(settings: Mapping[str, Any]) -> dict[str, str]:
-    """HUBBUB_* variables for a dict of setting values."""
+    """This process's environment without HUBBUB_* plus ``settings`` as HUBBUB_* variables."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HUBBUB_")}
     for name, value in settings.items():
         env["HUBBUB_" + name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
     return env
 
 
+FAST_HASHING = {
+    "HUBBUB_ARGON2_TIME_COST": "1",
+    "HUBBUB_ARGON2_MEMORY_KIB": "8",
+    "HUBBUB_ARGON2_PARALLELISM": "1",
+}
+START_TIMEOUT = 20.0
+
+
+def server_env(data_dir: Path, extra: Mapping[str, str] = FAST_HASHING) -> dict[str, str]:
+    """This process's environment without any HUBBUB_ setting, plus the data dir and ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUBBUB_")}
+    env["HUBBUB_DATA_DIR"] = str(data_dir)
+    env.update(extra)
+    return env
+
+
 class ServerProcess:
-    def __init__(self, settings: Mapping[str, Any]) -> None:
-        self.settings = dict(settings)
+    """``python -m server serve`` with its stderr log collected line by line."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
         self.lines: list[str] = []
-        self.port = 0
-        self._listening = threading.Event()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "server", "serve"],
-            cwd=ROOT,
-            env=settings_env({**self.settings, "port": self.settings.get("port", 0)}),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        threading.Thread(target=self._read_log, daemon=True).start()
+        self.port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pump = asyncio.ensure_future(self._read_stderr())
 
-    def _read_log(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
+    async def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        async for raw in self.proc.stderr:
+            line = raw.decode().rstrip("\n")
             self.lines.append(line)
-            if '"listening"' in line:
-                self.port = int(json.loads(line)["port"])
-                self._listening.set()
-
-    def wait_listening(self, timeout: float = 30) -> ServerProcess:
-        deadline = time.monotonic() + timeout
-        while not self._listening.wait(0.05):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start (exit {self.process.poll()}):\n{''.join(self.lines)}")
-        return self
+            entry = parse_log(line)
+            if entry and entry.get("event") == "listening" and not self.port.done():
+                self.port.set_result(int(entry["port"]))
+        if not self.port.done():
+            self.port.set_exception(RuntimeError("server exited before listening:\n" + "\n".join(self.lines)))
 
     @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/"
+    def events(self) -> list[dict[str, Any]]:
+        return [entry for entry in map(parse_log, self.lines) if entry is not None]
 
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    async def url(self) -> str:
+        port = await asyncio.wait_for(asyncio.shield(self.port), START_TIMEOUT)
+        return f"ws://127.0.0.1:{port}/"
 
-    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 20) -> int:
-        """Signal the process by PID and wait; kill it if it does not exit in time."""
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+    async def http_url(self) -> str:
+        port = await asyncio.wait_for(asyncio.shield(self.port), START_TIMEOUT)
+        return f"http://127.0.0.1:{port}"
+
+    async def wait(self, timeout: float = 20) -> int:
+        """The exit code, once the process has exited and its log is read."""
+        code = await asyncio.wait_for(self.proc.wait(), timeout)
+        await asyncio.wait_for(self._pump, timeout)
+        return code
 
 
-def start_servers(count: int, settings: Mapping[str, Any], data_dir: Path) -> list[ServerProcess]:
-    servers = [ServerProcess({**settings, "data_dir": str(data_dir)}) for _ in range(count)]
+def parse_log(line: str) -> dict[str, Any] | None:
     try:
-        return [s.wait_listening() for s in servers]
-    except BaseException:
-        for s in servers:
-            s.stop(signal.SIGKILL)
-        raise
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    return entry if isinstance(entry, dict) else None
+
+
+@asynccontextmanager
+async def running_server(data_dir: Path, env: Mapping[str, str] | None = None) -> AsyncIterator[ServerProcess]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "server",
+        "serve",
+        "--port",
+        "0",
+        env=dict(env if env is not None else server_env(data_dir)),
+        cwd=data_dir.parent,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    server = ServerProcess(proc)
+    try:
+        yield server
+    finally:
+        if proc.returncode is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        await server._pump
+
+
+async def run_to_exit(data_dir: Path, env: Mapping[str, str]) -> tuple[int, str]:
+    """Run ``serve`` with settings from ``env`` only (no flags: a flag would win over it)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "server",
+        "serve",
+        env=dict(env),
+        cwd=data_dir.parent,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        _, stderr = await asyncio.wait_for(proc.communicate(), 15)
+    finally:
+        if proc.returncode is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, stderr.decode()

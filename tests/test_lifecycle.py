@@ -4,127 +4,18 @@ signals, and durability across a restart."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import stat
-import sys
-from collections.abc import AsyncIterator, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from protocol import frames
 from protocol.client import Client, ServerError, open_client
 from protocol.errors import CloseCode
-
-FAST_HASHING = {
-    "HUBBUB_ARGON2_TIME_COST": "1",
-    "HUBBUB_ARGON2_MEMORY_KIB": "8",
-    "HUBBUB_ARGON2_PARALLELISM": "1",
-}
-START_TIMEOUT = 20.0
-
-
-def server_env(data_dir: Path, extra: Mapping[str, str] = FAST_HASHING) -> dict[str, str]:
-    """This process's environment without any HUBBUB_ setting, plus the data dir and ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HUBBUB_")}
-    env["HUBBUB_DATA_DIR"] = str(data_dir)
-    env.update(extra)
-    return env
-
-
-class ServerProcess:
-    """``python -m server serve`` with its stderr log collected line by line."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.lines: list[str] = []
-        self.port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pump = asyncio.ensure_future(self._read_stderr())
-
-    async def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        async for raw in self.proc.stderr:
-            line = raw.decode().rstrip("\n")
-            self.lines.append(line)
-            entry = parse_log(line)
-            if entry and entry.get("event") == "listening" and not self.port.done():
-                self.port.set_result(int(entry["port"]))
-        if not self.port.done():
-            self.port.set_exception(RuntimeError("server exited before listening:\n" + "\n".join(self.lines)))
-
-    @property
-    def events(self) -> list[dict[str, Any]]:
-        return [entry for entry in map(parse_log, self.lines) if entry is not None]
-
-    async def url(self) -> str:
-        port = await asyncio.wait_for(asyncio.shield(self.port), START_TIMEOUT)
-        return f"ws://127.0.0.1:{port}/"
-
-    async def wait(self, timeout: float = 20) -> int:
-        """The exit code, once the process has exited and its log is read."""
-        code = await asyncio.wait_for(self.proc.wait(), timeout)
-        await asyncio.wait_for(self._pump, timeout)
-        return code
-
-
-def parse_log(line: str) -> dict[str, Any] | None:
-    try:
-        entry = json.loads(line)
-    except ValueError:
-        return None
-    return entry if isinstance(entry, dict) else None
-
-
-@asynccontextmanager
-async def running_server(data_dir: Path, env: Mapping[str, str] | None = None) -> AsyncIterator[ServerProcess]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "server",
-        "serve",
-        "--port",
-        "0",
-        env=dict(env if env is not None else server_env(data_dir)),
-        cwd=data_dir.parent,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    server = ServerProcess(proc)
-    try:
-        yield server
-    finally:
-        if proc.returncode is None:
-            os.kill(proc.pid, signal.SIGKILL)
-        await proc.wait()
-        await server._pump
-
-
-async def run_to_exit(data_dir: Path, env: Mapping[str, str]) -> tuple[int, str]:
-    """Run ``serve`` with settings from ``env`` only (no flags: a flag would win over it)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "server",
-        "serve",
-        env=dict(env),
-        cwd=data_dir.parent,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        _, stderr = await asyncio.wait_for(proc.communicate(), 15)
-    finally:
-        if proc.returncode is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            await proc.wait()
-    assert proc.returncode is not None
-    return proc.returncode, stderr.decode()
+from tests.processes import FAST_HASHING, parse_log, run_to_exit, running_server, server_env
 
 
 async def wait_closed(client: Client) -> int | None:
@@ -275,3 +166,33 @@ async def test_only_a_data_dir_uses_a_dev_secret(tmp_path: Path) -> None:
         assert (data_dir / "hubbub.db").exists()
         os.kill(server.proc.pid, signal.SIGTERM)
         assert await server.wait() == 0
+
+
+async def test_logs_are_json_lines_without_secrets(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    password = "a very secret passphrase"
+    env = server_env(data_dir, {**FAST_HASHING, "HUBBUB_LOG_LEVEL": "debug"})
+    async with running_server(data_dir, env) as server, AsyncExitStack() as clients:
+        url = await server.url()
+        alice = await clients.enter_async_context(open_client(url))
+        session = await alice.register("alice", password)
+        again = await clients.enter_async_context(open_client(url))
+        await again.auth(session.token)
+        with pytest.raises(ServerError):
+            await again.call("login", username="alice", password=password + "!")
+        room = (await alice.call("channel.create", name="logs")).conversation.id
+        await alice.call("message.send", conversation_id=room, text="hi", client_msg_id="m1")
+        os.kill(server.proc.pid, signal.SIGTERM)
+        assert await server.wait() == 0
+
+    assert server.lines and all(parse_log(line) is not None for line in server.lines), "one JSON object per line"
+    text = "\n".join(server.lines)
+    assert password not in text and session.token not in text
+    assert all({"time", "level", "event"} <= entry.keys() for entry in server.events)
+    by_event = {e["event"]: e for e in server.events}
+    assert {"connect", "auth", "disconnect", "register", "request", "request_failed"} <= by_event.keys()
+    sent = [e for e in server.events if e["event"] == "request" and e["op"] == "message.send"]
+    assert sent[0]["conversation_id"] == room and sent[0]["user_id"] == session.user.id
+    assert sent[0]["latency_ms"] >= 0 and sent[0]["request_id"]
+    failed = by_event["request_failed"]
+    assert failed["op"] == "login" and failed["code"] == "unauthorized"

@@ -4,8 +4,7 @@ strictly increasing when both send into one conversation at once."""
 from __future__ import annotations
 
 import asyncio
-import signal
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import pytest
 
 from protocol.client import Client, open_client
 from tests.conftest import TEST_SETTINGS
-from tests.processes import ServerProcess, start_servers
+from tests.processes import ServerProcess, running_server, settings_env
 
 pytestmark = pytest.mark.all_backends
 
@@ -21,13 +20,10 @@ PER_SENDER = 15
 
 
 @pytest.fixture
-def two_servers(backend_settings: dict[str, Any], tmp_path: Path) -> Iterator[list[ServerProcess]]:
-    servers = start_servers(2, {**TEST_SETTINGS, **backend_settings}, tmp_path / "data")
-    try:
-        yield servers
-    finally:
-        for server in servers:
-            server.stop(signal.SIGKILL)
+async def two_servers(backend_settings: dict[str, Any], tmp_path: Path) -> AsyncIterator[list[ServerProcess]]:
+    env = settings_env({**TEST_SETTINGS, **backend_settings, "data_dir": tmp_path / "data"})
+    async with running_server(tmp_path / "data", env) as first, running_server(tmp_path / "data", env) as second:
+        yield [first, second]
 
 
 async def sender(client: Client, conversation_id: int, name: str) -> list[tuple[str, int]]:
@@ -44,7 +40,7 @@ async def sender(client: Client, conversation_id: int, name: str) -> list[tuple[
 
 async def test_concurrent_senders_on_two_processes(two_servers: list[ServerProcess], backend: str) -> None:
     first, second = two_servers
-    async with open_client(first.url) as alice, open_client(second.url) as bob:
+    async with open_client(await first.url()) as alice, open_client(await second.url()) as bob:
         await alice.register("alice", "correct horse")
         await bob.register("bob", "correct horse")
         channel = (await alice.call("channel.create", name="busy")).conversation
