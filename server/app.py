@@ -86,7 +86,7 @@ class App:
             tokens=Tokens(secret, s.jwt_issuer, s.jwt_audience, s.jwt_ttl_seconds),
             metrics=self.metrics,
         )
-        await self.hub.broker.start(self.hub.registry.deliver)
+        await self.hub.start()
         self.server = await serve(
             self._handler,
             s.host,
@@ -134,7 +134,7 @@ class App:
                 logs.warning("shutdown_timeout", open_connections=len(self.sessions))
             self.server = None
         if self.hub is not None:
-            await self.hub.broker.close()
+            await self.hub.close()
         if self._stores is not None:
             await self._stores.close()
             self._stores = None

@@ -2,10 +2,15 @@
 
 An event is published once as a Delivery, addressed to conversations (their
 members) and/or users (all their devices). The in-process broker hands it
-straight to the local registry; the Redis broker (scale-out) carries the same
-Delivery between instances, and each instance delivers to its own
+straight to the local registry; the Redis broker (server/broker_redis.py)
+also carries it to the other instances, each of which delivers to its own
 connections. Membership changes ride along, so every instance updates its
 routing before it delivers the event that announces the change.
+
+The registry tells the broker which topics this instance needs (a
+conversation with a local member, a user with a local connection) when the
+first local interest appears and when the last one goes, so an instance
+receives only the traffic of its own connections.
 """
 
 from __future__ import annotations
@@ -28,13 +33,16 @@ class Delivery(Struct, array_like=True, frozen=True):
     """(user_id, conversation_id) pairs: route the conversation to the user's connections first."""
     left: tuple[tuple[int, int], ...] = ()
     """(user_id, conversation_id) pairs: stop routing the conversation to the user's connections first."""
+    seq: int = 0
+    """For message.new: the message's seq in ``conversations[0]``, for gap detection."""
 
 
 DeliveryHandler = Callable[[Delivery], None]
 
 
 class Broker(Protocol):
-    async def start(self, on_delivery: DeliveryHandler) -> None: ...
+    async def start(self, on_delivery: DeliveryHandler, on_resync: Callable[[], None]) -> None:
+        """Begin routing; ``on_resync`` runs after deliveries may have been missed (a reconnect)."""
 
     async def close(self) -> None: ...
 
@@ -45,14 +53,17 @@ class Broker(Protocol):
         at-most-once: the message store, not the broker, is the truth.
         """
 
-    def interest_added(self, conversation_ids: Iterable[int]) -> None:
-        """The first local member of these conversations connected or joined."""
+    def watch(self, conversations: Iterable[int] = (), users: Iterable[int] = ()) -> None:
+        """This instance now has local interest in these topics."""
 
-    def interest_removed(self, conversation_ids: Iterable[int]) -> None:
-        """The last local member of these conversations left or disconnected."""
+    def unwatch(self, conversations: Iterable[int] = (), users: Iterable[int] = ()) -> None:
+        """This instance no longer has local interest in these topics."""
 
     def status(self) -> str | None:
-        """None when healthy; otherwise a reason for /readyz."""
+        """None when healthy; otherwise why routing between instances is degraded."""
+
+    def topics(self) -> dict[str, list[int]]:
+        """The conversations and users this broker routes to this instance (debug view)."""
 
 
 class InProcessBroker:
@@ -61,7 +72,7 @@ class InProcessBroker:
     def __init__(self) -> None:
         self._on_delivery: DeliveryHandler | None = None
 
-    async def start(self, on_delivery: DeliveryHandler) -> None:
+    async def start(self, on_delivery: DeliveryHandler, on_resync: Callable[[], None]) -> None:
         self._on_delivery = on_delivery
 
     async def close(self) -> None:
@@ -71,11 +82,14 @@ class InProcessBroker:
         if self._on_delivery is not None:
             self._on_delivery(delivery)
 
-    def interest_added(self, conversation_ids: Iterable[int]) -> None:
+    def watch(self, conversations: Iterable[int] = (), users: Iterable[int] = ()) -> None:
         pass
 
-    def interest_removed(self, conversation_ids: Iterable[int]) -> None:
+    def unwatch(self, conversations: Iterable[int] = (), users: Iterable[int] = ()) -> None:
         pass
 
     def status(self) -> str | None:
         return None
+
+    def topics(self) -> dict[str, list[int]]:
+        return {"conversations": [], "users": []}

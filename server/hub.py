@@ -9,6 +9,7 @@ import time
 
 from server.auth import Passwords, Tokens
 from server.broker import Broker, Delivery
+from server.catchup import Catchup
 from server.config import Settings
 from server.metrics import Metrics
 from server.presence import PresenceTracker
@@ -43,12 +44,20 @@ class Hub:
         self.registry = Registry(broker, metrics)
         self.presence = PresenceTracker()
         self.sequencer = Sequencer(self._publish_message)
+        self.catchup = Catchup(messages, self.registry.deliver, self.registry.has_local_members, metrics)
         window = settings.login_failure_window_seconds
         self.login_failures_by_username = FailureWindow(settings.login_failures_per_username, window)
         self.login_failures_by_address = FailureWindow(settings.login_failures_per_address, window)
 
-    def _publish_message(self, conversation_id: int, payload: bytes) -> None:
-        self.publish(Delivery(payload, "message.new", conversations=(conversation_id,)))
+    def _publish_message(self, conversation_id: int, seq: int, payload: bytes) -> None:
+        self.publish(Delivery(payload, "message.new", conversations=(conversation_id,), seq=seq))
+
+    async def start(self) -> None:
+        await self.broker.start(self.catchup.receive, self.catchup.resync)
+
+    async def close(self) -> None:
+        await self.broker.close()
+        await self.catchup.close()
 
     def publish(self, delivery: Delivery) -> None:
         """Send an event on its way; delivery order follows publish order."""

@@ -35,6 +35,22 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.gap_filled = Counter(
+            "hubbub_gap_filled_messages",
+            "Messages this instance read from the store to fill a delivery gap.",
+            registry=r,
+        )
+        self.broker_published = Counter("hubbub_broker_published", "Deliveries sent to other instances.", registry=r)
+        self.broker_received = Counter(
+            "hubbub_broker_received", "Deliveries received from other instances.", registry=r
+        )
+        self.broker_dropped = Counter(
+            "hubbub_broker_dropped", "Deliveries not sent to other instances (broker down).", registry=r
+        )
+        self.broker_healthy = Gauge("hubbub_broker_healthy", "1 when routing between instances works.", registry=r)
+        self.broker_topics = Gauge(
+            "hubbub_broker_topics", "Topics this instance subscribes to, by kind.", ["kind"], registry=r
+        )
         self.storage_errors = Counter(
             "hubbub_storage_errors", "Store calls that failed, by store.", ["store"], registry=r
         )

@@ -29,12 +29,19 @@ class Registry:
         self.by_user: dict[int, set[Recipient]] = {}
         self.by_conversation: dict[int, set[Recipient]] = {}
 
+    def has_local_members(self, conversation_id: int) -> bool:
+        return conversation_id in self.by_conversation
+
     def connections_of(self, user_id: int) -> int:
         return len(self.by_user.get(user_id, ()))
 
     def add(self, recipient: Recipient, conversation_ids: Iterable[int]) -> None:
         """Register an authenticated connection and route its conversations to it."""
-        self.by_user.setdefault(recipient.user_id, set()).add(recipient)
+        devices = self.by_user.get(recipient.user_id)
+        if devices is None:
+            devices = self.by_user[recipient.user_id] = set()
+            self._broker.watch(users=(recipient.user_id,))
+        devices.add(recipient)
         self._route(recipient, conversation_ids)
 
     def remove(self, recipient: Recipient) -> None:
@@ -44,6 +51,7 @@ class Registry:
         devices.discard(recipient)
         if not devices:
             del self.by_user[recipient.user_id]
+            self._broker.unwatch(users=(recipient.user_id,))
         self._unroute(recipient, list(recipient.conversations))
 
     def _route(self, recipient: Recipient, conversation_ids: Iterable[int]) -> None:
@@ -56,7 +64,7 @@ class Registry:
             members.add(recipient)
             recipient.conversations.add(cid)
         if first:
-            self._broker.interest_added(first)
+            self._broker.watch(conversations=first)
 
     def _unroute(self, recipient: Recipient, conversation_ids: Iterable[int]) -> None:
         last: list[int] = []
@@ -70,7 +78,7 @@ class Registry:
                 del self.by_conversation[cid]
                 last.append(cid)
         if last:
-            self._broker.interest_removed(last)
+            self._broker.unwatch(conversations=last)
 
     def deliver(self, delivery: Delivery) -> None:
         """Apply a Delivery from the broker to the connections of this process."""

@@ -27,8 +27,8 @@ class _Conversation:
 
 
 class Sequencer:
-    def __init__(self, emit: Callable[[int, bytes], None]) -> None:
-        """``emit(conversation_id, payload)`` publishes one message event."""
+    def __init__(self, emit: Callable[[int, int, bytes], None]) -> None:
+        """``emit(conversation_id, seq, payload)`` publishes one message event."""
         self._emit = emit
         self._tickets = itertools.count(1)
         self._conversations: dict[int, _Conversation] = {}
@@ -57,7 +57,7 @@ class Sequencer:
             state.in_flight.discard(ticket)
         oldest_running = min(state.in_flight, default=None)
         while state.held and (oldest_running is None or state.held[0][1] < oldest_running):
-            _, _, payload = heapq.heappop(state.held)
-            self._emit(conversation_id, payload)
+            seq, _, payload = heapq.heappop(state.held)
+            self._emit(conversation_id, seq, payload)
         if not state.in_flight and not state.held:
             del self._conversations[conversation_id]

@@ -9,8 +9,8 @@ from protocol.errors import ErrorCode
 from server import logs
 from server.auth import InvalidToken
 from server.errors import ApiError
-from server.handlers.views import user_view
 from server.hub import Hub, now_ms
+from server.wire import user_view
 from storage.errors import Conflict
 from storage.records import UserRecord
 

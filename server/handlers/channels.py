@@ -8,8 +8,9 @@ from protocol import codec, frames
 from protocol.errors import ErrorCode
 from server.broker import Delivery
 from server.errors import ApiError, not_found
-from server.handlers.views import conversation_view, conversation_views, user_view, visible_conversation
+from server.handlers.views import conversation_view, conversation_views, visible_conversation
 from server.hub import Hub, now_ms
+from server.wire import user_view
 from storage.errors import Conflict
 from storage.records import ConversationRecord, UserRecord
 

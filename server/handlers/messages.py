@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING
 from protocol import codec, frames
 from protocol.errors import ErrorCode
 from server.errors import ApiError
-from server.handlers.views import message_view, visible_conversation
+from server.handlers.views import visible_conversation
 from server.hub import Hub, now_ms
+from server.wire import message_view
 from storage.records import NewMessage
 
 if TYPE_CHECKING:

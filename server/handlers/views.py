@@ -1,4 +1,4 @@
-"""Turning storage records into protocol objects, and the visibility rule
+"""Conversation views with their seqs and members, and the visibility rule
 every conversation request shares."""
 
 from __future__ import annotations
@@ -10,26 +10,10 @@ from protocol import frames
 from protocol.errors import ErrorCode
 from server.errors import ApiError, not_found
 from server.hub import Hub
-from storage.records import ConversationRecord, MessageRecord, UserRecord
+from storage.records import ConversationRecord
 
 if TYPE_CHECKING:
     from server.session import Session
-
-
-def user_view(u: UserRecord) -> frames.User:
-    return frames.User(id=u.id, username=u.username, display_name=u.display_name, created_at=u.created_at)
-
-
-def message_view(m: MessageRecord) -> frames.Message:
-    return frames.Message(
-        id=m.id,
-        conversation_id=m.conversation_id,
-        seq=m.seq,
-        sender_id=m.sender_id,
-        text=m.text,
-        client_msg_id=m.client_msg_id,
-        ts=m.ts,
-    )
 
 
 async def conversation_views(

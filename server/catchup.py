@@ -1,0 +1,145 @@
+"""Instance-side gap filling: every message reaches local members even when
+the broker lost it.
+
+Routing between instances is at-most-once (Redis pub/sub), and messages sent
+through different instances may arrive out of seq order. This instance keeps,
+per conversation with local members, the seqs it has delivered. A message
+whose seq jumps past the highest delivered one first has the missing range
+read from the message store and delivered in order; a message already
+delivered (by such a fill) is not delivered again. After a broker reconnect,
+``resync`` compares every locally routed conversation's newest stored seq
+with what was delivered and fills the difference, so subscribers catch up
+without waiting for the next message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+
+from protocol import codec, frames
+from server import logs
+from server.broker import Delivery
+from server.metrics import Metrics
+from server.wire import message_view
+from storage.base import MessageLog
+from storage.errors import StorageError
+
+SEEN_WINDOW = 1024
+"""How many recent seqs per conversation are remembered for deduplication."""
+FILL_PAGE = 100
+
+
+class _Conversation:
+    __slots__ = ("filling", "high", "queue", "seen")
+
+    def __init__(self) -> None:
+        self.high = 0
+        self.seen: set[int] = set()
+        self.filling = False
+        self.queue: deque[Delivery] = deque()
+
+
+class Catchup:
+    def __init__(
+        self,
+        messages: MessageLog,
+        deliver: Callable[[Delivery], None],
+        has_local_members: Callable[[int], bool],
+        metrics: Metrics,
+    ) -> None:
+        self._messages = messages
+        self._deliver = deliver
+        self._has_local_members = has_local_members
+        self._metrics = metrics
+        self._conversations: dict[int, _Conversation] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def receive(self, delivery: Delivery) -> None:
+        """The broker's delivery handler."""
+        if delivery.event_type != "message.new" or not delivery.seq:
+            self._deliver(delivery)
+            return
+        cid = delivery.conversations[0]
+        if not self._has_local_members(cid):
+            self._conversations.pop(cid, None)
+            return
+        state = self._conversations.get(cid)
+        if state is None:
+            state = self._conversations[cid] = _Conversation()
+        if state.filling:
+            state.queue.append(delivery)
+            return
+        self._accept(cid, state, delivery)
+
+    def _accept(self, cid: int, state: _Conversation, delivery: Delivery) -> None:
+        seq = delivery.seq
+        if seq in state.seen:
+            return
+        if state.high and seq > state.high + 1:  # nothing above high has been seen: a gap
+            state.queue.append(delivery)
+            self._start_fill(cid, state, after=state.high, before=seq)
+            return
+        self._deliver_message(state, delivery)
+
+    def _deliver_message(self, state: _Conversation, delivery: Delivery) -> None:
+        self._deliver(delivery)
+        state.seen.add(delivery.seq)
+        if delivery.seq > state.high:
+            state.high = delivery.seq
+        if len(state.seen) > 2 * SEEN_WINDOW:
+            floor = state.high - SEEN_WINDOW
+            state.seen = {s for s in state.seen if s > floor}
+
+    def _start_fill(self, cid: int, state: _Conversation, *, after: int, before: int | None) -> None:
+        state.filling = True
+        task = asyncio.get_running_loop().create_task(self._fill(cid, state, after, before))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _fill(self, cid: int, state: _Conversation, after: int, before: int | None) -> None:
+        try:
+            cursor = after
+            while True:
+                page = await self._messages.history(cid, before=before, after=cursor, limit=FILL_PAGE, order="asc")
+                for record in page:
+                    if record.seq not in state.seen:
+                        self._metrics.gap_filled.inc()
+                        payload = codec.encode(frames.MessageNew(message=message_view(record)))
+                        self._deliver_message(
+                            state, Delivery(payload, "message.new", conversations=(cid,), seq=record.seq)
+                        )
+                if len(page) < FILL_PAGE:
+                    break
+                cursor = page[-1].seq
+        except (StorageError, TimeoutError) as exc:
+            # Clients still see the gap by seq and fill it themselves.
+            logs.warning("gap_fill_failed", conversation_id=cid, error=str(exc))
+        finally:
+            state.filling = False
+            while state.queue and not state.filling:
+                self._accept(cid, state, state.queue.popleft())
+
+    def resync(self) -> None:
+        """Fill every locally routed conversation up to its newest stored seq."""
+        task = asyncio.get_running_loop().create_task(self._resync())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _resync(self) -> None:
+        tracked = {cid: state for cid, state in self._conversations.items() if state.high}
+        try:
+            newest = await self._messages.last_seqs(list(tracked))
+        except (StorageError, TimeoutError) as exc:
+            logs.warning("resync_failed", error=str(exc))
+            return
+        for cid, last in newest.items():
+            state = tracked[cid]
+            if last > state.high and not state.filling and self._has_local_members(cid):
+                self._start_fill(cid, state, after=state.high, before=last + 1)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
