@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
 import signal
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 
+import redis.asyncio as redis
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import NegotiationError as HandshakeNegotiationError
 from websockets.typing import Subprotocol
@@ -15,12 +19,13 @@ from protocol.errors import CloseCode
 from protocol.frames import PROTOCOL_VERSION
 from server import logs
 from server.auth import Passwords, Tokens, load_or_create_dev_secret
-from server.broker import InProcessBroker
+from server.broker import Broker, InProcessBroker
 from server.config import Settings, storage_config
 from server.guarded import guarded
 from server.http import make_process_request
 from server.hub import Hub
 from server.metrics import Metrics
+from server.presence import LocalPresence, Presence
 from server.session import Session
 from storage.errors import StoreUnavailable
 from storage.factory import Stores, open_stores
@@ -56,6 +61,8 @@ class App:
         self.hub: Hub | None = None
         self.server: Server | None = None
         self._stores: Stores | None = None
+        self._redis: redis.Redis | None = None
+        self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._inflight: set[asyncio.Task[None]] = set()
 
     @property
@@ -77,11 +84,13 @@ class App:
         directory, messages = self._stores.directory, self._stores.messages
         loop = asyncio.get_running_loop()
         passwords = await loop.run_in_executor(None, Passwords, s)
+        broker, presence = self._routing()
         self.hub = Hub(
             settings=s,
             directory=guarded(directory, self.metrics, s.storage_timeout_seconds),
             messages=guarded(messages, self.metrics, s.storage_timeout_seconds),
-            broker=InProcessBroker(),
+            broker=broker,
+            presence=presence,
             passwords=passwords,
             tokens=Tokens(secret, s.jwt_issuer, s.jwt_audience, s.jwt_ttl_seconds),
             metrics=self.metrics,
@@ -110,7 +119,37 @@ class App:
             accounts=directory.name,
             messages=messages.name,
             profile=s.profile,
+            instance=self.instance_id,
+            routing="redis" if s.redis_url else "in-process",
         )
+
+    def _routing(self) -> tuple[Broker, Presence]:
+        """In-process routing alone, or Redis routing and presence across instances."""
+        s = self.settings
+        if not s.redis_url:
+            return InProcessBroker(), LocalPresence()
+        from server.broker_redis import RedisBroker
+        from server.presence_redis import RedisPresence
+
+        broker = RedisBroker(
+            s.redis_url,
+            s.redis_prefix,
+            self.instance_id,
+            self.metrics,
+            health_interval=s.broker_probe_seconds,
+            timeout=s.storage_timeout_seconds,
+        )
+        self._redis = redis.Redis.from_url(
+            s.redis_url, socket_timeout=s.storage_timeout_seconds, socket_connect_timeout=s.storage_timeout_seconds
+        )
+        presence = RedisPresence(
+            self._redis,
+            s.redis_prefix,
+            self.instance_id,
+            heartbeat_seconds=s.presence_heartbeat_seconds,
+            ttl_seconds=s.presence_ttl_seconds,
+        )
+        return broker, presence
 
     async def _handler(self, ws: ServerConnection) -> None:
         assert self.hub is not None
@@ -135,6 +174,9 @@ class App:
             self.server = None
         if self.hub is not None:
             await self.hub.close()
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
         if self._stores is not None:
             await self._stores.close()
             self._stores = None

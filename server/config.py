@@ -106,6 +106,23 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         str, _doc("Write concern `w` of message inserts (`majority` or a node count); journaled.")
     ] = "majority"
 
+    redis_url: Annotated[
+        str, _doc("Redis URL for routing and presence across instances; empty runs a single instance.")
+    ] = ""
+    redis_prefix: Annotated[str, _doc("Prefix of every Redis key and channel (several clusters on one Redis).")] = (
+        "hubbub"
+    )
+    broker_probe_seconds: Annotated[
+        PositiveFloat, _doc("Interval of the Redis subscriber self-check (a round trip through pub/sub).")
+    ] = 5.0
+    presence_heartbeat_seconds: Annotated[PositiveFloat, _doc("How often an instance renews its presence.")] = 10.0
+    presence_ttl_seconds: Annotated[
+        PositiveFloat, _doc("An instance silent this long is dead: its users go offline everywhere.")
+    ] = 30.0
+    debug_endpoints: Annotated[
+        bool, _doc("Serve GET /debug/subscriptions (this instance's routing topics); off in production.")
+    ] = False
+
     @property
     def resolved_accounts_backend(self) -> Literal["sqlite", "postgres"]:
         if self.accounts_backend:
@@ -226,6 +243,8 @@ def _check_consistency(s: Settings) -> None:
         raise ConfigError("the postgres backend needs HUBBUB_POSTGRES_DSN")
     if s.resolved_messages_backend == "mongo" and not s.mongo_url:
         raise ConfigError("the mongo messages backend needs HUBBUB_MONGO_URL")
+    if s.presence_ttl_seconds <= s.presence_heartbeat_seconds:
+        raise ConfigError("HUBBUB_PRESENCE_TTL_SECONDS must be longer than HUBBUB_PRESENCE_HEARTBEAT_SECONDS")
     if s.postgres_pool_min > s.postgres_pool_max:
         raise ConfigError("HUBBUB_POSTGRES_POOL_MIN is larger than HUBBUB_POSTGRES_POOL_MAX")
     if s.profile == "cloud":

@@ -9,6 +9,7 @@ import asyncio
 import http
 from collections.abc import Awaitable, Callable
 
+import msgspec
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
@@ -35,10 +36,18 @@ async def readiness(hub: Hub) -> list[str]:
             await asyncio.wait_for(store.ping(), timeout=timeout)
         except Exception as exc:
             problems.append(f"{role} store {store.name} unreachable: {exc or type(exc).__name__}")
-    broker_problem = hub.broker.status()
-    if broker_problem:
-        problems.append(f"broker: {broker_problem}")
     return problems
+
+
+def debug_view(hub: Hub) -> dict[str, object]:
+    """Local routing next to what the broker subscribes: the two must match."""
+    return {
+        "local": {
+            "conversations": sorted(hub.registry.by_conversation),
+            "users": sorted(hub.registry.by_user),
+        },
+        "broker": hub.broker.topics(),
+    }
 
 
 ProcessRequest = Callable[[ServerConnection, Request], Awaitable[Response | None]]
@@ -53,7 +62,13 @@ def make_process_request(hub: Hub, open_connections: Callable[[], int]) -> Proce
             problems = await readiness(hub)
             if problems:
                 return _response(http.HTTPStatus.SERVICE_UNAVAILABLE, ("\n".join(problems) + "\n").encode())
+            degraded = hub.broker.status()
+            if degraded:
+                # Still serving: local delivery and storage work, only cross-instance routing waits.
+                return _response(http.HTTPStatus.OK, f"ready, degraded: broker: {degraded}\n".encode())
             return _response(http.HTTPStatus.OK, b"ready\n")
+        if path == "/debug/subscriptions" and hub.settings.debug_endpoints:
+            return _response(http.HTTPStatus.OK, msgspec.json.encode(debug_view(hub)), "application/json")
         if path == "/metrics":
             return _response(http.HTTPStatus.OK, hub.metrics.exposition(), PROMETHEUS_CONTENT_TYPE)
         if open_connections() >= hub.settings.max_connections:

@@ -12,7 +12,7 @@ from server.broker import Broker, Delivery
 from server.catchup import Catchup
 from server.config import Settings
 from server.metrics import Metrics
-from server.presence import PresenceTracker
+from server.presence import Presence
 from server.ratelimit import FailureWindow
 from server.registry import Registry
 from server.sequencer import Sequencer
@@ -30,6 +30,7 @@ class Hub:
         directory: Directory,
         messages: MessageLog,
         broker: Broker,
+        presence: Presence,
         passwords: Passwords,
         tokens: Tokens,
         metrics: Metrics,
@@ -42,7 +43,7 @@ class Hub:
         self.tokens = tokens
         self.metrics = metrics
         self.registry = Registry(broker, metrics)
-        self.presence = PresenceTracker()
+        self.presence = presence
         self.sequencer = Sequencer(self._publish_message)
         self.catchup = Catchup(messages, self.registry.deliver, self.registry.has_local_members, metrics)
         window = settings.login_failure_window_seconds
@@ -53,9 +54,13 @@ class Hub:
         self.publish(Delivery(payload, "message.new", conversations=(conversation_id,), seq=seq))
 
     async def start(self) -> None:
+        from server.handlers.presence import on_offline
+
         await self.broker.start(self.catchup.receive, self.catchup.resync)
+        await self.presence.start(lambda user_id: on_offline(self, user_id))
 
     async def close(self) -> None:
+        await self.presence.close()
         await self.broker.close()
         await self.catchup.close()
 

@@ -154,7 +154,7 @@ class Session:
             return
         self.hub.metrics.authenticated.dec()
         self.hub.registry.remove(self)
-        if self.hub.presence.disconnected(self.user_id):
+        if await self.hub.presence.disconnected(self.user_id):
             try:
                 await on_offline(self.hub, self.user_id)
             except StoreUnavailable as exc:
@@ -182,7 +182,7 @@ class Session:
         self.hub.metrics.authenticated.inc()
         self.hub.registry.add(self, conversation_ids)
         logs.info("auth", conn_id=self.conn_id, user_id=user.id)
-        if self.hub.presence.connected(user.id):
+        if await self.hub.presence.connected(user.id):
             await on_online(self.hub, user.id, conversation_ids)
 
     # -- requests -----------------------------------------------------------

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from protocol import codec, frames
 from protocol.errors import ErrorCode
+from server.broker import Delivery
 from server.errors import ApiError
 from server.handlers.views import visible_conversation
 from server.hub import Hub, now_ms
@@ -37,12 +38,16 @@ async def send(hub: Hub, session: Session, req: frames.MessageSend) -> frames.Se
         hub.sequencer.abort(req.conversation_id, ticket)
         raise
     message = message_view(record)
-    if not duplicate:
-        hub.metrics.messages_stored.inc()
-    # A duplicate is announced again: the first attempt may have been stored
-    # after its request timed out, with no event sent. Clients dedupe by id.
     event = codec.encode(frames.MessageNew(message=message))
-    hub.sequencer.complete(req.conversation_id, ticket, record.seq, event)
+    if duplicate:
+        # Announced again: the first attempt may have been stored after its
+        # request timed out, with no event sent. Clients dedupe by id. Not
+        # sequenced nor gap-tracked (seq 0): it is an old message.
+        hub.sequencer.abort(req.conversation_id, ticket)
+        hub.publish(Delivery(event, "message.new", conversations=(record.conversation_id,)))
+    else:
+        hub.metrics.messages_stored.inc()
+        hub.sequencer.complete(req.conversation_id, ticket, record.seq, event)
     return frames.SendAck(message=message, duplicate=duplicate)
 
 

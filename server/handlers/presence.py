@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 async def query(hub: Hub, session: Session, req: frames.PresenceQuery) -> frames.PresenceList:
     users = await hub.directory.get_users(req.user_ids)
-    online = hub.presence.online(u.id for u in users)
+    online = await hub.presence.online(u.id for u in users)
     now = now_ms()
     return frames.PresenceList(
         presence=[

@@ -1,0 +1,359 @@
+"""Routing between instances over Redis pub/sub.
+
+Topics: one channel per conversation (``{prefix}:c:{id}``) and per user
+(``{prefix}:u:{id}``). An instance subscribes to a topic only while it has
+local interest in it (the registry reports the first and last local member),
+so it receives only the traffic of its own connections, never every message
+of the cluster. Subscription changes are batched per event-loop turn: a user
+with 500 conversations connecting costs one SSUBSCRIBE, not 500.
+
+Redis 7's sharded pub/sub (SSUBSCRIBE/SPUBLISH) is used when the server has
+it, so the same topics spread over a Redis Cluster's shards; plain pub/sub
+otherwise.
+
+Pub/sub is at-most-once. Publishing delivers locally first and never waits
+for Redis; when Redis is down, local delivery and sending go on, the broker
+reconnects with backoff, resubscribes, and asks for a resync (the instance
+then fills gaps from the message store). A periodic self-publish on the
+instance's own channel proves the subscriber connection really receives:
+a pub/sub connection can die silently while commands still work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import msgspec
+import redis.asyncio as redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from server import logs
+from server.broker import Delivery, DeliveryHandler
+from server.metrics import Metrics
+
+SUBSCRIBE_CHUNK = 1000
+"""Channels per SSUBSCRIBE command."""
+DEDUPE_WINDOW = 8192
+"""Recent envelope ids remembered: one delivery published to several topics arrives once per topic."""
+
+
+class Envelope(msgspec.Struct, array_like=True, frozen=True):
+    origin: str
+    number: int
+    delivery: Delivery | None
+    """None for the health probe."""
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Envelope)
+
+
+class RedisBroker:
+    def __init__(
+        self,
+        url: str,
+        prefix: str,
+        instance_id: str,
+        metrics: Metrics,
+        *,
+        health_interval: float,
+        timeout: float,
+    ) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.instance_id = instance_id
+        self._metrics = metrics
+        self._health_interval = health_interval
+        self._timeout = timeout
+        self._client: redis.Redis | None = None
+        self._sharded = True
+        self._on_delivery: DeliveryHandler | None = None
+        self._on_resync: Callable[[], None] | None = None
+        self._numbers = itertools.count(1)
+        self._seen: OrderedDict[tuple[str, int], None] = OrderedDict()
+        # What this instance needs, and what the live subscription has.
+        self._conversations: set[int] = set()
+        self._users: set[int] = set()
+        self._pubsub: PubSub | None = None
+        self._subscribed: set[str] = set()
+        self._sync_scheduled = False
+        self._outgoing: list[tuple[str, bytes]] = []
+        self._outgoing_ready = asyncio.Event()
+        self._problem: str | None = "starting"
+        self._last_probe_received = time.monotonic()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._sync_task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # -- topics -------------------------------------------------------------
+
+    def _conversation_channel(self, conversation_id: int) -> str:
+        return f"{self.prefix}:c:{conversation_id}"
+
+    def _user_channel(self, user_id: int) -> str:
+        return f"{self.prefix}:u:{user_id}"
+
+    @property
+    def _own_channel(self) -> str:
+        return f"{self.prefix}:i:{self.instance_id}"
+
+    def _wanted_channels(self) -> set[str]:
+        wanted = {self._conversation_channel(c) for c in self._conversations}
+        wanted.update(self._user_channel(u) for u in self._users)
+        wanted.add(self._own_channel)
+        return wanted
+
+    def watch(self, conversations: Iterable[int] = (), users: Iterable[int] = ()) -> None:
+        self._conversations.update(conversations)
+        self._users.update(users)
+        self._schedule_sync()
+
+    def unwatch(self, conversations: Iterable[int] = (), users: Iterable[int] = ()) -> None:
+        self._conversations.difference_update(conversations)
+        self._users.difference_update(users)
+        self._schedule_sync()
+
+    def topics(self) -> dict[str, list[int]]:
+        subscribed = self._subscribed
+        return {
+            "conversations": sorted(c for c in self._conversations if self._conversation_channel(c) in subscribed),
+            "users": sorted(u for u in self._users if self._user_channel(u) in subscribed),
+        }
+
+    def _schedule_sync(self) -> None:
+        # Batched: every watch/unwatch of this loop turn goes in one round trip.
+        if not self._sync_scheduled:
+            self._sync_scheduled = True
+            asyncio.get_running_loop().call_soon(self._start_sync)
+
+    def _start_sync(self) -> None:
+        self._sync_scheduled = False
+        if self._sync_task is None or self._sync_task.done():
+            self._sync_task = asyncio.get_running_loop().create_task(self._sync_subscriptions())
+
+    async def _sync_subscriptions(self) -> None:
+        """Bring the live subscription to the wanted set (repeats while it changes)."""
+        while self._pubsub is not None and not self._closing:
+            wanted = self._wanted_channels()
+            add = sorted(wanted - self._subscribed)
+            drop = sorted(self._subscribed - wanted)
+            if not add and not drop:
+                break
+            try:
+                for chunk in _chunks(add):
+                    await self._subscribe(self._pubsub, chunk)
+                    self._subscribed.update(chunk)
+                for chunk in _chunks(drop):
+                    await self._unsubscribe(self._pubsub, chunk)
+                    self._subscribed.difference_update(chunk)
+            except (RedisError, OSError) as exc:
+                # The subscriber loop notices the broken connection and resubscribes everything.
+                logs.warning("broker_subscribe_failed", error=str(exc))
+                break
+        self._metrics.broker_topics.labels("conversation").set(len(self.topics()["conversations"]))
+        self._metrics.broker_topics.labels("user").set(len(self.topics()["users"]))
+
+    async def _subscribe(self, pubsub: PubSub, channels: list[str]) -> None:
+        if self._sharded:
+            await pubsub.ssubscribe(*channels)
+        else:
+            await pubsub.subscribe(*channels)
+
+    async def _unsubscribe(self, pubsub: PubSub, channels: list[str]) -> None:
+        if self._sharded:
+            await pubsub.sunsubscribe(*channels)
+        else:
+            await pubsub.unsubscribe(*channels)
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def start(self, on_delivery: DeliveryHandler, on_resync: Callable[[], None]) -> None:
+        self._on_delivery = on_delivery
+        self._on_resync = on_resync
+        self._client = redis.Redis.from_url(
+            self.url,
+            socket_timeout=self._timeout,
+            socket_connect_timeout=self._timeout,
+            # No silent reconnects inside redis-py: a reconnect must be seen
+            # here, because messages were lost and a resync is due.
+            retry=Retry(NoBackoff(), 0),
+        )
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._run_subscriber()),
+            loop.create_task(self._run_publisher()),
+            loop.create_task(self._run_probe()),
+        ]
+
+    async def close(self) -> None:
+        self._closing = True
+        for task in [*self._tasks, self._sync_task]:
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._pubsub is not None:
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+            self._pubsub = None
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def status(self) -> str | None:
+        return self._problem
+
+    def _degraded(self, problem: str) -> None:
+        if self._problem is None:
+            logs.warning("broker_degraded", problem=problem)
+        self._problem = problem
+        self._metrics.broker_healthy.set(0)
+
+    def _healthy(self) -> None:
+        if self._problem is not None:
+            logs.info("broker_healthy", was=self._problem)
+        self._problem = None
+        self._metrics.broker_healthy.set(1)
+
+    # -- publishing ---------------------------------------------------------
+
+    def publish(self, delivery: Delivery) -> None:
+        if self._on_delivery is not None:
+            self._on_delivery(delivery)
+        if self._pubsub is None:
+            # Not connected: the other instances catch up from the store by seq.
+            self._metrics.broker_dropped.inc()
+            return
+        payload = _encoder.encode(Envelope(self.instance_id, next(self._numbers), delivery))
+        channels = [self._conversation_channel(c) for c in delivery.conversations]
+        channels.extend(self._user_channel(u) for u in delivery.users)
+        self._outgoing.extend((channel, payload) for channel in channels)
+        self._outgoing_ready.set()
+
+    async def _run_publisher(self) -> None:
+        """Send queued publishes in order, all of one loop turn in one pipeline."""
+        while True:
+            await self._outgoing_ready.wait()
+            self._outgoing_ready.clear()
+            batch, self._outgoing = self._outgoing, []
+            if not batch or self._client is None:
+                continue
+            try:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for channel, payload in batch:
+                        if self._sharded:
+                            pipe.spublish(channel, payload)
+                        else:
+                            pipe.publish(channel, payload)
+                    await pipe.execute()
+                self._metrics.broker_published.inc(len(batch))
+            except (RedisError, OSError) as exc:
+                self._metrics.broker_dropped.inc(len(batch))
+                self._degraded(f"publishing failed: {exc}")
+
+    # -- receiving ----------------------------------------------------------
+
+    async def _run_subscriber(self) -> None:
+        """Keep one subscriber connection alive; reconnect with backoff, then resync."""
+        assert self._client is not None
+        attempt = 0
+        ever_connected = False
+        while not self._closing:
+            pubsub: PubSub | None = None
+            try:
+                info = await self._client.info("server")
+                self._sharded = int(str(info.get("redis_version", "0")).split(".")[0]) >= 7
+                pubsub = self._client.pubsub()
+                wanted = sorted(self._wanted_channels())
+                for chunk in _chunks(wanted):
+                    await self._subscribe(pubsub, chunk)
+                self._pubsub = pubsub
+                self._subscribed = set(wanted)
+                self._last_probe_received = time.monotonic()
+                self._healthy()
+                logs.info("broker_connected", sharded=self._sharded, topics=len(wanted), instance=self.instance_id)
+                if ever_connected and self._on_resync is not None:
+                    self._on_resync()
+                ever_connected = True
+                attempt = 0
+                self._schedule_sync()  # interest that changed while subscribing
+                while self._pubsub is pubsub:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is not None:
+                        self._receive(message)
+                raise redis.ConnectionError("subscriber connection was recycled")
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                self._degraded(f"redis unreachable: {exc}")
+            finally:
+                self._pubsub = None
+                self._subscribed = set()
+                if pubsub is not None:
+                    await _quietly(pubsub.aclose())  # type: ignore[no-untyped-call]
+            attempt += 1
+            await asyncio.sleep(min(5.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.0))
+
+    def _receive(self, message: dict[str, Any]) -> None:
+        if message.get("type") not in ("message", "smessage"):
+            return
+        try:
+            envelope = _decoder.decode(message["data"])
+        except msgspec.DecodeError:
+            logs.warning("broker_bad_envelope", channel=str(message.get("channel")))
+            return
+        if envelope.delivery is None:
+            if envelope.origin == self.instance_id:
+                self._last_probe_received = time.monotonic()
+            return
+        if envelope.origin == self.instance_id:
+            return  # delivered locally when published
+        key = (envelope.origin, envelope.number)
+        if key in self._seen:
+            return  # the same delivery via another of its topics
+        self._seen[key] = None
+        if len(self._seen) > DEDUPE_WINDOW:
+            self._seen.popitem(last=False)
+        self._metrics.broker_received.inc()
+        if self._on_delivery is not None:
+            self._on_delivery(envelope.delivery)
+
+    async def _run_probe(self) -> None:
+        """Self-publish round trips: a subscriber that stopped receiving is reconnected."""
+        while True:
+            await asyncio.sleep(self._health_interval)
+            if self._pubsub is None or self._client is None:
+                continue
+            probe = _encoder.encode(Envelope(self.instance_id, 0, None))
+            try:
+                if self._sharded:
+                    await self._client.spublish(self._own_channel, probe)
+                else:
+                    await self._client.publish(self._own_channel, probe)
+            except (RedisError, OSError) as exc:
+                self._degraded(f"probe publish failed: {exc}")
+                continue
+            silent = time.monotonic() - self._last_probe_received
+            if silent > 3 * self._health_interval:
+                self._degraded(f"subscriber received nothing for {silent:.1f}s")
+                # The subscriber loop sees its connection replaced, reconnects and resubscribes.
+                self._pubsub = None
+            elif self._problem is not None and self._problem.startswith(("probe", "publishing")):
+                self._healthy()
+
+
+def _chunks(items: list[str]) -> list[list[str]]:
+    return [items[i : i + SUBSCRIBE_CHUNK] for i in range(0, len(items), SUBSCRIBE_CHUNK)]
+
+
+async def _quietly(awaitable: Awaitable[Any]) -> None:
+    with contextlib.suppress(RedisError, OSError, RuntimeError):
+        await awaitable

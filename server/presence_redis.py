@@ -1,0 +1,189 @@
+"""Presence shared by every instance through Redis.
+
+Keys (``{prefix}`` is HUBBUB_REDIS_PREFIX):
+- ``{prefix}:instances``: sorted set of live instances, scored by when their
+  heartbeat expires (now + TTL, refreshed every heartbeat);
+- ``{prefix}:instance:{id}:users``: the users with a connection on that instance;
+- ``{prefix}:user:{uid}:instances``: the instances a user is connected to.
+
+A user is online while any instance listing them is live. Redis is touched
+only when a user's first local connection opens or the last one closes, plus
+one heartbeat per instance. An instance that dies without cleaning up (kill
+-9) stops heartbeating; within the TTL another instance notices its expired
+score, takes a short lock so only one does the work, removes it from its
+users' sets, and announces offline every user left with no live instance.
+Redis keeps nothing on disk here, so each heartbeat also restores this
+instance's records if Redis lost them.
+
+When Redis is unreachable, answers fall back to this instance's own
+connections (logged), and the next successful heartbeat repairs the records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from server import logs
+from server.presence import ExpiredHandler, LocalCounts
+
+
+class RedisPresence:
+    def __init__(
+        self, client: redis.Redis, prefix: str, instance_id: str, *, heartbeat_seconds: float, ttl_seconds: float
+    ) -> None:
+        self._redis = client
+        self._prefix = prefix
+        self.instance_id = instance_id
+        self._heartbeat = heartbeat_seconds
+        self._ttl = ttl_seconds
+        self._local = LocalCounts()
+        self._on_expired: ExpiredHandler | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def _instances_key(self) -> str:
+        return f"{self._prefix}:instances"
+
+    def _instance_users_key(self, instance_id: str) -> str:
+        return f"{self._prefix}:instance:{instance_id}:users"
+
+    def _user_instances_key(self, user_id: int) -> str:
+        return f"{self._prefix}:user:{user_id}:instances"
+
+    async def start(self, on_expired: ExpiredHandler) -> None:
+        self._on_expired = on_expired
+        try:
+            await self._beat()
+        except (RedisError, OSError) as exc:
+            logs.warning("presence_heartbeat_failed", error=str(exc))
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        # A clean stop: this instance's users are no longer connected here.
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for uid in self._local.counts:
+                    pipe.srem(self._user_instances_key(uid), self.instance_id)
+                pipe.delete(self._instance_users_key(self.instance_id))
+                pipe.zrem(self._instances_key(), self.instance_id)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            logs.warning("presence_cleanup_failed", error=str(exc))
+
+    async def connected(self, user_id: int) -> bool:
+        if not self._local.add(user_id):
+            return False
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.sadd(self._user_instances_key(user_id), self.instance_id)
+                pipe.sadd(self._instance_users_key(self.instance_id), user_id)
+                pipe.smembers(self._user_instances_key(user_id))
+                *_, instances = await pipe.execute()
+            others = {i.decode() for i in instances} - {self.instance_id}
+            return not await self._live(others)
+        except (RedisError, OSError) as exc:
+            logs.warning("presence_unavailable", error=str(exc))
+            return True
+
+    async def disconnected(self, user_id: int) -> bool:
+        if not self._local.remove(user_id):
+            return False
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.srem(self._user_instances_key(user_id), self.instance_id)
+                pipe.srem(self._instance_users_key(self.instance_id), user_id)
+                pipe.smembers(self._user_instances_key(user_id))
+                *_, instances = await pipe.execute()
+            return not await self._live({i.decode() for i in instances})
+        except (RedisError, OSError) as exc:
+            logs.warning("presence_unavailable", error=str(exc))
+            return True
+
+    async def online(self, user_ids: Iterable[int]) -> set[int]:
+        ids = list(dict.fromkeys(user_ids))
+        local = {uid for uid in ids if uid in self._local.counts}
+        remote = [uid for uid in ids if uid not in local]
+        if not remote:
+            return local
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for uid in remote:
+                    pipe.smembers(self._user_instances_key(uid))
+                sets = await pipe.execute()
+            candidates = {uid: {i.decode() for i in members} for uid, members in zip(remote, sets, strict=True)}
+            live = await self._live(set().union(*candidates.values()))
+        except (RedisError, OSError) as exc:
+            logs.warning("presence_unavailable", error=str(exc))
+            return local
+        return local | {uid for uid, instances in candidates.items() if instances & live}
+
+    async def _live(self, instance_ids: set[str]) -> set[str]:
+        """The instances among ``instance_ids`` whose heartbeat has not expired."""
+        if not instance_ids:
+            return set()
+        ordered = sorted(instance_ids)
+        scores = await self._redis.zmscore(self._instances_key(), ordered)
+        now = time.time()
+        return {i for i, score in zip(ordered, scores, strict=True) if score is not None and score > now}
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat)
+            try:
+                await self._beat()
+                await self._reap()
+            except (RedisError, OSError) as exc:
+                logs.warning("presence_heartbeat_failed", error=str(exc))
+
+    async def _beat(self) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(self._instances_key(), {self.instance_id: time.time() + self._ttl})
+            pipe.scard(self._instance_users_key(self.instance_id))
+            _, recorded = await pipe.execute()
+        if recorded != len(self._local.counts):
+            # Redis lost our records (a restart): write them again.
+            async with self._redis.pipeline(transaction=False) as pipe:
+                key = self._instance_users_key(self.instance_id)
+                pipe.delete(key)
+                if self._local.counts:
+                    pipe.sadd(key, *self._local.counts)
+                for uid in self._local.counts:
+                    pipe.sadd(self._user_instances_key(uid), self.instance_id)
+                await pipe.execute()
+
+    async def _reap(self) -> None:
+        """Take over the users of instances whose heartbeat expired."""
+        dead = await self._redis.zrangebyscore(self._instances_key(), "-inf", time.time())
+        for raw in dead:
+            instance_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+            if instance_id == self.instance_id:
+                continue
+            lock = f"{self._prefix}:reap:{instance_id}"
+            if not await self._redis.set(lock, self.instance_id, nx=True, ex=max(1, int(self._ttl))):
+                continue  # another instance is reaping it
+            users = [int(u) for u in await self._redis.smembers(self._instance_users_key(instance_id))]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for uid in users:
+                    pipe.srem(self._user_instances_key(uid), instance_id)
+                    pipe.smembers(self._user_instances_key(uid))
+                results = await pipe.execute()
+            remaining = results[1::2]
+            gone = []
+            for uid, instances in zip(users, remaining, strict=True):
+                if uid in self._local.counts:
+                    continue
+                if not await self._live({i.decode() for i in instances}):
+                    gone.append(uid)
+            await self._redis.delete(self._instance_users_key(instance_id))
+            await self._redis.zrem(self._instances_key(), instance_id)
+            logs.info("presence_reaped_instance", instance=instance_id, users=len(users), offline=len(gone))
+            for uid in gone:
+                if self._on_expired is not None:
+                    await self._on_expired(uid)
