@@ -14,10 +14,11 @@ import pytest
 from jwt.warnings import InsecureKeyLengthWarning
 
 from protocol import frames
-from protocol.client import Client, ServerError
+from protocol.client import Client
 from protocol.errors import ErrorCode
 from server.config import Settings
 from tests.conftest import TEST_SETTINGS, RunningServer, unique_name
+from tests.helpers import assert_serving, expect_error
 
 pytestmark = pytest.mark.all_backends
 
@@ -26,21 +27,6 @@ SECRET: str = TEST_SETTINGS["jwt_secret"]
 OTHER_SECRET = "another-secret-that-is-also-long-enough-0123456789-0123456789"
 ISSUER = Settings().jwt_issuer
 AUDIENCE = Settings().jwt_audience
-
-
-async def expect_error(client: Client, code: ErrorCode, op: str, **fields: Any) -> ServerError:
-    """Call ``op``, which must fail with exactly ``code`` and a message."""
-    with pytest.raises(ServerError) as info:
-        await client.call(op, **fields)
-    assert info.value.code == code, info.value
-    assert info.value.message
-    return info.value
-
-
-async def assert_serving(client: Client) -> None:
-    pong = await client.call("ping")
-    assert isinstance(pong, frames.Pong)
-    assert pong.ts > 0
 
 
 async def assert_unauthenticated(client: Client) -> None:

@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from protocol import frames
-from protocol.client import Client, ServerError
+from protocol.client import Client
 from tests.conftest import RunningServer, unique_name
+from tests.helpers import expect_error, settled_events, uid
 
 pytestmark = pytest.mark.all_backends
-
-
-async def expect_error(code: str, client: Client, op: str, **fields: Any) -> ServerError:
-    with pytest.raises(ServerError) as info:
-        await client.call(op, **fields)
-    assert info.value.code == code, info.value
-    return info.value
-
-
-async def settled_events(client: Client) -> list[frames.ServerFrame]:
-    """Every event queued to ``client`` before a ping of its own: the server
-    writes frames to one connection in order, so anything published before the
-    ping was handled has arrived once the pong has."""
-    await client.call("ping")
-    return client.drain_events()
 
 
 async def second_device(server: RunningServer, first: Client) -> Client:
@@ -40,11 +24,6 @@ async def send(client: Client, conversation_id: int, text: str) -> frames.Messag
         "message.send", conversation_id=conversation_id, text=text, client_msg_id=unique_name("m")
     )
     return ack.message
-
-
-def uid(client: Client) -> int:
-    assert client.user is not None
-    return client.user.id
 
 
 # -- create ---------------------------------------------------------------------
@@ -74,14 +53,14 @@ async def test_create_duplicate_name_conflicts(server: RunningServer) -> None:
     bob = await server.user()
     await alice.call("channel.create", name="dup", private=True)
     # Names are global: a private channel's name is taken for everyone.
-    await expect_error("conflict", bob, "channel.create", name="dup")
-    await expect_error("conflict", alice, "channel.create", name="dup", private=True)
+    await expect_error(bob, "conflict", "channel.create", name="dup")
+    await expect_error(alice, "conflict", "channel.create", name="dup", private=True)
 
 
 @pytest.mark.parametrize("name", ["", "Upper", "-dash-first", "has space", "x" * 81, "emoji\u2603"])
 async def test_create_bad_name(server: RunningServer, name: str) -> None:
     alice = await server.user()
-    await expect_error("bad_request", alice, "channel.create", name=name)
+    await expect_error(alice, "bad_request", "channel.create", name=name)
     listing = await alice.call("channel.list")
     assert listing.conversations == []
 
@@ -160,8 +139,8 @@ async def test_join_private_uninvited_is_not_found(server: RunningServer) -> Non
     alice = await server.user()
     mallory = await server.user()
     secret = (await alice.call("channel.create", name="secret", private=True)).conversation
-    await expect_error("not_found", mallory, "channel.join", channel_id=secret.id)
-    await expect_error("not_found", mallory, "channel.join", channel_id=secret.id + 1000)
+    await expect_error(mallory, "not_found", "channel.join", channel_id=secret.id)
+    await expect_error(mallory, "not_found", "channel.join", channel_id=secret.id + 1000)
     members = await alice.call("channel.members", channel_id=secret.id)
     assert [m.id for m in members.members] == [uid(alice)]
 
@@ -170,8 +149,8 @@ async def test_join_a_dm_is_not_found(server: RunningServer) -> None:
     alice = await server.user()
     bob = await server.user()
     dm = (await alice.call("dm.open", user_ids=[uid(bob)])).conversation
-    await expect_error("not_found", alice, "channel.join", channel_id=dm.id)
-    await expect_error("not_found", alice, "channel.members", channel_id=dm.id)
+    await expect_error(alice, "not_found", "channel.join", channel_id=dm.id)
+    await expect_error(alice, "not_found", "channel.members", channel_id=dm.id)
 
 
 # -- invite ---------------------------------------------------------------------
@@ -209,8 +188,8 @@ async def test_invite_into_private_by_non_member_is_not_found(server: RunningSer
     mallory = await server.user()
     victim = await server.user()
     secret = (await alice.call("channel.create", name="secret", private=True)).conversation
-    await expect_error("not_found", mallory, "channel.invite", channel_id=secret.id, user_id=uid(victim))
-    await expect_error("not_found", mallory, "channel.invite", channel_id=secret.id, user_id=uid(mallory))
+    await expect_error(mallory, "not_found", "channel.invite", channel_id=secret.id, user_id=uid(victim))
+    await expect_error(mallory, "not_found", "channel.invite", channel_id=secret.id, user_id=uid(mallory))
     members = await alice.call("channel.members", channel_id=secret.id)
     assert [m.id for m in members.members] == [uid(alice)]
     assert not [e for e in await settled_events(victim) if isinstance(e, frames.ConversationAdded)]
@@ -221,7 +200,7 @@ async def test_invite_unknown_user_is_not_found(server: RunningServer) -> None:
     secret = (await alice.call("channel.create", name="secret", private=True)).conversation
     public = (await alice.call("channel.create", name="public")).conversation
     for channel in (secret, public):
-        err = await expect_error("not_found", alice, "channel.invite", channel_id=channel.id, user_id=999_999)
+        err = await expect_error(alice, "not_found", "channel.invite", channel_id=channel.id, user_id=999_999)
         assert "user" in err.message
 
 
@@ -230,7 +209,7 @@ async def test_invite_into_public_by_non_member_is_forbidden(server: RunningServ
     bob = await server.user()
     carol = await server.user()
     public = (await alice.call("channel.create", name="public")).conversation
-    await expect_error("forbidden", bob, "channel.invite", channel_id=public.id, user_id=uid(carol))
+    await expect_error(bob, "forbidden", "channel.invite", channel_id=public.id, user_id=uid(carol))
     members = await alice.call("channel.members", channel_id=public.id)
     assert [m.id for m in members.members] == [uid(alice)]
     # A member may invite into a public channel.
@@ -265,8 +244,8 @@ async def test_leave(server: RunningServer) -> None:
     assert (await alice.next_event(frames.MessageNew)).message.id == sent.id
     for device in (bob, bob_phone):
         assert not [e for e in await settled_events(device) if isinstance(e, frames.MessageNew)]
-        await expect_error("forbidden", device, "message.send", conversation_id=channel.id, text="x", client_msg_id="x")
-        await expect_error("forbidden", device, "message.history", conversation_id=channel.id)
+        await expect_error(device, "forbidden", "message.send", conversation_id=channel.id, text="x", client_msg_id="x")
+        await expect_error(device, "forbidden", "message.history", conversation_id=channel.id)
 
     members = await alice.call("channel.members", channel_id=channel.id)
     assert [m.id for m in members.members] == [uid(alice)]
@@ -288,11 +267,11 @@ async def test_leave_private_makes_it_not_found(server: RunningServer) -> None:
     await bob.call("channel.leave", channel_id=secret.id)
     await bob.next_event(frames.ConversationRemoved)
 
-    await expect_error("not_found", bob, "channel.members", channel_id=secret.id)
-    await expect_error("not_found", bob, "channel.join", channel_id=secret.id)
-    await expect_error("not_found", bob, "channel.leave", channel_id=secret.id)
-    await expect_error("not_found", bob, "message.history", conversation_id=secret.id)
-    await expect_error("not_found", bob, "message.send", conversation_id=secret.id, text="x", client_msg_id="x")
+    await expect_error(bob, "not_found", "channel.members", channel_id=secret.id)
+    await expect_error(bob, "not_found", "channel.join", channel_id=secret.id)
+    await expect_error(bob, "not_found", "channel.leave", channel_id=secret.id)
+    await expect_error(bob, "not_found", "message.history", conversation_id=secret.id)
+    await expect_error(bob, "not_found", "message.send", conversation_id=secret.id, text="x", client_msg_id="x")
     assert secret.id not in {c.id for c in (await bob.call("channel.list")).conversations}
 
     await send(alice, secret.id, "after")
@@ -326,7 +305,7 @@ async def test_members_visibility(server: RunningServer) -> None:
     assert [m.id for m in visible.members] == [uid(alice), uid(bob)]
     assert alice.user is not None
     assert visible.members[0] == alice.user
-    await expect_error("not_found", outsider, "channel.members", channel_id=secret.id)
-    await expect_error("not_found", outsider, "channel.members", channel_id=secret.id + 1000)
+    await expect_error(outsider, "not_found", "channel.members", channel_id=secret.id)
+    await expect_error(outsider, "not_found", "channel.members", channel_id=secret.id + 1000)
     inside = await bob.call("channel.members", channel_id=secret.id)
     assert {m.id for m in inside.members} == {uid(alice), uid(bob)}

@@ -3,33 +3,15 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any
 
 import pytest
 
 from protocol import frames
-from protocol.client import Client, ServerError
+from protocol.client import Client
 from tests.conftest import RunningServer, unique_name
+from tests.helpers import expect_error, settled_events, uid
 
 pytestmark = pytest.mark.all_backends
-
-
-async def expect_error(code: str, client: Client, op: str, **fields: Any) -> ServerError:
-    with pytest.raises(ServerError) as info:
-        await client.call(op, **fields)
-    assert info.value.code == code, info.value
-    return info.value
-
-
-async def settled_events(client: Client) -> list[frames.ServerFrame]:
-    """Every event queued to ``client`` before its own ping was answered."""
-    await client.call("ping")
-    return client.drain_events()
-
-
-def uid(client: Client) -> int:
-    assert client.user is not None
-    return client.user.id
 
 
 async def open_dm(client: Client, *others: Client) -> frames.Conversation:
@@ -112,24 +94,24 @@ async def test_eight_others_is_the_limit(server: RunningServer) -> None:
     opener, others = users[0], users[1:]
     dm = await open_dm(opener, *others[:8])
     assert dm.member_ids is not None and len(dm.member_ids) == 9
-    await expect_error("bad_request", opener, "dm.open", user_ids=[uid(u) for u in others[:9]])
-    await expect_error("bad_request", opener, "dm.open", user_ids=[])
+    await expect_error(opener, "bad_request", "dm.open", user_ids=[uid(u) for u in others[:9]])
+    await expect_error(opener, "bad_request", "dm.open", user_ids=[])
     listed = (await opener.call("dm.list")).conversations
     assert [c.id for c in listed] == [dm.id]
 
 
 async def test_self_only_is_bad_request(server: RunningServer) -> None:
     alice = await server.user()
-    await expect_error("bad_request", alice, "dm.open", user_ids=[uid(alice)])
-    await expect_error("bad_request", alice, "dm.open", user_ids=[uid(alice), uid(alice)])
+    await expect_error(alice, "bad_request", "dm.open", user_ids=[uid(alice)])
+    await expect_error(alice, "bad_request", "dm.open", user_ids=[uid(alice), uid(alice)])
     assert (await alice.call("dm.list")).conversations == []
 
 
 async def test_unknown_user_is_not_found(server: RunningServer) -> None:
     alice = await server.user()
     bob = await server.user()
-    await expect_error("not_found", alice, "dm.open", user_ids=[999_999])
-    await expect_error("not_found", alice, "dm.open", user_ids=[uid(bob), 999_999])
+    await expect_error(alice, "not_found", "dm.open", user_ids=[999_999])
+    await expect_error(alice, "not_found", "dm.open", user_ids=[uid(bob), 999_999])
     assert (await alice.call("dm.list")).conversations == []
     assert not [e for e in await settled_events(bob) if isinstance(e, frames.ConversationAdded)]
 
@@ -141,15 +123,15 @@ async def test_non_participant_cannot_see_it(server: RunningServer) -> None:
     dm = await open_dm(alice, bob)
     await alice.call("message.send", conversation_id=dm.id, text="private", client_msg_id="1")
 
-    await expect_error("not_found", eve, "message.send", conversation_id=dm.id, text="hi", client_msg_id="1")
-    await expect_error("not_found", eve, "message.history", conversation_id=dm.id)
-    await expect_error("not_found", eve, "channel.join", channel_id=dm.id)
-    await expect_error("not_found", eve, "channel.members", channel_id=dm.id)
-    await expect_error("not_found", eve, "channel.invite", channel_id=dm.id, user_id=uid(eve))
+    await expect_error(eve, "not_found", "message.send", conversation_id=dm.id, text="hi", client_msg_id="1")
+    await expect_error(eve, "not_found", "message.history", conversation_id=dm.id)
+    await expect_error(eve, "not_found", "channel.join", channel_id=dm.id)
+    await expect_error(eve, "not_found", "channel.members", channel_id=dm.id)
+    await expect_error(eve, "not_found", "channel.invite", channel_id=dm.id, user_id=uid(eve))
     assert (await eve.call("dm.list")).conversations == []
     assert dm.id not in {c.id for c in (await eve.call("channel.list")).conversations}
     # Participants cannot invite anyone into a DM either: a new set is a new DM.
-    await expect_error("not_found", alice, "channel.invite", channel_id=dm.id, user_id=uid(eve))
+    await expect_error(alice, "not_found", "channel.invite", channel_id=dm.id, user_id=uid(eve))
 
     await alice.call("message.send", conversation_id=dm.id, text="still private", client_msg_id="2")
     events = await settled_events(eve)

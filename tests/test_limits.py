@@ -4,7 +4,6 @@ logins, the auth timeout, and what the WebSocket handshake accepts."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import msgspec
 import pytest
@@ -16,20 +15,9 @@ from protocol import frames
 from protocol.client import Client, ServerError, open_client
 from protocol.errors import CloseCode, ErrorCode
 from tests.conftest import RunningServer, ServerFactory, unique_name
+from tests.helpers import assert_serving, expect_error
 
 PASSWORD = "correct horse"
-
-
-async def expect_error(client: Client, code: ErrorCode, op: str, **fields: Any) -> ServerError:
-    with pytest.raises(ServerError) as info:
-        await client.call(op, **fields)
-    assert info.value.code == code, info.value
-    assert info.value.message
-    return info.value
-
-
-async def assert_serving(client: Client) -> None:
-    assert isinstance(await client.call("ping"), frames.Pong)
 
 
 async def raw_reply(client: Client, data: str | bytes, request_id: frames.RequestId) -> frames.ErrorFrame:

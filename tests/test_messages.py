@@ -9,28 +9,11 @@ from typing import Any
 import pytest
 
 from protocol import frames
-from protocol.client import Client, ServerError
+from protocol.client import Client
 from tests.conftest import RunningServer, ServerFactory, unique_name
+from tests.helpers import expect_error, settled_events, uid
 
 pytestmark = pytest.mark.all_backends
-
-
-async def expect_error(code: str, client: Client, op: str, **fields: Any) -> ServerError:
-    with pytest.raises(ServerError) as info:
-        await client.call(op, **fields)
-    assert info.value.code == code, info.value
-    return info.value
-
-
-async def settled_events(client: Client) -> list[frames.ServerFrame]:
-    """Every event queued to ``client`` before its own ping was answered."""
-    await client.call("ping")
-    return client.drain_events()
-
-
-def uid(client: Client) -> int:
-    assert client.user is not None
-    return client.user.id
 
 
 async def send(client: Client, conversation_id: int, text: str, client_msg_id: str | None = None) -> frames.SendAck:
@@ -121,8 +104,8 @@ async def test_text_limits(make_server: ServerFactory) -> None:
     alice = await server.user()
     cid = await channel_with(alice)
     assert (await send(alice, cid, "x" * 10)).message.text == "x" * 10
-    await expect_error("too_large", alice, "message.send", conversation_id=cid, text="x" * 11, client_msg_id="big")
-    await expect_error("bad_request", alice, "message.send", conversation_id=cid, text="", client_msg_id="empty")
+    await expect_error(alice, "too_large", "message.send", conversation_id=cid, text="x" * 11, client_msg_id="big")
+    await expect_error(alice, "bad_request", "message.send", conversation_id=cid, text="", client_msg_id="empty")
     assert len(await all_history(alice, cid)) == 1
 
 
@@ -138,10 +121,10 @@ async def test_send_and_history_access(server: RunningServer) -> None:
         ("message.send", {"text": "x", "client_msg_id": "x"}),
         ("message.history", {}),
     ):
-        await expect_error("forbidden", outsider, op, conversation_id=public, **fields)
-        await expect_error("not_found", outsider, op, conversation_id=private, **fields)
-        await expect_error("not_found", outsider, op, conversation_id=999_999, **fields)
-        await expect_error("not_found", alice, op, conversation_id=999_999, **fields)
+        await expect_error(outsider, "forbidden", op, conversation_id=public, **fields)
+        await expect_error(outsider, "not_found", op, conversation_id=private, **fields)
+        await expect_error(outsider, "not_found", op, conversation_id=999_999, **fields)
+        await expect_error(alice, "not_found", op, conversation_id=999_999, **fields)
 
     assert [m.text for m in await all_history(alice, public)] == ["public words"]
     assert [m.text for m in await all_history(alice, private)] == ["private words"]
@@ -267,9 +250,9 @@ async def test_history_limit_bounds(server: RunningServer) -> None:
     cid = await channel_with(alice)
     await fill(alice, cid, 3)
     for limit in (0, 101, -1):
-        await expect_error("bad_request", alice, "message.history", conversation_id=cid, limit=limit)
-    await expect_error("bad_request", alice, "message.history", conversation_id=cid, order="sideways")
-    await expect_error("bad_request", alice, "message.history", conversation_id=cid, before=-1)
+        await expect_error(alice, "bad_request", "message.history", conversation_id=cid, limit=limit)
+    await expect_error(alice, "bad_request", "message.history", conversation_id=cid, order="sideways")
+    await expect_error(alice, "bad_request", "message.history", conversation_id=cid, before=-1)
     assert len((await history(alice, cid, limit=1)).messages) == 1
     assert len((await history(alice, cid, limit=100)).messages) == 3
     assert len((await history(alice, cid)).messages) == 3  # default limit 50
