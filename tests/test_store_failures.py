@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -87,6 +87,23 @@ async def recovery_checks(server: RunningServer, client: Client, conversation_id
     assert seqs == sorted(set(seqs))
 
 
+async def outage_and_recovery(
+    server: RunningServer, stop: Callable[[], None], start: Callable[[], None], store: str, *, gapless: bool
+) -> None:
+    """Messages acked before, a store outage, and recovery with every ack in history."""
+    alice = await server.user()
+    channel = (await alice.call("channel.create", name="ops")).conversation
+    acked = {f"before-{i}": await send(alice, channel.id, f"before-{i}") for i in range(3)}
+
+    await asyncio.to_thread(stop)
+    await outage_checks(server, alice, channel.id, store)
+    await asyncio.to_thread(start)
+    await recovery_checks(server, alice, channel.id, acked)
+    if gapless:
+        seqs = [m.seq for m in (await alice.call("message.history", conversation_id=channel.id, order="asc")).messages]
+        assert seqs == list(range(1, len(acked) + 1))
+
+
 async def test_postgres_outage(throwaway_postgres: ThrowawayPostgres, make_server: ServerFactory) -> None:
     server = await make_server(
         accounts_backend="postgres",
@@ -94,21 +111,7 @@ async def test_postgres_outage(throwaway_postgres: ThrowawayPostgres, make_serve
         postgres_dsn=throwaway_postgres.dsn,
         storage_timeout_seconds=STORAGE_TIMEOUT,
     )
-    alice = await server.user()
-    channel = (await alice.call("channel.create", name="ops")).conversation
-    acked = {f"before-{i}": await send(alice, channel.id, f"before-{i}") for i in range(3)}
-
-    await asyncio.to_thread(throwaway_postgres.stop)
-    await outage_checks(server, alice, channel.id, "postgres")
-    await asyncio.to_thread(throwaway_postgres.start)
-    await recovery_checks(server, alice, channel.id, acked)
-    assert [m.seq for m in (await alice.call("message.history", conversation_id=channel.id)).messages] == [
-        5,
-        4,
-        3,
-        2,
-        1,
-    ]
+    await outage_and_recovery(server, throwaway_postgres.stop, throwaway_postgres.start, "postgres", gapless=True)
 
 
 async def test_mongo_outage(own_mongo: MongoServer, make_server: ServerFactory) -> None:
@@ -118,11 +121,4 @@ async def test_mongo_outage(own_mongo: MongoServer, make_server: ServerFactory) 
         mongo_url=own_mongo.url,
         storage_timeout_seconds=STORAGE_TIMEOUT,
     )
-    alice = await server.user()
-    channel = (await alice.call("channel.create", name="ops")).conversation
-    acked = {f"before-{i}": await send(alice, channel.id, f"before-{i}") for i in range(3)}
-
-    await asyncio.to_thread(own_mongo.stop)
-    await outage_checks(server, alice, channel.id, "mongo")
-    await asyncio.to_thread(own_mongo.restart)
-    await recovery_checks(server, alice, channel.id, acked)
+    await outage_and_recovery(server, own_mongo.stop, own_mongo.restart, "mongo", gapless=False)
