@@ -246,18 +246,24 @@ class RedisBroker:
             batch, self._outgoing = self._outgoing, []
             if not batch or self._client is None:
                 continue
-            try:
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for channel, payload in batch:
-                        if self._sharded:
-                            pipe.spublish(channel, payload)
-                        else:
-                            pipe.publish(channel, payload)
-                    await pipe.execute()
-                self._metrics.broker_published.inc(len(batch))
-            except (RedisError, OSError) as exc:
-                self._metrics.broker_dropped.inc(len(batch))
-                self._degraded(f"publishing failed: {exc}")
+            # Two attempts: a pooled connection left over from before a Redis restart
+            # fails once, and the retry gets a fresh one. Receivers drop an envelope
+            # they already had, so resending a partly sent batch is harmless.
+            for attempt in (1, 2):
+                try:
+                    async with self._client.pipeline(transaction=False) as pipe:
+                        for channel, payload in batch:
+                            if self._sharded:
+                                pipe.spublish(channel, payload)
+                            else:
+                                pipe.publish(channel, payload)
+                        await pipe.execute()
+                    self._metrics.broker_published.inc(len(batch))
+                    break
+                except (RedisError, OSError) as exc:
+                    if attempt == 2:
+                        self._metrics.broker_dropped.inc(len(batch))
+                        self._degraded(f"publishing failed: {exc}")
 
     # -- receiving ----------------------------------------------------------
 

@@ -101,4 +101,6 @@ def announce_added(hub: Hub, view: frames.Conversation, user_id: int, by: int) -
 
 def announce_joined(hub: Hub, conversation_id: int, user: UserRecord, by: int | None) -> None:
     event = frames.MemberJoined(conversation_id=conversation_id, user=user_view(user), by=by)
-    hub.publish(Delivery(codec.encode(event), "member.joined", conversations=(conversation_id,)))
+    # Also to the new member's own topic: an instance that only now starts routing the
+    # conversation to their connections may not be subscribed to it yet.
+    hub.publish(Delivery(codec.encode(event), "member.joined", conversations=(conversation_id,), users=(user.id,)))
