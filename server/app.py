@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import NegotiationError as HandshakeNegotiationError
 from websockets.typing import Subprotocol
@@ -140,7 +142,11 @@ class App:
             timeout=s.storage_timeout_seconds,
         )
         self._redis = redis.Redis.from_url(
-            s.redis_url, socket_timeout=s.storage_timeout_seconds, socket_connect_timeout=s.storage_timeout_seconds
+            s.redis_url,
+            socket_timeout=s.storage_timeout_seconds,
+            socket_connect_timeout=s.storage_timeout_seconds,
+            # One retry: after a Redis restart the first command on a pooled connection fails.
+            retry=Retry(NoBackoff(), 1),
         )
         presence = RedisPresence(
             self._redis,

@@ -15,7 +15,7 @@ receives only the traffic of its own connections.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from msgspec import Struct
@@ -34,15 +34,19 @@ class Delivery(Struct, array_like=True, frozen=True):
     left: tuple[tuple[int, int], ...] = ()
     """(user_id, conversation_id) pairs: stop routing the conversation to the user's connections first."""
     seq: int = 0
-    """For message.new: the message's seq in ``conversations[0]``, for gap detection."""
+    """For message.new: the message's seq in ``conversations[0]``, for gap
+    detection. With ``joined``: the conversation's newest seq at the join."""
 
 
 DeliveryHandler = Callable[[Delivery], None]
+ResyncHandler = Callable[[Sequence[int] | None], None]
 
 
 class Broker(Protocol):
-    async def start(self, on_delivery: DeliveryHandler, on_resync: Callable[[], None]) -> None:
-        """Begin routing; ``on_resync`` runs after deliveries may have been missed (a reconnect)."""
+    async def start(self, on_delivery: DeliveryHandler, on_resync: ResyncHandler) -> None:
+        """Begin routing. ``on_resync(ids)`` runs when deliveries may have been
+        missed: for every conversation (None) after a reconnect, or for the
+        conversations whose subscription just took effect."""
 
     async def close(self) -> None: ...
 
@@ -72,7 +76,7 @@ class InProcessBroker:
     def __init__(self) -> None:
         self._on_delivery: DeliveryHandler | None = None
 
-    async def start(self, on_delivery: DeliveryHandler, on_resync: Callable[[], None]) -> None:
+    async def start(self, on_delivery: DeliveryHandler, on_resync: ResyncHandler) -> None:
         self._on_delivery = on_delivery
 
     async def close(self) -> None:

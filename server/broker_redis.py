@@ -27,7 +27,7 @@ import itertools
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Iterable
 from typing import Any
 
 import msgspec
@@ -38,7 +38,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from server import logs
-from server.broker import Delivery, DeliveryHandler
+from server.broker import Delivery, DeliveryHandler, ResyncHandler
 from server.metrics import Metrics
 
 SUBSCRIBE_CHUNK = 1000
@@ -78,7 +78,7 @@ class RedisBroker:
         self._client: redis.Redis | None = None
         self._sharded = True
         self._on_delivery: DeliveryHandler | None = None
-        self._on_resync: Callable[[], None] | None = None
+        self._on_resync: ResyncHandler | None = None
         self._numbers = itertools.count(1)
         self._seen: OrderedDict[tuple[str, int], None] = OrderedDict()
         # What this instance needs, and what the live subscription has.
@@ -97,8 +97,12 @@ class RedisBroker:
 
     # -- topics -------------------------------------------------------------
 
+    @property
+    def _conversation_prefix(self) -> str:
+        return f"{self.prefix}:c:"
+
     def _conversation_channel(self, conversation_id: int) -> str:
-        return f"{self.prefix}:c:{conversation_id}"
+        return f"{self._conversation_prefix}{conversation_id}"
 
     def _user_channel(self, user_id: int) -> str:
         return f"{self.prefix}:u:{user_id}"
@@ -153,6 +157,11 @@ class RedisBroker:
                 for chunk in _chunks(add):
                     await self._subscribe(self._pubsub, chunk)
                     self._subscribed.update(chunk)
+                    # Messages published before the subscription took effect
+                    # never reach here: have them read from the store.
+                    started = [int(c.rsplit(":", 1)[1]) for c in chunk if c.startswith(self._conversation_prefix)]
+                    if started and self._on_resync is not None:
+                        self._on_resync(started)
                 for chunk in _chunks(drop):
                     await self._unsubscribe(self._pubsub, chunk)
                     self._subscribed.difference_update(chunk)
@@ -177,7 +186,7 @@ class RedisBroker:
 
     # -- lifecycle ----------------------------------------------------------
 
-    async def start(self, on_delivery: DeliveryHandler, on_resync: Callable[[], None]) -> None:
+    async def start(self, on_delivery: DeliveryHandler, on_resync: ResyncHandler) -> None:
         self._on_delivery = on_delivery
         self._on_resync = on_resync
         self._client = redis.Redis.from_url(
@@ -287,7 +296,7 @@ class RedisBroker:
                 self._healthy()
                 logs.info("broker_connected", sharded=self._sharded, topics=len(wanted), instance=self.instance_id)
                 if ever_connected and self._on_resync is not None:
-                    self._on_resync()
+                    self._on_resync(None)
                 ever_connected = True
                 attempt = 0
                 self._schedule_sync()  # interest that changed while subscribing

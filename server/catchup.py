@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from protocol import codec, frames
 from server import logs
@@ -34,8 +34,9 @@ FILL_PAGE = 100
 class _Conversation:
     __slots__ = ("filling", "high", "queue", "seen")
 
-    def __init__(self) -> None:
-        self.high = 0
+    def __init__(self, high: int | None = None) -> None:
+        self.high = high
+        """The highest seq known delivered here; None until something tells us."""
         self.seen: set[int] = set()
         self.filling = False
         self.queue: deque[Delivery] = deque()
@@ -60,6 +61,8 @@ class Catchup:
         """The broker's delivery handler."""
         if delivery.event_type != "message.new" or not delivery.seq:
             self._deliver(delivery)
+            if delivery.joined:
+                self._note_joined(delivery)
             return
         cid = delivery.conversations[0]
         if not self._has_local_members(cid):
@@ -73,11 +76,18 @@ class Catchup:
             return
         self._accept(cid, state, delivery)
 
+    def _note_joined(self, delivery: Delivery) -> None:
+        """A conversation newly routed here by a join: its seq at that moment is
+        where this instance's delivery starts (the publisher puts it in ``seq``)."""
+        for _, cid in delivery.joined:
+            if cid not in self._conversations and self._has_local_members(cid):
+                self._conversations[cid] = _Conversation(high=delivery.seq)
+
     def _accept(self, cid: int, state: _Conversation, delivery: Delivery) -> None:
         seq = delivery.seq
         if seq in state.seen:
             return
-        if state.high and seq > state.high + 1:  # nothing above high has been seen: a gap
+        if state.high is not None and seq > state.high + 1:  # nothing above high was seen: a gap
             state.queue.append(delivery)
             self._start_fill(cid, state, after=state.high, before=seq)
             return
@@ -86,7 +96,7 @@ class Catchup:
     def _deliver_message(self, state: _Conversation, delivery: Delivery) -> None:
         self._deliver(delivery)
         state.seen.add(delivery.seq)
-        if delivery.seq > state.high:
+        if state.high is None or delivery.seq > state.high:
             state.high = delivery.seq
         if len(state.seen) > 2 * SEEN_WINDOW:
             floor = state.high - SEEN_WINDOW
@@ -114,29 +124,43 @@ class Catchup:
                     break
                 cursor = page[-1].seq
         except (StorageError, TimeoutError) as exc:
-            # Clients still see the gap by seq and fill it themselves.
+            # Give the range up rather than hold the conversation back:
+            # clients still see the gap by seq and fill it themselves.
             logs.warning("gap_fill_failed", conversation_id=cid, error=str(exc))
+            if before is not None and (state.high is None or before - 1 > state.high):
+                state.high = before - 1
         finally:
             state.filling = False
             while state.queue and not state.filling:
                 self._accept(cid, state, state.queue.popleft())
 
-    def resync(self) -> None:
-        """Fill every locally routed conversation up to its newest stored seq."""
-        task = asyncio.get_running_loop().create_task(self._resync())
+    def resync(self, conversation_ids: Iterable[int] | None) -> None:
+        """Deliveries may have been missed: all of them (None, after a broker
+        reconnect) or those of conversations whose subscription just started."""
+        task = asyncio.get_running_loop().create_task(self._resync(conversation_ids))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _resync(self) -> None:
-        tracked = {cid: state for cid, state in self._conversations.items() if state.high}
+    async def _resync(self, conversation_ids: Iterable[int] | None) -> None:
+        wanted = list(self._conversations) if conversation_ids is None else list(conversation_ids)
+        wanted = [cid for cid in wanted if self._has_local_members(cid)]
+        if not wanted:
+            return
         try:
-            newest = await self._messages.last_seqs(list(tracked))
+            newest = await self._messages.last_seqs(wanted)
         except (StorageError, TimeoutError) as exc:
             logs.warning("resync_failed", error=str(exc))
             return
-        for cid, last in newest.items():
-            state = tracked[cid]
-            if last > state.high and not state.filling and self._has_local_members(cid):
+        for cid in wanted:
+            last = newest.get(cid, 0)
+            state = self._conversations.get(cid)
+            if state is None or state.high is None:
+                # Nothing delivered or promised here yet: start from the store's position.
+                if state is None:
+                    state = self._conversations[cid] = _Conversation()
+                if not state.filling:
+                    state.high = last
+            elif last > state.high and not state.filling:
                 self._start_fill(cid, state, after=state.high, before=last + 1)
 
     async def close(self) -> None:

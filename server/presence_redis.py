@@ -11,7 +11,9 @@ only when a user's first local connection opens or the last one closes, plus
 one heartbeat per instance. An instance that dies without cleaning up (kill
 -9) stops heartbeating; within the TTL another instance notices its expired
 score, takes a short lock so only one does the work, removes it from its
-users' sets, and announces offline every user left with no live instance.
+users' sets, and announces offline every user left with no live instance. A user whose
+last connection closes normally is announced offline after a grace of 1.5
+heartbeats (see ``disconnected``).
 Redis keeps nothing on disk here, so each heartbeat also restores this
 instance's records if Redis lost them.
 
@@ -22,6 +24,7 @@ connections (logged), and the next successful heartbeat repairs the records.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Iterable
 
@@ -44,6 +47,8 @@ class RedisPresence:
         self._local = LocalCounts()
         self._on_expired: ExpiredHandler | None = None
         self._task: asyncio.Task[None] | None = None
+        self._pending: set[asyncio.Task[None]] = set()
+        self._tokens = itertools.count(1)
 
     def _instances_key(self) -> str:
         return f"{self._prefix}:instances"
@@ -54,6 +59,9 @@ class RedisPresence:
     def _user_instances_key(self, user_id: int) -> str:
         return f"{self._prefix}:user:{user_id}:instances"
 
+    def _leaving_key(self, user_id: int) -> str:
+        return f"{self._prefix}:user:{user_id}:leaving"
+
     async def start(self, on_expired: ExpiredHandler) -> None:
         self._on_expired = on_expired
         try:
@@ -63,9 +71,10 @@ class RedisPresence:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in [self._task, *self._pending]:
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*[t for t in [self._task, *self._pending] if t is not None], return_exceptions=True)
         # A clean stop: this instance's users are no longer connected here.
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -93,18 +102,46 @@ class RedisPresence:
             return True
 
     async def disconnected(self, user_id: int) -> bool:
+        """Always False here: offline is announced by a deferred check instead.
+
+        Right after a Redis restart the other instances' records are missing
+        until their next heartbeat, so "no other instance has them" cannot be
+        decided at once. After 1.5 heartbeats every live instance has written
+        its records again; a user still connected nowhere then goes offline.
+        (It also spares everyone an offline/online flicker on a reconnect.)
+        """
         if not self._local.remove(user_id):
             return False
+        # The latest instance to see the user leave owns the offline announcement:
+        # several instances' devices closing within one grace announce it once.
+        token = f"{self.instance_id}:{next(self._tokens)}"
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.srem(self._user_instances_key(user_id), self.instance_id)
                 pipe.srem(self._instance_users_key(self.instance_id), user_id)
-                pipe.smembers(self._user_instances_key(user_id))
-                *_, instances = await pipe.execute()
-            return not await self._live({i.decode() for i in instances})
+                pipe.set(self._leaving_key(user_id), token, ex=max(1, int(4 * self._heartbeat + 1)))
+                await pipe.execute()
         except (RedisError, OSError) as exc:
             logs.warning("presence_unavailable", error=str(exc))
-            return True
+        task = asyncio.get_running_loop().create_task(self._offline_after_grace(user_id, token))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        return False
+
+    async def _offline_after_grace(self, user_id: int, token: str) -> None:
+        await asyncio.sleep(1.5 * self._heartbeat)
+        if user_id in self._local.counts:
+            return
+        try:
+            latest = await self._redis.get(self._leaving_key(user_id))
+            if latest is not None and _text(latest) != token:
+                return  # a later departure elsewhere announces it
+            if user_id in await self.online([user_id]):
+                return
+        except (RedisError, OSError) as exc:
+            logs.warning("presence_unavailable", error=str(exc))
+        if self._on_expired is not None:
+            await self._on_expired(user_id)
 
     async def online(self, user_ids: Iterable[int]) -> set[int]:
         ids = list(dict.fromkeys(user_ids))
@@ -148,9 +185,13 @@ class RedisPresence:
             pipe.scard(self._instance_users_key(self.instance_id))
             _, recorded = await pipe.execute()
         if recorded != len(self._local.counts):
-            # Redis lost our records (a restart): write them again.
+            # Redis lost our records (a restart), or a disconnect failed to
+            # reach it: make them match this instance's connections again.
+            key = self._instance_users_key(self.instance_id)
+            stale = [int(u) for u in await self._redis.smembers(key) if int(u) not in self._local.counts]
             async with self._redis.pipeline(transaction=False) as pipe:
-                key = self._instance_users_key(self.instance_id)
+                for uid in stale:
+                    pipe.srem(self._user_instances_key(uid), self.instance_id)
                 pipe.delete(key)
                 if self._local.counts:
                     pipe.sadd(key, *self._local.counts)
@@ -162,7 +203,7 @@ class RedisPresence:
         """Take over the users of instances whose heartbeat expired."""
         dead = await self._redis.zrangebyscore(self._instances_key(), "-inf", time.time())
         for raw in dead:
-            instance_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+            instance_id = _text(raw) if isinstance(raw, bytes | str) else str(raw)
             if instance_id == self.instance_id:
                 continue
             lock = f"{self._prefix}:reap:{instance_id}"
@@ -187,3 +228,7 @@ class RedisPresence:
             for uid in gone:
                 if self._on_expired is not None:
                     await self._on_expired(uid)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -5,8 +5,7 @@ HUBBUB_REDIS_PREFIX per test, except the outage test, which starts, kills
 and restarts a private redis-server of its own. Clients follow the
 PROTOCOL.md §9 algorithm (deduplicate by message id, fill gaps by seq from
 message.history); the assertions say what the cluster must deliver without
-that help and what it may leave to it. The two xfail tests pin down known
-server faults (see their reasons); they pass once those are fixed.
+that help and what it may leave to it.
 """
 
 from __future__ import annotations
@@ -471,23 +470,6 @@ async def test_cross_instance_delivery_in_channel_and_dm(cluster: Cluster) -> No
     assert not carol.find(frames.MessageNew, lambda e: e.message.conversation_id == dm), "carol is not in the DM"
 
 
-@pytest.mark.xfail(
-    reason="server/catchup.py _accept(): a local message whose seq jumps past what this instance delivered "
-    "waits for a store fill, and the handler acks meanwhile, against PROTOCOL.md §7/§9 (event before ack)",
-    strict=False,
-)
-async def test_own_message_before_ack_with_senders_on_three_instances(cluster: Cluster) -> None:
-    instances = await cluster.start("a", "b", "c")
-    senders = [await cluster.connect(instance, name=f"on-{instance.name}") for instance in instances]
-    channel = await create_channel(senders[0], senders[1:])
-    await cluster.settle()
-    warm = await senders[0].send(channel, "warm")
-    await asyncio.gather(*(p.has_messages([warm.id]) for p in senders))
-    await asyncio.gather(*(send_many(p, channel, p.name, 20) for p in senders))
-    # One sender per instance: the sequencer never holds a message here, only the gap fill does.
-    assert {p.name: p.ack_before_event for p in senders} == {p.name: [] for p in senders}
-
-
 # -- 2. membership --------------------------------------------------------------
 
 
@@ -737,11 +719,6 @@ async def test_redis_stopped_and_restarted(private_cluster: Cluster, private_red
             await asyncio.sleep(0.05)
 
 
-@pytest.mark.xfail(
-    reason="server/presence_redis.py disconnected(): for up to a heartbeat after a Redis restart the other "
-    "instances' records are gone, so closing one of two devices announces offline (never corrected)",
-    strict=False,
-)
 async def test_presence_right_after_redis_restart(private_cluster: Cluster, private_redis: PrivateRedis) -> None:
     cluster = private_cluster
     a, b = await cluster.start("a", "b")

@@ -96,7 +96,15 @@ async def members(hub: Hub, session: Session, req: frames.ChannelMembers) -> fra
 def announce_added(hub: Hub, view: frames.Conversation, user_id: int, by: int) -> None:
     """Route the conversation to the user's connections and tell them."""
     event = frames.ConversationAdded(conversation=view, by=by)
-    hub.publish(Delivery(codec.encode(event), "conversation.added", users=(user_id,), joined=((user_id, view.id),)))
+    hub.publish(
+        Delivery(
+            codec.encode(event),
+            "conversation.added",
+            users=(user_id,),
+            joined=((user_id, view.id),),
+            seq=view.last_seq,
+        )
+    )
 
 
 def announce_joined(hub: Hub, conversation_id: int, user: UserRecord, by: int | None) -> None:

@@ -32,6 +32,7 @@ async def open_(hub: Hub, session: Session, req: frames.DmOpen) -> frames.Conver
                 "conversation.added",
                 users=tuple(members),
                 joined=tuple((uid, record.id) for uid in members),
+                seq=view.last_seq,
             )
         )
     return frames.ConversationResult(conversation=view)
