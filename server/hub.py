@@ -12,6 +12,7 @@ from server.broker import Broker, Delivery
 from server.catchup import Catchup
 from server.config import Settings
 from server.metrics import Metrics
+from server.outbound import Flusher
 from server.presence import Presence
 from server.ratelimit import FailureWindow
 from server.registry import Registry
@@ -43,6 +44,7 @@ class Hub:
         self.tokens = tokens
         self.metrics = metrics
         self.registry = Registry(broker, metrics)
+        self.flusher = Flusher()
         self.presence = presence
         self.sequencer = Sequencer(self._publish_message)
         self.catchup = Catchup(messages, self.registry.deliver, self.registry.has_local_members, metrics)

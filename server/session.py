@@ -46,6 +46,8 @@ class Session:
         self.address = client_address(ws, hub.settings.proxy_networks)
         self._loop = asyncio.get_running_loop()
         self._transport = ws.transport
+        self._protocol = ws.protocol
+        self._flusher = hub.flusher
         self._out: list[bytes] = []
         self._out_bytes = 0
         self._flush_scheduled = False
@@ -66,13 +68,14 @@ class Session:
             self._slow_consumer()
         elif not self._flush_scheduled:
             self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+            self._flusher.add(self)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Write everything queued in one transport.write (called once per loop turn)."""
         self._flush_scheduled = False
         if self._closing or not self._out:
             return
-        if self.ws.protocol.state is not State.OPEN:
+        if self._protocol.state is not State.OPEN:
             # Closing handshake started: data frames may no longer follow.
             self._out.clear()
             self._out_bytes = 0
