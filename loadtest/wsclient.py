@@ -22,7 +22,7 @@ import os
 import random
 import struct
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 from urllib.parse import urlsplit
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -143,7 +143,7 @@ class FrameReader:
             if not fin or end - start > 125:
                 raise ProtocolError("fragmented or oversized control frame")
             self.on_control(opcode, bytes(buf[start:end]))
-        elif opcode == OP_TEXT or opcode == OP_BINARY:
+        elif opcode in (OP_TEXT, OP_BINARY):
             if self._fragments is not None:
                 raise ProtocolError("new data frame inside a fragmented message")
             if fin:  # a final binary frame (a final text frame took the hot path)
@@ -186,8 +186,7 @@ class WsClient(asyncio.Protocol, FrameReader):
     # -- asyncio.Protocol ----------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
         lines = [
             f"GET {self.resource} HTTP/1.1",
             f"Host: {self.host}:{self.port}",
@@ -198,7 +197,7 @@ class WsClient(asyncio.Protocol, FrameReader):
         ]
         if self.subprotocol:
             lines.append(f"Sec-WebSocket-Protocol: {self.subprotocol}")
-        transport.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode())
 
     def data_received(self, data: bytes) -> None:
         if self._handshake is None:

@@ -1,0 +1,261 @@
+"""The ``hubbub-loadtest`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+from loadtest import procstat
+from loadtest.report import Progress, table, write_json, write_plot
+from loadtest.runner import RunOptions, run_target
+from loadtest.safety import (
+    DRAIN_TIMEOUT_S,
+    MAX_CONNECTIONS,
+    MAX_DURATION_S,
+    UnsafeTarget,
+    check_loopback,
+    raise_fd_limit,
+)
+from loadtest.scenarios import SCENARIOS, Scenario
+from loadtest.servers import ServerOptions, ServerUnavailable, kill_all_now
+from loadtest.targets import TARGETS, SetupError
+
+SCENARIO_FLAGS = (
+    "subscribers",
+    "rooms",
+    "publishers",
+    "rate",
+    "inflight",
+    "size",
+    "duration",
+    "connect_concurrency",
+    "idle",
+    "history_reads",
+    "conns_per_user",
+    "login",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    table_lines = "\n".join(f"  {name}: {s.description}" for name, s in SCENARIOS.items())
+    parser = argparse.ArgumentParser(
+        prog="hubbub-loadtest",
+        description="Fan-out load test of Hubbub (and reference peers) on this machine's loopback.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"Named scenarios (flags given as well override their values):\n{table_lines}\n\n"
+        f"Caps: at most {MAX_CONNECTIONS} connections and {MAX_DURATION_S:g} s per run; loopback targets only.",
+    )
+    what = parser.add_argument_group("what to test")
+    what.add_argument("--scenario", choices=sorted(SCENARIOS), help="a named row of the benchmark table")
+    what.add_argument("--target", choices=TARGETS, default="hubbub", help="server to test (default hubbub)")
+    what.add_argument("--compare", action="store_true", help="run against hubbub and every peer, one table")
+    what.add_argument(
+        "--url", action="append", default=[], help="a running server (repeatable: round-robin); loopback only"
+    )
+    what.add_argument(
+        "--start-server", action="store_true", help="start the target's server(s) (the default without --url)"
+    )
+    what.add_argument(
+        "--server-pid", type=int, action="append", default=[], help="a server PID to measure (repeatable)"
+    )
+    what.add_argument("--server-cpu", help="pin started servers with taskset -c CPUS (e.g. 0)")
+    what.add_argument("--generator-cpu", help="pin this generator to CPUS (e.g. 1)")
+    what.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="HUBBUB_NAME=VALUE",
+        help="extra setting for a started Hubbub (repeatable)",
+    )
+    what.add_argument("--redis-url", default="redis://127.0.0.1:6379", help="Redis of --target socketio-redis")
+
+    load = parser.add_argument_group("load")
+    load.add_argument("--subscribers", type=int, help="subscriber connections (default 100)")
+    load.add_argument("--rooms", type=int, help="rooms; subscriber j joins room j %% K (default 1)")
+    load.add_argument("--publishers", type=int, help="publisher connections (default 1)")
+    rate = load.add_mutually_exclusive_group()
+    rate.add_argument("--rate", type=float, help="open loop: messages/s over all publishers (default 10)")
+    rate.add_argument("--max-rate", action="store_true", default=None, help="closed loop, as fast as possible")
+    load.add_argument("--inflight", type=int, help="closed loop: messages in flight end to end (default 32)")
+    load.add_argument("--size", type=int, help="message text bytes (default 100)")
+    load.add_argument("--duration", type=float, help="seconds of sending (or of holding idle connections)")
+    load.add_argument("--connect-storm", action="store_true", default=None, help="connect all N at once")
+    load.add_argument("--connect-concurrency", type=int, help="connections opened at a time otherwise (64)")
+    load.add_argument("--idle", type=int, help="idle authenticated connections (memory per connection)")
+    load.add_argument("--history-reads", type=float, help="message.history requests/s during the run (Hubbub)")
+    load.add_argument("--conns-per-user", type=int, help="Hubbub: connections per account (default 1)")
+    load.add_argument(
+        "--login",
+        action="store_true",
+        default=None,
+        help="Hubbub: connect with login (password hashing) instead of auth with a token; "
+        "a started server hashes cheaply",
+    )
+    load.add_argument("--drain-timeout", type=float, default=10.0, help="wait for late acks/deliveries (s)")
+
+    out = parser.add_argument_group("output")
+    out.add_argument("--json", type=Path, help="write the JSON report here (and a PNG latency CDF next to it)")
+    out.add_argument("--no-plot", action="store_true", help="no PNG, even with matplotlib installed")
+    out.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    out.add_argument(
+        "--parser-bench", action="store_true", help="measure the delivery parser's CPU per frame, then exit"
+    )
+    return parser
+
+
+def scenario_from_args(args: argparse.Namespace) -> Scenario:
+    base = SCENARIOS[args.scenario] if args.scenario else Scenario()
+    overrides: dict[str, Any] = {k: getattr(args, k) for k in SCENARIO_FLAGS if getattr(args, k) is not None}
+    if args.rate is not None:
+        overrides["max_rate"] = False
+    if args.max_rate:
+        overrides["max_rate"] = True
+    if args.connect_storm:
+        overrides["connect_storm"] = True
+    if not args.scenario and args.idle and not {"subscribers", "publishers", "rooms"} & overrides.keys():
+        overrides.update(subscribers=0, publishers=0, rooms=0)
+    if overrides:
+        base = replace(base, **overrides)
+        if args.scenario:
+            base = replace(base, name=f"{args.scenario} (modified)")
+    return base.check()
+
+
+def parse_cpus(text: str) -> set[int]:
+    cpus: set[int] = set()
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        cpus.update(range(int(low), int(high or low) + 1))
+    return cpus
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.parser_bench:
+        from loadtest.parserbench import run_bench
+
+        print(run_bench())
+        return 0
+    try:
+        scenario = scenario_from_args(args)
+        for url in args.url:
+            check_loopback(url)
+        check_loopback(args.redis_url)
+    except (ValueError, UnsafeTarget) as exc:
+        parser.error(str(exc))
+    if args.url and (args.start_server or args.compare):
+        parser.error("--url tests a running server: it does not go with --start-server or --compare")
+    extra_env = {}
+    for item in args.server_env:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("HUBBUB_"):
+            parser.error(f"--server-env takes HUBBUB_NAME=VALUE, not {item!r}")
+        extra_env[name] = value
+    if args.generator_cpu:
+        os.sched_setaffinity(0, parse_cpus(args.generator_cpu))
+    raise_fd_limit(scenario.connections + 4096)
+    targets = list(TARGETS) if args.compare else [args.target]
+    progress = Progress(enabled=not args.quiet)
+    options = RunOptions(
+        urls=list(args.url),
+        server_pids=list(args.server_pid),
+        server=ServerOptions(
+            cpus=args.server_cpu,
+            conns_per_user=scenario.conns_per_user,
+            extra_env=extra_env,
+            redis_url=args.redis_url,
+        ),
+        drain_timeout=min(args.drain_timeout, DRAIN_TIMEOUT_S),
+        progress=progress,
+    )
+    document: dict[str, Any] = {
+        "tool": "hubbub-loadtest",
+        "format": 1,
+        "started_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": ["hubbub-loadtest", *(argv if argv is not None else sys.argv[1:])],
+        "machine": procstat.machine(),
+        "generator_cpus": sorted(os.sched_getaffinity(0)),
+        "server_cpus": args.server_cpu,
+        "scenario": asdict(scenario),
+        "results": [],
+    }
+    interrupted = False
+    try:
+        uvloop.run(_run_all(scenario, targets, options, document["results"]))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        interrupted = True
+    finally:
+        killed = kill_all_now()
+        if killed:
+            print(f"hubbub-loadtest: killed leftover server processes {killed}", file=sys.stderr)
+    results: list[dict[str, Any]] = document["results"]
+    if interrupted:
+        print("hubbub-loadtest: interrupted", file=sys.stderr)
+    if not results:
+        return 130 if interrupted else 1
+    print()
+    print(f"scenario {scenario.name}: {_describe(scenario)}")
+    print(table(results))
+    if args.json:
+        write_json(args.json, document)
+        print(f"JSON report written to {args.json}")
+        if not args.no_plot:
+            print(
+                write_plot(args.json.with_suffix(".png"), results, f"scenario {scenario.name}: {_describe(scenario)}")
+            )
+    if interrupted:
+        return 130
+    return 0 if all(r.get("error") is None for r in results) else 1
+
+
+def _describe(s: Scenario) -> str:
+    parts = []
+    if s.subscribers:
+        parts.append(f"{s.subscribers} subscribers in {s.rooms} room{'s' if s.rooms != 1 else ''}")
+    if s.sends:
+        parts.append(f"{s.publishers} publisher{'s' if s.publishers != 1 else ''}, {s.mode}, {s.size} B")
+    if s.idle:
+        parts.append(f"{s.idle} idle connections")
+    parts.append(f"{s.duration:g} s")
+    if s.connect_storm:
+        parts.append("connect storm")
+    return ", ".join(parts)
+
+
+async def _run_all(scenario: Scenario, targets: list[str], options: RunOptions, results: list[dict[str, Any]]) -> None:
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    loop = asyncio.get_running_loop()
+    # Both signals cancel the run, whose finally blocks stop every server it started
+    # (set explicitly: a background job may have inherited SIGINT ignored).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, main_task.cancel)
+    try:
+        for name in targets:
+            started = time.monotonic()
+            try:
+                result = await run_target(scenario, replace(options, target=name))
+            except (ServerUnavailable, SetupError, OSError, TimeoutError, ValueError) as exc:
+                options.progress.note(f"[{name}] failed: {exc}")
+                result = {"target": name, "error": str(exc) or type(exc).__name__, "notes": [], "warnings": []}
+            result["wall_seconds"] = round(time.monotonic() - started, 1)
+            results.append(result)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
