@@ -113,6 +113,9 @@ class App:
             ping_timeout=s.ping_timeout_seconds,
             close_timeout=5,
             server_header="hubbub",
+            # A connect storm must queue, not have SYNs dropped into TCP's
+            # 1-3-7 s retry schedule (asyncio's default backlog is 100).
+            backlog=s.listen_backlog,
         )
         logs.info(
             "listening",

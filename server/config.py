@@ -51,6 +51,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     rate_per_second: Annotated[PositiveFloat, _doc("Sustained requests per second per connection.")] = 20.0
     rate_burst: Annotated[Positive, _doc("Requests a connection may send at once before `rate_limited`.")] = 40
     max_connections: Annotated[Positive, _doc("Open WebSocket connections per process (HTTP 503 beyond).")] = 50000
+    listen_backlog: Annotated[
+        Positive, _doc("Pending TCP connections the kernel queues for accept (capped by net.core.somaxconn).")
+    ] = 4096
     max_connections_per_user: Annotated[Positive, _doc("Authenticated connections per user per process.")] = 10
     login_failures_per_username: Annotated[
         Positive, _doc("Failed logins per username per window before `rate_limited`.")
@@ -115,6 +118,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     broker_probe_seconds: Annotated[
         PositiveFloat, _doc("Interval of the Redis subscriber self-check (a round trip through pub/sub).")
     ] = 5.0
+    presence_max_members: Annotated[
+        Positive,
+        _doc("Presence events go through conversations of at most this many members (larger: presence.query)."),
+    ] = 200
     presence_heartbeat_seconds: Annotated[PositiveFloat, _doc("How often an instance renews its presence.")] = 10.0
     presence_ttl_seconds: Annotated[
         PositiveFloat, _doc("An instance silent this long is dead: its users go offline everywhere.")

@@ -62,6 +62,9 @@ class Directory(Protocol):
     async def members_of_many(self, conversation_ids: Sequence[int]) -> dict[int, list[int]]:
         """Member ids per conversation, for DM listings."""
 
+    async def member_counts(self, conversation_ids: Sequence[int]) -> dict[int, int]:
+        """How many members each conversation has; conversations without members are absent."""
+
     async def open_dm(self, member_ids: Sequence[int], creator_id: int, now: int) -> tuple[ConversationRecord, bool]:
         """The one DM for exactly this set of users, created if missing; True when created."""
 

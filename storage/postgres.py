@@ -336,6 +336,19 @@ class PostgresDirectory:
             result.setdefault(r["conversation_id"], []).append(r["user_id"])
         return result
 
+    async def member_counts(self, conversation_ids: Sequence[int]) -> dict[int, int]:
+        ids = sorted(set(conversation_ids))
+        if not ids:
+            return {}
+        rows = await self._primary(
+            lambda c: c.fetch(
+                "SELECT conversation_id, count(*) AS members FROM memberships"
+                " WHERE conversation_id = ANY($1::bigint[]) GROUP BY conversation_id",
+                ids,
+            )
+        )
+        return {r["conversation_id"]: r["members"] for r in rows}
+
     async def open_dm(self, member_ids: Sequence[int], creator_id: int, now: int) -> tuple[ConversationRecord, bool]:
         key = dm_key(member_ids)
         members = sorted(set(member_ids))

@@ -354,6 +354,20 @@ class SqliteDirectory:
             result.setdefault(conversation_id, []).append(user_id)
         return result
 
+    async def member_counts(self, conversation_ids: Sequence[int]) -> dict[int, int]:
+        ids = sorted(set(conversation_ids))
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        rows = await self.db.run(
+            lambda c: c.execute(
+                f"SELECT conversation_id, count(*) FROM memberships WHERE conversation_id IN ({marks})"
+                " GROUP BY conversation_id",
+                ids,
+            ).fetchall()
+        )
+        return {conversation_id: count for conversation_id, count in rows}
+
     async def open_dm(self, member_ids: Sequence[int], creator_id: int, now: int) -> tuple[ConversationRecord, bool]:
         key = dm_key(member_ids)
 

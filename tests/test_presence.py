@@ -10,7 +10,7 @@ import pytest
 
 from protocol import frames
 from protocol.client import Client, ServerError
-from tests.conftest import RunningServer, unique_name
+from tests.conftest import RunningServer, ServerFactory, unique_name
 
 pytestmark = pytest.mark.all_backends
 
@@ -154,6 +154,37 @@ async def test_presence_reaches_only_those_sharing_a_conversation(server: Runnin
     # Presence is still queryable by anyone.
     (status,) = await query(stranger, uid(alice))
     assert status.status == "online"
+
+
+async def test_presence_skips_conversations_above_the_member_cap(make_server: ServerFactory) -> None:
+    server = await make_server(presence_max_members=3)
+    alice = await server.user()
+    friend = await server.user()  # in a small channel and a DM with alice
+    crowd = [await server.user() for _ in range(3)]  # in a big channel with alice only
+    small = (await alice.call("channel.create", name=unique_name("small"))).conversation.id
+    big = (await alice.call("channel.create", name=unique_name("big"))).conversation.id
+    await friend.call("channel.join", channel_id=small)
+    await friend.call("dm.open", user_ids=[uid(alice)])
+    for member in crowd:
+        await member.call("channel.join", channel_id=big)  # 4 members: above the cap
+    for client in (friend, *crowd):
+        await settled_events(client)
+
+    alice_token = token(alice)
+    await alice.close()
+    presence = await next_presence_of(friend, uid(alice))
+    assert presence.status == "offline"
+    # The crowd hears nothing of it: the big channel's next message comes first.
+    await crowd[0].call("message.send", conversation_id=big, text="marker", client_msg_id="marker")
+    for member in crowd:
+        events = await events_until(member, lambda e: isinstance(e, frames.MessageNew) and e.message.text == "marker")
+        assert presence_of(events, uid(alice)) == []
+        (status,) = await query(member, uid(alice))
+        assert status.status == "offline"  # ...but can ask
+
+    again = await server.client()
+    await again.auth(alice_token)
+    assert (await next_presence_of(friend, uid(alice))).status == "online"
 
 
 async def test_presence_query(server: RunningServer) -> None:

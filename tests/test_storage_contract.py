@@ -232,6 +232,11 @@ async def test_members_of_many(directory: Directory) -> None:
     assert sorted(many[dm.id]) == sorted([bob.id, carol.id])
     assert await directory.members_of_many([]) == {}
 
+    assert await directory.member_counts([first.id, dm.id, missing]) == {first.id: 3, dm.id: 2}
+    await directory.remove_member(first.id, carol.id)
+    assert await directory.member_counts([first.id]) == {first.id: 2}
+    assert await directory.member_counts([]) == {}
+
 
 # -- DMs ------------------------------------------------------------------------
 
