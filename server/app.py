@@ -26,6 +26,7 @@ from server.config import Settings, storage_config
 from server.guarded import guarded
 from server.http import make_process_request
 from server.hub import Hub
+from server.keepalive import Keepalive
 from server.metrics import Metrics
 from server.presence import LocalPresence, Presence
 from server.session import Session
@@ -63,6 +64,7 @@ class App:
         self.hub: Hub | None = None
         self.server: Server | None = None
         self._stores: Stores | None = None
+        self._keepalive: Keepalive | None = None
         self._redis: redis.Redis | None = None
         self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._inflight: set[asyncio.Task[None]] = set()
@@ -98,6 +100,8 @@ class App:
             metrics=self.metrics,
         )
         await self.hub.start()
+        self._keepalive = Keepalive(lambda: self.sessions, s.ping_interval_seconds, s.ping_timeout_seconds)
+        self._keepalive.start()
         self.server = await serve(
             self._handler,
             s.host,
@@ -109,8 +113,7 @@ class App:
             max_size=s.hard_frame_bytes,
             max_queue=8,
             write_limit=s.outbound_buffer_bytes,
-            ping_interval=s.ping_interval_seconds,
-            ping_timeout=s.ping_timeout_seconds,
+            ping_interval=None,  # server/keepalive.py pings every connection from one task
             close_timeout=5,
             server_header="hubbub",
             # A connect storm must queue, not have SYNs dropped into TCP's
@@ -171,6 +174,8 @@ class App:
 
     async def stop(self, code: int = CloseCode.GOING_AWAY, reason: str = "server shutting down") -> None:
         """Stop accepting, close every connection with ``code``, wait for handlers, close stores."""
+        if self._keepalive is not None:
+            await self._keepalive.stop()
         if self.server is not None:
             self.server.close(close_connections=False)
             try:

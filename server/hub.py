@@ -45,6 +45,7 @@ class Hub:
         self.metrics = metrics
         self.registry = Registry(broker, metrics)
         self.flusher = Flusher()
+        self.trusted_proxies = settings.proxy_networks
         self.presence = presence
         self.sequencer = Sequencer(self._publish_message)
         self.catchup = Catchup(messages, self.registry.deliver, self.registry.has_local_members, metrics)

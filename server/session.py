@@ -36,6 +36,31 @@ SERVER_NAME = "hubbub/0.1.0"
 
 
 class Session:
+    # Slots: thousands of idle connections each carry one of these.
+    __slots__ = (
+        "_auth_timer",
+        "_bucket",
+        "_close_task",
+        "_closing",
+        "_flush_scheduled",
+        "_flusher",
+        "_limit",
+        "_loop",
+        "_out",
+        "_out_bytes",
+        "_ping_sent",
+        "_pong",
+        "_protocol",
+        "_transport",
+        "address",
+        "conn_id",
+        "conversations",
+        "hub",
+        "user",
+        "user_id",
+        "ws",
+    )
+
     def __init__(self, hub: Hub, ws: ServerConnection) -> None:
         self.hub = hub
         self.ws = ws
@@ -43,7 +68,12 @@ class Session:
         self.user: UserRecord | None = None
         self.user_id = 0
         self.conversations: set[int] = set()
-        self.address = client_address(ws, hub.settings.proxy_networks)
+        self.address = client_address(ws, hub.trusted_proxies)
+        # The handshake is done: its headers (a few KB) are not needed again.
+        # (The request object itself stays: websockets tests it for None.)
+        if ws.request is not None:
+            ws.request.headers.clear()
+        ws.response = None
         self._loop = asyncio.get_running_loop()
         self._transport = ws.transport
         self._protocol = ws.protocol
@@ -56,6 +86,8 @@ class Session:
         self._bucket = TokenBucket(hub.settings.rate_per_second, hub.settings.rate_burst)
         self._auth_timer: asyncio.TimerHandle | None = None
         self._close_task: asyncio.Task[None] | None = None
+        self._pong: asyncio.Future[float] | None = None
+        self._ping_sent = 0.0
 
     # -- outbound -----------------------------------------------------------
 
@@ -113,6 +145,29 @@ class Session:
         self.send_payload(codec.encode_error(request_id, code, message), "error")
 
     # -- lifecycle ----------------------------------------------------------
+
+    def keepalive(self, now: float, timeout: float) -> None:
+        """Ping, or drop the connection when the last ping went unanswered (see server/keepalive.py)."""
+        if self._closing or self._protocol.state is not State.OPEN:
+            return
+        if self._pong is not None and not self._pong.done():
+            if now - self._ping_sent > timeout:
+                logs.info("keepalive_timeout", conn_id=self.conn_id, user_id=self.user_id or None)
+                self._closing = True
+                self._close_task = self._loop.create_task(
+                    self.ws.close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+                )
+            return
+        self._ping_sent = now
+        self._loop.create_task(self._ping())
+
+    async def _ping(self) -> None:
+        try:
+            self._pong = pong = asyncio.ensure_future(await self.ws.ping())
+        except ConnectionClosed:
+            return
+        # Retrieved so that a connection lost mid-ping logs no "exception never retrieved".
+        pong.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     async def run(self) -> None:
         s = self.hub.settings
