@@ -50,6 +50,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_message_chars: Annotated[Positive, _doc("Longest message text, in characters (`too_large` beyond).")] = 4000
     rate_per_second: Annotated[PositiveFloat, _doc("Sustained requests per second per connection.")] = 20.0
     rate_burst: Annotated[Positive, _doc("Requests a connection may send at once before `rate_limited`.")] = 40
+    max_inflight_sends: Annotated[
+        Positive,
+        _doc("message.send requests of one connection stored together (pipelined) when the store keeps their order."),
+    ] = 32
     max_connections: Annotated[Positive, _doc("Open WebSocket connections per process (HTTP 503 beyond).")] = 50000
     listen_backlog: Annotated[
         Positive, _doc("Pending TCP connections the kernel queues for accept (capped by net.core.somaxconn).")

@@ -14,6 +14,7 @@ import asyncio
 import itertools
 import logging
 import time
+from collections import deque
 from ipaddress import IPv4Network, IPv6Network, ip_address
 
 from websockets.asyncio.server import ServerConnection
@@ -22,7 +23,7 @@ from websockets.protocol import State
 
 from protocol import codec
 from protocol.errors import CloseCode, ErrorCode
-from protocol.frames import PRE_AUTH_TYPES, PROTOCOL_VERSION, Hello, Limits, RequestId
+from protocol.frames import PRE_AUTH_TYPES, PROTOCOL_VERSION, AnyRequest, Hello, Limits, RequestId
 from server import logs
 from server.errors import ApiError
 from server.handlers import HANDLERS, on_offline, on_online
@@ -44,13 +45,17 @@ class Session:
         "_closing",
         "_flush_scheduled",
         "_flusher",
+        "_inflight",
         "_limit",
         "_loop",
         "_out",
         "_out_bytes",
         "_ping_sent",
+        "_ping_task",
+        "_pipelining",
         "_pong",
         "_protocol",
+        "_replies",
         "_transport",
         "address",
         "conn_id",
@@ -88,6 +93,10 @@ class Session:
         self._close_task: asyncio.Task[None] | None = None
         self._pong: asyncio.Future[float] | None = None
         self._ping_sent = 0.0
+        self._ping_task: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._replies: deque[list[bytes]] = deque()
+        self._pipelining = hub.messages.ordered_appends
 
     # -- outbound -----------------------------------------------------------
 
@@ -120,29 +129,30 @@ class Session:
             self._slow_consumer()
 
     def _slow_consumer(self) -> None:
-        self._closing = True
         self._out.clear()
         self._out_bytes = 0
         self.hub.metrics.slow_consumers.inc()
         logs.warning("slow_consumer", conn_id=self.conn_id, user_id=self.user_id or None)
-        self._close_task = self._loop.create_task(self._close_slow_consumer())
+        self._close(CloseCode.SLOW_CONSUMER, "slow consumer")
 
-    async def _close_slow_consumer(self) -> None:
-        # ws.close() first waits for the peer to drain the buffer, with no time
-        # limit: a peer that never reads again would keep the connection forever.
+    def _close(self, code: CloseCode, reason: str) -> None:
+        """Close from the server's side, within a bounded time, whatever the peer does."""
+        self._closing = True
+        self._close_task = self._loop.create_task(self._close_bounded(code, reason))
+
+    async def _close_bounded(self, code: CloseCode, reason: str) -> None:
+        # ws.close() first waits for the peer to drain what is buffered, with
+        # no time limit: a peer that never reads again would keep the
+        # connection (and its routing and presence) forever.
         try:
             async with asyncio.timeout(self.ws.close_timeout or 5):
-                await self.ws.close(CloseCode.SLOW_CONSUMER, "slow consumer")
+                await self.ws.close(code, reason)
         except TimeoutError:
             self._transport.abort()
 
     def send_payload(self, payload: bytes, frame_type: str) -> None:
         self.hub.metrics.frames_out.labels(frame_type).inc()
         self.send_frame(codec.websocket_text_frame(payload))
-
-    def reply_error(self, request_id: RequestId | None, code: ErrorCode, message: str) -> None:
-        self.hub.metrics.errors.labels(code.value).inc()
-        self.send_payload(codec.encode_error(request_id, code, message), "error")
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -153,13 +163,10 @@ class Session:
         if self._pong is not None and not self._pong.done():
             if now - self._ping_sent > timeout:
                 logs.info("keepalive_timeout", conn_id=self.conn_id, user_id=self.user_id or None)
-                self._closing = True
-                self._close_task = self._loop.create_task(
-                    self.ws.close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
-                )
+                self._close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
             return
         self._ping_sent = now
-        self._loop.create_task(self._ping())
+        self._ping_task = self._loop.create_task(self._ping())
 
     async def _ping(self) -> None:
         try:
@@ -193,12 +200,13 @@ class Session:
             pass
         finally:
             self._auth_timer.cancel()
+            await self._drain_inflight()  # sends already accepted are stored and announced
             await self._teardown()
 
     def _auth_expired(self) -> None:
         if self.user is None and not self._closing:
             logs.info("auth_timeout", conn_id=self.conn_id)
-            self._close_task = self._loop.create_task(self.ws.close(CloseCode.AUTH_TIMEOUT, "authentication timeout"))
+            self._close(CloseCode.AUTH_TIMEOUT, "authentication timeout")
 
     async def _teardown(self) -> None:
         self.hub.metrics.connections.dec()
@@ -246,32 +254,63 @@ class Session:
     # -- requests -----------------------------------------------------------
 
     async def _handle(self, raw: str | bytes) -> None:
+        """Serve one frame. Replies leave in request order.
+
+        ``message.send`` is pipelined when the message log stores concurrent
+        appends in submission order (SQLite's group commit does): up to
+        ``max_inflight_sends`` of a connection's sends are stored together,
+        instead of one fsync each. Any other frame first waits for the sends
+        before it, so it sees their effects, as if all ran one at a time.
+        """
+        admitted = self._admit(raw)
+        if admitted is None:
+            return
+        request, op = admitted
+        if op == "message.send" and self._pipelining:
+            if len(self._inflight) >= self.hub.settings.max_inflight_sends:
+                await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
+            slot: list[bytes] = []
+            self._replies.append(slot)
+            task = self._loop.create_task(self._execute_into(op, request, slot))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+            return
+        await self._drain_inflight()
+        self._send_reply(await self._execute(op, request))
+
+    def _admit(self, raw: str | bytes) -> tuple[AnyRequest, str] | None:
+        """The request and its op, or None after replying with an error."""
         metrics = self.hub.metrics
         if isinstance(raw, bytes):
             metrics.frames_in.labels("binary").inc()
-            self.reply_error(None, ErrorCode.BAD_REQUEST, "binary frames are not supported: send JSON text frames")
-            return
+            self._refuse(None, ErrorCode.BAD_REQUEST, "binary frames are not supported: send JSON text frames")
+            return None
         max_bytes = self.hub.settings.max_frame_bytes
         if len(raw) > max_bytes or (len(raw) * 4 > max_bytes and len(raw.encode()) > max_bytes):
             metrics.frames_in.labels("oversized").inc()
-            self.reply_error(codec.recover_request_id(raw), ErrorCode.TOO_LARGE, f"frame larger than {max_bytes} bytes")
-            return
+            self._refuse(codec.recover_request_id(raw), ErrorCode.TOO_LARGE, f"frame larger than {max_bytes} bytes")
+            return None
         if not self._bucket.take():
             metrics.frames_in.labels("rate_limited").inc()
-            self.reply_error(codec.recover_request_id(raw), ErrorCode.RATE_LIMITED, "too many requests; slow down")
-            return
+            self._refuse(codec.recover_request_id(raw), ErrorCode.RATE_LIMITED, "too many requests; slow down")
+            return None
         try:
             request = codec.decode_request(raw)
         except codec.FrameError as exc:
             metrics.frames_in.labels("invalid").inc()
-            self.reply_error(exc.request_id, exc.code, exc.message)
-            return
+            self._refuse(exc.request_id, exc.code, exc.message)
+            return None
         op = request.__struct_config__.tag
         assert isinstance(op, str)
         metrics.frames_in.labels(op).inc()
         if self.user is None and op not in PRE_AUTH_TYPES:
-            self.reply_error(request.id, ErrorCode.UNAUTHORIZED, "authenticate first (register, login or auth)")
-            return
+            self._refuse(request.id, ErrorCode.UNAUTHORIZED, "authenticate first (register, login or auth)")
+            return None
+        return request, op
+
+    async def _execute(self, op: str, request: AnyRequest) -> bytes:
+        """Run the handler; the encoded reply (result or error)."""
+        metrics = self.hub.metrics
         start = time.perf_counter()
         failure: ErrorCode | None = None
         try:
@@ -280,17 +319,15 @@ class Session:
             payload = codec.encode_result(request.id, result)
         except ApiError as exc:
             failure = exc.code
-            self.reply_error(request.id, exc.code, exc.message)
+            payload = self._error_payload(request.id, exc.code, exc.message)
         except StoreUnavailable as exc:
             failure = ErrorCode.UNAVAILABLE
             logs.warning("store_unavailable", op=op, conn_id=self.conn_id, store=exc.store, error=exc.detail)
-            self.reply_error(request.id, ErrorCode.UNAVAILABLE, f"{exc.store} is unavailable; retry later")
+            payload = self._error_payload(request.id, ErrorCode.UNAVAILABLE, f"{exc.store} is unavailable; retry later")
         except Exception:
             failure = ErrorCode.INTERNAL
             logs.error("internal_error", exc_info=True, op=op, conn_id=self.conn_id, request_id=request.id)
-            self.reply_error(request.id, ErrorCode.INTERNAL, "internal error")
-        else:
-            self.send_payload(payload, "result")
+            payload = self._error_payload(request.id, ErrorCode.INTERNAL, "internal error")
         latency = time.perf_counter() - start
         metrics.request_latency.labels(op).observe(latency)
         logs.log(
@@ -304,6 +341,33 @@ class Session:
             code=failure.value if failure else None,
             latency_ms=round(latency * 1000, 3),
         )
+        return payload
+
+    async def _execute_into(self, op: str, request: AnyRequest, slot: list[bytes]) -> None:
+        slot.append(await self._execute(op, request))
+        # Replies leave in request order: everything done at the head goes now.
+        while self._replies and self._replies[0]:
+            self._send_reply(self._replies.popleft()[0])
+
+    async def _drain_inflight(self) -> None:
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+
+    def _send_reply(self, payload: bytes) -> None:
+        # The frame type for metrics: error replies start with their tag.
+        self.send_payload(payload, "error" if payload.startswith(b'{"type":"error"') else "result")
+
+    def _error_payload(self, request_id: RequestId | None, code: ErrorCode, message: str) -> bytes:
+        self.hub.metrics.errors.labels(code.value).inc()
+        return codec.encode_error(request_id, code, message)
+
+    def _refuse(self, request_id: RequestId | None, code: ErrorCode, message: str) -> None:
+        """An error decided before dispatch; queued behind in-flight sends' replies."""
+        payload = self._error_payload(request_id, code, message)
+        if self._replies:
+            self._replies.append([payload])
+        else:
+            self._send_reply(payload)
 
 
 def client_address(ws: ServerConnection, trusted: list[IPv4Network | IPv6Network]) -> str:

@@ -78,6 +78,9 @@ class MessageLog(Protocol):
     name: str
     gapless: bool
     """True when seqs never skip a number (the store allocates them transactionally)."""
+    ordered_appends: bool
+    """True when concurrent appends get seqs in the order they were submitted,
+    so one connection's sends can be pipelined without reordering them."""
 
     async def ping(self) -> None: ...
 

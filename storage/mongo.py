@@ -59,6 +59,7 @@ def parse_write_concern(value: str) -> WriteConcern:
 class MongoMessageLog:
     name = "mongo"
     gapless = False
+    ordered_appends = False
 
     def __init__(self, client: AsyncMongoClient[Document], database: str, write_concern: WriteConcern) -> None:
         self.client = client

@@ -389,6 +389,7 @@ class PostgresMessageLog:
 
     name = "postgres"
     gapless = True
+    ordered_appends = False
 
     def __init__(self, pools: PostgresPools) -> None:
         self.pools = pools

@@ -400,6 +400,7 @@ class _PendingAppend:
 class SqliteMessageLog:
     name = "sqlite"
     gapless = True
+    ordered_appends = True
 
     def __init__(self, db: SqliteDatabase, max_batch: int = 256) -> None:
         self.db = db

@@ -6,6 +6,7 @@ import asyncio
 import time
 from typing import Any
 
+import msgspec
 import pytest
 
 from protocol import frames
@@ -330,3 +331,54 @@ async def test_reconnect_catch_up(server: RunningServer) -> None:
     # Caught up, the connection receives what comes next live.
     newest = (await send(alice, cid, "welcome back")).message
     assert (await again.next_event(frames.MessageNew)).message == newest
+
+
+async def test_pipelined_frames_get_replies_in_request_order(server: RunningServer) -> None:
+    """A client that does not wait for replies: sends (possibly stored together),
+    an invalid frame and a history read, interleaved. Replies come back in
+    request order, the sends' seqs follow the order they were sent in, and the
+    history read sees every send before it."""
+    alice = await server.user()
+    cid = await channel_with(alice)
+    frames_sent: list[tuple[str, bytes]] = []
+    for n in range(40):
+        body = {
+            "type": "message.send",
+            "id": f"s{n}",
+            "conversation_id": cid,
+            "text": f"m{n}",
+            "client_msg_id": f"c{n}",
+        }
+        frames_sent.append((f"s{n}", msgspec.json.encode(body)))
+        if n == 20:
+            frames_sent.append(("bad", b'{"type": "message.send", "id": "bad", "conversation_id": "x"}'))
+            history_request = {"type": "message.history", "id": "h", "conversation_id": cid, "order": "asc"}
+            frames_sent.append(("h", msgspec.json.encode(history_request)))
+    order: list[str] = []
+    replies: dict[str, frames.ResultFrame | frames.ErrorFrame] = {}
+
+    async def collect(request_id: str) -> None:
+        replies[request_id] = await alice.reply_to(request_id)
+        order.append(request_id)
+
+    collectors = [asyncio.create_task(collect(request_id)) for request_id, _ in frames_sent]
+    await asyncio.sleep(0)  # every collector is registered before the first reply can arrive
+    for _, raw in frames_sent:
+        await alice.send_raw(raw.decode())
+    await asyncio.gather(*collectors)
+
+    assert order == [request_id for request_id, _ in frames_sent]
+    bad = replies["bad"]
+    assert isinstance(bad, frames.ErrorFrame) and bad.error.code == "bad_request"
+    seqs = []
+    for n in range(40):
+        reply = replies[f"s{n}"]
+        assert isinstance(reply, frames.ResultFrame)
+        ack = msgspec.convert(reply.result, frames.SendAck)
+        assert ack.message.text == f"m{n}"
+        seqs.append(ack.message.seq)
+    assert seqs == list(range(1, 41))
+    seen = replies["h"]
+    assert isinstance(seen, frames.ResultFrame)
+    page = msgspec.convert(seen.result, frames.HistoryPage)
+    assert [m.text for m in page.messages] == [f"m{n}" for n in range(21)]
