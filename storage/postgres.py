@@ -7,6 +7,8 @@ each migration exactly once. Browsing public channels, which tolerates replica l
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
@@ -385,70 +387,81 @@ class PostgresMessageLog:
 
     The counter update and the insert share one transaction, so seqs are
     gapless; the counter row lock orders concurrent senders, on any instance.
+    Within this process, appends to one conversation are group-committed:
+    those that arrive while a commit is in flight go together in the next
+    transaction, in submission order. So concurrent appends keep their order
+    (a connection's sends can be pipelined) and a busy conversation pays one
+    commit per batch, not per message.
     """
 
     name = "postgres"
     gapless = True
-    ordered_appends = False
+    ordered_appends = True
 
-    def __init__(self, pools: PostgresPools) -> None:
+    def __init__(self, pools: PostgresPools, max_batch: int = 256) -> None:
         self.pools = pools
+        self.max_batch = max_batch
+        self._pending: dict[int, list[tuple[NewMessage, asyncio.Future[tuple[MessageRecord, bool]]]]] = {}
+        self._flushers: dict[int, asyncio.Task[None]] = {}
 
     async def ping(self) -> None:
         await _run(self.pools.primary, lambda c: c.fetchval("SELECT 1"), retry=True)
 
     async def close(self) -> None:
-        """The pools are shared and closed by storage.factory.Stores."""
+        """The pools are shared and closed by storage.factory.Stores; pending appends finish first."""
+        await asyncio.gather(*self._flushers.values(), return_exceptions=True)
 
     async def append(self, message: NewMessage) -> tuple[MessageRecord, bool]:
-        m = message
+        cid = message.conversation_id
+        future: asyncio.Future[tuple[MessageRecord, bool]] = asyncio.get_running_loop().create_future()
+        self._pending.setdefault(cid, []).append((message, future))
+        if cid not in self._flushers:
+            self._flushers[cid] = asyncio.get_running_loop().create_task(self._flush(cid))
+        return await future
 
-        async def append(c: Conn) -> tuple[asyncpg.Record | MessageRecord, bool]:
-            async with c.transaction():
-                existing = await c.fetchrow(
-                    f"SELECT {MESSAGE_COLUMNS} FROM messages"
-                    " WHERE conversation_id = $1 AND sender_id = $2 AND client_msg_id = $3",
-                    m.conversation_id,
-                    m.sender_id,
-                    m.client_msg_id,
-                )
-                if existing is not None:
-                    return existing, True
-                seq = await c.fetchval(
-                    "INSERT INTO conversation_seq (conversation_id, last_seq) VALUES ($1, 1)"
-                    " ON CONFLICT (conversation_id) DO UPDATE SET last_seq = conversation_seq.last_seq + 1"
-                    " RETURNING last_seq",
-                    m.conversation_id,
-                )
-                record = MessageRecord(
-                    id=uuid.uuid4().hex,
-                    conversation_id=m.conversation_id,
-                    seq=seq,
-                    sender_id=m.sender_id,
-                    text=m.text,
-                    client_msg_id=m.client_msg_id,
-                    ts=m.ts,
-                )
-                await c.execute(
-                    f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                    record.conversation_id,
-                    record.seq,
-                    record.id,
-                    record.sender_id,
-                    record.text,
-                    record.client_msg_id,
-                    record.ts,
-                )
-                return record, False
+    async def _flush(self, cid: int) -> None:
+        try:
+            while pending := self._pending.get(cid):
+                batch = pending[: self.max_batch]
+                del pending[: self.max_batch]
+                try:
+                    stored = await _run(
+                        self.pools.primary,
+                        functools.partial(_append_batch, messages=[m for m, _ in batch]),
+                        retry=False,
+                    )
+                    results: list[tuple[MessageRecord, bool] | None] = list(stored)
+                except asyncpg.UniqueViolationError:
+                    # A resend of one of these client_msg_ids committed on another
+                    # instance meanwhile; the batch rolled back whole (counter
+                    # included). One at a time, each reads its original back.
+                    results = []
+                    for m, future in batch:
+                        try:
+                            results.append(await self._append_alone(m))
+                        except Exception as exc:
+                            _fail(future, exc)
+                            results.append(None)
+                except Exception as exc:
+                    error = exc if isinstance(exc, StoreUnavailable) else StoreUnavailable("postgres", str(exc))
+                    for _, future in batch:
+                        _fail(future, error)
+                    continue
+                for (_, future), result in zip(batch, results, strict=True):
+                    if result is not None and not future.done():
+                        future.set_result(result)
+        finally:
+            del self._flushers[cid]
+            if not self._pending.get(cid):
+                self._pending.pop(cid, None)
 
+    async def _append_alone(self, m: NewMessage) -> tuple[MessageRecord, bool]:
         for _ in range(3):
             try:
-                row, duplicate = await _run(self.pools.primary, append, retry=False)
+                (result,) = await _run(self.pools.primary, lambda c: _append_batch(c, [m]), retry=False)
             except asyncpg.UniqueViolationError:
-                # A concurrent resend of the same client_msg_id won the race and
-                # our transaction rolled back (counter included): read it back.
-                continue
-            return (row if isinstance(row, MessageRecord) else _message(row)), duplicate
+                continue  # the racing original is committed now: the next try finds it
+            return result
         raise StoreUnavailable("postgres", "append kept conflicting")
 
     async def history(
@@ -487,3 +500,52 @@ class PostgresMessageLog:
             retry=True,
         )
         return {r["conversation_id"]: r["last_seq"] for r in rows}
+
+
+def _fail(future: asyncio.Future[tuple[MessageRecord, bool]], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
+async def _append_batch(c: Conn, messages: list[NewMessage]) -> list[tuple[MessageRecord, bool]]:
+    """Store ``messages`` in one transaction, in order; duplicates return their original."""
+    results: list[tuple[MessageRecord, bool]] = []
+    async with c.transaction():
+        for m in messages:
+            existing = await c.fetchrow(
+                f"SELECT {MESSAGE_COLUMNS} FROM messages"
+                " WHERE conversation_id = $1 AND sender_id = $2 AND client_msg_id = $3",
+                m.conversation_id,
+                m.sender_id,
+                m.client_msg_id,
+            )
+            if existing is not None:
+                results.append((_message(existing), True))
+                continue
+            seq = await c.fetchval(
+                "INSERT INTO conversation_seq (conversation_id, last_seq) VALUES ($1, 1)"
+                " ON CONFLICT (conversation_id) DO UPDATE SET last_seq = conversation_seq.last_seq + 1"
+                " RETURNING last_seq",
+                m.conversation_id,
+            )
+            record = MessageRecord(
+                id=uuid.uuid4().hex,
+                conversation_id=m.conversation_id,
+                seq=seq,
+                sender_id=m.sender_id,
+                text=m.text,
+                client_msg_id=m.client_msg_id,
+                ts=m.ts,
+            )
+            await c.execute(
+                f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                record.conversation_id,
+                record.seq,
+                record.id,
+                record.sender_id,
+                record.text,
+                record.client_msg_id,
+                record.ts,
+            )
+            results.append((record, False))
+    return results
