@@ -57,6 +57,7 @@ class Hub:
         self.publish(Delivery(payload, "message.new", conversations=(conversation_id,), seq=seq))
 
     async def start(self) -> None:
+        # Imported here: the handlers import this module for the Hub type.
         from server.handlers.presence import on_offline
 
         await self.broker.start(self.catchup.receive, self.catchup.resync)
