@@ -801,3 +801,19 @@ async def test_subscriptions_track_local_members(cluster: Cluster) -> None:
     for view in views:
         assert view["local"] == view["broker"] == {"conversations": [], "users": []}
     assert await cluster.shard_channels() == {f"{cluster.prefix}:i:{i.instance_id}" for i in (a, b, c)}
+
+
+# -- 7. A stalled pub/sub path is noticed -----------------------------------------
+
+
+async def test_stalled_redis_shows_degraded_then_recovers(private_cluster: Cluster) -> None:
+    """Redis that accepts connections but answers nothing (CLIENT PAUSE) looks
+    alive to a naive check; the broker's self-probe notices, /readyz reports
+    the instance degraded (still serving), and it recovers by itself."""
+    (a,) = await private_cluster.start("a")
+    alice = await private_cluster.connect(a, name="alice")
+    await private_cluster.redis.client_pause(4000, all=True)
+    body = await private_cluster.wait_readyz(a, "ready, degraded: broker: ")
+    assert "probe" in body or "subscriber" in body or "publishing" in body, body
+    assert (await alice.call("ping")).ts > 0  # still serving its connections
+    await private_cluster.wait_readyz(a, "ready\n", timeout=WAIT + 4)
