@@ -124,6 +124,14 @@ class SqliteDatabase:
             raise sqlite3.OperationalError("database is not open")
         return fn(self._conn)
 
+    async def fetch_for_ids(self, sql: str, ids: Sequence[int]) -> list[Any]:
+        """Rows of ``sql`` whose ``{ids}`` placeholder becomes the distinct ``ids``."""
+        distinct = sorted(set(ids))
+        if not distinct:
+            return []
+        query = sql.format(ids=",".join("?" * len(distinct)))
+        return await self.run(lambda c: c.execute(query, distinct).fetchall())
+
     async def ping(self) -> None:
         """Read a page of the file, so a vanished or unreadable database fails readiness."""
         await self.run(lambda c: c.execute("SELECT count(*) FROM sqlite_master").fetchone())
@@ -245,12 +253,8 @@ class SqliteDirectory:
         return _user(row) if row else None
 
     async def get_users(self, user_ids: Sequence[int]) -> list[UserRecord]:
-        ids = sorted(set(user_ids))
-        if not ids:
-            return []
-        marks = ",".join("?" * len(ids))
-        rows = await self.db.run(
-            lambda c: c.execute(f"SELECT {USER_COLUMNS} FROM users WHERE id IN ({marks}) ORDER BY id", ids).fetchall()
+        rows = await self.db.fetch_for_ids(
+            f"SELECT {USER_COLUMNS} FROM users WHERE id IN ({{ids}}) ORDER BY id", user_ids
         )
         return [_user(r) for r in rows]
 
@@ -338,16 +342,10 @@ class SqliteDirectory:
         return [r[0] for r in rows]
 
     async def members_of_many(self, conversation_ids: Sequence[int]) -> dict[int, list[int]]:
-        ids = sorted(set(conversation_ids))
-        if not ids:
-            return {}
-        marks = ",".join("?" * len(ids))
-        rows = await self.db.run(
-            lambda c: c.execute(
-                f"SELECT conversation_id, user_id FROM memberships WHERE conversation_id IN ({marks})"
-                " ORDER BY conversation_id, user_id",
-                ids,
-            ).fetchall()
+        rows = await self.db.fetch_for_ids(
+            "SELECT conversation_id, user_id FROM memberships WHERE conversation_id IN ({ids})"
+            " ORDER BY conversation_id, user_id",
+            conversation_ids,
         )
         result: dict[int, list[int]] = {}
         for conversation_id, user_id in rows:
@@ -355,16 +353,10 @@ class SqliteDirectory:
         return result
 
     async def member_counts(self, conversation_ids: Sequence[int]) -> dict[int, int]:
-        ids = sorted(set(conversation_ids))
-        if not ids:
-            return {}
-        marks = ",".join("?" * len(ids))
-        rows = await self.db.run(
-            lambda c: c.execute(
-                f"SELECT conversation_id, count(*) FROM memberships WHERE conversation_id IN ({marks})"
-                " GROUP BY conversation_id",
-                ids,
-            ).fetchall()
+        rows = await self.db.fetch_for_ids(
+            "SELECT conversation_id, count(*) FROM memberships WHERE conversation_id IN ({ids})"
+            " GROUP BY conversation_id",
+            conversation_ids,
         )
         return {conversation_id: count for conversation_id, count in rows}
 
@@ -460,14 +452,8 @@ class SqliteMessageLog:
         return [_message(r) for r in rows]
 
     async def last_seqs(self, conversation_ids: Sequence[int]) -> dict[int, int]:
-        ids = sorted(set(conversation_ids))
-        if not ids:
-            return {}
-        marks = ",".join("?" * len(ids))
-        rows = await self.db.run(
-            lambda c: c.execute(
-                f"SELECT conversation_id, last_seq FROM conversation_seq WHERE conversation_id IN ({marks})", ids
-            ).fetchall()
+        rows = await self.db.fetch_for_ids(
+            "SELECT conversation_id, last_seq FROM conversation_seq WHERE conversation_id IN ({ids})", conversation_ids
         )
         return {conversation_id: seq for conversation_id, seq in rows}
 
