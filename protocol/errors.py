@@ -40,6 +40,10 @@ class CloseCode(enum.IntEnum):
     """The client or server closed the connection normally."""
     GOING_AWAY = 1001
     """The server is shutting down; reconnect (to another instance)."""
+    PROTOCOL_ERROR = 1002
+    """A frame broke the WebSocket protocol (RFC 6455), e.g. an unmasked client frame."""
+    INVALID_DATA = 1007
+    """A text frame was not valid UTF-8."""
     MESSAGE_TOO_BIG = 1009
     """A frame exceeded the hard frame size cap; the connection is dropped."""
     INTERNAL_ERROR = 1011

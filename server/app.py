@@ -7,15 +7,16 @@ import os
 import secrets
 import signal
 import socket
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import NegotiationError as HandshakeNegotiationError
-from websockets.typing import Subprotocol
+from websockets.http11 import Request, Response
+from websockets.server import ServerProtocol
+from websockets.typing import Origin, Subprotocol
 
 from protocol.errors import CloseCode
 from protocol.frames import PROTOCOL_VERSION
@@ -23,8 +24,9 @@ from server import logs
 from server.auth import Passwords, Tokens, load_or_create_dev_secret
 from server.broker import Broker, InProcessBroker
 from server.config import Settings, storage_config
+from server.connection import LOGGER, Connection
 from server.guarded import guarded
-from server.http import make_process_request
+from server.http import ProcessRequest, make_process_request
 from server.hub import Hub
 from server.keepalive import Keepalive
 from server.metrics import Metrics
@@ -40,7 +42,7 @@ class NegotiationError(HandshakeNegotiationError):
     """A websockets NegotiationError, so the handshake fails with HTTP 400, not 500."""
 
 
-def select_subprotocol(connection: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+def select_subprotocol(server_protocol: ServerProtocol, offered: Sequence[Subprotocol]) -> Subprotocol | None:
     """hubbub.v1 when offered; none offered means v1 too (any plain client works).
 
     Offering only versions this server does not speak fails the handshake
@@ -55,14 +57,19 @@ def select_subprotocol(connection: ServerConnection, offered: Sequence[Subprotoc
 
 
 class App:
-    """One running server: stores, hub and the WebSocket listener."""
+    """One running server: stores, hub and the WebSocket listener (the ``Host``
+    of every connection, see server/connection.py)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
         self.sessions: set[Session] = set()
         self.hub: Hub | None = None
-        self.server: Server | None = None
+        self.server: asyncio.Server | None = None
+        self.serving = False
+        self._sessions_gone: asyncio.Event | None = None
+        self._origins: list[Origin | None] | None = None
+        self._respond: ProcessRequest | None = None
         self._stores: Stores | None = None
         self._keepalive: Keepalive | None = None
         self._redis: redis.Redis | None = None
@@ -102,20 +109,13 @@ class App:
         await self.hub.start()
         self._keepalive = Keepalive(lambda: self.sessions, s.ping_interval_seconds, s.ping_timeout_seconds)
         self._keepalive.start()
-        self.server = await serve(
-            self._handler,
+        self._origins = s.origins  # type: ignore[assignment]
+        self._respond = make_process_request(self.hub, lambda: len(self.sessions))
+        self.serving = True
+        self.server = await loop.create_server(
+            lambda: Connection(self, s.handshake_timeout_seconds, s.close_timeout_seconds),
             s.host,
             s.port,
-            origins=s.origins,  # type: ignore[arg-type]
-            select_subprotocol=select_subprotocol,
-            compression=None,  # per-message deflate costs CPU and memory per connection
-            process_request=make_process_request(self.hub, lambda: len(self.sessions)),
-            max_size=s.hard_frame_bytes,
-            max_queue=8,
-            write_limit=s.outbound_buffer_bytes,
-            ping_interval=None,  # server/keepalive.py pings every connection from one task
-            close_timeout=5,
-            server_header="hubbub",
             # A connect storm must queue, not have SYNs dropped into TCP's
             # 1-3-7 s retry schedule (asyncio's default backlog is 100).
             backlog=s.listen_backlog,
@@ -163,25 +163,48 @@ class App:
         )
         return broker, presence
 
-    async def _handler(self, ws: ServerConnection) -> None:
+    # -- Host (server/connection.py) -----------------------------------------
+
+    def new_protocol(self) -> ServerProtocol:
+        return ServerProtocol(
+            origins=self._origins,
+            select_subprotocol=select_subprotocol,
+            extensions=None,  # no per-message deflate: it costs CPU and memory per connection
+            max_size=self.settings.hard_frame_bytes,
+            logger=LOGGER,
+        )
+
+    def respond(self, request: Request) -> Awaitable[Response | None]:
+        assert self._respond is not None
+        return self._respond(request)
+
+    def open_session(self, connection: Connection, request: Request) -> Session:
         assert self.hub is not None
-        session = Session(self.hub, ws)
+        session = Session(self.hub, connection, request, self._session_finished)
         self.sessions.add(session)
-        try:
-            await session.run()
-        finally:
-            self.sessions.discard(session)
+        session.start()
+        return session
+
+    def _session_finished(self, session: Session) -> None:
+        self.sessions.discard(session)
+        if not self.sessions and self._sessions_gone is not None:
+            self._sessions_gone.set()
 
     async def stop(self, code: int = CloseCode.GOING_AWAY, reason: str = "server shutting down") -> None:
         """Stop accepting, close every connection with ``code``, wait for handlers, close stores."""
         if self._keepalive is not None:
             await self._keepalive.stop()
+        self.serving = False
         if self.server is not None:
-            self.server.close(close_connections=False)
+            self.server.close()
+            self._sessions_gone = asyncio.Event()
+            # Each close frame goes after what is already queued for that connection.
+            for session in list(self.sessions):
+                session.close(code, reason)
             try:
                 async with asyncio.timeout(self.settings.shutdown_grace_seconds):
-                    # close() sends the close frame after what is already written.
-                    await asyncio.gather(*(session.ws.close(code, reason) for session in list(self.sessions)))
+                    if self.sessions:
+                        await self._sessions_gone.wait()
                     await self.server.wait_closed()
             except TimeoutError:
                 logs.warning("shutdown_timeout", open_connections=len(self.sessions))

@@ -67,6 +67,13 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ] = 20
     login_failure_window_seconds: Annotated[PositiveFloat, _doc("Window of the failed-login limits.")] = 300.0
     auth_timeout_seconds: Annotated[PositiveFloat, _doc("Unauthenticated connections close (4001) after this.")] = 10.0
+    handshake_timeout_seconds: Annotated[
+        PositiveFloat,
+        _doc("A TCP connection that has not finished its HTTP request or handshake is dropped after this."),
+    ] = 10.0
+    close_timeout_seconds: Annotated[
+        PositiveFloat, _doc("After a close frame, the TCP connection is aborted if the peer has not closed it by then.")
+    ] = 5.0
     allowed_origins: Annotated[
         str,
         _doc("Comma-separated allowed browser `Origin`s (403 for others); no `Origin` is always allowed; empty: any."),

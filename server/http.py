@@ -10,7 +10,6 @@ import http
 from collections.abc import Awaitable, Callable
 
 import msgspec
-from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
@@ -50,11 +49,11 @@ def debug_view(hub: Hub) -> dict[str, object]:
     }
 
 
-ProcessRequest = Callable[[ServerConnection, Request], Awaitable[Response | None]]
+ProcessRequest = Callable[[Request], Awaitable[Response | None]]
 
 
 def make_process_request(hub: Hub, open_connections: Callable[[], int]) -> ProcessRequest:
-    async def process_request(connection: ServerConnection, request: Request) -> Response | None:
+    async def process_request(request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         if path == "/healthz":
             return _response(http.HTTPStatus.OK, b"ok\n")

@@ -15,16 +15,18 @@ import itertools
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from ipaddress import IPv4Network, IPv6Network, ip_address
 
-from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
+from websockets.datastructures import Headers
+from websockets.http11 import Request
 from websockets.protocol import State
 
 from protocol import codec
 from protocol.errors import CloseCode, ErrorCode
 from protocol.frames import PRE_AUTH_TYPES, PROTOCOL_VERSION, AnyRequest, Hello, Limits, RequestId
 from server import logs
+from server.connection import Connection
 from server.errors import ApiError
 from server.handlers import HANDLERS, on_offline, on_online
 from server.hub import Hub
@@ -33,7 +35,11 @@ from storage.errors import StoreUnavailable
 from storage.records import UserRecord
 
 _connection_ids = itertools.count(1)
+_ping_numbers = itertools.count(1)
 SERVER_NAME = "hubbub/0.1.0"
+READ_PAUSE_FRAMES = 16
+"""Frames waiting to be served at which a connection stops reading from its socket."""
+READ_RESUME_FRAMES = 4
 
 
 class Session:
@@ -41,47 +47,46 @@ class Session:
     __slots__ = (
         "_auth_timer",
         "_bucket",
-        "_close_task",
         "_closing",
         "_flush_scheduled",
         "_flusher",
         "_inflight",
         "_limit",
         "_loop",
+        "_on_finished",
         "_out",
         "_out_bytes",
+        "_ping_payload",
         "_ping_sent",
-        "_ping_task",
         "_pipelining",
-        "_pong",
         "_protocol",
+        "_queue",
+        "_reading_paused",
         "_replies",
         "_transport",
+        "_worker",
         "address",
+        "conn",
         "conn_id",
         "conversations",
         "hub",
         "user",
         "user_id",
-        "ws",
     )
 
-    def __init__(self, hub: Hub, ws: ServerConnection) -> None:
+    def __init__(self, hub: Hub, conn: Connection, request: Request, on_finished: Callable[[Session], None]) -> None:
         self.hub = hub
-        self.ws = ws
+        self.conn = conn
         self.conn_id = next(_connection_ids)
         self.user: UserRecord | None = None
         self.user_id = 0
         self.conversations: set[int] = set()
-        self.address = client_address(ws, hub.trusted_proxies)
-        # The handshake is done: its headers (a few KB) are not needed again.
-        # (The request object itself stays: websockets tests it for None.)
-        if ws.request is not None:
-            ws.request.headers.clear()
-        ws.response = None
+        self.address = client_address(conn.remote_address(), request.headers, hub.trusted_proxies)
+        self._on_finished = on_finished
         self._loop = asyncio.get_running_loop()
-        self._transport = ws.transport
-        self._protocol = ws.protocol
+        assert conn.transport is not None
+        self._transport = conn.transport
+        self._protocol = conn.ws
         self._flusher = hub.flusher
         self._out: list[bytes] = []
         self._out_bytes = 0
@@ -90,12 +95,14 @@ class Session:
         self._limit = hub.settings.outbound_buffer_bytes
         self._bucket = TokenBucket(hub.settings.rate_per_second, hub.settings.rate_burst)
         self._auth_timer: asyncio.TimerHandle | None = None
-        self._close_task: asyncio.Task[None] | None = None
-        self._pong: asyncio.Future[float] | None = None
+        self._ping_payload: bytes | None = None
         self._ping_sent = 0.0
-        self._ping_task: asyncio.Task[None] | None = None
-        self._inflight: set[asyncio.Task[None]] = set()
-        self._replies: deque[list[bytes]] = deque()
+        # Created while there is something to hold: an idle connection has none of them.
+        self._queue: deque[str | bytes] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._reading_paused = False
+        self._inflight: set[asyncio.Task[None]] | None = None
+        self._replies: deque[list[bytes]] | None = None
         self._pipelining = hub.messages.ordered_appends
 
     # -- outbound -----------------------------------------------------------
@@ -133,22 +140,16 @@ class Session:
         self._out_bytes = 0
         self.hub.metrics.slow_consumers.inc()
         logs.warning("slow_consumer", conn_id=self.conn_id, user_id=self.user_id or None)
-        self._close(CloseCode.SLOW_CONSUMER, "slow consumer")
+        self.close(CloseCode.SLOW_CONSUMER, "slow consumer")
 
-    def _close(self, code: CloseCode, reason: str) -> None:
-        """Close from the server's side, within a bounded time, whatever the peer does."""
+    def close(self, code: int, reason: str) -> None:
+        """Close from the server's side after what is queued; the connection
+        aborts the TCP connection if the peer does not answer within its close timeout."""
+        if self._closing:
+            return
+        self.flush()
         self._closing = True
-        self._close_task = self._loop.create_task(self._close_bounded(code, reason))
-
-    async def _close_bounded(self, code: CloseCode, reason: str) -> None:
-        # ws.close() first waits for the peer to drain what is buffered, with
-        # no time limit: a peer that never reads again would keep the
-        # connection (and its routing and presence) forever.
-        try:
-            async with asyncio.timeout(self.ws.close_timeout or 5):
-                await self.ws.close(code, reason)
-        except TimeoutError:
-            self._transport.abort()
+        self.conn.close(code, reason)
 
     def send_payload(self, payload: bytes, frame_type: str) -> None:
         self.hub.metrics.frames_out.labels(frame_type).inc()
@@ -160,23 +161,21 @@ class Session:
         """Ping, or drop the connection when the last ping went unanswered (see server/keepalive.py)."""
         if self._closing or self._protocol.state is not State.OPEN:
             return
-        if self._pong is not None and not self._pong.done():
+        if self._ping_payload is not None:
             if now - self._ping_sent > timeout:
                 logs.info("keepalive_timeout", conn_id=self.conn_id, user_id=self.user_id or None)
-                self._close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+                self.close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
             return
         self._ping_sent = now
-        self._ping_task = self._loop.create_task(self._ping())
+        self._ping_payload = next(_ping_numbers).to_bytes(8, "big")
+        self.conn.ping(self._ping_payload)
 
-    async def _ping(self) -> None:
-        try:
-            self._pong = pong = asyncio.ensure_future(await self.ws.ping())
-        except ConnectionClosed:
-            return
-        # Retrieved so that a connection lost mid-ping logs no "exception never retrieved".
-        pong.add_done_callback(lambda f: f.cancelled() or f.exception())
+    def pong(self, data: bytes) -> None:
+        if data == self._ping_payload:
+            self._ping_payload = None
 
-    async def run(self) -> None:
+    def start(self) -> None:
+        """The connection is open: greet the client and start its authentication clock."""
         s = self.hub.settings
         self.hub.metrics.connections.inc()
         logs.info("connect", conn_id=self.conn_id, address=self.address)
@@ -193,20 +192,60 @@ class Session:
         )
         self.send_payload(codec.encode(hello), "hello")
         self._auth_timer = self._loop.call_later(s.auth_timeout_seconds, self._auth_expired)
+
+    def received(self, raw: str | bytes) -> None:
+        """A message from the client: served in arrival order by a task that
+        exists only while there is something to serve."""
+        queue = self._queue
+        if queue is None:
+            self._queue = deque((raw,))
+            self._worker = self._loop.create_task(self._serve_queue())
+            return
+        queue.append(raw)
+        if len(queue) >= READ_PAUSE_FRAMES and not self._reading_paused:
+            # Stop reading until the backlog is served: TCP pushes back on the client.
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    async def _serve_queue(self) -> None:
+        queue = self._queue
+        assert queue is not None
         try:
-            async for raw in self.ws:
-                await self._handle(raw)
-        except ConnectionClosed:
-            pass
+            while queue:
+                await self._handle(queue.popleft())
+                if self._reading_paused and len(queue) <= READ_RESUME_FRAMES:
+                    self._resume_reading()
         finally:
+            self._queue = None
+            self._worker = None
+            if self._reading_paused:
+                self._resume_reading()
+
+    def _resume_reading(self) -> None:
+        self._reading_paused = False
+        if not self._transport.is_closing():
+            self._transport.resume_reading()
+
+    def connection_lost(self) -> None:
+        self._closing = True
+        if self._auth_timer is not None:
             self._auth_timer.cancel()
+        self._loop.create_task(self._finish())
+
+    async def _finish(self) -> None:
+        try:
+            if self._worker is not None:
+                # Requests already received are served (their replies go nowhere).
+                await asyncio.gather(self._worker, return_exceptions=True)
             await self._drain_inflight()  # sends already accepted are stored and announced
             await self._teardown()
+        finally:
+            self._on_finished(self)
 
     def _auth_expired(self) -> None:
         if self.user is None and not self._closing:
             logs.info("auth_timeout", conn_id=self.conn_id)
-            self._close(CloseCode.AUTH_TIMEOUT, "authentication timeout")
+            self.close(CloseCode.AUTH_TIMEOUT, "authentication timeout")
 
     async def _teardown(self) -> None:
         self.hub.metrics.connections.dec()
@@ -214,7 +253,7 @@ class Session:
             "disconnect",
             conn_id=self.conn_id,
             user_id=self.user_id or None,
-            code=self.ws.close_code,
+            code=self.conn.close_code,
         )
         if self.user is None:
             return
@@ -245,6 +284,7 @@ class Session:
         self.user_id = user.id
         if self._auth_timer is not None:
             self._auth_timer.cancel()
+            self._auth_timer = None
         self.hub.metrics.authenticated.inc()
         self.hub.registry.add(self, conversation_ids)
         logs.info("auth", conn_id=self.conn_id, user_id=user.id)
@@ -267,13 +307,18 @@ class Session:
             return
         request, op = admitted
         if op == "message.send" and self._pipelining:
-            if len(self._inflight) >= self.hub.settings.max_inflight_sends:
-                await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
+            inflight = self._inflight
+            if inflight is None:
+                inflight = self._inflight = set()
+                self._replies = deque()
+            elif len(inflight) >= self.hub.settings.max_inflight_sends:
+                await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
             slot: list[bytes] = []
+            assert self._replies is not None
             self._replies.append(slot)
             task = self._loop.create_task(self._execute_into(op, request, slot))
-            self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
+            inflight.add(task)
+            task.add_done_callback(inflight.discard)
             return
         await self._drain_inflight()
         self._send_reply(await self._execute(op, request))
@@ -346,12 +391,17 @@ class Session:
     async def _execute_into(self, op: str, request: AnyRequest, slot: list[bytes]) -> None:
         slot.append(await self._execute(op, request))
         # Replies leave in request order: everything done at the head goes now.
-        while self._replies and self._replies[0]:
-            self._send_reply(self._replies.popleft()[0])
+        replies = self._replies
+        assert replies is not None
+        while replies and replies[0]:
+            self._send_reply(replies.popleft()[0])
 
     async def _drain_inflight(self) -> None:
         if self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)
+        # Pipelining state is dropped when idle: most connections never send.
+        self._inflight = None
+        self._replies = None
 
     def _send_reply(self, payload: bytes) -> None:
         # The frame type for metrics: error replies start with their tag.
@@ -370,17 +420,15 @@ class Session:
             self._send_reply(payload)
 
 
-def client_address(ws: ServerConnection, trusted: list[IPv4Network | IPv6Network]) -> str:
+def client_address(peer: str | None, headers: Headers, trusted: list[IPv4Network | IPv6Network]) -> str:
     """The client's IP: the TCP peer, or behind trusted proxies the nearest
     untrusted hop of X-Forwarded-For (the rightmost entries are the proxies' own)."""
-    try:
-        peer = str(ws.remote_address[0])
-    except (TypeError, IndexError):
+    if peer is None:
         return "unknown"
-    if not trusted or ws.request is None:
+    if not trusted:
         return peer
     hops = [peer]
-    for header in ws.request.headers.get_all("X-Forwarded-For"):
+    for header in headers.get_all("X-Forwarded-For"):
         hops[:0] = [h.strip() for h in header.split(",") if h.strip()]
     for hop in reversed(hops):
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -35,3 +36,9 @@ async def settled_events(client: Client) -> list[frames.ServerFrame]:
 def uid(client: Client) -> int:
     assert client.user is not None
     return client.user.id
+
+
+async def closed_with(client: Client, timeout: float = 5) -> int | None:
+    """Wait until the server closes the connection; its close code."""
+    await asyncio.wait_for(client.ws.wait_closed(), timeout)
+    return client.ws.close_code

@@ -125,7 +125,7 @@ async def test_slow_consumer_that_never_reads_again_is_dropped(make_server: Serv
     for member in (watcher, stuck):
         await member.call("channel.join", channel_id=room)
     (stuck_session,) = [s for s in server.app.sessions if s.user_id == uid(stuck)]
-    stuck_session.ws.close_timeout = 0.5  # the production default is 5s; keep the test quick
+    stuck_session.conn.close_timeout = 0.5  # the production default is 5s; keep the test quick
     stuck.ws.transport.pause_reading()
 
     text = "y" * 15000

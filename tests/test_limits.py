@@ -15,7 +15,7 @@ from protocol import frames
 from protocol.client import Client, ServerError, open_client
 from protocol.errors import CloseCode, ErrorCode
 from tests.conftest import RunningServer, ServerFactory, unique_name
-from tests.helpers import assert_serving, expect_error
+from tests.helpers import assert_serving, closed_with, expect_error
 
 PASSWORD = "correct horse"
 
@@ -29,12 +29,6 @@ async def raw_reply(client: Client, data: str | bytes, request_id: frames.Reques
     assert isinstance(reply, frames.ErrorFrame), reply
     assert reply.id == request_id
     return reply
-
-
-async def closed_with(client: Client, timeout: float = 5) -> int | None:
-    """Wait until the server closes the connection; its close code."""
-    await asyncio.wait_for(client.ws.wait_closed(), timeout)
-    return client.ws.close_code
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,96 @@
+"""The WebSocket I/O layer (server/connection.py) on websockets' sans-I/O
+protocol: what it must do that websockets.asyncio used to do for us."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import server as server_package
+from protocol import codec, frames
+from protocol.client import Client
+from protocol.errors import CloseCode
+from tests.conftest import RunningServer, ServerFactory
+from tests.helpers import assert_serving, closed_with
+
+SERVER_DIR = str(Path(server_package.__file__).parent)
+
+
+def runs_server_code(task: asyncio.Task[Any]) -> bool:
+    """Whether any coroutine in the task's await chain is Hubbub server code."""
+    coro: Any = task.get_coro()
+    while coro is not None:
+        code = getattr(coro, "cr_code", None) or getattr(coro, "gi_code", None)
+        if code is not None and code.co_filename.startswith(SERVER_DIR):
+            return True
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return False
+
+
+async def test_fragmented_text_message_is_served(server: RunningServer) -> None:
+    client = await server.user()
+    waiter = asyncio.ensure_future(client.reply_to("frag"))
+    await asyncio.sleep(0)
+    await client.ws.send(iter(['{"type":"pi', 'ng","id"', ':"frag"}']))
+    reply = await asyncio.wait_for(waiter, 10)
+    assert isinstance(reply, frames.ResultFrame) and reply.id == "frag"
+
+
+async def test_invalid_utf8_closes_1007_and_spares_neighbours(server: RunningServer) -> None:
+    victim = await server.user()
+    bystander = await server.user()
+    await victim.ws.send(b'{"type":"ping","id":"\xff\xfe"}', text=True)
+    assert await closed_with(victim) == CloseCode.INVALID_DATA
+    await assert_serving(bystander)
+
+
+async def test_client_ping_is_answered(server: RunningServer) -> None:
+    client = await server.user()
+    pong = await client.ws.ping(b"are you there")
+    latency = await asyncio.wait_for(pong, 5)
+    assert latency >= 0
+    await assert_serving(client)
+
+
+async def test_silent_tcp_connection_is_dropped_after_handshake_timeout(make_server: ServerFactory) -> None:
+    server = await make_server(handshake_timeout_seconds=0.3)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.app.port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the rest
+    await writer.drain()
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
+    writer.close()
+    await assert_serving(await server.user())
+
+
+async def test_pipelined_requests_are_answered_in_order(server: RunningServer) -> None:
+    """More frames than a connection queues before it stops reading (the read
+    side pauses and resumes): every one is answered, in order."""
+    client = await server.user()
+    ids = [f"p{i}" for i in range(60)]
+    waiters = [asyncio.ensure_future(client.reply_to(i)) for i in ids]
+    await asyncio.sleep(0)
+    for request_id in ids:
+        await client.send_raw(codec.encode(frames.Ping(id=request_id)).decode())
+    replies = await asyncio.wait_for(asyncio.gather(*waiters), 10)
+    assert [r.id for r in replies] == ids
+
+
+async def test_idle_connections_hold_no_task(server: RunningServer) -> None:
+    """An open, authenticated, idle connection costs memory only: no task of its own."""
+
+    def server_tasks() -> int:
+        return sum(1 for t in asyncio.all_tasks() if runs_server_code(t))
+
+    before = server_tasks()  # the server's own (keepalive and the like)
+    clients: list[Client] = [await server.user() for _ in range(5)]
+    for client in clients:
+        await assert_serving(client)
+
+    async def settle() -> None:
+        # Each connection's request worker ends once its requests are served.
+        while server_tasks() > before:  # noqa: ASYNC110 - no event marks a task's end
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(settle(), 5)
+    assert len(server.app.sessions) == 5
