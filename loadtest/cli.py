@@ -57,7 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
         f"Caps: at most {MAX_CONNECTIONS} connections and {MAX_DURATION_S:g} s per run; loopback targets only.",
     )
     what = parser.add_argument_group("what to test")
-    what.add_argument("--scenario", choices=sorted(SCENARIOS), help="a named row of the benchmark table")
+    what.add_argument(
+        "--scenario",
+        choices=[*sorted(SCENARIOS), "all"],
+        help="a named row of the benchmark table, or all of them one after another",
+    )
     what.add_argument("--target", choices=TARGETS, default="hubbub", help="server to test (default hubbub)")
     what.add_argument("--compare", action="store_true", help="run against hubbub and every peer, one table")
     what.add_argument(
@@ -114,8 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def scenario_from_args(args: argparse.Namespace) -> Scenario:
-    base = SCENARIOS[args.scenario] if args.scenario else Scenario()
+def scenario_from_args(args: argparse.Namespace, name: str | None = None) -> Scenario:
+    """The scenario ``name`` (default: the one named by --scenario) with the flags given applied."""
+    name = name if name is not None else args.scenario
+    base = SCENARIOS[name] if name else Scenario()
     overrides: dict[str, Any] = {k: getattr(args, k) for k in SCENARIO_FLAGS if getattr(args, k) is not None}
     if args.rate is not None:
         overrides["max_rate"] = False
@@ -123,13 +129,18 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
         overrides["max_rate"] = True
     if args.connect_storm:
         overrides["connect_storm"] = True
-    if not args.scenario and args.idle and not {"subscribers", "publishers", "rooms"} & overrides.keys():
+    if not name and args.idle and not {"subscribers", "publishers", "rooms"} & overrides.keys():
         overrides.update(subscribers=0, publishers=0, rooms=0)
     if overrides:
         base = replace(base, **overrides)
-        if args.scenario:
-            base = replace(base, name=f"{args.scenario} (modified)")
+        if name:
+            base = replace(base, name=f"{name} (modified)")
     return base.check()
+
+
+def json_path(path: Path, scenario: str, several: bool) -> Path:
+    """Where one scenario's report goes: ``path``, or ``path`` with ``-<scenario>`` when several run."""
+    return path.with_name(f"{path.stem}-{scenario}{path.suffix}") if several else path
 
 
 def parse_cpus(text: str) -> set[int]:
@@ -148,8 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(run_bench())
         return 0
+    names: list[str | None] = list(sorted(SCENARIOS)) if args.scenario == "all" else [args.scenario]
     try:
-        scenario = scenario_from_args(args)
+        scenarios = [scenario_from_args(args, name) for name in names]
         for url in args.url:
             check_loopback(url)
         check_loopback(args.redis_url)
@@ -165,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra_env[name] = value
     if args.generator_cpu:
         os.sched_setaffinity(0, parse_cpus(args.generator_cpu))
-    raise_fd_limit(scenario.connections + 4096)
+    raise_fd_limit(max(s.connections for s in scenarios) + 4096)
     targets = list(TARGETS) if args.compare else [args.target]
     progress = Progress(enabled=not args.quiet)
     options = RunOptions(
@@ -173,13 +185,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         server_pids=list(args.server_pid),
         server=ServerOptions(
             cpus=args.server_cpu,
-            conns_per_user=scenario.conns_per_user,
+            conns_per_user=max(s.conns_per_user for s in scenarios),
             extra_env=extra_env,
             redis_url=args.redis_url,
         ),
         drain_timeout=min(args.drain_timeout, DRAIN_TIMEOUT_S),
         progress=progress,
     )
+    status = 0
+    for scenario in scenarios:
+        status = max(status, _run_scenario(scenario, targets, options, args, argv, several=len(scenarios) > 1))
+        if status == 130:
+            break
+    return status
+
+
+def _run_scenario(
+    scenario: Scenario,
+    targets: list[str],
+    options: RunOptions,
+    args: argparse.Namespace,
+    argv: Sequence[str] | None,
+    several: bool,
+) -> int:
+    """Run one scenario against every target; print its table, write its JSON; the exit status."""
     document: dict[str, Any] = {
         "tool": "hubbub-loadtest",
         "format": 1,
@@ -209,12 +238,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"scenario {scenario.name}: {_describe(scenario)}")
     print(table(results))
     if args.json:
-        write_json(args.json, document)
-        print(f"JSON report written to {args.json}")
+        path = json_path(args.json, scenario.name.split()[0], several)
+        write_json(path, document)
+        print(f"JSON report written to {path}")
         if not args.no_plot:
-            print(
-                write_plot(args.json.with_suffix(".png"), results, f"scenario {scenario.name}: {_describe(scenario)}")
-            )
+            print(write_plot(path.with_suffix(".png"), results, f"scenario {scenario.name}: {_describe(scenario)}"))
     if interrupted:
         return 130
     return 0 if all(r.get("error") is None for r in results) else 1

@@ -139,6 +139,16 @@ def test_loopback_only() -> None:
         cli.main(["--url", "ws://10.1.2.3:8765/", "--duration", "1"])
 
 
+def test_scenario_all_names_every_row_and_a_report_each() -> None:
+    args = cli.build_parser().parse_args(["--scenario", "all", "--duration", "4"])
+    scenarios = [cli.scenario_from_args(args, name) for name in sorted(cli.SCENARIOS)]
+    assert [s.name for s in scenarios] == ["a (modified)", "b (modified)", "c (modified)", "d (modified)"]
+    assert all(s.duration == 4 for s in scenarios)
+    assert cli.scenario_from_args(args, "c").subscribers == 5000
+    assert cli.json_path(Path("out/run.json"), "c", several=True) == Path("out/run-c.json")
+    assert cli.json_path(Path("out/run.json"), "c", several=False) == Path("out/run.json")
+
+
 def test_smoke_run_against_hubbub(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """300 subscribers in 3 rooms, 3 publishers at a fixed rate, against a Hubbub the tool starts."""
     report = tmp_path / "report.json"
