@@ -52,7 +52,17 @@ class Host(Protocol):
 
 
 class Connection(asyncio.Protocol):
-    __slots__ = ("_fragments", "_fragments_text", "_host", "_timer", "close_timeout", "session", "transport", "ws")
+    __slots__ = (
+        "_fragments",
+        "_fragments_text",
+        "_handshake_task",
+        "_host",
+        "_timer",
+        "close_timeout",
+        "session",
+        "transport",
+        "ws",
+    )
 
     def __init__(self, host: Host, handshake_timeout: float, close_timeout: float) -> None:
         self._host = host
@@ -62,6 +72,7 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._fragments: list[bytes] | None = None
         self._fragments_text = False
+        self._handshake_task: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
         # During the handshake: its deadline; after a close frame: the closing deadline.
         self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(handshake_timeout, self.abort)
 
@@ -79,7 +90,7 @@ class Connection(asyncio.Protocol):
             if isinstance(event, Frame):
                 self._frame(event)
             elif isinstance(event, Request):
-                asyncio.get_running_loop().create_task(self._handshake(event))
+                self._handshake_task = asyncio.get_running_loop().create_task(self._handshake(event))
 
     def eof_received(self) -> bool | None:
         self.ws.receive_eof()
@@ -177,6 +188,12 @@ class Connection(asyncio.Protocol):
         self.session.received(raw)
 
     async def _handshake(self, request: Request) -> None:
+        try:
+            await self._answer(request)
+        finally:
+            self._handshake_task = None
+
+    async def _answer(self, request: Request) -> None:
         ws = self.ws
         host = self._host
         try:

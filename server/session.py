@@ -48,6 +48,7 @@ class Session:
         "_auth_timer",
         "_bucket",
         "_closing",
+        "_finishing",
         "_flush_scheduled",
         "_flusher",
         "_inflight",
@@ -100,6 +101,7 @@ class Session:
         # Created while there is something to hold: an idle connection has none of them.
         self._queue: deque[str | bytes] | None = None
         self._worker: asyncio.Task[None] | None = None
+        self._finishing: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
         self._reading_paused = False
         self._inflight: set[asyncio.Task[None]] | None = None
         self._replies: deque[list[bytes]] | None = None
@@ -230,7 +232,7 @@ class Session:
         self._closing = True
         if self._auth_timer is not None:
             self._auth_timer.cancel()
-        self._loop.create_task(self._finish())
+        self._finishing = self._loop.create_task(self._finish())
 
     async def _finish(self) -> None:
         try:

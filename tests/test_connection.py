@@ -7,9 +7,12 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
+from websockets.exceptions import InvalidStatus
+
 import server as server_package
 from protocol import codec, frames
-from protocol.client import Client
+from protocol.client import Client, open_client
 from protocol.errors import CloseCode
 from tests.conftest import RunningServer, ServerFactory
 from tests.helpers import assert_serving, closed_with
@@ -94,3 +97,24 @@ async def test_idle_connections_hold_no_task(server: RunningServer) -> None:
 
     await asyncio.wait_for(settle(), 5)
     assert len(server.app.sessions) == 5
+
+
+async def test_connection_limit_refuses_with_503_until_one_leaves(make_server: ServerFactory) -> None:
+    server = await make_server(max_connections=2)
+    first = await server.user()
+    second = await server.user()
+    with pytest.raises(InvalidStatus) as info:
+        async with open_client(server.url):
+            pass
+    assert info.value.response.status_code == 503
+    assert info.value.response.headers["Server"] == "hubbub"
+    await assert_serving(first)
+    await first.close()
+
+    async def first_gone() -> None:
+        while len(server.app.sessions) > 1:  # noqa: ASYNC110 - no event marks a session's end
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(first_gone(), 5)
+    await assert_serving(await server.user())
+    await assert_serving(second)

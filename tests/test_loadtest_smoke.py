@@ -18,6 +18,7 @@ from loadtest.correctness import check
 from loadtest.parserbench import message_frame
 from loadtest.report import REPORT_KEYS
 from loadtest.safety import UnsafeTarget, check_loopback
+from loadtest.scenarios import SCENARIOS
 from loadtest.targets import HubbubTarget
 from loadtest.wsclient import (
     OP_BINARY,
@@ -141,7 +142,7 @@ def test_loopback_only() -> None:
 
 def test_scenario_all_names_every_row_and_a_report_each() -> None:
     args = cli.build_parser().parse_args(["--scenario", "all", "--duration", "4"])
-    scenarios = [cli.scenario_from_args(args, name) for name in sorted(cli.SCENARIOS)]
+    scenarios = [cli.scenario_from_args(args, name) for name in sorted(SCENARIOS)]
     assert [s.name for s in scenarios] == ["a (modified)", "b (modified)", "c (modified)", "d (modified)"]
     assert all(s.duration == 4 for s in scenarios)
     assert cli.scenario_from_args(args, "c").subscribers == 5000
