@@ -10,7 +10,9 @@ conversation id), which is correct with any number of server instances.
 The counter and the insert are two writes: if the insert fails after the
 increment (outage, racing duplicate), that seq is never used, so seqs are
 strictly increasing but may have rare gaps; clients treat a gap-fill that
-returns nothing as complete.
+returns nothing as complete. Appends are group-committed per conversation
+(storage/batching.py): a batch is one read for earlier copies of resent
+messages, one ``$inc`` reserving all its seqs and one ordered ``insert_many``.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from typing import Any
 import pymongo
 from pymongo import AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 from pymongo.write_concern import WriteConcern
 
 from storage.base import HistoryOrder
+from storage.batching import ConversationBatches, Stored
 from storage.errors import StoreUnavailable
 from storage.records import MessageRecord, NewMessage
 
@@ -50,6 +53,18 @@ def _unavailable(exc: PyMongoError) -> StoreUnavailable:
     return StoreUnavailable("mongo", str(exc).split(", Timeout:")[0] or type(exc).__name__)
 
 
+def _document(m: NewMessage, seq: int) -> Document:
+    return {
+        "_id": uuid.uuid4().hex,
+        "conversation_id": m.conversation_id,
+        "seq": seq,
+        "sender_id": m.sender_id,
+        "text": m.text,
+        "client_msg_id": m.client_msg_id,
+        "ts": m.ts,
+    }
+
+
 def parse_write_concern(value: str) -> WriteConcern:
     """``majority``, or a number of nodes such as ``1``."""
     w: int | str = int(value) if value.isdigit() else value
@@ -59,10 +74,11 @@ def parse_write_concern(value: str) -> WriteConcern:
 class MongoMessageLog:
     name = "mongo"
     gapless = False
-    ordered_appends = False
+    ordered_appends = True  # group-committed per conversation (storage/batching.py)
 
     def __init__(self, client: AsyncMongoClient[Document], database: str, write_concern: WriteConcern) -> None:
         self.client = client
+        self._batches = ConversationBatches(self.name, self._store_batch)
         db = client.get_database(database, write_concern=write_concern)
         self.messages: AsyncCollection[Document] = db.messages
         self.counters: AsyncCollection[Document] = db.counters
@@ -106,6 +122,7 @@ class MongoMessageLog:
             raise _unavailable(exc) from exc
 
     async def close(self) -> None:
+        await self._batches.close()
         await self.client.close()
 
     async def _find_original(self, m: NewMessage) -> Document | None:
@@ -113,10 +130,11 @@ class MongoMessageLog:
             {"conversation_id": m.conversation_id, "sender_id": m.sender_id, "client_msg_id": m.client_msg_id}
         )
 
-    async def _next_seq(self, conversation_id: int) -> int:
+    async def _allocate_seqs(self, conversation_id: int, count: int) -> int:
+        """Reserve ``count`` consecutive seqs of the conversation; the last of them."""
         for _ in range(3):
             counter = await self.counters.find_one_and_update(
-                {"_id": conversation_id}, {"$inc": {"seq": 1}}, return_document=ReturnDocument.AFTER
+                {"_id": conversation_id}, {"$inc": {"seq": count}}, return_document=ReturnDocument.AFTER
             )
             if counter is not None:
                 return int(counter["seq"])
@@ -129,32 +147,62 @@ class MongoMessageLog:
         raise StoreUnavailable("mongo", f"could not allocate a seq for conversation {conversation_id}")
 
     async def append(self, message: NewMessage) -> tuple[MessageRecord, bool]:
-        m = message
+        return await self._batches.append(message)
+
+    async def _store_batch(self, batch: list[NewMessage]) -> list[Stored | BaseException]:
+        """One conversation's messages in order: one read for earlier copies of
+        resent ones, one ``$inc`` for all their seqs, one ordered insert."""
         try:
-            original = await self._find_original(m)
-            if original is not None:
-                return _message(original), True
-            seq = await self._next_seq(m.conversation_id)
-            doc: Document = {
-                "_id": uuid.uuid4().hex,
-                "conversation_id": m.conversation_id,
-                "seq": seq,
-                "sender_id": m.sender_id,
-                "text": m.text,
-                "client_msg_id": m.client_msg_id,
-                "ts": m.ts,
-            }
-            try:
-                await self.messages.insert_one(doc)
-            except DuplicateKeyError:
-                # A concurrent resend of the same client_msg_id stored first.
-                original = await self._find_original(m)
-                if original is None:
-                    raise
-                return _message(original), True
-            return _message(doc), False
+            return await self._append_batch(batch)
         except PyMongoError as exc:
             raise _unavailable(exc) from exc
+
+    async def _append_batch(self, batch: list[NewMessage]) -> list[Stored | BaseException]:
+        cid = batch[0].conversation_id
+        query = {"conversation_id": cid, "client_msg_id": {"$in": sorted({m.client_msg_id for m in batch})}}
+        originals = {(int(d["sender_id"]), d["client_msg_id"]): d async for d in self.messages.find(query)}
+        outcomes: list[Stored | BaseException | None] = [None] * len(batch)
+        fresh: list[int] = []  # indexes of the messages to store
+        first_copy: dict[tuple[int, str], int] = {}
+        resends: list[tuple[int, int]] = []  # (index, index of its first copy in this batch)
+        for i, m in enumerate(batch):
+            key = (m.sender_id, m.client_msg_id)
+            if key in originals:
+                outcomes[i] = (_message(originals[key]), True)
+            elif key in first_copy:
+                resends.append((i, first_copy[key]))
+            else:
+                first_copy[key] = i
+                fresh.append(i)
+        if fresh:
+            last = await self._allocate_seqs(cid, len(fresh))
+            seqs = range(last - len(fresh) + 1, last + 1)
+            docs = [_document(batch[i], seq) for i, seq in zip(fresh, seqs, strict=True)]
+            try:
+                await self.messages.insert_many(docs, ordered=True)
+                stored = len(docs)
+            except BulkWriteError as exc:
+                if exc.details.get("writeConcernErrors"):
+                    raise  # written, but not as durably as asked: not acknowledged
+                stored = int(exc.details.get("nInserted", 0))
+            for i, doc in zip(fresh[:stored], docs[:stored], strict=True):
+                outcomes[i] = (_message(doc), False)
+            # The rest one at a time: an ordered insert stops at its first error,
+            # typically a resend stored meanwhile through another instance.
+            for i, doc in zip(fresh[stored:], docs[stored:], strict=True):
+                outcomes[i] = await self._insert_one(batch[i], doc)
+        for i, first in resends:
+            outcome = outcomes[first]
+            outcomes[i] = (outcome[0], True) if isinstance(outcome, tuple) else outcome
+        return [o if o is not None else StoreUnavailable("mongo", "append lost") for o in outcomes]
+
+    async def _insert_one(self, m: NewMessage, doc: Document) -> Stored | BaseException:
+        try:
+            await self.messages.insert_one(doc)
+        except DuplicateKeyError as exc:
+            original = await self._find_original(m)
+            return (_message(original), True) if original is not None else _unavailable(exc)
+        return _message(doc), False
 
     async def history(
         self,

@@ -7,7 +7,6 @@ each migration exactly once. Browsing public channels, which tolerates replica l
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -19,6 +18,7 @@ from asyncpg import Record
 from asyncpg.pool import PoolConnectionProxy
 
 from storage.base import HistoryOrder
+from storage.batching import ConversationBatches, Stored
 from storage.errors import Conflict, StoreUnavailable
 from storage.records import ConversationRecord, MessageRecord, NewMessage, UserRecord
 from storage.sqlite import dm_key
@@ -391,7 +391,8 @@ class PostgresMessageLog:
     those that arrive while a commit is in flight go together in the next
     transaction, in submission order. So concurrent appends keep their order
     (a connection's sends can be pipelined) and a busy conversation pays one
-    commit per batch, not per message.
+    commit per batch, not per message. A batch is one round trip: the
+    ``hubbub_append_batch`` function (migration 0003) stores it in order.
     """
 
     name = "postgres"
@@ -400,60 +401,33 @@ class PostgresMessageLog:
 
     def __init__(self, pools: PostgresPools, max_batch: int = 256) -> None:
         self.pools = pools
-        self.max_batch = max_batch
-        self._pending: dict[int, list[tuple[NewMessage, asyncio.Future[tuple[MessageRecord, bool]]]]] = {}
-        self._flushers: dict[int, asyncio.Task[None]] = {}
+        self._batches = ConversationBatches(self.name, self._store_batch, max_batch)
 
     async def ping(self) -> None:
         await _run(self.pools.primary, lambda c: c.fetchval("SELECT 1"), retry=True)
 
     async def close(self) -> None:
         """The pools are shared and closed by storage.factory.Stores; pending appends finish first."""
-        await asyncio.gather(*self._flushers.values(), return_exceptions=True)
+        await self._batches.close()
 
     async def append(self, message: NewMessage) -> tuple[MessageRecord, bool]:
-        cid = message.conversation_id
-        future: asyncio.Future[tuple[MessageRecord, bool]] = asyncio.get_running_loop().create_future()
-        self._pending.setdefault(cid, []).append((message, future))
-        if cid not in self._flushers:
-            self._flushers[cid] = asyncio.get_running_loop().create_task(self._flush(cid))
-        return await future
+        return await self._batches.append(message)
 
-    async def _flush(self, cid: int) -> None:
+    async def _store_batch(self, batch: list[NewMessage]) -> list[Stored | BaseException]:
         try:
-            while pending := self._pending.get(cid):
-                batch = pending[: self.max_batch]
-                del pending[: self.max_batch]
+            stored = await _run(self.pools.primary, functools.partial(_append_batch, messages=batch), retry=False)
+            return list(stored)
+        except asyncpg.UniqueViolationError:
+            # A resend of one of these client_msg_ids committed on another
+            # instance meanwhile; the batch rolled back whole (counter
+            # included). One at a time, each reads its original back.
+            outcomes: list[Stored | BaseException] = []
+            for m in batch:
                 try:
-                    stored = await _run(
-                        self.pools.primary,
-                        functools.partial(_append_batch, messages=[m for m, _ in batch]),
-                        retry=False,
-                    )
-                    results: list[tuple[MessageRecord, bool] | None] = list(stored)
-                except asyncpg.UniqueViolationError:
-                    # A resend of one of these client_msg_ids committed on another
-                    # instance meanwhile; the batch rolled back whole (counter
-                    # included). One at a time, each reads its original back.
-                    results = []
-                    for m, future in batch:
-                        try:
-                            results.append(await self._append_alone(m))
-                        except Exception as exc:
-                            _fail(future, exc)
-                            results.append(None)
+                    outcomes.append(await self._append_alone(m))
                 except Exception as exc:
-                    error = exc if isinstance(exc, StoreUnavailable) else StoreUnavailable("postgres", str(exc))
-                    for _, future in batch:
-                        _fail(future, error)
-                    continue
-                for (_, future), result in zip(batch, results, strict=True):
-                    if result is not None and not future.done():
-                        future.set_result(result)
-        finally:
-            del self._flushers[cid]
-            if not self._pending.get(cid):
-                self._pending.pop(cid, None)
+                    outcomes.append(exc)
+            return outcomes
 
     async def _append_alone(self, m: NewMessage) -> tuple[MessageRecord, bool]:
         for _ in range(3):
@@ -502,50 +476,33 @@ class PostgresMessageLog:
         return {r["conversation_id"]: r["last_seq"] for r in rows}
 
 
-def _fail(future: asyncio.Future[tuple[MessageRecord, bool]], error: BaseException) -> None:
-    if not future.done():
-        future.set_exception(error)
-
-
 async def _append_batch(c: Conn, messages: list[NewMessage]) -> list[tuple[MessageRecord, bool]]:
-    """Store ``messages`` in one transaction, in order; duplicates return their original."""
-    results: list[tuple[MessageRecord, bool]] = []
-    async with c.transaction():
-        for m in messages:
-            existing = await c.fetchrow(
-                f"SELECT {MESSAGE_COLUMNS} FROM messages"
-                " WHERE conversation_id = $1 AND sender_id = $2 AND client_msg_id = $3",
-                m.conversation_id,
-                m.sender_id,
-                m.client_msg_id,
-            )
-            if existing is not None:
-                results.append((_message(existing), True))
-                continue
-            seq = await c.fetchval(
-                "INSERT INTO conversation_seq (conversation_id, last_seq) VALUES ($1, 1)"
-                " ON CONFLICT (conversation_id) DO UPDATE SET last_seq = conversation_seq.last_seq + 1"
-                " RETURNING last_seq",
-                m.conversation_id,
-            )
-            record = MessageRecord(
-                id=uuid.uuid4().hex,
-                conversation_id=m.conversation_id,
-                seq=seq,
-                sender_id=m.sender_id,
-                text=m.text,
-                client_msg_id=m.client_msg_id,
-                ts=m.ts,
-            )
-            await c.execute(
-                f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                record.conversation_id,
-                record.seq,
-                record.id,
-                record.sender_id,
-                record.text,
-                record.client_msg_id,
-                record.ts,
-            )
-            results.append((record, False))
-    return results
+    """Store one conversation's ``messages`` in one statement, in order (see
+    migration 0003); duplicates return their original."""
+    cid = messages[0].conversation_id
+    assert all(m.conversation_id == cid for m in messages)
+    rows = await c.fetch(
+        "SELECT id, seq, sender_id, text, client_msg_id, ts, duplicate"
+        " FROM hubbub_append_batch($1, $2, $3, $4, $5, $6)",
+        cid,
+        [uuid.uuid4().hex for _ in messages],
+        [m.sender_id for m in messages],
+        [m.text for m in messages],
+        [m.client_msg_id for m in messages],
+        [m.ts for m in messages],
+    )
+    return [
+        (
+            MessageRecord(
+                id=r["id"],
+                conversation_id=cid,
+                seq=r["seq"],
+                sender_id=r["sender_id"],
+                text=r["text"],
+                client_msg_id=r["client_msg_id"],
+                ts=r["ts"],
+            ),
+            r["duplicate"],
+        )
+        for r in rows
+    ]

@@ -380,6 +380,23 @@ async def test_concurrent_appends_are_gapless(directory: Directory, messages: Me
     assert await messages.last_seqs([channel.id, side.id]) == {channel.id: count, side.id: count // 4}
 
 
+async def test_ordered_appends_keep_submission_order(directory: Directory, messages: MessageLog) -> None:
+    """What pipelined sends rely on: appends submitted together get seqs in submission order."""
+    alice, bob = await new_user(directory), await new_user(directory)
+    channel = await new_channel(directory, alice)
+    await messages.append(new_message(channel, alice, "first"))  # the conversation's counter exists
+    sends = [new_message(channel, (alice, bob)[n % 2], f"o-{n}") for n in range(120)]
+    sends.insert(60, sends[10])  # a resend within the burst: the same message again
+    results = await asyncio.gather(*(messages.append(m) for m in sends))
+    assert results[60] == (results[10][0], True)
+    fresh = [record.seq for record, duplicate in results if not duplicate]
+    assert len(set(fresh)) == 120
+    if messages.ordered_appends:
+        assert fresh == sorted(fresh)
+        history = await messages.history(channel.id, before=None, after=None, limit=200, order="asc")
+        assert [m.client_msg_id for m in history] == ["first", *(f"o-{n}" for n in range(120))]
+
+
 async def test_concurrent_duplicates_store_once(directory: Directory, messages: MessageLog) -> None:
     alice = await new_user(directory)
     channel = await new_channel(directory, alice)
