@@ -86,11 +86,18 @@ class Connection(asyncio.Protocol):
         ws.receive_data(data)
         events = ws.events_received()
         self._send_protocol_output()
-        for event in events:
+        for index, event in enumerate(events):
             if isinstance(event, Frame):
                 self._frame(event)
             elif isinstance(event, Request):
-                self._handshake_task = asyncio.get_running_loop().create_task(self._handshake(event))
+                # Frames sent before our answer (RFC 6455 says a client waits
+                # for it; not every client does) wait for the session, and so
+                # does the rest of the socket.
+                assert self.transport is not None
+                self.transport.pause_reading()
+                early = [e for e in events[index + 1 :] if isinstance(e, Frame)]
+                self._handshake_task = asyncio.get_running_loop().create_task(self._handshake(event, early))
+                return
 
     def eof_received(self) -> bool | None:
         self.ws.receive_eof()
@@ -187,11 +194,15 @@ class Connection(asyncio.Protocol):
             return
         self.session.received(raw)
 
-    async def _handshake(self, request: Request) -> None:
+    async def _handshake(self, request: Request, early: list[Frame]) -> None:
         try:
             await self._answer(request)
+            for frame in early:
+                self._frame(frame)
         finally:
             self._handshake_task = None
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.resume_reading()
 
     async def _answer(self, request: Request) -> None:
         ws = self.ws

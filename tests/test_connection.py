@@ -8,7 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidStatus
+from websockets.frames import Frame, Opcode
+from websockets.uri import parse_uri
 
 import server as server_package
 from protocol import codec, frames
@@ -118,3 +121,29 @@ async def test_connection_limit_refuses_with_503_until_one_leaves(make_server: S
     await asyncio.wait_for(first_gone(), 5)
     await assert_serving(await server.user())
     await assert_serving(second)
+
+
+async def test_frames_sent_with_the_handshake_request_are_served(server: RunningServer) -> None:
+    """A client that does not wait for the 101 before its first frame (RFC 6455
+    says it should) still has that frame served, after the hello."""
+    client = ClientProtocol(parse_uri(server.url))
+    client.send_request(client.connect())
+    (request,) = client.data_to_send()
+    ping = Frame(Opcode.TEXT, b'{"type":"ping","id":"early"}').serialize(mask=True, extensions=[])
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.app.port)
+    writer.write(request + ping)  # one segment: the request and a frame
+    await writer.drain()
+    texts: list[str] = []
+
+    async def read_two_messages() -> None:
+        while len(texts) < 2:
+            data = await reader.read(65536)
+            assert data, "the server closed the connection"
+            client.receive_data(data)
+            texts.extend(bytes(e.data).decode() for e in client.events_received() if isinstance(e, Frame))
+
+    await asyncio.wait_for(read_two_messages(), 10)
+    writer.close()
+    hello, reply = (codec.decode_server_frame(t) for t in texts)
+    assert isinstance(hello, frames.Hello)
+    assert isinstance(reply, frames.ResultFrame) and reply.id == "early"
