@@ -110,4 +110,4 @@ class Registry:
             recipient.send_frame(frame)
             count += 1
         self._metrics.deliveries.inc(count)
-        self._metrics.frames_out.labels(delivery.event_type).inc(count)
+        self._metrics.frames_out_by[delivery.event_type].inc(count)

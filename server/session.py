@@ -154,7 +154,7 @@ class Session:
         self.conn.close(code, reason)
 
     def send_payload(self, payload: bytes, frame_type: str) -> None:
-        self.hub.metrics.frames_out.labels(frame_type).inc()
+        self.hub.metrics.frames_out_by[frame_type].inc()
         self.send_frame(codec.websocket_text_frame(payload))
 
     # -- lifecycle ----------------------------------------------------------
@@ -329,27 +329,27 @@ class Session:
         """The request and its op, or None after replying with an error."""
         metrics = self.hub.metrics
         if isinstance(raw, bytes):
-            metrics.frames_in.labels("binary").inc()
+            metrics.frames_in_by["binary"].inc()
             self._refuse(None, ErrorCode.BAD_REQUEST, "binary frames are not supported: send JSON text frames")
             return None
         max_bytes = self.hub.settings.max_frame_bytes
         if len(raw) > max_bytes or (len(raw) * 4 > max_bytes and len(raw.encode()) > max_bytes):
-            metrics.frames_in.labels("oversized").inc()
+            metrics.frames_in_by["oversized"].inc()
             self._refuse(codec.recover_request_id(raw), ErrorCode.TOO_LARGE, f"frame larger than {max_bytes} bytes")
             return None
         if not self._bucket.take():
-            metrics.frames_in.labels("rate_limited").inc()
+            metrics.frames_in_by["rate_limited"].inc()
             self._refuse(codec.recover_request_id(raw), ErrorCode.RATE_LIMITED, "too many requests; slow down")
             return None
         try:
             request = codec.decode_request(raw)
         except codec.FrameError as exc:
-            metrics.frames_in.labels("invalid").inc()
+            metrics.frames_in_by["invalid"].inc()
             self._refuse(exc.request_id, exc.code, exc.message)
             return None
         op = request.__struct_config__.tag
         assert isinstance(op, str)
-        metrics.frames_in.labels(op).inc()
+        metrics.frames_in_by[op].inc()
         if self.user is None and op not in PRE_AUTH_TYPES:
             self._refuse(request.id, ErrorCode.UNAUTHORIZED, "authenticate first (register, login or auth)")
             return None
@@ -376,7 +376,7 @@ class Session:
             logs.error("internal_error", exc_info=True, op=op, conn_id=self.conn_id, request_id=request.id)
             payload = self._error_payload(request.id, ErrorCode.INTERNAL, "internal error")
         latency = time.perf_counter() - start
-        metrics.request_latency.labels(op).observe(latency)
+        metrics.request_latency_by[op].observe(latency)
         logs.log(
             logging.INFO if failure else logging.DEBUG,
             "request_failed" if failure else "request",
@@ -410,7 +410,7 @@ class Session:
         self.send_payload(payload, "error" if payload.startswith(b'{"type":"error"') else "result")
 
     def _error_payload(self, request_id: RequestId | None, code: ErrorCode, message: str) -> bytes:
-        self.hub.metrics.errors.labels(code.value).inc()
+        self.hub.metrics.errors_by[code.value].inc()
         return codec.encode_error(request_id, code, message)
 
     def _refuse(self, request_id: RequestId | None, code: ErrorCode, message: str) -> None:
