@@ -11,6 +11,7 @@ import pytest
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidStatus
 from websockets.frames import Frame, Opcode
+from websockets.protocol import State
 from websockets.uri import parse_uri
 
 import server as server_package
@@ -147,3 +148,58 @@ async def test_frames_sent_with_the_handshake_request_are_served(server: Running
     hello, reply = (codec.decode_server_frame(t) for t in texts)
     assert isinstance(hello, frames.Hello)
     assert isinstance(reply, frames.ResultFrame) and reply.id == "early"
+
+
+async def read_to_eof(reader: asyncio.StreamReader) -> bytes:
+    return await asyncio.wait_for(reader.read(), 10)
+
+
+@pytest.mark.parametrize(
+    ("data", "answer"),
+    [
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(64)), b""),  # a TLS hello on a plain port
+        (b"NOT HTTP AT ALL\r\n\r\n", b""),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", b"HTTP/1.1 431 "),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"HTTP/1.1 426 "),  # plain HTTP, no upgrade
+    ],
+    ids=["tls-hello", "not-http", "huge-header", "no-upgrade"],
+)
+async def test_garbage_instead_of_a_handshake(server: RunningServer, data: bytes, answer: bytes) -> None:
+    bystander = await server.user()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.app.port)
+    writer.write(data)
+    await writer.drain()
+    received = await read_to_eof(reader)  # the server ends the stream
+    writer.close()
+    assert received.startswith(answer) if answer else received == b""
+    await assert_serving(bystander)
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (b"\x81\x05hello", CloseCode.PROTOCOL_ERROR),  # a client frame without a mask
+        (b"\x83\x80" + b"\x00\x00\x00\x00", CloseCode.PROTOCOL_ERROR),  # reserved opcode 3
+        (b"\xc1\x80" + b"\x00\x00\x00\x00", CloseCode.PROTOCOL_ERROR),  # RSV1 without an extension
+        (b"\x81\xff" + (2**62).to_bytes(8, "big") + b"\x00\x00\x00\x00", CloseCode.MESSAGE_TOO_BIG),
+        (b"\x80\x80" + b"\x00\x00\x00\x00", CloseCode.PROTOCOL_ERROR),  # a continuation with nothing to continue
+    ],
+    ids=["unmasked", "reserved-opcode", "rsv1", "length-2-to-62", "stray-continuation"],
+)
+async def test_broken_frames_close_with_a_websocket_code(server: RunningServer, frame: bytes, code: int) -> None:
+    bystander = await server.user()
+    client = ClientProtocol(parse_uri(server.url))
+    client.send_request(client.connect())
+    (request,) = client.data_to_send()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.app.port)
+    writer.write(request)
+    await writer.drain()
+    while client.state is State.CONNECTING:  # the 101
+        client.receive_data(await asyncio.wait_for(reader.read(65536), 10))
+    writer.write(frame)
+    await writer.drain()
+    client.receive_data(await read_to_eof(reader))
+    client.receive_eof()
+    writer.close()
+    assert client.close_rcvd is not None and client.close_rcvd.code == code
+    await assert_serving(bystander)
