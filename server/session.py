@@ -299,7 +299,7 @@ class Session:
         """Serve one frame. Replies leave in request order.
 
         ``message.send`` is pipelined when the message log stores concurrent
-        appends in submission order (SQLite's group commit does): up to
+        appends in submission order (every store's group commit does): up to
         ``max_inflight_sends`` of a connection's sends are stored together,
         instead of one fsync each. Any other frame first waits for the sends
         before it, so it sees their effects, as if all ran one at a time.
