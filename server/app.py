@@ -11,8 +11,6 @@ from collections.abc import Awaitable, Sequence
 from pathlib import Path
 
 import redis.asyncio as redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from websockets.exceptions import NegotiationError as HandshakeNegotiationError
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
@@ -137,7 +135,7 @@ class App:
         if not s.redis_url:
             return InProcessBroker(), LocalPresence()
         from server.broker_redis import RedisBroker
-        from server.presence_redis import RedisPresence
+        from server.presence_redis import RedisPresence, connect
 
         broker = RedisBroker(
             s.redis_url,
@@ -147,13 +145,7 @@ class App:
             health_interval=s.broker_probe_seconds,
             timeout=s.storage_timeout_seconds,
         )
-        self._redis = redis.Redis.from_url(
-            s.redis_url,
-            socket_timeout=s.storage_timeout_seconds,
-            socket_connect_timeout=s.storage_timeout_seconds,
-            # One retry: after a Redis restart the first command on a pooled connection fails.
-            retry=Retry(NoBackoff(), 1),
-        )
+        self._redis = connect(s.redis_url, timeout=s.storage_timeout_seconds, max_connections=s.redis_pool_max)
         presence = RedisPresence(
             self._redis,
             s.redis_prefix,

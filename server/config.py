@@ -126,6 +126,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     redis_prefix: Annotated[str, _doc("Prefix of every Redis key and channel (several clusters on one Redis).")] = (
         "hubbub"
     )
+    redis_pool_max: Annotated[
+        Positive,
+        _doc("Redis connections for presence; more concurrent commands wait (up to the storage timeout)."),
+    ] = 32
     broker_probe_seconds: Annotated[
         PositiveFloat, _doc("Interval of the Redis subscriber self-check (a round trip through pub/sub).")
     ] = 5.0

@@ -1,0 +1,58 @@
+"""Redis presence under a burst: far more simultaneous connects and
+disconnects than the presence client has Redis connections (a deploy, a
+load balancer moving thousands of clients). Every update must reach Redis:
+one dropped ``SREM`` leaves a user online for as long as this instance lives.
+
+Runs against the machine's Redis (HUBBUB_TEST_REDIS_URL) under a prefix of
+its own, deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from server.presence_redis import RedisPresence, connect
+
+SHARED_REDIS = os.environ.get("HUBBUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+USERS = range(1, 401)
+
+
+@pytest.fixture
+async def presence() -> AsyncIterator[RedisPresence]:
+    client = connect(SHARED_REDIS, timeout=10, max_connections=4)
+    prefix = f"test-presence-{uuid.uuid4().hex[:8]}"
+    presence = RedisPresence(client, prefix, "instance-a", heartbeat_seconds=30, ttl_seconds=90)
+    offline: list[int] = []
+
+    async def on_expired(user_id: int) -> None:
+        offline.append(user_id)
+
+    await presence.start(on_expired)
+    try:
+        yield presence
+    finally:
+        await presence.close()
+        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+async def test_a_burst_of_connects_and_disconnects_reaches_redis(presence: RedisPresence) -> None:
+    redis = presence._redis
+    key = presence._user_instances_key
+
+    came_online = await asyncio.gather(*(presence.connected(u) for u in USERS))
+    assert all(came_online)
+    members = await asyncio.gather(*(redis.smembers(key(u)) for u in USERS))
+    assert all(m == {b"instance-a"} for m in members), "every connect recorded in Redis"
+
+    await asyncio.gather(*(presence.disconnected(u) for u in USERS))
+    members = await asyncio.gather(*(redis.smembers(key(u)) for u in USERS))
+    assert all(m == set() for m in members), "every disconnect recorded in Redis"
+    assert await presence.online(USERS) == set()
