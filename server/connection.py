@@ -115,11 +115,10 @@ class Connection(asyncio.Protocol):
     # -- towards the peer ---------------------------------------------------
 
     def close(self, code: int, reason: str) -> None:
-        """Start the closing handshake after everything already queued; the
-        connection is aborted if the peer does not finish it in ``close_timeout``."""
+        """Start the closing handshake after everything already queued (see
+        ``_send_protocol_output``); the connection is aborted if the peer does
+        not finish it in ``close_timeout``."""
         if self.ws.state is State.OPEN:
-            if self.session is not None:
-                self.session.flush()
             self.ws.send_close(code, reason)
             self._send_protocol_output()
 

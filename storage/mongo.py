@@ -194,7 +194,9 @@ class MongoMessageLog:
         for i, first in resends:
             outcome = outcomes[first]
             outcomes[i] = (outcome[0], True) if isinstance(outcome, tuple) else outcome
-        return [o if o is not None else StoreUnavailable("mongo", "append lost") for o in outcomes]
+        stored_or_failed = [o for o in outcomes if o is not None]
+        assert len(stored_or_failed) == len(batch)  # every message got an outcome above
+        return stored_or_failed
 
     async def _insert_one(self, m: NewMessage, doc: Document) -> Stored | BaseException:
         try:

@@ -482,7 +482,7 @@ async def _append_batch(c: Conn, messages: list[NewMessage]) -> list[tuple[Messa
     cid = messages[0].conversation_id
     assert all(m.conversation_id == cid for m in messages)
     rows = await c.fetch(
-        "SELECT id, seq, sender_id, text, client_msg_id, ts, duplicate"
+        "SELECT $1::bigint AS conversation_id, id, seq, sender_id, text, client_msg_id, ts, duplicate"
         " FROM hubbub_append_batch($1, $2, $3, $4, $5, $6)",
         cid,
         [uuid.uuid4().hex for _ in messages],
@@ -491,18 +491,4 @@ async def _append_batch(c: Conn, messages: list[NewMessage]) -> list[tuple[Messa
         [m.client_msg_id for m in messages],
         [m.ts for m in messages],
     )
-    return [
-        (
-            MessageRecord(
-                id=r["id"],
-                conversation_id=cid,
-                seq=r["seq"],
-                sender_id=r["sender_id"],
-                text=r["text"],
-                client_msg_id=r["client_msg_id"],
-                ts=r["ts"],
-            ),
-            r["duplicate"],
-        )
-        for r in rows
-    ]
+    return [(_message(r), r["duplicate"]) for r in rows]
