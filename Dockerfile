@@ -4,25 +4,34 @@
 # Settings are HUBBUB_* environment variables (`hubbub settings` lists them);
 # docker-compose.yml runs two replicas with PostgreSQL, MongoDB and nginx.
 
-# Build the wheel in a throwaway stage so the runtime image holds no sources or build tools.
+# Build the wheels in a throwaway stage so the runtime image holds no sources or
+# build tools. Everything comes from the hashed lock (requirements/app.txt), the
+# same versions `make test` tests; Hubbub itself is built with the locked setuptools.
 FROM python:3.12-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
+COPY requirements/app.txt requirements/app.txt
+RUN pip wheel --wheel-dir /wheels --require-hashes --no-deps -r requirements/app.txt \
+    && pip install --no-index --find-links /wheels --require-hashes --no-deps -r requirements/app.txt
 COPY pyproject.toml README.md ./
 COPY protocol ./protocol
 COPY server ./server
 COPY storage ./storage
 COPY loadtest ./loadtest
-RUN pip wheel --wheel-dir /wheels .
+RUN pip wheel --wheel-dir /wheels --no-deps --no-build-isolation .
 
 FROM python:3.12-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-# Hubbub and its dependencies (uvloop, asyncpg, pymongo, ...) from prebuilt wheels.
+# Hubbub and its locked dependencies (uvloop, asyncpg, pymongo, ...) from the
+# wheels built above; --no-index: nothing is resolved or fetched here.
+COPY --from=build /src/requirements/app.txt /tmp/app.txt
 COPY --from=build /wheels /wheels
-RUN pip install /wheels/*.whl && rm -rf /wheels
+RUN pip install --no-index --find-links /wheels --require-hashes --no-deps -r /tmp/app.txt \
+    && pip install --no-index --no-deps /wheels/hubbub-*.whl \
+    && rm -rf /wheels /tmp/app.txt
 RUN groupadd --system --gid 10001 hubbub \
     && useradd --system --uid 10001 --gid hubbub --home-dir /data --no-create-home --shell /usr/sbin/nologin hubbub \
     && mkdir /data \

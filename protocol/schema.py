@@ -19,6 +19,7 @@ it matches what this module generates.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 from collections.abc import Sequence
@@ -70,6 +71,7 @@ def build_schema() -> dict[str, Any]:
     requests_by_tag = {frames.tag_of(t): t for t in frames.REQUEST_TYPES}
     for request_type in requests_by_tag.values():
         _limit_request_id(defs[request_type.__name__])
+    _clean_descriptions(defs)
     return {
         "$schema": JSON_SCHEMA_DIALECT,
         "title": f"Hubbub protocol {frames.PROTOCOL_VERSION}",
@@ -94,6 +96,25 @@ def _limit_request_id(request_schema: dict[str, Any]) -> None:
     for option in request_schema["properties"]["id"]["anyOf"]:
         if option.get("type") == "string":
             option["maxLength"] = MAX_REQUEST_ID_CHARS
+
+
+def _clean_descriptions(node: Any) -> None:
+    """Dedent every docstring-derived ``description`` with ``inspect.cleandoc``, in place.
+
+    msgspec releases differ in how they dedent docstrings (0.22 kept the
+    indentation of the lines after the first, 0.23 removes it), so the schema
+    normalises them itself: the committed file must not depend on which
+    msgspec inside the allowed range generated it.
+    """
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "description" and isinstance(value, str):
+                node[key] = inspect.cleandoc(value)
+            else:
+                _clean_descriptions(value)
+    elif isinstance(node, list):
+        for item in node:
+            _clean_descriptions(item)
 
 
 def render(schema: dict[str, Any] | None = None) -> str:
