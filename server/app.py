@@ -32,6 +32,7 @@ from server.presence import LocalPresence, Presence
 from server.session import Session
 from storage.errors import StoreUnavailable
 from storage.factory import Stores, open_stores
+from storage.supervision import counting_failures
 
 SUPPORTED_SUBPROTOCOLS = (Subprotocol(PROTOCOL_VERSION),)
 
@@ -89,7 +90,8 @@ class App:
             logs.warning(
                 "dev_jwt_secret", path=str(data_dir / "jwt-secret"), hint="set HUBBUB_JWT_SECRET in production"
             )
-        self._stores = await open_stores(storage_config(s))
+        with counting_failures(self.metrics.task_failed):  # the stores' flushers count their failures here
+            self._stores = await open_stores(storage_config(s))
         directory, messages = self._stores.directory, self._stores.messages
         loop = asyncio.get_running_loop()
         passwords = await loop.run_in_executor(None, Passwords, s)
@@ -105,7 +107,9 @@ class App:
             metrics=self.metrics,
         )
         await self.hub.start()
-        self._keepalive = Keepalive(lambda: self.sessions, s.ping_interval_seconds, s.ping_timeout_seconds)
+        self._keepalive = Keepalive(
+            lambda: self.sessions, s.ping_interval_seconds, s.ping_timeout_seconds, self.metrics.task_failed
+        )
         self._keepalive.start()
         self._origins = s.origins  # type: ignore[assignment]
         self._respond = make_process_request(self.hub, lambda: len(self.sessions))
@@ -133,7 +137,7 @@ class App:
         """In-process routing alone, or Redis routing and presence across instances."""
         s = self.settings
         if not s.redis_url:
-            return InProcessBroker(), LocalPresence()
+            return InProcessBroker(self.metrics), LocalPresence()
         from server.broker_redis import RedisBroker
         from server.presence_redis import RedisPresence, connect
 
@@ -152,6 +156,7 @@ class App:
             self.instance_id,
             heartbeat_seconds=s.presence_heartbeat_seconds,
             ttl_seconds=s.presence_ttl_seconds,
+            on_failure=self.metrics.task_failed,
         )
         return broker, presence
 

@@ -17,6 +17,12 @@ reconnects with backoff, resubscribes, and asks for a resync (the instance
 then fills gaps from the message store). A periodic self-publish on the
 instance's own channel proves the subscriber connection really receives:
 a pub/sub connection can die silently while commands still work.
+
+Each of the broker's tasks (subscriber, publisher, probe, subscription
+sync) survives an unexpected failure of one iteration: it is logged,
+counted in hubbub_task_failures_total and the task goes on
+(storage/supervision.py). A delivery handler failing for one message costs
+that message only (the receiving instance fills the gap from the store).
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from redis.exceptions import RedisError
 from server import logs
 from server.broker import Delivery, DeliveryHandler, ResyncHandler
 from server.metrics import Metrics
+from storage.supervision import backoff, report, supervise
 
 SUBSCRIBE_CHUNK = 1000
 """Channels per SSUBSCRIBE command."""
@@ -147,6 +154,7 @@ class RedisBroker:
 
     async def _sync_subscriptions(self) -> None:
         """Bring the live subscription to the wanted set (repeats while it changes)."""
+        failures = 0
         while self._pubsub is not None and not self._closing:
             wanted = self._wanted_channels()
             add = sorted(wanted - self._subscribed)
@@ -169,6 +177,12 @@ class RedisBroker:
                 # The subscriber loop notices the broken connection and resubscribes everything.
                 logs.warning("broker_subscribe_failed", error=str(exc))
                 break
+            except Exception as exc:
+                # Nothing else would retry it: the wanted topics stay unsubscribed
+                # until the next change. Pause, then compare again.
+                failures += 1
+                report("broker_subscriptions", exc, self._metrics.task_failed, consecutive=failures)
+                await asyncio.sleep(backoff(failures))
         self._metrics.broker_topics.labels("conversation").set(len(self.topics()["conversations"]))
         self._metrics.broker_topics.labels("user").set(len(self.topics()["users"]))
 
@@ -248,31 +262,38 @@ class RedisBroker:
         self._outgoing_ready.set()
 
     async def _run_publisher(self) -> None:
+        await supervise("broker_publisher", self._publish_once, self._metrics.task_failed)
+
+    async def _publish_once(self) -> None:
         """Send queued publishes in order, all of one loop turn in one pipeline."""
-        while True:
-            await self._outgoing_ready.wait()
-            self._outgoing_ready.clear()
-            batch, self._outgoing = self._outgoing, []
-            if not batch or self._client is None:
-                continue
-            # Two attempts: a pooled connection left over from before a Redis restart
-            # fails once, and the retry gets a fresh one. Receivers drop an envelope
-            # they already had, so resending a partly sent batch is harmless.
-            for attempt in (1, 2):
-                try:
-                    async with self._client.pipeline(transaction=False) as pipe:
-                        for channel, payload in batch:
-                            if self._sharded:
-                                pipe.spublish(channel, payload)
-                            else:
-                                pipe.publish(channel, payload)
-                        await pipe.execute()
-                    self._metrics.broker_published.inc(len(batch))
-                    break
-                except (RedisError, OSError) as exc:
-                    if attempt == 2:
-                        self._metrics.broker_dropped.inc(len(batch))
-                        self._degraded(f"publishing failed: {exc}")
+        await self._outgoing_ready.wait()
+        self._outgoing_ready.clear()
+        batch, self._outgoing = self._outgoing, []
+        if not batch or self._client is None:
+            return
+        # Two attempts: a pooled connection left over from before a Redis restart
+        # fails once, and the retry gets a fresh one. Receivers drop an envelope
+        # they already had, so resending a partly sent batch is harmless.
+        for attempt in (1, 2):
+            try:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for channel, payload in batch:
+                        if self._sharded:
+                            pipe.spublish(channel, payload)
+                        else:
+                            pipe.publish(channel, payload)
+                    await pipe.execute()
+                self._metrics.broker_published.inc(len(batch))
+                break
+            except (RedisError, OSError) as exc:
+                if attempt == 2:
+                    self._metrics.broker_dropped.inc(len(batch))
+                    self._degraded(f"publishing failed: {exc}")
+            except Exception:
+                # Unexpected: this batch is lost (receivers fill gaps by seq); the
+                # next one goes out after the supervisor's pause.
+                self._metrics.broker_dropped.inc(len(batch))
+                raise
 
     # -- receiving ----------------------------------------------------------
 
@@ -303,12 +324,20 @@ class RedisBroker:
                 while self._pubsub is pubsub:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None:
-                        self._receive(message)
+                        try:
+                            self._receive(message)
+                        except Exception as exc:
+                            # One delivery lost, not the subscription (a try costs nothing until it raises).
+                            report("broker_subscriber", exc, self._metrics.task_failed)
                 raise redis.ConnectionError("subscriber connection was recycled")
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
                 self._degraded(f"redis unreachable: {exc}")
+            except Exception as exc:
+                # Reconnected like a Redis error, after the same backoff: a resync follows.
+                report("broker_subscriber", exc, self._metrics.task_failed)
+                self._degraded(f"subscriber failed: {exc}")
             finally:
                 self._pubsub = None
                 self._subscribed = set()
@@ -342,27 +371,29 @@ class RedisBroker:
             self._on_delivery(envelope.delivery)
 
     async def _run_probe(self) -> None:
+        await supervise("broker_probe", self._probe_once, self._metrics.task_failed)
+
+    async def _probe_once(self) -> None:
         """Self-publish round trips: a subscriber that stopped receiving is reconnected."""
-        while True:
-            await asyncio.sleep(self._health_interval)
-            if self._pubsub is None or self._client is None:
-                continue
-            probe = _encoder.encode(Envelope(self.instance_id, 0, None))
-            try:
-                if self._sharded:
-                    await self._client.spublish(self._own_channel, probe)
-                else:
-                    await self._client.publish(self._own_channel, probe)
-            except (RedisError, OSError) as exc:
-                self._degraded(f"probe publish failed: {exc}")
-                continue
-            silent = time.monotonic() - self._last_probe_received
-            if silent > 3 * self._health_interval:
-                self._degraded(f"subscriber received nothing for {silent:.1f}s")
-                # The subscriber loop sees its connection replaced, reconnects and resubscribes.
-                self._pubsub = None
-            elif self._problem is not None and self._problem.startswith(("probe", "publishing")):
-                self._healthy()
+        await asyncio.sleep(self._health_interval)
+        if self._pubsub is None or self._client is None:
+            return
+        probe = _encoder.encode(Envelope(self.instance_id, 0, None))
+        try:
+            if self._sharded:
+                await self._client.spublish(self._own_channel, probe)
+            else:
+                await self._client.publish(self._own_channel, probe)
+        except (RedisError, OSError) as exc:
+            self._degraded(f"probe publish failed: {exc}")
+            return
+        silent = time.monotonic() - self._last_probe_received
+        if silent > 3 * self._health_interval:
+            self._degraded(f"subscriber received nothing for {silent:.1f}s")
+            # The subscriber loop sees its connection replaced, reconnects and resubscribes.
+            self._pubsub = None
+        elif self._problem is not None and self._problem.startswith(("probe", "publishing")):
+            self._healthy()
 
 
 def _chunks(items: list[str]) -> list[list[str]]:

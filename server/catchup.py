@@ -10,6 +10,10 @@ delivered (by such a fill) is not delivered again. After a broker reconnect,
 ``resync`` compares every locally routed conversation's newest stored seq
 with what was delivered and fills the difference, so subscribers catch up
 without waiting for the next message.
+
+A fill or resync that fails unexpectedly (not a store outage) is logged,
+counted in hubbub_task_failures_total and handled like an outage: the range
+is given up (clients fill it by seq) and the next gap is filled as usual.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from server.metrics import Metrics
 from server.wire import message_view
 from storage.base import MessageLog
 from storage.errors import StorageError
+from storage.supervision import report
 
 SEEN_WINDOW = 1024
 """How many recent seqs per conversation are remembered for deduplication."""
@@ -123,10 +128,13 @@ class Catchup:
                 if len(page) < FILL_PAGE:
                     break
                 cursor = page[-1].seq
-        except (StorageError, TimeoutError) as exc:
+        except Exception as exc:
+            if isinstance(exc, StorageError | TimeoutError):
+                logs.warning("gap_fill_failed", conversation_id=cid, error=str(exc))
+            else:
+                report("catchup_fill", exc, self._metrics.task_failed, conversation_id=cid)
             # Give the range up rather than hold the conversation back:
             # clients still see the gap by seq and fill it themselves.
-            logs.warning("gap_fill_failed", conversation_id=cid, error=str(exc))
             if before is not None and (state.high is None or before - 1 > state.high):
                 state.high = before - 1
         finally:
@@ -142,15 +150,19 @@ class Catchup:
         task.add_done_callback(self._tasks.discard)
 
     async def _resync(self, conversation_ids: Iterable[int] | None) -> None:
+        try:
+            await self._resync_from_store(conversation_ids)
+        except (StorageError, TimeoutError) as exc:
+            logs.warning("resync_failed", error=str(exc))
+        except Exception as exc:
+            report("catchup_resync", exc, self._metrics.task_failed)
+
+    async def _resync_from_store(self, conversation_ids: Iterable[int] | None) -> None:
         wanted = list(self._conversations) if conversation_ids is None else list(conversation_ids)
         wanted = [cid for cid in wanted if self._has_local_members(cid)]
         if not wanted:
             return
-        try:
-            newest = await self._messages.last_seqs(wanted)
-        except (StorageError, TimeoutError) as exc:
-            logs.warning("resync_failed", error=str(exc))
-            return
+        newest = await self._messages.last_seqs(wanted)
         for cid in wanted:
             last = newest.get(cid, 0)
             state = self._conversations.get(cid)

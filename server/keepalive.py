@@ -5,6 +5,11 @@ coroutine and its timer cost over a kilobyte per idle connection. One loop
 here pings every connection each ``interval`` and drops (close 1011) a
 connection whose previous ping is still unanswered after ``timeout``. A dead
 peer is therefore dropped within interval + timeout.
+
+One connection's keepalive raising costs that connection's ping only, and
+any other failure of a round is logged, counted and followed by the next
+(storage/supervision.py): a dead keepalive task would leave every dead
+peer connected for good.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Collection
 from typing import Protocol
+
+from storage.supervision import FailureHook, report, supervise
 
 PINGS_PER_TURN = 256
 """Connections pinged before yielding to the event loop."""
@@ -22,10 +29,17 @@ class Pingable(Protocol):
 
 
 class Keepalive:
-    def __init__(self, connections: Callable[[], Collection[Pingable]], interval: float, timeout: float) -> None:
+    def __init__(
+        self,
+        connections: Callable[[], Collection[Pingable]],
+        interval: float,
+        timeout: float,
+        on_failure: FailureHook | None = None,
+    ) -> None:
         self._connections = connections
         self._interval = interval
         self._timeout = timeout
+        self._on_failure = on_failure
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -37,11 +51,21 @@ class Keepalive:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(self._interval)
-            now = loop.time()
-            for index, connection in enumerate(list(self._connections())):
+        await supervise("keepalive", self._round, self._on_failure)
+
+    async def _round(self) -> None:
+        await asyncio.sleep(self._interval)
+        now = asyncio.get_running_loop().time()
+        failed = 0
+        first: Exception | None = None
+        for index, connection in enumerate(list(self._connections())):
+            try:
                 connection.keepalive(now, self._timeout)
-                if index % PINGS_PER_TURN == PINGS_PER_TURN - 1:
-                    await asyncio.sleep(0)
+            except Exception as exc:
+                failed += 1
+                first = first or exc
+            if index % PINGS_PER_TURN == PINGS_PER_TURN - 1:
+                await asyncio.sleep(0)
+        if first is not None:
+            # One line per round, however many connections failed in it.
+            report("keepalive", first, self._on_failure, connections=failed)

@@ -31,6 +31,21 @@ class ByLabel(Generic[M]):
         return child
 
 
+BACKGROUND_TASKS = (
+    "presence_heartbeat",
+    "presence_offline",
+    "broker_subscriber",
+    "broker_publisher",
+    "broker_probe",
+    "broker_subscriptions",
+    "keepalive",
+    "catchup_fill",
+    "catchup_resync",
+    "group_commit",
+)
+"""The ``task`` label values of hubbub_task_failures_total (storage/supervision.py);
+each series exists from start-up, at 0, so alerts on its increase work at once."""
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -81,6 +96,20 @@ class Metrics:
         self.storage_errors = Counter(
             "hubbub_storage_errors", "Store calls that failed, by store.", ["store"], registry=r
         )
+
+        self.task_failures = Counter(
+            "hubbub_task_failures",
+            "Iterations of a background task that failed with an unexpected error (logged as task_failed), by task.",
+            ["task"],
+            registry=r,
+        )
+        self.task_failures_by = ByLabel(self.task_failures)
+        for task in BACKGROUND_TASKS:
+            self.task_failures_by[task]  # created now: a series at 0, not absent
+
+    def task_failed(self, task: str) -> None:
+        """The failure hook of storage/supervision.py."""
+        self.task_failures_by[task].inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

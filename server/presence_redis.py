@@ -19,6 +19,12 @@ instance's records if Redis lost them.
 
 When Redis is unreachable, answers fall back to this instance's own
 connections (logged), and the next successful heartbeat repairs the records.
+
+The heartbeat touches only Redis and never waits for the database: offline
+announcements (which store last-seen) run beside it, so a database outage
+or a slow store cannot delay a beat and get this live instance reaped. Any
+other failure of one beat is logged, counted and followed by the next
+(storage/supervision.py).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from redis.exceptions import RedisError
 
 from server import logs
 from server.presence import ExpiredHandler, LocalCounts
+from storage.supervision import FailureHook, report, supervise
 
 
 def connect(url: str, *, timeout: float, max_connections: int) -> redis.Redis:
@@ -60,7 +67,14 @@ def connect(url: str, *, timeout: float, max_connections: int) -> redis.Redis:
 
 class RedisPresence:
     def __init__(
-        self, client: redis.Redis, prefix: str, instance_id: str, *, heartbeat_seconds: float, ttl_seconds: float
+        self,
+        client: redis.Redis,
+        prefix: str,
+        instance_id: str,
+        *,
+        heartbeat_seconds: float,
+        ttl_seconds: float,
+        on_failure: FailureHook | None = None,
     ) -> None:
         self._redis = client
         self._prefix = prefix
@@ -72,6 +86,7 @@ class RedisPresence:
         self._task: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
         self._tokens = itertools.count(1)
+        self._on_failure = on_failure
 
     def _instances_key(self) -> str:
         return f"{self._prefix}:instances"
@@ -91,7 +106,11 @@ class RedisPresence:
             await self._beat()
         except (RedisError, OSError) as exc:
             logs.warning("presence_heartbeat_failed", error=str(exc))
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        except Exception as exc:
+            report("presence_heartbeat", exc, self._on_failure)
+        self._task = asyncio.get_running_loop().create_task(
+            supervise("presence_heartbeat", self._heartbeat_once, self._on_failure)
+        )
 
     async def close(self) -> None:
         for task in [self._task, *self._pending]:
@@ -163,8 +182,18 @@ class RedisPresence:
                 return
         except (RedisError, OSError) as exc:
             logs.warning("presence_unavailable", error=str(exc))
-        if self._on_expired is not None:
-            await self._on_expired(user_id)
+        await self._announce_offline([user_id])
+
+    async def _announce_offline(self, user_ids: list[int]) -> None:
+        """Each user's offline announcement on its own: one failing (the database
+        down while last-seen is stored) is reported and the others still go."""
+        for uid in user_ids:
+            if self._on_expired is None or uid in self._local.counts:
+                continue  # back online here meanwhile
+            try:
+                await self._on_expired(uid)
+            except Exception as exc:
+                report("presence_offline", exc, self._on_failure, user_id=uid)
 
     async def online(self, user_ids: Iterable[int]) -> set[int]:
         ids = list(dict.fromkeys(user_ids))
@@ -193,14 +222,13 @@ class RedisPresence:
         now = time.time()
         return {i for i, score in zip(ordered, scores, strict=True) if score is not None and score > now}
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._heartbeat)
-            try:
-                await self._beat()
-                await self._reap()
-            except (RedisError, OSError) as exc:
-                logs.warning("presence_heartbeat_failed", error=str(exc))
+    async def _heartbeat_once(self) -> None:
+        await asyncio.sleep(self._heartbeat)
+        try:
+            await self._beat()
+            await self._reap()
+        except (RedisError, OSError) as exc:
+            logs.warning("presence_heartbeat_failed", error=str(exc))
 
     async def _beat(self) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -248,9 +276,12 @@ class RedisPresence:
             await self._redis.delete(self._instance_users_key(instance_id))
             await self._redis.zrem(self._instances_key(), instance_id)
             logs.info("presence_reaped_instance", instance=instance_id, users=len(users), offline=len(gone))
-            for uid in gone:
-                if self._on_expired is not None:
-                    await self._on_expired(uid)
+            if gone:
+                # Beside the heartbeat, not in it: the announcements wait on the
+                # database, and the next beat must not wait for them.
+                task = asyncio.get_running_loop().create_task(self._announce_offline(gone))
+                self._pending.add(task)
+                task.add_done_callback(self._pending.discard)
 
 
 def _text(value: bytes | str) -> str:

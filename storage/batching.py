@@ -8,6 +8,10 @@ stored in the order they were submitted (which is what lets a connection
 pipeline its sends: ``MessageLog.ordered_appends``), and a busy
 conversation pays one round trip per batch instead of one per message. A
 lone append waits for nothing: it is a batch of one at once.
+
+A batch that fails fails its waiting appends (they answer ``unavailable``)
+and the flusher goes on with the next batch; a failure other than the store
+being unavailable is also logged and counted (storage/supervision.py).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+from storage import supervision
 from storage.errors import StoreUnavailable
 from storage.records import MessageRecord, NewMessage
 
@@ -33,6 +38,7 @@ class ConversationBatches:
         self.max_batch = max_batch
         self._pending: dict[int, list[tuple[NewMessage, asyncio.Future[Stored]]]] = {}
         self._flushers: dict[int, asyncio.Task[None]] = {}
+        self._on_failure = supervision.current_hook()
 
     async def append(self, message: NewMessage) -> Stored:
         cid = message.conversation_id
@@ -54,17 +60,35 @@ class ConversationBatches:
                 del pending[: self.max_batch]
                 try:
                     outcomes = await self._store_batch([m for m, _ in batch])
+                    for (_, future), outcome in zip(batch, outcomes, strict=True):
+                        if future.done():
+                            continue  # its caller gave up (timed out)
+                        if isinstance(outcome, BaseException):
+                            future.set_exception(outcome)
+                        else:
+                            future.set_result(outcome)
                 except Exception as exc:
-                    error = exc if isinstance(exc, StoreUnavailable) else StoreUnavailable(self._store, str(exc))
-                    outcomes = [error] * len(batch)
-                for (_, future), outcome in zip(batch, outcomes, strict=True):
-                    if future.done():
-                        continue  # its caller gave up (timed out)
-                    if isinstance(outcome, BaseException):
-                        future.set_exception(outcome)
-                    else:
-                        future.set_result(outcome)
+                    fail_batch(self._store, [f for _, f in batch], exc, self._on_failure)
         finally:
             del self._flushers[cid]
             if not self._pending.get(cid):
                 self._pending.pop(cid, None)
+
+
+def fail_batch(
+    store: str, futures: list[asyncio.Future[Stored]], exc: Exception, on_failure: supervision.FailureHook | None
+) -> None:
+    """Answer every append of a failed batch still waiting with StoreUnavailable.
+
+    The store being unavailable is what every request already reports (and the
+    server counts as a storage error); anything else is unexpected: logged and
+    counted as a failure of the group commit as well.
+    """
+    if isinstance(exc, StoreUnavailable):
+        error = exc
+    else:
+        supervision.report("group_commit", exc, on_failure, store=store, messages=len(futures))
+        error = StoreUnavailable(store, f"storing the batch failed: {type(exc).__name__}")
+    for future in futures:
+        if not future.done():
+            future.set_exception(error)

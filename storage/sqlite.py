@@ -18,7 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from storage import supervision
 from storage.base import HistoryOrder
+from storage.batching import fail_batch
 from storage.errors import Conflict, StoreUnavailable
 from storage.records import ConversationRecord, MessageRecord, NewMessage, UserRecord
 
@@ -399,6 +401,7 @@ class SqliteMessageLog:
         self.max_batch = max_batch
         self._pending: list[_PendingAppend] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._on_failure = supervision.current_hook()
 
     async def ping(self) -> None:
         await self.db.ping()
@@ -421,15 +424,12 @@ class SqliteMessageLog:
                 del self._pending[: self.max_batch]
                 try:
                     results = await self.db.transaction(functools.partial(_append_batch, batch=batch))
-                except Exception as exc:
-                    error = exc if isinstance(exc, StoreUnavailable) else StoreUnavailable("sqlite", str(exc))
-                    for p in batch:
+                    for p, result in zip(batch, results, strict=True):
                         if not p.future.done():
-                            p.future.set_exception(error)
-                    continue
-                for p, result in zip(batch, results, strict=True):
-                    if not p.future.done():
-                        p.future.set_result(result)
+                            p.future.set_result(result)
+                except Exception as exc:
+                    # This batch's appends answer unavailable; the flusher goes on with the next.
+                    fail_batch("sqlite", [p.future for p in batch], exc, self._on_failure)
         finally:
             self._flusher = None
 
