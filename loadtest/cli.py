@@ -23,11 +23,12 @@ from loadtest.safety import (
     DRAIN_TIMEOUT_S,
     MAX_CONNECTIONS,
     MAX_DURATION_S,
+    MAX_SOAK_DURATION_S,
     UnsafeTarget,
     check_loopback,
     raise_fd_limit,
 )
-from loadtest.scenarios import SCENARIOS, Scenario
+from loadtest.scenarios import BENCHMARK_TABLE, SCENARIOS, Scenario
 from loadtest.servers import ServerOptions, ServerUnavailable, kill_all_now
 from loadtest.targets import TARGETS, SetupError
 
@@ -44,6 +45,9 @@ SCENARIO_FLAGS = (
     "history_reads",
     "conns_per_user",
     "login",
+    "instances",
+    "rss_interval",
+    "warmup",
 )
 
 
@@ -54,13 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fan-out load test of Hubbub (and reference peers) on this machine's loopback.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"Named scenarios (flags given as well override their values):\n{table_lines}\n\n"
-        f"Caps: at most {MAX_CONNECTIONS} connections and {MAX_DURATION_S:g} s per run; loopback targets only.",
+        f"Caps: at most {MAX_CONNECTIONS} connections and {MAX_DURATION_S:g} s per run "
+        f"({MAX_SOAK_DURATION_S:g} s for a soak); loopback targets only.",
     )
     what = parser.add_argument_group("what to test")
     what.add_argument(
         "--scenario",
         choices=[*sorted(SCENARIOS), "all"],
-        help="a named row of the benchmark table, or all of them one after another",
+        help="a named scenario; all: the rows of the benchmark table (a-d) one after another",
     )
     what.add_argument("--target", choices=TARGETS, default="hubbub", help="server to test (default hubbub)")
     what.add_argument("--compare", action="store_true", help="run against hubbub and every peer, one table")
@@ -82,7 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HUBBUB_NAME=VALUE",
         help="extra setting for a started Hubbub (repeatable)",
     )
-    what.add_argument("--redis-url", default="redis://127.0.0.1:6379", help="Redis of --target socketio-redis")
+    what.add_argument(
+        "--redis-url",
+        default="redis://127.0.0.1:6379",
+        help="Redis of --target socketio-redis and of several Hubbub instances (keys under a per-run prefix)",
+    )
+    what.add_argument(
+        "--instances", type=int, help="Hubbub instances to start, sharing one store and Redis (default 1; soak 2)"
+    )
 
     load = parser.add_argument_group("load")
     load.add_argument("--subscribers", type=int, help="subscriber connections (default 100)")
@@ -106,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="Hubbub: connect with login (password hashing) instead of auth with a token; "
         "a started server hashes cheaply",
     )
+    soak = parser.add_argument_group("soak (memory over time)")
+    soak.add_argument(
+        "--rss-interval",
+        type=float,
+        help="seconds between RSS readings of each server during the run; > 0 makes it a soak (soak: 5)",
+    )
+    soak.add_argument("--warmup", type=float, help="seconds of the run left out of the RSS slope (soak: 60)")
     load.add_argument("--drain-timeout", type=float, default=10.0, help="wait for late acks/deliveries (s)")
 
     out = parser.add_argument_group("output")
@@ -159,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(run_bench())
         return 0
-    names: list[str | None] = list(sorted(SCENARIOS)) if args.scenario == "all" else [args.scenario]
+    names: list[str | None] = list(BENCHMARK_TABLE) if args.scenario == "all" else [args.scenario]
     try:
         scenarios = [scenario_from_args(args, name) for name in names]
         for url in args.url:

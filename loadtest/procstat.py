@@ -39,6 +39,35 @@ def sample(pid: int) -> Sample | None:
     return Sample(time.monotonic(), (utime + stime) / CLOCK_TICKS, rss_pages * PAGE_KB)
 
 
+def memory_kb(pid: int) -> dict[str, int] | None:
+    """VmRSS and its parts from /proc/PID/status (RssAnon: heap and other private memory;
+    RssFile: mapped files such as shared libraries; RssShmem), in KiB; None if it is gone."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    out = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+            out[name] = int(value.split()[0])
+    return out
+
+
+def slope_per_minute(points: list[tuple[float, float]]) -> float | None:
+    """Least-squares slope of (seconds, value) points, per minute; None for fewer than 2 times."""
+    n = len(points)
+    if n < 2:
+        return None
+    mean_t = sum(t for t, _ in points) / n
+    mean_v = sum(v for _, v in points) / n
+    var = sum((t - mean_t) ** 2 for t, _ in points)
+    if var == 0:
+        return None
+    cov = sum((t - mean_t) * (v - mean_v) for t, v in points)
+    return cov / var * 60
+
+
 def sample_all(pids: list[int]) -> Sample | None:
     """The sum over ``pids`` (None if any is gone)."""
     total: Sample | None = None

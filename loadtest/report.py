@@ -16,7 +16,13 @@ JSON report (``--json PATH``), format 1:
   ``generator`` (``pid``, ``cpu_cores``, ``cpu_seconds``, ``us_per_delivery``,
   ``rss_mb``, ``kb_per_connection``, ``loop_lag_ms``, ``saturated``), and ``cpus``
   (per CPU of the machine over run + drain: ``busy``, ``softirq``, ``steal`` fractions)
-  and ``other_cores`` (machine CPU used by neither the servers nor the generator).
+  and ``other_cores`` (machine CPU used by neither the servers nor the generator),
+  ``soak`` (null unless RSS was sampled through the run: ``interval_s``, ``warmup_s``,
+  ``steady_seconds`` and ``instances``, one per server PID with ``pid``, ``url``,
+  ``connections``, ``deliveries``, ``rss_mib_start`` / ``rss_mib_end`` (the steady part,
+  after the warm-up), ``rss_slope_mib_per_min`` (least squares over the steady part),
+  the same for ``anon`` (RssAnon) and ``file`` (RssFile), ``rss_mib_run_start``,
+  ``rss_mib_max`` and the ``readings`` as [seconds, VmRSS MiB, RssAnon MiB]).
 
 See loadtest/README.md for what each figure means.
 """
@@ -54,6 +60,7 @@ REPORT_KEYS = (
     "generator",
     "cpus",
     "other_cores",
+    "soak",
 )
 """The keys of every entry of ``results`` in the JSON report (entries of a failed target
 have ``target``, ``error``, ``notes`` and ``warnings`` at least)."""
@@ -191,11 +198,36 @@ HISTORY_ROW: Row = (
 )
 
 
+def _per_instance(result: dict[str, Any], fmt: Callable[[dict[str, Any]], str]) -> str:
+    return " | ".join(fmt(one) for one in (_get(result, "soak", "instances") or [])) or "-"
+
+
+SOAK_ROWS: list[Row] = [
+    ("soak steady part (s)", lambda r: _num(_get(r, "soak", "steady_seconds"))),
+    (
+        "RSS start -> end, each server (MiB)",
+        lambda r: _per_instance(r, lambda o: f"{_num(o['rss_mib_start'])} -> {_num(o['rss_mib_end'])}"),
+    ),
+    (
+        "RSS slope, each server (MiB/min)",
+        lambda r: _per_instance(r, lambda o: _num(o["rss_slope_mib_per_min"], 3)),
+    ),
+    (
+        "RssAnon slope, each server (MiB/min)",
+        lambda r: _per_instance(r, lambda o: _num(o["anon_slope_mib_per_min"], 3)),
+    ),
+    ("deliveries, each server", lambda r: _per_instance(r, lambda o: _num(o["deliveries"]))),
+    ("connection closes during run", lambda r: _num(sum((_get(r, "run", "closes") or {}).values()))),
+]
+
+
 def table(results: list[dict[str, Any]]) -> str:
     """Metrics as rows, one column per target."""
     rows = list(ROWS)
     if any(r.get("history_reads") for r in results):
         rows.append(HISTORY_ROW)
+    if any(r.get("soak") for r in results):
+        rows.extend(SOAK_ROWS)
     header = ["", *(r["target"] for r in results)]
     body: list[list[str]] = []
     for label, cell in rows:

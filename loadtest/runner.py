@@ -19,7 +19,7 @@ import secrets
 import time
 from array import array
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from time import monotonic_ns
 from typing import Any
 
@@ -71,6 +71,8 @@ class Run:
         self.closes: collections.Counter[str] = collections.Counter()
         self.load: Load | None = None
         self.measuring = False
+        self.memory: dict[int, list[tuple[float, dict[str, int]]]] = {}
+        """Soak: per server PID, (seconds since the run started, /proc/PID/status memory) readings."""
 
     # -- connections ---------------------------------------------------------
 
@@ -166,10 +168,34 @@ class Run:
                 line = f"sent {load.sent}  acked {load.acked_count}  deliveries {deliveries} ({rate:,.0f}/s)"
             else:
                 line = f"holding {len(self.all_conns())} connections"
+            line += self._memory_line()
             self.progress.update(
                 f"{label} {phase} {min(elapsed, duration_s):5.1f}/{duration_s:g}s  {line}",
                 bar=min(1.0, elapsed / duration_s),
             )
+
+    def _read_memory(self, t0: int) -> None:
+        t = (monotonic_ns() - t0) / 1e9
+        for pid, readings in self.memory.items():
+            reading = procstat.memory_kb(pid)
+            if reading is not None:
+                readings.append((round(t, 3), reading))
+
+    async def _sample_memory(self, t0: int) -> None:
+        """Soak: every ``rss_interval`` seconds from the run's start, each server's memory."""
+        interval_ns = int(self.s.rss_interval * 1e9)
+        k = 0
+        while True:
+            due = t0 + k * interval_ns
+            now = monotonic_ns()
+            if due > now:
+                await asyncio.sleep((due - now) / 1e9)
+            self._read_memory(t0)
+            k = (monotonic_ns() - t0) // interval_ns + 1
+
+    def _memory_line(self) -> str:
+        rss = [readings[-1][1].get("VmRSS", 0) / 1024 for readings in self.memory.values() if readings]
+        return "  RSS " + " / ".join(f"{mib:.1f}" for mib in rss) + " MiB" if rss else ""
 
     # -- the run -------------------------------------------------------------
 
@@ -255,6 +281,10 @@ class Run:
         t0 = monotonic_ns() + 50_000_000
         end = t0 + int(s.duration * 1e9)
         lag_task = asyncio.ensure_future(self._watch_loop_lag())
+        memory_task = None
+        if s.soak:
+            self.memory = {pid: [] for pid in pids}
+            memory_task = asyncio.ensure_future(self._sample_memory(t0))
         progress_task = None
         if s.duration > 3:
             progress_task = asyncio.ensure_future(self._report_progress(t0, s.duration, f"[{self.target.name}]"))
@@ -266,6 +296,9 @@ class Run:
                 await asyncio.sleep((t0 - monotonic_ns()) / 1e9)
                 await load.run(t0, end)
                 send_end = monotonic_ns()
+                if memory_task is not None:  # the steady part ends with the sending
+                    memory_task.cancel()
+                    self._read_memory(t0)
                 drain_deadline = send_end + int(self.options.drain_timeout * 1e9)
                 while monotonic_ns() < drain_deadline:
                     if not load.outstanding and self.deliveries() >= load.expected_deliveries():
@@ -276,9 +309,14 @@ class Run:
             else:
                 await asyncio.sleep(max(0.0, (end - monotonic_ns()) / 1e9))
                 finished = monotonic_ns()
+                if memory_task is not None:
+                    memory_task.cancel()
+                    self._read_memory(t0)
         finally:
             self.measuring = False
             lag_task.cancel()
+            if memory_task is not None:
+                memory_task.cancel()
             if progress_task is not None:
                 progress_task.cancel()
                 self.progress.done()
@@ -332,6 +370,7 @@ class Run:
             "kb_per_connection": _per_conn_kb(before_connect, after_connect, connections),
             "connect_cpu_seconds": _cpu_delta(before_connect, after_connect),
         }
+        result["soak"] = self._soak_report(servers) if s.soak else None
         generator_cpu_s = _cpu_delta(generator_start, generator_end)
         result["generator"] = {
             "pid": me,
@@ -370,6 +409,47 @@ class Run:
                 f"{correctness.out_of_order} out of order"
             )
         return result
+
+    def _soak_report(self, servers: Servers) -> dict[str, Any]:
+        """Per server process: RSS at the start and end of the steady part (after the warm-up)
+        and its least-squares slope, with the readings; connections and deliveries per URL."""
+        s = self.s
+        url_of = dict(zip(servers.pids, servers.urls, strict=False)) if len(servers.pids) == len(servers.urls) else {}
+        instances = []
+        for pid, readings in self.memory.items():
+            url = url_of.get(pid)
+            steady = [(t, m) for t, m in readings if t >= s.warmup] or readings[-1:]
+            one: dict[str, Any] = {
+                "pid": pid,
+                "url": url,
+                "connections": sum(1 for _, spec in self.subscribers + self.publishers if spec.url == url),
+                "deliveries": sum(c.deliveries for c, spec in self.subscribers if spec.url == url),
+                "samples": len(readings),
+                "steady_samples": len(steady),
+            }
+            for key, name in (("VmRSS", "rss"), ("RssAnon", "anon"), ("RssFile", "file")):
+                points = [(t, m[key] / 1024) for t, m in steady if key in m]
+                slope = procstat.slope_per_minute(points)
+                one[f"{name}_mib_start"] = round(points[0][1], 2) if points else None
+                one[f"{name}_mib_end"] = round(points[-1][1], 2) if points else None
+                one[f"{name}_slope_mib_per_min"] = None if slope is None else round(slope, 3)
+            one["rss_mib_run_start"] = round(readings[0][1]["VmRSS"] / 1024, 2) if readings else None
+            one["rss_mib_max"] = round(max(m["VmRSS"] for _, m in readings) / 1024, 2) if readings else None
+            one["readings"] = [
+                [t, round(m.get("VmRSS", 0) / 1024, 2), round(m.get("RssAnon", 0) / 1024, 2)] for t, m in readings
+            ]
+            instances.append(one)
+        steady_s = 0.0
+        if self.memory and any(self.memory.values()):
+            last = max(readings[-1][0] for readings in self.memory.values() if readings)
+            steady_s = max(0.0, last - s.warmup)
+        return {
+            "interval_s": s.rss_interval,
+            "warmup_s": s.warmup,
+            "steady_seconds": round(steady_s, 1),
+            "readings_format": ["seconds since run start", "VmRSS MiB", "RssAnon MiB"],
+            "instances": instances,
+        }
 
     def _accounts_note(self) -> str:
         if self.target.name != "hubbub":
@@ -437,7 +517,8 @@ async def run_target(scenario: Scenario, options: RunOptions) -> dict[str, Any]:
         if options.urls:
             servers = Servers(urls=list(options.urls), pids=list(options.server_pids), processes=[])
         else:
-            servers = await stack.enter_async_context(started_servers(options.target, options.server, run_id))
+            server_options = replace(options.server, instances=scenario.instances)
+            servers = await stack.enter_async_context(started_servers(options.target, server_options, run_id))
             servers.pids.extend(p for p in options.server_pids if p not in servers.pids)
         target = make_target(options.target, servers.urls)
         plan = build_plan(scenario, servers.urls, run_id)

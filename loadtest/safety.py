@@ -8,6 +8,8 @@ from urllib.parse import urlsplit
 
 MAX_DURATION_S = 600.0
 """No measured phase lasts longer than this, whatever --duration says."""
+MAX_SOAK_DURATION_S = 3600.0
+"""A soak (RSS sampled during the run) may run this long: still bounded, long enough to see a slope."""
 MAX_CONNECTIONS = 20000
 """Subscribers + publishers + idle connections of one run."""
 SETUP_TIMEOUT_S = 600.0

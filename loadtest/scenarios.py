@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from loadtest.safety import MAX_CONNECTIONS, MAX_DURATION_S
+from loadtest.safety import MAX_CONNECTIONS, MAX_DURATION_S, MAX_SOAK_DURATION_S
 
 Role = Literal["sub", "pub", "idle"]
 
@@ -37,6 +37,12 @@ class Scenario:
     """Hubbub: connections sharing one account (1: every connection its own user)."""
     login: bool = False
     """Hubbub: connect with ``login`` (password, argon2) instead of ``auth`` with a token."""
+    instances: int = 1
+    """Hubbub servers the tool starts (more than one: sharing one store and Redis, ``--redis-url``)."""
+    rss_interval: float = 0.0
+    """Soak: seconds between RSS readings of each server process during the run (0: none)."""
+    warmup: float = 0.0
+    """Soak: seconds at the start of the run left out of the RSS slope."""
     description: str = ""
 
     @property
@@ -46,6 +52,11 @@ class Scenario:
     @property
     def sends(self) -> bool:
         return self.publishers > 0 and self.rooms > 0
+
+    @property
+    def soak(self) -> bool:
+        """RSS is sampled through the run and its slope reported (and longer runs are allowed)."""
+        return self.rss_interval > 0
 
     @property
     def mode(self) -> str:
@@ -71,7 +82,14 @@ class Scenario:
             raise ValueError("--size must be between 20 and 3900 bytes")
         if self.duration <= 0:
             raise ValueError("--duration must be positive")
-        return replace(self, duration=min(self.duration, MAX_DURATION_S))
+        if self.instances < 1:
+            raise ValueError("--instances must be at least 1")
+        if self.rss_interval < 0 or self.warmup < 0:
+            raise ValueError("--rss-interval and --warmup must not be negative")
+        if self.soak and self.warmup >= self.duration:
+            raise ValueError("--warmup must be shorter than --duration (the slope needs a steady part)")
+        cap = MAX_SOAK_DURATION_S if self.soak else MAX_DURATION_S
+        return replace(self, duration=min(self.duration, cap))
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -114,7 +132,23 @@ SCENARIOS: dict[str, Scenario] = {
         conns_per_user=10,
         description="10000 idle authenticated connections: KB per connection",
     ),
+    "soak": Scenario(
+        name="soak",
+        subscribers=2000,
+        rooms=125,  # odd: subscriber j goes to room j % K and instance j % 2, so every room spans both
+        publishers=10,
+        rate=200.0,
+        duration=1800.0,
+        instances=2,
+        rss_interval=5.0,
+        warmup=60.0,
+        description="2000 subscribers in 125 rooms of 16 over 2 instances + Redis, 200 msg/s for 30 min: "
+        "RSS slope per instance",
+    ),
 }
+
+BENCHMARK_TABLE = ("a", "b", "c", "d")
+"""The rows ``--scenario all`` runs (the soak is not one: it is long, and measures something else)."""
 
 
 # ---------------------------------------------------------------------------

@@ -132,6 +132,9 @@ class ServerOptions:
     extra_env: dict[str, str] = field(default_factory=dict)
     """Extra HUBBUB_* settings for a started Hubbub."""
     redis_url: str = "redis://127.0.0.1:6379"
+    """Redis of socketio-redis, and of Hubbub when it runs as several instances."""
+    instances: int = 1
+    """Hubbub processes to start (more than one: one shared store, routed through Redis)."""
 
 
 @dataclass
@@ -160,7 +163,21 @@ async def started_servers(target: str, options: ServerOptions, run_id: str) -> A
             if target == "hubbub":
                 env = hubbub_env(Path(tmp) / "data", options)
                 argv = [sys.executable, "-m", "server", "serve", "--port", "0"]
-                processes.append(await ServerProcess.start("hubbub", argv, env, Path(tmp), options.cpus))
+                count = options.instances
+                if count > 1:
+                    check_redis(options.redis_url)
+                    prefix = f"hubbub-loadtest-{run_id}"
+                    env.setdefault("HUBBUB_REDIS_URL", options.redis_url)
+                    env.setdefault("HUBBUB_REDIS_PREFIX", prefix)
+                    notes.append(
+                        f"{count} hubbub instances sharing one store and Redis {env['HUBBUB_REDIS_URL']}, "
+                        f"key prefix {env['HUBBUB_REDIS_PREFIX']}"
+                    )
+                for n in range(count):
+                    name = f"hubbub-{n}" if count > 1 else "hubbub"
+                    processes.append(await ServerProcess.start(name, argv, env, Path(tmp), options.cpus))
+                    # One at a time: the first creates (and migrates) the store the others open.
+                    await processes[-1].port()
                 notes.append(
                     "hubbub started with SQLite in a temp dir, cheap argon2, rate limits 1e6/s, "
                     f"max_connections_per_user={env['HUBBUB_MAX_CONNECTIONS_PER_USER']}"

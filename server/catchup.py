@@ -34,6 +34,33 @@ from storage.supervision import report
 SEEN_WINDOW = 1024
 """How many recent seqs per conversation are remembered for deduplication."""
 FILL_PAGE = 100
+_WINDOW_MASK = (1 << SEEN_WINDOW) - 1
+
+
+class SeenWindow:
+    """The seqs delivered among the SEEN_WINDOW ending at the highest one, as the bits
+    of one int: ~150 bytes per conversation, where a set of ints grew to ~190 KB
+    (2,048 seqs before each trim) and made every instance's RSS climb for as long
+    as its conversations took to reach that many messages."""
+
+    __slots__ = ("bits", "top")
+
+    def __init__(self) -> None:
+        self.top = 0
+        self.bits = 0
+        """Bit i set: seq ``top - i`` was delivered."""
+
+    def add(self, seq: int) -> None:
+        if seq > self.top:
+            shift = seq - self.top
+            self.bits = 1 if shift >= SEEN_WINDOW else ((self.bits << shift) | 1) & _WINDOW_MASK
+            self.top = seq
+        elif self.top - seq < SEEN_WINDOW:
+            self.bits |= 1 << (self.top - seq)
+
+    def __contains__(self, seq: int) -> bool:
+        offset = self.top - seq
+        return 0 <= offset < SEEN_WINDOW and bool(self.bits >> offset & 1)
 
 
 class _Conversation:
@@ -42,7 +69,7 @@ class _Conversation:
     def __init__(self, high: int | None = None) -> None:
         self.high = high
         """The highest seq known delivered here; None until something tells us."""
-        self.seen: set[int] = set()
+        self.seen = SeenWindow()
         self.filling = False
         self.queue: deque[Delivery] = deque()
 
@@ -81,6 +108,15 @@ class Catchup:
             return
         self._accept(cid, state, delivery)
 
+    def forget(self, conversation_ids: Iterable[int]) -> None:
+        """The last local member of these conversations is gone (the registry's
+        unroute): drop their state, or it would stay for good, since no more of
+        their deliveries come to prune it. A member coming back starts afresh,
+        as the first one did (resync on the new subscription, or the first message)."""
+        for cid in conversation_ids:
+            if not self._has_local_members(cid):
+                self._conversations.pop(cid, None)
+
     def _note_joined(self, delivery: Delivery) -> None:
         """A conversation newly routed here by a join: its seq at that moment is
         where this instance's delivery starts (the publisher puts it in ``seq``)."""
@@ -99,13 +135,12 @@ class Catchup:
         self._deliver_message(state, delivery)
 
     def _deliver_message(self, state: _Conversation, delivery: Delivery) -> None:
+        if self._conversations.get(delivery.conversations[0]) is not state:
+            return  # forgotten during a fill: a member who came back has a fresh state
         self._deliver(delivery)
         state.seen.add(delivery.seq)
         if state.high is None or delivery.seq > state.high:
             state.high = delivery.seq
-        if len(state.seen) > 2 * SEEN_WINDOW:
-            floor = state.high - SEEN_WINDOW
-            state.seen = {s for s in state.seen if s > floor}
 
     def _start_fill(self, cid: int, state: _Conversation, *, after: int, before: int | None) -> None:
         state.filling = True

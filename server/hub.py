@@ -49,6 +49,7 @@ class Hub:
         self.presence = presence
         self.sequencer = Sequencer(self._publish_message)
         self.catchup = Catchup(messages, self.registry.deliver, self.registry.has_local_members, metrics)
+        self.registry.on_unrouted = self.catchup.forget
         window = settings.login_failure_window_seconds
         self.login_failures_by_username = FailureWindow(settings.login_failures_per_username, window)
         self.login_failures_by_address = FailureWindow(settings.login_failures_per_address, window)

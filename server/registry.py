@@ -4,7 +4,7 @@ and which conversations, and the fan-out that writes one event to all of them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from protocol.codec import websocket_text_frame
@@ -28,6 +28,8 @@ class Registry:
         self._metrics = metrics
         self.by_user: dict[int, set[Recipient]] = {}
         self.by_conversation: dict[int, set[Recipient]] = {}
+        self.on_unrouted: Callable[[list[int]], None] | None = None
+        """Told of conversations whose last local member just went (the Hub forgets their catch-up state)."""
 
     def has_local_members(self, conversation_id: int) -> bool:
         return conversation_id in self.by_conversation
@@ -79,6 +81,8 @@ class Registry:
                 last.append(cid)
         if last:
             self._broker.unwatch(conversations=last)
+            if self.on_unrouted is not None:
+                self.on_unrouted(last)
 
     def deliver(self, delivery: Delivery) -> None:
         """Apply a Delivery from the broker to the connections of this process."""

@@ -4,6 +4,7 @@ correctness bookkeeping, and a short real run against a Hubbub the tool starts."
 from __future__ import annotations
 
 import json
+import os
 import struct
 import time
 from array import array
@@ -16,9 +17,10 @@ from loadtest import cli
 from loadtest.conn import Conn
 from loadtest.correctness import check
 from loadtest.parserbench import message_frame
+from loadtest.procstat import slope_per_minute
 from loadtest.report import REPORT_KEYS
 from loadtest.safety import UnsafeTarget, check_loopback
-from loadtest.scenarios import SCENARIOS
+from loadtest.scenarios import BENCHMARK_TABLE
 from loadtest.targets import HubbubTarget
 from loadtest.wsclient import (
     OP_BINARY,
@@ -32,6 +34,8 @@ from loadtest.wsclient import (
     mask_payload,
     server_frame,
 )
+
+SHARED_REDIS = os.environ.get("HUBBUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 class Collector(FrameReader):
@@ -142,7 +146,7 @@ def test_loopback_only() -> None:
 
 def test_scenario_all_names_every_row_and_a_report_each() -> None:
     args = cli.build_parser().parse_args(["--scenario", "all", "--duration", "4"])
-    scenarios = [cli.scenario_from_args(args, name) for name in sorted(SCENARIOS)]
+    scenarios = [cli.scenario_from_args(args, name) for name in BENCHMARK_TABLE]
     assert [s.name for s in scenarios] == ["a (modified)", "b (modified)", "c (modified)", "d (modified)"]
     assert all(s.duration == 4 for s in scenarios)
     assert cli.scenario_from_args(args, "c").subscribers == 5000
@@ -209,3 +213,79 @@ def _is_zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
     except (FileNotFoundError, IndexError):
         return True
+
+
+def test_slope_is_least_squares_per_minute() -> None:
+    assert slope_per_minute([(0.0, 10.0), (30.0, 11.0), (60.0, 12.0)]) == pytest.approx(2.0)
+    assert slope_per_minute([(0.0, 5.0), (10.0, 7.0), (20.0, 5.0), (30.0, 7.0)]) == pytest.approx(2.4)
+    assert slope_per_minute([(1.0, 3.0)]) is None
+    assert slope_per_minute([(1.0, 3.0), (1.0, 4.0)]) is None
+
+
+def test_soak_scenario_defaults_and_bounds() -> None:
+    soak = cli.scenario_from_args(cli.build_parser().parse_args(["--scenario", "soak"]))
+    assert (soak.subscribers, soak.instances, soak.duration) == (2000, 2, 1800.0)
+    assert soak.soak and soak.rss_interval > 0 and 0 < soak.warmup < soak.duration
+    assert 100 <= soak.rate <= 500, "a modest steady rate"
+    assert soak.rooms % 2 == 1, "every room spans both instances"
+    long = cli.scenario_from_args(cli.build_parser().parse_args(["--scenario", "soak", "--duration", "99999"]))
+    assert long.duration == 3600, "a soak is bounded too"
+    with pytest.raises(ValueError):
+        cli.scenario_from_args(cli.build_parser().parse_args(["--scenario", "soak", "--duration", "30"]))
+
+
+def test_soak_smoke_two_instances(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The soak scenario, a few seconds and a few connections: two Hubbub instances the tool
+    starts on the machine's Redis, RSS sampled per instance, slope and deliveries reported."""
+    report = tmp_path / "soak.json"
+    code = cli.main(
+        [
+            "--scenario",
+            "soak",
+            "--subscribers",
+            "30",
+            "--rooms",
+            "3",
+            "--publishers",
+            "2",
+            "--rate",
+            "20",
+            "--duration",
+            "4",
+            "--warmup",
+            "1",
+            "--rss-interval",
+            "0.5",
+            "--redis-url",
+            SHARED_REDIS,
+            "--json",
+            str(report),
+            "--no-plot",
+            "--quiet",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    (result,) = json.loads(report.read_text())["results"]
+    assert set(REPORT_KEYS) <= result.keys()
+    assert result["error"] is None
+    assert result["run"]["sent"] == result["run"]["acked"] == 80, result["run"]
+    assert result["correctness"]["ok"], result["correctness"]
+    assert result["deliveries"] == 80 * 10
+    soak = result["soak"]
+    assert soak["warmup_s"] == 1 and soak["interval_s"] == 0.5
+    instances = soak["instances"]
+    assert len(instances) == 2 and len(set(result["server_pids"])) == 2
+    assert {one["pid"] for one in instances} == set(result["server_pids"])
+    assert {one["url"] for one in instances} == set(result["urls"])
+    assert sum(one["deliveries"] for one in instances) == result["deliveries"]
+    assert all(one["deliveries"] > 0 for one in instances), "every room spans both instances"
+    assert sum(one["connections"] for one in instances) == 32
+    for one in instances:
+        assert one["samples"] >= 6 and one["steady_samples"] < one["samples"]
+        assert 0 < one["rss_mib_start"] <= one["rss_mib_max"] and one["rss_mib_end"] > 0
+        assert isinstance(one["rss_slope_mib_per_min"], float)
+        assert one["readings"][0][0] < 1 <= one["readings"][-1][0]
+    assert "RSS slope, each server (MiB/min)" in out
+    for pid in result["server_pids"]:
+        assert not Path(f"/proc/{pid}").exists() or _is_zombie(pid)
