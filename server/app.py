@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import secrets
 import signal
 import socket
@@ -14,7 +15,7 @@ import redis.asyncio as redis
 from websockets.exceptions import NegotiationError as HandshakeNegotiationError
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
-from websockets.typing import Origin, Subprotocol
+from websockets.typing import Subprotocol
 
 from protocol.errors import CloseCode
 from protocol.frames import PROTOCOL_VERSION
@@ -30,7 +31,7 @@ from server.keepalive import Keepalive
 from server.metrics import Metrics
 from server.presence import LocalPresence, Presence
 from server.session import Session
-from storage.errors import StoreUnavailable
+from server.startup import EXIT_CODE, StartupFailure, check_redis, explain
 from storage.factory import Stores, open_stores
 from storage.supervision import counting_failures
 
@@ -67,13 +68,14 @@ class App:
         self.server: asyncio.Server | None = None
         self.serving = False
         self._sessions_gone: asyncio.Event | None = None
-        self._origins: list[Origin | None] | None = None
+        self._origins: list[re.Pattern[str] | None] | None = None
         self._respond: ProcessRequest | None = None
         self._stores: Stores | None = None
         self._keepalive: Keepalive | None = None
         self._redis: redis.Redis | None = None
         self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._inflight: set[asyncio.Task[None]] = set()
+        self._listened = False
 
     @property
     def port(self) -> int:
@@ -85,13 +87,21 @@ class App:
         s = self.settings
         data_dir = Path(s.data_dir)
         secret = s.jwt_secret
-        if not secret:
-            secret = load_or_create_dev_secret(data_dir)
-            logs.warning(
-                "dev_jwt_secret", path=str(data_dir / "jwt-secret"), hint="set HUBBUB_JWT_SECRET in production"
-            )
-        with counting_failures(self.metrics.task_failed):  # the stores' flushers count their failures here
-            self._stores = await open_stores(storage_config(s))
+        try:
+            if not secret:
+                secret = load_or_create_dev_secret(data_dir)
+                logs.warning(
+                    "dev_jwt_secret", path=str(data_dir / "jwt-secret"), hint="set HUBBUB_JWT_SECRET in production"
+                )
+            with counting_failures(self.metrics.task_failed):  # the stores' flushers count their failures here
+                self._stores = await open_stores(storage_config(s))
+            if s.redis_url:
+                await check_redis(s.redis_url, s.storage_timeout_seconds)
+        except Exception as exc:
+            failure = await explain(exc, s)
+            if failure is None:
+                raise
+            raise failure from exc
         directory, messages = self._stores.directory, self._stores.messages
         loop = asyncio.get_running_loop()
         passwords = await loop.run_in_executor(None, Passwords, s)
@@ -111,7 +121,7 @@ class App:
             lambda: self.sessions, s.ping_interval_seconds, s.ping_timeout_seconds, self.metrics.task_failed
         )
         self._keepalive.start()
-        self._origins = s.origins  # type: ignore[assignment]
+        self._origins = s.origins
         self._respond = make_process_request(self.hub, lambda: len(self.sessions))
         self.serving = True
         self.server = await loop.create_server(
@@ -122,6 +132,7 @@ class App:
             # 1-3-7 s retry schedule (asyncio's default backlog is 100).
             backlog=s.listen_backlog,
         )
+        self._listened = True
         logs.info(
             "listening",
             host=s.host,
@@ -214,7 +225,8 @@ class App:
         if self._stores is not None:
             await self._stores.close()
             self._stores = None
-        logs.info("stopped")
+        if self._listened:  # after a failed start-up, startup_failed is the only line
+            logs.info("stopped")
 
 
 async def run(settings: Settings) -> int:
@@ -233,10 +245,10 @@ async def run(settings: Settings) -> int:
     app = App(settings)
     try:
         await app.start()
-    except (StoreUnavailable, OSError) as exc:
-        logs.error("startup_failed", error=str(exc))
+    except StartupFailure as failure:
+        failure.log()
         await app.stop()
-        return 1
+        return EXIT_CODE
     code = await stop
     logs.info("shutdown", close_code=int(code))
     await app.stop(code, "server restarting" if code == CloseCode.SERVICE_RESTART else "server shutting down")

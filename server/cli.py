@@ -1,4 +1,9 @@
-"""The ``hubbub`` command: ``hubbub serve`` (and ``python -m server``)."""
+"""The ``hubbub`` command: ``hubbub serve`` (and ``python -m server``).
+
+Whatever goes wrong, stderr gets JSON lines only (server/logs.py): an invalid
+setting or flag is one ``invalid_settings`` / ``invalid_command_line`` line,
+an unusable store one ``startup_failed`` line (server/startup.py), all exit 2.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +11,28 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 import uvloop
 
 from server import logs
 from server.config import ConfigError, Settings, add_flags, load_settings, settings_markdown
 
+USAGE_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse prints a usage block; an operator's log wants one line.
+        logs.error("invalid_command_line", error=message, hint=f"see `{self.prog} --help`")
+        sys.exit(USAGE_ERROR)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hubbub", description="Hubbub chat server.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    # Before anything can log: even a bad flag is a JSON line.
+    logs.configure("info")
+    parser = _Parser(prog="hubbub", description="Hubbub chat server.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     serve_parser = commands.add_parser("serve", help="Run the server (settings from HUBBUB_* and flags).")
     add_flags(serve_parser)
     migrate_parser = commands.add_parser("migrate", help="Apply pending PostgreSQL migrations, then exit.")
@@ -29,8 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(os.environ, flags)
     except ConfigError as exc:
-        print(f"hubbub: {exc}", file=sys.stderr)
-        return 2
+        logs.error("invalid_settings", error=str(exc))
+        return USAGE_ERROR
     logs.configure(settings.log_level)
     if args.command == "migrate":
         return uvloop.run(migrate(settings))
@@ -40,17 +57,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def migrate(settings: Settings) -> int:
-    from storage.errors import StoreUnavailable
+    from server.startup import EXIT_CODE, postgres_failure
     from storage.postgres import migrate as migrate_postgres
 
     if not settings.postgres_dsn:
-        print("hubbub: migrate needs HUBBUB_POSTGRES_DSN (the embedded store migrates itself)", file=sys.stderr)
-        return 2
+        logs.error("invalid_settings", error="migrate needs HUBBUB_POSTGRES_DSN (the embedded store migrates itself)")
+        return USAGE_ERROR
     try:
         applied = await migrate_postgres(settings.postgres_dsn)
-    except (StoreUnavailable, OSError) as exc:
-        logs.error("migrate_failed", error=str(exc))
-        return 1
+    except Exception as exc:
+        # Whatever asyncpg raises (a wrong database or role, a refused port)
+        # is about the one DSN this command uses.
+        postgres_failure(exc, settings.postgres_dsn, "HUBBUB_POSTGRES_DSN").log()
+        return EXIT_CODE
     logs.info("migrated", applied=applied)
     return 0
 

@@ -10,9 +10,12 @@ checked against this class by tests/test_docs.py.
 from __future__ import annotations
 
 import argparse
+import re
+import typing
 from collections.abc import Mapping
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 from msgspec import Meta
@@ -50,6 +53,13 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_message_chars: Annotated[Positive, _doc("Longest message text, in characters (`too_large` beyond).")] = 4000
     rate_per_second: Annotated[PositiveFloat, _doc("Sustained requests per second per connection.")] = 20.0
     rate_burst: Annotated[Positive, _doc("Requests a connection may send at once before `rate_limited`.")] = 40
+    catchup_burst: Annotated[
+        Annotated[int, Meta(ge=0)],
+        _doc("Requests beyond `rate_burst` a connection may send after it first authenticates (catching up)."),
+    ] = 200
+    catchup_window_seconds: Annotated[
+        PositiveFloat, _doc("How long after a connection first authenticates its `catchup_burst` may be used.")
+    ] = 30.0
     max_inflight_sends: Annotated[
         Positive,
         _doc("message.send requests of one connection stored together (pipelined) when the store keeps their order."),
@@ -76,7 +86,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ] = 5.0
     allowed_origins: Annotated[
         str,
-        _doc("Comma-separated allowed browser `Origin`s (403 for others); no `Origin` is always allowed; empty: any."),
+        _doc(
+            "Comma-separated allowed browser `Origin`s, `scheme://host[:port]` (scheme and host match in any case;"
+            " 403 for others); `null` allows pages without an origin (file://, sandboxed frames);"
+            " no `Origin` header is always allowed; empty: any."
+        ),
     ] = ""
     trusted_proxies: Annotated[
         str,
@@ -160,13 +174,18 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return self.resolved_accounts_backend
 
     @property
-    def origins(self) -> list[str | None] | None:
+    def origins(self) -> list[re.Pattern[str] | None] | None:
         """Allowed origins for websockets' ``origins=``; None allows any.
 
-        The list includes None (no Origin header): the check protects
-        browsers, which always send one, and must not lock out bots.
+        Each is a case-insensitive pattern of the normalised origin (RFC 6454
+        compares scheme and host without case; browsers send them lower-case,
+        other clients may not). The list includes None (no Origin header):
+        the check protects browsers, which always send one, and must not lock
+        out bots.
         """
-        items: list[str | None] = [o.strip() for o in self.allowed_origins.split(",") if o.strip()]
+        items: list[re.Pattern[str] | None] = [
+            re.compile(re.escape(origin), re.IGNORECASE) for origin in parse_origins(self.allowed_origins)
+        ]
         return [*items, None] if items else None
 
     @property
@@ -181,6 +200,54 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 class ConfigError(Exception):
     """An invalid setting, described in one line."""
+
+
+# .env.example's value: a copied .env that still has it must not sign tokens.
+PLACEHOLDER_SECRET_PREFIX = "change-me"
+MAKE_A_SECRET = "python3 -c 'import secrets; print(secrets.token_urlsafe(48))'"
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def normalise_origin(value: str) -> str:
+    """``value`` as a browser serialises an origin (RFC 6454: lower-case
+    scheme and host, no default port, IDNA host), or ValueError saying why
+    no browser's ``Origin`` header could ever equal it."""
+    if value.lower() == "null":
+        return "null"  # what browsers send for file:// pages and sandboxed frames
+    if value == "*":
+        raise ValueError("'*' is not an origin; leave the setting empty to allow any")
+    scheme, sep, _ = value.partition("://")
+    if not sep or not _SCHEME.fullmatch(scheme):
+        raise ValueError(f"{value!r} has no scheme; write it as the browser sends it, e.g. 'https://{value}'")
+    parts = urlsplit(value)
+    if parts.path == "/" and not parts.query and not parts.fragment:
+        raise ValueError(f"{value!r} ends in a trailing slash, which an Origin never has; write {value[:-1]!r}")
+    if parts.path or parts.query or parts.fragment:
+        raise ValueError(f"{value!r} has a path; an Origin is only scheme://host[:port]")
+    if parts.username is not None or not parts.hostname:
+        raise ValueError(f"{value!r} must be scheme://host[:port], without user info")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{value!r} has an invalid port") from None
+    host = parts.hostname  # lower-cased by urlsplit
+    if ":" in host:
+        host = f"[{host}]"  # IPv6
+    else:
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise ValueError(f"{value!r} has an invalid host name") from None
+    scheme = scheme.lower()
+    shown_port = "" if port is None or _DEFAULT_PORTS.get(scheme) == port else f":{port}"
+    return f"{scheme}://{host}{shown_port}"
+
+
+def parse_origins(value: str) -> list[str]:
+    """The normalised origins of a comma-separated ``allowed_origins``."""
+    return [normalise_origin(item.strip()) for item in value.split(",") if item.strip()]
 
 
 SETTING_NAMES: tuple[str, ...] = Settings.__struct_fields__
@@ -205,6 +272,9 @@ def describe_settings() -> list[tuple[str, str, Any, str]]:
         while isinstance(ftype, msgspec.inspect.Metadata):
             description = description or (ftype.extra_json_schema or {}).get("description", "")
             ftype = ftype.type
+        choices = setting_choices(field.name)
+        if choices is not None:
+            description = f"{description} One of {', '.join('(empty)' if c == '' else f'`{c}`' for c in choices)}."
         rows.append((env_name(field.name), flag_name(field.name), field.default, description))
     return rows
 
@@ -246,8 +316,18 @@ def load_settings(environ: Mapping[str, str], flags: Mapping[str, str | None] | 
         settings = msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(_explain(exc, raw, source)) from None
+    secret_source = source.get("jwt_secret", "HUBBUB_JWT_SECRET")
+    if settings.jwt_secret.lower().startswith(PLACEHOLDER_SECRET_PREFIX):
+        raise ConfigError(
+            f"invalid setting {secret_source}: this is the placeholder from .env.example, not a secret;"
+            f" make a real one with: {MAKE_A_SECRET}"
+        )
     if settings.jwt_secret and len(settings.jwt_secret.encode()) < 32:
-        raise ConfigError(f"invalid setting {source.get('jwt_secret', 'jwt_secret')}: must be at least 32 bytes")
+        raise ConfigError(f"invalid setting {secret_source}: must be at least 32 bytes; make one with: {MAKE_A_SECRET}")
+    try:
+        parse_origins(settings.allowed_origins)
+    except ValueError as exc:
+        raise ConfigError(f"invalid setting {source.get('allowed_origins', 'HUBBUB_ALLOWED_ORIGINS')}: {exc}") from None
     try:
         settings.proxy_networks  # noqa: B018 - parsed here so a typo stops start-up
     except ValueError as exc:
@@ -292,9 +372,24 @@ def _explain(exc: msgspec.ValidationError, raw: Mapping[str, str], source: Mappi
     message = str(exc)
     for field, origin in source.items():
         if message.endswith(f"`$.{field}`"):
+            choices = setting_choices(field)
+            if choices is not None:
+                return f"invalid setting {origin}={raw[field]!r}: must be one of {', '.join(map(_shown, choices))}"
             reason = message.rsplit(" - at ", 1)[0]
             return f"invalid setting {origin}={raw[field]!r}: {reason}"
     return f"invalid settings: {message}"
+
+
+def _shown(choice: object) -> str:
+    return "(empty)" if choice == "" else str(choice)
+
+
+def setting_choices(field: str) -> tuple[object, ...] | None:
+    """The valid values of an enum (Literal) setting, in declaration order; None for the others."""
+    hint = typing.get_type_hints(Settings, include_extras=True)[field]
+    while typing.get_origin(hint) is Annotated:
+        hint = typing.get_args(hint)[0]
+    return typing.get_args(hint) if typing.get_origin(hint) is Literal else None
 
 
 def settings_markdown() -> str:

@@ -6,9 +6,20 @@ one process, as the tests do.
 
 from __future__ import annotations
 
+import platform
+from importlib.metadata import PackageNotFoundError, version
 from typing import Generic, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 
 M = TypeVar("M", Counter, Gauge, Histogram)
 
@@ -49,10 +60,41 @@ each series exists from start-up, at 0, so alerts on its increase work at once."
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
+def build_labels() -> dict[str, str]:
+    """What is running, for hubbub_build_info: cheap to read once at start-up."""
+
+    def installed(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            return "unknown"
+
+    return {
+        "version": installed("hubbub"),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "uvloop": installed("uvloop"),
+        "websockets": installed("websockets"),
+    }
+
+
+def add_standard_collectors(registry: CollectorRegistry) -> None:
+    """prometheus_client's process (CPU, RSS, fds, start time), platform
+    (python_info) and GC collectors, and hubbub_build_info, on ``registry``:
+    what every dashboard expects beside the application's own series."""
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    labels = build_labels()
+    info = Gauge("hubbub_build_info", "Always 1; the labels say what is running.", list(labels), registry=registry)
+    info.labels(**labels).set(1)
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        add_standard_collectors(r)
         self.connections = Gauge("hubbub_connections", "Open WebSocket connections.", registry=r)
         self.authenticated = Gauge("hubbub_authenticated_connections", "Authenticated connections.", registry=r)
         self.frames_in = Counter("hubbub_frames_in", "Client frames received, by request type.", ["type"], registry=r)

@@ -3,6 +3,7 @@ deploy/nginx.conf, the Dockerfile and scripts/dev-stack.
 
 Nothing here runs Docker, nginx or the dev stack: the files are parsed and
 checked against server.config, which is what would refuse them at start-up.
+tests/test_proxy.py runs nginx on dev-stack's rendering of deploy/nginx.conf.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ import re
 import shutil
 import subprocess
 from collections.abc import Mapping
+from ipaddress import ip_address, ip_network
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from server.config import ENV_PREFIX, SETTING_NAMES, Settings, env_name, load_settings
+from server.config import ENV_PREFIX, SETTING_NAMES, ConfigError, Settings, env_name, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -164,8 +166,29 @@ def test_jwt_secret_is_required_not_defaulted() -> None:
         interpolate(environment(services()["hubbub-1"])["HUBBUB_JWT_SECRET"], {})
 
 
-def test_hubbub_service_environment_loads() -> None:
+def test_env_example_placeholder_secret_is_refused() -> None:
+    """A .env copied from .env.example and not edited must not sign tokens."""
     variables = env_example()
+    env = {key: interpolate(value, variables) for key, value in environment(services()["hubbub-1"]).items()}
+    for profile in ("local", "cloud"):
+        with pytest.raises(ConfigError, match=r"placeholder.*secrets\.token_urlsafe"):
+            load_settings({**env, "HUBBUB_PROFILE": profile})
+
+
+def test_replicas_trust_only_the_proxy() -> None:
+    """Behind nginx, X-Forwarded-For names the client only if the replicas
+    trust nginx's address, and only that: their own port is not published."""
+    found = services()
+    proxy_address = found["proxy"]["networks"]["default"]["ipv4_address"]
+    subnet = compose()["networks"]["default"]["ipam"]["config"][0]["subnet"]
+    assert ip_address(proxy_address) in ip_network(subnet)
+    for name in REPLICAS:
+        assert environment(found[name])["HUBBUB_TRUSTED_PROXIES"] == proxy_address
+        assert "ports" not in found[name], f"{name} must be reachable only through the proxy"
+
+
+def test_hubbub_service_environment_loads() -> None:
+    variables = {**env_example(), "HUBBUB_JWT_SECRET": "a-real-secret-of-at-least-32-bytes-for-tests"}
     for name in REPLICAS:
         env = {key: interpolate(value, variables) for key, value in environment(services()[name]).items()}
         settings = load_settings(env)
@@ -176,6 +199,7 @@ def test_hubbub_service_environment_loads() -> None:
         assert "replicaSet=rs0" in settings.mongo_url
         assert settings.auto_migrate
         assert settings.jwt_secret == variables["HUBBUB_JWT_SECRET"]
+        assert [str(net) for net in settings.proxy_networks] == ["172.30.80.10/32"]
 
 
 def test_nginx_conf_proxies_websockets_to_both_replicas() -> None:

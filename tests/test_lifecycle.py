@@ -23,28 +23,54 @@ async def wait_closed(client: Client) -> int | None:
     return client.ws.close_code
 
 
+PLACEHOLDER_SECRET = "change-me-to-a-random-secret-of-at-least-32-bytes"  # .env.example's
+
+
 @pytest.mark.parametrize(
-    ("variable", "value", "mentions"),
+    ("settings", "mentions"),
     [
-        ("HUBBUB_PORT", "abc", "HUBBUB_PORT"),
-        ("HUBBUB_PORT", "70000", "HUBBUB_PORT"),
-        ("HUBBUB_RATE_PER_SECOND", "-1", "HUBBUB_RATE_PER_SECOND"),
-        ("HUBBUB_LOG_LEVEL", "loud", "HUBBUB_LOG_LEVEL"),
-        ("HUBBUB_JWT_SECRET", "short", "HUBBUB_JWT_SECRET"),
-        ("HUBBUB_NOPE", "1", "HUBBUB_NOPE"),
+        ({"HUBBUB_PORT": "abc"}, ["HUBBUB_PORT"]),
+        ({"HUBBUB_PORT": "70000"}, ["HUBBUB_PORT"]),
+        ({"HUBBUB_RATE_PER_SECOND": "-1"}, ["HUBBUB_RATE_PER_SECOND"]),
+        # Enum settings say what is valid.
+        ({"HUBBUB_LOG_LEVEL": "verbose"}, ["HUBBUB_LOG_LEVEL", "'verbose'", "debug, info, warning, error"]),
+        ({"HUBBUB_PROFILE": "production"}, ["HUBBUB_PROFILE", "local, cloud"]),
+        ({"HUBBUB_MESSAGES_BACKEND": "redis"}, ["HUBBUB_MESSAGES_BACKEND", "sqlite, mongo, postgres"]),
+        ({"HUBBUB_JWT_SECRET": "short"}, ["HUBBUB_JWT_SECRET"]),
+        ({"HUBBUB_NOPE": "1"}, ["HUBBUB_NOPE"]),
+        # The placeholder secret of .env.example, in every profile, with how to make a real one.
+        ({"HUBBUB_JWT_SECRET": PLACEHOLDER_SECRET}, ["HUBBUB_JWT_SECRET", ".env.example", "secrets.token_urlsafe"]),
+        (
+            {"HUBBUB_JWT_SECRET": PLACEHOLDER_SECRET, "HUBBUB_PROFILE": "cloud"},
+            ["HUBBUB_JWT_SECRET", "secrets.token_urlsafe"],
+        ),
+        # Allowed origins that no browser's Origin header can ever equal.
+        ({"HUBBUB_ALLOWED_ORIGINS": "https://chat.example.com/"}, ["HUBBUB_ALLOWED_ORIGINS", "trailing slash"]),
+        (
+            {"HUBBUB_ALLOWED_ORIGINS": "https://ok.example,https://chat.example.com/app"},
+            ["'https://chat.example.com/app'", "path"],
+        ),
+        ({"HUBBUB_ALLOWED_ORIGINS": "chat.example.com"}, ["'chat.example.com'", "scheme"]),
+        ({"HUBBUB_ALLOWED_ORIGINS": "*"}, ["'*'", "empty"]),
+        ({"HUBBUB_ALLOWED_ORIGINS": "https://chat.example.com:99999"}, ["port"]),
     ],
 )
-async def test_invalid_setting_exits_2_with_one_line(tmp_path: Path, variable: str, value: str, mentions: str) -> None:
+async def test_invalid_setting_exits_2_with_one_json_line(
+    tmp_path: Path, settings: dict[str, str], mentions: list[str]
+) -> None:
     data_dir = tmp_path / "data"
     # Port 0 unless the port is what is being tested: should validation wrongly
     # pass, the server must not take a fixed port.
-    env = server_env(data_dir, {"HUBBUB_PORT": "0", variable: value})
+    env = server_env(data_dir, {"HUBBUB_PORT": "0", **settings})
     code, stderr = await run_to_exit(data_dir, env)
     assert code == 2
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr
-    assert lines[0].startswith("hubbub: ")
-    assert mentions in lines[0]
+    entry = parse_log(lines[0])
+    assert entry is not None, lines[0]
+    assert entry["event"] == "invalid_settings" and entry["level"] == "error"
+    for mention in mentions:
+        assert mention in entry["error"], entry["error"]
     assert not data_dir.exists()  # nothing was started
 
 
