@@ -187,6 +187,22 @@ async def check_redis(url: str, timeout: float) -> None:
         await client.aclose()
 
 
+def _failed_to_connect(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from connecting (as opposed to a statement that failed)."""
+    import asyncpg
+
+    connect_errors = (
+        OSError,
+        TimeoutError,
+        ssl.SSLError,
+        asyncpg.InvalidCatalogNameError,
+        asyncpg.InvalidAuthorizationSpecificationError,
+        asyncpg.TooManyConnectionsError,
+        asyncpg.CannotConnectNowError,
+    )
+    return any(isinstance(link, connect_errors) for link in _chain(exc))
+
+
 async def _postgres_answers(dsn: str, timeout: float) -> bool:
     import asyncpg
 
@@ -206,7 +222,12 @@ async def explain(exc: BaseException, settings: Settings) -> StartupFailure | No
     store = exc.store if isinstance(exc, StoreUnavailable) else ""
     if store == "postgres" or (not store and _raised_in(exc, "asyncpg")):
         dsn, setting = settings.postgres_dsn, "HUBBUB_POSTGRES_DSN"
-        if settings.postgres_replica_dsn and await _postgres_answers(dsn, settings.storage_timeout_seconds):
+        # Two DSNs and a failure to connect: the replica's, if the primary answers.
+        if (
+            settings.postgres_replica_dsn
+            and _failed_to_connect(exc)
+            and await _postgres_answers(dsn, settings.storage_timeout_seconds)
+        ):
             dsn, setting = settings.postgres_replica_dsn, "HUBBUB_POSTGRES_REPLICA_DSN"
         return postgres_failure(exc, dsn, setting)
     if store == "mongo" or (not store and _raised_in(exc, "pymongo")):

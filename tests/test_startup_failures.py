@@ -94,6 +94,16 @@ async def test_postgres_startup_failure(tmp_path: Path, command: str, case: str)
         assert "***" in entry["address"]
 
 
+async def test_refused_replica_is_named_not_the_primary(tmp_path: Path, postgres_database: str) -> None:
+    replica = f"postgresql://hubbub:{PASSWORD}@127.0.0.1:{free_port()}/hubbub"
+    env = base_env(tmp_path, {"HUBBUB_POSTGRES_DSN": postgres_database, "HUBBUB_POSTGRES_REPLICA_DSN": replica})
+    code, lines = await run_command("serve", env, tmp_path)
+    entry = the_failure(code, lines)
+    assert entry["store"] == "postgres"
+    assert entry["address"] == replica.replace(PASSWORD, "***")
+    assert "HUBBUB_POSTGRES_REPLICA_DSN" in entry["hint"] and "refused" in entry["error"]
+
+
 async def test_refused_redis_at_startup(tmp_path: Path) -> None:
     url = f"redis://:{PASSWORD}@127.0.0.1:{free_port()}/0"
     code, lines = await run_command("serve", base_env(tmp_path, {"HUBBUB_REDIS_URL": url}), tmp_path)
