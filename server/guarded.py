@@ -1,6 +1,11 @@
 """Every store call goes through here: bounded in time, timed, and failures
 turned into StoreUnavailable, so a dead database gives a prompt `unavailable`
 instead of a hung request.
+
+The bound is the whole call, a backend's retries included: a read that
+retries on a fresh connection shares the one budget. It holds because the
+backends let go of a cancelled call at once (storage/postgres.py terminates
+the connection instead of waiting for the server to confirm a cancel).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
 from server.metrics import Metrics
-from storage.errors import Conflict, StoreUnavailable
+from storage.errors import Conflict, StoreUnavailable, describe, is_store_fault
 
 T = TypeVar("T")
 
@@ -44,9 +49,14 @@ class _Guarded:
             except TimeoutError:
                 errors.inc()
                 raise StoreUnavailable(self.name, f"{op} timed out after {self._timeout:g}s") from None
-            except OSError as exc:
+            except Exception as exc:
+                # OSError, or a driver's error a backend let through: a store
+                # fault answers `unavailable`, never `internal`. Anything
+                # else is a bug of ours and stays what it is.
+                if not isinstance(exc, OSError) and not is_store_fault(exc):
+                    raise
                 errors.inc()
-                raise StoreUnavailable(self.name, f"{op}: {exc}") from exc
+                raise StoreUnavailable(self.name, f"{op}: {describe(exc)}") from exc
             finally:
                 histogram.observe(time.perf_counter() - start)
 

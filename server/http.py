@@ -14,6 +14,8 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from server.hub import Hub
+from storage.base import Directory, MessageLog
+from storage.errors import describe
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 TEXT = "text/plain; charset=utf-8"
@@ -26,15 +28,47 @@ def _response(status: http.HTTPStatus, body: bytes, content_type: str = TEXT) ->
     return Response(status.value, status.phrase, headers, body)
 
 
+_abandoned_pings: set[asyncio.Future[None]] = set()
+"""Pings /readyz stopped waiting for, held until they end (the loop keeps only weak references)."""
+
+
+def _abandon(ping: asyncio.Future[None]) -> None:
+    ping.cancel()
+    _abandoned_pings.add(ping)
+    ping.add_done_callback(_abandoned_pings.discard)
+
+
 async def readiness(hub: Hub) -> list[str]:
-    """Reasons the server is not ready; empty when it is."""
+    """Reasons the server is not ready, one per failing store; empty when it is.
+
+    The stores are pinged together and the answer waits at most
+    ``readyz_timeout_seconds`` (a load balancer's health check must get its
+    503, not a timeout of its own): a ping still running then is abandoned,
+    not awaited, since a frozen store may hold on to a cancelled call, and
+    its store is reported as timed out, with the last error the store's
+    client saw when it keeps one (MongoMessageLog.last_error).
+    """
+    timeout = hub.settings.readyz_timeout_seconds
+    stores: tuple[tuple[str, Directory | MessageLog], ...] = (("directory", hub.directory), ("messages", hub.messages))
+    pings = [asyncio.ensure_future(store.ping()) for _, store in stores]
+    try:
+        _, late = await asyncio.wait(pings, timeout=timeout)
+    finally:
+        for ping in pings:
+            if not ping.done():
+                _abandon(ping)
     problems: list[str] = []
-    timeout = min(2.0, hub.settings.storage_timeout_seconds)
-    for role, store in (("directory", hub.directory), ("messages", hub.messages)):
-        try:
-            await asyncio.wait_for(store.ping(), timeout=timeout)
-        except Exception as exc:
-            problems.append(f"{role} store {store.name} unreachable: {exc or type(exc).__name__}")
+    for (role, store), ping in zip(stores, pings, strict=True):
+        if ping in late:
+            reason = f"ping timed out after {timeout:g}s"
+            last_error: Callable[[], str] | None = getattr(store, "last_error", None)
+            if last_error is not None and (hint := last_error()):
+                reason += f" (last error: {hint})"
+        elif (exc := ping.exception()) is not None:
+            reason = describe(exc)
+        else:
+            continue
+        problems.append(f"{role} store {store.name} unreachable: {reason}")
     return problems
 
 

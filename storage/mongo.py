@@ -121,6 +121,12 @@ class MongoMessageLog:
         except PyMongoError as exc:
             raise _unavailable(exc) from exc
 
+    def last_error(self) -> str:
+        """The last error the client's server monitor met ("" if none): why a
+        ping that timed out got no answer, e.g. a refused connection."""
+        servers = self.client.topology_description.server_descriptions().values()
+        return "; ".join(str(sd.error).split(" (configured timeouts")[0] for sd in servers if sd.error)
+
     async def close(self) -> None:
         await self._batches.close()
         await self.client.close()

@@ -7,6 +7,7 @@ each migration exactly once. Browsing public channels, which tolerates replica l
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -19,7 +20,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from storage.base import HistoryOrder
 from storage.batching import ConversationBatches, Stored
-from storage.errors import Conflict, StoreUnavailable
+from storage.errors import Conflict, StoreUnavailable, describe
 from storage.records import ConversationRecord, MessageRecord, NewMessage, UserRecord
 from storage.sqlite import dm_key
 
@@ -31,17 +32,27 @@ else:
 
 MIGRATION_LOCK_ID = 0x48554242  # "HUBB": the advisory lock serialising migrations
 
-# Errors that mean "the server is not there (now)", as opposed to a bad query.
+# Errors that mean "the server or this connection is gone (now)", as opposed
+# to a bad query. InternalClientError is here because asyncpg raises it for a
+# connection whose server already sent its farewell (pg_terminate_backend, a
+# restart): the FATAL message arrives while the connection idles in the pool,
+# leaves its protocol in the error-consuming state, and the socket's EOF comes
+# a few milliseconds later; a query on it in between fails with "cannot switch
+# to state 12; another operation (2) is in progress". The connection is dead,
+# not shared: no other operation runs on it.
 _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
 )
+# Interruptions after which a connection's state is unknown: it is terminated, never reused.
+_INTERRUPTED: tuple[type[BaseException], ...] = (asyncio.CancelledError, *_CONNECTION_ERRORS)
 
 
 def migrations() -> list[tuple[str, str]]:
@@ -99,7 +110,7 @@ class PostgresPools:
                     max_inactive_connection_lifetime=300,
                 )
             except _CONNECTION_ERRORS as exc:
-                raise StoreUnavailable("postgres", f"cannot connect: {exc}") from exc
+                raise StoreUnavailable("postgres", f"cannot connect: {describe(exc)}") from exc
             assert pool is not None
             return pool
 
@@ -114,19 +125,43 @@ class PostgresPools:
 
 
 async def _run(pool: asyncpg.Pool, fn: Callable[[Conn], Awaitable[T]], *, retry: bool) -> T:
-    """Run ``fn`` on a pooled connection, translating outages to StoreUnavailable.
+    """Run ``fn`` on a pooled connection, translating store faults to StoreUnavailable.
 
-    Reads retry once: after a database restart the first use of each pooled
-    connection fails, and a fresh connection then succeeds.
+    Reads retry once, on a fresh connection: after a database restart every
+    pooled connection is dead, so a fault expires them all (asyncpg replaces
+    expired connections on their next acquire, and closes those in use when
+    they are released) instead of retrying on the next dead one. Writes do not
+    retry (the first attempt may have committed): they answer unavailable.
+
+    The caller bounds the whole call, retries included (server/guarded.py);
+    that bound holds because a connection interrupted mid-query is terminated
+    here at once. Left to asyncpg, releasing it would first cancel the query
+    on the server, which waits for an answer a frozen server never gives.
+    Integrity violations pass through: callers turn them into Conflict.
     """
     attempts = 2 if retry else 1
     for attempt in range(attempts):
         try:
             async with pool.acquire() as conn:
-                return await fn(conn)
+                try:
+                    return await fn(conn)
+                except _INTERRUPTED:
+                    conn.terminate()
+                    raise
+        except asyncpg.IntegrityConstraintViolationError:
+            raise
         except _CONNECTION_ERRORS as exc:
+            if not isinstance(exc, TimeoutError):
+                # A slow server is not a dead one: only a broken connection
+                # condemns its siblings.
+                await pool.expire_connections()
             if attempt + 1 == attempts:
-                raise StoreUnavailable("postgres", str(exc) or type(exc).__name__) from exc
+                raise StoreUnavailable("postgres", describe(exc)) from exc
+        except asyncpg.PostgresError as exc:
+            # The server refused the statement: read-only after a failover,
+            # disk full, cancelled, serialization failure, bad data. Not the
+            # client's doing and not ours to answer `internal`.
+            raise StoreUnavailable("postgres", describe(exc)) from exc
     raise AssertionError("unreachable")
 
 

@@ -5,6 +5,7 @@ acknowledged message in history."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from tests.backends import MongoServer, ThrowawayPostgres
 from tests.conftest import RunningServer, ServerFactory, http_get
 
 STORAGE_TIMEOUT = 2.0
+READYZ_TIMEOUT = 1.0  # the default of HUBBUB_READYZ_TIMEOUT_SECONDS
 
 
 @pytest.fixture
@@ -69,9 +71,15 @@ async def outage_checks(server: RunningServer, client: Client, conversation_id: 
     with pytest.raises(ServerError) as failed:
         await client.call("message.history", conversation_id=conversation_id)
     assert failed.value.code == "unavailable"
+    started = time.monotonic()
     status, body = await asyncio.to_thread(http_get, server.http_url + "/readyz")
     assert status == 503
+    assert time.monotonic() - started < READYZ_TIMEOUT + 0.5, "/readyz answers within its own bound"
     assert store in body
+    for line in body.splitlines():
+        # Which store, and why: never an empty reason after the colon.
+        assert re.fullmatch(r"(directory|messages) store \w+ unreachable: \S.*", line), body
+    assert "[Errno 111]" in body, "the reason says why: the store refuses connections"
     assert (await client.call("ping")).ts > 0  # the connection stays open
 
 
