@@ -100,6 +100,17 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         Annotated[int, Meta(ge=4096)],
         _doc("Unsent bytes a connection may hold before it is closed as a slow consumer (4008)."),
     ] = 1048576
+    socket_send_buffer_bytes: Annotated[
+        Annotated[int, Meta(ge=0)],
+        _doc("SO_SNDBUF of each connection (Linux doubles it): the kernel's share of a slow reader. 0: autotuned."),
+    ] = 65536
+    read_ahead_bytes: Annotated[
+        Annotated[int, Meta(ge=4096)],
+        _doc("Received, unserved request bytes (at least 256 per frame) before a connection's socket is not read."),
+    ] = 262144
+    refused_handshake_log_seconds: Annotated[
+        PositiveFloat, _doc("At most one `handshake_refused` log line per reason this often (with a suppressed count).")
+    ] = 10.0
     ping_interval_seconds: Annotated[PositiveFloat, _doc("WebSocket keepalive ping interval.")] = 20.0
     ping_timeout_seconds: Annotated[PositiveFloat, _doc("A peer not answering a ping this long is dropped.")] = 20.0
     storage_timeout_seconds: Annotated[PositiveFloat, _doc("Longest wait on a store before `unavailable`.")] = 5.0

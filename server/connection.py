@@ -18,15 +18,30 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
+import socket
+import time
+import weakref
 from collections.abc import Awaitable
 from typing import Protocol, cast
 
+from websockets.exceptions import (
+    InvalidHandshake,
+    InvalidMessage,
+    InvalidMethod,
+    InvalidOrigin,
+    InvalidProtocol,
+    InvalidUpgrade,
+    NegotiationError,
+    SecurityError,
+)
 from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from server import logs
+from server.config import Settings
+from server.metrics import Metrics
 
 SERVER_HEADER = "hubbub"
 LOGGER = logging.getLogger("websockets.server")
@@ -46,9 +61,60 @@ class Host(Protocol):
 
     @property
     def serving(self) -> bool: ...
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def metrics(self) -> Metrics: ...
     def new_protocol(self) -> ServerProtocol: ...
     def respond(self, request: Request) -> Awaitable[Response | None]: ...
     def open_session(self, connection: Connection, request: Request) -> SessionEnd: ...
+
+
+def refusal_reason(exc: BaseException | None) -> str:
+    """The metric label of a handshake websockets refused, from its exception."""
+    if isinstance(exc, InvalidOrigin):
+        return "origin"
+    if isinstance(exc, NegotiationError):
+        return "subprotocol"
+    if isinstance(exc, InvalidUpgrade | InvalidMethod):
+        return "not_websocket"  # plain HTTP to the WebSocket port
+    if exc is None or isinstance(exc, SecurityError | InvalidMessage | InvalidProtocol):
+        return "malformed_http"  # not HTTP (a TLS hello), headers too large, not HTTP/1.1
+    if isinstance(exc, InvalidHandshake):
+        return "bad_handshake"
+    return "internal_error"
+
+
+class RefusalLog:
+    """Refused handshakes: every one counted, logged at most once per reason
+    per ``interval`` with the number left unlogged since, so a flood of bad
+    clients cannot flood the log."""
+
+    def __init__(self, metrics: Metrics, interval: float) -> None:
+        self._metrics = metrics
+        self._interval = interval
+        self._next_line: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def refused(self, reason: str, **fields: object) -> None:
+        self._metrics.handshakes_refused_by[reason].inc()
+        now = time.monotonic()
+        if now < self._next_line.get(reason, 0.0):
+            self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
+            return
+        self._next_line[reason] = now + self._interval
+        logs.warning("handshake_refused", reason=reason, suppressed=self._suppressed.pop(reason, 0), **fields)
+
+
+_refusal_logs: weakref.WeakKeyDictionary[Host, RefusalLog] = weakref.WeakKeyDictionary()
+
+
+def refusal_log(host: Host) -> RefusalLog:
+    """The host's refusal log (one per server: tests run several in a process)."""
+    log = _refusal_logs.get(host)
+    if log is None:
+        log = _refusal_logs[host] = RefusalLog(host.metrics, host.settings.refused_handshake_log_seconds)
+    return log
 
 
 class Connection(asyncio.Protocol):
@@ -80,10 +146,37 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's does not subclass asyncio's
+        size = self._host.settings.socket_send_buffer_bytes
+        if size:
+            # Bounds what the kernel holds for a slow reader beyond outbound_buffer_bytes
+            # (autotuned, it grows to net.ipv4.tcp_wmem's maximum, megabytes).
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+                except OSError as exc:
+                    logs.warning("socket_send_buffer_failed", error=str(exc))
 
     def data_received(self, data: bytes) -> None:
         ws = self.ws
+        if ws.state is State.CONNECTING:
+            self._handshake_data(data)
+            return
         ws.receive_data(data)
+        events = ws.events_received()
+        self._send_protocol_output()
+        for event in events:
+            self._frame(cast(Frame, event))  # once open, the protocol's events are frames
+
+    def _handshake_data(self, data: bytes) -> None:
+        """data_received before the handshake is answered: the same, and a
+        request websockets refuses before it is one (not HTTP, headers too
+        large) is counted and logged."""
+        ws = self.ws
+        failed = ws.handshake_exc is not None
+        ws.receive_data(data)
+        if not failed and ws.handshake_exc is not None:
+            self._refused(refusal_reason(ws.handshake_exc), None, ws.handshake_exc)
         events = ws.events_received()
         self._send_protocol_output()
         for index, event in enumerate(events):
@@ -98,6 +191,11 @@ class Connection(asyncio.Protocol):
                 early = [e for e in events[index + 1 :] if isinstance(e, Frame)]
                 self._handshake_task = asyncio.get_running_loop().create_task(self._handshake(event, early))
                 return
+
+    def _refused(self, reason: str, status: int | None, exc: BaseException | None, path: str | None = None) -> None:
+        refusal_log(self._host).refused(
+            reason, status=status, address=self.remote_address(), path=path, detail=str(exc) if exc else None
+        )
 
     def eof_received(self) -> bool | None:
         self.ws.receive_eof()
@@ -129,6 +227,8 @@ class Connection(asyncio.Protocol):
 
     def abort(self) -> None:
         self._timer = None
+        if self.ws.state is State.CONNECTING and self.ws.handshake_exc is None:
+            self._refused("handshake_timeout", None, None)
         if self.transport is not None:
             self.transport.abort()
 
@@ -211,11 +311,21 @@ class Connection(asyncio.Protocol):
         except Exception:
             logs.error("http_request_failed", exc_info=True, path=request.path)
             response = ws.reject(http.HTTPStatus.INTERNAL_SERVER_ERROR, "internal error\n")
+        reason: str | None = None
         if response is None:
             if host.serving:
                 response = ws.accept(request)
+                if response.status_code != http.HTTPStatus.SWITCHING_PROTOCOLS:
+                    reason = refusal_reason(ws.handshake_exc)
             else:
                 response = ws.reject(http.HTTPStatus.SERVICE_UNAVAILABLE, "Server is shutting down.\n")
+                reason = "shutting_down"
+        elif response.status_code == http.HTTPStatus.SERVICE_UNAVAILABLE and request.path.split("?", 1)[0] != "/readyz":
+            reason = "connection_limit"  # the one 503 of server/http.py that is not /readyz's
+        elif response.status_code == http.HTTPStatus.INTERNAL_SERVER_ERROR:
+            reason = "internal_error"
+        if reason is not None:
+            self._refused(reason, response.status_code, ws.handshake_exc, request.path)
         response.headers["Server"] = SERVER_HEADER
         if ws.state is not State.CONNECTING or self.transport is None or self.transport.is_closing():
             return  # the peer went away meanwhile

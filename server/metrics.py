@@ -112,6 +112,14 @@ class Metrics:
         self.slow_consumers = Counter(
             "hubbub_slow_consumer_disconnects", "Connections closed because their buffer overflowed.", registry=r
         )
+        self.handshakes_refused = Counter(
+            "hubbub_handshakes_refused",
+            "WebSocket handshakes refused, by reason (origin, subprotocol, connection_limit, shutting_down, "
+            "not_websocket, bad_handshake, malformed_http, handshake_timeout, internal_error).",
+            ["reason"],
+            registry=r,
+        )
+        self.handshakes_refused_by = ByLabel(self.handshakes_refused)
         self.storage_latency = Histogram(
             "hubbub_storage_seconds",
             "Store call time, by store and op.",

@@ -7,15 +7,25 @@ from collections import deque
 
 
 class TokenBucket:
-    """``rate`` tokens per second, at most ``burst`` saved up."""
+    """``rate`` tokens per second, at most ``burst`` saved up; plus, after
+    ``grant``, an extra allowance spent only once the bucket is empty and
+    only until it expires."""
 
-    __slots__ = ("burst", "rate", "stamp", "tokens")
+    __slots__ = ("burst", "extra", "extra_until", "rate", "stamp", "tokens")
 
     def __init__(self, rate: float, burst: int) -> None:
         self.rate = rate
         self.burst = float(burst)
         self.tokens = float(burst)
         self.stamp = time.monotonic()
+        self.extra = 0
+        self.extra_until = 0.0
+
+    def grant(self, extra: int, seconds: float) -> None:
+        """Allow ``extra`` requests beyond the bucket during the next ``seconds``
+        (a reconnecting client catching up: history pages, resent sends)."""
+        self.extra = extra
+        self.extra_until = time.monotonic() + seconds
 
     def take(self) -> bool:
         now = time.monotonic()
@@ -23,6 +33,10 @@ class TokenBucket:
         self.stamp = now
         if self.tokens >= 1.0:
             self.tokens -= 1.0
+            return True
+        # Only an empty bucket looks at the allowance: the common path costs nothing more.
+        if self.extra > 0 and now < self.extra_until:
+            self.extra -= 1
             return True
         return False
 

@@ -37,9 +37,10 @@ from storage.records import UserRecord
 _connection_ids = itertools.count(1)
 _ping_numbers = itertools.count(1)
 SERVER_NAME = "hubbub/0.1.0"
-READ_PAUSE_FRAMES = 16
-"""Frames waiting to be served at which a connection stops reading from its socket."""
-READ_RESUME_FRAMES = 4
+PRESENCE_RETRY_SECONDS = (0.5, 2.0, 5.0, 15.0)
+"""Waits before each new attempt at an "online" announcement that failed on a store."""
+READ_FRAME_COST = 256
+"""Bytes a queued frame counts against ``read_ahead_bytes`` at least (its objects' overhead)."""
 
 
 class Session:
@@ -60,8 +61,11 @@ class Session:
         "_ping_payload",
         "_ping_sent",
         "_pipelining",
+        "_presence_retry",
         "_protocol",
         "_queue",
+        "_queued_bytes",
+        "_read_ahead",
         "_reading_paused",
         "_replies",
         "_transport",
@@ -102,10 +106,13 @@ class Session:
         self._queue: deque[str | bytes] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._finishing: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
+        self._queued_bytes = 0
+        self._read_ahead = hub.settings.read_ahead_bytes
         self._reading_paused = False
         self._inflight: set[asyncio.Task[None]] | None = None
         self._replies: deque[list[bytes]] | None = None
         self._pipelining = hub.messages.ordered_appends
+        self._presence_retry: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
 
     # -- outbound -----------------------------------------------------------
 
@@ -201,11 +208,16 @@ class Session:
         queue = self._queue
         if queue is None:
             self._queue = deque((raw,))
+            self._queued_bytes = max(len(raw), READ_FRAME_COST)
             self._worker = self._loop.create_task(self._serve_queue())
             return
         queue.append(raw)
-        if len(queue) >= READ_PAUSE_FRAMES and not self._reading_paused:
-            # Stop reading until the backlog is served: TCP pushes back on the client.
+        self._queued_bytes += max(len(raw), READ_FRAME_COST)
+        if self._queued_bytes > self._read_ahead and not self._reading_paused:
+            # Stop reading until the backlog is served: TCP pushes back on the
+            # client. Not sooner: while the socket is not read, the client's
+            # pings and close frame are not seen either (a close waiting behind
+            # a slow store's backlog was answered only after it, or never).
             self._reading_paused = True
             self._transport.pause_reading()
 
@@ -214,11 +226,14 @@ class Session:
         assert queue is not None
         try:
             while queue:
-                await self._handle(queue.popleft())
-                if self._reading_paused and len(queue) <= READ_RESUME_FRAMES:
+                raw = queue.popleft()
+                self._queued_bytes -= max(len(raw), READ_FRAME_COST)
+                if self._reading_paused and self._queued_bytes <= self._read_ahead // 2:
                     self._resume_reading()
+                await self._handle(raw)
         finally:
             self._queue = None
+            self._queued_bytes = 0
             self._worker = None
             if self._reading_paused:
                 self._resume_reading()
@@ -232,6 +247,9 @@ class Session:
         self._closing = True
         if self._auth_timer is not None:
             self._auth_timer.cancel()
+        if self._presence_retry is not None:
+            self._presence_retry.cancel()
+            self._presence_retry = None
         self._finishing = self._loop.create_task(self._finish())
 
     async def _finish(self) -> None:
@@ -288,10 +306,41 @@ class Session:
             self._auth_timer.cancel()
             self._auth_timer = None
         self.hub.metrics.authenticated.inc()
+        s = self.hub.settings
+        if s.catchup_burst:
+            # Catching up after a reconnect (history pages, resent sends) must not
+            # be throttled into failure by the ordinary burst; once per connection.
+            self._bucket.grant(s.catchup_burst, s.catchup_window_seconds)
         self.hub.registry.add(self, conversation_ids)
         logs.info("auth", conn_id=self.conn_id, user_id=user.id)
-        if await self.hub.presence.connected(user.id):
-            await on_online(self.hub, user.id, conversation_ids)
+        # From here on the login has succeeded: presence is a consequence of it,
+        # and a store failure in it must not answer `unavailable` to a login
+        # that took effect (the connection is registered and would stay so).
+        try:
+            came_online = await self.hub.presence.connected(user.id)
+        except Exception as exc:  # the presence store's own heartbeat re-records connections
+            logs.warning("presence_online_failed", conn_id=self.conn_id, user_id=user.id, error=repr(exc))
+            return
+        if came_online:
+            try:
+                await on_online(self.hub, user.id, conversation_ids)
+            except Exception as exc:
+                logs.warning("presence_online_failed", conn_id=self.conn_id, user_id=user.id, error=repr(exc))
+                self._presence_retry = self._loop.create_task(self._announce_online_later(conversation_ids))
+
+    async def _announce_online_later(self, conversation_ids: list[int]) -> None:
+        """Repair a failed "online" announcement while this connection lasts
+        (cancelled when it ends, so it never follows the user's "offline")."""
+        for delay in PRESENCE_RETRY_SECONDS:
+            await asyncio.sleep(delay)
+            try:
+                await on_online(self.hub, self.user_id, conversation_ids)
+            except Exception as exc:
+                logs.warning("presence_online_failed", conn_id=self.conn_id, user_id=self.user_id, error=repr(exc))
+            else:
+                logs.info("presence_online_repaired", conn_id=self.conn_id, user_id=self.user_id)
+                break
+        self._presence_retry = None
 
     # -- requests -----------------------------------------------------------
 

@@ -70,9 +70,10 @@ async def test_silent_tcp_connection_is_dropped_after_handshake_timeout(make_ser
     await assert_serving(await server.user())
 
 
-async def test_pipelined_requests_are_answered_in_order(server: RunningServer) -> None:
+async def test_pipelined_requests_are_answered_in_order(make_server: ServerFactory) -> None:
     """More frames than a connection queues before it stops reading (the read
     side pauses and resumes): every one is answered, in order."""
+    server = await make_server(read_ahead_bytes=4096)  # 16 small frames
     client = await server.user()
     ids = [f"p{i}" for i in range(60)]
     waiters = [asyncio.ensure_future(client.reply_to(i)) for i in ids]
