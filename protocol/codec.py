@@ -6,13 +6,24 @@ happen one way only.
 
 from __future__ import annotations
 
+import functools
+import re
 import struct
+from itertools import accumulate
 from typing import Any
 
 import msgspec
 
 from protocol.errors import ErrorCode
-from protocol.frames import AnyRequest, AnyServerFrame, ErrorBody, ErrorFrame, RequestId, ResultFrame
+from protocol.frames import (
+    MAX_NESTING_DEPTH,
+    AnyRequest,
+    AnyServerFrame,
+    ErrorBody,
+    ErrorFrame,
+    RequestId,
+    ResultFrame,
+)
 
 _request_decoder = msgspec.json.Decoder(AnyRequest)
 _server_frame_decoder = msgspec.json.Decoder(AnyServerFrame)
@@ -38,12 +49,124 @@ class FrameError(Exception):
         self.message = message
 
 
-def recover_request_id(raw: bytes | str) -> RequestId | None:
-    """The ``id`` of a malformed frame when it can still be read, else None."""
-    try:
-        rid = _id_decoder.decode(raw).id
-    except (msgspec.DecodeError, msgspec.ValidationError):
+# Nesting depth. msgspec decodes nested values recursively and raises
+# RecursionError (through Py_EnterRecursiveCall) when it runs out of stack: a
+# clean exception, but an unhandled one, and at a depth that depends on how
+# deep the caller's stack already is. The typed request decoder only recurses
+# while skipping fields that come before ``type``; decoding the id of a
+# refused frame (_IdOnly) recurses into every field it skips. So both catch
+# RecursionError, and a frame that fails to decode is measured before
+# anything else is said about it. A frame that decodes is a valid request,
+# whose schema bounds its depth far below MAX_NESTING_DEPTH (a test checks
+# that), so measuring every frame up front would only slow the hot path.
+#
+# The checks below run in C (regex, bytes methods): refusing a frame for its
+# depth costs microseconds to about a millisecond per 64 KiB, not a Python
+# loop per byte. The regexes are possessive (no backtracking), so linear.
+
+_STRING = r'"[^"\\]*+(?:\\.[^"\\]*+)*+"'
+
+
+def _shallow(levels: int) -> str:
+    """A regex for JSON text whose arrays and objects nest at most ``levels`` deep, consumed possessively.
+
+    It stops at a closing bracket it did not open, at a quote that starts no
+    complete string, or at an opening bracket whose value nests deeper (or
+    never closes).
+    """
+    inner = "" if levels == 0 else r"|[\[{]" + _shallow(levels - 1) + r"[\]}]"
+    return r'(?:[^"\[\]{}]++|' + _STRING + inner + ")*+"
+
+
+def _descent(levels: int) -> str:
+    """A regex for a prefix that goes ``levels`` levels deeper than where it starts.
+
+    At each level, values that stay shallow enough are skipped; the first one
+    that does not must be entered (an opening bracket), and so on down.
+    """
+    return "" if levels == 0 else _shallow(levels - 1) + r"[\[{]" + _descent(levels - 1)
+
+
+@functools.cache
+def _too_deep_pattern() -> re.Pattern[str]:
+    # Compiled on first use (some 30 KB of pattern, ~70 ms): most processes never meet such a frame.
+    return re.compile(r"\s*[\[{]" + _descent(MAX_NESTING_DEPTH), re.DOTALL)
+
+
+# The opening of a top-level object up to the first member value nested too deep.
+_SHALLOW_OPENING = re.compile(r"\s*\{" + _shallow(MAX_NESTING_DEPTH - 1), re.DOTALL)
+
+
+def too_deep(text: str) -> bool:
+    """Whether a JSON decoder reading ``text`` would nest deeper than MAX_NESTING_DEPTH.
+
+    Only the top-level value counts, as far as it is valid; brackets inside
+    strings do not. Agrees with ``nesting_depth(text) > MAX_NESTING_DEPTH``.
+    """
+    # Fewer opening brackets than the limit cannot nest deeper than it: no scan.
+    if text.count("[") + text.count("{") <= MAX_NESTING_DEPTH:
+        return False
+    return _too_deep_pattern().match(text) is not None
+
+
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
+_DEPTH_STEP = [0] * 256
+for _byte in b"[{":
+    _DEPTH_STEP[_byte] = 1
+for _byte in b"]}":
+    _DEPTH_STEP[_byte] = -1
+
+
+def nesting_depth(raw: str | bytes) -> int:
+    """Deepest nesting of arrays and objects in a JSON text (a top-level object is 1): the reference measure.
+
+    As far as a decoder would read: brackets inside strings, after the
+    top-level value has closed, or inside a string left unterminated do not
+    count. Arithmetic over every bracket, so slower than ``too_deep``.
+    """
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    # Escaped backslashes, then escaped quotes: what remains of a quote delimits a string.
+    data = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    outside = b"".join(data.split(b'"')[::2])
+    depths = list(accumulate(map(_DEPTH_STEP.__getitem__, outside.translate(None, _NOT_BRACKETS))))
+    # Steps are +-1 from 0: the first 0 is where the top-level value closed (or a stray closer ended it).
+    end = depths.index(0) if 0 in depths else len(depths)
+    return max(0, max(depths[:end], default=0))
+
+
+def _id_before_too_deep(text: str) -> RequestId | None:
+    """The id of a frame nested too deep, when it is a top-level member before the first too-deep value.
+
+    The opening is closed where the too-deep value starts (``{"id":"n","x":``
+    becomes ``{"id":"n","x":null}``) and decoded: no recursion into the rest.
+    """
+    match = _SHALLOW_OPENING.match(text)
+    if match is None:
         return None
+    opening = text[: match.end()].rstrip()
+    closed = opening + "null}" if opening.endswith(":") else opening.rstrip(",") + "}"
+    return _decoded_id(closed)
+
+
+def _text(raw: bytes | str) -> str:
+    return raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
+
+
+def recover_request_id(raw: bytes | str) -> RequestId | None:
+    """The ``id`` of a malformed frame when it can still be read, else None.
+
+    Of a frame nested deeper than MAX_NESTING_DEPTH, only an id that comes
+    before the too-deep value can be read (the same for every refusal).
+    """
+    text = _text(raw)
+    return _id_before_too_deep(text) if too_deep(text) else _decoded_id(text)
+
+
+def _decoded_id(text: str) -> RequestId | None:
+    try:
+        rid = _id_decoder.decode(text).id
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None  # RecursionError: only a caller already near the end of its stack sees it here
     if isinstance(rid, str) and len(rid) > 64:
         return None
     return rid
@@ -53,13 +176,27 @@ def decode_request(raw: bytes | str) -> AnyRequest:
     """Validate one client frame; raise FrameError with a precise message otherwise."""
     try:
         request: AnyRequest = _request_decoder.decode(raw)
-    except msgspec.ValidationError as exc:
-        raise FrameError(recover_request_id(raw), ErrorCode.BAD_REQUEST, _describe(exc)) from None
-    except msgspec.DecodeError as exc:
-        raise FrameError(None, ErrorCode.BAD_REQUEST, f"not valid JSON: {exc}") from None
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
+        raise _refusal(raw, exc) from None
     if isinstance(request.id, str) and len(request.id) > 64:
         raise FrameError(None, ErrorCode.BAD_REQUEST, "id: longer than 64 characters")
     return request
+
+
+def _refusal(raw: bytes | str, exc: Exception) -> FrameError:
+    """The bad_request a frame that failed to decode gets: too deep first, then what msgspec said."""
+    text = _text(raw)
+    if too_deep(text):
+        return FrameError(
+            _id_before_too_deep(text),
+            ErrorCode.BAD_REQUEST,
+            f"arrays and objects nested deeper than {MAX_NESTING_DEPTH} levels",
+        )
+    if isinstance(exc, msgspec.ValidationError):
+        return FrameError(_decoded_id(text), ErrorCode.BAD_REQUEST, _describe(exc))
+    # A DecodeError; or a RecursionError of a frame within the depth limit, which only a
+    # caller already near the end of its stack could see: refused all the same.
+    return FrameError(None, ErrorCode.BAD_REQUEST, f"not valid JSON: {exc}")
 
 
 def _describe(exc: msgspec.ValidationError) -> str:

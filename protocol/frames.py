@@ -35,6 +35,11 @@ ClientMsgId = Annotated[str, Meta(min_length=1, max_length=64)]
 MessageText = Annotated[str, Meta(min_length=1)]
 HistoryLimit = Annotated[int, Meta(ge=1, le=100)]
 MAX_DM_OTHERS = 8
+MAX_NESTING_DEPTH = 32
+"""Deepest nesting of arrays and objects in a request (the frame's own object is level 1).
+
+No valid request nests deeper than 2 today; the margin leaves room for new
+fields. protocol.codec refuses deeper frames with bad_request."""
 MAX_PRESENCE_QUERY = 100
 DmOthers = Annotated[list[ObjectId], Meta(min_length=1, max_length=MAX_DM_OTHERS)]
 PresenceUsers = Annotated[list[ObjectId], Meta(min_length=1, max_length=MAX_PRESENCE_QUERY)]
