@@ -1,0 +1,236 @@
+"""storage.batching.ConversationBatches: group commit per conversation, driven
+with a fake ``store_batch`` that records its batches and is released by hand."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import pytest
+
+from storage.batching import ConversationBatches, Stored
+from storage.errors import Conflict, StoreUnavailable
+from storage.records import MessageRecord, NewMessage
+
+
+def new(cid: int, client_msg_id: str, sender: int = 1) -> NewMessage:
+    return NewMessage(
+        conversation_id=cid, sender_id=sender, text=f"text {client_msg_id}", client_msg_id=client_msg_id, ts=1
+    )
+
+
+@dataclass
+class FakeStore:
+    """Stores each batch when released; seqs per conversation, resends deduplicated
+    by (conversation, sender, client_msg_id) as every real store does."""
+
+    batches: list[list[str]] = field(default_factory=list)
+    gates: list[asyncio.Event] = field(default_factory=list)
+    hold: bool = False
+    fail_next: Exception | None = None
+    per_message_errors: dict[str, BaseException] = field(default_factory=dict)
+    stored: dict[tuple[int, int, str], MessageRecord] = field(default_factory=dict)
+    last_seq: dict[int, int] = field(default_factory=dict)
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def __call__(self, batch: list[NewMessage]) -> list[Stored | BaseException]:
+        self.batches.append([m.client_msg_id for m in batch])
+        self.started.set()
+        if self.hold:
+            gate = asyncio.Event()
+            self.gates.append(gate)
+            await gate.wait()
+        if self.fail_next is not None:
+            error, self.fail_next = self.fail_next, None
+            raise error
+        outcomes: list[Stored | BaseException] = []
+        for m in batch:
+            if m.client_msg_id in self.per_message_errors:
+                outcomes.append(self.per_message_errors[m.client_msg_id])
+                continue
+            key = (m.conversation_id, m.sender_id, m.client_msg_id)
+            if key in self.stored:
+                outcomes.append((self.stored[key], True))
+                continue
+            seq = self.last_seq[m.conversation_id] = self.last_seq.get(m.conversation_id, 0) + 1
+            record = MessageRecord(
+                id=f"id{m.conversation_id}-{seq}",
+                conversation_id=m.conversation_id,
+                seq=seq,
+                sender_id=m.sender_id,
+                text=m.text,
+                client_msg_id=m.client_msg_id,
+                ts=m.ts,
+            )
+            self.stored[key] = record
+            outcomes.append((record, False))
+        return outcomes
+
+    async def wait_started(self, batches: int) -> None:
+        async with asyncio.timeout(2):
+            while len(self.batches) < batches:
+                self.started.clear()
+                await self.started.wait()
+
+    def release(self) -> None:
+        self.gates.pop(0).set()
+
+
+async def next_turn() -> None:
+    """Let every task already scheduled take its next step."""
+    done = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().call_soon(done.set_result, None)
+    await done
+
+
+def submit(batches: ConversationBatches, *messages: NewMessage) -> list[asyncio.Task[Stored]]:
+    return [asyncio.create_task(batches.append(m)) for m in messages]
+
+
+async def test_a_lone_append_is_a_batch_of_one_at_once() -> None:
+    store = FakeStore()
+    batches = ConversationBatches("fake", store)
+    record, duplicate = await batches.append(new(1, "a"))
+    assert (record.seq, record.client_msg_id, duplicate) == (1, "a", False)
+    assert store.batches == [["a"]]
+
+
+async def test_appends_during_a_batch_go_together_in_the_next_in_submission_order() -> None:
+    store = FakeStore(hold=True)
+    batches = ConversationBatches("fake", store)
+    first = submit(batches, new(1, "a"))
+    await store.wait_started(1)
+    waiting = submit(batches, *(new(1, name) for name in "bcde"))
+    await next_turn()
+    store.release()
+    await store.wait_started(2)
+    store.release()
+    results = await asyncio.gather(*first, *waiting)
+    assert store.batches == [["a"], ["b", "c", "d", "e"]]
+    assert [(r.client_msg_id, r.seq) for r, _ in results] == [("a", 1), ("b", 2), ("c", 3), ("d", 4), ("e", 5)]
+    await batches.close()
+
+
+async def test_a_batch_is_at_most_max_batch_messages() -> None:
+    store = FakeStore(hold=True)
+    batches = ConversationBatches("fake", store, max_batch=2)
+    tasks = submit(batches, *(new(1, name) for name in "abcde"))
+    for count in (1, 2, 3):
+        await store.wait_started(count)
+        store.release()
+    results = await asyncio.gather(*tasks)
+    assert store.batches == [["a", "b"], ["c", "d"], ["e"]]
+    assert [r.seq for r, _ in results] == [1, 2, 3, 4, 5]
+
+
+async def test_conversations_batch_independently() -> None:
+    store = FakeStore(hold=True)
+    batches = ConversationBatches("fake", store)
+    slow = submit(batches, new(1, "slow"))
+    await store.wait_started(1)
+    other = submit(batches, new(2, "other"))
+    await store.wait_started(2)  # not queued behind conversation 1's batch in flight
+    store.gates[1].set()
+    ((record, _),) = await asyncio.gather(*other)
+    assert record.conversation_id == 2
+    assert not slow[0].done()
+    store.release()
+    await asyncio.gather(*slow)
+
+
+async def test_a_failing_batch_fails_its_waiters_and_the_next_batch_is_still_served() -> None:
+    store = FakeStore(hold=True)
+    batches = ConversationBatches("fake", store)
+    failing = submit(batches, new(1, "a"), new(1, "b"))
+    await store.wait_started(1)
+    next_batch = submit(batches, new(1, "c"))
+    await next_turn()
+    store.fail_next = ConnectionResetError("connection lost")
+    store.release()
+    await store.wait_started(2)
+    store.release()
+    outcomes = await asyncio.gather(*failing, return_exceptions=True)
+    for outcome in outcomes:
+        assert isinstance(outcome, StoreUnavailable)
+        assert outcome.store == "fake"
+    ((record, duplicate),) = await asyncio.gather(*next_batch)
+    assert (record.client_msg_id, record.seq, duplicate) == ("c", 1, False)
+
+
+async def test_a_store_unavailable_error_reaches_the_waiters_as_raised() -> None:
+    store = FakeStore()
+    error = StoreUnavailable("fake", "timed out")
+    store.fail_next = error
+    batches = ConversationBatches("fake", store)
+    with pytest.raises(StoreUnavailable) as caught:
+        await batches.append(new(1, "a"))
+    assert caught.value is error
+
+
+async def test_one_messages_error_fails_only_its_own_waiter() -> None:
+    conflict = Conflict("no such conversation")
+    store = FakeStore(per_message_errors={"b": conflict})
+    batches = ConversationBatches("fake", store)
+    tasks = submit(batches, new(1, "a"), new(1, "b"), new(1, "c"))
+    a, b, c = await asyncio.gather(*tasks, return_exceptions=True)
+    assert store.batches == [["a", "b", "c"]]
+    assert b is conflict
+    assert not isinstance(a, BaseException) and a[0].client_msg_id == "a"
+    assert not isinstance(c, BaseException) and c[0].client_msg_id == "c"
+
+
+async def test_a_resend_in_the_same_batch_gets_the_original_back_as_a_duplicate() -> None:
+    store = FakeStore(hold=True)
+    batches = ConversationBatches("fake", store)
+    blocker = submit(batches, new(1, "first"))
+    await store.wait_started(1)
+    tasks = submit(batches, new(1, "x"), new(1, "x"), new(1, "x", sender=2))
+    await next_turn()
+    store.release()
+    await store.wait_started(2)
+    store.release()
+    await asyncio.gather(*blocker)
+    (original, dup1), (resent, dup2), (other_sender, dup3) = await asyncio.gather(*tasks)
+    assert store.batches[1] == ["x", "x", "x"]  # batching itself never merges sends
+    assert (dup1, dup2, dup3) == (False, True, False)
+    assert resent == original
+    assert other_sender.seq == original.seq + 1
+
+
+async def test_a_waiter_that_gave_up_does_not_disturb_the_others() -> None:
+    store = FakeStore(hold=True)
+    batches = ConversationBatches("fake", store)
+    blocker = submit(batches, new(1, "first"))
+    await store.wait_started(1)
+    gave_up, kept = submit(batches, new(1, "gave-up"), new(1, "kept"))
+    await next_turn()
+    gave_up.cancel()
+    store.release()
+    await store.wait_started(2)
+    store.release()
+    record, _ = await kept
+    assert gave_up.cancelled()
+    assert store.batches[1] == ["gave-up", "kept"]  # it was stored all the same
+    assert record.seq == 3
+    await asyncio.gather(*blocker)
+
+
+async def test_close_waits_for_the_batch_in_flight() -> None:
+    store = FakeStore(hold=True)
+    batches = ConversationBatches("fake", store)
+    tasks = submit(batches, new(1, "a"))
+    await store.wait_started(1)
+    closing = asyncio.create_task(batches.close())
+    await next_turn()
+    assert not closing.done()
+    store.release()
+    await closing
+    assert tasks[0].done()
+
+
+async def test_after_a_batch_drains_the_next_append_starts_a_fresh_batch() -> None:
+    store = FakeStore()
+    batches = ConversationBatches("fake", store)
+    await batches.append(new(1, "a"))
+    await batches.append(new(1, "b"))
+    assert store.batches == [["a"], ["b"]]
