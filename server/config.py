@@ -113,7 +113,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ] = 10.0
     ping_interval_seconds: Annotated[PositiveFloat, _doc("WebSocket keepalive ping interval.")] = 20.0
     ping_timeout_seconds: Annotated[PositiveFloat, _doc("A peer not answering a ping this long is dropped.")] = 20.0
-    storage_timeout_seconds: Annotated[PositiveFloat, _doc("Longest wait on a store before `unavailable`.")] = 5.0
+    storage_timeout_seconds: Annotated[
+        PositiveFloat,
+        _doc("Longest a request waits on the stores, all its calls and retries together, before `unavailable`."),
+    ] = 5.0
     readyz_timeout_seconds: Annotated[
         PositiveFloat, _doc("Longest wait of `/readyz` on the stores; one silent that long is reported failing (503).")
     ] = 1.0

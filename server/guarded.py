@@ -6,20 +6,53 @@ The bound is the whole call, a backend's retries included: a read that
 retries on a fresh connection shares the one budget. It holds because the
 backends let go of a cancelled call at once (storage/postgres.py terminates
 the connection instead of waiting for the server to confirm a cancel).
+
+A request that makes several store calls shares one budget too: inside
+``request_budget`` (server/session.py opens it around every handler) each
+call gets only what the request has left, so ``storage_timeout_seconds`` is
+the longest a client waits on the store for one reply. The budget belongs to
+the task that opened it: tasks a request starts (gap fills, presence
+repairs) inherit the context variable but not the budget.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextvars import ContextVar
 from typing import Any, TypeVar, cast
 
 from server.metrics import Metrics
 from storage.errors import Conflict, StoreUnavailable, describe, is_store_fault
 
 T = TypeVar("T")
+
+_request_deadline: ContextVar[tuple[asyncio.Task[Any] | None, float] | None] = ContextVar(
+    "hubbub_request_store_deadline", default=None
+)
+"""(the task serving a request, the loop time its store budget ends)."""
+
+
+@contextlib.contextmanager
+def request_budget(seconds: float) -> Iterator[None]:
+    """All store calls of the request the current task serves wait ``seconds`` at most, together."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    token = _request_deadline.set((asyncio.current_task(), deadline))
+    try:
+        yield
+    finally:
+        _request_deadline.reset(token)
+
+
+def _time_left(timeout: float) -> float:
+    """``timeout``, or less when the current task's request has less of its budget left."""
+    budget = _request_deadline.get()
+    if budget is None or budget[0] is not asyncio.current_task():
+        return timeout
+    return min(timeout, budget[1] - asyncio.get_running_loop().time())
 
 
 class _Guarded:
@@ -40,7 +73,7 @@ class _Guarded:
         async def call(*args: Any, **kwargs: Any) -> Any:
             start = time.perf_counter()
             try:
-                async with asyncio.timeout(self._timeout):
+                async with asyncio.timeout(_time_left(self._timeout)):
                     return await cast(Callable[..., Awaitable[Any]], attr)(*args, **kwargs)
             except (Conflict, StoreUnavailable) as exc:
                 if isinstance(exc, StoreUnavailable):

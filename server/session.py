@@ -28,6 +28,7 @@ from protocol.frames import PRE_AUTH_TYPES, PROTOCOL_VERSION, AnyRequest, Hello,
 from server import logs
 from server.connection import Connection
 from server.errors import ApiError
+from server.guarded import request_budget
 from server.handlers import HANDLERS, on_offline, on_online
 from server.hub import Hub
 from server.ratelimit import TokenBucket
@@ -410,7 +411,8 @@ class Session:
         start = time.perf_counter()
         failure: ErrorCode | None = None
         try:
-            result = await HANDLERS[op](self.hub, self, request)
+            with request_budget(self.hub.settings.storage_timeout_seconds):
+                result = await HANDLERS[op](self.hub, self, request)
             # Encoded here so that an encoding fault is an error reply, not a dropped connection.
             payload = codec.encode_result(request.id, result)
         except ApiError as exc:

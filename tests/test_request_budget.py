@@ -1,0 +1,89 @@
+"""storage_timeout_seconds bounds a request's whole wait on the store, not each call of it.
+
+A request that makes several store calls, each of them under the timeout,
+must still be answered `unavailable` once their sum reaches it: the setting
+is the longest a client waits on the store for one reply (server/guarded.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from protocol.client import ServerError
+from server.guarded import guarded, request_budget
+from server.metrics import Metrics
+from storage.errors import StoreUnavailable
+from tests.conftest import ServerFactory
+from tests.helpers import assert_serving
+
+TIMEOUT = 1.0
+SLOW_CALL = 0.6 * TIMEOUT
+"""Each slow call alone is within the timeout; two in one request are not."""
+
+
+class SlowStore:
+    name = "slow"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def read(self) -> int:
+        self.calls += 1
+        await asyncio.sleep(SLOW_CALL)  # the store's own latency, not a wait for an event
+        return self.calls
+
+
+async def test_calls_of_one_request_share_one_budget() -> None:
+    store = guarded(SlowStore(), Metrics(), TIMEOUT)
+    start = time.monotonic()
+    with request_budget(TIMEOUT):
+        assert await store.read() == 1
+        with pytest.raises(StoreUnavailable):
+            await store.read()
+    assert time.monotonic() - start < TIMEOUT + 0.3
+
+
+async def test_each_call_outside_a_request_has_the_whole_timeout() -> None:
+    store = guarded(SlowStore(), Metrics(), TIMEOUT)
+    assert await store.read() == 1
+    assert await store.read() == 2
+
+
+async def test_a_task_a_request_starts_does_not_inherit_its_budget() -> None:
+    store = guarded(SlowStore(), Metrics(), TIMEOUT)
+    with request_budget(SLOW_CALL / 2):
+        # A background task started mid-request (a gap fill, say) is not the request.
+        background = asyncio.get_running_loop().create_task(store.read())
+    assert await background == 1
+
+
+async def test_a_request_with_several_slow_store_calls_answers_within_the_timeout(
+    make_server: ServerFactory,
+) -> None:
+    server = await make_server(storage_timeout_seconds=TIMEOUT)
+    alice = await server.user()
+    assert server.app.hub is not None
+    # channel.list reads the caller's conversations, then the public channels: two calls.
+    backend: Any = server.app.hub.directory._store  # type: ignore[attr-defined]
+    for op in ("conversations_of", "public_channels"):
+        original = getattr(backend, op)
+
+        async def slow(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            await asyncio.sleep(SLOW_CALL)  # a slow but live database
+            return await _original(*args, **kwargs)
+
+        # The guarded wrapper keeps the bound method it first looked up; drop it so it sees `slow`.
+        setattr(backend, op, slow)
+        server.app.hub.directory.__dict__.pop(op, None)
+
+    start = time.monotonic()
+    with pytest.raises(ServerError) as refused:
+        await alice.call("channel.list")
+    waited = time.monotonic() - start
+    assert refused.value.code == "unavailable"
+    assert waited < TIMEOUT + 0.4, f"waited {waited:.2f}s for a {TIMEOUT}s storage timeout"
+    await assert_serving(alice)
