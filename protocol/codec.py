@@ -17,6 +17,7 @@ import msgspec
 from protocol.errors import ErrorCode
 from protocol.frames import (
     MAX_NESTING_DEPTH,
+    PATTERN_RULES,
     AnyRequest,
     AnyServerFrame,
     ErrorBody,
@@ -205,6 +206,9 @@ def _describe(exc: msgspec.ValidationError) -> str:
         return "a frame must be a JSON object: " + text
     if text.startswith("Invalid value") and "`$.type`" in text:
         return "unknown request type: " + text
+    if "matching regex" in text:
+        for pattern, rule in PATTERN_RULES.items():
+            text = text.replace(f"matching regex {pattern!r}", rule)
     return text
 
 

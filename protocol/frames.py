@@ -23,16 +23,33 @@ PROTOCOL_VERSION = "hubbub.v1"
 
 RequestId = str | int
 """A client-chosen request id, echoed in the reply. Strings up to 64 chars."""
-Username = Annotated[str, Meta(min_length=3, max_length=32, pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
-Password = Annotated[str, Meta(min_length=8, max_length=256)]
-DisplayName = Annotated[str, Meta(min_length=1, max_length=64)]
-ChannelName = Annotated[str, Meta(min_length=1, max_length=80, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
-Topic = Annotated[str, Meta(max_length=250)]
-Token = Annotated[str, Meta(min_length=1, max_length=4096)]
+
+# Patterns are matched whole, and mean the same to msgspec (Python's
+# re.search) and to JSON Schema validators (ECMA-262): `^` is the start in
+# both, but `$` also matches before a final newline in Python, and `\A`/`\Z`
+# do not exist in ECMA-262. `(?![\s\S])`, "no character follows", is the end
+# of the string in both. tests/test_text_validation.py checks every pattern.
+END = r"(?![\s\S])"
+USERNAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]*" + END
+CHANNEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*" + END
+SINGLE_LINE_PATTERN = r"^[^\x00-\x1f]*" + END
+"""No C0 control character (U+0000-U+001F): names, topics, ids, tokens. PostgreSQL
+text cannot hold U+0000, and the others only garble a display."""
+MESSAGE_TEXT_PATTERN = r"^[^\x00-\x08\x0b-\x1f]*" + END
+"""Like SINGLE_LINE_PATTERN, but tab (U+0009) and line feed (U+000A) are allowed."""
+PASSWORD_PATTERN = r"^[^\x00]*" + END
+"""Only U+0000 is refused: passwords are hashed, never stored or shown as text."""
+
+Username = Annotated[str, Meta(min_length=3, max_length=32, pattern=USERNAME_PATTERN)]
+Password = Annotated[str, Meta(min_length=8, max_length=256, pattern=PASSWORD_PATTERN)]
+DisplayName = Annotated[str, Meta(min_length=1, max_length=64, pattern=SINGLE_LINE_PATTERN)]
+ChannelName = Annotated[str, Meta(min_length=1, max_length=80, pattern=CHANNEL_NAME_PATTERN)]
+Topic = Annotated[str, Meta(max_length=250, pattern=SINGLE_LINE_PATTERN)]
+Token = Annotated[str, Meta(min_length=1, max_length=4096, pattern=SINGLE_LINE_PATTERN)]
 ObjectId = Annotated[int, Meta(ge=1, le=2**53)]
 Seq = Annotated[int, Meta(ge=0, le=2**53)]
-ClientMsgId = Annotated[str, Meta(min_length=1, max_length=64)]
-MessageText = Annotated[str, Meta(min_length=1)]
+ClientMsgId = Annotated[str, Meta(min_length=1, max_length=64, pattern=SINGLE_LINE_PATTERN)]
+MessageText = Annotated[str, Meta(min_length=1, pattern=MESSAGE_TEXT_PATTERN)]
 HistoryLimit = Annotated[int, Meta(ge=1, le=100)]
 MAX_DM_OTHERS = 8
 MAX_NESTING_DEPTH = 32
@@ -48,6 +65,15 @@ Timestamp = int
 ConversationKind = Literal["channel", "dm"]
 PresenceStatus = Literal["online", "offline"]
 HistoryOrder = Literal["desc", "asc"]
+
+PATTERN_RULES = {
+    USERNAME_PATTERN: "of lowercase letters, digits, '_', '.' and '-', starting with a letter or digit",
+    CHANNEL_NAME_PATTERN: "of lowercase letters, digits, '_' and '-', starting with a letter or digit",
+    SINGLE_LINE_PATTERN: "without control characters (U+0000-U+001F)",
+    MESSAGE_TEXT_PATTERN: "without control characters (U+0000-U+001F) other than tab and line feed",
+    PASSWORD_PATTERN: "without U+0000",
+}
+"""What each pattern allows, in words: error messages say this instead of the regex."""
 
 # ---------------------------------------------------------------------------
 # Objects that appear inside results and events.

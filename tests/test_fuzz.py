@@ -58,20 +58,23 @@ json_value = st.recursive(
 )
 # Values that pass the schema (small ids, so that they often name real objects)...
 object_id = st.integers(min_value=1, max_value=6)
+# Text fields refuse control characters (message text allows tab and line feed).
+single_line = st.characters(exclude_categories=("Cc", "Cs"))
 VALID: dict[str, st.SearchStrategy[Any]] = {
     "username": st.from_regex(r"[a-z0-9][a-z0-9_.-]{2,12}", fullmatch=True) | st.sampled_from(["fuzzer", "other"]),
-    "password": st.text(min_size=8, max_size=12) | st.just("password"),
-    "display_name": st.text(min_size=1, max_size=10),
-    "token": st.text(min_size=1, max_size=20),
+    "password": st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=8, max_size=12)
+    | st.just("password"),
+    "display_name": st.text(single_line, min_size=1, max_size=10),
+    "token": st.text(single_line, min_size=1, max_size=20),
     "name": st.from_regex(r"[a-z0-9][a-z0-9_-]{0,10}", fullmatch=True),
-    "topic": st.text(max_size=20),
+    "topic": st.text(single_line, max_size=20),
     "private": st.booleans(),
     "channel_id": object_id,
     "conversation_id": object_id,
     "user_id": object_id,
     "user_ids": st.lists(object_id, min_size=1, max_size=3),
-    "text": st.text(min_size=1, max_size=30),
-    "client_msg_id": st.text(min_size=1, max_size=10),
+    "text": st.text(st.characters(exclude_categories=("Cc", "Cs")) | st.sampled_from("\t\n"), min_size=1, max_size=30),
+    "client_msg_id": st.text(single_line, min_size=1, max_size=10),
     "before": st.none() | st.integers(min_value=0, max_value=10),
     "after": st.none() | st.integers(min_value=0, max_value=10),
     "limit": st.integers(min_value=1, max_value=100),
@@ -80,18 +83,18 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
 # ...and values at or past the schema's edges.
 edge_id = st.sampled_from([-1, 0, 2**53, 2**53 + 1, 2**63, 2**64])
 EDGE: dict[str, st.SearchStrategy[Any]] = {
-    "username": st.text(max_size=4) | st.text(min_size=32, max_size=34),
+    "username": st.text(max_size=4) | st.text(min_size=32, max_size=34) | st.just("fuzzer\n"),
     "password": st.text(max_size=8) | st.text(min_size=256, max_size=257),
     "display_name": st.just("") | st.text(min_size=64, max_size=65),
     "token": st.just("") | st.text(min_size=4096, max_size=4097),
-    "name": st.text(max_size=5) | st.text(min_size=80, max_size=81),
-    "topic": st.text(min_size=250, max_size=251),
+    "name": st.text(max_size=5) | st.text(min_size=80, max_size=81) | st.just("general\n"),
+    "topic": st.text(min_size=250, max_size=251) | st.just("a\x00"),
     "private": st.sampled_from([0, 1, "true"]),
     "channel_id": edge_id,
     "conversation_id": edge_id,
     "user_id": edge_id,
     "user_ids": st.lists(object_id | edge_id, max_size=10) | st.lists(object_id, min_size=101, max_size=101),
-    "text": st.just("") | st.text(min_size=4000, max_size=4001),
+    "text": st.sampled_from(["", "a\x00b", "\r", "\x1b[2J"]) | st.text(min_size=4000, max_size=4001),
     "client_msg_id": st.just("") | st.text(min_size=64, max_size=65),
     "before": edge_id,
     "after": edge_id,
@@ -144,7 +147,17 @@ class RawBinary:
     data: bytes
 
 
-Fuzz = Structured | RawText | RawBinary
+@dataclass(frozen=True)
+class Nested:
+    """A structured frame with a deeply nested extra member, first or last in the object."""
+
+    inner: Structured
+    depth: int
+    """Of the extra member's value; the frame is one level deeper."""
+    first: bool
+
+
+Fuzz = Structured | RawText | RawBinary | Nested
 
 
 @st.composite
@@ -190,6 +203,12 @@ def fuzz_frames(draw: st.DrawFn) -> Fuzz:
             st.builds(RawText, json_value.map(lambda v: json.dumps(v, allow_nan=False))),
             st.builds(RawText, st.text(max_size=60)),
             st.builds(RawBinary, st.binary(max_size=60)),
+            st.builds(
+                Nested,
+                st.builds(Structured, well_formed_ish(), id_specs()),
+                st.sampled_from([frames.MAX_NESTING_DEPTH - 1, frames.MAX_NESTING_DEPTH, 1000, 5000]),
+                st.booleans(),
+            ),
         )
     )
     return frame
@@ -208,6 +227,15 @@ def materialize(frame: Fuzz) -> tuple[str | bytes, frames.RequestId | None]:
         return frame.data, None
     if isinstance(frame, RawText):
         return frame.text, readable_id(frame.text)
+    if isinstance(frame, Nested):
+        payload, inner_id = materialize(frame.inner)
+        assert isinstance(payload, str) and payload.startswith("{")
+        member = '"deep":' + "[" * frame.depth + "]" * frame.depth
+        comma = "," if payload != "{}" else ""
+        text = "{" + member + comma + payload[1:] if frame.first else payload[:-1] + comma + member + "}"
+        # Of a frame nested too deep, only an id before the too-deep value is read.
+        too_deep = frame.depth + 1 > frames.MAX_NESTING_DEPTH
+        return text, None if too_deep and frame.first else inner_id
     n = next(_counter)
     spec = frame.id_spec
     body = dict(frame.body)
@@ -369,7 +397,13 @@ def check_replies(sent: list[tuple[Fuzz, str | bytes, frames.RequestId | None]],
     ops_by_id: dict[frames.RequestId, set[str | None]] = {}
     for fuzz, payload, rid in sent:
         if rid is not None:
-            body = fuzz.body if isinstance(fuzz, Structured) else json.loads(payload)
+            body = (
+                fuzz.body
+                if isinstance(fuzz, Structured)
+                else fuzz.inner.body
+                if isinstance(fuzz, Nested)
+                else json.loads(payload)
+            )
             op = body.get("type")
             ops_by_id.setdefault(rid, set()).add(op if isinstance(op, str) else None)
     expected = Counter(rid for _, _, rid in sent)
