@@ -82,6 +82,18 @@ def test_header_name_case_does_not_matter() -> None:
     assert client_address("10.1.2.3", headers, PROXIES) == "198.51.100.1"
 
 
+def test_header_lines_are_read_in_order_like_one_comma_joined_header() -> None:
+    # The client sends a line of its own; the trusted proxy appends another
+    # (HAProxy's `option forwardfor`): the proxy's hop is the nearest.
+    assert client_address("10.1.2.3", xff("6.6.6.6", "198.51.100.1"), PROXIES) == "198.51.100.1"
+    assert client_address("10.1.2.3", xff("6.6.6.6, 10.9.9.9", "198.51.100.1"), PROXIES) == "198.51.100.1"
+
+
+def test_an_ipv4_mapped_peer_is_matched_against_ipv4_proxies() -> None:
+    # A dual-stack listener sees an IPv4 proxy as ::ffff:10.1.2.3.
+    assert client_address("::ffff:10.1.2.3", xff("198.51.100.1"), PROXIES) == "198.51.100.1"
+
+
 _untrusted_v4 = st.ip_addresses(v=4).filter(lambda a: not any(a in net for net in PROXIES))
 _trusted_v4 = st.ip_addresses(network="10.0.0.0/8")
 _header_safe = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters=","), max_size=20)
