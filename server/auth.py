@@ -61,7 +61,17 @@ class Tokens:
         """A signed token for the user and its expiry in epoch milliseconds."""
         issued = int(now if now is not None else time.time())
         expires = issued + self.ttl_seconds
-        claims = {"sub": str(user_id), "iat": issued, "exp": expires, "iss": self._issuer, "aud": self._audience}
+        claims = {
+            "sub": str(user_id),
+            "iat": issued,
+            "exp": expires,
+            "iss": self._issuer,
+            "aud": self._audience,
+            # iat has one-second resolution: without a random id, two tokens of one
+            # user within a second were byte-identical, though the protocol promises
+            # a fresh one. Not required on verify, so earlier tokens stay valid.
+            "jti": secrets.token_urlsafe(16),
+        }
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM), expires * 1000
 
     def verify(self, token: str) -> int:

@@ -274,3 +274,32 @@ async def test_bad_tokens_are_unauthorized(server: RunningServer, make_token: To
     # The connection can still authenticate properly afterwards.
     assert owner.token is not None
     assert (await client.auth(owner.token)).user == owner.user
+
+
+def test_tokens_issued_in_the_same_second_differ() -> None:
+    from server.auth import Tokens
+
+    tokens = Tokens(SECRET, ISSUER, AUDIENCE, 3600)
+    now = time.time()
+    (first, first_exp), (second, second_exp) = tokens.issue(7, now), tokens.issue(7, now)
+    assert first_exp == second_exp
+    assert first != second
+    assert tokens.verify(first) == tokens.verify(second) == 7
+    ids = {jwt.decode(t, SECRET, algorithms=["HS256"], audience=AUDIENCE)["jti"] for t in (first, second)}
+    assert len(ids) == 2
+
+
+async def test_every_session_gets_a_fresh_token(server: RunningServer) -> None:
+    """register, login and auth, even within one second, each hand back a token of their own."""
+    alice = await server.user(password=PASSWORD)
+    assert alice.user is not None and alice.token is not None
+    issued = [alice.token]
+    issued.append((await alice.login(alice.user.username, PASSWORD)).token)
+    for _ in range(3):
+        issued.append((await alice.auth(issued[-1])).token)
+    seconds = [jwt.decode(t, SECRET, algorithms=["HS256"], audience=AUDIENCE)["iat"] for t in issued]
+    assert len(set(seconds)) < len(seconds), "the calls spanned too long to share a second"
+    assert len(set(issued)) == len(issued)
+    # Every one of them is valid.
+    for token in issued:
+        assert (await (await server.client()).auth(token)).user == alice.user
