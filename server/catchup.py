@@ -168,11 +168,15 @@ class Catchup:
                 logs.warning("gap_fill_failed", conversation_id=cid, error=str(exc))
             else:
                 report("catchup_fill", exc, self._metrics.task_failed, conversation_id=cid)
-            # Give the range up rather than hold the conversation back:
-            # clients still see the gap by seq and fill it themselves.
+        finally:
+            # Whatever the range still lacks is given up, after a failed read
+            # and after a complete one alike: a seq the store does not have
+            # (MongoDB leaves seqs a failed insert took unused) would otherwise
+            # restart this fill for every later message, holding the
+            # conversation back for good. A late one is still delivered when
+            # it arrives; clients see a gap by seq and fill it themselves.
             if before is not None and (state.high is None or before - 1 > state.high):
                 state.high = before - 1
-        finally:
             state.filling = False
             while state.queue and not state.filling:
                 self._accept(cid, state, state.queue.popleft())

@@ -195,6 +195,18 @@ async def test_a_gap_in_one_conversation_does_not_hold_another(harness: Harness)
     assert harness.seqs() == [1, 2, 3, 4]
 
 
+async def test_a_seq_the_store_never_had_does_not_hold_the_conversation(harness: Harness) -> None:
+    # Seqs 1..5 stored; 6 was taken by an insert that failed (MongoDB leaves it unused).
+    await harness.store(5)
+    harness.catchup.receive(message(5))
+    harness.catchup.receive(message(7))
+    await harness.settle()
+    assert harness.seqs() == [5, 7]
+    assert harness.log.history_calls == 1  # one fill, not one per retry of the same gap
+    harness.catchup.receive(message(6))  # a late one still arrives
+    assert harness.seqs() == [5, 7, 6]
+
+
 async def test_a_failed_fill_gives_the_range_up_instead_of_holding_the_conversation(harness: Harness) -> None:
     await harness.store(8)
     harness.catchup.receive(message(1))
