@@ -316,8 +316,13 @@ class RedisBroker:
                 self._last_probe_received = time.monotonic()
                 self._healthy()
                 logs.info("broker_connected", sharded=self._sharded, topics=len(wanted), instance=self.instance_id)
-                if ever_connected and self._on_resync is not None:
-                    self._on_resync(None)
+                if self._on_resync is not None:
+                    if ever_connected:
+                        self._on_resync(None)
+                    elif self._conversations:
+                        # Watched before Redis first answered (clients that came
+                        # while it was down): their subscription starts only now.
+                        self._on_resync(sorted(self._conversations))
                 ever_connected = True
                 attempt = 0
                 self._schedule_sync()  # interest that changed while subscribing

@@ -319,3 +319,17 @@ async def test_after_unwatch_the_topic_no_longer_arrives(pair: tuple[Instance, I
     a.broker.publish(last)
     await b.seen.until(lambda: last in b.seen.events())
     assert b.seen.events() == [last]
+
+
+async def test_a_conversation_watched_before_the_first_connection_is_resynced(prefix: str) -> None:
+    # A client joined while Redis had not answered yet: once the subscription
+    # takes effect, what other instances sent meanwhile must be filled in.
+    broker = _redis_broker(prefix)
+    seen = Recorder()
+    await broker.start(seen.on_delivery, seen.on_resync)
+    try:
+        broker.watch(conversations=[21])  # the subscriber task has not connected yet
+        await seen.until(lambda: seen.resynced(21))
+        assert 21 in broker.topics()["conversations"]
+    finally:
+        await broker.close()
