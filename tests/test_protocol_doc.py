@@ -50,6 +50,8 @@ LIMIT_SETTINGS = (
     "auth_timeout_seconds",
     "outbound_buffer_bytes",
     "allowed_origins",
+    "close_timeout_seconds",
+    "shutdown_grace_seconds",
 )
 """Settings that PROTOCOL.md's limits table must list, with env var and default."""
 
@@ -290,6 +292,9 @@ def limit_problems(text: str) -> list[str]:
             problems.append(f"no limits table row with {env} and its default {default}")
     if f"`{defaults.hard_frame_bytes}`" not in text:
         problems.append(f"the hard frame cap `{defaults.hard_frame_bytes}` (4 x max_frame_bytes) is not documented")
+    depth = f"at most {frames.MAX_NESTING_DEPTH} levels"
+    if not any(depth in line and line.startswith("|") for line in lines):
+        problems.append(f"the nesting limit ({depth}) is not in the fixed limits table")
     return problems
 
 
@@ -394,6 +399,7 @@ Check = Callable[[str], list[str]]
         pytest.param("`4008`", "4008", -1, code_problems, id="close-code"),
         pytest.param("`unavailable`", "unavailable", -1, code_problems, id="error-code-doc"),
         pytest.param("`HUBBUB_RATE_BURST`", "HUBBUB_RATE_BURST", 1, limit_problems, id="limit"),
+        pytest.param("| at most 32 levels", "| at most 64 levels", 1, limit_problems, id="nesting-limit"),
     ],
 )
 def test_checks_catch_a_broken_doc(old: str, new: str, count: int, check: Check) -> None:
