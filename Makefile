@@ -19,7 +19,7 @@ LOCK_VENV := .venv-lock
 UV := $(LOCK_VENV)/bin/uv
 UV_COMPILE := $(UV) pip compile --quiet --universal --python-version 3.11 --generate-hashes $(if $(UPGRADE),--upgrade)
 
-.PHONY: run test lint venv test-tools lock clean
+.PHONY: run test unit lint venv test-tools lock clean
 
 # --no-deps and --require-hashes: exactly the locked tree, nothing resolved at
 # install time; --no-build-isolation builds Hubbub with the locked setuptools.
@@ -49,6 +49,11 @@ lint: $(STAMP)
 
 test: lint $(TOOLS_STAMP)
 	$(BIN)/pytest -n 2 --dist loadgroup
+
+# The unit tier alone (tests/unit: no sockets, no databases but the embedded
+# one and the machine's Redis), in seconds; `make test` runs it too.
+unit: $(STAMP)
+	$(BIN)/pytest -q -m unit tests/unit
 
 # Re-resolve the lock files from pyproject.toml's ranges, keeping every pin
 # that still satisfies them; `make lock UPGRADE=1` moves every pin to the
