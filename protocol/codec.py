@@ -17,11 +17,14 @@ import msgspec
 from protocol.errors import ErrorCode
 from protocol.frames import (
     MAX_NESTING_DEPTH,
+    MESSAGE_TEXT_PATTERN,
     PATTERN_RULES,
+    SINGLE_LINE_PATTERN,
     AnyRequest,
     AnyServerFrame,
     ErrorBody,
     ErrorFrame,
+    MessageSend,
     RequestId,
     ResultFrame,
 )
@@ -181,7 +184,31 @@ def decode_request(raw: bytes | str) -> AnyRequest:
         raise _refusal(raw, exc) from None
     if isinstance(request.id, str) and len(request.id) > 64:
         raise FrameError(None, ErrorCode.BAD_REQUEST, "id: longer than 64 characters")
+    # Only a frame with an escape (a backslash) can hold a control character: see _check_send.
+    if request.__class__ is MessageSend and ("\\" in raw if isinstance(raw, str) else b"\\" in raw):
+        _check_send(_text(raw), request)
     return request
+
+
+# Control characters in message.send (frames.CODEC_CHECKED_PATTERNS). msgspec
+# refuses raw control characters in JSON strings, so one can only come from
+# an escape: a frame without a backslash is clean, and of the escapes only
+# these make a control character other than tab and line feed.
+_SEND_FIELD_FORBIDDEN = re.compile(r"[\x00-\x1f]")
+_TEXT_FORBIDDEN = re.compile(r"[\x00-\x08\x0b-\x1f]")
+_CONTROL_ESCAPE = re.compile(r"\\(?:u00[01]|[bfr])")  # one regex scan beats five substring scans
+
+
+def _check_send(text: str, request: MessageSend) -> None:
+    """Refuse control characters in a message.send whose frame holds an escape."""
+    # isprintable() is False for every control character (and a few others): a fast pass first.
+    client_msg_id = request.client_msg_id
+    if not client_msg_id.isprintable() and _SEND_FIELD_FORBIDDEN.search(client_msg_id):
+        rule = PATTERN_RULES[SINGLE_LINE_PATTERN]
+        raise FrameError(request.id, ErrorCode.BAD_REQUEST, f"Expected `str` {rule} - at `$.client_msg_id`")
+    if _CONTROL_ESCAPE.search(text) and _TEXT_FORBIDDEN.search(request.text):
+        rule = PATTERN_RULES[MESSAGE_TEXT_PATTERN]
+        raise FrameError(request.id, ErrorCode.BAD_REQUEST, f"Expected `str` {rule} - at `$.text`")
 
 
 def _refusal(raw: bytes | str, exc: Exception) -> FrameError:

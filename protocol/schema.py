@@ -71,6 +71,9 @@ def build_schema() -> dict[str, Any]:
     requests_by_tag = {frames.tag_of(t): t for t in frames.REQUEST_TYPES}
     for request_type in requests_by_tag.values():
         _limit_request_id(defs[request_type.__name__])
+    for (struct_name, field), pattern in frames.CODEC_CHECKED_PATTERNS.items():
+        # Enforced by protocol.codec after decoding (cheaper there), stated here like any other.
+        defs[struct_name]["properties"][field]["pattern"] = pattern
     _clean_descriptions(defs)
     return {
         "$schema": JSON_SCHEMA_DIALECT,

@@ -130,6 +130,48 @@ def test_decode_refuses_what_the_pattern_refuses(definition: str, prop: str, pat
         assert prop in info.value.message, info.value.message
 
 
+def _send(text_json: str, client_msg_id_json: str = '"c"') -> str:
+    """A message.send frame with the given JSON string literals, escapes exactly as written."""
+    return (
+        '{"type":"message.send","id":"s","conversation_id":1,"text":'
+        + text_json
+        + ',"client_msg_id":'
+        + client_msg_id_json
+        + "}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("frame", "refused"),
+    [
+        (_send(r'"a\u0000b"'), "text"),
+        (_send(r'"a\u001Fb"'), "text"),  # hex digits in either case
+        (_send(r'"a\u001fb"'), "text"),
+        (_send(r'"a\bb"'), "text"),
+        (_send(r'"a\fb"'), "text"),
+        (_send(r'"a\rb"'), "text"),
+        (_send(r'"a\u000a\u0009\n\tb"'), None),  # line feed and tab, however escaped
+        (_send(r'"C:\\bin\\fr\\u0000"'), None),  # escaped backslashes, not control escapes
+        (_send(r'"\u00e9\u2028\"\/"'), None),
+        (_send('"ok"', r'"c\n1"'), "client_msg_id"),
+        (_send('"ok"', r'"c\t1"'), "client_msg_id"),
+        (_send('"ok"', r'"\u00e9\u2028"'), None),
+    ],
+)
+@pytest.mark.parametrize("as_bytes", [False, True], ids=["str", "bytes"])
+def test_message_send_control_characters_by_escape(frame: str, refused: str | None, as_bytes: bool) -> None:
+    """message.send is checked by the codec, not by a schema pattern (the hot path): every escape form counts."""
+    raw: str | bytes = frame.encode() if as_bytes else frame
+    if refused is None:
+        request = codec.decode_request(raw)
+        assert request.text == json.loads(frame)["text"]  # type: ignore[union-attr]
+        return
+    with pytest.raises(codec.FrameError) as info:
+        codec.decode_request(raw)
+    assert info.value.code == ErrorCode.BAD_REQUEST and info.value.request_id == "s"
+    assert f"`$.{refused}`" in info.value.message
+
+
 # ---------------------------------------------------------------------------
 # Over real sockets
 
