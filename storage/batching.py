@@ -1,13 +1,15 @@
-"""Group commit per conversation, for the message logs that talk to a
-database server (PostgreSQL, MongoDB).
+"""Group commit: the one batching of message appends, for every message log.
 
-Appends to one conversation that arrive while its previous batch is being
-stored wait and go together in the next batch, in submission order. A
-conversation has one batch in flight at a time, so concurrent appends are
-stored in the order they were submitted (which is what lets a connection
-pipeline its sends: ``MessageLog.ordered_appends``), and a busy
-conversation pays one round trip per batch instead of one per message. A
-lone append waits for nothing: it is a batch of one at once.
+Appends are grouped by a key: PostgreSQL and MongoDB key them by
+conversation (``by_conversation``), SQLite, whose one file serialises every
+write anyway, puts them all under one key (``one_group``). Appends of one
+key that arrive while its previous batch is being stored wait and go
+together in the next batch, in submission order. A key has one batch in
+flight at a time, so concurrent appends are stored in the order they were
+submitted (which is what lets a connection pipeline its sends:
+``MessageLog.ordered_appends``), and a busy key pays one commit (or round
+trip) per batch instead of one per message. A lone append waits for
+nothing: it is a batch of one at once.
 
 A batch that fails fails its waiting appends (they answer ``unavailable``)
 and the flusher goes on with the next batch; a failure other than the store
@@ -17,7 +19,7 @@ being unavailable is also logged and counted (storage/supervision.py).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 
 from storage import supervision
 from storage.errors import StoreUnavailable
@@ -26,40 +28,61 @@ from storage.records import MessageRecord, NewMessage
 Stored = tuple[MessageRecord, bool]
 """An append's outcome: the record and whether it was a duplicate of an earlier send."""
 
-StoreBatch = Callable[[list[NewMessage]], Awaitable[list[Stored | BaseException]]]
-"""Stores messages of one conversation in order; one outcome or error per message.
-Raising fails the whole batch."""
+StoreBatch = Callable[[list[NewMessage]], Awaitable[Sequence[Stored | BaseException]]]
+"""Stores one batch in order; one outcome or error per message. Raising fails the whole batch."""
+
+GroupKey = Callable[[NewMessage], Hashable]
+"""The group of an append: appends of one group are batched together, in order."""
 
 
-class ConversationBatches:
-    def __init__(self, store: str, store_batch: StoreBatch, max_batch: int = 256) -> None:
+def by_conversation(message: NewMessage) -> Hashable:
+    """One group per conversation: a batch never spans two conversations."""
+    return message.conversation_id
+
+
+def one_group(message: NewMessage) -> Hashable:
+    """Every append in one group: a batch takes whatever queued meanwhile."""
+    return None
+
+
+class GroupCommit:
+    def __init__(
+        self, store: str, store_batch: StoreBatch, *, key: GroupKey = by_conversation, max_batch: int = 256
+    ) -> None:
         self._store = store
         self._store_batch = store_batch
+        self._key = key
         self.max_batch = max_batch
-        self._pending: dict[int, list[tuple[NewMessage, asyncio.Future[Stored]]]] = {}
-        self._flushers: dict[int, asyncio.Task[None]] = {}
+        self._pending: dict[Hashable, list[tuple[NewMessage, asyncio.Future[Stored]]]] = {}
+        self._flushers: dict[Hashable, asyncio.Task[None]] = {}
         self._on_failure = supervision.current_hook()
 
     async def append(self, message: NewMessage) -> Stored:
-        cid = message.conversation_id
+        key = self._key(message)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Stored] = loop.create_future()
-        self._pending.setdefault(cid, []).append((message, future))
-        if cid not in self._flushers:
-            self._flushers[cid] = loop.create_task(self._flush(cid))
+        pending = self._pending.get(key)
+        if pending is None:
+            self._pending[key] = [(message, future)]
+        else:
+            pending.append((message, future))
+        if key not in self._flushers:
+            self._flushers[key] = loop.create_task(self._flush(key))
         return await future
 
     async def close(self) -> None:
         """Wait for the batches being stored."""
         await asyncio.gather(*self._flushers.values(), return_exceptions=True)
 
-    async def _flush(self, cid: int) -> None:
+    async def _flush(self, key: Hashable) -> None:
         try:
-            while pending := self._pending.get(cid):
+            while pending := self._pending.get(key):
                 batch = pending[: self.max_batch]
                 del pending[: self.max_batch]
                 try:
                     outcomes = await self._store_batch([m for m, _ in batch])
+                    if len(outcomes) != len(batch):
+                        raise ValueError(f"{len(outcomes)} outcomes for a batch of {len(batch)}")
                     for (_, future), outcome in zip(batch, outcomes, strict=True):
                         if future.done():
                             continue  # its caller gave up (timed out)
@@ -70,9 +93,9 @@ class ConversationBatches:
                 except Exception as exc:
                     fail_batch(self._store, [f for _, f in batch], exc, self._on_failure)
         finally:
-            del self._flushers[cid]
-            if not self._pending.get(cid):
-                self._pending.pop(cid, None)
+            del self._flushers[key]
+            if not self._pending.get(key):
+                self._pending.pop(key, None)
 
 
 def fail_batch(

@@ -28,41 +28,29 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 from pymongo.write_concern import WriteConcern
 
-from storage.base import HistoryOrder
-from storage.batching import ConversationBatches, Stored
+from storage.base import HistoryOrder, MessageLog
+from storage.batching import GroupCommit, Stored, by_conversation
 from storage.errors import StoreUnavailable
 from storage.records import MessageRecord, NewMessage
+from storage.rows import message_document, message_from_document, seq_range
 
 Document = dict[str, Any]
-
-
-def _message(d: Document) -> MessageRecord:
-    # int(): BSON may hand back bson.Int64, which JSON encoders refuse.
-    return MessageRecord(
-        id=d["_id"],
-        conversation_id=int(d["conversation_id"]),
-        seq=int(d["seq"]),
-        sender_id=int(d["sender_id"]),
-        text=d["text"],
-        client_msg_id=d["client_msg_id"],
-        ts=int(d["ts"]),
-    )
 
 
 def _unavailable(exc: PyMongoError) -> StoreUnavailable:
     return StoreUnavailable("mongo", str(exc).split(", Timeout:")[0] or type(exc).__name__)
 
 
-def _document(m: NewMessage, seq: int) -> Document:
-    return {
-        "_id": uuid.uuid4().hex,
-        "conversation_id": m.conversation_id,
-        "seq": seq,
-        "sender_id": m.sender_id,
-        "text": m.text,
-        "client_msg_id": m.client_msg_id,
-        "ts": m.ts,
-    }
+def _new_record(m: NewMessage, seq: int) -> MessageRecord:
+    return MessageRecord(
+        id=uuid.uuid4().hex,
+        conversation_id=m.conversation_id,
+        seq=seq,
+        sender_id=m.sender_id,
+        text=m.text,
+        client_msg_id=m.client_msg_id,
+        ts=m.ts,
+    )
 
 
 def parse_write_concern(value: str) -> WriteConcern:
@@ -78,7 +66,7 @@ class MongoMessageLog:
 
     def __init__(self, client: AsyncMongoClient[Document], database: str, write_concern: WriteConcern) -> None:
         self.client = client
-        self._batches = ConversationBatches(self.name, self._store_batch)
+        self._batches = GroupCommit(self.name, self._store_batch, key=by_conversation)
         db = client.get_database(database, write_concern=write_concern)
         self.messages: AsyncCollection[Document] = db.messages
         self.counters: AsyncCollection[Document] = db.counters
@@ -174,7 +162,7 @@ class MongoMessageLog:
         for i, m in enumerate(batch):
             key = (m.sender_id, m.client_msg_id)
             if key in originals:
-                outcomes[i] = (_message(originals[key]), True)
+                outcomes[i] = (message_from_document(originals[key]), True)
             elif key in first_copy:
                 resends.append((i, first_copy[key]))
             else:
@@ -183,7 +171,8 @@ class MongoMessageLog:
         if fresh:
             last = await self._allocate_seqs(cid, len(fresh))
             seqs = range(last - len(fresh) + 1, last + 1)
-            docs = [_document(batch[i], seq) for i, seq in zip(fresh, seqs, strict=True)]
+            records = [_new_record(batch[i], seq) for i, seq in zip(fresh, seqs, strict=True)]
+            docs = [message_document(record) for record in records]
             try:
                 await self.messages.insert_many(docs, ordered=True)
                 stored = len(docs)
@@ -191,12 +180,12 @@ class MongoMessageLog:
                 if exc.details.get("writeConcernErrors"):
                     raise  # written, but not as durably as asked: not acknowledged
                 stored = int(exc.details.get("nInserted", 0))
-            for i, doc in zip(fresh[:stored], docs[:stored], strict=True):
-                outcomes[i] = (_message(doc), False)
+            for i, record in zip(fresh[:stored], records[:stored], strict=True):
+                outcomes[i] = (record, False)
             # The rest one at a time: an ordered insert stops at its first error,
             # typically a resend stored meanwhile through another instance.
-            for i, doc in zip(fresh[stored:], docs[stored:], strict=True):
-                outcomes[i] = await self._insert_one(batch[i], doc)
+            for i, record, doc in zip(fresh[stored:], records[stored:], docs[stored:], strict=True):
+                outcomes[i] = await self._insert_one(batch[i], record, doc)
         for i, first in resends:
             outcome = outcomes[first]
             outcomes[i] = (outcome[0], True) if isinstance(outcome, tuple) else outcome
@@ -204,13 +193,13 @@ class MongoMessageLog:
         assert len(stored_or_failed) == len(batch)  # every message got an outcome above
         return stored_or_failed
 
-    async def _insert_one(self, m: NewMessage, doc: Document) -> Stored | BaseException:
+    async def _insert_one(self, m: NewMessage, record: MessageRecord, doc: Document) -> Stored | BaseException:
         try:
             await self.messages.insert_one(doc)
         except DuplicateKeyError as exc:
             original = await self._find_original(m)
-            return (_message(original), True) if original is not None else _unavailable(exc)
-        return _message(doc), False
+            return (message_from_document(original), True) if original is not None else _unavailable(exc)
+        return record, False
 
     async def history(
         self,
@@ -221,18 +210,12 @@ class MongoMessageLog:
         limit: int,
         order: HistoryOrder,
     ) -> list[MessageRecord]:
-        seq_range: Document = {}
-        if before is not None:
-            seq_range["$lt"] = before
-        if after is not None:
-            seq_range["$gt"] = after
-        query: Document = {"conversation_id": conversation_id}
-        if seq_range:
-            query["seq"] = seq_range
+        after_seq, before_seq = seq_range(before, after)
+        query: Document = {"conversation_id": conversation_id, "seq": {"$gt": after_seq, "$lt": before_seq}}
         direction = pymongo.DESCENDING if order == "desc" else pymongo.ASCENDING
         try:
             cursor = self.messages.find(query).sort("seq", direction).limit(limit)
-            return [_message(d) async for d in cursor]
+            return [message_from_document(d) async for d in cursor]
         except PyMongoError as exc:
             raise _unavailable(exc) from exc
 
@@ -244,3 +227,7 @@ class MongoMessageLog:
             return {int(d["_id"]): int(d["seq"]) async for d in self.counters.find({"_id": {"$in": ids}})}
         except PyMongoError as exc:
             raise _unavailable(exc) from exc
+
+
+# mypy proves the backend implements its interface (storage/base.py).
+_messages: type[MessageLog] = MongoMessageLog

@@ -12,17 +12,26 @@ import functools
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import asyncpg
 from asyncpg import Record
 from asyncpg.pool import PoolConnectionProxy
 
-from storage.base import HistoryOrder
-from storage.batching import ConversationBatches, Stored
+from storage.base import Directory, HistoryOrder, MessageLog
+from storage.batching import GroupCommit, Stored, by_conversation
 from storage.errors import Conflict, StoreUnavailable, describe
 from storage.records import ConversationRecord, MessageRecord, NewMessage, UserRecord
-from storage.sqlite import dm_key
+from storage.rows import (
+    CONVERSATION_COLUMNS,
+    USER_COLUMNS,
+    conversation_record,
+    dm_key,
+    history_sql,
+    message_record,
+    seq_range,
+    user_record,
+)
 
 T = TypeVar("T")
 if TYPE_CHECKING:
@@ -165,46 +174,6 @@ async def _run(pool: asyncpg.Pool, fn: Callable[[Conn], Awaitable[T]], *, retry:
     raise AssertionError("unreachable")
 
 
-def _user(r: asyncpg.Record) -> UserRecord:
-    return UserRecord(
-        id=r["id"],
-        username=r["username"],
-        display_name=r["display_name"],
-        password_hash=r["password_hash"],
-        created_at=r["created_at"],
-        last_seen_at=r["last_seen_at"],
-    )
-
-
-def _conversation(r: asyncpg.Record) -> ConversationRecord:
-    return ConversationRecord(
-        id=r["id"],
-        kind=r["kind"],
-        name=r["name"],
-        topic=r["topic"],
-        private=r["private"],
-        created_by=r["created_by"],
-        created_at=r["created_at"],
-    )
-
-
-def _message(r: asyncpg.Record) -> MessageRecord:
-    return MessageRecord(
-        id=r["id"],
-        conversation_id=r["conversation_id"],
-        seq=r["seq"],
-        sender_id=r["sender_id"],
-        text=r["text"],
-        client_msg_id=r["client_msg_id"],
-        ts=r["ts"],
-    )
-
-
-USER_COLUMNS = "id, username, display_name, password_hash, created_at, last_seen_at"
-CONVERSATION_COLUMNS = "c.id, c.kind, c.name, c.topic, c.private, c.created_by, c.created_at"
-MESSAGE_COLUMNS = "conversation_id, seq, id, sender_id, text, client_msg_id, ts"
-
-
 class PostgresDirectory:
     name = "postgres"
 
@@ -239,17 +208,17 @@ class PostgresDirectory:
         except asyncpg.UniqueViolationError:
             raise Conflict(f"username {username!r} is taken") from None
         assert row is not None
-        return _user(row)
+        return user_record(row)
 
     async def get_user(self, user_id: int) -> UserRecord | None:
         row = await self._primary(lambda c: c.fetchrow(f"SELECT {USER_COLUMNS} FROM users WHERE id = $1", user_id))
-        return _user(row) if row else None
+        return user_record(row) if row else None
 
     async def get_user_by_username(self, username: str) -> UserRecord | None:
         row = await self._primary(
             lambda c: c.fetchrow(f"SELECT {USER_COLUMNS} FROM users WHERE username = $1", username)
         )
-        return _user(row) if row else None
+        return user_record(row) if row else None
 
     async def get_users(self, user_ids: Sequence[int]) -> list[UserRecord]:
         ids = sorted(set(user_ids))
@@ -259,7 +228,7 @@ class PostgresDirectory:
         rows = await self._primary(
             lambda c: c.fetch(f"SELECT {USER_COLUMNS} FROM users WHERE id = ANY($1::bigint[]) ORDER BY id", ids)
         )
-        return [_user(r) for r in rows]
+        return [user_record(r) for r in rows]
 
     async def set_last_seen(self, user_id: int, ts: int) -> None:
         await self._primary(
@@ -290,7 +259,7 @@ class PostgresDirectory:
                 return row
 
         try:
-            return _conversation(await self._primary(insert, write=True))
+            return conversation_record(await self._primary(insert, write=True))
         except asyncpg.UniqueViolationError:
             raise Conflict(f"channel name {name!r} is taken") from None
 
@@ -298,7 +267,7 @@ class PostgresDirectory:
         row = await self._primary(
             lambda c: c.fetchrow(f"SELECT {CONVERSATION_COLUMNS} FROM conversations c WHERE c.id = $1", conversation_id)
         )
-        return _conversation(row) if row else None
+        return conversation_record(row) if row else None
 
     async def public_channels(self) -> list[ConversationRecord]:
         rows = await self._replica(
@@ -307,7 +276,7 @@ class PostgresDirectory:
                 " WHERE c.kind = 'channel' AND NOT c.private ORDER BY c.name"
             )
         )
-        return [_conversation(r) for r in rows]
+        return [conversation_record(r) for r in rows]
 
     async def conversations_of(self, user_id: int) -> list[ConversationRecord]:
         rows = await self._primary(
@@ -317,7 +286,7 @@ class PostgresDirectory:
                 user_id,
             )
         )
-        return [_conversation(r) for r in rows]
+        return [conversation_record(r) for r in rows]
 
     async def is_member(self, conversation_id: int, user_id: int) -> bool:
         found = await self._primary(
@@ -414,7 +383,7 @@ class PostgresDirectory:
                 return row, True
 
         row, created = await self._primary(open_, write=True)
-        return _conversation(row), created
+        return conversation_record(row), created
 
 
 class PostgresMessageLog:
@@ -436,7 +405,7 @@ class PostgresMessageLog:
 
     def __init__(self, pools: PostgresPools, max_batch: int = 256) -> None:
         self.pools = pools
-        self._batches = ConversationBatches(self.name, self._store_batch, max_batch)
+        self._batches = GroupCommit(self.name, self._store_batch, key=by_conversation, max_batch=max_batch)
 
     async def ping(self) -> None:
         await _run(self.pools.primary, lambda c: c.fetchval("SELECT 1"), retry=True)
@@ -482,19 +451,10 @@ class PostgresMessageLog:
         limit: int,
         order: HistoryOrder,
     ) -> list[MessageRecord]:
-        direction = "DESC" if order == "desc" else "ASC"
-        sql = (
-            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1 AND seq > $2 AND seq < $3"
-            f" ORDER BY seq {direction} LIMIT $4"
-        )
-        args: tuple[Any, ...] = (
-            conversation_id,
-            -1 if after is None else after,
-            2**62 if before is None else before,
-            limit,
-        )
+        sql = _HISTORY_SQL[order]
+        args = (conversation_id, *seq_range(before, after), limit)
         rows = await _run(self.pools.primary, lambda c: c.fetch(sql, *args), retry=True)
-        return [_message(r) for r in rows]
+        return [message_record(r) for r in rows]
 
     async def last_seqs(self, conversation_ids: Sequence[int]) -> dict[int, int]:
         ids = sorted(set(conversation_ids))
@@ -511,13 +471,20 @@ class PostgresMessageLog:
         return {r["conversation_id"]: r["last_seq"] for r in rows}
 
 
-async def _append_batch(c: Conn, messages: list[NewMessage]) -> list[tuple[MessageRecord, bool]]:
+_HISTORY_SQL: dict[HistoryOrder, str] = {
+    "desc": history_sql("desc", ("$1", "$2", "$3", "$4")),
+    "asc": history_sql("asc", ("$1", "$2", "$3", "$4")),
+}
+
+
+async def _append_batch(c: Conn, messages: list[NewMessage]) -> list[Stored]:
     """Store one conversation's ``messages`` in one statement, in order (see
     migration 0003); duplicates return their original."""
     cid = messages[0].conversation_id
     assert all(m.conversation_id == cid for m in messages)
     rows = await c.fetch(
-        "SELECT $1::bigint AS conversation_id, id, seq, sender_id, text, client_msg_id, ts, duplicate"
+        # MESSAGE_COLUMNS' order, then whether it is a duplicate.
+        "SELECT $1::bigint AS conversation_id, seq, id, sender_id, text, client_msg_id, ts, duplicate"
         " FROM hubbub_append_batch($1, $2, $3, $4, $5, $6)",
         cid,
         [uuid.uuid4().hex for _ in messages],
@@ -526,4 +493,9 @@ async def _append_batch(c: Conn, messages: list[NewMessage]) -> list[tuple[Messa
         [m.client_msg_id for m in messages],
         [m.ts for m in messages],
     )
-    return [(_message(r), r["duplicate"]) for r in rows]
+    return [(message_record(r), r[7]) for r in rows]
+
+
+# mypy proves each backend implements its interface (storage/base.py).
+_directory: type[Directory] = PostgresDirectory
+_messages: type[MessageLog] = PostgresMessageLog

@@ -2,9 +2,10 @@
 
 All SQL runs on one dedicated thread that owns the connection, so the event
 loop never blocks on disk and SQLite never sees two threads. Message appends
-are group-committed: appends that arrive while a commit is in flight wait and
-go together in the next transaction, so an ack still means "on disk"
-(WAL, synchronous=FULL) while fsyncs are shared under load.
+are group-committed (storage/batching.py, all conversations in one group):
+appends that arrive while a commit is in flight wait and go together in the
+next transaction, so an ack still means "on disk" (WAL, synchronous=FULL)
+while fsyncs are shared under load.
 """
 
 from __future__ import annotations
@@ -18,11 +19,23 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from storage import supervision
-from storage.base import HistoryOrder
-from storage.batching import fail_batch
+from storage.base import Directory, HistoryOrder, MessageLog
+from storage.batching import GroupCommit, Stored, one_group
 from storage.errors import Conflict, StoreUnavailable
 from storage.records import ConversationRecord, MessageRecord, NewMessage, UserRecord
+from storage.rows import (
+    CONVERSATION_COLUMNS,
+    CONVERSATION_FIELDS,
+    MESSAGE_COLUMNS,
+    USER_COLUMNS,
+    conversation_record,
+    dm_key,
+    history_sql,
+    message_record,
+    message_values,
+    seq_range,
+    user_record,
+)
 
 T = TypeVar("T")
 
@@ -170,52 +183,6 @@ async def open_sqlite(path: Path, busy_timeout: float) -> tuple[SqliteDatabase, 
     return db, SqliteDirectory(db), SqliteMessageLog(db)
 
 
-def _user(row: sqlite3.Row | tuple[Any, ...]) -> UserRecord:
-    return UserRecord(
-        id=row[0],
-        username=row[1],
-        display_name=row[2],
-        password_hash=row[3],
-        created_at=row[4],
-        last_seen_at=row[5],
-    )
-
-
-def _conversation(row: sqlite3.Row | tuple[Any, ...]) -> ConversationRecord:
-    return ConversationRecord(
-        id=row[0],
-        kind=row[1],
-        name=row[2],
-        topic=row[3],
-        private=bool(row[4]),
-        created_by=row[5],
-        created_at=row[6],
-    )
-
-
-def _message(row: sqlite3.Row | tuple[Any, ...]) -> MessageRecord:
-    return MessageRecord(
-        conversation_id=row[0],
-        seq=row[1],
-        id=row[2],
-        sender_id=row[3],
-        text=row[4],
-        client_msg_id=row[5],
-        ts=row[6],
-    )
-
-
-USER_COLUMNS = "id, username, display_name, password_hash, created_at, last_seen_at"
-CONVERSATION_FIELDS = "id, kind, name, topic, private, created_by, created_at"
-CONVERSATION_COLUMNS = ", ".join(f"c.{f}" for f in CONVERSATION_FIELDS.split(", "))
-MESSAGE_COLUMNS = "conversation_id, seq, id, sender_id, text, client_msg_id, ts"
-
-
-def dm_key(member_ids: Sequence[int]) -> str:
-    """The identity of a DM: its sorted, distinct member ids."""
-    return ",".join(str(i) for i in sorted(set(member_ids)))
-
-
 class SqliteDirectory:
     name = "sqlite"
 
@@ -235,7 +202,7 @@ class SqliteDirectory:
                 f" RETURNING {USER_COLUMNS}",
                 (username, display_name, password_hash, now),
             )
-            return _user(cur.fetchone())
+            return user_record(cur.fetchone())
 
         try:
             return await self.db.transaction(insert)
@@ -246,19 +213,19 @@ class SqliteDirectory:
         row = await self.db.run(
             lambda c: c.execute(f"SELECT {USER_COLUMNS} FROM users WHERE id = ?", (user_id,)).fetchone()
         )
-        return _user(row) if row else None
+        return user_record(row) if row else None
 
     async def get_user_by_username(self, username: str) -> UserRecord | None:
         row = await self.db.run(
             lambda c: c.execute(f"SELECT {USER_COLUMNS} FROM users WHERE username = ?", (username,)).fetchone()
         )
-        return _user(row) if row else None
+        return user_record(row) if row else None
 
     async def get_users(self, user_ids: Sequence[int]) -> list[UserRecord]:
         rows = await self.db.fetch_for_ids(
             f"SELECT {USER_COLUMNS} FROM users WHERE id IN ({{ids}}) ORDER BY id", user_ids
         )
-        return [_user(r) for r in rows]
+        return [user_record(r) for r in rows]
 
     async def set_last_seen(self, user_id: int, ts: int) -> None:
         await self.db.run(lambda c: c.execute("UPDATE users SET last_seen_at = ? WHERE id = ?", (ts, user_id)))
@@ -276,7 +243,7 @@ class SqliteDirectory:
                 "INSERT INTO memberships (conversation_id, user_id, joined_at) VALUES (?, ?, ?)",
                 (row[0], creator_id, now),
             )
-            return _conversation(row)
+            return conversation_record(row)
 
         try:
             return await self.db.transaction(insert)
@@ -289,7 +256,7 @@ class SqliteDirectory:
                 f"SELECT {CONVERSATION_COLUMNS} FROM conversations c WHERE c.id = ?", (conversation_id,)
             ).fetchone()
         )
-        return _conversation(row) if row else None
+        return conversation_record(row) if row else None
 
     async def public_channels(self) -> list[ConversationRecord]:
         rows = await self.db.run(
@@ -298,7 +265,7 @@ class SqliteDirectory:
                 " WHERE c.kind = 'channel' AND c.private = 0 ORDER BY c.name"
             ).fetchall()
         )
-        return [_conversation(r) for r in rows]
+        return [conversation_record(r) for r in rows]
 
     async def conversations_of(self, user_id: int) -> list[ConversationRecord]:
         rows = await self.db.run(
@@ -308,7 +275,7 @@ class SqliteDirectory:
                 (user_id,),
             ).fetchall()
         )
-        return [_conversation(r) for r in rows]
+        return [conversation_record(r) for r in rows]
 
     async def is_member(self, conversation_id: int, user_id: int) -> bool:
         row = await self.db.run(
@@ -368,7 +335,7 @@ class SqliteDirectory:
         def open_(c: sqlite3.Connection) -> tuple[ConversationRecord, bool]:
             row = c.execute(f"SELECT {CONVERSATION_COLUMNS} FROM conversations c WHERE c.dm_key = ?", (key,)).fetchone()
             if row:
-                return _conversation(row), False
+                return conversation_record(row), False
             row = c.execute(
                 "INSERT INTO conversations (kind, name, topic, private, created_by, created_at, dm_key)"
                 f" VALUES ('dm', NULL, '', 1, ?, ?, ?) RETURNING {CONVERSATION_FIELDS}",
@@ -378,17 +345,9 @@ class SqliteDirectory:
                 "INSERT INTO memberships (conversation_id, user_id, joined_at) VALUES (?, ?, ?)",
                 [(row[0], uid, now) for uid in sorted(set(member_ids))],
             )
-            return _conversation(row), True
+            return conversation_record(row), True
 
         return await self.db.transaction(open_)
-
-
-class _PendingAppend:
-    __slots__ = ("future", "message")
-
-    def __init__(self, message: NewMessage, future: asyncio.Future[tuple[MessageRecord, bool]]) -> None:
-        self.message = message
-        self.future = future
 
 
 class SqliteMessageLog:
@@ -398,40 +357,21 @@ class SqliteMessageLog:
 
     def __init__(self, db: SqliteDatabase, max_batch: int = 256) -> None:
         self.db = db
-        self.max_batch = max_batch
-        self._pending: list[_PendingAppend] = []
-        self._flusher: asyncio.Task[None] | None = None
-        self._on_failure = supervision.current_hook()
+        # One group: the file's one writer commits whatever queued meanwhile, every conversation together.
+        self._batches = GroupCommit(self.name, self._store_batch, key=one_group, max_batch=max_batch)
 
     async def ping(self) -> None:
         await self.db.ping()
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            await self._flusher
+        await self._batches.close()
 
-    async def append(self, message: NewMessage) -> tuple[MessageRecord, bool]:
-        future: asyncio.Future[tuple[MessageRecord, bool]] = asyncio.get_running_loop().create_future()
-        self._pending.append(_PendingAppend(message, future))
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush())
-        return await future
+    async def append(self, message: NewMessage) -> Stored:
+        return await self._batches.append(message)
 
-    async def _flush(self) -> None:
-        try:
-            while self._pending:
-                batch = self._pending[: self.max_batch]
-                del self._pending[: self.max_batch]
-                try:
-                    results = await self.db.transaction(functools.partial(_append_batch, batch=batch))
-                    for p, result in zip(batch, results, strict=True):
-                        if not p.future.done():
-                            p.future.set_result(result)
-                except Exception as exc:
-                    # This batch's appends answer unavailable; the flusher goes on with the next.
-                    fail_batch("sqlite", [p.future for p in batch], exc, self._on_failure)
-        finally:
-            self._flusher = None
+    async def _store_batch(self, batch: list[NewMessage]) -> list[Stored]:
+        """The whole batch in one transaction: one fsync for all of it."""
+        return await self.db.transaction(functools.partial(_append_batch, batch=batch))
 
     async def history(
         self,
@@ -442,14 +382,10 @@ class SqliteMessageLog:
         limit: int,
         order: HistoryOrder,
     ) -> list[MessageRecord]:
-        direction = "DESC" if order == "desc" else "ASC"
-        sql = (
-            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND seq > ? AND seq < ?"
-            f" ORDER BY seq {direction} LIMIT ?"
-        )
-        params = (conversation_id, -1 if after is None else after, 2**63 - 1 if before is None else before, limit)
-        rows = await self.db.run(lambda c: c.execute(sql, params).fetchall())
-        return [_message(r) for r in rows]
+        sql = _HISTORY_SQL[order]
+        params = (conversation_id, *seq_range(before, after), limit)
+        found = await self.db.run(lambda c: c.execute(sql, params).fetchall())
+        return [message_record(r) for r in found]
 
     async def last_seqs(self, conversation_ids: Sequence[int]) -> dict[int, int]:
         rows = await self.db.fetch_for_ids(
@@ -458,17 +394,23 @@ class SqliteMessageLog:
         return {conversation_id: seq for conversation_id, seq in rows}
 
 
-def _append_batch(c: sqlite3.Connection, batch: list[_PendingAppend]) -> list[tuple[MessageRecord, bool]]:
-    return [_append_one(c, p.message) for p in batch]
+_HISTORY_SQL: dict[HistoryOrder, str] = {
+    "desc": history_sql("desc", ("?", "?", "?", "?")),
+    "asc": history_sql("asc", ("?", "?", "?", "?")),
+}
 
 
-def _append_one(c: sqlite3.Connection, m: NewMessage) -> tuple[MessageRecord, bool]:
+def _append_batch(c: sqlite3.Connection, batch: list[NewMessage]) -> list[Stored]:
+    return [_append_one(c, m) for m in batch]
+
+
+def _append_one(c: sqlite3.Connection, m: NewMessage) -> Stored:
     row = c.execute(
         f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND sender_id = ? AND client_msg_id = ?",
         (m.conversation_id, m.sender_id, m.client_msg_id),
     ).fetchone()
     if row:
-        return _message(row), True
+        return message_record(row), True
     seq = c.execute(
         "INSERT INTO conversation_seq (conversation_id, last_seq) VALUES (?, 1)"
         " ON CONFLICT (conversation_id) DO UPDATE SET last_seq = last_seq + 1 RETURNING last_seq",
@@ -483,8 +425,10 @@ def _append_one(c: sqlite3.Connection, m: NewMessage) -> tuple[MessageRecord, bo
         client_msg_id=m.client_msg_id,
         ts=m.ts,
     )
-    c.execute(
-        f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (record.conversation_id, record.seq, record.id, record.sender_id, record.text, record.client_msg_id, record.ts),
-    )
+    c.execute(f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", message_values(record))
     return record, False
+
+
+# mypy proves each backend implements its interface (storage/base.py).
+_directory: type[Directory] = SqliteDirectory
+_messages: type[MessageLog] = SqliteMessageLog

@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 
 from storage.postgres import migrate, migrations
+from storage.rows import CONVERSATION_FIELDS, MESSAGE_COLUMNS, USER_COLUMNS
 from tests.backends import create_postgres_database, drop_postgres_database
 from tests.processes import settings_env
 
@@ -82,3 +83,19 @@ async def test_migrate_without_a_dsn_is_a_usage_error() -> None:
     _, stderr = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 2
     assert "HUBBUB_POSTGRES_DSN" in stderr.decode()
+
+
+async def test_the_shared_column_lists_name_columns_of_the_postgres_schema(empty_database: str) -> None:
+    """storage.rows' lists serve SQLite and PostgreSQL alike (SQLite: tests/unit/test_rows.py)."""
+    await migrate(empty_database)
+    conn = await asyncpg.connect(empty_database)
+    try:
+        for table, listing in (
+            ("users", USER_COLUMNS),
+            ("conversations", CONVERSATION_FIELDS),
+            ("messages", MESSAGE_COLUMNS),
+        ):
+            found = await conn.fetch("SELECT column_name FROM information_schema.columns WHERE table_name = $1", table)
+            assert {c.strip() for c in listing.split(",")} <= {r["column_name"] for r in found}, table
+    finally:
+        await conn.close()

@@ -1,5 +1,6 @@
-"""storage.batching.ConversationBatches: group commit per conversation, driven
-with a fake ``store_batch`` that records its batches and is released by hand."""
+"""storage.batching.GroupCommit: group commit per key (per conversation, or
+one group as SQLite uses it), driven with a fake ``store_batch`` that records
+its batches and is released by hand."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from storage.batching import ConversationBatches, Stored
+from storage.batching import GroupCommit, Stored, one_group
 from storage.errors import Conflict, StoreUnavailable
 from storage.records import MessageRecord, NewMessage
 
@@ -83,13 +84,13 @@ async def next_turn() -> None:
     await done
 
 
-def submit(batches: ConversationBatches, *messages: NewMessage) -> list[asyncio.Task[Stored]]:
+def submit(batches: GroupCommit, *messages: NewMessage) -> list[asyncio.Task[Stored]]:
     return [asyncio.create_task(batches.append(m)) for m in messages]
 
 
 async def test_a_lone_append_is_a_batch_of_one_at_once() -> None:
     store = FakeStore()
-    batches = ConversationBatches("fake", store)
+    batches = GroupCommit("fake", store)
     record, duplicate = await batches.append(new(1, "a"))
     assert (record.seq, record.client_msg_id, duplicate) == (1, "a", False)
     assert store.batches == [["a"]]
@@ -97,7 +98,7 @@ async def test_a_lone_append_is_a_batch_of_one_at_once() -> None:
 
 async def test_appends_during_a_batch_go_together_in_the_next_in_submission_order() -> None:
     store = FakeStore(hold=True)
-    batches = ConversationBatches("fake", store)
+    batches = GroupCommit("fake", store)
     first = submit(batches, new(1, "a"))
     await store.wait_started(1)
     waiting = submit(batches, *(new(1, name) for name in "bcde"))
@@ -113,7 +114,7 @@ async def test_appends_during_a_batch_go_together_in_the_next_in_submission_orde
 
 async def test_a_batch_is_at_most_max_batch_messages() -> None:
     store = FakeStore(hold=True)
-    batches = ConversationBatches("fake", store, max_batch=2)
+    batches = GroupCommit("fake", store, max_batch=2)
     tasks = submit(batches, *(new(1, name) for name in "abcde"))
     for count in (1, 2, 3):
         await store.wait_started(count)
@@ -125,7 +126,7 @@ async def test_a_batch_is_at_most_max_batch_messages() -> None:
 
 async def test_conversations_batch_independently() -> None:
     store = FakeStore(hold=True)
-    batches = ConversationBatches("fake", store)
+    batches = GroupCommit("fake", store)
     slow = submit(batches, new(1, "slow"))
     await store.wait_started(1)
     other = submit(batches, new(2, "other"))
@@ -140,7 +141,7 @@ async def test_conversations_batch_independently() -> None:
 
 async def test_a_failing_batch_fails_its_waiters_and_the_next_batch_is_still_served() -> None:
     store = FakeStore(hold=True)
-    batches = ConversationBatches("fake", store)
+    batches = GroupCommit("fake", store)
     failing = submit(batches, new(1, "a"), new(1, "b"))
     await store.wait_started(1)
     next_batch = submit(batches, new(1, "c"))
@@ -161,7 +162,7 @@ async def test_a_store_unavailable_error_reaches_the_waiters_as_raised() -> None
     store = FakeStore()
     error = StoreUnavailable("fake", "timed out")
     store.fail_next = error
-    batches = ConversationBatches("fake", store)
+    batches = GroupCommit("fake", store)
     with pytest.raises(StoreUnavailable) as caught:
         await batches.append(new(1, "a"))
     assert caught.value is error
@@ -170,7 +171,7 @@ async def test_a_store_unavailable_error_reaches_the_waiters_as_raised() -> None
 async def test_one_messages_error_fails_only_its_own_waiter() -> None:
     conflict = Conflict("no such conversation")
     store = FakeStore(per_message_errors={"b": conflict})
-    batches = ConversationBatches("fake", store)
+    batches = GroupCommit("fake", store)
     tasks = submit(batches, new(1, "a"), new(1, "b"), new(1, "c"))
     a, b, c = await asyncio.gather(*tasks, return_exceptions=True)
     assert store.batches == [["a", "b", "c"]]
@@ -181,7 +182,7 @@ async def test_one_messages_error_fails_only_its_own_waiter() -> None:
 
 async def test_a_resend_in_the_same_batch_gets_the_original_back_as_a_duplicate() -> None:
     store = FakeStore(hold=True)
-    batches = ConversationBatches("fake", store)
+    batches = GroupCommit("fake", store)
     blocker = submit(batches, new(1, "first"))
     await store.wait_started(1)
     tasks = submit(batches, new(1, "x"), new(1, "x"), new(1, "x", sender=2))
@@ -199,7 +200,7 @@ async def test_a_resend_in_the_same_batch_gets_the_original_back_as_a_duplicate(
 
 async def test_a_waiter_that_gave_up_does_not_disturb_the_others() -> None:
     store = FakeStore(hold=True)
-    batches = ConversationBatches("fake", store)
+    batches = GroupCommit("fake", store)
     blocker = submit(batches, new(1, "first"))
     await store.wait_started(1)
     gave_up, kept = submit(batches, new(1, "gave-up"), new(1, "kept"))
@@ -217,7 +218,7 @@ async def test_a_waiter_that_gave_up_does_not_disturb_the_others() -> None:
 
 async def test_close_waits_for_the_batch_in_flight() -> None:
     store = FakeStore(hold=True)
-    batches = ConversationBatches("fake", store)
+    batches = GroupCommit("fake", store)
     tasks = submit(batches, new(1, "a"))
     await store.wait_started(1)
     closing = asyncio.create_task(batches.close())
@@ -230,7 +231,40 @@ async def test_close_waits_for_the_batch_in_flight() -> None:
 
 async def test_after_a_batch_drains_the_next_append_starts_a_fresh_batch() -> None:
     store = FakeStore()
-    batches = ConversationBatches("fake", store)
+    batches = GroupCommit("fake", store)
     await batches.append(new(1, "a"))
     await batches.append(new(1, "b"))
     assert store.batches == [["a"], ["b"]]
+
+
+async def test_one_group_batches_every_conversation_together_in_submission_order() -> None:
+    """SQLite's grouping: whatever queued during a commit goes in the next, across conversations."""
+    store = FakeStore(hold=True)
+    batches = GroupCommit("fake", store, key=one_group)
+    first = submit(batches, new(1, "a"))
+    await store.wait_started(1)
+    waiting = submit(batches, new(2, "b"), new(1, "c"), new(3, "d"), new(2, "e"))
+    await next_turn()
+    assert len(store.batches) == 1  # conversation 2 waits behind conversation 1's batch
+    store.release()
+    await store.wait_started(2)
+    store.release()
+    results = await asyncio.gather(*first, *waiting)
+    assert store.batches == [["a"], ["b", "c", "d", "e"]]
+    assert [(r.conversation_id, r.seq) for r, _ in results] == [(1, 1), (2, 1), (1, 2), (3, 1), (2, 2)]
+    await batches.close()
+
+
+async def test_a_batch_with_an_outcome_missing_fails_whole_and_the_next_is_served() -> None:
+    store = FakeStore()
+    batches = GroupCommit("fake", store)
+    original = store.__call__
+
+    async def short(batch: list[NewMessage]) -> list[Stored | BaseException]:
+        return (await original(batch))[:-1]
+
+    broken = GroupCommit("fake", short)
+    with pytest.raises(StoreUnavailable):
+        await broken.append(new(1, "a"))
+    record, _ = await batches.append(new(1, "b"))
+    assert record.seq == 2  # the short batch was stored; its waiter was told it may not have been
