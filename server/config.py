@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import msgspec
 from msgspec import Meta
 
-from storage.factory import StorageConfig
+from storage.config import AccountsBackend, InvalidStorageConfig, MessagesBackend, StorageConfig
 
 ENV_PREFIX = "HUBBUB_"
 
@@ -177,18 +177,12 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ] = False
 
     @property
-    def resolved_accounts_backend(self) -> Literal["sqlite", "postgres"]:
-        if self.accounts_backend:
-            return self.accounts_backend
-        return "postgres" if self.postgres_dsn else "sqlite"
+    def resolved_accounts_backend(self) -> AccountsBackend:
+        return storage_config(self).resolved_accounts_backend
 
     @property
-    def resolved_messages_backend(self) -> Literal["sqlite", "mongo", "postgres"]:
-        if self.messages_backend:
-            return self.messages_backend
-        if self.mongo_url:
-            return "mongo"
-        return self.resolved_accounts_backend
+    def resolved_messages_backend(self) -> MessagesBackend:
+        return storage_config(self).resolved_messages_backend
 
     @property
     def origins(self) -> list[re.Pattern[str] | None] | None:
@@ -357,15 +351,12 @@ def load_settings(environ: Mapping[str, str], flags: Mapping[str, str | None] | 
 
 def _check_consistency(s: Settings) -> None:
     """Rules that span several settings."""
-    uses_postgres = "postgres" in (s.resolved_accounts_backend, s.resolved_messages_backend)
-    if uses_postgres and not s.postgres_dsn:
-        raise ConfigError("the postgres backend needs HUBBUB_POSTGRES_DSN")
-    if s.resolved_messages_backend == "mongo" and not s.mongo_url:
-        raise ConfigError("the mongo messages backend needs HUBBUB_MONGO_URL")
+    try:
+        storage_config(s).check()  # the storage rules live with StorageConfig
+    except InvalidStorageConfig as exc:
+        raise ConfigError(exc.explain(env_name)) from None
     if s.presence_ttl_seconds <= s.presence_heartbeat_seconds:
         raise ConfigError("HUBBUB_PRESENCE_TTL_SECONDS must be longer than HUBBUB_PRESENCE_HEARTBEAT_SECONDS")
-    if s.postgres_pool_min > s.postgres_pool_max:
-        raise ConfigError("HUBBUB_POSTGRES_POOL_MIN is larger than HUBBUB_POSTGRES_POOL_MAX")
     if s.profile == "cloud":
         if not s.jwt_secret:
             raise ConfigError("profile cloud needs HUBBUB_JWT_SECRET (the dev secret is not allowed)")
@@ -419,17 +410,5 @@ def settings_markdown() -> str:
 
 
 def storage_config(s: Settings) -> StorageConfig:
-    return StorageConfig(
-        directory_backend=s.resolved_accounts_backend,
-        messages_backend=s.resolved_messages_backend,
-        data_dir=s.data_dir,
-        postgres_dsn=s.postgres_dsn,
-        postgres_replica_dsn=s.postgres_replica_dsn,
-        postgres_pool_min=s.postgres_pool_min,
-        postgres_pool_max=s.postgres_pool_max,
-        auto_migrate=s.auto_migrate,
-        mongo_url=s.mongo_url,
-        mongo_database=s.mongo_database,
-        mongo_write_concern=s.mongo_write_concern,
-        timeout=s.storage_timeout_seconds,
-    )
+    """The settings of the stores, under their own names."""
+    return StorageConfig(**{field: getattr(s, field) for field in StorageConfig.__struct_fields__})

@@ -1,32 +1,13 @@
-"""Opening the configured stores: which backend holds the directory and which the messages."""
+"""Opening the configured stores: which backend holds the directory (the
+accounts) and which the messages, as a ``StorageConfig`` (storage/config.py) says."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Literal
-
-from msgspec import Struct
 
 from storage.base import Directory, MessageLog
-
-DirectoryBackend = Literal["sqlite", "postgres"]
-MessagesBackend = Literal["sqlite", "mongo", "postgres"]
-
-
-class StorageConfig(Struct, kw_only=True, frozen=True):
-    directory_backend: DirectoryBackend = "sqlite"
-    messages_backend: MessagesBackend = "sqlite"
-    data_dir: str = "./data"
-    postgres_dsn: str = ""
-    postgres_replica_dsn: str = ""
-    postgres_pool_min: int = 1
-    postgres_pool_max: int = 10
-    auto_migrate: bool = True
-    mongo_url: str = ""
-    mongo_database: str = "hubbub"
-    mongo_write_concern: str = "majority"
-    timeout: float = 5.0
+from storage.config import StorageConfig
 
 
 class Stores:
@@ -45,7 +26,9 @@ class Stores:
 
 
 async def open_stores(config: StorageConfig) -> Stores:
-    """Open, and migrate when asked, the backends ``config`` names."""
+    """Open, and migrate when asked, the backends ``config`` names;
+    InvalidStorageConfig when it breaks one of its rules."""
+    config.check()
     closers: list[Callable[[], Awaitable[None]]] = []
     try:
         return await _open(config, closers)
@@ -56,49 +39,46 @@ async def open_stores(config: StorageConfig) -> Stores:
 
 
 async def _open(config: StorageConfig, closers: list[Callable[[], Awaitable[None]]]) -> Stores:
-    needs_sqlite = "sqlite" in (config.directory_backend, config.messages_backend)
-    needs_postgres = "postgres" in (config.directory_backend, config.messages_backend)
+    accounts_backend, messages_backend = config.backends
+    timeout = config.storage_timeout_seconds
     directory: Directory | None = None
     messages: MessageLog | None = None
 
-    if needs_sqlite:
+    if "sqlite" in config.backends:
         from storage.sqlite import open_sqlite
 
-        db, sqlite_directory, sqlite_messages = await open_sqlite(Path(config.data_dir) / "hubbub.db", config.timeout)
+        db, sqlite_directory, sqlite_messages = await open_sqlite(Path(config.data_dir) / "hubbub.db", timeout)
         closers.append(db.close)
-        if config.directory_backend == "sqlite":
+        if accounts_backend == "sqlite":
             directory = sqlite_directory
-        if config.messages_backend == "sqlite":
+        if messages_backend == "sqlite":
             messages = sqlite_messages
 
-    if needs_postgres:
+    if "postgres" in config.backends:
         from storage.postgres import PostgresDirectory, PostgresMessageLog, PostgresPools, migrate
 
-        if not config.postgres_dsn:
-            raise ValueError("the postgres backend needs a PostgreSQL DSN")
         if config.auto_migrate:
-            await migrate(config.postgres_dsn, timeout=max(config.timeout, 30.0))
+            await migrate(config.postgres_dsn, timeout=max(timeout, 30.0))
         pools = await PostgresPools.open(
             config.postgres_dsn,
             config.postgres_replica_dsn or None,
             min_size=config.postgres_pool_min,
             max_size=config.postgres_pool_max,
-            timeout=config.timeout,
+            timeout=timeout,
         )
         closers.append(pools.close)
-        if config.directory_backend == "postgres":
+        if accounts_backend == "postgres":
             directory = PostgresDirectory(pools)
-        if config.messages_backend == "postgres":
+        if messages_backend == "postgres":
             messages = PostgresMessageLog(pools)
 
-    if config.messages_backend == "mongo":
+    if messages_backend == "mongo":
         from storage.mongo import MongoMessageLog
 
-        if not config.mongo_url:
-            raise ValueError("the mongo messages backend needs a MongoDB URL")
         messages = await MongoMessageLog.open(
-            config.mongo_url, config.mongo_database, config.mongo_write_concern, config.timeout
+            config.mongo_url, config.mongo_database, config.mongo_write_concern, timeout
         )
 
-    assert directory is not None and messages is not None
+    if directory is None or messages is None:  # every backend of the Literals is opened above
+        raise RuntimeError(f"no store opened for {accounts_backend} accounts and {messages_backend} messages")
     return Stores(directory, messages, closers)
