@@ -16,9 +16,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address
 
-from websockets.datastructures import Headers
 from websockets.http11 import Request
 from websockets.protocol import State
 
@@ -26,6 +24,7 @@ from protocol import codec
 from protocol.errors import CloseCode, ErrorCode
 from protocol.frames import PRE_AUTH_TYPES, PROTOCOL_VERSION, AnyRequest, Hello, Limits, RequestId
 from server import logs
+from server.client_address import client_address
 from server.connection import Connection
 from server.errors import ApiError
 from server.guarded import request_budget
@@ -471,26 +470,3 @@ class Session:
             self._replies.append([payload])
         else:
             self._send_reply(payload)
-
-
-def client_address(peer: str | None, headers: Headers, trusted: list[IPv4Network | IPv6Network]) -> str:
-    """The client's IP: the TCP peer, or behind trusted proxies the nearest
-    untrusted hop of X-Forwarded-For (the rightmost entries are the proxies' own)."""
-    if peer is None:
-        return "unknown"
-    if not trusted:
-        return peer
-    # Several header lines are one list, in order (RFC 9110 5.3): a proxy that
-    # appends a line of its own after the client's puts its hop last.
-    hops = [h.strip() for header in headers.get_all("X-Forwarded-For") for h in header.split(",") if h.strip()]
-    hops.append(peer)
-    for hop in reversed(hops):
-        try:
-            address = ip_address(hop)
-        except ValueError:
-            return hop  # garbage from beyond our proxies: still a distinct key
-        if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped  # a dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d
-        if not any(address in net for net in trusted):
-            return hop
-    return hops[0]
