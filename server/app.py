@@ -118,7 +118,10 @@ class App:
         )
         await self.hub.start()
         self._keepalive = Keepalive(
-            lambda: self.sessions, s.ping_interval_seconds, s.ping_timeout_seconds, self.metrics.task_failed
+            lambda: [session.conn for session in self.sessions],
+            s.ping_interval_seconds,
+            s.ping_timeout_seconds,
+            self.metrics.task_failed,
         )
         self._keepalive.start()
         self._origins = s.origins

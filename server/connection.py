@@ -7,16 +7,34 @@ This layer leaves everything that is protocol to websockets (HTTP parsing,
 the handshake with its origin and subprotocol checks, framing, size limits,
 ping answers, the closing handshake) and does only the I/O around it: bytes
 from the transport into the protocol, its events to the session, its output
-to the transport. An idle connection is this object, the websockets protocol
-and the session: no task, no future, no queue. The session writes its own
-frames straight to the transport (server frames are unmasked: the same bytes
-for every recipient, framed once per event).
+to the transport. An idle connection is this object, the websockets protocol,
+the session and its dispatcher: no task, no future, no queue.
+
+The connection is the socket's only owner; the session above it sees it as a
+``Transport`` (server/transport.py):
+
+- **Outbound frames** (replies and events, complete WebSocket frames: server
+  frames are unmasked, the same bytes for every recipient, framed once per
+  event) are appended to a list and written with one transport.write per
+  event-loop turn (server/outbound.py), so a burst of events costs one
+  syscall per connection, not one per frame.
+- **Slow consumers**: that list plus the transport's own buffer is bounded by
+  ``outbound_buffer_bytes``; a connection past it is closed (4008) without
+  ever making the fan-out wait for it.
+- **Keepalive**: server/keepalive.py calls ``keepalive`` on every connection;
+  a ping unanswered for ``ping_timeout_seconds`` closes it (1011).
+- **Reading** is paused during the handshake and whenever the dispatcher's
+  backlog asks for it, and resumed only when neither holds.
+- **Close ordering**: whatever the protocol writes (a close frame, a pong)
+  goes after the frames already queued, because ``_send_protocol_output``
+  flushes them first; once a close has started, frames are dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import http
+import itertools
 import logging
 import socket
 import time
@@ -34,25 +52,36 @@ from websockets.exceptions import (
     NegotiationError,
     SecurityError,
 )
-from websockets.frames import CloseCode, Frame, Opcode
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from protocol.errors import CloseCode
 from server import logs
 from server.config import Settings
 from server.metrics import Metrics
+from server.outbound import flusher_of
 
 SERVER_HEADER = "hubbub"
 LOGGER = logging.getLogger("websockets.server")
 
 
-class SessionEnd(Protocol):
-    """What a connection tells the session on top of it."""
+_ping_numbers = itertools.count(1)
 
-    def received(self, raw: str | bytes) -> None: ...
-    def pong(self, data: bytes) -> None: ...
-    def flush(self) -> None: ...
+
+class Client(Protocol):
+    """What a connection tells the client on top of it (server/session.py)."""
+
+    @property
+    def conn_id(self) -> int: ...
+    @property
+    def user_id(self) -> int:
+        """0 until authenticated."""
+
+    def received(self, raw: str | bytes) -> None:
+        """A complete text (decoded) or binary message."""
+
     def connection_lost(self) -> None: ...
 
 
@@ -67,7 +96,7 @@ class Host(Protocol):
     def metrics(self) -> Metrics: ...
     def new_protocol(self) -> ServerProtocol: ...
     def respond(self, request: Request) -> Awaitable[Response | None]: ...
-    def open_session(self, connection: Connection, request: Request) -> SessionEnd: ...
+    def open_session(self, connection: Connection, request: Request) -> Client: ...
 
 
 def refusal_reason(exc: BaseException | None) -> str:
@@ -118,11 +147,21 @@ def refusal_log(host: Host) -> RefusalLog:
 
 
 class Connection(asyncio.Protocol):
+    # Slots: thousands of idle connections each carry one of these.
     __slots__ = (
+        "_closing",
+        "_flush_scheduled",
+        "_flusher",
         "_fragments",
         "_fragments_text",
         "_handshake_task",
         "_host",
+        "_limit",
+        "_out",
+        "_out_bytes",
+        "_ping_payload",
+        "_ping_sent",
+        "_reading_paused",
         "_timer",
         "close_timeout",
         "session",
@@ -131,16 +170,28 @@ class Connection(asyncio.Protocol):
     )
 
     def __init__(self, host: Host, handshake_timeout: float, close_timeout: float) -> None:
+        loop = asyncio.get_running_loop()
         self._host = host
         self.close_timeout = close_timeout
         self.ws: ServerProtocol = host.new_protocol()
-        self.session: SessionEnd | None = None
+        self.session: Client | None = None
         self.transport: asyncio.Transport | None = None
         self._fragments: list[bytes] | None = None
         self._fragments_text = False
         self._handshake_task: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
         # During the handshake: its deadline; after a close frame: the closing deadline.
-        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(handshake_timeout, self.abort)
+        self._timer: asyncio.TimerHandle | None = loop.call_later(handshake_timeout, self.abort)
+        self._flusher = flusher_of(loop)
+        self._limit = host.settings.outbound_buffer_bytes
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+        self._flush_scheduled = False
+        self._closing = False
+        """A close started here, or the connection is lost: frames are dropped."""
+        self._reading_paused = False
+        """The client asked for reading to stop (its backlog); the handshake pauses it too."""
+        self._ping_payload: bytes | None = None
+        self._ping_sent = 0.0
 
     # -- asyncio.Protocol ---------------------------------------------------
 
@@ -186,7 +237,8 @@ class Connection(asyncio.Protocol):
                 # Frames sent before our answer (RFC 6455 says a client waits
                 # for it; not every client does) wait for the session, and so
                 # does the rest of the socket.
-                assert self.transport is not None
+                if self.transport is None:
+                    raise RuntimeError("data received before the connection was made")
                 self.transport.pause_reading()
                 early = [e for e in events[index + 1 :] if isinstance(e, Frame)]
                 self._handshake_task = asyncio.get_running_loop().create_task(self._handshake(event, early))
@@ -203,6 +255,7 @@ class Connection(asyncio.Protocol):
         return None  # the transport closes itself
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
         self.ws.receive_eof()  # idempotent; the protocol is now CLOSED
         if self._timer is not None:
             self._timer.cancel()
@@ -210,20 +263,95 @@ class Connection(asyncio.Protocol):
         if self.session is not None:
             self.session.connection_lost()
 
-    # -- towards the peer ---------------------------------------------------
+    # -- towards the peer (Transport, server/transport.py) -------------------
+
+    def send_frame(self, frame: bytes) -> None:
+        """Queue a complete WebSocket frame; written at the end of this loop turn."""
+        if self._closing:
+            return
+        self._out.append(frame)
+        self._out_bytes += len(frame)
+        if self._out_bytes > self._limit:
+            self._slow_consumer()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._flusher.add(self)
+
+    def flush(self) -> None:
+        """Write everything queued in one transport.write (server/outbound.py
+        calls it once per loop turn; ``_send_protocol_output`` before its own writes)."""
+        self._flush_scheduled = False
+        transport = self.transport
+        if self._closing or not self._out or transport is None:
+            return
+        if self.ws.state is not State.OPEN:
+            # Closing handshake started: data frames may no longer follow.
+            self._out.clear()
+            self._out_bytes = 0
+            return
+        out = self._out
+        transport.write(out[0] if len(out) == 1 else b"".join(out))
+        self._out = []
+        self._out_bytes = 0
+        if transport.get_write_buffer_size() > self._limit:
+            self._slow_consumer()
+
+    def _slow_consumer(self) -> None:
+        self._out.clear()
+        self._out_bytes = 0
+        self._host.metrics.slow_consumers.inc()
+        session = self.session
+        logs.warning(
+            "slow_consumer",
+            conn_id=session.conn_id if session else None,
+            user_id=session.user_id or None if session else None,
+        )
+        self.close(CloseCode.SLOW_CONSUMER, "slow consumer")
 
     def close(self, code: int, reason: str) -> None:
-        """Start the closing handshake after everything already queued (see
-        ``_send_protocol_output``); the connection is aborted if the peer does
-        not finish it in ``close_timeout``."""
+        """Start the closing handshake after every frame already queued; the
+        connection is aborted if the peer does not finish it in ``close_timeout``."""
+        if self._closing:
+            return
+        self.flush()
+        self._closing = True
         if self.ws.state is State.OPEN:
             self.ws.send_close(code, reason)
             self._send_protocol_output()
 
-    def ping(self, data: bytes) -> None:
-        if self.ws.state is State.OPEN:
-            self.ws.send_ping(data)
-            self._send_protocol_output()
+    def is_closing(self) -> bool:
+        return self._closing or self.ws.state is not State.OPEN
+
+    def pause_reading(self) -> None:
+        self._reading_paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._reading_paused = False
+        transport = self.transport
+        if transport is not None and self._handshake_task is None and not transport.is_closing():
+            transport.resume_reading()
+
+    def keepalive(self, now: float, timeout: float) -> None:
+        """Ping, or close the connection (1011) when the last ping went
+        unanswered for ``timeout`` (server/keepalive.py calls this)."""
+        if self._closing or self.ws.state is not State.OPEN:
+            return
+        if self._ping_payload is not None:
+            if now - self._ping_sent > timeout:
+                session = self.session
+                logs.info(
+                    "keepalive_timeout",
+                    conn_id=session.conn_id if session else None,
+                    user_id=session.user_id or None if session else None,
+                )
+                self.close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+            return
+        self._ping_sent = now
+        self._ping_payload = next(_ping_numbers).to_bytes(8, "big")
+        self.ws.send_ping(self._ping_payload)
+        self._send_protocol_output()
 
     def abort(self) -> None:
         self._timer = None
@@ -241,12 +369,11 @@ class Connection(asyncio.Protocol):
         return str(peer[0]) if peer else None
 
     def _send_protocol_output(self) -> None:
-        """Write what the protocol produced (handshake response, pong, close, EOF)."""
+        """Write what the protocol produced (handshake response, pong, ping, close, EOF)."""
         writes = self.ws.data_to_send()
         if not writes or self.transport is None:
             return
-        if self.session is not None:
-            self.session.flush()  # frames already queued go before a close frame
+        self.flush()  # frames already queued go before a close frame
         transport = self.transport
         for data in writes:
             if data:
@@ -271,13 +398,14 @@ class Connection(asyncio.Protocol):
             self._message(data, opcode is Opcode.TEXT)
         elif opcode is Opcode.CONT:
             fragments = self._fragments
-            assert fragments is not None  # the protocol rejects a stray continuation
+            if fragments is None:
+                raise RuntimeError("a continuation frame with nothing to continue")  # websockets rejects it first
             fragments.append(data)
             if frame.fin:
                 self._fragments = None
                 self._message(b"".join(fragments), self._fragments_text)
-        elif opcode is Opcode.PONG and self.session is not None:
-            self.session.pong(data)
+        elif opcode is Opcode.PONG and data == self._ping_payload:
+            self._ping_payload = None
 
     def _message(self, data: bytes, text: bool) -> None:
         if self.session is None or self.ws.state is not State.OPEN:
@@ -300,7 +428,7 @@ class Connection(asyncio.Protocol):
                 self._frame(frame)
         finally:
             self._handshake_task = None
-            if self.transport is not None and not self.transport.is_closing():
+            if self.transport is not None and not self.transport.is_closing() and not self._reading_paused:
                 self.transport.resume_reading()
 
     async def _answer(self, request: Request) -> None:

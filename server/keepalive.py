@@ -25,7 +25,9 @@ PINGS_PER_TURN = 256
 
 
 class Pingable(Protocol):
-    def keepalive(self, now: float, timeout: float) -> None: ...
+    def keepalive(self, now: float, timeout: float) -> None:
+        """Ping, or drop the connection when its last ping is unanswered after ``timeout``
+        (server/connection.py)."""
 
 
 class Keepalive:

@@ -1,15 +1,17 @@
 """One flush per event-loop turn for every connection with queued frames.
 
-Sessions queue frames as events happen; the first frame of a turn puts the
-session on this list, and a single callback at the end of the turn writes
-each session's frames with one transport.write. One scheduled callback per
-turn, not one per connection: at a thousand recipients per event the
-per-connection scheduling was a sizeable share of the fan-out's CPU.
+Connections queue frames as events happen (server/connection.py); the first
+frame of a turn puts the connection on this list, and a single callback at
+the end of the turn writes each connection's frames with one
+transport.write. One scheduled callback per turn, not one per connection: at
+a thousand recipients per event the per-connection scheduling was a sizeable
+share of the fan-out's CPU.
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import Protocol
 
 
@@ -22,8 +24,8 @@ class Flusher:
         self._pending: list[Flushable] = []
         self._scheduled = False
 
-    def add(self, session: Flushable) -> None:
-        self._pending.append(session)
+    def add(self, connection: Flushable) -> None:
+        self._pending.append(connection)
         if not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._run)
@@ -31,5 +33,17 @@ class Flusher:
     def _run(self) -> None:
         pending, self._pending = self._pending, []
         self._scheduled = False
-        for session in pending:
-            session.flush()
+        for connection in pending:
+            connection.flush()
+
+
+_flushers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Flusher] = weakref.WeakKeyDictionary()
+
+
+def flusher_of(loop: asyncio.AbstractEventLoop) -> Flusher:
+    """The loop's flusher: a turn is the loop's, so all its connections share one
+    (every server of the loop: tests run several in a process)."""
+    flusher = _flushers.get(loop)
+    if flusher is None:
+        flusher = _flushers[loop] = Flusher()
+    return flusher

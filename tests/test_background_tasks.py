@@ -318,11 +318,11 @@ async def test_the_keepalive_survives_a_failing_connection(
     (session,) = server.app.sessions
     keepalive: Any = server.app._keepalive
     # The broken one comes first: every connection after it must still be pinged.
-    monkeypatch.setattr(keepalive, "_connections", lambda: [BrokenConnection(), *server.app.sessions])
+    monkeypatch.setattr(keepalive, "_connections", lambda: [BrokenConnection(), *(s.conn for s in server.app.sessions)])
     pings: set[float] = set()
 
     def pinged_again() -> bool:
-        pings.add(session._ping_sent)
+        pings.add(session.conn._ping_sent)
         return len(pings) >= 3
 
     await until(pinged_again, "pings after a connection's keepalive failed")

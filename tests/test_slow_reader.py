@@ -1,6 +1,6 @@
 """A client that never reads is cut as a slow consumer (4008) once
 `outbound_buffer_bytes` plus the bounded kernel buffers fill, not held open
-until the keepalive notices (server/connection.py, server/session.py)."""
+until the keepalive notices (server/connection.py)."""
 
 from __future__ import annotations
 
