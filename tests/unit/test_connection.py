@@ -1,0 +1,272 @@
+"""server.connection.Connection without sockets: a fake asyncio transport
+below it, websockets' own client protocol on the far end, a fake client on top.
+
+The connection is the socket's only owner: these check the promises that
+depend on that: one write per loop turn, queued frames before the close
+frame, the slow-consumer cut, keepalive pings, and reading paused by the
+handshake and by the client's backlog composing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+from websockets.uri import parse_uri
+
+from protocol.codec import websocket_text_frame
+from protocol.errors import CloseCode
+from server.config import Settings
+from server.connection import Connection
+from server.metrics import Metrics
+
+
+class FakeTransport:
+    """What asyncio gives a protocol, recording writes and reading state."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self._reading = True
+        self.closing = False
+        self.buffered = 0
+        """What get_write_buffer_size reports: the bytes the kernel did not take."""
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def pause_reading(self) -> None:
+        self._reading = False
+
+    def resume_reading(self) -> None:
+        self._reading = True
+
+    def is_reading(self) -> bool:
+        return self._reading
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("192.0.2.1", 40000) if name == "peername" else default
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.closing = True
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = True
+
+
+class FakeClient:
+    conn_id = 1
+    user_id = 0
+
+    def __init__(self) -> None:
+        self.messages: list[str | bytes] = []
+        self.lost = False
+
+    def received(self, raw: str | bytes) -> None:
+        self.messages.append(raw)
+
+    def connection_lost(self) -> None:
+        self.lost = True
+
+
+class FakeHost:
+    serving = True
+
+    def __init__(self, **settings: Any) -> None:
+        self.settings = Settings(socket_send_buffer_bytes=0, **settings)
+        self.metrics = Metrics()
+        self.clients: list[FakeClient] = []
+
+    def new_protocol(self) -> ServerProtocol:
+        return ServerProtocol()
+
+    async def respond(self, request: Request) -> Response | None:
+        return None
+
+    def open_session(self, connection: Connection, request: Request) -> FakeClient:
+        client = FakeClient()
+        self.clients.append(client)
+        return client
+
+
+async def settle() -> None:
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+class Peer:
+    """The far end: websockets' client protocol reading what the connection wrote."""
+
+    def __init__(self, connection: Connection, transport: FakeTransport) -> None:
+        self.connection = connection
+        self.transport = transport
+        self.protocol = ClientProtocol(parse_uri("ws://127.0.0.1/"))
+        self._read = 0
+
+    def send(self, data: bytes) -> None:
+        self.connection.data_received(data)
+
+    def send_text(self, text: str) -> None:
+        self.protocol.send_text(text.encode())
+        self.send(b"".join(self.protocol.data_to_send()))
+
+    def frames(self) -> list[Frame]:
+        """The frames written since the last call."""
+        new = self.transport.writes[self._read :]
+        self._read = len(self.transport.writes)
+        self.protocol.receive_data(b"".join(new))
+        return [e for e in self.protocol.events_received() if isinstance(e, Frame)]
+
+
+async def open_connection(**settings: Any) -> tuple[Connection, FakeTransport, Peer, FakeHost]:
+    host = FakeHost(**settings)
+    connection = Connection(host, handshake_timeout=10.0, close_timeout=5.0)
+    transport = FakeTransport()
+    connection.connection_made(transport)  # type: ignore[arg-type]
+    peer = Peer(connection, transport)
+    peer.protocol.send_request(peer.protocol.connect())
+    peer.send(b"".join(peer.protocol.data_to_send()))
+    assert not transport.is_reading()  # while the handshake is answered
+    await settle()
+    assert transport.is_reading()
+    assert peer.frames() == [] and peer.protocol.state is State.OPEN
+    return connection, transport, peer, host
+
+
+def text(payload: bytes) -> bytes:
+    return websocket_text_frame(payload)
+
+
+async def test_frames_of_one_turn_are_written_together_at_its_end() -> None:
+    connection, transport, peer, _ = await open_connection()
+    writes = len(transport.writes)
+    for n in range(3):
+        connection.send_frame(text(b'{"n":%d}' % n))
+    assert len(transport.writes) == writes  # nothing during the turn
+    await settle()
+    assert len(transport.writes) == writes + 1
+    assert [bytes(f.data) for f in peer.frames()] == [b'{"n":0}', b'{"n":1}', b'{"n":2}']
+
+
+async def test_frames_queued_before_a_close_go_before_the_close_frame_and_none_after() -> None:
+    connection, _transport, peer, _ = await open_connection()
+    connection.send_frame(text(b"first"))
+    connection.send_frame(text(b"second"))
+    connection.close(CloseCode.GOING_AWAY, "bye")
+    connection.send_frame(text(b"too late"))
+    await settle()
+    frames = peer.frames()
+    assert [(f.opcode, bytes(f.data)) for f in frames[:2]] == [(Opcode.TEXT, b"first"), (Opcode.TEXT, b"second")]
+    assert [f.opcode for f in frames[2:]] == [Opcode.CLOSE]
+    assert connection.is_closing()
+
+
+async def test_a_ping_from_the_peer_is_answered_after_the_frames_queued_before_it() -> None:
+    connection, _transport, peer, _ = await open_connection()
+    connection.send_frame(text(b"queued"))
+    peer.protocol.send_ping(b"there?")
+    peer.send(b"".join(peer.protocol.data_to_send()))
+    assert [(f.opcode, bytes(f.data)) for f in peer.frames()] == [(Opcode.TEXT, b"queued"), (Opcode.PONG, b"there?")]
+
+
+async def test_past_the_outbound_buffer_the_connection_is_cut_as_a_slow_consumer() -> None:
+    connection, _transport, peer, host = await open_connection(outbound_buffer_bytes=1000)
+    connection.send_frame(text(b"x" * 600))
+    connection.send_frame(text(b"y" * 600))  # 1,200 queued: over the limit
+    connection.send_frame(text(b"z"))
+    await settle()
+    frames = peer.frames()
+    assert [f.opcode for f in frames] == [Opcode.CLOSE]  # the backlog is dropped, not written
+    assert peer.protocol.close_rcvd is not None and peer.protocol.close_rcvd.code == CloseCode.SLOW_CONSUMER
+    assert host.metrics.registry.get_sample_value("hubbub_slow_consumer_disconnects_total") == 1
+
+
+async def test_what_the_kernel_does_not_take_counts_against_the_outbound_buffer() -> None:
+    connection, transport, peer, _host = await open_connection(outbound_buffer_bytes=1000)
+    transport.buffered = 1001
+    connection.send_frame(text(b"x"))
+    await settle()
+    assert [f.opcode for f in peer.frames()] == [Opcode.TEXT, Opcode.CLOSE]
+    assert peer.protocol.close_rcvd is not None and peer.protocol.close_rcvd.code == CloseCode.SLOW_CONSUMER
+
+
+async def test_keepalive_pings_and_closes_1011_when_a_ping_goes_unanswered() -> None:
+    connection, _transport, peer, _ = await open_connection()
+    connection.keepalive(now=100.0, timeout=5.0)
+    (ping,) = peer.frames()
+    assert ping.opcode is Opcode.PING
+    # Answered: the next round pings again.
+    peer.send(b"".join(peer.protocol.data_to_send()))  # the client protocol queued the pong
+    connection.keepalive(now=120.0, timeout=5.0)
+    (second,) = peer.frames()
+    assert second.opcode is Opcode.PING and second.data != ping.data
+    # Not answered: within the timeout nothing happens, past it the connection closes.
+    peer.protocol.data_to_send()  # this pong is lost
+    connection.keepalive(now=124.0, timeout=5.0)
+    assert peer.frames() == []
+    connection.keepalive(now=126.0, timeout=5.0)
+    assert [f.opcode for f in peer.frames()] == [Opcode.CLOSE]
+    assert peer.protocol.close_rcvd is not None and peer.protocol.close_rcvd.code == CloseCode.INTERNAL_ERROR
+
+
+async def test_reading_paused_by_the_client_stays_paused_until_it_resumes() -> None:
+    connection, transport, _, _ = await open_connection()
+    connection.pause_reading()
+    assert not transport.is_reading()
+    connection.resume_reading()
+    assert transport.is_reading()
+    transport.closing = True
+    connection.pause_reading()
+    connection.resume_reading()
+    assert not transport.is_reading()  # a closing transport is not read again
+
+
+async def test_a_pause_asked_during_the_handshake_outlasts_it() -> None:
+    """Frames that came with the handshake request are served at its end; if
+    they fill the client's backlog, the handshake's end must not resume reading."""
+    host = FakeHost()
+    connection = Connection(host, handshake_timeout=10.0, close_timeout=5.0)
+    transport = FakeTransport()
+    connection.connection_made(transport)  # type: ignore[arg-type]
+    peer = Peer(connection, transport)
+    peer.protocol.send_request(peer.protocol.connect())
+    request = b"".join(peer.protocol.data_to_send())
+    early = Frame(Opcode.TEXT, b"early").serialize(mask=True, extensions=[])
+    connection.data_received(request + early)
+    assert not transport.is_reading()
+    connection.pause_reading()  # as a full backlog would
+    await settle()
+    (client,) = host.clients
+    assert client.messages == ["early"]
+    assert not transport.is_reading()
+    connection.resume_reading()
+    assert transport.is_reading()
+
+
+async def test_messages_reach_the_client_reassembled_and_decoded() -> None:
+    connection, _transport, peer, host = await open_connection()
+    peer.send_text("héllo")
+    peer.protocol.send_text(b"frag", fin=False)
+    peer.protocol.send_continuation(b"mented", fin=True)
+    peer.protocol.send_binary(b"\x00\x01")
+    peer.send(b"".join(peer.protocol.data_to_send()))
+    (client,) = host.clients
+    assert client.messages == ["héllo", "fragmented", b"\x00\x01"]
+    connection.connection_lost(None)
+    assert client.lost and connection.is_closing()
