@@ -26,10 +26,10 @@ from server.config import Settings, storage_config
 from server.connection import LOGGER, Connection
 from server.guarded import guarded
 from server.http import ProcessRequest, make_process_request
-from server.hub import Hub
 from server.keepalive import Keepalive
 from server.metrics import Metrics
-from server.presence import LocalPresence, Presence
+from server.presence import LocalPresence, PresenceTracker
+from server.services import Services
 from server.session import Session
 from server.startup import EXIT_CODE, StartupFailure, check_redis, explain
 from storage.factory import Stores, open_stores
@@ -57,14 +57,14 @@ def select_subprotocol(server_protocol: ServerProtocol, offered: Sequence[Subpro
 
 
 class App:
-    """One running server: stores, hub and the WebSocket listener (the ``Host``
+    """One running server: stores, services and the WebSocket listener (the ``Host``
     of every connection, see server/connection.py)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
         self.sessions: set[Session] = set()
-        self.hub: Hub | None = None
+        self.services: Services | None = None
         self.server: asyncio.Server | None = None
         self.serving = False
         self._sessions_gone: asyncio.Event | None = None
@@ -79,7 +79,8 @@ class App:
 
     @property
     def port(self) -> int:
-        assert self.server is not None
+        if self.server is None:
+            raise RuntimeError("the server is not listening")
         port: int = next(iter(self.server.sockets)).getsockname()[1]
         return port
 
@@ -106,7 +107,7 @@ class App:
         loop = asyncio.get_running_loop()
         passwords = await loop.run_in_executor(None, Passwords, s)
         broker, presence = self._routing()
-        self.hub = Hub(
+        services = self.services = Services(
             settings=s,
             directory=guarded(directory, self.metrics, s.storage_timeout_seconds),
             messages=guarded(messages, self.metrics, s.storage_timeout_seconds),
@@ -116,7 +117,7 @@ class App:
             tokens=Tokens(secret, s.jwt_issuer, s.jwt_audience, s.jwt_ttl_seconds),
             metrics=self.metrics,
         )
-        await self.hub.start()
+        await services.start()
         self._keepalive = Keepalive(
             lambda: [session.conn for session in self.sessions],
             s.ping_interval_seconds,
@@ -125,7 +126,7 @@ class App:
         )
         self._keepalive.start()
         self._origins = s.origins
-        self._respond = make_process_request(self.hub, lambda: len(self.sessions))
+        self._respond = make_process_request(services, lambda: len(self.sessions))
         self.serving = True
         self.server = await loop.create_server(
             lambda: Connection(self, s.handshake_timeout_seconds, s.close_timeout_seconds),
@@ -147,13 +148,14 @@ class App:
             routing="redis" if s.redis_url else "in-process",
         )
 
-    def _routing(self) -> tuple[Broker, Presence]:
+    def _routing(self) -> tuple[Broker, PresenceTracker]:
         """In-process routing alone, or Redis routing and presence across instances."""
         s = self.settings
         if not s.redis_url:
             return InProcessBroker(self.metrics), LocalPresence()
         from server.broker_redis import RedisBroker
-        from server.presence_redis import RedisPresence, connect
+        from server.presence_redis import RedisPresence
+        from server.redis_client import pooled_client
 
         broker = RedisBroker(
             s.redis_url,
@@ -163,7 +165,7 @@ class App:
             health_interval=s.broker_probe_seconds,
             timeout=s.storage_timeout_seconds,
         )
-        self._redis = connect(s.redis_url, timeout=s.storage_timeout_seconds, max_connections=s.redis_pool_max)
+        self._redis = pooled_client(s.redis_url, timeout=s.storage_timeout_seconds, max_connections=s.redis_pool_max)
         presence = RedisPresence(
             self._redis,
             s.redis_prefix,
@@ -186,12 +188,14 @@ class App:
         )
 
     def respond(self, request: Request) -> Awaitable[Response | None]:
-        assert self._respond is not None
+        if self._respond is None:
+            raise RuntimeError("a request before start-up finished")
         return self._respond(request)
 
     def open_session(self, connection: Connection, request: Request) -> Session:
-        assert self.hub is not None
-        session = Session(self.hub, connection, request, self._session_finished)
+        if self.services is None:
+            raise RuntimeError("a connection before start-up finished")
+        session = Session(self.services, connection, request, self._session_finished)
         self.sessions.add(session)
         session.start()
         return session
@@ -220,8 +224,8 @@ class App:
             except TimeoutError:
                 logs.warning("shutdown_timeout", open_connections=len(self.sessions))
             self.server = None
-        if self.hub is not None:
-            await self.hub.close()
+        if self.services is not None:
+            await self.services.close()
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None

@@ -11,6 +11,15 @@ Redis 7's sharded pub/sub (SSUBSCRIBE/SPUBLISH) is used when the server has
 it, so the same topics spread over a Redis Cluster's shards; plain pub/sub
 otherwise.
 
+What is published is an ``Envelope`` (msgpack, array-like): the origin
+instance, a number for de-duplication, and the body, an Event or a
+MembershipChange (server/broker.py). ``publish`` hands the body to this
+instance's BrokerEventHandler at once, then queues the envelope for every
+topic of its addressing; one publisher task sends the queue in order, one
+pipeline per event-loop turn, so envelopes leave in publish order. The
+subscriber task decodes each envelope once and calls the handler's
+``on_event`` / ``on_membership`` (skipping its own and repeats).
+
 Pub/sub is at-most-once. Publishing delivers locally first and never waits
 for Redis; when Redis is down, local delivery and sending go on, the broker
 reconnects with backoff, resubscribes, and asks for a resync (the instance
@@ -39,13 +48,12 @@ from typing import Any
 import msgspec
 import redis.asyncio as redis
 from redis.asyncio.client import PubSub
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from server import logs
-from server.broker import Delivery, DeliveryHandler, ResyncHandler
+from server.broker import Broker, BrokerEventHandler, Event, MembershipChange
 from server.metrics import Metrics
+from server.redis_client import subscriber_client
 from storage.supervision import backoff, report, supervise
 
 SUBSCRIBE_CHUNK = 1000
@@ -57,7 +65,7 @@ DEDUPE_WINDOW = 8192
 class Envelope(msgspec.Struct, array_like=True, frozen=True):
     origin: str
     number: int
-    delivery: Delivery | None
+    body: Event | MembershipChange | None
     """None for the health probe."""
 
 
@@ -84,8 +92,7 @@ class RedisBroker:
         self._timeout = timeout
         self._client: redis.Redis | None = None
         self._sharded = True
-        self._on_delivery: DeliveryHandler | None = None
-        self._on_resync: ResyncHandler | None = None
+        self._handler: BrokerEventHandler | None = None
         self._numbers = itertools.count(1)
         self._seen: OrderedDict[tuple[str, int], None] = OrderedDict()
         # What this instance needs, and what the live subscription has.
@@ -168,8 +175,8 @@ class RedisBroker:
                     # Messages published before the subscription took effect
                     # never reach here: have them read from the store.
                     started = [int(c.rsplit(":", 1)[1]) for c in chunk if c.startswith(self._conversation_prefix)]
-                    if started and self._on_resync is not None:
-                        self._on_resync(started)
+                    if started and self._handler is not None:
+                        self._handler.on_resync(started)
                 for chunk in _chunks(drop):
                     await self._unsubscribe(self._pubsub, chunk)
                     self._subscribed.difference_update(chunk)
@@ -200,20 +207,12 @@ class RedisBroker:
 
     # -- lifecycle ----------------------------------------------------------
 
-    async def start(self, on_delivery: DeliveryHandler, on_resync: ResyncHandler) -> None:
-        self._on_delivery = on_delivery
-        self._on_resync = on_resync
-        self._client = redis.Redis.from_url(
-            self.url,
-            socket_timeout=self._timeout,
-            socket_connect_timeout=self._timeout,
-            # No silent reconnects inside redis-py: a reconnect must be seen
-            # here, because messages were lost and a resync is due.
-            retry=Retry(NoBackoff(), 0),
-        )
+    async def start(self, handler: BrokerEventHandler) -> None:
+        self._handler = handler
+        client = self._client = subscriber_client(self.url, timeout=self._timeout)
         loop = asyncio.get_running_loop()
         self._tasks = [
-            loop.create_task(self._run_subscriber()),
+            loop.create_task(self._run_subscriber(client)),
             loop.create_task(self._run_publisher()),
             loop.create_task(self._run_probe()),
         ]
@@ -248,17 +247,28 @@ class RedisBroker:
 
     # -- publishing ---------------------------------------------------------
 
-    def publish(self, delivery: Delivery) -> None:
-        if self._on_delivery is not None:
-            self._on_delivery(delivery)
+    def publish(self, event: Event) -> None:
+        if self._handler is not None:
+            self._handler.on_event(event)
         if self._pubsub is None:
             # Not connected: the other instances catch up from the store by seq.
             self._metrics.broker_dropped.inc()
             return
-        payload = _encoder.encode(Envelope(self.instance_id, next(self._numbers), delivery))
-        channels = [self._conversation_channel(c) for c in delivery.conversations]
-        channels.extend(self._user_channel(u) for u in delivery.users)
-        self._outgoing.extend((channel, payload) for channel in channels)
+        payload = _encoder.encode(Envelope(self.instance_id, next(self._numbers), event))
+        outgoing = self._outgoing
+        outgoing.extend((self._conversation_channel(c), payload) for c in event.conversations)
+        outgoing.extend((self._user_channel(u), payload) for u in event.users)
+        self._outgoing_ready.set()
+
+    def publish_membership(self, change: MembershipChange) -> None:
+        if self._handler is not None:
+            self._handler.on_membership(change)
+        if self._pubsub is None:
+            # Not connected: the other instances resync routing from the store on reconnect.
+            self._metrics.broker_dropped.inc()
+            return
+        payload = _encoder.encode(Envelope(self.instance_id, next(self._numbers), change))
+        self._outgoing.extend((self._user_channel(u), payload) for u in change.user_ids)
         self._outgoing_ready.set()
 
     async def _run_publisher(self) -> None:
@@ -297,17 +307,16 @@ class RedisBroker:
 
     # -- receiving ----------------------------------------------------------
 
-    async def _run_subscriber(self) -> None:
+    async def _run_subscriber(self, client: redis.Redis) -> None:
         """Keep one subscriber connection alive; reconnect with backoff, then resync."""
-        assert self._client is not None
         attempt = 0
         ever_connected = False
         while not self._closing:
             pubsub: PubSub | None = None
             try:
-                info = await self._client.info("server")
+                info = await client.info("server")
                 self._sharded = int(str(info.get("redis_version", "0")).split(".")[0]) >= 7
-                pubsub = self._client.pubsub()
+                pubsub = client.pubsub()
                 wanted = sorted(self._wanted_channels())
                 for chunk in _chunks(wanted):
                     await self._subscribe(pubsub, chunk)
@@ -316,13 +325,13 @@ class RedisBroker:
                 self._last_probe_received = time.monotonic()
                 self._healthy()
                 logs.info("broker_connected", sharded=self._sharded, topics=len(wanted), instance=self.instance_id)
-                if self._on_resync is not None:
+                if self._handler is not None:
                     if ever_connected:
-                        self._on_resync(None)
+                        self._handler.on_resync(None)
                     elif self._conversations:
                         # Watched before Redis first answered (clients that came
                         # while it was down): their subscription starts only now.
-                        self._on_resync(sorted(self._conversations))
+                        self._handler.on_resync(sorted(self._conversations))
                 ever_connected = True
                 attempt = 0
                 self._schedule_sync()  # interest that changed while subscribing
@@ -359,7 +368,8 @@ class RedisBroker:
         except msgspec.DecodeError:
             logs.warning("broker_bad_envelope", channel=str(message.get("channel")))
             return
-        if envelope.delivery is None:
+        body = envelope.body
+        if body is None:
             if envelope.origin == self.instance_id:
                 self._last_probe_received = time.monotonic()
             return
@@ -372,8 +382,13 @@ class RedisBroker:
         if len(self._seen) > DEDUPE_WINDOW:
             self._seen.popitem(last=False)
         self._metrics.broker_received.inc()
-        if self._on_delivery is not None:
-            self._on_delivery(envelope.delivery)
+        handler = self._handler
+        if handler is None:
+            return
+        if isinstance(body, Event):
+            handler.on_event(body)
+        else:
+            handler.on_membership(body)
 
     async def _run_probe(self) -> None:
         await supervise("broker_probe", self._probe_once, self._metrics.task_failed)
@@ -408,3 +423,6 @@ def _chunks(items: list[str]) -> list[list[str]]:
 async def _quietly(awaitable: Awaitable[Any]) -> None:
     with contextlib.suppress(RedisError, OSError, RuntimeError):
         await awaitable
+
+
+_: type[Broker] = RedisBroker

@@ -1,5 +1,19 @@
 """Instance-side gap filling: every message reaches local members even when
-the broker lost it.
+the broker lost it. ``Catchup`` is this instance's BrokerEventHandler: the
+broker hands it every Event and MembershipChange, local or from another
+instance, and it hands them on to the Registry:
+
+- ``on_event``: a new message (``seq`` > 0) goes through the per-conversation
+  order below, then ``Registry.deliver``; any other event straight to
+  ``Registry.deliver``;
+- ``on_membership``: ``Registry.join`` / ``Registry.leave``; a conversation
+  that a join routes here for the first time starts being tracked at the
+  change's ``since_seq``;
+- ``on_resync``: compare with the store and fill what was missed.
+
+This is the last of the three places where delivery order is decided (after
+server/sequencer.py and the broker's publish order): per conversation,
+messages reach local members in seq order, each once.
 
 Routing between instances is at-most-once (Redis pub/sub), and messages sent
 through different instances may arrive out of seq order. This instance keeps,
@@ -20,13 +34,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Sequence
 
 from protocol import codec, frames
 from server import logs
-from server.broker import Delivery
+from server.broker import MESSAGE_NEW, BrokerEventHandler, Event, MembershipChange
 from server.metrics import Metrics
-from server.wire import message_view
+from server.registry import Registry
+from server.views import message_view
 from storage.base import MessageLog
 from storage.errors import StorageError
 from storage.supervision import report
@@ -71,76 +86,83 @@ class _Conversation:
         """The highest seq known delivered here; None until something tells us."""
         self.seen = SeenWindow()
         self.filling = False
-        self.queue: deque[Delivery] = deque()
+        self.queue: deque[Event] = deque()
 
 
 class Catchup:
-    def __init__(
-        self,
-        messages: MessageLog,
-        deliver: Callable[[Delivery], None],
-        has_local_members: Callable[[int], bool],
-        metrics: Metrics,
-    ) -> None:
+    def __init__(self, messages: MessageLog, registry: Registry, metrics: Metrics) -> None:
         self._messages = messages
-        self._deliver = deliver
-        self._has_local_members = has_local_members
+        self._registry = registry
         self._metrics = metrics
         self._conversations: dict[int, _Conversation] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def receive(self, delivery: Delivery) -> None:
-        """The broker's delivery handler."""
-        if delivery.event_type != "message.new" or not delivery.seq:
-            self._deliver(delivery)
-            if delivery.joined:
-                self._note_joined(delivery)
+    # -- BrokerEventHandler --------------------------------------------------
+
+    def on_event(self, event: Event) -> None:
+        if not event.seq:  # not a sequenced message: nothing to order
+            self._registry.deliver(event)
             return
-        cid = delivery.conversations[0]
-        if not self._has_local_members(cid):
+        cid = event.conversations[0]
+        if not self._registry.has_local_members(cid):
             self._conversations.pop(cid, None)
             return
         state = self._conversations.get(cid)
         if state is None:
             state = self._conversations[cid] = _Conversation()
         if state.filling:
-            state.queue.append(delivery)
+            state.queue.append(event)
             return
-        self._accept(cid, state, delivery)
+        self._accept(cid, state, event)
 
-    def forget(self, conversation_ids: Iterable[int]) -> None:
+    def on_membership(self, change: MembershipChange) -> None:
+        cid = change.conversation_id
+        if not change.joined:
+            self._registry.leave(change.user_ids, cid)  # the last member going: ``forget``
+            return
+        self._registry.join(change.user_ids, cid)
+        if cid not in self._conversations and self._registry.has_local_members(cid):
+            # Routed here by this join: delivery here starts after the conversation's
+            # seq at the join (older messages are history the client asks for).
+            self._conversations[cid] = _Conversation(high=change.since_seq)
+
+    def on_resync(self, conversation_ids: Sequence[int] | None) -> None:
+        """Deliveries may have been missed: all of them (None, after a broker
+        reconnect) or those of conversations whose subscription just started."""
+        task = asyncio.get_running_loop().create_task(self._resync(conversation_ids))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- UnroutedListener (server/registry.py) -------------------------------
+
+    def forget(self, conversation_ids: Sequence[int]) -> None:
         """The last local member of these conversations is gone (the registry's
         unroute): drop their state, or it would stay for good, since no more of
         their deliveries come to prune it. A member coming back starts afresh,
         as the first one did (resync on the new subscription, or the first message)."""
         for cid in conversation_ids:
-            if not self._has_local_members(cid):
+            if not self._registry.has_local_members(cid):
                 self._conversations.pop(cid, None)
 
-    def _note_joined(self, delivery: Delivery) -> None:
-        """A conversation newly routed here by a join: its seq at that moment is
-        where this instance's delivery starts (the publisher puts it in ``seq``)."""
-        for _, cid in delivery.joined:
-            if cid not in self._conversations and self._has_local_members(cid):
-                self._conversations[cid] = _Conversation(high=delivery.seq)
+    # -- ordering ------------------------------------------------------------
 
-    def _accept(self, cid: int, state: _Conversation, delivery: Delivery) -> None:
-        seq = delivery.seq
+    def _accept(self, cid: int, state: _Conversation, event: Event) -> None:
+        seq = event.seq
         if seq in state.seen:
             return
         if state.high is not None and seq > state.high + 1:  # nothing above high was seen: a gap
-            state.queue.append(delivery)
+            state.queue.append(event)
             self._start_fill(cid, state, after=state.high, before=seq)
             return
-        self._deliver_message(state, delivery)
+        self._deliver_message(state, event)
 
-    def _deliver_message(self, state: _Conversation, delivery: Delivery) -> None:
-        if self._conversations.get(delivery.conversations[0]) is not state:
+    def _deliver_message(self, state: _Conversation, event: Event) -> None:
+        if self._conversations.get(event.conversations[0]) is not state:
             return  # forgotten during a fill: a member who came back has a fresh state
-        self._deliver(delivery)
-        state.seen.add(delivery.seq)
-        if state.high is None or delivery.seq > state.high:
-            state.high = delivery.seq
+        self._registry.deliver(event)
+        state.seen.add(event.seq)
+        if state.high is None or event.seq > state.high:
+            state.high = event.seq
 
     def _start_fill(self, cid: int, state: _Conversation, *, after: int, before: int | None) -> None:
         state.filling = True
@@ -157,9 +179,7 @@ class Catchup:
                     if record.seq not in state.seen:
                         self._metrics.gap_filled.inc()
                         payload = codec.encode(frames.MessageNew(message=message_view(record)))
-                        self._deliver_message(
-                            state, Delivery(payload, "message.new", conversations=(cid,), seq=record.seq)
-                        )
+                        self._deliver_message(state, Event(payload, MESSAGE_NEW, (cid,), (), record.seq))
                 if len(page) < FILL_PAGE:
                     break
                 cursor = page[-1].seq
@@ -181,13 +201,6 @@ class Catchup:
             while state.queue and not state.filling:
                 self._accept(cid, state, state.queue.popleft())
 
-    def resync(self, conversation_ids: Iterable[int] | None) -> None:
-        """Deliveries may have been missed: all of them (None, after a broker
-        reconnect) or those of conversations whose subscription just started."""
-        task = asyncio.get_running_loop().create_task(self._resync(conversation_ids))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     async def _resync(self, conversation_ids: Iterable[int] | None) -> None:
         try:
             await self._resync_from_store(conversation_ids)
@@ -198,7 +211,7 @@ class Catchup:
 
     async def _resync_from_store(self, conversation_ids: Iterable[int] | None) -> None:
         wanted = list(self._conversations) if conversation_ids is None else list(conversation_ids)
-        wanted = [cid for cid in wanted if self._has_local_members(cid)]
+        wanted = [cid for cid in wanted if self._registry.has_local_members(cid)]
         if not wanted:
             return
         newest = await self._messages.last_seqs(wanted)
@@ -218,3 +231,6 @@ class Catchup:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+_: type[BrokerEventHandler] = Catchup

@@ -41,7 +41,7 @@ from server.transport import Transport
 from storage.errors import StoreUnavailable
 
 if TYPE_CHECKING:
-    from server.hub import Hub
+    from server.services import Services
     from server.session import Session
 
 READ_FRAME_COST = 256
@@ -76,7 +76,7 @@ class Dispatcher:
     )
 
     def __init__(
-        self, hub: Hub, session: Session, transport: Transport, handlers: Mapping[str, Handler] = HANDLERS
+        self, hub: Services, session: Session, transport: Transport, handlers: Mapping[str, Handler] = HANDLERS
     ) -> None:
         self._hub = hub
         self._session = session

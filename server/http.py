@@ -13,7 +13,7 @@ import msgspec
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from server.hub import Hub
+from server.services import Services
 from storage.base import Directory, MessageLog
 from storage.errors import describe
 
@@ -38,7 +38,7 @@ def _abandon(ping: asyncio.Future[None]) -> None:
     ping.add_done_callback(_abandoned_pings.discard)
 
 
-async def readiness(hub: Hub) -> list[str]:
+async def readiness(services: Services) -> list[str]:
     """Reasons the server is not ready, one per failing store; empty when it is.
 
     The stores are pinged together and the answer waits at most
@@ -48,8 +48,11 @@ async def readiness(hub: Hub) -> list[str]:
     its store is reported as timed out, with the last error the store's
     client saw when it keeps one (MongoMessageLog.last_error).
     """
-    timeout = hub.settings.readyz_timeout_seconds
-    stores: tuple[tuple[str, Directory | MessageLog], ...] = (("directory", hub.directory), ("messages", hub.messages))
+    timeout = services.settings.readyz_timeout_seconds
+    stores: tuple[tuple[str, Directory | MessageLog], ...] = (
+        ("directory", services.directory),
+        ("messages", services.messages),
+    )
     pings = [asyncio.ensure_future(store.ping()) for _, store in stores]
     try:
         _, late = await asyncio.wait(pings, timeout=timeout)
@@ -72,39 +75,39 @@ async def readiness(hub: Hub) -> list[str]:
     return problems
 
 
-def debug_view(hub: Hub) -> dict[str, object]:
+def debug_view(services: Services) -> dict[str, object]:
     """Local routing next to what the broker subscribes: the two must match."""
     return {
         "local": {
-            "conversations": sorted(hub.registry.by_conversation),
-            "users": sorted(hub.registry.by_user),
+            "conversations": sorted(services.registry.by_conversation),
+            "users": sorted(services.registry.by_user),
         },
-        "broker": hub.broker.topics(),
+        "broker": services.broker.topics(),
     }
 
 
 ProcessRequest = Callable[[Request], Awaitable[Response | None]]
 
 
-def make_process_request(hub: Hub, open_connections: Callable[[], int]) -> ProcessRequest:
+def make_process_request(services: Services, open_connections: Callable[[], int]) -> ProcessRequest:
     async def process_request(request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         if path == "/healthz":
             return _response(http.HTTPStatus.OK, b"ok\n")
         if path == "/readyz":
-            problems = await readiness(hub)
+            problems = await readiness(services)
             if problems:
                 return _response(http.HTTPStatus.SERVICE_UNAVAILABLE, ("\n".join(problems) + "\n").encode())
-            degraded = hub.broker.status()
+            degraded = services.broker.status()
             if degraded:
                 # Still serving: local delivery and storage work, only cross-instance routing waits.
                 return _response(http.HTTPStatus.OK, f"ready, degraded: broker: {degraded}\n".encode())
             return _response(http.HTTPStatus.OK, b"ready\n")
-        if path == "/debug/subscriptions" and hub.settings.debug_endpoints:
-            return _response(http.HTTPStatus.OK, msgspec.json.encode(debug_view(hub)), "application/json")
+        if path == "/debug/subscriptions" and services.settings.debug_endpoints:
+            return _response(http.HTTPStatus.OK, msgspec.json.encode(debug_view(services)), "application/json")
         if path == "/metrics":
-            return _response(http.HTTPStatus.OK, hub.metrics.exposition(), PROMETHEUS_CONTENT_TYPE)
-        if open_connections() >= hub.settings.max_connections:
+            return _response(http.HTTPStatus.OK, services.metrics.exposition(), PROMETHEUS_CONTENT_TYPE)
+        if open_connections() >= services.settings.max_connections:
             return _response(http.HTTPStatus.SERVICE_UNAVAILABLE, b"connection limit reached; retry later\n")
         return None
 

@@ -1,10 +1,11 @@
-"""Presence: a user is online while they have at least one connection, on
-any instance.
+"""Presence tracking: a user is online while they have at least one
+connection, on any instance.
 
-Two implementations behind one interface: LocalPresence counts this
+Two implementations of ``PresenceTracker``: LocalPresence counts this
 process's connections (a single instance); RedisPresence
 (server/presence_redis.py) also records them in Redis so every instance
-agrees. Who hears about a change is decided by server/handlers/presence.py.
+agrees. (The frame a client sees is ``protocol.frames.Presence``; who hears
+about a change is decided by server/handlers/presence.py.)
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ ExpiredHandler = Callable[[int], Awaitable[None]]
 """Called with a user who went offline because their instance died."""
 
 
-class Presence(Protocol):
+class PresenceTracker(Protocol):
+    """Who is online; told of every authenticated connection opening and closing."""
+
     async def start(self, on_expired: ExpiredHandler) -> None: ...
 
     async def close(self) -> None: ...
@@ -70,3 +73,6 @@ class LocalPresence:
 
     async def online(self, user_ids: Iterable[int]) -> set[int]:
         return {uid for uid in user_ids if uid in self._local.counts}
+
+
+_: type[PresenceTracker] = LocalPresence

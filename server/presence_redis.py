@@ -35,37 +35,17 @@ import time
 from collections.abc import Iterable
 
 import redis.asyncio as redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from server import logs
-from server.presence import ExpiredHandler, LocalCounts
+from server.presence import ExpiredHandler, LocalCounts, PresenceTracker
 from storage.supervision import FailureHook, report, supervise
 
 
-def connect(url: str, *, timeout: float, max_connections: int) -> redis.Redis:
-    """The presence client: a bounded pool whose commands wait for a free connection.
-
-    redis-py's default pool raises "Too many connections" once 100 commands
-    are in flight, and a burst of connects or disconnects (a deploy, a load
-    balancer moving thousands of clients) is exactly that: presence updates
-    would be dropped and users left online. Here they queue, each for at most
-    ``timeout``.
-    """
-    pool = redis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=timeout,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        # One retry: after a Redis restart the first command on a pooled connection fails.
-        retry=Retry(NoBackoff(), 1),
-    )
-    return redis.Redis.from_pool(pool)
-
-
 class RedisPresence:
+    """The PresenceTracker of several instances, on the app's pooled Redis
+    client (server/redis_client.py)."""
+
     def __init__(
         self,
         client: redis.Redis,
@@ -286,3 +266,6 @@ class RedisPresence:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+_: type[PresenceTracker] = RedisPresence

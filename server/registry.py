@@ -1,25 +1,54 @@
 """The local connection registry: which connections here belong to which users
 and which conversations, and the fan-out that writes one event to all of them.
+
+The last step of delivery: ``server.catchup.Catchup`` (the broker's event
+handler) calls ``Registry.deliver(event)``, which frames the event's JSON
+once and calls ``Recipient.send_frame`` with the same bytes for every local
+connection it is addressed to, in the order events arrive (each
+connection's outbound buffer keeps that order on the wire). Routing
+changes come as their own calls, ``join`` and ``leave`` (a MembershipChange
+applied by Catchup before the event that announces it), never in the middle
+of a fan-out.
+
+Routing state doubles as a membership cache, on purpose: a connection's
+``conversations`` holds exactly the conversations routed to it, which are
+conversations its user is a member of, because routing changes only with
+the membership changes themselves. Handlers may take a hit there as proof
+of membership (``server.handlers.access.routed_here``); a miss is not proof
+of the opposite (a join made on another instance may still be on its way),
+so they ask the store.
+
+The registry tells the broker the topics this instance needs (the first
+local member of a conversation, a user's first local connection) and no
+longer needs (the last ones), and tells Catchup which conversations lost
+their last local member, so their catch-up state goes with them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from protocol.codec import websocket_text_frame
-from server.broker import Broker, Delivery
+from server.broker import Broker, Event
 from server.metrics import Metrics
 
 
 class Recipient(Protocol):
-    """What the registry needs of a connection."""
+    """What the registry needs of a connection (server.session.Session)."""
 
     user_id: int
     conversations: set[int]
+    """The conversations routed to this connection; only the registry changes it."""
 
     def send_frame(self, frame: bytes) -> None:
         """Queue a complete WebSocket frame; never blocks, never changes the registry."""
+
+
+class UnroutedListener(Protocol):
+    """Told of conversations whose last local member just went (server.catchup.Catchup)."""
+
+    def forget(self, conversation_ids: Sequence[int]) -> None: ...
 
 
 class Registry:
@@ -28,14 +57,22 @@ class Registry:
         self._metrics = metrics
         self.by_user: dict[int, set[Recipient]] = {}
         self.by_conversation: dict[int, set[Recipient]] = {}
-        self.on_unrouted: Callable[[list[int]], None] | None = None
-        """Told of conversations whose last local member just went (the Hub forgets their catch-up state)."""
+        self._unrouted: UnroutedListener | None = None
+
+    def tell_unrouted(self, listener: UnroutedListener) -> None:
+        """Who forgets per-conversation state when a conversation's last local
+        member goes (set once by the wiring: Catchup, built after this registry)."""
+        self._unrouted = listener
+
+    # -- queries -------------------------------------------------------------
 
     def has_local_members(self, conversation_id: int) -> bool:
         return conversation_id in self.by_conversation
 
     def connections_of(self, user_id: int) -> int:
         return len(self.by_user.get(user_id, ()))
+
+    # -- connections ---------------------------------------------------------
 
     def add(self, recipient: Recipient, conversation_ids: Iterable[int]) -> None:
         """Register an authenticated connection and route its conversations to it."""
@@ -55,6 +92,20 @@ class Registry:
             del self.by_user[recipient.user_id]
             self._broker.unwatch(users=(recipient.user_id,))
         self._unroute(recipient, list(recipient.conversations))
+
+    # -- membership changes (from Catchup.on_membership) ---------------------
+
+    def join(self, user_ids: Iterable[int], conversation_id: int) -> None:
+        """Route the conversation to every local connection of these users."""
+        for user_id in user_ids:
+            for recipient in self.by_user.get(user_id, ()):
+                self._route(recipient, (conversation_id,))
+
+    def leave(self, user_ids: Iterable[int], conversation_id: int) -> None:
+        """Stop routing the conversation to the local connections of these users."""
+        for user_id in user_ids:
+            for recipient in self.by_user.get(user_id, ()):
+                self._unroute(recipient, (conversation_id,))
 
     def _route(self, recipient: Recipient, conversation_ids: Iterable[int]) -> None:
         first: list[int] = []
@@ -81,37 +132,32 @@ class Registry:
                 last.append(cid)
         if last:
             self._broker.unwatch(conversations=last)
-            if self.on_unrouted is not None:
-                self.on_unrouted(last)
+            if self._unrouted is not None:
+                self._unrouted.forget(last)
 
-    def deliver(self, delivery: Delivery) -> None:
-        """Apply a Delivery from the broker to the connections of this process."""
-        for user_id, cid in delivery.joined:
-            for recipient in self.by_user.get(user_id, ()):
-                self._route(recipient, (cid,))
-        for user_id, cid in delivery.left:
-            for recipient in self.by_user.get(user_id, ()):
-                self._unroute(recipient, (cid,))
+    # -- fan-out -------------------------------------------------------------
 
+    def deliver(self, event: Event) -> None:
+        """Write the event to every local connection it is addressed to, once each."""
         targets: Iterable[Recipient]
-        if len(delivery.conversations) == 1 and not delivery.users:
+        if len(event.conversations) == 1 and not event.users:
             # The hot path: a message into one conversation.
-            targets = self.by_conversation.get(delivery.conversations[0], ())
+            targets = self.by_conversation.get(event.conversations[0], ())
         else:
             union: set[Recipient] = set()
-            for cid in delivery.conversations:
+            for cid in event.conversations:
                 union.update(self.by_conversation.get(cid, ()))
-            for uid in delivery.users:
+            for uid in event.users:
                 union.update(self.by_user.get(uid, ()))
             targets = union
         if not targets:
             return
-        frame = websocket_text_frame(delivery.payload)
+        frame = websocket_text_frame(event.payload)
         count = 0
         # send_frame never touches the registry (a slow consumer is unregistered
-        # later, when its connection task ends), so iterating the live set is safe.
+        # later, when its connection is finished), so iterating the live set is safe.
         for recipient in targets:
             recipient.send_frame(frame)
             count += 1
         self._metrics.deliveries.inc(count)
-        self._metrics.frames_out_by[delivery.event_type].inc(count)
+        self._metrics.frames_out_by[event.frame_type].inc(count)

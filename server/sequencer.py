@@ -8,15 +8,21 @@ to the same conversation that was already in flight when it completed is
 still running: only those can still produce a lower seq here. The wait is
 bounded by those appends, so a steady stream of sends never starves it.
 Seqs taken by other instances are not waited for; the delivery guarantee
-(gap-fill by seq) covers those.
+(gap-fill by seq, server/catchup.py) covers those.
+
+This is the first of the three places where delivery order is decided:
+this process's new messages enter the broker in seq order per conversation
+(here); the broker keeps publish order (server/broker.py); each receiving
+instance delivers in seq order, filling gaps (server/catchup.py).
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from server.broker import MESSAGE_NEW, Broker, Event
 
 
 @dataclass
@@ -27,9 +33,10 @@ class _Conversation:
 
 
 class Sequencer:
-    def __init__(self, emit: Callable[[int, int, bytes], None]) -> None:
-        """``emit(conversation_id, seq, payload)`` publishes one message event."""
-        self._emit = emit
+    """Between the message log and ``Broker.publish``: one per process."""
+
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker
         self._tickets = itertools.count(1)
         self._conversations: dict[int, _Conversation] = {}
 
@@ -44,7 +51,8 @@ class Sequencer:
         self._finish(conversation_id, ticket)
 
     def complete(self, conversation_id: int, ticket: int, seq: int, payload: bytes) -> None:
-        """The append stored ``seq``; publish it (and whatever it held back) in order."""
+        """The append stored ``seq`` (``payload``: its message.new frame); publish
+        it, and whatever it held back, in seq order."""
         state = self._conversations[conversation_id]
         state.in_flight.discard(ticket)
         barrier = max(state.in_flight, default=0)
@@ -58,6 +66,6 @@ class Sequencer:
         oldest_running = min(state.in_flight, default=None)
         while state.held and (oldest_running is None or state.held[0][1] < oldest_running):
             seq, _, payload = heapq.heappop(state.held)
-            self._emit(conversation_id, seq, payload)
+            self._broker.publish(Event(payload, MESSAGE_NEW, (conversation_id,), (), seq))
         if not state.in_flight and not state.held:
             del self._conversations[conversation_id]

@@ -27,7 +27,7 @@ from server.client_address import client_address
 from server.dispatch import Dispatcher
 from server.errors import ApiError
 from server.handlers import on_offline, on_online
-from server.hub import Hub
+from server.services import Services
 from storage.errors import StoreUnavailable
 from storage.records import UserRecord
 
@@ -58,7 +58,9 @@ class Session:
         "user_id",
     )
 
-    def __init__(self, hub: Hub, conn: Connection, request: Request, on_finished: Callable[[Session], None]) -> None:
+    def __init__(
+        self, hub: Services, conn: Connection, request: Request, on_finished: Callable[[Session], None]
+    ) -> None:
         self.hub = hub
         self.conn = conn
         self.conn_id = next(_connection_ids)

@@ -235,7 +235,7 @@ async def test_the_heartbeat_survives_a_failing_beat(
     make_server: ServerFactory, redis_prefix: str, json_log: JsonLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server = await make_server(**redis_settings(redis_prefix))
-    presence = server.app.hub.presence  # type: ignore[union-attr]
+    presence = server.app.services.presence  # type: ignore[union-attr]
     calls = fail_once(presence, "_beat", monkeypatch)
     await until(lambda: failures(server.app, "presence_heartbeat") == 1, "counted heartbeat failure")
     await until(lambda: calls[0] >= 3, "heartbeats after the failure")
@@ -250,7 +250,7 @@ async def test_the_subscriber_survives_a_failing_delivery(
 ) -> None:
     a, b = await two_instances(make_server, tmp_path, redis_prefix)
     alice, bob, channel = await shared_channel(a, b)
-    fail_once(b.app.hub.broker, "_on_delivery", monkeypatch)  # type: ignore[union-attr]
+    fail_once(b.app.services.catchup, "on_event", monkeypatch)  # type: ignore[union-attr]
     await send(alice, channel, "lost")
     await send(alice, channel, "after")
     await receive_text(bob, "after")
@@ -263,7 +263,7 @@ async def test_the_publisher_survives_a_failing_batch(
 ) -> None:
     a, b = await two_instances(make_server, tmp_path, redis_prefix)
     alice, bob, channel = await shared_channel(a, b)
-    broker: Any = a.app.hub.broker  # type: ignore[union-attr]
+    broker: Any = a.app.services.broker  # type: ignore[union-attr]
     fail_once(broker._client, "pipeline", monkeypatch)
     await send(alice, channel, "dropped")
     await until(lambda: failures(a.app, "broker_publisher") == 1, "counted publisher failure")
@@ -276,7 +276,7 @@ async def test_the_probe_survives_a_failing_round(
     make_server: ServerFactory, redis_prefix: str, json_log: JsonLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server = await make_server(**redis_settings(redis_prefix))
-    broker: Any = server.app.hub.broker  # type: ignore[union-attr]
+    broker: Any = server.app.services.broker  # type: ignore[union-attr]
     await until(lambda: broker.status() is None, "broker connected")
     fail_once(broker._client, "spublish" if broker._sharded else "publish", monkeypatch)
     await until(lambda: failures(server.app, "broker_probe") == 1, "counted probe failure")
@@ -292,7 +292,7 @@ async def test_the_subscription_sync_survives_a_failure(
     alice, _, _ = await shared_channel(a, b)
     dave = await b.user()
     room = (await alice.call("channel.create", name=unique_name("room"))).conversation.id
-    broker: Any = b.app.hub.broker  # type: ignore[union-attr]
+    broker: Any = b.app.services.broker  # type: ignore[union-attr]
     fail_once(broker, "_subscribe", monkeypatch)
     await dave.call("channel.join", channel_id=room)  # B must now subscribe to the room
     await until(lambda: failures(b.app, "broker_subscriptions") == 1, "counted subscription failure")
@@ -335,8 +335,8 @@ async def test_the_keepalive_survives_a_failing_connection(
 
 async def store_behind_the_broker(server: RunningServer, conversation_id: int, sender: int, text: str) -> None:
     """A message stored but never published here: what a lost broker delivery leaves."""
-    assert server.app.hub is not None
-    await server.app.hub.messages.append(
+    assert server.app.services is not None
+    await server.app.services.messages.append(
         NewMessage(
             conversation_id=conversation_id, sender_id=sender, text=text, client_msg_id=text, ts=int(time.time() * 1000)
         )
@@ -346,14 +346,14 @@ async def store_behind_the_broker(server: RunningServer, conversation_id: int, s
 async def test_gap_filling_survives_a_failure(
     server: RunningServer, json_log: JsonLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert server.app.hub is not None
+    assert server.app.services is not None
     alice, bob = await server.user(), await server.user()
     room = (await alice.call("channel.create", name=unique_name("room"))).conversation.id
     await bob.call("channel.join", channel_id=room)
     await send(alice, room, "m1")
     await receive_text(bob, "m1")
 
-    fail_once(server.app.hub.messages, "history", monkeypatch)
+    fail_once(server.app.services.messages, "history", monkeypatch)
     await store_behind_the_broker(server, room, uid(alice), "m2")
     await send(alice, room, "m3")  # seq 3 after 1: a gap, whose fill fails
     await receive_text(bob, "m3")
@@ -369,7 +369,7 @@ async def test_gap_filling_survives_a_failure(
 async def test_resync_survives_a_failure(
     server: RunningServer, json_log: JsonLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    hub = server.app.hub
+    hub = server.app.services
     assert hub is not None
     alice, bob = await server.user(), await server.user()
     room = (await alice.call("channel.create", name=unique_name("room"))).conversation.id
@@ -378,12 +378,12 @@ async def test_resync_survives_a_failure(
     await receive_text(bob, "m1")
 
     fail_once(hub.messages, "last_seqs", monkeypatch)
-    hub.catchup.resync([room])
+    hub.catchup.on_resync([room])
     await until(lambda: failures(server.app, "catchup_resync") == 1, "counted resync failure")
     json_log.assert_one_json_line_per_failure("catchup_resync")
 
     await store_behind_the_broker(server, room, uid(alice), "m2")
-    hub.catchup.resync([room])  # what a broker reconnect does: the missed message arrives
+    hub.catchup.on_resync([room])  # what a broker reconnect does: the missed message arrives
     await receive_text(bob, "m2")
 
 

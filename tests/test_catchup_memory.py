@@ -44,8 +44,8 @@ def footprint(obj: Any, seen: set[int] | None = None) -> int:
 
 
 def catchup_of(app: App) -> Catchup:
-    assert app.hub is not None
-    return app.hub.catchup
+    assert app.services is not None
+    return app.services.catchup
 
 
 def routed(app: App, conversation_id: int) -> bool:

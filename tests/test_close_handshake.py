@@ -48,8 +48,8 @@ async def test_close_is_answered_while_requests_wait_on_a_store(
     """A client with more requests queued than the server serves at once (a
     slow store holds them) still has its pings and its close answered at
     once, not after the backlog."""
-    assert server.app.hub is not None
-    directory = server.app.hub.directory
+    assert server.app.services is not None
+    directory = server.app.services.directory
     store_answers = asyncio.Event()
     original = directory.public_channels
 

@@ -33,8 +33,8 @@ async def test_login_succeeds_when_presence_store_fails(server: RunningServer, m
     await first.close()  # the user is offline again
     assert await presence_of(observer, uid(first)) == "offline"
 
-    assert server.app.hub is not None
-    hub = server.app.hub
+    assert server.app.services is not None
+    hub = server.app.services
     original = hub.directory.member_counts
     failures = 0
 

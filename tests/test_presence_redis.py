@@ -16,7 +16,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from server.presence_redis import RedisPresence, connect
+from server.presence_redis import RedisPresence
+from server.redis_client import pooled_client
 
 SHARED_REDIS = os.environ.get("HUBBUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 USERS = range(1, 401)
@@ -24,7 +25,7 @@ USERS = range(1, 401)
 
 @pytest.fixture
 async def presence() -> AsyncIterator[RedisPresence]:
-    client = connect(SHARED_REDIS, timeout=10, max_connections=4)
+    client = pooled_client(SHARED_REDIS, timeout=10, max_connections=4)
     prefix = f"test-presence-{uuid.uuid4().hex[:8]}"
     presence = RedisPresence(client, prefix, "instance-a", heartbeat_seconds=30, ttl_seconds=90)
     offline: list[int] = []

@@ -66,9 +66,9 @@ async def test_a_request_with_several_slow_store_calls_answers_within_the_timeou
 ) -> None:
     server = await make_server(storage_timeout_seconds=TIMEOUT)
     alice = await server.user()
-    assert server.app.hub is not None
+    assert server.app.services is not None
     # channel.list reads the caller's conversations, then the public channels: two calls.
-    backend: Any = server.app.hub.directory._store  # type: ignore[attr-defined]
+    backend: Any = server.app.services.directory._store  # type: ignore[attr-defined]
     for op in ("conversations_of", "public_channels"):
         original = getattr(backend, op)
 
@@ -78,7 +78,7 @@ async def test_a_request_with_several_slow_store_calls_answers_within_the_timeou
 
         # The guarded wrapper keeps the bound method it first looked up; drop it so it sees `slow`.
         setattr(backend, op, slow)
-        server.app.hub.directory.__dict__.pop(op, None)
+        server.app.services.directory.__dict__.pop(op, None)
 
     start = time.monotonic()
     with pytest.raises(ServerError) as refused:

@@ -1,23 +1,22 @@
 """Request handlers, one module per domain, and the table that dispatches to them.
 
-A handler takes (hub, session, request), returns the result struct, or
-raises ApiError / StoreUnavailable.
+A handler is ``async def op(ctx: Context, caller: Caller, request)``
+(server/handlers/context.py: what it needs of the process and of the
+connection), returns the result struct, or raises ApiError /
+StoreUnavailable. server/dispatch.py calls ``HANDLERS[op](services, session, request)``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from protocol import frames
 from server.handlers import accounts, channels, dms, messages, presence, system
+from server.handlers.context import Caller, Context
 from server.handlers.presence import on_offline, on_online
 
-if TYPE_CHECKING:
-    from server.hub import Hub
-    from server.session import Session
-
-Handler = Callable[["Hub", "Session", Any], Awaitable[Any]]
+Handler = Callable[[Context, Caller, Any], Awaitable[Any]]
 
 HANDLERS: dict[str, Handler] = {
     "ping": system.ping,
@@ -37,6 +36,7 @@ HANDLERS: dict[str, Handler] = {
     "message.history": messages.history,
     "presence.query": presence.query,
 }
-assert HANDLERS.keys() == frames.RESULT_TYPES.keys()
+if HANDLERS.keys() != frames.RESULT_TYPES.keys():
+    raise ImportError(f"handlers and result types differ: {sorted(HANDLERS.keys() ^ frames.RESULT_TYPES.keys())}")
 
-__all__ = ["HANDLERS", "on_offline", "on_online"]
+__all__ = ["HANDLERS", "Caller", "Context", "Handler", "on_offline", "on_online"]

@@ -2,113 +2,102 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from protocol import codec, frames
+from protocol import frames
 from protocol.errors import ErrorCode
-from server.broker import Delivery
+from server.broker import MembershipChange
+from server.clock import now_ms
 from server.errors import ApiError, not_found
-from server.handlers.views import conversation_view, conversation_views, visible_conversation
-from server.hub import Hub, now_ms
-from server.wire import user_view
+from server.handlers.access import visible_conversation
+from server.handlers.context import Caller, Context
+from server.views import conversation_view, conversation_views, user_view
 from storage.errors import Conflict
 from storage.records import ConversationRecord, UserRecord
 
-if TYPE_CHECKING:
-    from server.session import Session
 
-
-async def create(hub: Hub, session: Session, req: frames.ChannelCreate) -> frames.ConversationResult:
+async def create(ctx: Context, caller: Caller, req: frames.ChannelCreate) -> frames.ConversationResult:
     try:
-        record = await hub.directory.create_channel(req.name, req.topic, req.private, session.user_id, now_ms())
+        record = await ctx.directory.create_channel(req.name, req.topic, req.private, caller.user_id, now_ms())
     except Conflict:
         raise ApiError(ErrorCode.CONFLICT, f"channel name {req.name!r} is taken") from None
-    view = await conversation_view(hub, record, member=True)
-    announce_added(hub, view, session.user_id, by=session.user_id)
+    view = await conversation_view(ctx.directory, ctx.messages, record, member=True)
+    announce_added(ctx, view, caller.user_id, by=caller.user_id)
     return frames.ConversationResult(conversation=view)
 
 
-async def list_(hub: Hub, session: Session, req: frames.ChannelList) -> frames.ConversationList:
-    mine = [c for c in await hub.directory.conversations_of(session.user_id) if c.kind == "channel"]
+async def list_(ctx: Context, caller: Caller, req: frames.ChannelList) -> frames.ConversationList:
+    mine = [c for c in await ctx.directory.conversations_of(caller.user_id) if c.kind == "channel"]
     member_of = {c.id for c in mine}
-    records = {c.id: c for c in await hub.directory.public_channels()}
+    records = {c.id: c for c in await ctx.directory.public_channels()}
     records.update((c.id, c) for c in mine)
     ordered = sorted(records.values(), key=lambda c: (c.name or "", c.id))
-    return frames.ConversationList(conversations=await conversation_views(hub, ordered, member_of))
+    return frames.ConversationList(
+        conversations=await conversation_views(ctx.directory, ctx.messages, ordered, member_of)
+    )
 
 
-async def _channel(hub: Hub, session: Session, channel_id: int, *, require_member: bool) -> ConversationRecord:
-    record, _ = await visible_conversation(hub, session, channel_id, require_member=require_member)
+async def _channel(ctx: Context, caller: Caller, channel_id: int, *, require_member: bool) -> ConversationRecord:
+    record, _ = await visible_conversation(ctx, caller, channel_id, require_member=require_member)
     if record.kind != "channel":
         raise not_found("channel")
     return record
 
 
-async def join(hub: Hub, session: Session, req: frames.ChannelJoin) -> frames.ConversationResult:
-    record = await _channel(hub, session, req.channel_id, require_member=False)
-    assert session.user is not None
-    if await hub.directory.add_member(record.id, session.user_id, now_ms()):
-        view = await conversation_view(hub, record, member=True)
-        announce_added(hub, view, session.user_id, by=session.user_id)
-        announce_joined(hub, record.id, session.user, by=None)
-    else:
-        view = await conversation_view(hub, record, member=True)
+async def join(ctx: Context, caller: Caller, req: frames.ChannelJoin) -> frames.ConversationResult:
+    record = await _channel(ctx, caller, req.channel_id, require_member=False)
+    user = caller.user
+    if user is None:  # handlers past authentication always have one
+        raise ApiError(ErrorCode.UNAUTHORIZED, "authenticate first (register, login or auth)")
+    joined = await ctx.directory.add_member(record.id, user.id, now_ms())
+    view = await conversation_view(ctx.directory, ctx.messages, record, member=True)
+    if joined:
+        announce_added(ctx, view, user.id, by=user.id)
+        announce_joined(ctx, record.id, user, by=None)
     return frames.ConversationResult(conversation=view)
 
 
-async def invite(hub: Hub, session: Session, req: frames.ChannelInvite) -> frames.Empty:
-    record = await _channel(hub, session, req.channel_id, require_member=True)
-    invitee = await hub.directory.get_user(req.user_id)
+async def invite(ctx: Context, caller: Caller, req: frames.ChannelInvite) -> frames.Empty:
+    record = await _channel(ctx, caller, req.channel_id, require_member=True)
+    invitee = await ctx.directory.get_user(req.user_id)
     if invitee is None:
         raise not_found("user")
-    if await hub.directory.add_member(record.id, invitee.id, now_ms()):
-        view = await conversation_view(hub, record, member=True)
-        announce_added(hub, view, invitee.id, by=session.user_id)
-        announce_joined(hub, record.id, invitee, by=session.user_id)
+    if await ctx.directory.add_member(record.id, invitee.id, now_ms()):
+        view = await conversation_view(ctx.directory, ctx.messages, record, member=True)
+        announce_added(ctx, view, invitee.id, by=caller.user_id)
+        announce_joined(ctx, record.id, invitee, by=caller.user_id)
     return frames.Empty()
 
 
-async def leave(hub: Hub, session: Session, req: frames.ChannelLeave) -> frames.Empty:
-    record = await _channel(hub, session, req.channel_id, require_member=False)
-    if await hub.directory.remove_member(record.id, session.user_id):
+async def leave(ctx: Context, caller: Caller, req: frames.ChannelLeave) -> frames.Empty:
+    record = await _channel(ctx, caller, req.channel_id, require_member=False)
+    if await ctx.directory.remove_member(record.id, caller.user_id):
         # Members (the leaver's other devices included) hear of it before the
         # leaver's connections stop receiving the channel.
-        left = frames.MemberLeft(conversation_id=record.id, user_id=session.user_id)
-        hub.publish(Delivery(codec.encode(left), "member.left", conversations=(record.id,)))
-        removed = frames.ConversationRemoved(conversation_id=record.id)
-        hub.publish(
-            Delivery(
-                codec.encode(removed),
-                "conversation.removed",
-                users=(session.user_id,),
-                left=((session.user_id, record.id),),
-            )
+        ctx.publisher.publish(
+            frames.MemberLeft(conversation_id=record.id, user_id=caller.user_id), conversations=(record.id,)
+        )
+        ctx.publisher.publish_membership(
+            MembershipChange(record.id, (caller.user_id,), joined=False),
+            frames.ConversationRemoved(conversation_id=record.id),
         )
     return frames.Empty()
 
 
-async def members(hub: Hub, session: Session, req: frames.ChannelMembers) -> frames.Members:
-    record = await _channel(hub, session, req.channel_id, require_member=False)
-    users = await hub.directory.get_users(await hub.directory.member_ids(record.id))
+async def members(ctx: Context, caller: Caller, req: frames.ChannelMembers) -> frames.Members:
+    record = await _channel(ctx, caller, req.channel_id, require_member=False)
+    users = await ctx.directory.get_users(await ctx.directory.member_ids(record.id))
     return frames.Members(members=[user_view(u) for u in users])
 
 
-def announce_added(hub: Hub, view: frames.Conversation, user_id: int, by: int) -> None:
-    """Route the conversation to the user's connections and tell them."""
-    event = frames.ConversationAdded(conversation=view, by=by)
-    hub.publish(
-        Delivery(
-            codec.encode(event),
-            "conversation.added",
-            users=(user_id,),
-            joined=((user_id, view.id),),
-            seq=view.last_seq,
-        )
+def announce_added(ctx: Context, view: frames.Conversation, user_id: int, by: int) -> None:
+    """Route the conversation to the user's connections, then tell them."""
+    ctx.publisher.publish_membership(
+        MembershipChange(view.id, (user_id,), joined=True, since_seq=view.last_seq),
+        frames.ConversationAdded(conversation=view, by=by),
     )
 
 
-def announce_joined(hub: Hub, conversation_id: int, user: UserRecord, by: int | None) -> None:
+def announce_joined(ctx: Context, conversation_id: int, user: UserRecord, by: int | None) -> None:
     event = frames.MemberJoined(conversation_id=conversation_id, user=user_view(user), by=by)
     # Also to the new member's own topic: an instance that only now starts routing the
     # conversation to their connections may not be subscribed to it yet.
-    hub.publish(Delivery(codec.encode(event), "member.joined", conversations=(conversation_id,), users=(user.id,)))
+    ctx.publisher.publish(event, conversations=(conversation_id,), users=(user.id,))

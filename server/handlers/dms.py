@@ -2,42 +2,34 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from protocol import codec, frames
+from protocol import frames
 from protocol.errors import ErrorCode
-from server.broker import Delivery
+from server.broker import MembershipChange
+from server.clock import now_ms
 from server.errors import ApiError, not_found
-from server.handlers.views import conversation_view, conversation_views
-from server.hub import Hub, now_ms
-
-if TYPE_CHECKING:
-    from server.session import Session
+from server.handlers.context import Caller, Context
+from server.views import conversation_view, conversation_views
 
 
-async def open_(hub: Hub, session: Session, req: frames.DmOpen) -> frames.ConversationResult:
-    others = set(req.user_ids) - {session.user_id}
+async def open_(ctx: Context, caller: Caller, req: frames.DmOpen) -> frames.ConversationResult:
+    others = set(req.user_ids) - {caller.user_id}
     if not others:
         raise ApiError(ErrorCode.BAD_REQUEST, "user_ids: name at least one user other than yourself")
-    if len(await hub.directory.get_users(sorted(others))) != len(others):
+    if len(await ctx.directory.get_users(sorted(others))) != len(others):
         raise not_found("user")
-    members = sorted(others | {session.user_id})
-    record, created = await hub.directory.open_dm(members, session.user_id, now_ms())
-    view = await conversation_view(hub, record, member=True)
+    members = sorted(others | {caller.user_id})
+    record, created = await ctx.directory.open_dm(members, caller.user_id, now_ms())
+    view = await conversation_view(ctx.directory, ctx.messages, record, member=True)
     if created:
-        event = frames.ConversationAdded(conversation=view, by=session.user_id)
-        hub.publish(
-            Delivery(
-                codec.encode(event),
-                "conversation.added",
-                users=tuple(members),
-                joined=tuple((uid, record.id) for uid in members),
-                seq=view.last_seq,
-            )
+        ctx.publisher.publish_membership(
+            MembershipChange(record.id, tuple(members), joined=True, since_seq=view.last_seq),
+            frames.ConversationAdded(conversation=view, by=caller.user_id),
         )
     return frames.ConversationResult(conversation=view)
 
 
-async def list_(hub: Hub, session: Session, req: frames.DmList) -> frames.ConversationList:
-    dms = [c for c in await hub.directory.conversations_of(session.user_id) if c.kind == "dm"]
-    return frames.ConversationList(conversations=await conversation_views(hub, dms, {c.id for c in dms}))
+async def list_(ctx: Context, caller: Caller, req: frames.DmList) -> frames.ConversationList:
+    dms = [c for c in await ctx.directory.conversations_of(caller.user_id) if c.kind == "dm"]
+    return frames.ConversationList(
+        conversations=await conversation_views(ctx.directory, ctx.messages, dms, {c.id for c in dms})
+    )

@@ -10,19 +10,15 @@ spells the cost out.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
-from protocol import codec, frames
-from server.broker import Delivery
-from server.hub import Hub, now_ms
-
-if TYPE_CHECKING:
-    from server.session import Session
+from protocol import frames
+from server.clock import now_ms
+from server.handlers.context import Caller, Context
 
 
-async def query(hub: Hub, session: Session, req: frames.PresenceQuery) -> frames.PresenceList:
-    users = await hub.directory.get_users(req.user_ids)
-    online = await hub.presence.online(u.id for u in users)
+async def query(ctx: Context, caller: Caller, req: frames.PresenceQuery) -> frames.PresenceList:
+    users = await ctx.directory.get_users(req.user_ids)
+    online = await ctx.presence.online(u.id for u in users)
     now = now_ms()
     return frames.PresenceList(
         presence=[
@@ -36,18 +32,21 @@ async def query(hub: Hub, session: Session, req: frames.PresenceQuery) -> frames
     )
 
 
-async def on_online(hub: Hub, user_id: int, conversation_ids: Sequence[int]) -> None:
-    _announce(hub, user_id, await _audience(hub, conversation_ids), "online", now_ms())
+async def on_online(ctx: Context, user_id: int, conversation_ids: Sequence[int]) -> None:
+    """The user's first connection anywhere opened (called by the session)."""
+    _announce(ctx, user_id, await _audience(ctx, conversation_ids), "online", now_ms())
 
 
-async def on_offline(hub: Hub, user_id: int) -> None:
+async def on_offline(ctx: Context, user_id: int) -> None:
+    """The user's last connection anywhere closed, or their instance died
+    (called by the session, or by the presence tracker for a dead instance)."""
     now = now_ms()
-    await hub.directory.set_last_seen(user_id, now)
-    conversation_ids = [c.id for c in await hub.directory.conversations_of(user_id)]
-    _announce(hub, user_id, await _audience(hub, conversation_ids), "offline", now)
+    await ctx.directory.set_last_seen(user_id, now)
+    conversation_ids = [c.id for c in await ctx.directory.conversations_of(user_id)]
+    _announce(ctx, user_id, await _audience(ctx, conversation_ids), "offline", now)
 
 
-async def _audience(hub: Hub, conversation_ids: Sequence[int]) -> tuple[int, ...]:
+async def _audience(ctx: Context, conversation_ids: Sequence[int]) -> tuple[int, ...]:
     """The conversations a presence change travels through: not the big ones.
 
     Every member of a conversation hears every member come and go, so a
@@ -56,13 +55,13 @@ async def _audience(hub: Hub, conversation_ids: Sequence[int]) -> tuple[int, ...
     """
     if not conversation_ids:
         return ()
-    counts = await hub.directory.member_counts(conversation_ids)
-    cap = hub.settings.presence_max_members
+    counts = await ctx.directory.member_counts(conversation_ids)
+    cap = ctx.presence_max_members
     return tuple(cid for cid in conversation_ids if counts.get(cid, 0) <= cap)
 
 
-def _announce(hub: Hub, user_id: int, conversation_ids: Sequence[int], status: str, ts: int) -> None:
+def _announce(ctx: Context, user_id: int, conversation_ids: Sequence[int], status: str, ts: int) -> None:
     event = frames.PresenceChanged(
         presence=frames.Presence(user_id=user_id, status="online" if status == "online" else "offline", last_seen=ts)
     )
-    hub.publish(Delivery(codec.encode(event), "presence", conversations=tuple(conversation_ids), users=(user_id,)))
+    ctx.publisher.publish(event, conversations=conversation_ids, users=(user_id,))

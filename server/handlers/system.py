@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from protocol import frames
-from server.hub import Hub, now_ms
-
-if TYPE_CHECKING:
-    from server.session import Session
+from server.clock import now_ms
+from server.handlers.context import Caller, Context
 
 
-async def ping(hub: Hub, session: Session, req: frames.Ping) -> frames.Pong:
+async def ping(ctx: Context, caller: Caller, req: frames.Ping) -> frames.Pong:
     return frames.Pong(ts=now_ms())

@@ -17,7 +17,7 @@ from contextlib import AsyncExitStack
 
 import pytest
 
-from server.broker import Broker, Delivery, InProcessBroker
+from server.broker import MESSAGE_NEW, Broker, Event, InProcessBroker, MembershipChange
 from server.broker_redis import RedisBroker
 from server.metrics import Metrics
 
@@ -27,25 +27,32 @@ READY = 999_999
 WAIT = 5.0
 
 
+Delivered = Event | MembershipChange
+
+
 class Recorder:
-    """The handlers a broker is started with, recording what they are given."""
+    """The BrokerEventHandler a broker is started with, recording what it is given."""
 
     def __init__(self) -> None:
-        self.deliveries: list[Delivery] = []
+        self.deliveries: list[Delivered] = []
         self.resyncs: list[list[int] | None] = []
         self._changed = asyncio.Event()
 
-    def on_delivery(self, delivery: Delivery) -> None:
-        self.deliveries.append(delivery)
+    def on_event(self, event: Event) -> None:
+        self.deliveries.append(event)
+        self._changed.set()
+
+    def on_membership(self, change: MembershipChange) -> None:
+        self.deliveries.append(change)
         self._changed.set()
 
     def on_resync(self, conversation_ids: Sequence[int] | None) -> None:
         self.resyncs.append(None if conversation_ids is None else list(conversation_ids))
         self._changed.set()
 
-    def events(self) -> list[Delivery]:
-        """Deliveries other than the warm-up ones."""
-        return [d for d in self.deliveries if d.event_type != "warmup"]
+    def events(self) -> list[Delivered]:
+        """Events and membership changes other than the warm-up events."""
+        return [d for d in self.deliveries if not (isinstance(d, Event) and d.frame_type == "warmup")]
 
     def resynced(self, conversation_id: int) -> bool:
         return any(ids is not None and conversation_id in ids for ids in self.resyncs)
@@ -87,8 +94,15 @@ async def _redis_ready(instance: Instance) -> None:
     instance.broker.unwatch(conversations=[READY])
 
 
-def delivery(n: int, conversations: tuple[int, ...] = (10,)) -> Delivery:
-    return Delivery(f'{{"n":{n}}}'.encode(), "message.new", conversations=conversations, seq=n)
+def delivery(n: int, conversations: tuple[int, ...] = (10,)) -> Event:
+    return Event(f'{{"n":{n}}}'.encode(), MESSAGE_NEW, conversations=conversations, seq=n)
+
+
+def publish(broker: Broker, item: Delivered) -> None:
+    if isinstance(item, Event):
+        broker.publish(item)
+    else:
+        broker.publish_membership(item)
 
 
 @pytest.fixture
@@ -108,7 +122,7 @@ async def open_redis(prefix: str) -> AsyncIterator[OpenInstance]:
         async def open_() -> Instance:
             broker = _redis_broker(prefix)
             seen = Recorder()
-            await broker.start(seen.on_delivery, seen.on_resync)
+            await broker.start(seen)
             stack.push_async_callback(broker.close)
             return Instance(broker, seen, _redis_ready)
 
@@ -126,7 +140,7 @@ async def instance(broker_kind: str, open_redis: OpenInstance) -> AsyncIterator[
     if broker_kind == "in_process":
         broker = InProcessBroker()
         seen = Recorder()
-        await broker.start(seen.on_delivery, seen.on_resync)
+        await broker.start(seen)
         yield Instance(broker, seen, _in_process_ready)
         await broker.close()
     else:
@@ -147,22 +161,37 @@ async def test_publish_delivers_locally_before_it_returns_in_publish_order(insta
 
 async def test_every_kind_of_delivery_is_handed_over_locally_unchanged(instance: Instance) -> None:
     await instance.ready()
-    kinds = [
-        Delivery(b'{"type":"presence"}', "presence", users=(1, 2)),
-        Delivery(b"{}", "member.joined", conversations=(10,), joined=((3, 10),), seq=41),
-        Delivery(b"{}", "member.left", conversations=(10, 11), users=(3,), left=((3, 10), (3, 11))),
-        Delivery(b"{}", "nowhere"),
+    kinds: list[Delivered] = [
+        Event(b'{"type":"presence"}', "presence", users=(1, 2)),
+        MembershipChange(10, (3,), joined=True, since_seq=41),
+        Event(b"{}", "conversation.added", users=(3,)),
+        Event(b"{}", "member.left", conversations=(10, 11), users=(3,)),
+        MembershipChange(11, (3, 4), joined=False),
+        Event(b"{}", "nowhere"),
+        MembershipChange(12, (), joined=True),
     ]
-    for d in kinds:
-        instance.broker.publish(d)
+    for item in kinds:
+        publish(instance.broker, item)
     assert instance.seen.events() == kinds
+    assert all(got is want for got, want in zip(instance.seen.events(), kinds, strict=True))
+
+
+async def test_a_membership_change_is_handed_over_before_the_event_published_after_it(instance: Instance) -> None:
+    await instance.ready()
+    change = MembershipChange(10, (3,), joined=True, since_seq=5)
+    announcement = Event(b"{}", "conversation.added", users=(3,))
+    instance.broker.publish_membership(change)
+    assert instance.seen.events() == [change]  # at once, before publish_membership returns
+    instance.broker.publish(announcement)
+    assert instance.seen.events() == [change, announcement]
 
 
 async def test_publish_before_start_is_harmless(broker_kind: str, prefix: str) -> None:
     broker: Broker = InProcessBroker() if broker_kind == "in_process" else _redis_broker(prefix)
     broker.publish(delivery(1))
+    broker.publish_membership(MembershipChange(10, (3,), joined=True))
     seen = Recorder()
-    await broker.start(seen.on_delivery, seen.on_resync)
+    await broker.start(seen)
     try:
         assert seen.deliveries == []
     finally:
@@ -221,11 +250,13 @@ async def link(sender: Instance, receiver: Instance, conversation: int) -> None:
     token = uuid.uuid4().hex.encode()  # this link's own warm-ups, never an earlier link's or a local copy
 
     def arrived() -> bool:
-        return any(d.event_type == "warmup" and d.payload == token for d in receiver.seen.deliveries)
+        return any(
+            isinstance(d, Event) and d.frame_type == "warmup" and d.payload == token for d in receiver.seen.deliveries
+        )
 
     async with asyncio.timeout(WAIT):
         while not arrived():
-            sender.broker.publish(Delivery(token, "warmup", conversations=(conversation,)))
+            sender.broker.publish(Event(token, "warmup", conversations=(conversation,)))
             try:
                 await receiver.seen.until(arrived, timeout=0.2)
             except TimeoutError:
@@ -253,7 +284,7 @@ async def test_a_delivery_reaches_the_instance_watching_its_conversation_unchang
     await link(a, b, 10)
     sent = [
         delivery(1),
-        Delivery(b"{}", "member.joined", conversations=(10,), joined=((3, 10),), left=((4, 10),), seq=7),
+        Event(b"{}", "member.joined", conversations=(10,), users=(3,)),
         delivery(2),
     ]
     for d in sent:
@@ -267,7 +298,7 @@ async def test_a_user_topic_reaches_that_users_instance(pair: tuple[Instance, In
     await link(a, b, 10)
     b.broker.watch(users=[5])
     await link(a, b, 11)  # the user's subscription went out before this one, on the same connection
-    sent = Delivery(b'{"type":"presence"}', "presence", users=(5,))
+    sent = Event(b'{"type":"presence"}', "presence", users=(5,))
     a.broker.publish(sent)
     await b.seen.until(lambda: len(b.seen.events()) == 1)
     assert b.seen.events() == [sent]
@@ -277,7 +308,8 @@ async def test_an_instance_receives_nothing_it_does_not_watch(pair: tuple[Instan
     a, b = pair
     await link(a, b, 10)
     a.broker.publish(delivery(1, conversations=(11,)))
-    a.broker.publish(Delivery(b"{}", "presence", users=(5,)))
+    a.broker.publish(Event(b"{}", "presence", users=(5,)))
+    a.broker.publish_membership(MembershipChange(10, (5,), joined=True))  # to user 5's topic only
     last = delivery(2)
     a.broker.publish(last)
     await b.seen.until(lambda: len(b.seen.events()) >= 1)
@@ -289,7 +321,7 @@ async def test_a_delivery_to_several_watched_topics_arrives_once(pair: tuple[Ins
     await link(a, b, 10)
     b.broker.watch(users=[5, 6])
     await link(a, b, 11)  # the users' subscription went out before this one, on the same connection
-    fanned = Delivery(b"{}", "member.left", conversations=(10, 11), users=(5, 6), left=((5, 11),))
+    fanned = Event(b"{}", "member.left", conversations=(10, 11), users=(5, 6))
     a.broker.publish(fanned)
     a.broker.publish(delivery(3))
     await b.seen.until(lambda: delivery(3) in b.seen.events())
@@ -326,10 +358,49 @@ async def test_a_conversation_watched_before_the_first_connection_is_resynced(pr
     # takes effect, what other instances sent meanwhile must be filled in.
     broker = _redis_broker(prefix)
     seen = Recorder()
-    await broker.start(seen.on_delivery, seen.on_resync)
+    await broker.start(seen)
     try:
         broker.watch(conversations=[21])  # the subscriber task has not connected yet
         await seen.until(lambda: seen.resynced(21))
         assert 21 in broker.topics()["conversations"]
     finally:
         await broker.close()
+
+
+async def test_a_membership_change_reaches_its_users_instances_before_the_event_announcing_it(
+    pair: tuple[Instance, Instance],
+) -> None:
+    a, b = pair
+    await link(a, b, 10)
+    b.broker.watch(users=[5])
+    await link(a, b, 11)  # the user's subscription went out before this one, on the same connection
+    joined = MembershipChange(20, (5,), joined=True, since_seq=17)
+    added = Event(b"{}", "conversation.added", users=(5,))
+    left = MembershipChange(20, (5,), joined=False)
+    removed = Event(b"{}", "conversation.removed", users=(5,))
+    for item in (joined, added, left, removed):
+        publish(a.broker, item)
+    await b.seen.until(lambda: len(b.seen.events()) == 4)
+    assert b.seen.events() == [joined, added, left, removed]  # in publish order, every field intact
+
+
+async def test_a_membership_change_to_several_watched_users_arrives_once(pair: tuple[Instance, Instance]) -> None:
+    a, b = pair
+    await link(a, b, 10)
+    b.broker.watch(users=[5, 6])
+    await link(a, b, 11)
+    dm = MembershipChange(30, (4, 5, 6), joined=True, since_seq=0)  # user 4 is not here
+    a.broker.publish_membership(dm)
+    a.broker.publish(delivery(3))
+    await b.seen.until(lambda: delivery(3) in b.seen.events())
+    assert b.seen.events() == [dm, delivery(3)]
+
+
+async def test_a_membership_change_goes_to_user_topics_only(pair: tuple[Instance, Instance]) -> None:
+    a, b = pair
+    await link(a, b, 10)  # b watches conversation 10, and no user
+    a.broker.publish_membership(MembershipChange(10, (5,), joined=False))
+    last = delivery(4)
+    a.broker.publish(last)
+    await b.seen.until(lambda: last in b.seen.events())
+    assert b.seen.events() == [last]

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from protocol.codec import websocket_text_frame
-from server.broker import Delivery, DeliveryHandler, ResyncHandler
+from server.broker import BrokerEventHandler, Event, MembershipChange
 from server.metrics import Metrics
 from server.registry import Registry
 
@@ -26,13 +26,16 @@ class FakeConnection:
 class RecordingBroker:
     calls: list[tuple[str, list[int], list[int]]] = field(default_factory=list)
 
-    async def start(self, on_delivery: DeliveryHandler, on_resync: ResyncHandler) -> None:
+    async def start(self, handler: BrokerEventHandler) -> None:
         pass
 
     async def close(self) -> None:
         pass
 
-    def publish(self, delivery: Delivery) -> None:
+    def publish(self, event: Event) -> None:
+        pass
+
+    def publish_membership(self, change: MembershipChange) -> None:
         pass
 
     def watch(self, conversations: Iterable[int] = (), users: Iterable[int] = ()) -> None:
@@ -63,18 +66,9 @@ def event(
     *,
     conversations: Sequence[int] = (),
     users: Sequence[int] = (),
-    joined: Sequence[tuple[int, int]] = (),
-    left: Sequence[tuple[int, int]] = (),
     event_type: str = "message.new",
-) -> Delivery:
-    return Delivery(
-        payload,
-        event_type,
-        conversations=tuple(conversations),
-        users=tuple(users),
-        joined=tuple(joined),
-        left=tuple(left),
-    )
+) -> Event:
+    return Event(payload, event_type, conversations=tuple(conversations), users=tuple(users))
 
 
 def test_the_first_connection_of_a_user_and_the_first_member_of_a_conversation_start_watching() -> None:
@@ -177,19 +171,18 @@ def test_users_alone_reach_all_their_devices() -> None:
     assert other.frames == []
 
 
-def test_a_join_is_routed_before_the_event_announcing_it_is_fanned_out() -> None:
+def test_a_join_routes_the_conversation_to_every_device_of_the_user() -> None:
     registry, broker, _ = make()
     member, phone, laptop = FakeConnection(1), FakeConnection(2), FakeConnection(2)
     registry.add(member, [10])
     registry.add(phone, [])
     registry.add(laptop, [])
     broker.take()
-    registry.deliver(event(b"{}", conversations=[10], joined=[(2, 10)], event_type="member.joined"))
-    assert len(member.frames) == len(phone.frames) == len(laptop.frames) == 1
+    registry.join([2], 10)
     assert phone.conversations == laptop.conversations == {10}
     assert broker.take() == []  # conversation 10 was already watched here
-    registry.deliver(event(b"{}", conversations=[10]))
-    assert len(phone.frames) == 2
+    registry.deliver(event(b"{}", conversations=[10], event_type="member.joined"))
+    assert len(member.frames) == len(phone.frames) == len(laptop.frames) == 1
 
 
 def test_a_join_into_a_conversation_new_to_this_instance_starts_watching_it() -> None:
@@ -197,19 +190,31 @@ def test_a_join_into_a_conversation_new_to_this_instance_starts_watching_it() ->
     joiner = FakeConnection(2)
     registry.add(joiner, [])
     broker.take()
-    registry.deliver(event(b"{}", conversations=[10], joined=[(2, 10)], event_type="member.joined"))
+    registry.join([2], 10)
     assert broker.take() == [("watch", [10], [])]
-    assert len(joiner.frames) == 1
     assert registry.has_local_members(10)
+    registry.deliver(event(b"{}", conversations=[10], event_type="member.joined"))
+    assert len(joiner.frames) == 1
 
 
-def test_a_leave_is_applied_before_the_fan_out_and_the_last_member_stops_watching() -> None:
+def test_a_join_of_users_without_a_connection_here_routes_nothing() -> None:
+    registry, broker, _ = make()
+    registry.add(FakeConnection(1), [])
+    broker.take()
+    registry.join([2, 3], 10)
+    assert broker.take() == []
+    assert not registry.has_local_members(10)
+
+
+def test_a_leave_stops_routing_and_the_last_member_stops_watching() -> None:
     registry, broker, _ = make()
     leaver, stayer = FakeConnection(2), FakeConnection(3)
     registry.add(leaver, [10, 20])
     registry.add(stayer, [20])
     broker.take()
-    registry.deliver(event(b"{}", conversations=[10, 20], left=[(2, 10), (2, 20)], event_type="member.left"))
+    registry.leave([2], 10)
+    registry.leave([2], 20)
+    registry.deliver(event(b"{}", conversations=[10, 20], event_type="member.left"))
     assert leaver.frames == []  # no longer a member of either when it was fanned out
     assert len(stayer.frames) == 1
     assert leaver.conversations == set()
@@ -217,13 +222,37 @@ def test_a_leave_is_applied_before_the_fan_out_and_the_last_member_stops_watchin
     assert registry.has_local_members(20) and not registry.has_local_members(10)
 
 
-def test_a_leave_addressed_to_the_user_still_reaches_them() -> None:
+def test_a_leave_announced_to_the_user_still_reaches_them() -> None:
     registry, _, _ = make()
     leaver = FakeConnection(2)
     registry.add(leaver, [10])
-    registry.deliver(event(b"{}", users=[2], left=[(2, 10)], event_type="conversation.left"))
+    registry.leave([2], 10)
+    registry.deliver(event(b"{}", users=[2], event_type="conversation.removed"))
     assert len(leaver.frames) == 1
     assert leaver.conversations == set()
+
+
+@dataclass
+class Forgetting:
+    forgotten: list[list[int]] = field(default_factory=list)
+
+    def forget(self, conversation_ids: Sequence[int]) -> None:
+        self.forgotten.append(list(conversation_ids))
+
+
+def test_the_unrouted_listener_hears_of_each_conversation_whose_last_local_member_went() -> None:
+    registry, _, _ = make()
+    listener = Forgetting()
+    registry.tell_unrouted(listener)
+    phone, laptop, bob = FakeConnection(1), FakeConnection(1), FakeConnection(2)
+    registry.add(phone, [10, 20])
+    registry.add(laptop, [10])
+    registry.add(bob, [30])
+    registry.remove(phone)  # 10 still has the laptop
+    assert listener.forgotten == [[20]]
+    registry.leave([1], 10)
+    registry.leave([2], 30)
+    assert listener.forgotten == [[20], [10], [30]]
 
 
 def test_a_removed_connection_receives_nothing_more() -> None:

@@ -1,0 +1,52 @@
+"""Who may see a conversation: the visibility rule every conversation request
+shares, and the membership check behind it."""
+
+from __future__ import annotations
+
+from protocol.errors import ErrorCode
+from server.errors import ApiError, not_found
+from server.handlers.context import Caller, Context
+from storage.records import ConversationRecord
+
+
+def routed_here(caller: Caller, conversation_id: int) -> bool:
+    """Membership from this connection's routing: the registry's routing set
+    is also the membership cache (server/registry.py). True is current,
+    because routing changes only with membership itself; False is not proof
+    (the change for a just-made membership may be on its way from another
+    instance), so callers ask the store then."""
+    return conversation_id in caller.conversations
+
+
+async def is_member(ctx: Context, caller: Caller, conversation_id: int) -> bool:
+    """Membership, from this connection's routing when it knows, else from the store."""
+    if routed_here(caller, conversation_id):
+        return True
+    return await ctx.directory.is_member(conversation_id, caller.user_id)
+
+
+async def visible_conversation(
+    ctx: Context, caller: Caller, conversation_id: int, *, require_member: bool
+) -> tuple[ConversationRecord, bool]:
+    """The conversation if the caller may see it, and whether they are a member.
+
+    Private channels and DMs are invisible to non-members: ``not_found``,
+    never ``forbidden``, so their existence does not leak. A public channel
+    is visible to all; ``require_member`` makes non-members ``forbidden``.
+    """
+    record = await ctx.directory.get_conversation(conversation_id)
+    if record is None:
+        raise not_found("conversation")
+    member = await is_member(ctx, caller, conversation_id)
+    if not member:
+        if record.private:
+            raise not_found("conversation")
+        if require_member:
+            raise ApiError(ErrorCode.FORBIDDEN, "join the channel first")
+    return record, member
+
+
+async def require_member(ctx: Context, caller: Caller, conversation_id: int) -> None:
+    """Raise unless the caller is a member (``not_found`` or ``forbidden`` as above)."""
+    if not routed_here(caller, conversation_id):
+        await visible_conversation(ctx, caller, conversation_id, require_member=True)

@@ -1,0 +1,80 @@
+"""What a handler needs from its caller, as two small protocols.
+
+``Context`` is the process's side (stores, credentials, presence, the
+publisher, two limits); the wiring object ``server.services.Services``
+implements it. ``Caller`` is the connection's side (who is asking, what is
+routed to them); ``server.session.Session`` implements it. A handler is
+``async def op(ctx: Context, caller: Caller, request) -> result`` and
+depends on nothing else, so it can be driven without a transport
+(tests/unit/test_handlers.py).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from server.auth import Passwords, Tokens
+from server.presence import PresenceTracker
+from server.publisher import Publisher
+from server.ratelimit import FailureWindow
+from storage.base import Directory, MessageLog
+from storage.records import UserRecord
+
+
+class Context(Protocol):
+    @property
+    def directory(self) -> Directory: ...
+
+    @property
+    def messages(self) -> MessageLog: ...
+
+    @property
+    def publisher(self) -> Publisher:
+        """Where every event, message and membership change is published."""
+
+    @property
+    def presence(self) -> PresenceTracker: ...
+
+    @property
+    def passwords(self) -> Passwords: ...
+
+    @property
+    def tokens(self) -> Tokens: ...
+
+    @property
+    def login_failures_by_username(self) -> FailureWindow: ...
+
+    @property
+    def login_failures_by_address(self) -> FailureWindow: ...
+
+    @property
+    def max_message_chars(self) -> int: ...
+
+    @property
+    def presence_max_members(self) -> int:
+        """Presence events go through conversations of at most this many members."""
+
+
+class Caller(Protocol):
+    @property
+    def conn_id(self) -> int: ...
+
+    @property
+    def address(self) -> str:
+        """The client's address (failed-login limits)."""
+
+    @property
+    def user(self) -> UserRecord | None:
+        """None until the connection authenticates."""
+
+    @property
+    def user_id(self) -> int:
+        """0 until the connection authenticates."""
+
+    @property
+    def conversations(self) -> set[int]:
+        """The conversations routed to this connection (server/registry.py):
+        a hit is proof of membership, a miss is not proof of the opposite."""
+
+    async def authenticate(self, user: UserRecord) -> None:
+        """Make the connection the user's (routing, presence); raises ApiError when it may not."""

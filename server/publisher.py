@@ -1,0 +1,85 @@
+"""The sending side of delivery: everything this process publishes goes
+through one Publisher, which handlers reach as ``ctx.publisher``.
+
+A new message, by function call (the whole path, to every socket):
+
+1. ``messages.send`` (server/handlers/messages.py) validates the request and
+   calls ``Publisher.send_message(new)``;
+2. ``MessageLog.append`` stores it and gives it its seq;
+3. ``Sequencer.complete`` (server/sequencer.py) holds it while an earlier
+   append to the conversation is still running here, then calls
+   ``Broker.publish(Event(...))``: **this process's messages enter the
+   broker in seq order**;
+4. the broker (server/broker.py) hands the event at once to this
+   instance's ``BrokerEventHandler.on_event``, and the Redis broker also
+   publishes it to the conversation's topic; on every other instance with
+   members there, the Redis subscriber calls that instance's
+   ``BrokerEventHandler.on_event``: **publish order is delivery order**;
+5. the handler, ``Catchup.on_event`` (server/catchup.py), delivers the
+   conversation's messages in seq order, reading from the store whatever
+   the broker lost: **each instance delivers each message once, in seq
+   order**;
+6. ``Registry.deliver`` (server/registry.py) frames the JSON once and calls
+   ``Recipient.send_frame`` (a connection's outbound buffer) for every
+   local member's connection.
+
+Every other event takes steps 4 to 6 from ``Publisher.publish`` (Catchup
+passes it straight on). A membership change is published by
+``Publisher.publish_membership`` just before the event that announces it,
+to the same users: ``Catchup.on_membership`` calls ``Registry.join`` or
+``Registry.leave`` first, so the announcement, and everything after it,
+already sees the new routing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from protocol import codec, frames
+from server.broker import MESSAGE_NEW, Broker, Event, MembershipChange, event_of
+from server.metrics import Metrics
+from server.sequencer import Sequencer
+from server.views import message_view
+from storage.base import MessageLog
+from storage.records import NewMessage
+
+
+class Publisher:
+    def __init__(self, messages: MessageLog, broker: Broker, metrics: Metrics) -> None:
+        self._messages = messages
+        self._broker = broker
+        self._metrics = metrics
+        self._sequencer = Sequencer(broker)
+
+    async def send_message(self, new: NewMessage) -> tuple[frames.Message, bool]:
+        """Store a message, then publish its message.new in seq order; the
+        stored message, and whether it was a duplicate (same client_msg_id)."""
+        cid = new.conversation_id
+        ticket = self._sequencer.begin(cid)
+        try:
+            record, duplicate = await self._messages.append(new)
+        except BaseException:
+            self._sequencer.abort(cid, ticket)
+            raise
+        message = message_view(record)
+        payload = codec.encode(frames.MessageNew(message=message))
+        if duplicate:
+            # Announced again: the first attempt may have been stored after its
+            # request timed out, with no event sent. Clients dedupe by id. Not
+            # sequenced nor gap-tracked (seq 0): it is an old message.
+            self._sequencer.abort(cid, ticket)
+            self._broker.publish(Event(payload, MESSAGE_NEW, (record.conversation_id,)))
+        else:
+            self._metrics.messages_stored.inc()
+            self._sequencer.complete(cid, ticket, record.seq, payload)
+        return message, duplicate
+
+    def publish(self, frame: frames.AnyEvent, *, conversations: Sequence[int] = (), users: Sequence[int] = ()) -> None:
+        """An event to the members of ``conversations`` and the devices of ``users``."""
+        self._broker.publish(event_of(frame, conversations=conversations, users=users))
+
+    def publish_membership(self, change: MembershipChange, announcement: frames.AnyEvent) -> None:
+        """Change routing, then announce it to the same users: every instance
+        applies the change before it delivers ``announcement``."""
+        self._broker.publish_membership(change)
+        self.publish(announcement, users=change.user_ids)

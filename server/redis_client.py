@@ -1,0 +1,47 @@
+"""The app's Redis clients, one factory each, so every module that talks to
+Redis gets its connections configured one way.
+
+- ``pooled_client``: the general client (presence records, heartbeats): a
+  bounded pool whose commands wait for a free connection.
+- ``subscriber_client``: the broker's (pub/sub and its publishes): no silent
+  reconnects, because a reconnect means lost messages and a resync.
+"""
+
+from __future__ import annotations
+
+import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+
+def pooled_client(url: str, *, timeout: float, max_connections: int) -> redis.Redis:
+    """A bounded pool whose commands wait (up to ``timeout``) for a free connection.
+
+    redis-py's default pool raises "Too many connections" once 100 commands
+    are in flight, and a burst of connects or disconnects (a deploy, a load
+    balancer moving thousands of clients) is exactly that: presence updates
+    would be dropped and users left online. Here they queue, each for at most
+    ``timeout``.
+    """
+    pool = redis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        # One retry: after a Redis restart the first command on a pooled connection fails.
+        retry=Retry(NoBackoff(), 1),
+    )
+    return redis.Redis.from_pool(pool)
+
+
+def subscriber_client(url: str, *, timeout: float) -> redis.Redis:
+    """The broker's client: its subscriber connection and its publish pipelines."""
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        # No silent reconnects inside redis-py: a reconnect must be seen by
+        # the broker, because messages were lost and a resync is due.
+        retry=Retry(NoBackoff(), 0),
+    )

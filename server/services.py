@@ -1,0 +1,83 @@
+"""Services: every long-lived component of one server process, wired together.
+
+This is the handlers' ``Context`` (server/handlers/context.py) and what a
+session is given; nothing else is global. The delivery components it wires:
+
+- ``publisher`` (server/publisher.py): what handlers publish goes out here;
+  its Sequencer orders this process's new messages, then ``broker.publish``;
+- ``broker`` (server/broker.py, server/broker_redis.py): publish order is
+  delivery order, here and on every other instance;
+- ``catchup`` (server/catchup.py): the broker's BrokerEventHandler; seq
+  order and gap-filling per conversation, then
+- ``registry`` (server/registry.py): this process's connections, and the
+  fan-out to them.
+"""
+
+from __future__ import annotations
+
+from server.auth import Passwords, Tokens
+from server.broker import Broker
+from server.catchup import Catchup
+from server.config import Settings
+from server.handlers.context import Context
+from server.handlers.presence import on_offline
+from server.metrics import Metrics
+from server.presence import PresenceTracker
+from server.publisher import Publisher
+from server.ratelimit import FailureWindow
+from server.registry import Registry
+from storage.base import Directory, MessageLog
+
+
+class Services:
+    def __init__(
+        self,
+        settings: Settings,
+        directory: Directory,
+        messages: MessageLog,
+        broker: Broker,
+        presence: PresenceTracker,
+        passwords: Passwords,
+        tokens: Tokens,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.directory = directory
+        self.messages = messages
+        self.broker = broker
+        self.passwords = passwords
+        self.tokens = tokens
+        self.metrics = metrics
+        self.presence = presence
+        self.registry = Registry(broker, metrics)
+        self.catchup = Catchup(messages, self.registry, metrics)
+        self.registry.tell_unrouted(self.catchup)
+        self.publisher = Publisher(messages, broker, metrics)
+        self.trusted_proxies = settings.proxy_networks
+        window = settings.login_failure_window_seconds
+        self.login_failures_by_username = FailureWindow(settings.login_failures_per_username, window)
+        self.login_failures_by_address = FailureWindow(settings.login_failures_per_address, window)
+
+    @property
+    def max_message_chars(self) -> int:
+        return self.settings.max_message_chars
+
+    @property
+    def presence_max_members(self) -> int:
+        return self.settings.presence_max_members
+
+    async def start(self) -> None:
+        await self.broker.start(self.catchup)
+        await self.presence.start(self._expired)
+
+    async def _expired(self, user_id: int) -> None:
+        """A user whose instance died (or whose grace ran out) is offline everywhere."""
+        await on_offline(self, user_id)
+
+    async def close(self) -> None:
+        await self.presence.close()
+        await self.broker.close()
+        await self.catchup.close()
+
+
+_: type[Context] = Services

@@ -1,0 +1,250 @@
+"""Request handlers driven without a transport: a fake Context (the real
+Publisher over a broker that records what it is given) and a fake Caller, on
+a real SQLite store. What each request stores, answers and publishes, in
+which order, is asserted."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from protocol import codec, frames
+from protocol.errors import ErrorCode
+from server.auth import Passwords, Tokens
+from server.broker import MESSAGE_NEW, BrokerEventHandler, Event, MembershipChange
+from server.errors import ApiError
+from server.handlers import channels, dms, messages, presence
+from server.handlers.context import Caller, Context
+from server.metrics import Metrics
+from server.presence import LocalPresence, PresenceTracker
+from server.publisher import Publisher
+from server.ratelimit import FailureWindow
+from storage.records import NewMessage, UserRecord
+from storage.sqlite import SqliteDirectory, SqliteMessageLog, open_sqlite
+
+Published = Event | MembershipChange
+
+
+@dataclass
+class RecordingBroker:
+    """Records every publish, in order; routes nowhere."""
+
+    published: list[Published] = field(default_factory=list)
+
+    async def start(self, handler: BrokerEventHandler) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    def publish(self, event: Event) -> None:
+        self.published.append(event)
+
+    def publish_membership(self, change: MembershipChange) -> None:
+        self.published.append(change)
+
+    def watch(self, conversations: Iterable[int] = (), users: Iterable[int] = ()) -> None:
+        pass
+
+    def unwatch(self, conversations: Iterable[int] = (), users: Iterable[int] = ()) -> None:
+        pass
+
+    def status(self) -> str | None:
+        return None
+
+    def topics(self) -> dict[str, list[int]]:
+        return {"conversations": [], "users": []}
+
+    def take(self) -> list[Published]:
+        published, self.published = self.published, []
+        return published
+
+
+class FakeContext:
+    def __init__(self, directory: SqliteDirectory, messages: SqliteMessageLog) -> None:
+        self.directory = directory
+        self.messages = messages
+        self.broker = RecordingBroker()
+        self.metrics = Metrics()
+        self.publisher = Publisher(messages, self.broker, self.metrics)
+        self.presence: PresenceTracker = LocalPresence()
+        self.tokens = Tokens("x" * 32, "hubbub", "hubbub", 3600)
+        self.login_failures_by_username = FailureWindow(5, 60.0)
+        self.login_failures_by_address = FailureWindow(5, 60.0)
+        self.max_message_chars = 20
+        self.presence_max_members = 2
+
+    @property
+    def passwords(self) -> Passwords:
+        raise AssertionError("no handler tested here hashes passwords")
+
+
+@dataclass(eq=False)
+class FakeCaller:
+    user: UserRecord | None
+    conn_id: int = 1
+    address: str = "127.0.0.1"
+    conversations: set[int] = field(default_factory=set)
+
+    @property
+    def user_id(self) -> int:
+        return self.user.id if self.user is not None else 0
+
+    async def authenticate(self, user: UserRecord) -> None:
+        raise AssertionError("no handler tested here authenticates")
+
+
+def _typed(ctx: FakeContext, caller: FakeCaller) -> tuple[Context, Caller]:
+    return ctx, caller  # both satisfy the protocols handlers are written against
+
+
+@pytest.fixture
+async def ctx(tmp_path: Path) -> AsyncIterator[FakeContext]:
+    db, directory, log = await open_sqlite(tmp_path / "handlers.sqlite", 5.0)
+    try:
+        yield FakeContext(directory, log)
+    finally:
+        await log.close()
+        await db.close()
+
+
+async def caller(ctx: FakeContext, name: str) -> FakeCaller:
+    return FakeCaller(await ctx.directory.create_user(name, name.title(), "hash", 1))
+
+
+def frame_of(item: Published) -> frames.AnyServerFrame:
+    assert isinstance(item, Event)
+    decoded = codec.decode_server_frame(item.payload)
+    assert item.frame_type == frames.tag_of(type(decoded)), "the tag is the frame's own"
+    return decoded
+
+
+async def test_creating_a_channel_routes_it_to_the_creator_before_announcing_it(ctx: FakeContext) -> None:
+    alice = await caller(ctx, "alice")
+    result = await channels.create(*_typed(ctx, alice), frames.ChannelCreate(id=1, name="general"))
+    cid = result.conversation.id
+    assert await ctx.directory.is_member(cid, alice.user_id)
+    change, added = ctx.broker.take()
+    assert change == MembershipChange(cid, (alice.user_id,), joined=True, since_seq=0)
+    assert isinstance(added, Event) and added.users == (alice.user_id,) and added.conversations == ()
+    assert frame_of(added) == frames.ConversationAdded(conversation=result.conversation, by=alice.user_id)
+
+
+async def test_joining_routes_announces_to_the_joiner_then_to_the_members(ctx: FakeContext) -> None:
+    alice, bob = await caller(ctx, "alice"), await caller(ctx, "bob")
+    cid = (await channels.create(*_typed(ctx, alice), frames.ChannelCreate(id=1, name="general"))).conversation.id
+    await ctx.publisher.send_message(_new(cid, alice.user_id, "before bob"))
+    ctx.broker.take()
+
+    result = await channels.join(*_typed(ctx, bob), frames.ChannelJoin(id=2, channel_id=cid))
+    assert result.conversation.member and result.conversation.last_seq == 1
+    change, added, joined = ctx.broker.take()
+    assert change == MembershipChange(cid, (bob.user_id,), joined=True, since_seq=1)
+    assert isinstance(added, Event) and added.users == (bob.user_id,)
+    assert isinstance(frame_of(added), frames.ConversationAdded)
+    assert isinstance(joined, Event) and joined.conversations == (cid,) and joined.users == (bob.user_id,)
+    assert frame_of(joined) == frames.MemberJoined(
+        conversation_id=cid, user=frames.User(id=bob.user_id, username="bob", display_name="Bob", created_at=1), by=None
+    )
+
+    again = await channels.join(*_typed(ctx, bob), frames.ChannelJoin(id=3, channel_id=cid))
+    assert again.conversation == result.conversation
+    assert ctx.broker.take() == []  # already a member: nothing to announce
+
+
+async def test_leaving_tells_the_members_then_stops_routing_then_tells_the_leaver(ctx: FakeContext) -> None:
+    alice, bob = await caller(ctx, "alice"), await caller(ctx, "bob")
+    cid = (await channels.create(*_typed(ctx, alice), frames.ChannelCreate(id=1, name="general"))).conversation.id
+    await channels.join(*_typed(ctx, bob), frames.ChannelJoin(id=2, channel_id=cid))
+    bob.conversations.add(cid)
+    ctx.broker.take()
+
+    await channels.leave(*_typed(ctx, bob), frames.ChannelLeave(id=3, channel_id=cid))
+    assert not await ctx.directory.is_member(cid, bob.user_id)
+    left, change, removed = ctx.broker.take()
+    assert isinstance(left, Event) and left.conversations == (cid,) and left.users == ()
+    assert frame_of(left) == frames.MemberLeft(conversation_id=cid, user_id=bob.user_id)
+    assert change == MembershipChange(cid, (bob.user_id,), joined=False)
+    assert isinstance(removed, Event) and removed.users == (bob.user_id,)
+    assert frame_of(removed) == frames.ConversationRemoved(conversation_id=cid)
+
+
+async def test_opening_a_dm_routes_it_to_every_member_once(ctx: FakeContext) -> None:
+    alice, bob, carol = await caller(ctx, "alice"), await caller(ctx, "bob"), await caller(ctx, "carol")
+    request = frames.DmOpen(id=1, user_ids=[carol.user_id, bob.user_id])
+    result = await dms.open_(*_typed(ctx, alice), request)
+    members = tuple(sorted((alice.user_id, bob.user_id, carol.user_id)))
+    assert result.conversation.member_ids == list(members)
+    change, added = ctx.broker.take()
+    assert change == MembershipChange(result.conversation.id, members, joined=True, since_seq=0)
+    assert isinstance(added, Event) and added.users == members
+    assert (await dms.open_(*_typed(ctx, bob), frames.DmOpen(id=2, user_ids=[alice.user_id, carol.user_id]))) == result
+    assert ctx.broker.take() == []  # the same DM: not created again, not announced again
+
+
+async def test_a_new_message_is_stored_then_published_with_its_seq(ctx: FakeContext) -> None:
+    alice = await caller(ctx, "alice")
+    cid = (await channels.create(*_typed(ctx, alice), frames.ChannelCreate(id=1, name="general"))).conversation.id
+    ctx.broker.take()
+    send = frames.MessageSend(id=2, conversation_id=cid, text="hello", client_msg_id="c1")
+
+    ack = await messages.send(*_typed(ctx, alice), send)  # not routed yet: membership read from the store
+    assert (ack.message.seq, ack.message.text, ack.duplicate) == (1, "hello", False)
+    (event,) = ctx.broker.take()
+    assert isinstance(event, Event)
+    assert (event.frame_type, event.conversations, event.users, event.seq) == (MESSAGE_NEW, (cid,), (), 1)
+    assert frame_of(event) == frames.MessageNew(message=ack.message)
+    assert ctx.metrics.registry.get_sample_value("hubbub_messages_stored_total") == 1
+
+    again = await messages.send(*_typed(ctx, alice), send)
+    assert again.duplicate and again.message == ack.message
+    (repeat,) = ctx.broker.take()
+    assert isinstance(repeat, Event) and repeat.payload == event.payload
+    assert repeat.seq == 0  # announced again, not gap-tracked
+    assert ctx.metrics.registry.get_sample_value("hubbub_messages_stored_total") == 1
+
+
+async def test_a_message_is_refused_before_anything_is_stored_or_published(ctx: FakeContext) -> None:
+    alice, mallory = await caller(ctx, "alice"), await caller(ctx, "mallory")
+    secret = await channels.create(*_typed(ctx, alice), frames.ChannelCreate(id=1, name="secret", private=True))
+    public = await channels.create(*_typed(ctx, alice), frames.ChannelCreate(id=2, name="public"))
+    ctx.broker.take()
+    refusals = [
+        (frames.MessageSend(id=3, conversation_id=secret.conversation.id, text="hi", client_msg_id="a"), "not_found"),
+        (frames.MessageSend(id=4, conversation_id=public.conversation.id, text="hi", client_msg_id="b"), "forbidden"),
+        (frames.MessageSend(id=5, conversation_id=999, text="hi", client_msg_id="c"), "not_found"),
+        (
+            frames.MessageSend(id=6, conversation_id=public.conversation.id, text="x" * 21, client_msg_id="d"),
+            "too_large",
+        ),
+    ]
+    for request, code in refusals:
+        with pytest.raises(ApiError) as refused:
+            await messages.send(*_typed(ctx, mallory), request)
+        assert refused.value.code == ErrorCode(code)
+    assert ctx.broker.take() == []
+    assert await ctx.messages.last_seqs([secret.conversation.id, public.conversation.id]) == {}
+
+
+async def test_presence_goes_through_small_conversations_only(ctx: FakeContext) -> None:
+    alice, bob, carol = await caller(ctx, "alice"), await caller(ctx, "bob"), await caller(ctx, "carol")
+    small = (await dms.open_(*_typed(ctx, alice), frames.DmOpen(id=1, user_ids=[bob.user_id]))).conversation.id
+    big = (await channels.create(*_typed(ctx, alice), frames.ChannelCreate(id=2, name="big"))).conversation.id
+    for member in (bob, carol):
+        await channels.join(*_typed(ctx, member), frames.ChannelJoin(id=3, channel_id=big))
+    ctx.broker.take()
+
+    await presence.on_online(ctx, alice.user_id, [small, big])  # presence_max_members is 2
+    (event,) = ctx.broker.take()
+    assert isinstance(event, Event)
+    assert (event.conversations, event.users) == ((small,), (alice.user_id,))
+    changed = frame_of(event)
+    assert isinstance(changed, frames.PresenceChanged)
+    assert (changed.presence.user_id, changed.presence.status) == (alice.user_id, "online")
+
+
+def _new(cid: int, sender: int, text: str) -> NewMessage:
+    return NewMessage(conversation_id=cid, sender_id=sender, text=text, client_msg_id=text, ts=2)
