@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         logs.error("invalid_settings", error=str(exc))
         return USAGE_ERROR
-    logs.configure(settings.log_level)
+    logs.configure(settings.process.log_level)
     if args.command == "migrate":
         return uvloop.run(migrate(settings))
     from server.app import run
@@ -60,15 +60,16 @@ async def migrate(settings: Settings) -> int:
     from server.startup import EXIT_CODE, postgres_failure
     from storage.postgres import migrate as migrate_postgres
 
-    if not settings.postgres_dsn:
+    dsn = settings.storage.postgres_dsn
+    if not dsn:
         logs.error("invalid_settings", error="migrate needs HUBBUB_POSTGRES_DSN (the embedded store migrates itself)")
         return USAGE_ERROR
     try:
-        applied = await migrate_postgres(settings.postgres_dsn)
+        applied = await migrate_postgres(dsn)
     except Exception as exc:
         # Whatever asyncpg raises (a wrong database or role, a refused port)
         # is about the one DSN this command uses.
-        postgres_failure(exc, settings.postgres_dsn, "HUBBUB_POSTGRES_DSN").log()
+        postgres_failure(exc, dsn, "HUBBUB_POSTGRES_DSN").log()
         return EXIT_CODE
     logs.info("migrated", applied=applied)
     return 0

@@ -1,26 +1,48 @@
 """Settings: every tunable of the server, its default, and where it comes from.
 
-Each field is one setting, read from the environment variable
-``HUBBUB_<NAME>`` or the CLI flag ``--<name-with-dashes>`` (the flag wins).
-Values are validated by msgspec against the annotations below; an invalid
-value stops start-up with one clear line. README.md's settings table is
-checked against this class by tests/test_docs.py.
+Each field of ``Settings`` is one setting, read from the environment
+variable ``HUBBUB_<NAME>`` or the CLI flag ``--<name-with-dashes>`` (the
+flag wins): the operators' surface is flat, one name per setting. Values are
+validated by msgspec against the annotations below; an invalid value stops
+start-up with one clear line. README.md's settings table is generated from
+this class and checked against it by tests/test_docs.py.
+
+Components do not take the whole of it: each gets its own small config
+(centrifuge's ``RedisBrokerConfig``), ``settings.limits``,
+``settings.redis``, ``settings.storage`` ... Every group's fields are
+settings under their own names, with no defaults of their own (the defaults,
+documentation and validation of a value are the ``Settings`` field's); all
+groups are built from a ``Settings`` in one place (``_group``), once each.
+A setting may belong to several groups (``storage_timeout_seconds`` bounds
+the stores and Redis alike); tests/unit/test_config.py checks that every
+setting is in one. The rules that span settings live with the group they
+concern (``check``), or, for the ``cloud`` profile's rules across groups,
+in ``_check_profile``.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import typing
 from collections.abc import Mapping
 from ipaddress import IPv4Network, IPv6Network, ip_network
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
 from msgspec import Meta
 
-from storage.config import AccountsBackend, InvalidStorageConfig, MessagesBackend, StorageConfig
+from storage.config import (
+    AccountsBackend,
+    AccountsChoice,
+    InvalidStorageConfig,
+    MessagesBackend,
+    MessagesChoice,
+    SettingNamer,
+    StorageConfig,
+)
 
 ENV_PREFIX = "HUBBUB_"
 
@@ -33,7 +55,176 @@ def _doc(text: str) -> Meta:
     return Meta(description=text)
 
 
-class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+LogLevel = Literal["debug", "info", "warning", "error"]
+Profile = Literal["local", "cloud"]
+
+
+class ConfigError(Exception):
+    """An invalid setting, described in one line."""
+
+
+class HttpConfig(msgspec.Struct, kw_only=True, frozen=True):
+    """The listener and its HTTP side: where it listens, whom it admits, what it reports."""
+
+    host: str
+    port: int
+    listen_backlog: int
+    max_connections: int
+    allowed_origins: str
+    trusted_proxies: str
+    readyz_timeout_seconds: float
+    debug_endpoints: bool
+
+    @property
+    def origins(self) -> list[re.Pattern[str] | None] | None:
+        """Allowed origins for websockets' ``origins=``; None allows any.
+
+        Each is a case-insensitive pattern of the normalised origin (RFC 6454
+        compares scheme and host without case; browsers send them lower-case,
+        other clients may not). The list includes None (no Origin header):
+        the check protects browsers, which always send one, and must not lock
+        out bots.
+        """
+        items: list[re.Pattern[str] | None] = [
+            re.compile(re.escape(origin), re.IGNORECASE) for origin in parse_origins(self.allowed_origins)
+        ]
+        return [*items, None] if items else None
+
+    @property
+    def proxy_networks(self) -> list[IPv4Network | IPv6Network]:
+        return [ip_network(p.strip(), strict=False) for p in self.trusted_proxies.split(",") if p.strip()]
+
+    def check(self, name: SettingNamer) -> None:
+        """Parse the lists here, so that a typo stops start-up."""
+        try:
+            parse_origins(self.allowed_origins)
+        except ValueError as exc:
+            raise ConfigError(f"invalid setting {name('allowed_origins')}: {exc}") from None
+        try:
+            self.proxy_networks  # noqa: B018
+        except ValueError as exc:
+            raise ConfigError(f"invalid setting {name('trusted_proxies')}: {exc}") from None
+
+
+class ConnectionConfig(msgspec.Struct, kw_only=True, frozen=True):
+    """One WebSocket connection's socket, timers and buffers."""
+
+    auth_timeout_seconds: float
+    handshake_timeout_seconds: float
+    close_timeout_seconds: float
+    outbound_buffer_bytes: int
+    socket_send_buffer_bytes: int
+    read_ahead_bytes: int
+    refused_handshake_log_seconds: float
+    ping_interval_seconds: float
+    ping_timeout_seconds: float
+
+
+class LimitsConfig(msgspec.Struct, kw_only=True, frozen=True):
+    """What one client may send, how fast, and how often it may fail to log in."""
+
+    max_frame_bytes: int
+    max_message_chars: int
+    rate_per_second: float
+    rate_burst: int
+    catchup_burst: int
+    catchup_window_seconds: float
+    max_inflight_sends: int
+    max_connections_per_user: int
+    login_failures_per_username: int
+    login_failures_per_address: int
+    login_failure_window_seconds: float
+
+    @property
+    def hard_frame_bytes(self) -> int:
+        """Frames larger than this are refused by the WebSocket layer (close 1009)."""
+        return 4 * self.max_frame_bytes
+
+
+class TokenConfig(msgspec.Struct, kw_only=True, frozen=True):
+    """The JWTs issued and accepted."""
+
+    jwt_secret: str
+    jwt_ttl_seconds: int
+    jwt_issuer: str
+    jwt_audience: str
+
+    def check(self, name: SettingNamer) -> None:
+        if self.jwt_secret.lower().startswith(PLACEHOLDER_SECRET_PREFIX):
+            raise ConfigError(
+                f"invalid setting {name('jwt_secret')}: this is the placeholder from .env.example, not a secret;"
+                f" make a real one with: {MAKE_A_SECRET}"
+            )
+        if self.jwt_secret and len(self.jwt_secret.encode()) < 32:
+            raise ConfigError(
+                f"invalid setting {name('jwt_secret')}: must be at least 32 bytes; make one with: {MAKE_A_SECRET}"
+            )
+
+
+class PasswordConfig(msgspec.Struct, kw_only=True, frozen=True):
+    """Argon2id's cost per password hash."""
+
+    argon2_time_cost: int
+    argon2_memory_kib: int
+    argon2_parallelism: int
+
+
+class RedisConfig(msgspec.Struct, kw_only=True, frozen=True):
+    """Routing between instances (and the Redis client presence shares)."""
+
+    redis_url: str
+    redis_prefix: str
+    redis_pool_max: int
+    broker_probe_seconds: float
+    storage_timeout_seconds: float
+    """Bounds each Redis command as it bounds a store call."""
+
+
+class PresenceConfig(msgspec.Struct, kw_only=True, frozen=True):
+    """Who is online, and how an instance says it is alive."""
+
+    presence_max_members: int
+    presence_heartbeat_seconds: float
+    presence_ttl_seconds: float
+
+    def check(self, name: SettingNamer) -> None:
+        if self.presence_ttl_seconds <= self.presence_heartbeat_seconds:
+            raise ConfigError(
+                f"{name('presence_ttl_seconds')} must be longer than {name('presence_heartbeat_seconds')}"
+            )
+
+
+class ProcessConfig(msgspec.Struct, kw_only=True, frozen=True):
+    """The process as a whole: its files, logs, profile and shutdown."""
+
+    data_dir: str
+    log_level: LogLevel
+    profile: Profile
+    shutdown_grace_seconds: float
+
+
+Group = TypeVar("Group", bound=msgspec.Struct)
+
+GROUPS: dict[str, type[msgspec.Struct]] = {
+    "http": HttpConfig,
+    "connection": ConnectionConfig,
+    "limits": LimitsConfig,
+    "tokens": TokenConfig,
+    "passwords": PasswordConfig,
+    "storage": StorageConfig,
+    "redis": RedisConfig,
+    "presence": PresenceConfig,
+    "process": ProcessConfig,
+}
+"""Each ``Settings`` attribute that is a component's config, and its type."""
+
+
+def _group(settings: Settings, group: type[Group]) -> Group:
+    """The one place a component's config is built: its fields, by name, from ``settings``."""
+    return group(**{field: getattr(settings, field) for field in group.__struct_fields__})
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=True):
     host: Annotated[str, _doc("Interface to listen on.")] = "127.0.0.1"
     port: Annotated[Port, _doc("TCP port for WebSocket and HTTP (0 picks a free port).")] = 8765
     data_dir: Annotated[str, _doc("Directory of the embedded SQLite store and the dev JWT secret.")] = "./data"
@@ -123,17 +314,17 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     shutdown_grace_seconds: Annotated[
         PositiveFloat, _doc("On SIGTERM/SIGINT, time allowed for in-flight requests and writes.")
     ] = 10.0
-    log_level: Annotated[Literal["debug", "info", "warning", "error"], _doc("Lowest level logged.")] = "info"
+    log_level: Annotated[LogLevel, _doc("Lowest level logged.")] = "info"
     profile: Annotated[
-        Literal["local", "cloud"],
+        Profile,
         _doc("`cloud` refuses the dev JWT secret and plaintext database URLs that lack TLS options."),
     ] = "local"
     accounts_backend: Annotated[
-        Literal["", "sqlite", "postgres"],
+        AccountsChoice,
         _doc("Store of accounts, channels, memberships. Empty: `postgres` when a DSN is set, else `sqlite`."),
     ] = ""
     messages_backend: Annotated[
-        Literal["", "sqlite", "mongo", "postgres"],
+        MessagesChoice,
         _doc("Store of messages. Empty: `mongo` when a Mongo URL is set, else like the accounts backend."),
     ] = ""
     postgres_dsn: Annotated[str, _doc("PostgreSQL DSN, e.g. `postgresql://hubbub@db:5432/hubbub`.")] = ""
@@ -176,41 +367,65 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         bool, _doc("Serve GET /debug/subscriptions (this instance's routing topics); off in production.")
     ] = False
 
+    # -- each component's own config (built once, on first use) ----------------
+
+    @functools.cached_property
+    def http(self) -> HttpConfig:
+        return _group(self, HttpConfig)
+
+    @functools.cached_property
+    def connection(self) -> ConnectionConfig:
+        return _group(self, ConnectionConfig)
+
+    @functools.cached_property
+    def limits(self) -> LimitsConfig:
+        return _group(self, LimitsConfig)
+
+    @functools.cached_property
+    def tokens(self) -> TokenConfig:
+        return _group(self, TokenConfig)
+
+    @functools.cached_property
+    def passwords(self) -> PasswordConfig:
+        return _group(self, PasswordConfig)
+
+    @functools.cached_property
+    def storage(self) -> StorageConfig:
+        return _group(self, StorageConfig)
+
+    @functools.cached_property
+    def redis(self) -> RedisConfig:
+        return _group(self, RedisConfig)
+
+    @functools.cached_property
+    def presence(self) -> PresenceConfig:
+        return _group(self, PresenceConfig)
+
+    @functools.cached_property
+    def process(self) -> ProcessConfig:
+        return _group(self, ProcessConfig)
+
+    # -- derived values, for consumers not yet switched to their group ----------
+
     @property
     def resolved_accounts_backend(self) -> AccountsBackend:
-        return storage_config(self).resolved_accounts_backend
+        return self.storage.resolved_accounts_backend
 
     @property
     def resolved_messages_backend(self) -> MessagesBackend:
-        return storage_config(self).resolved_messages_backend
+        return self.storage.resolved_messages_backend
 
     @property
     def origins(self) -> list[re.Pattern[str] | None] | None:
-        """Allowed origins for websockets' ``origins=``; None allows any.
-
-        Each is a case-insensitive pattern of the normalised origin (RFC 6454
-        compares scheme and host without case; browsers send them lower-case,
-        other clients may not). The list includes None (no Origin header):
-        the check protects browsers, which always send one, and must not lock
-        out bots.
-        """
-        items: list[re.Pattern[str] | None] = [
-            re.compile(re.escape(origin), re.IGNORECASE) for origin in parse_origins(self.allowed_origins)
-        ]
-        return [*items, None] if items else None
+        return self.http.origins
 
     @property
     def proxy_networks(self) -> list[IPv4Network | IPv6Network]:
-        return [ip_network(p.strip(), strict=False) for p in self.trusted_proxies.split(",") if p.strip()]
+        return self.http.proxy_networks
 
     @property
     def hard_frame_bytes(self) -> int:
-        """Frames larger than this are refused by the WebSocket layer (close 1009)."""
-        return 4 * self.max_frame_bytes
-
-
-class ConfigError(Exception):
-    """An invalid setting, described in one line."""
+        return self.limits.hard_frame_bytes
 
 
 # .env.example's value: a copied .env that still has it must not sign tokens.
@@ -327,53 +542,43 @@ def load_settings(environ: Mapping[str, str], flags: Mapping[str, str | None] | 
         settings = msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(_explain(exc, raw, source)) from None
-    secret_source = source.get("jwt_secret", "HUBBUB_JWT_SECRET")
-    if settings.jwt_secret.lower().startswith(PLACEHOLDER_SECRET_PREFIX):
-        raise ConfigError(
-            f"invalid setting {secret_source}: this is the placeholder from .env.example, not a secret;"
-            f" make a real one with: {MAKE_A_SECRET}"
-        )
-    if settings.jwt_secret and len(settings.jwt_secret.encode()) < 32:
-        raise ConfigError(f"invalid setting {secret_source}: must be at least 32 bytes; make one with: {MAKE_A_SECRET}")
+
+    def named(field: str) -> str:
+        """A setting as the operator gave it: the flag or the variable."""
+        return source.get(field, env_name(field))
+
+    # Each group's own rules, then the profile's, which span groups.
+    for group in (settings.tokens, settings.http, settings.presence):
+        group.check(named)
     try:
-        parse_origins(settings.allowed_origins)
-    except ValueError as exc:
-        raise ConfigError(f"invalid setting {source.get('allowed_origins', 'HUBBUB_ALLOWED_ORIGINS')}: {exc}") from None
-    try:
-        settings.proxy_networks  # noqa: B018 - parsed here so a typo stops start-up
-    except ValueError as exc:
-        raise ConfigError(f"invalid setting HUBBUB_TRUSTED_PROXIES: {exc}") from None
-    _check_consistency(settings)
-    if settings.profile == "cloud" and source.get("jwt_secret", "").startswith("--"):
-        raise ConfigError("profile cloud takes secrets from the environment only, not from flags")
+        settings.storage.check()
+    except InvalidStorageConfig as exc:
+        raise ConfigError(exc.explain(named)) from None
+    _check_profile(settings, source)
     return settings
 
 
-def _check_consistency(s: Settings) -> None:
-    """Rules that span several settings."""
-    try:
-        storage_config(s).check()  # the storage rules live with StorageConfig
-    except InvalidStorageConfig as exc:
-        raise ConfigError(exc.explain(env_name)) from None
-    if s.presence_ttl_seconds <= s.presence_heartbeat_seconds:
-        raise ConfigError("HUBBUB_PRESENCE_TTL_SECONDS must be longer than HUBBUB_PRESENCE_HEARTBEAT_SECONDS")
-    if s.profile == "cloud":
-        if not s.jwt_secret:
-            raise ConfigError("profile cloud needs HUBBUB_JWT_SECRET (the dev secret is not allowed)")
-        if s.resolved_accounts_backend == "sqlite":
-            raise ConfigError("profile cloud needs HUBBUB_POSTGRES_DSN (no embedded store in the cloud)")
-        if s.resolved_messages_backend == "sqlite":
-            raise ConfigError("profile cloud needs a shared message store (mongo or postgres), not sqlite")
-        for name, dsn in (
-            ("HUBBUB_POSTGRES_DSN", s.postgres_dsn),
-            ("HUBBUB_POSTGRES_REPLICA_DSN", s.postgres_replica_dsn),
-        ):
-            if dsn and not any(f"sslmode={mode}" in dsn for mode in ("require", "verify-ca", "verify-full")):
-                raise ConfigError(
-                    f"profile cloud needs TLS to PostgreSQL: add sslmode=require (or verify-full) to {name}"
-                )
-        if s.mongo_url and "tls=true" not in s.mongo_url and not s.mongo_url.startswith("mongodb+srv://"):
-            raise ConfigError("profile cloud needs TLS to MongoDB: use mongodb+srv:// or add tls=true")
+def _check_profile(s: Settings, source: Mapping[str, str]) -> None:
+    """What the ``cloud`` profile refuses, across groups."""
+    if s.profile != "cloud":
+        return
+    if source.get("jwt_secret", "").startswith("--"):
+        raise ConfigError("profile cloud takes secrets from the environment only, not from flags")
+    if not s.tokens.jwt_secret:
+        raise ConfigError("profile cloud needs HUBBUB_JWT_SECRET (the dev secret is not allowed)")
+    storage = s.storage
+    if storage.resolved_accounts_backend == "sqlite":
+        raise ConfigError("profile cloud needs HUBBUB_POSTGRES_DSN (no embedded store in the cloud)")
+    if storage.resolved_messages_backend == "sqlite":
+        raise ConfigError("profile cloud needs a shared message store (mongo or postgres), not sqlite")
+    for field in ("postgres_dsn", "postgres_replica_dsn"):
+        dsn = getattr(storage, field)
+        if dsn and not any(f"sslmode={mode}" in dsn for mode in ("require", "verify-ca", "verify-full")):
+            raise ConfigError(
+                f"profile cloud needs TLS to PostgreSQL: add sslmode=require (or verify-full) to {env_name(field)}"
+            )
+    if storage.mongo_url and "tls=true" not in storage.mongo_url and not storage.mongo_url.startswith("mongodb+srv://"):
+        raise ConfigError("profile cloud needs TLS to MongoDB: use mongodb+srv:// or add tls=true")
 
 
 def _explain(exc: msgspec.ValidationError, raw: Mapping[str, str], source: Mapping[str, str]) -> str:
@@ -410,5 +615,5 @@ def settings_markdown() -> str:
 
 
 def storage_config(s: Settings) -> StorageConfig:
-    """The settings of the stores, under their own names."""
-    return StorageConfig(**{field: getattr(s, field) for field in StorageConfig.__struct_fields__})
+    """``s.storage``, for consumers not yet switched to it."""
+    return s.storage

@@ -53,6 +53,22 @@ PLACEHOLDER_SECRET = "change-me-to-a-random-secret-of-at-least-32-bytes"  # .env
         ({"HUBBUB_ALLOWED_ORIGINS": "chat.example.com"}, ["'chat.example.com'", "scheme"]),
         ({"HUBBUB_ALLOWED_ORIGINS": "*"}, ["'*'", "empty"]),
         ({"HUBBUB_ALLOWED_ORIGINS": "https://chat.example.com:99999"}, ["port"]),
+        ({"HUBBUB_TRUSTED_PROXIES": "10.0.0.300"}, ["HUBBUB_TRUSTED_PROXIES"]),
+        # Rules between settings, each checked in one place (its group's check).
+        ({"HUBBUB_ACCOUNTS_BACKEND": "postgres"}, ["the postgres backend needs HUBBUB_POSTGRES_DSN"]),
+        ({"HUBBUB_MESSAGES_BACKEND": "mongo"}, ["the mongo messages backend needs HUBBUB_MONGO_URL"]),
+        (
+            {
+                "HUBBUB_POSTGRES_DSN": "postgresql://db/x",
+                "HUBBUB_POSTGRES_POOL_MIN": "5",
+                "HUBBUB_POSTGRES_POOL_MAX": "2",
+            },
+            ["HUBBUB_POSTGRES_POOL_MIN is larger than HUBBUB_POSTGRES_POOL_MAX"],
+        ),
+        (
+            {"HUBBUB_PRESENCE_TTL_SECONDS": "5", "HUBBUB_PRESENCE_HEARTBEAT_SECONDS": "5"},
+            ["HUBBUB_PRESENCE_TTL_SECONDS must be longer than HUBBUB_PRESENCE_HEARTBEAT_SECONDS"],
+        ),
     ],
 )
 async def test_invalid_setting_exits_2_with_one_json_line(

@@ -1,7 +1,7 @@
 """The contract of storage.base.Directory and storage.base.MessageLog.
 
 Every test here runs once per storage backend, through the server's own
-factory (server.config.storage_config + storage.factory.open_stores), and
+factory (``Settings.storage`` + storage.factory.open_stores), and
 speaks only the Protocol types: a backend is added by adding it to the
 ``backend`` parametrization (conftest.py; BACKENDS in tests/backends.py),
 never by copying assertions. Today this module runs on "sqlite"; marking it
@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from server.config import Settings, storage_config
+from server.config import Settings
 from storage.base import Directory, MessageLog
 from storage.errors import Conflict
 from storage.factory import Stores, open_stores
@@ -36,7 +36,7 @@ _names = itertools.count(1)
 async def stores(backend: str, backend_settings: dict[str, Any], tmp_path: Path) -> AsyncIterator[Stores]:
     """Fresh, empty stores of ``backend``, opened as the server opens them."""
     settings = msgspec.convert({**TEST_SETTINGS, **backend_settings, "data_dir": str(tmp_path / "data")}, Settings)
-    opened = await open_stores(storage_config(settings))
+    opened = await open_stores(settings.storage)
     try:
         yield opened
     finally:
