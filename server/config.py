@@ -14,7 +14,7 @@ settings under their own names, with no defaults of their own (the defaults,
 documentation and validation of a value are the ``Settings`` field's); all
 groups are built from a ``Settings`` in one place (``_group``), once each.
 A setting may belong to several groups (``storage_timeout_seconds`` bounds
-the stores and Redis alike); tests/unit/test_config.py checks that every
+the stores, Redis commands and a request's whole wait alike); tests/unit/test_config.py checks that every
 setting is in one. The rules that span settings live with the group they
 concern (``check``), or, for the ``cloud`` profile's rules across groups,
 in ``_check_profile``.
@@ -114,14 +114,15 @@ class ConnectionConfig(msgspec.Struct, kw_only=True, frozen=True):
     close_timeout_seconds: float
     outbound_buffer_bytes: int
     socket_send_buffer_bytes: int
-    read_ahead_bytes: int
     refused_handshake_log_seconds: float
     ping_interval_seconds: float
     ping_timeout_seconds: float
 
 
 class LimitsConfig(msgspec.Struct, kw_only=True, frozen=True):
-    """What one client may send, how fast, and how often it may fail to log in."""
+    """What one client may send, how fast, how much may wait unserved, how long
+    a request may wait on the stores, and how often it may fail to log in:
+    everything admission and dispatch need."""
 
     max_frame_bytes: int
     max_message_chars: int
@@ -130,6 +131,9 @@ class LimitsConfig(msgspec.Struct, kw_only=True, frozen=True):
     catchup_burst: int
     catchup_window_seconds: float
     max_inflight_sends: int
+    read_ahead_bytes: int
+    storage_timeout_seconds: float
+    """A request's budget on the stores, all its calls together."""
     max_connections_per_user: int
     login_failures_per_username: int
     login_failures_per_address: int
