@@ -22,7 +22,7 @@ from protocol.frames import PROTOCOL_VERSION
 from server import logs
 from server.auth import Passwords, Tokens, load_or_create_dev_secret
 from server.broker import Broker, InProcessBroker
-from server.config import Settings, storage_config
+from server.config import ConnectionConfig, Settings
 from server.connection import LOGGER, Connection
 from server.guarded import guarded
 from server.http import ProcessRequest, make_process_request
@@ -86,8 +86,8 @@ class App:
 
     async def start(self) -> None:
         s = self.settings
-        data_dir = Path(s.data_dir)
-        secret = s.jwt_secret
+        data_dir = Path(s.process.data_dir)
+        secret = s.tokens.jwt_secret
         try:
             if not secret:
                 secret = load_or_create_dev_secret(data_dir)
@@ -95,95 +95,97 @@ class App:
                     "dev_jwt_secret", path=str(data_dir / "jwt-secret"), hint="set HUBBUB_JWT_SECRET in production"
                 )
             with counting_failures(self.metrics.task_failed):  # the stores' flushers count their failures here
-                self._stores = await open_stores(storage_config(s))
-            if s.redis_url:
-                await check_redis(s.redis_url, s.storage_timeout_seconds)
+                self._stores = await open_stores(s.storage)
+            if s.redis.redis_url:
+                await check_redis(s.redis.redis_url, s.redis.storage_timeout_seconds)
         except Exception as exc:
-            failure = await explain(exc, s)
+            failure = await explain(exc, s.storage, s.redis)
             if failure is None:
                 raise
             raise failure from exc
         directory, messages = self._stores.directory, self._stores.messages
         loop = asyncio.get_running_loop()
-        passwords = await loop.run_in_executor(None, Passwords, s)
+        passwords = await loop.run_in_executor(None, Passwords, s.passwords)
         broker, presence = self._routing()
+        timeout = s.storage.storage_timeout_seconds
         services = self.services = Services(
-            settings=s,
-            directory=guarded(directory, self.metrics, s.storage_timeout_seconds),
-            messages=guarded(messages, self.metrics, s.storage_timeout_seconds),
+            limits=s.limits,
+            trusted_proxies=s.http.proxy_networks,
+            presence_max_members=s.presence.presence_max_members,
+            directory=guarded(directory, self.metrics, timeout),
+            messages=guarded(messages, self.metrics, timeout),
             broker=broker,
             presence=presence,
             passwords=passwords,
-            tokens=Tokens(secret, s.jwt_issuer, s.jwt_audience, s.jwt_ttl_seconds),
+            tokens=Tokens(secret, s.tokens.jwt_issuer, s.tokens.jwt_audience, s.tokens.jwt_ttl_seconds),
             metrics=self.metrics,
         )
         await services.start()
         self._keepalive = Keepalive(
             lambda: [session.conn for session in self.sessions],
-            s.ping_interval_seconds,
-            s.ping_timeout_seconds,
+            s.connection.ping_interval_seconds,
+            s.connection.ping_timeout_seconds,
             self.metrics.task_failed,
         )
         self._keepalive.start()
-        self._origins = s.origins
-        self._respond = make_process_request(services, lambda: len(self.sessions))
+        http = s.http
+        self._origins = http.origins
+        self._respond = make_process_request(services, http, lambda: len(self.sessions))
         self.serving = True
         self.server = await loop.create_server(
-            lambda: Connection(self, s.handshake_timeout_seconds, s.close_timeout_seconds),
-            s.host,
-            s.port,
+            lambda: Connection(self),
+            http.host,
+            http.port,
             # A connect storm must queue, not have SYNs dropped into TCP's
             # 1-3-7 s retry schedule (asyncio's default backlog is 100).
-            backlog=s.listen_backlog,
+            backlog=http.listen_backlog,
         )
         self._listened = True
         logs.info(
             "listening",
-            host=s.host,
+            host=http.host,
             port=self.port,
             accounts=directory.name,
             messages=messages.name,
-            profile=s.profile,
+            profile=s.process.profile,
             instance=self.instance_id,
-            routing="redis" if s.redis_url else "in-process",
+            routing="redis" if s.redis.redis_url else "in-process",
         )
 
     def _routing(self) -> tuple[Broker, PresenceTracker]:
         """In-process routing alone, or Redis routing and presence across instances."""
-        s = self.settings
-        if not s.redis_url:
+        config = self.settings.redis
+        if not config.redis_url:
             return InProcessBroker(self.metrics), LocalPresence()
         from server.broker_redis import RedisBroker
         from server.presence_redis import RedisPresence
         from server.redis_client import pooled_client
 
-        broker = RedisBroker(
-            s.redis_url,
-            s.redis_prefix,
-            self.instance_id,
-            self.metrics,
-            health_interval=s.broker_probe_seconds,
-            timeout=s.storage_timeout_seconds,
-        )
-        self._redis = pooled_client(s.redis_url, timeout=s.storage_timeout_seconds, max_connections=s.redis_pool_max)
+        broker = RedisBroker(config, self.instance_id, self.metrics)
+        self._redis = pooled_client(config)
+        presence_config = self.settings.presence
         presence = RedisPresence(
             self._redis,
-            s.redis_prefix,
+            config.redis_prefix,
             self.instance_id,
-            heartbeat_seconds=s.presence_heartbeat_seconds,
-            ttl_seconds=s.presence_ttl_seconds,
+            heartbeat_seconds=presence_config.presence_heartbeat_seconds,
+            ttl_seconds=presence_config.presence_ttl_seconds,
             on_failure=self.metrics.task_failed,
         )
         return broker, presence
 
     # -- Host (server/connection.py) -----------------------------------------
 
+    @property
+    def connection_config(self) -> ConnectionConfig:
+        return self.settings.connection
+
     def new_protocol(self) -> ServerProtocol:
         return ServerProtocol(
             origins=self._origins,
             select_subprotocol=select_subprotocol,
             extensions=None,  # no per-message deflate: it costs CPU and memory per connection
-            max_size=self.settings.hard_frame_bytes,
+            max_size=self.settings.limits.hard_frame_bytes,
             logger=LOGGER,
         )
 
@@ -195,7 +197,13 @@ class App:
     def open_session(self, connection: Connection, request: Request) -> Session:
         if self.services is None:
             raise RuntimeError("a connection before start-up finished")
-        session = Session(self.services, connection, request, self._session_finished)
+        session = Session(
+            self.services,
+            connection,
+            request,
+            self._session_finished,
+            auth_timeout=self.settings.connection.auth_timeout_seconds,
+        )
         self.sessions.add(session)
         session.start()
         return session
@@ -217,7 +225,7 @@ class App:
             for session in list(self.sessions):
                 session.close(code, reason)
             try:
-                async with asyncio.timeout(self.settings.shutdown_grace_seconds):
+                async with asyncio.timeout(self.settings.process.shutdown_grace_seconds):
                     if self.sessions:
                         await self._sessions_gone.wait()
                     await self.server.wait_closed()

@@ -14,17 +14,17 @@ from pathlib import Path
 import argon2
 import jwt
 
-from server.config import Settings
+from server.config import PasswordConfig
 
 ALGORITHM = "HS256"
 
 
 class Passwords:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, config: PasswordConfig) -> None:
         self._hasher = argon2.PasswordHasher(
-            time_cost=settings.argon2_time_cost,
-            memory_cost=settings.argon2_memory_kib,
-            parallelism=settings.argon2_parallelism,
+            time_cost=config.argon2_time_cost,
+            memory_cost=config.argon2_memory_kib,
+            parallelism=config.argon2_parallelism,
             type=argon2.Type.ID,
         )
         # Verified against when the username does not exist, so that a

@@ -52,6 +52,7 @@ from redis.exceptions import RedisError
 
 from server import logs
 from server.broker import Broker, BrokerEventHandler, Event, MembershipChange
+from server.config import RedisConfig
 from server.metrics import Metrics
 from server.redis_client import subscriber_client
 from storage.supervision import backoff, report, supervise
@@ -74,22 +75,13 @@ _decoder = msgspec.msgpack.Decoder(Envelope)
 
 
 class RedisBroker:
-    def __init__(
-        self,
-        url: str,
-        prefix: str,
-        instance_id: str,
-        metrics: Metrics,
-        *,
-        health_interval: float,
-        timeout: float,
-    ) -> None:
-        self.url = url
-        self.prefix = prefix
+    def __init__(self, config: RedisConfig, instance_id: str, metrics: Metrics) -> None:
+        self.url = config.redis_url
+        self.prefix = config.redis_prefix
         self.instance_id = instance_id
         self._metrics = metrics
-        self._health_interval = health_interval
-        self._timeout = timeout
+        self._health_interval = config.broker_probe_seconds
+        self._timeout = config.storage_timeout_seconds
         self._client: redis.Redis | None = None
         self._sharded = True
         self._handler: BrokerEventHandler | None = None

@@ -35,10 +35,8 @@ import msgspec
 from msgspec import Meta
 
 from storage.config import (
-    AccountsBackend,
     AccountsChoice,
     InvalidStorageConfig,
-    MessagesBackend,
     MessagesChoice,
     SettingNamer,
     StorageConfig,
@@ -409,28 +407,6 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=Tr
     def process(self) -> ProcessConfig:
         return _group(self, ProcessConfig)
 
-    # -- derived values, for consumers not yet switched to their group ----------
-
-    @property
-    def resolved_accounts_backend(self) -> AccountsBackend:
-        return self.storage.resolved_accounts_backend
-
-    @property
-    def resolved_messages_backend(self) -> MessagesBackend:
-        return self.storage.resolved_messages_backend
-
-    @property
-    def origins(self) -> list[re.Pattern[str] | None] | None:
-        return self.http.origins
-
-    @property
-    def proxy_networks(self) -> list[IPv4Network | IPv6Network]:
-        return self.http.proxy_networks
-
-    @property
-    def hard_frame_bytes(self) -> int:
-        return self.limits.hard_frame_bytes
-
 
 # .env.example's value: a copied .env that still has it must not sign tokens.
 PLACEHOLDER_SECRET_PREFIX = "change-me"
@@ -616,8 +592,3 @@ def settings_markdown() -> str:
         shown = f"`{default}`" if default != "" else "(empty)"
         lines.append(f"| `{env}` | `{flag}` | {shown} | {description} |")
     return "\n".join(lines) + "\n"
-
-
-def storage_config(s: Settings) -> StorageConfig:
-    """``s.storage``, for consumers not yet switched to it."""
-    return s.storage

@@ -59,7 +59,7 @@ from websockets.server import ServerProtocol
 
 from protocol.errors import CloseCode
 from server import logs
-from server.config import Settings
+from server.config import ConnectionConfig
 from server.metrics import Metrics
 from server.outbound import flusher_of
 
@@ -91,7 +91,9 @@ class Host(Protocol):
     @property
     def serving(self) -> bool: ...
     @property
-    def settings(self) -> Settings: ...
+    def connection_config(self) -> ConnectionConfig:
+        """Every connection's timers, buffers and socket options."""
+
     @property
     def metrics(self) -> Metrics: ...
     def new_protocol(self) -> ServerProtocol: ...
@@ -142,7 +144,7 @@ def refusal_log(host: Host) -> RefusalLog:
     """The host's refusal log (one per server: tests run several in a process)."""
     log = _refusal_logs.get(host)
     if log is None:
-        log = _refusal_logs[host] = RefusalLog(host.metrics, host.settings.refused_handshake_log_seconds)
+        log = _refusal_logs[host] = RefusalLog(host.metrics, host.connection_config.refused_handshake_log_seconds)
     return log
 
 
@@ -169,10 +171,11 @@ class Connection(asyncio.Protocol):
         "ws",
     )
 
-    def __init__(self, host: Host, handshake_timeout: float, close_timeout: float) -> None:
+    def __init__(self, host: Host) -> None:
         loop = asyncio.get_running_loop()
+        config = host.connection_config
         self._host = host
-        self.close_timeout = close_timeout
+        self.close_timeout = config.close_timeout_seconds
         self.ws: ServerProtocol = host.new_protocol()
         self.session: Client | None = None
         self.transport: asyncio.Transport | None = None
@@ -180,9 +183,9 @@ class Connection(asyncio.Protocol):
         self._fragments_text = False
         self._handshake_task: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
         # During the handshake: its deadline; after a close frame: the closing deadline.
-        self._timer: asyncio.TimerHandle | None = loop.call_later(handshake_timeout, self.abort)
+        self._timer: asyncio.TimerHandle | None = loop.call_later(config.handshake_timeout_seconds, self.abort)
         self._flusher = flusher_of(loop)
-        self._limit = host.settings.outbound_buffer_bytes
+        self._limit = config.outbound_buffer_bytes
         self._out: list[bytes] = []
         self._out_bytes = 0
         self._flush_scheduled = False
@@ -197,7 +200,7 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's does not subclass asyncio's
-        size = self._host.settings.socket_send_buffer_bytes
+        size = self._host.connection_config.socket_send_buffer_bytes
         if size:
             # Bounds what the kernel holds for a slow reader beyond outbound_buffer_bytes
             # (autotuned, it grows to net.ipv4.tcp_wmem's maximum, megabytes).

@@ -82,8 +82,8 @@ class Dispatcher:
         self._session = session
         self._transport = transport
         self._handlers = handlers
-        settings = hub.settings
-        self.bucket = TokenBucket(settings.rate_per_second, settings.rate_burst)
+        limits = hub.limits
+        self.bucket = TokenBucket(limits.rate_per_second, limits.rate_burst)
         """The request rate limit; the session grants it a catch-up allowance on authentication."""
         self._pipelining = hub.messages.ordered_appends
         # Created while there is something to hold: an idle connection has none of them.
@@ -106,7 +106,7 @@ class Dispatcher:
             return
         queue.append(raw)
         self._queued_bytes += cost
-        if self._queued_bytes > self._hub.settings.read_ahead_bytes and not self._reading_paused:
+        if self._queued_bytes > self._hub.limits.read_ahead_bytes and not self._reading_paused:
             # Stop reading until the backlog is served: TCP pushes back on the
             # client. Not sooner: while the socket is not read, the client's
             # pings and close frame are not seen either (a close waiting behind
@@ -115,7 +115,7 @@ class Dispatcher:
             self._transport.pause_reading()
 
     async def _serve(self, queue: deque[str | bytes]) -> None:
-        resume_at = self._hub.settings.read_ahead_bytes // 2
+        resume_at = self._hub.limits.read_ahead_bytes // 2
         try:
             while queue:
                 raw = queue.popleft()
@@ -160,7 +160,7 @@ class Dispatcher:
             pipeline = self._pipeline
             if pipeline is None:
                 pipeline = self._pipeline = _Pipeline()
-            elif len(pipeline.tasks) >= self._hub.settings.max_inflight_sends:
+            elif len(pipeline.tasks) >= self._hub.limits.max_inflight_sends:
                 await asyncio.wait(pipeline.tasks, return_when=asyncio.FIRST_COMPLETED)
             slot: list[bytes] = []
             pipeline.replies.append(slot)
@@ -178,7 +178,7 @@ class Dispatcher:
             metrics.frames_in_by["binary"].inc()
             self._refuse(None, ErrorCode.BAD_REQUEST, "binary frames are not supported: send JSON text frames")
             return None
-        max_bytes = self._hub.settings.max_frame_bytes
+        max_bytes = self._hub.limits.max_frame_bytes
         if len(raw) > max_bytes or (len(raw) * 4 > max_bytes and len(raw.encode()) > max_bytes):
             metrics.frames_in_by["oversized"].inc()
             self._refuse(codec.recover_request_id(raw), ErrorCode.TOO_LARGE, f"frame larger than {max_bytes} bytes")
@@ -209,7 +209,7 @@ class Dispatcher:
         start = time.perf_counter()
         failure: ErrorCode | None = None
         try:
-            with request_budget(hub.settings.storage_timeout_seconds):
+            with request_budget(hub.limits.storage_timeout_seconds):
                 result = await self._handlers[op](hub, session, request)
             # Encoded here so that an encoding fault is an error reply, not a dropped connection.
             payload = codec.encode_result(request.id, result)

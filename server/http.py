@@ -13,6 +13,7 @@ import msgspec
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from server.config import HttpConfig
 from server.services import Services
 from storage.base import Directory, MessageLog
 from storage.errors import describe
@@ -38,17 +39,16 @@ def _abandon(ping: asyncio.Future[None]) -> None:
     ping.add_done_callback(_abandoned_pings.discard)
 
 
-async def readiness(services: Services) -> list[str]:
+async def readiness(services: Services, timeout: float) -> list[str]:
     """Reasons the server is not ready, one per failing store; empty when it is.
 
-    The stores are pinged together and the answer waits at most
-    ``readyz_timeout_seconds`` (a load balancer's health check must get its
+    The stores are pinged together and the answer waits at most ``timeout``
+    (``readyz_timeout_seconds``: a load balancer's health check must get its
     503, not a timeout of its own): a ping still running then is abandoned,
     not awaited, since a frozen store may hold on to a cancelled call, and
     its store is reported as timed out, with the last error the store's
     client saw when it keeps one (MongoMessageLog.last_error).
     """
-    timeout = services.settings.readyz_timeout_seconds
     stores: tuple[tuple[str, Directory | MessageLog], ...] = (
         ("directory", services.directory),
         ("messages", services.messages),
@@ -89,13 +89,13 @@ def debug_view(services: Services) -> dict[str, object]:
 ProcessRequest = Callable[[Request], Awaitable[Response | None]]
 
 
-def make_process_request(services: Services, open_connections: Callable[[], int]) -> ProcessRequest:
+def make_process_request(services: Services, config: HttpConfig, open_connections: Callable[[], int]) -> ProcessRequest:
     async def process_request(request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         if path == "/healthz":
             return _response(http.HTTPStatus.OK, b"ok\n")
         if path == "/readyz":
-            problems = await readiness(services)
+            problems = await readiness(services, config.readyz_timeout_seconds)
             if problems:
                 return _response(http.HTTPStatus.SERVICE_UNAVAILABLE, ("\n".join(problems) + "\n").encode())
             degraded = services.broker.status()
@@ -103,11 +103,11 @@ def make_process_request(services: Services, open_connections: Callable[[], int]
                 # Still serving: local delivery and storage work, only cross-instance routing waits.
                 return _response(http.HTTPStatus.OK, f"ready, degraded: broker: {degraded}\n".encode())
             return _response(http.HTTPStatus.OK, b"ready\n")
-        if path == "/debug/subscriptions" and services.settings.debug_endpoints:
+        if path == "/debug/subscriptions" and config.debug_endpoints:
             return _response(http.HTTPStatus.OK, msgspec.json.encode(debug_view(services)), "application/json")
         if path == "/metrics":
             return _response(http.HTTPStatus.OK, services.metrics.exposition(), PROMETHEUS_CONTENT_TYPE)
-        if open_connections() >= services.settings.max_connections:
+        if open_connections() >= config.max_connections:
             return _response(http.HTTPStatus.SERVICE_UNAVAILABLE, b"connection limit reached; retry later\n")
         return None
 

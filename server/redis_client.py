@@ -13,19 +13,23 @@ import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from server.config import RedisConfig
 
-def pooled_client(url: str, *, timeout: float, max_connections: int) -> redis.Redis:
-    """A bounded pool whose commands wait (up to ``timeout``) for a free connection.
+
+def pooled_client(config: RedisConfig) -> redis.Redis:
+    """A bounded pool of ``redis_pool_max`` connections whose commands wait
+    (up to ``storage_timeout_seconds``) for a free connection.
 
     redis-py's default pool raises "Too many connections" once 100 commands
     are in flight, and a burst of connects or disconnects (a deploy, a load
     balancer moving thousands of clients) is exactly that: presence updates
     would be dropped and users left online. Here they queue, each for at most
-    ``timeout``.
+    ``storage_timeout_seconds``.
     """
+    timeout = config.storage_timeout_seconds
     pool = redis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
+        config.redis_url,
+        max_connections=config.redis_pool_max,
         timeout=timeout,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,

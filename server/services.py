@@ -15,10 +15,12 @@ session is given; nothing else is global. The delivery components it wires:
 
 from __future__ import annotations
 
+from ipaddress import IPv4Network, IPv6Network
+
 from server.auth import Passwords, Tokens
 from server.broker import Broker
 from server.catchup import Catchup
-from server.config import Settings
+from server.config import LimitsConfig
 from server.handlers.context import Context
 from server.handlers.presence import on_offline
 from server.metrics import Metrics
@@ -32,7 +34,10 @@ from storage.base import Directory, MessageLog
 class Services:
     def __init__(
         self,
-        settings: Settings,
+        *,
+        limits: LimitsConfig,
+        trusted_proxies: list[IPv4Network | IPv6Network],
+        presence_max_members: int,
         directory: Directory,
         messages: MessageLog,
         broker: Broker,
@@ -41,7 +46,12 @@ class Services:
         tokens: Tokens,
         metrics: Metrics,
     ) -> None:
-        self.settings = settings
+        self.limits = limits
+        """What one client may do (dispatch and sessions read it)."""
+        self.trusted_proxies = trusted_proxies
+        """Proxies whose X-Forwarded-For gives a client's address."""
+        self.presence_max_members = presence_max_members
+        """Presence events go through conversations of at most this many members."""
         self.directory = directory
         self.messages = messages
         self.broker = broker
@@ -53,18 +63,13 @@ class Services:
         self.catchup = Catchup(messages, self.registry, metrics)
         self.registry.tell_unrouted(self.catchup)
         self.publisher = Publisher(messages, broker, metrics)
-        self.trusted_proxies = settings.proxy_networks
-        window = settings.login_failure_window_seconds
-        self.login_failures_by_username = FailureWindow(settings.login_failures_per_username, window)
-        self.login_failures_by_address = FailureWindow(settings.login_failures_per_address, window)
+        window = limits.login_failure_window_seconds
+        self.login_failures_by_username = FailureWindow(limits.login_failures_per_username, window)
+        self.login_failures_by_address = FailureWindow(limits.login_failures_per_address, window)
 
     @property
     def max_message_chars(self) -> int:
-        return self.settings.max_message_chars
-
-    @property
-    def presence_max_members(self) -> int:
-        return self.settings.presence_max_members
+        return self.limits.max_message_chars
 
     async def start(self) -> None:
         await self.broker.start(self.catchup)

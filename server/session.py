@@ -43,6 +43,7 @@ PRESENCE_RETRY_SECONDS = (0.5, 2.0, 5.0, 15.0)
 class Session:
     # Slots: thousands of idle connections each carry one of these.
     __slots__ = (
+        "_auth_timeout",
         "_auth_timer",
         "_finishing",
         "_on_finished",
@@ -59,7 +60,13 @@ class Session:
     )
 
     def __init__(
-        self, hub: Services, conn: Connection, request: Request, on_finished: Callable[[Session], None]
+        self,
+        hub: Services,
+        conn: Connection,
+        request: Request,
+        on_finished: Callable[[Session], None],
+        *,
+        auth_timeout: float,
     ) -> None:
         self.hub = hub
         self.conn = conn
@@ -73,6 +80,8 @@ class Session:
         connection's own method, so a delivery costs no call through the session."""
         self.requests = Dispatcher(hub, self, conn)
         self._on_finished = on_finished
+        self._auth_timeout = auth_timeout
+        """Seconds an unauthenticated connection is kept (``auth_timeout_seconds``)."""
         self._auth_timer: asyncio.TimerHandle | None = None
         self._finishing: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
         self._presence_retry: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
@@ -89,22 +98,22 @@ class Session:
 
     def start(self) -> None:
         """The connection is open: greet the client and start its authentication clock."""
-        s = self.hub.settings
+        limits = self.hub.limits
         self.hub.metrics.connections.inc()
         logs.info("connect", conn_id=self.conn_id, address=self.address)
         hello = Hello(
             protocol=PROTOCOL_VERSION,
             server=SERVER_NAME,
             limits=Limits(
-                max_frame_bytes=s.max_frame_bytes,
-                max_message_chars=s.max_message_chars,
-                requests_per_second=s.rate_per_second,
-                request_burst=s.rate_burst,
-                auth_timeout_ms=int(s.auth_timeout_seconds * 1000),
+                max_frame_bytes=limits.max_frame_bytes,
+                max_message_chars=limits.max_message_chars,
+                requests_per_second=limits.rate_per_second,
+                request_burst=limits.rate_burst,
+                auth_timeout_ms=int(self._auth_timeout * 1000),
             ),
         )
         self.send_payload(codec.encode(hello), "hello")
-        self._auth_timer = asyncio.get_running_loop().call_later(s.auth_timeout_seconds, self._auth_expired)
+        self._auth_timer = asyncio.get_running_loop().call_later(self._auth_timeout, self._auth_expired)
 
     def received(self, raw: str | bytes) -> None:
         """A message from the client (its connection reassembled and decoded it)."""
@@ -149,7 +158,7 @@ class Session:
                 logs.warning("presence_offline_failed", user_id=self.user_id, error=str(exc))
 
     def _check_connection_limit(self, user_id: int) -> None:
-        limit = self.hub.settings.max_connections_per_user
+        limit = self.hub.limits.max_connections_per_user
         if self.hub.registry.connections_of(user_id) >= limit:
             raise ApiError(ErrorCode.RATE_LIMITED, f"at most {limit} connections per user")
 
@@ -169,11 +178,11 @@ class Session:
             self._auth_timer.cancel()
             self._auth_timer = None
         self.hub.metrics.authenticated.inc()
-        s = self.hub.settings
-        if s.catchup_burst:
+        limits = self.hub.limits
+        if limits.catchup_burst:
             # Catching up after a reconnect (history pages, resent sends) must not
             # be throttled into failure by the ordinary burst; once per connection.
-            self.requests.bucket.grant(s.catchup_burst, s.catchup_window_seconds)
+            self.requests.bucket.grant(limits.catchup_burst, limits.catchup_window_seconds)
         self.hub.registry.add(self, conversation_ids)
         logs.info("auth", conn_id=self.conn_id, user_id=user.id)
         # From here on the login has succeeded: presence is a consequence of it,

@@ -18,7 +18,8 @@ import traceback
 from dataclasses import dataclass
 
 from server import logs
-from server.config import Settings
+from server.config import RedisConfig
+from storage.config import StorageConfig
 from storage.errors import StoreUnavailable
 
 EXIT_CODE = 2
@@ -214,29 +215,29 @@ async def _postgres_answers(dsn: str, timeout: float) -> bool:
     return True
 
 
-async def explain(exc: BaseException, settings: Settings) -> StartupFailure | None:
+async def explain(exc: BaseException, storage: StorageConfig, redis: RedisConfig) -> StartupFailure | None:
     """The store and address behind an exception raised while opening the
     stores, or None when it is no store's (a bug: the caller re-raises)."""
     if isinstance(exc, StartupFailure):
         return exc
     store = exc.store if isinstance(exc, StoreUnavailable) else ""
     if store == "postgres" or (not store and _raised_in(exc, "asyncpg")):
-        dsn, setting = settings.postgres_dsn, "HUBBUB_POSTGRES_DSN"
+        dsn, setting = storage.postgres_dsn, "HUBBUB_POSTGRES_DSN"
         # Two DSNs and a failure to connect: the replica's, if the primary answers.
         if (
-            settings.postgres_replica_dsn
+            storage.postgres_replica_dsn
             and _failed_to_connect(exc)
-            and await _postgres_answers(dsn, settings.storage_timeout_seconds)
+            and await _postgres_answers(dsn, storage.storage_timeout_seconds)
         ):
-            dsn, setting = settings.postgres_replica_dsn, "HUBBUB_POSTGRES_REPLICA_DSN"
+            dsn, setting = storage.postgres_replica_dsn, "HUBBUB_POSTGRES_REPLICA_DSN"
         return postgres_failure(exc, dsn, setting)
     if store == "mongo" or (not store and _raised_in(exc, "pymongo")):
-        return mongo_failure(exc, settings.mongo_url)
+        return mongo_failure(exc, storage.mongo_url)
     if not store and _raised_in(exc, "redis"):
-        return redis_failure(exc, settings.redis_url)
+        return redis_failure(exc, redis.redis_url)
     if store == "sqlite" or (not store and (isinstance(exc, sqlite3.Error) or _raised_in(exc, "aiosqlite"))):
         return StartupFailure(
-            "sqlite", settings.data_dir, str(exc), "check that HUBBUB_DATA_DIR is a writable directory for this user"
+            "sqlite", storage.data_dir, str(exc), "check that HUBBUB_DATA_DIR is a writable directory for this user"
         )
     if isinstance(exc, OSError) and exc.filename is not None:
         return StartupFailure(

@@ -194,12 +194,12 @@ def test_hubbub_service_environment_loads() -> None:
         settings = load_settings(env)
         assert isinstance(settings, Settings)
         assert (settings.host, settings.port, settings.profile) == ("0.0.0.0", 8765, "local")
-        assert settings.resolved_accounts_backend == "postgres"
-        assert settings.resolved_messages_backend == "mongo"
+        assert settings.storage.resolved_accounts_backend == "postgres"
+        assert settings.storage.resolved_messages_backend == "mongo"
         assert "replicaSet=rs0" in settings.mongo_url
         assert settings.auto_migrate
         assert settings.jwt_secret == variables["HUBBUB_JWT_SECRET"]
-        assert [str(net) for net in settings.proxy_networks] == ["172.30.80.10/32"]
+        assert [str(net) for net in settings.http.proxy_networks] == ["172.30.80.10/32"]
 
 
 def test_nginx_conf_proxies_websockets_to_both_replicas() -> None:

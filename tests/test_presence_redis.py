@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from server.config import RedisConfig
 from server.presence_redis import RedisPresence
 from server.redis_client import pooled_client
 
@@ -25,8 +26,16 @@ USERS = range(1, 401)
 
 @pytest.fixture
 async def presence() -> AsyncIterator[RedisPresence]:
-    client = pooled_client(SHARED_REDIS, timeout=10, max_connections=4)
     prefix = f"test-presence-{uuid.uuid4().hex[:8]}"
+    client = pooled_client(
+        RedisConfig(
+            redis_url=SHARED_REDIS,
+            redis_prefix=prefix,
+            redis_pool_max=4,
+            broker_probe_seconds=5.0,
+            storage_timeout_seconds=10.0,
+        )
+    )
     presence = RedisPresence(client, prefix, "instance-a", heartbeat_seconds=30, ttl_seconds=90)
     offline: list[int] = []
 

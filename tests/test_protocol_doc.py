@@ -290,8 +290,9 @@ def limit_problems(text: str) -> list[str]:
         default = f"`{_default_text(getattr(defaults, name))}`"
         if not any(env in line and default in line for line in lines):
             problems.append(f"no limits table row with {env} and its default {default}")
-    if f"`{defaults.hard_frame_bytes}`" not in text:
-        problems.append(f"the hard frame cap `{defaults.hard_frame_bytes}` (4 x max_frame_bytes) is not documented")
+    hard_frame_bytes = defaults.limits.hard_frame_bytes
+    if f"`{hard_frame_bytes}`" not in text:
+        problems.append(f"the hard frame cap `{hard_frame_bytes}` (4 x max_frame_bytes) is not documented")
     depth = f"at most {frames.MAX_NESTING_DEPTH} levels"
     if not any(depth in line and line.startswith("|") for line in lines):
         problems.append(f"the nesting limit ({depth}) is not in the fixed limits table")

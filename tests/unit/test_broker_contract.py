@@ -19,6 +19,7 @@ import pytest
 
 from server.broker import MESSAGE_NEW, Broker, Event, InProcessBroker, MembershipChange
 from server.broker_redis import RedisBroker
+from server.config import RedisConfig
 from server.metrics import Metrics
 
 SHARED_REDIS = os.environ.get("HUBBUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -111,7 +112,14 @@ def prefix() -> str:
 
 
 def _redis_broker(prefix: str) -> RedisBroker:
-    return RedisBroker(SHARED_REDIS, prefix, uuid.uuid4().hex[:8], Metrics(), health_interval=60.0, timeout=2.0)
+    config = RedisConfig(
+        redis_url=SHARED_REDIS,
+        redis_prefix=prefix,
+        redis_pool_max=4,
+        broker_probe_seconds=60.0,
+        storage_timeout_seconds=2.0,
+    )
+    return RedisBroker(config, uuid.uuid4().hex[:8], Metrics())
 
 
 @pytest.fixture

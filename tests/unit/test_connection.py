@@ -89,7 +89,7 @@ class FakeHost:
     serving = True
 
     def __init__(self, **settings: Any) -> None:
-        self.settings = Settings(socket_send_buffer_bytes=0, **settings)
+        self.connection_config = Settings(socket_send_buffer_bytes=0, **settings).connection
         self.metrics = Metrics()
         self.clients: list[FakeClient] = []
 
@@ -136,7 +136,7 @@ class Peer:
 
 async def open_connection(**settings: Any) -> tuple[Connection, FakeTransport, Peer, FakeHost]:
     host = FakeHost(**settings)
-    connection = Connection(host, handshake_timeout=10.0, close_timeout=5.0)
+    connection = Connection(host)  # the default timeouts: 10 s for the handshake, 5 s for the close
     transport = FakeTransport()
     connection.connection_made(transport)  # type: ignore[arg-type]
     peer = Peer(connection, transport)
@@ -241,7 +241,7 @@ async def test_a_pause_asked_during_the_handshake_outlasts_it() -> None:
     """Frames that came with the handshake request are served at its end; if
     they fill the client's backlog, the handshake's end must not resume reading."""
     host = FakeHost()
-    connection = Connection(host, handshake_timeout=10.0, close_timeout=5.0)
+    connection = Connection(host)  # the default timeouts: 10 s for the handshake, 5 s for the close
     transport = FakeTransport()
     connection.connection_made(transport)  # type: ignore[arg-type]
     peer = Peer(connection, transport)

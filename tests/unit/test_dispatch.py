@@ -123,7 +123,7 @@ def make_dispatcher(
     **settings: Any,
 ) -> tuple[Dispatcher, FakeTransport, SimpleNamespace]:
     hub = SimpleNamespace(
-        settings=Settings(**settings), metrics=Metrics(), messages=SimpleNamespace(ordered_appends=ordered_appends)
+        limits=Settings(**settings).limits, metrics=Metrics(), messages=SimpleNamespace(ordered_appends=ordered_appends)
     )
     session = SimpleNamespace(user=object() if authenticated else None, user_id=7 if authenticated else 0, conn_id=1)
     transport = FakeTransport()
