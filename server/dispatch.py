@@ -27,7 +27,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 from protocol import codec
 from protocol.errors import ErrorCode
@@ -36,13 +35,11 @@ from server import logs
 from server.errors import ApiError
 from server.guarded import request_budget
 from server.handlers import HANDLERS, Handler
+from server.handlers.context import Caller
 from server.ratelimit import TokenBucket
+from server.services import Services
 from server.transport import Transport
 from storage.errors import StoreUnavailable
-
-if TYPE_CHECKING:
-    from server.services import Services
-    from server.session import Session
 
 READ_FRAME_COST = 256
 """Bytes a queued frame counts against ``read_ahead_bytes`` at least (its objects' overhead)."""
@@ -62,6 +59,7 @@ class _Pipeline:
 class Dispatcher:
     # Slots: thousands of idle connections each carry one of these.
     __slots__ = (
+        "_caller",
         "_handlers",
         "_hub",
         "_pipeline",
@@ -69,17 +67,17 @@ class Dispatcher:
         "_queue",
         "_queued_bytes",
         "_reading_paused",
-        "_session",
         "_transport",
         "_worker",
         "bucket",
     )
 
     def __init__(
-        self, hub: Services, session: Session, transport: Transport, handlers: Mapping[str, Handler] = HANDLERS
+        self, hub: Services, caller: Caller, transport: Transport, handlers: Mapping[str, Handler] = HANDLERS
     ) -> None:
         self._hub = hub
-        self._session = session
+        self._caller = caller
+        """Who is asking (server/session.py's Session): handed to the handlers, read for the logs."""
         self._transport = transport
         self._handlers = handlers
         limits = hub.limits
@@ -197,7 +195,7 @@ class Dispatcher:
         if not isinstance(op, str):
             raise TypeError(f"{type(request).__name__} is not tagged with its request type")
         metrics.frames_in_by[op].inc()
-        if self._session.user is None and op not in PRE_AUTH_TYPES:
+        if self._caller.user is None and op not in PRE_AUTH_TYPES:
             self._refuse(request.id, ErrorCode.UNAUTHORIZED, "authenticate first (register, login or auth)")
             return None
         return request, op
@@ -205,12 +203,12 @@ class Dispatcher:
     async def _execute(self, op: str, request: AnyRequest) -> bytes:
         """Run the handler; the encoded reply (result or error)."""
         hub = self._hub
-        session = self._session
+        caller = self._caller
         start = time.perf_counter()
         failure: ErrorCode | None = None
         try:
             with request_budget(hub.limits.storage_timeout_seconds):
-                result = await self._handlers[op](hub, session, request)
+                result = await self._handlers[op](hub, caller, request)
             # Encoded here so that an encoding fault is an error reply, not a dropped connection.
             payload = codec.encode_result(request.id, result)
         except ApiError as exc:
@@ -218,11 +216,11 @@ class Dispatcher:
             payload = self._error_payload(request.id, exc.code, exc.message)
         except StoreUnavailable as exc:
             failure = ErrorCode.UNAVAILABLE
-            logs.warning("store_unavailable", op=op, conn_id=session.conn_id, store=exc.store, error=exc.detail)
+            logs.warning("store_unavailable", op=op, conn_id=caller.conn_id, store=exc.store, error=exc.detail)
             payload = self._error_payload(request.id, ErrorCode.UNAVAILABLE, f"{exc.store} is unavailable; retry later")
         except Exception:
             failure = ErrorCode.INTERNAL
-            logs.error("internal_error", exc_info=True, op=op, conn_id=session.conn_id, request_id=request.id)
+            logs.error("internal_error", exc_info=True, op=op, conn_id=caller.conn_id, request_id=request.id)
             payload = self._error_payload(request.id, ErrorCode.INTERNAL, "internal error")
         latency = time.perf_counter() - start
         hub.metrics.request_latency_by[op].observe(latency)
@@ -231,8 +229,8 @@ class Dispatcher:
             "request_failed" if failure else "request",
             op=op,
             request_id=request.id,
-            conn_id=session.conn_id,
-            user_id=session.user_id or None,
+            conn_id=caller.conn_id,
+            user_id=caller.user_id or None,
             conversation_id=getattr(request, "conversation_id", None) or getattr(request, "channel_id", None),
             code=failure.value if failure else None,
             latency_ms=round(latency * 1000, 3),
