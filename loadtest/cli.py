@@ -283,7 +283,8 @@ def _describe(s: Scenario) -> str:
 
 async def _run_all(scenario: Scenario, targets: list[str], options: RunOptions, results: list[dict[str, Any]]) -> None:
     main_task = asyncio.current_task()
-    assert main_task is not None
+    if main_task is None:
+        raise RuntimeError("_run_all must run in a task: the signal handlers cancel it")
     loop = asyncio.get_running_loop()
     # Both signals cancel the run, whose finally blocks stop every server it started
     # (set explicitly: a background job may have inherited SIGINT ignored).

@@ -170,7 +170,8 @@ class Load:
 
     async def _closed_loop(self, end: int) -> None:
         window = self.window
-        assert window is not None
+        if window is None:
+            raise RuntimeError("closed-loop sending needs a window (a scenario with max_rate)")
         i = 0
         while monotonic_ns() < end:
             if window.inflight >= self.s.inflight:

@@ -48,7 +48,9 @@ async def _bench(count: int) -> str:
         for chunk in chunks:
             conn.data_received(chunk)
         used = time.process_time() - started
-        assert conn.deliveries == count and not conn.missing, "parser lost frames"
+        if conn.deliveries != count or conn.missing:
+            lost = f"{conn.deliveries} of {count} delivered, gaps in conversations {sorted(conn.missing)}"
+            raise RuntimeError(f"{label}: the parser lost frames ({lost})")
         lines.append(f"{label:>20}: {used * 1e6 / count:.2f} us CPU per delivery ({count} frames)")
     return "\n".join(lines)
 

@@ -70,7 +70,8 @@ class ServerProcess:
         return cls(name, proc)
 
     async def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
+        if self.proc.stderr is None:
+            raise RuntimeError(f"{self.name} was started without a pipe for its stderr")
         async for raw in self.proc.stderr:
             line = raw.decode(errors="replace").rstrip("\n")
             self.log.append(line)

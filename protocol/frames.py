@@ -412,7 +412,8 @@ EVENT_TYPES: tuple[type[ServerFrame], ...] = (
 def tag_of(struct_type: type[Struct]) -> str:
     """The ``type`` tag of a request or server frame class."""
     tag = struct_type.__struct_config__.tag
-    assert isinstance(tag, str), struct_type
+    if not isinstance(tag, str):
+        raise TypeError(f"{struct_type.__name__} is not tagged with its frame type")
     return tag
 
 

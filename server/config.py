@@ -470,7 +470,8 @@ def flag_name(field: str) -> str:
 def describe_settings() -> list[tuple[str, str, Any, str]]:
     """(env var, flag, default, description) of every setting."""
     info = msgspec.inspect.type_info(Settings)
-    assert isinstance(info, msgspec.inspect.StructType)
+    if not isinstance(info, msgspec.inspect.StructType):
+        raise TypeError(f"msgspec describes Settings as a {type(info).__name__}, not as a struct")
     rows = []
     for field in info.fields:
         description = ""
@@ -502,9 +503,8 @@ def load_settings(environ: Mapping[str, str], flags: Mapping[str, str | None] | 
         if name in environ:
             raw[field] = environ[name]
             source[field] = name
-        if flags and flags.get(field) is not None:
-            value = flags[field]
-            assert value is not None
+        value = flags.get(field) if flags else None
+        if value is not None:
             raw[field] = value
             source[field] = flag_name(field)
     # A misspelt variable would silently fall back to a default: refuse it.

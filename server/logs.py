@@ -107,7 +107,8 @@ def configure(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     hubbub_level = logging.getLevelName(level.upper())
-    assert isinstance(hubbub_level, int), level
+    if not isinstance(hubbub_level, int):
+        raise ValueError(f"unknown log level {level!r}")
     root.setLevel(max(hubbub_level, LIBRARY_LEVEL))
     for name in LIBRARY_LOGGERS:
         library = logging.getLogger(name)

@@ -190,7 +190,8 @@ class MongoMessageLog:
             outcome = outcomes[first]
             outcomes[i] = (outcome[0], True) if isinstance(outcome, tuple) else outcome
         stored_or_failed = [o for o in outcomes if o is not None]
-        assert len(stored_or_failed) == len(batch)  # every message got an outcome above
+        if len(stored_or_failed) != len(batch):  # every message got an outcome above
+            raise RuntimeError(f"{len(batch) - len(stored_or_failed)} of {len(batch)} messages got no outcome")
         return stored_or_failed
 
     async def _insert_one(self, m: NewMessage, record: MessageRecord, doc: Document) -> Stored | BaseException:

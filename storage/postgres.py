@@ -120,7 +120,8 @@ class PostgresPools:
                 )
             except _CONNECTION_ERRORS as exc:
                 raise StoreUnavailable("postgres", f"cannot connect: {describe(exc)}") from exc
-            assert pool is not None
+            if pool is None:
+                raise RuntimeError("asyncpg.create_pool returned no pool")
             return pool
 
         primary = await create(dsn)
@@ -207,7 +208,8 @@ class PostgresDirectory:
             )
         except asyncpg.UniqueViolationError:
             raise Conflict(f"username {username!r} is taken") from None
-        assert row is not None
+        if row is None:
+            raise RuntimeError(f"INSERT INTO users ... RETURNING gave no row for {username!r}")
         return user_record(row)
 
     async def get_user(self, user_id: int) -> UserRecord | None:
@@ -249,7 +251,8 @@ class PostgresDirectory:
                     creator_id,
                     now,
                 )
-                assert row is not None
+                if row is None:
+                    raise RuntimeError(f"INSERT INTO conversations ... RETURNING gave no row for channel {name!r}")
                 await c.execute(
                     "INSERT INTO memberships (conversation_id, user_id, joined_at) VALUES ($1, $2, $3)",
                     row["id"],
@@ -374,7 +377,8 @@ class PostgresDirectory:
                     existing = await c.fetchrow(
                         f"SELECT {CONVERSATION_COLUMNS} FROM conversations c WHERE c.dm_key = $1", key
                     )
-                    assert existing is not None  # the conflicting row is committed
+                    if existing is None:  # the conflicting row is committed: only a deletion since hides it
+                        raise RuntimeError(f"the DM {key!r} conflicted on insert, then could not be read")
                     return existing, False
                 await c.executemany(
                     "INSERT INTO memberships (conversation_id, user_id, joined_at) VALUES ($1, $2, $3)",
@@ -481,7 +485,8 @@ async def _append_batch(c: Conn, messages: list[NewMessage]) -> list[Stored]:
     """Store one conversation's ``messages`` in one statement, in order (see
     migration 0003); duplicates return their original."""
     cid = messages[0].conversation_id
-    assert all(m.conversation_id == cid for m in messages)
+    if any(m.conversation_id != cid for m in messages):
+        raise ValueError(f"a batch of conversation {cid} holds messages of another conversation")
     rows = await c.fetch(
         # MESSAGE_COLUMNS' order, then whether it is a duplicate.
         "SELECT $1::bigint AS conversation_id, seq, id, sender_id, text, client_msg_id, ts, duplicate"
