@@ -166,9 +166,9 @@ class Connection(asyncio.Protocol):
         "_reading_paused",
         "_timer",
         "close_timeout",
+        "protocol",
         "session",
         "transport",
-        "ws",
     )
 
     def __init__(self, host: Host) -> None:
@@ -176,7 +176,8 @@ class Connection(asyncio.Protocol):
         config = host.connection_config
         self._host = host
         self.close_timeout = config.close_timeout_seconds
-        self.ws: ServerProtocol = host.new_protocol()
+        self.protocol: ServerProtocol = host.new_protocol()
+        """websockets' sans-I/O protocol: bytes in, events and bytes out; it never touches the socket."""
         self.session: Client | None = None
         self.transport: asyncio.Transport | None = None
         self._fragments: list[bytes] | None = None
@@ -212,12 +213,12 @@ class Connection(asyncio.Protocol):
                     logs.warning("socket_send_buffer_failed", error=str(exc))
 
     def data_received(self, data: bytes) -> None:
-        ws = self.ws
-        if ws.state is State.CONNECTING:
+        protocol = self.protocol
+        if protocol.state is State.CONNECTING:
             self._handshake_data(data)
             return
-        ws.receive_data(data)
-        events = ws.events_received()
+        protocol.receive_data(data)
+        events = protocol.events_received()
         self._send_protocol_output()
         for event in events:
             self._frame(cast(Frame, event))  # once open, the protocol's events are frames
@@ -226,12 +227,12 @@ class Connection(asyncio.Protocol):
         """data_received before the handshake is answered: the same, and a
         request websockets refuses before it is one (not HTTP, headers too
         large) is counted and logged."""
-        ws = self.ws
-        failed = ws.handshake_exc is not None
-        ws.receive_data(data)
-        if not failed and ws.handshake_exc is not None:
-            self._refused(refusal_reason(ws.handshake_exc), None, ws.handshake_exc)
-        events = ws.events_received()
+        protocol = self.protocol
+        failed = protocol.handshake_exc is not None
+        protocol.receive_data(data)
+        if not failed and protocol.handshake_exc is not None:
+            self._refused(refusal_reason(protocol.handshake_exc), None, protocol.handshake_exc)
+        events = protocol.events_received()
         self._send_protocol_output()
         for index, event in enumerate(events):
             if isinstance(event, Frame):
@@ -253,13 +254,13 @@ class Connection(asyncio.Protocol):
         )
 
     def eof_received(self) -> bool | None:
-        self.ws.receive_eof()
+        self.protocol.receive_eof()
         self._send_protocol_output()
         return None  # the transport closes itself
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
-        self.ws.receive_eof()  # idempotent; the protocol is now CLOSED
+        self.protocol.receive_eof()  # idempotent; the protocol is now CLOSED
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -287,7 +288,7 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         if self._closing or not self._out or transport is None:
             return
-        if self.ws.state is not State.OPEN:
+        if self.protocol.state is not State.OPEN:
             # Closing handshake started: data frames may no longer follow.
             self._out.clear()
             self._out_bytes = 0
@@ -318,12 +319,12 @@ class Connection(asyncio.Protocol):
             return
         self.flush()
         self._closing = True
-        if self.ws.state is State.OPEN:
-            self.ws.send_close(code, reason)
+        if self.protocol.state is State.OPEN:
+            self.protocol.send_close(code, reason)
             self._send_protocol_output()
 
     def is_closing(self) -> bool:
-        return self._closing or self.ws.state is not State.OPEN
+        return self._closing or self.protocol.state is not State.OPEN
 
     def pause_reading(self) -> None:
         self._reading_paused = True
@@ -339,7 +340,7 @@ class Connection(asyncio.Protocol):
     def keepalive(self, now: float, timeout: float) -> None:
         """Ping, or close the connection (1011) when the last ping went
         unanswered for ``timeout`` (server/keepalive.py calls this)."""
-        if self._closing or self.ws.state is not State.OPEN:
+        if self._closing or self.protocol.state is not State.OPEN:
             return
         if self._ping_payload is not None:
             if now - self._ping_sent > timeout:
@@ -353,19 +354,19 @@ class Connection(asyncio.Protocol):
             return
         self._ping_sent = now
         self._ping_payload = next(_ping_numbers).to_bytes(8, "big")
-        self.ws.send_ping(self._ping_payload)
+        self.protocol.send_ping(self._ping_payload)
         self._send_protocol_output()
 
     def abort(self) -> None:
         self._timer = None
-        if self.ws.state is State.CONNECTING and self.ws.handshake_exc is None:
+        if self.protocol.state is State.CONNECTING and self.protocol.handshake_exc is None:
             self._refused("handshake_timeout", None, None)
         if self.transport is not None:
             self.transport.abort()
 
     @property
     def close_code(self) -> int | None:
-        return self.ws.close_code
+        return self.protocol.close_code
 
     def remote_address(self) -> str | None:
         peer = self.transport.get_extra_info("peername") if self.transport is not None else None
@@ -373,7 +374,7 @@ class Connection(asyncio.Protocol):
 
     def _send_protocol_output(self) -> None:
         """Write what the protocol produced (handshake response, pong, ping, close, EOF)."""
-        writes = self.ws.data_to_send()
+        writes = self.protocol.data_to_send()
         if not writes or self.transport is None:
             return
         self.flush()  # frames already queued go before a close frame
@@ -385,7 +386,7 @@ class Connection(asyncio.Protocol):
                 transport.write_eof()
             else:
                 transport.close()
-        if self._timer is None and self.ws.close_expected():
+        if self._timer is None and self.protocol.close_expected():
             self._timer = asyncio.get_running_loop().call_later(self.close_timeout, self.abort)
 
     # -- from the peer ------------------------------------------------------
@@ -411,7 +412,7 @@ class Connection(asyncio.Protocol):
             self._ping_payload = None
 
     def _message(self, data: bytes, text: bool) -> None:
-        if self.session is None or self.ws.state is not State.OPEN:
+        if self.session is None or self.protocol.state is not State.OPEN:
             return
         if not text:
             self.session.received(data)
@@ -419,7 +420,7 @@ class Connection(asyncio.Protocol):
         try:
             raw = data.decode()
         except UnicodeDecodeError as exc:
-            self.ws.fail(CloseCode.INVALID_DATA, f"{exc.reason} at position {exc.start}")
+            self.protocol.fail(CloseCode.INVALID_DATA, f"{exc.reason} at position {exc.start}")
             self._send_protocol_output()
             return
         self.session.received(raw)
@@ -435,32 +436,32 @@ class Connection(asyncio.Protocol):
                 self.transport.resume_reading()
 
     async def _answer(self, request: Request) -> None:
-        ws = self.ws
+        protocol = self.protocol
         host = self._host
         try:
             response = await host.respond(request)
         except Exception:
             logs.error("http_request_failed", exc_info=True, path=request.path)
-            response = ws.reject(http.HTTPStatus.INTERNAL_SERVER_ERROR, "internal error\n")
+            response = protocol.reject(http.HTTPStatus.INTERNAL_SERVER_ERROR, "internal error\n")
         reason: str | None = None
         if response is None:
             if host.serving:
-                response = ws.accept(request)
+                response = protocol.accept(request)
                 if response.status_code != http.HTTPStatus.SWITCHING_PROTOCOLS:
-                    reason = refusal_reason(ws.handshake_exc)
+                    reason = refusal_reason(protocol.handshake_exc)
             else:
-                response = ws.reject(http.HTTPStatus.SERVICE_UNAVAILABLE, "Server is shutting down.\n")
+                response = protocol.reject(http.HTTPStatus.SERVICE_UNAVAILABLE, "Server is shutting down.\n")
                 reason = "shutting_down"
         elif response.status_code == http.HTTPStatus.SERVICE_UNAVAILABLE and request.path.split("?", 1)[0] != "/readyz":
             reason = "connection_limit"  # the one 503 of server/http.py that is not /readyz's
         elif response.status_code == http.HTTPStatus.INTERNAL_SERVER_ERROR:
             reason = "internal_error"
         if reason is not None:
-            self._refused(reason, response.status_code, ws.handshake_exc, request.path)
+            self._refused(reason, response.status_code, protocol.handshake_exc, request.path)
         response.headers["Server"] = SERVER_HEADER
-        if ws.state is not State.CONNECTING or self.transport is None or self.transport.is_closing():
+        if protocol.state is not State.CONNECTING or self.transport is None or self.transport.is_closing():
             return  # the peer went away meanwhile
-        ws.send_response(response)
+        protocol.send_response(response)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -61,29 +61,29 @@ class Dispatcher:
     __slots__ = (
         "_caller",
         "_handlers",
-        "_hub",
         "_pipeline",
         "_pipelining",
         "_queue",
         "_queued_bytes",
         "_reading_paused",
+        "_services",
         "_transport",
         "_worker",
         "bucket",
     )
 
     def __init__(
-        self, hub: Services, caller: Caller, transport: Transport, handlers: Mapping[str, Handler] = HANDLERS
+        self, services: Services, caller: Caller, transport: Transport, handlers: Mapping[str, Handler] = HANDLERS
     ) -> None:
-        self._hub = hub
+        self._services = services
         self._caller = caller
         """Who is asking (server/session.py's Session): handed to the handlers, read for the logs."""
         self._transport = transport
         self._handlers = handlers
-        limits = hub.limits
+        limits = services.limits
         self.bucket = TokenBucket(limits.rate_per_second, limits.rate_burst)
         """The request rate limit; the session grants it a catch-up allowance on authentication."""
-        self._pipelining = hub.messages.ordered_appends
+        self._pipelining = services.messages.ordered_appends
         # Created while there is something to hold: an idle connection has none of them.
         self._queue: deque[str | bytes] | None = None
         self._worker: asyncio.Task[None] | None = None
@@ -104,7 +104,7 @@ class Dispatcher:
             return
         queue.append(raw)
         self._queued_bytes += cost
-        if self._queued_bytes > self._hub.limits.read_ahead_bytes and not self._reading_paused:
+        if self._queued_bytes > self._services.limits.read_ahead_bytes and not self._reading_paused:
             # Stop reading until the backlog is served: TCP pushes back on the
             # client. Not sooner: while the socket is not read, the client's
             # pings and close frame are not seen either (a close waiting behind
@@ -113,7 +113,7 @@ class Dispatcher:
             self._transport.pause_reading()
 
     async def _serve(self, queue: deque[str | bytes]) -> None:
-        resume_at = self._hub.limits.read_ahead_bytes // 2
+        resume_at = self._services.limits.read_ahead_bytes // 2
         try:
             while queue:
                 raw = queue.popleft()
@@ -158,7 +158,7 @@ class Dispatcher:
             pipeline = self._pipeline
             if pipeline is None:
                 pipeline = self._pipeline = _Pipeline()
-            elif len(pipeline.tasks) >= self._hub.limits.max_inflight_sends:
+            elif len(pipeline.tasks) >= self._services.limits.max_inflight_sends:
                 await asyncio.wait(pipeline.tasks, return_when=asyncio.FIRST_COMPLETED)
             slot: list[bytes] = []
             pipeline.replies.append(slot)
@@ -171,12 +171,12 @@ class Dispatcher:
 
     def _admit(self, raw: str | bytes) -> tuple[AnyRequest, str] | None:
         """The request and its op, or None after replying with an error."""
-        metrics = self._hub.metrics
+        metrics = self._services.metrics
         if isinstance(raw, bytes):
             metrics.frames_in_by["binary"].inc()
             self._refuse(None, ErrorCode.BAD_REQUEST, "binary frames are not supported: send JSON text frames")
             return None
-        max_bytes = self._hub.limits.max_frame_bytes
+        max_bytes = self._services.limits.max_frame_bytes
         if len(raw) > max_bytes or (len(raw) * 4 > max_bytes and len(raw.encode()) > max_bytes):
             metrics.frames_in_by["oversized"].inc()
             self._refuse(codec.recover_request_id(raw), ErrorCode.TOO_LARGE, f"frame larger than {max_bytes} bytes")
@@ -202,13 +202,13 @@ class Dispatcher:
 
     async def _execute(self, op: str, request: AnyRequest) -> bytes:
         """Run the handler; the encoded reply (result or error)."""
-        hub = self._hub
+        services = self._services
         caller = self._caller
         start = time.perf_counter()
         failure: ErrorCode | None = None
         try:
-            with request_budget(hub.limits.storage_timeout_seconds):
-                result = await self._handlers[op](hub, caller, request)
+            with request_budget(services.limits.storage_timeout_seconds):
+                result = await self._handlers[op](services, caller, request)
             # Encoded here so that an encoding fault is an error reply, not a dropped connection.
             payload = codec.encode_result(request.id, result)
         except ApiError as exc:
@@ -223,7 +223,7 @@ class Dispatcher:
             logs.error("internal_error", exc_info=True, op=op, conn_id=caller.conn_id, request_id=request.id)
             payload = self._error_payload(request.id, ErrorCode.INTERNAL, "internal error")
         latency = time.perf_counter() - start
-        hub.metrics.request_latency_by[op].observe(latency)
+        services.metrics.request_latency_by[op].observe(latency)
         logs.log(
             logging.INFO if failure else logging.DEBUG,
             "request_failed" if failure else "request",
@@ -257,11 +257,11 @@ class Dispatcher:
     def _send_reply(self, payload: bytes) -> None:
         # The frame type for metrics: error replies start with their tag.
         frame_type = "error" if payload.startswith(b'{"type":"error"') else "result"
-        self._hub.metrics.frames_out_by[frame_type].inc()
+        self._services.metrics.frames_out_by[frame_type].inc()
         self._transport.send_frame(codec.websocket_text_frame(payload))
 
     def _error_payload(self, request_id: RequestId | None, code: ErrorCode, message: str) -> bytes:
-        self._hub.metrics.errors_by[code.value].inc()
+        self._services.metrics.errors_by[code.value].inc()
         return codec.encode_error(request_id, code, message)
 
     def _refuse(self, request_id: RequestId | None, code: ErrorCode, message: str) -> None:

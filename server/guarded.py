@@ -8,7 +8,7 @@ backends let go of a cancelled call at once (storage/postgres.py terminates
 the connection instead of waiting for the server to confirm a cancel).
 
 A request that makes several store calls shares one budget too: inside
-``request_budget`` (server/session.py opens it around every handler) each
+``request_budget`` (server/dispatch.py opens it around every handler) each
 call gets only what the request has left, so ``storage_timeout_seconds`` is
 the longest a client waits on the store for one reply. The budget belongs to
 the task that opened it: tasks a request starts (gap fills, presence

@@ -52,33 +52,33 @@ class Session:
         "conn",
         "conn_id",
         "conversations",
-        "hub",
         "requests",
         "send_frame",
+        "services",
         "user",
         "user_id",
     )
 
     def __init__(
         self,
-        hub: Services,
+        services: Services,
         conn: Connection,
         request: Request,
         on_finished: Callable[[Session], None],
         *,
         auth_timeout: float,
     ) -> None:
-        self.hub = hub
+        self.services = services
         self.conn = conn
         self.conn_id = next(_connection_ids)
         self.user: UserRecord | None = None
         self.user_id = 0
         self.conversations: set[int] = set()
-        self.address = client_address(conn.remote_address(), request.headers, hub.trusted_proxies)
+        self.address = client_address(conn.remote_address(), request.headers, services.trusted_proxies)
         self.send_frame: Callable[[bytes], None] = conn.send_frame
         """Queue a complete WebSocket frame (the registry's fan-out): the
         connection's own method, so a delivery costs no call through the session."""
-        self.requests = Dispatcher(hub, self, conn)
+        self.requests = Dispatcher(services, self, conn)
         self._on_finished = on_finished
         self._auth_timeout = auth_timeout
         """Seconds an unauthenticated connection is kept (``auth_timeout_seconds``)."""
@@ -87,7 +87,7 @@ class Session:
         self._presence_retry: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
 
     def send_payload(self, payload: bytes, frame_type: str) -> None:
-        self.hub.metrics.frames_out_by[frame_type].inc()
+        self.services.metrics.frames_out_by[frame_type].inc()
         self.send_frame(codec.websocket_text_frame(payload))
 
     def close(self, code: int, reason: str) -> None:
@@ -98,8 +98,8 @@ class Session:
 
     def start(self) -> None:
         """The connection is open: greet the client and start its authentication clock."""
-        limits = self.hub.limits
-        self.hub.metrics.connections.inc()
+        limits = self.services.limits
+        self.services.metrics.connections.inc()
         logs.info("connect", conn_id=self.conn_id, address=self.address)
         hello = Hello(
             protocol=PROTOCOL_VERSION,
@@ -140,7 +140,7 @@ class Session:
             self.close(CloseCode.AUTH_TIMEOUT, "authentication timeout")
 
     async def _teardown(self) -> None:
-        self.hub.metrics.connections.dec()
+        self.services.metrics.connections.dec()
         logs.info(
             "disconnect",
             conn_id=self.conn_id,
@@ -149,17 +149,17 @@ class Session:
         )
         if self.user is None:
             return
-        self.hub.metrics.authenticated.dec()
-        self.hub.registry.remove(self)
-        if await self.hub.presence.disconnected(self.user_id):
+        self.services.metrics.authenticated.dec()
+        self.services.registry.remove(self)
+        if await self.services.presence.disconnected(self.user_id):
             try:
-                await on_offline(self.hub, self.user_id)
+                await on_offline(self.services, self.user_id)
             except StoreUnavailable as exc:
                 logs.warning("presence_offline_failed", user_id=self.user_id, error=str(exc))
 
     def _check_connection_limit(self, user_id: int) -> None:
-        limit = self.hub.limits.max_connections_per_user
-        if self.hub.registry.connections_of(user_id) >= limit:
+        limit = self.services.limits.max_connections_per_user
+        if self.services.registry.connections_of(user_id) >= limit:
             raise ApiError(ErrorCode.RATE_LIMITED, f"at most {limit} connections per user")
 
     async def authenticate(self, user: UserRecord) -> None:
@@ -169,7 +169,7 @@ class Session:
                 return
             raise ApiError(ErrorCode.FORBIDDEN, "this connection is authenticated as another user")
         self._check_connection_limit(user.id)
-        conversation_ids = [c.id for c in await self.hub.directory.conversations_of(user.id)]
+        conversation_ids = [c.id for c in await self.services.directory.conversations_of(user.id)]
         # Checked again: other connections of the user may have authenticated during the await.
         self._check_connection_limit(user.id)
         self.user = user
@@ -177,25 +177,25 @@ class Session:
         if self._auth_timer is not None:
             self._auth_timer.cancel()
             self._auth_timer = None
-        self.hub.metrics.authenticated.inc()
-        limits = self.hub.limits
+        self.services.metrics.authenticated.inc()
+        limits = self.services.limits
         if limits.catchup_burst:
             # Catching up after a reconnect (history pages, resent sends) must not
             # be throttled into failure by the ordinary burst; once per connection.
             self.requests.bucket.grant(limits.catchup_burst, limits.catchup_window_seconds)
-        self.hub.registry.add(self, conversation_ids)
+        self.services.registry.add(self, conversation_ids)
         logs.info("auth", conn_id=self.conn_id, user_id=user.id)
         # From here on the login has succeeded: presence is a consequence of it,
         # and a store failure in it must not answer `unavailable` to a login
         # that took effect (the connection is registered and would stay so).
         try:
-            came_online = await self.hub.presence.connected(user.id)
+            came_online = await self.services.presence.connected(user.id)
         except Exception as exc:  # the presence store's own heartbeat re-records connections
             logs.warning("presence_online_failed", conn_id=self.conn_id, user_id=user.id, error=repr(exc))
             return
         if came_online:
             try:
-                await on_online(self.hub, user.id, conversation_ids)
+                await on_online(self.services, user.id, conversation_ids)
             except Exception as exc:
                 logs.warning("presence_online_failed", conn_id=self.conn_id, user_id=user.id, error=repr(exc))
                 retry = self._announce_online_later(conversation_ids)
@@ -207,7 +207,7 @@ class Session:
         for delay in PRESENCE_RETRY_SECONDS:
             await asyncio.sleep(delay)
             try:
-                await on_online(self.hub, self.user_id, conversation_ids)
+                await on_online(self.services, self.user_id, conversation_ids)
             except Exception as exc:
                 logs.warning("presence_online_failed", conn_id=self.conn_id, user_id=self.user_id, error=repr(exc))
             else:

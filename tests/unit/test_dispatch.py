@@ -96,7 +96,7 @@ class Gate:
             self.gate(request_id).set()
 
     def handler(self, result: Callable[[Any], Any] = lambda request: frames.Empty()) -> Handler:
-        async def handle(hub: Any, session: Any, request: Any) -> Any:
+        async def handle(services: Any, session: Any, request: Any) -> Any:
             self.started.append(request.id)
             await self.gate(request.id).wait()
             return result(request)
@@ -105,7 +105,7 @@ class Gate:
 
 
 def immediate(result: Callable[[Any], Awaitable[Any]]) -> Handler:
-    async def handle(hub: Any, session: Any, request: Any) -> Any:
+    async def handle(services: Any, session: Any, request: Any) -> Any:
         return await result(request)
 
     return handle
@@ -122,13 +122,13 @@ def make_dispatcher(
     ordered_appends: bool = True,
     **settings: Any,
 ) -> tuple[Dispatcher, FakeTransport, SimpleNamespace]:
-    hub = SimpleNamespace(
+    services = SimpleNamespace(
         limits=Settings(**settings).limits, metrics=Metrics(), messages=SimpleNamespace(ordered_appends=ordered_appends)
     )
     session = SimpleNamespace(user=object() if authenticated else None, user_id=7 if authenticated else 0, conn_id=1)
     transport = FakeTransport()
-    dispatcher = Dispatcher(cast(Any, hub), cast(Any, session), transport, handlers)
-    return dispatcher, transport, hub
+    dispatcher = Dispatcher(cast(Any, services), cast(Any, session), transport, handlers)
+    return dispatcher, transport, services
 
 
 def send(request_id: int, text: str = "hi") -> str:
@@ -239,14 +239,14 @@ async def test_frames_refused_before_dispatch_get_one_error_and_reach_no_handler
     raw: str | bytes, request_id: Any, code: ErrorCode, metric: str
 ) -> None:
     gate = Gate()
-    dispatcher, transport, hub = make_dispatcher({"ping": gate.handler()}, max_frame_bytes=4096)
+    dispatcher, transport, services = make_dispatcher({"ping": gate.handler()}, max_frame_bytes=4096)
     dispatcher.received(raw)
     await settle()
     assert gate.started == []
     (reply,) = transport.replies()
     assert reply["type"] == "error" and reply["id"] == request_id and reply["error"]["code"] == code.value
-    assert hub.metrics.registry.get_sample_value("hubbub_frames_in_total", {"type": metric}) == 1
-    assert hub.metrics.registry.get_sample_value("hubbub_errors_total", {"code": code.value}) == 1
+    assert services.metrics.registry.get_sample_value("hubbub_frames_in_total", {"type": metric}) == 1
+    assert services.metrics.registry.get_sample_value("hubbub_errors_total", {"code": code.value}) == 1
 
 
 async def test_before_authentication_only_the_pre_auth_requests_are_served() -> None:
