@@ -291,7 +291,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=Tr
     ] = ""
     outbound_buffer_bytes: Annotated[
         Annotated[int, Meta(ge=4096)],
-        _doc("Unsent bytes a connection may hold before it is closed as a slow consumer (4008)."),
+        _doc(
+            "Unread backlog a connection may hold before it is closed as a slow consumer (4008); "
+            "one frame is never refused for its size."
+        ),
     ] = 1048576
     socket_send_buffer_bytes: Annotated[
         Annotated[int, Meta(ge=0)],

@@ -270,14 +270,22 @@ class Connection(asyncio.Protocol):
     # -- towards the peer (Transport, server/transport.py) -------------------
 
     def send_frame(self, frame: bytes) -> None:
-        """Queue a complete WebSocket frame; written at the end of this loop turn."""
+        """Queue a complete WebSocket frame; written at the end of this loop turn.
+
+        The slow-consumer cut (4008) looks at what waited before this frame:
+        here, what this turn already queued; in ``flush``, what the client
+        left unread from earlier turns. A frame is never refused for its own
+        size, so one reply larger than ``outbound_buffer_bytes`` (a history
+        page of 4-byte characters is 1.6 MB) reaches a client that reads.
+        """
         if self._closing:
+            return
+        if self._out_bytes > self._limit:
+            self._slow_consumer()
             return
         self._out.append(frame)
         self._out_bytes += len(frame)
-        if self._out_bytes > self._limit:
-            self._slow_consumer()
-        elif not self._flush_scheduled:
+        if not self._flush_scheduled:
             self._flush_scheduled = True
             self._flusher.add(self)
 
@@ -294,10 +302,12 @@ class Connection(asyncio.Protocol):
             self._out_bytes = 0
             return
         out = self._out
+        written = self._out_bytes
         transport.write(out[0] if len(out) == 1 else b"".join(out))
         self._out = []
         self._out_bytes = 0
-        if transport.get_write_buffer_size() > self._limit:
+        if transport.get_write_buffer_size() - written > self._limit:
+            # More than the limit is still unsent from earlier turns: the client is not reading.
             self._slow_consumer()
 
     def _slow_consumer(self) -> None:

@@ -78,3 +78,20 @@ async def test_non_reading_client_is_cut_with_4008(make_server: ServerFactory) -
     await assert_serving(sender)
     writer.close()
     sock.close()
+
+
+async def test_one_reply_larger_than_the_outbound_buffer_reaches_a_client_that_reads(
+    make_server: ServerFactory,
+) -> None:
+    # A full history page of 4-byte characters is 1.6 MB with the defaults, over
+    # the 1 MiB buffer: the cut is for a client that does not read, not for a big reply.
+    server = await make_server(outbound_buffer_bytes=65536)
+    alice = await server.user()
+    room = (await alice.call("channel.create", name=unique_name("big"))).conversation
+    wide = "\U0001f600" * 4000  # 16,000 UTF-8 bytes
+    for n in range(8):
+        await alice.call("message.send", conversation_id=room.id, text=wide, client_msg_id=f"w{n}")
+    page = await alice.call("message.history", conversation_id=room.id, limit=8)
+    assert [m.text for m in page.messages] == [wide] * 8  # 128 KB in one reply, twice the buffer
+    await assert_serving(alice)
+    assert server.app.metrics.registry.get_sample_value("hubbub_slow_consumer_disconnects_total") == 0

@@ -197,10 +197,22 @@ async def test_past_the_outbound_buffer_the_connection_is_cut_as_a_slow_consumer
     assert host.metrics.registry.get_sample_value("hubbub_slow_consumer_disconnects_total") == 1
 
 
-async def test_what_the_kernel_does_not_take_counts_against_the_outbound_buffer() -> None:
+async def test_one_frame_larger_than_the_outbound_buffer_is_written_not_cut() -> None:
+    connection, transport, peer, host = await open_connection(outbound_buffer_bytes=1000)
+    connection.send_frame(text(b"h" * 5000))  # one reply, five times the limit
+    await settle()
+    transport.buffered = 900  # some of it still unsent when the next turn comes: under the limit
+    connection.send_frame(text(b"next"))
+    await settle()
+    assert [(f.opcode, len(f.data)) for f in peer.frames()] == [(Opcode.TEXT, 5000), (Opcode.TEXT, 4)]
+    assert host.metrics.registry.get_sample_value("hubbub_slow_consumer_disconnects_total") in (None, 0)
+
+
+async def test_what_earlier_turns_left_unsent_counts_against_the_outbound_buffer() -> None:
     connection, transport, peer, _host = await open_connection(outbound_buffer_bytes=1000)
-    transport.buffered = 1001
-    connection.send_frame(text(b"x"))
+    frame = text(b"x")
+    transport.buffered = 1001 + len(frame)  # 1,001 left unsent from earlier turns, then this turn's frame
+    connection.send_frame(frame)
     await settle()
     assert [f.opcode for f in peer.frames()] == [Opcode.TEXT, Opcode.CLOSE]
     assert peer.protocol.close_rcvd is not None and peer.protocol.close_rcvd.code == CloseCode.SLOW_CONSUMER
