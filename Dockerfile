@@ -7,6 +7,7 @@
 # Build the wheels in a throwaway stage so the runtime image holds no sources or
 # build tools. Everything comes from the hashed lock (requirements/app.txt), the
 # same versions `make test` tests; Hubbub itself is built with the locked setuptools.
+# The load-test tool (loadtest/, the hubbub-loadtest distribution) is not part of it.
 FROM python:3.12-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
@@ -17,7 +18,6 @@ COPY pyproject.toml README.md ./
 COPY protocol ./protocol
 COPY server ./server
 COPY storage ./storage
-COPY loadtest ./loadtest
 RUN pip wheel --wheel-dir /wheels --no-deps --no-build-isolation .
 
 FROM python:3.12-slim

@@ -23,10 +23,11 @@ UV_COMPILE := $(UV) pip compile --quiet --universal --python-version 3.11 --gene
 
 # --no-deps and --require-hashes: exactly the locked tree, nothing resolved at
 # install time; --no-build-isolation builds Hubbub with the locked setuptools.
-$(STAMP): $(LOCK) pyproject.toml
+$(STAMP): $(LOCK) pyproject.toml loadtest/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r $(LOCK)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e ./loadtest
 	$(BIN)/python -m pip check --disable-pip-version-check
 	touch $(STAMP)
 
@@ -45,6 +46,8 @@ run: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	@mkdir -p build/mypy/hubbub && for d in protocol server storage loadtest; do \
+		ln -sfn ../../../$$d build/mypy/hubbub/$$d; done
 	$(BIN)/mypy
 
 test: lint $(TOOLS_STAMP)

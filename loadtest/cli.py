@@ -16,10 +16,10 @@ from typing import Any
 
 import uvloop
 
-from loadtest import procstat
-from loadtest.report import Progress, table, write_json, write_plot
-from loadtest.runner import RunOptions, run_target
-from loadtest.safety import (
+from hubbub.loadtest import procstat
+from hubbub.loadtest.report import Progress, table, write_json, write_plot
+from hubbub.loadtest.runner import RunOptions, run_target
+from hubbub.loadtest.safety import (
     DRAIN_TIMEOUT_S,
     MAX_CONNECTIONS,
     MAX_DURATION_S,
@@ -28,9 +28,9 @@ from loadtest.safety import (
     check_loopback,
     raise_fd_limit,
 )
-from loadtest.scenarios import BENCHMARK_TABLE, SCENARIOS, Scenario
-from loadtest.servers import ServerOptions, ServerUnavailable, kill_all_now
-from loadtest.targets import TARGETS, SetupError
+from hubbub.loadtest.scenarios import BENCHMARK_TABLE, SCENARIOS, Scenario
+from hubbub.loadtest.servers import ServerOptions, ServerUnavailable, kill_all_now
+from hubbub.loadtest.targets import TARGETS, SetupError
 
 SCENARIO_FLAGS = (
     "subscribers",
@@ -174,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.parser_bench:
-        from loadtest.parserbench import run_bench
+        from hubbub.loadtest.parserbench import run_bench
 
         print(run_bench())
         return 0

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from time import monotonic_ns
 from typing import Protocol
 
-from loadtest.wsclient import Buffer, WsClient
+from hubbub.loadtest.wsclient import Buffer, WsClient
 
 STAMP_DIGITS = 19
 """Width of the send timestamp at the start of every message text (zero-padded ns)."""

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from loadtest.conn import Conn
+from hubbub.loadtest.conn import Conn
 
 
 @dataclass

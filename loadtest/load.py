@@ -13,9 +13,9 @@ import collections
 from array import array
 from time import monotonic_ns
 
-from loadtest.conn import Conn, message_key, stamp_text
-from loadtest.scenarios import ConnSpec, Plan, Scenario
-from loadtest.targets import Target, error_code
+from hubbub.loadtest.conn import Conn, message_key, stamp_text
+from hubbub.loadtest.scenarios import ConnSpec, Plan, Scenario
+from hubbub.loadtest.targets import Target, error_code
 
 STALL_TIMEOUT_S = 10.0
 """Closed loop: give up when no message completes for this long with the window full."""

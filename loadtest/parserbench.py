@@ -15,9 +15,9 @@ import time
 import uuid
 from array import array
 
-from loadtest.conn import Conn, stamp_text
-from loadtest.targets import HubbubTarget
-from protocol import codec, frames
+from hubbub.loadtest.conn import Conn, stamp_text
+from hubbub.loadtest.targets import HubbubTarget
+from hubbub.protocol import codec, frames
 
 
 def message_frame(conversation: int, seq: int, size: int = 100) -> bytes:

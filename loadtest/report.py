@@ -269,7 +269,7 @@ def write_plot(path: Path, results: list[dict[str, Any]], title: str) -> str:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return "matplotlib is not installed (pip install -e '.[loadtest]'): no latency plot"
+        return "matplotlib is not installed (pip install -e './loadtest[plot]'): no latency plot"
     curves = [(r["target"], r.get("latency_cdf_ms") or []) for r in results if not r.get("error")]
     curves = [(name, cdf) for name, cdf in curves if cdf]
     if not curves:

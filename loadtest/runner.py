@@ -23,15 +23,15 @@ from dataclasses import dataclass, field, replace
 from time import monotonic_ns
 from typing import Any
 
-from loadtest import procstat
-from loadtest.conn import Conn
-from loadtest.correctness import Correctness, check
-from loadtest.load import STALL_TIMEOUT_S, Load
-from loadtest.report import Progress, summarize_ns
-from loadtest.safety import SETUP_TIMEOUT_S
-from loadtest.scenarios import ConnSpec, Plan, Scenario, build_plan
-from loadtest.servers import ServerOptions, Servers, started_servers
-from loadtest.targets import CALL_TIMEOUT_S, SetupInfo, Target, make_target
+from hubbub.loadtest import procstat
+from hubbub.loadtest.conn import Conn
+from hubbub.loadtest.correctness import Correctness, check
+from hubbub.loadtest.load import STALL_TIMEOUT_S, Load
+from hubbub.loadtest.report import Progress, summarize_ns
+from hubbub.loadtest.safety import SETUP_TIMEOUT_S
+from hubbub.loadtest.scenarios import ConnSpec, Plan, Scenario, build_plan
+from hubbub.loadtest.servers import ServerOptions, Servers, started_servers
+from hubbub.loadtest.targets import CALL_TIMEOUT_S, SetupInfo, Target, make_target
 
 LAG_PROBE_S = 0.005
 SETTLE_TIMEOUT_S = 60.0

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from loadtest.safety import MAX_CONNECTIONS, MAX_DURATION_S, MAX_SOAK_DURATION_S
+from hubbub.loadtest.safety import MAX_CONNECTIONS, MAX_DURATION_S, MAX_SOAK_DURATION_S
 
 Role = Literal["sub", "pub", "idle"]
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from loadtest.safety import MAX_CONNECTIONS, check_loopback
+from hubbub.loadtest.safety import MAX_CONNECTIONS, check_loopback
 
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
 START_TIMEOUT_S = 30.0
@@ -163,7 +163,7 @@ async def started_servers(target: str, options: ServerOptions, run_id: str) -> A
             notes: list[str] = []
             if target == "hubbub":
                 env = hubbub_env(Path(tmp) / "data", options)
-                argv = [sys.executable, "-m", "server", "serve", "--port", "0"]
+                argv = [sys.executable, "-m", "hubbub.server", "serve", "--port", "0"]
                 count = options.instances
                 if count > 1:
                     check_redis(options.redis_url)

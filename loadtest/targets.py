@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from loadtest.conn import Conn
-from loadtest.scenarios import ConnSpec, Plan, Room, Scenario
-from loadtest.wsclient import Buffer, connect
-from protocol import frames
-from protocol.client import open_client
+from hubbub.loadtest.conn import Conn
+from hubbub.loadtest.scenarios import ConnSpec, Plan, Room, Scenario
+from hubbub.loadtest.wsclient import Buffer, connect
+from hubbub.protocol import frames
+from hubbub.protocol.client import open_client
 
 PASSWORD = "loadtest-password"
 REGISTER_CONCURRENCY = 32

@@ -19,7 +19,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
-from protocol import codec, frames
+from hubbub.protocol import codec, frames
 
 
 class ServerError(Exception):

@@ -14,8 +14,8 @@ from typing import Any
 
 import msgspec
 
-from protocol.errors import ErrorCode
-from protocol.frames import (
+from hubbub.protocol.errors import ErrorCode
+from hubbub.protocol.frames import (
     MAX_NESTING_DEPTH,
     MESSAGE_TEXT_PATTERN,
     PATTERN_RULES,

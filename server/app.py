@@ -17,23 +17,23 @@ from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
-from protocol.errors import CloseCode
-from protocol.frames import PROTOCOL_VERSION
-from server import logs
-from server.auth import Passwords, Tokens, load_or_create_dev_secret
-from server.broker import Broker, InProcessBroker
-from server.config import ConnectionConfig, Settings
-from server.connection import LOGGER, Connection
-from server.guarded import guarded
-from server.http import ProcessRequest, make_process_request
-from server.keepalive import Keepalive
-from server.metrics import Metrics
-from server.presence import LocalPresence, PresenceTracker
-from server.services import Services
-from server.session import Session
-from server.startup import EXIT_CODE, StartupFailure, check_redis, explain
-from storage.factory import Stores, open_stores
-from storage.supervision import counting_failures
+from hubbub.protocol.errors import CloseCode
+from hubbub.protocol.frames import PROTOCOL_VERSION
+from hubbub.server import logs
+from hubbub.server.auth import Passwords, Tokens, load_or_create_dev_secret
+from hubbub.server.broker import Broker, InProcessBroker
+from hubbub.server.config import ConnectionConfig, Settings
+from hubbub.server.connection import LOGGER, Connection
+from hubbub.server.guarded import guarded
+from hubbub.server.http import ProcessRequest, make_process_request
+from hubbub.server.keepalive import Keepalive
+from hubbub.server.metrics import Metrics
+from hubbub.server.presence import LocalPresence, PresenceTracker
+from hubbub.server.services import Services
+from hubbub.server.session import Session
+from hubbub.server.startup import EXIT_CODE, StartupFailure, check_redis, explain
+from hubbub.storage.factory import Stores, open_stores
+from hubbub.storage.supervision import counting_failures
 
 SUPPORTED_SUBPROTOCOLS = (Subprotocol(PROTOCOL_VERSION),)
 
@@ -157,9 +157,9 @@ class App:
         config = self.settings.redis
         if not config.redis_url:
             return InProcessBroker(self.metrics), LocalPresence()
-        from server.broker_redis import RedisBroker
-        from server.presence_redis import RedisPresence
-        from server.redis_client import pooled_client
+        from hubbub.server.broker_redis import RedisBroker
+        from hubbub.server.presence_redis import RedisPresence
+        from hubbub.server.redis_client import pooled_client
 
         broker = RedisBroker(config, self.instance_id, self.metrics)
         self._redis = pooled_client(config)

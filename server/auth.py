@@ -14,7 +14,7 @@ from pathlib import Path
 import argon2
 import jwt
 
-from server.config import PasswordConfig
+from hubbub.server.config import PasswordConfig
 
 ALGORITHM = "HS256"
 

@@ -45,8 +45,8 @@ from typing import Protocol
 
 from msgspec import Struct
 
-from protocol import codec, frames
-from server.metrics import Metrics
+from hubbub.protocol import codec, frames
+from hubbub.server.metrics import Metrics
 
 MESSAGE_NEW = frames.tag_of(frames.MessageNew)
 """The tag of the one event that carries a seq."""

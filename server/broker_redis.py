@@ -50,12 +50,12 @@ import redis.asyncio as redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from server import logs
-from server.broker import Broker, BrokerEventHandler, Event, MembershipChange
-from server.config import RedisConfig
-from server.metrics import Metrics
-from server.redis_client import subscriber_client
-from storage.supervision import backoff, report, supervise
+from hubbub.server import logs
+from hubbub.server.broker import Broker, BrokerEventHandler, Event, MembershipChange
+from hubbub.server.config import RedisConfig
+from hubbub.server.metrics import Metrics
+from hubbub.server.redis_client import subscriber_client
+from hubbub.storage.supervision import backoff, report, supervise
 
 SUBSCRIBE_CHUNK = 1000
 """Channels per SSUBSCRIBE command."""

@@ -36,15 +36,15 @@ import asyncio
 from collections import deque
 from collections.abc import Iterable, Sequence
 
-from protocol import codec, frames
-from server import logs
-from server.broker import MESSAGE_NEW, BrokerEventHandler, Event, MembershipChange
-from server.metrics import Metrics
-from server.registry import Registry
-from server.views import message_view
-from storage.base import MessageLog
-from storage.errors import StorageError
-from storage.supervision import report
+from hubbub.protocol import codec, frames
+from hubbub.server import logs
+from hubbub.server.broker import MESSAGE_NEW, BrokerEventHandler, Event, MembershipChange
+from hubbub.server.metrics import Metrics
+from hubbub.server.registry import Registry
+from hubbub.server.views import message_view
+from hubbub.storage.base import MessageLog
+from hubbub.storage.errors import StorageError
+from hubbub.storage.supervision import report
 
 SEEN_WINDOW = 1024
 """How many recent seqs per conversation are remembered for deduplication."""

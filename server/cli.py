@@ -1,4 +1,4 @@
-"""The ``hubbub`` command: ``hubbub serve`` (and ``python -m server``).
+"""The ``hubbub`` command: ``hubbub serve`` (and ``python -m hubbub.server``).
 
 Whatever goes wrong, stderr gets JSON lines only (server/logs.py): an invalid
 setting or flag is one ``invalid_settings`` / ``invalid_command_line`` line,
@@ -15,8 +15,8 @@ from typing import NoReturn
 
 import uvloop
 
-from server import logs
-from server.config import ConfigError, Settings, add_flags, load_settings, settings_markdown
+from hubbub.server import logs
+from hubbub.server.config import ConfigError, Settings, add_flags, load_settings, settings_markdown
 
 USAGE_ERROR = 2
 
@@ -51,14 +51,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(settings.process.log_level)
     if args.command == "migrate":
         return uvloop.run(migrate(settings))
-    from server.app import run
+    from hubbub.server.app import run
 
     return uvloop.run(run(settings))
 
 
 async def migrate(settings: Settings) -> int:
-    from server.startup import EXIT_CODE, postgres_failure
-    from storage.postgres import migrate as migrate_postgres
+    from hubbub.server.startup import EXIT_CODE, postgres_failure
+    from hubbub.storage.postgres import migrate as migrate_postgres
 
     dsn = settings.storage.postgres_dsn
     if not dsn:

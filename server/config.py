@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 import msgspec
 from msgspec import Meta
 
-from storage.config import (
+from hubbub.storage.config import (
     AccountsChoice,
     InvalidStorageConfig,
     MessagesChoice,

@@ -57,11 +57,11 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from protocol.errors import CloseCode
-from server import logs
-from server.config import ConnectionConfig
-from server.metrics import Metrics
-from server.outbound import flusher_of
+from hubbub.protocol.errors import CloseCode
+from hubbub.server import logs
+from hubbub.server.config import ConnectionConfig
+from hubbub.server.metrics import Metrics
+from hubbub.server.outbound import flusher_of
 
 SERVER_HEADER = "hubbub"
 LOGGER = logging.getLogger("websockets.server")

@@ -28,18 +28,18 @@ import time
 from collections import deque
 from collections.abc import Mapping
 
-from protocol import codec
-from protocol.errors import ErrorCode
-from protocol.frames import PRE_AUTH_TYPES, AnyRequest, RequestId
-from server import logs
-from server.errors import ApiError
-from server.guarded import request_budget
-from server.handlers import HANDLERS, Handler
-from server.handlers.context import Caller
-from server.ratelimit import TokenBucket
-from server.services import Services
-from server.transport import Transport
-from storage.errors import StoreUnavailable
+from hubbub.protocol import codec
+from hubbub.protocol.errors import ErrorCode
+from hubbub.protocol.frames import PRE_AUTH_TYPES, AnyRequest, RequestId
+from hubbub.server import logs
+from hubbub.server.errors import ApiError
+from hubbub.server.guarded import request_budget
+from hubbub.server.handlers import HANDLERS, Handler
+from hubbub.server.handlers.context import Caller
+from hubbub.server.ratelimit import TokenBucket
+from hubbub.server.services import Services
+from hubbub.server.transport import Transport
+from hubbub.storage.errors import StoreUnavailable
 
 READ_FRAME_COST = 256
 """Bytes a queued frame counts against ``read_ahead_bytes`` at least (its objects' overhead)."""

@@ -25,8 +25,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from typing import Any, TypeVar, cast
 
-from server.metrics import Metrics
-from storage.errors import Conflict, StoreUnavailable, describe, is_store_fault
+from hubbub.server.metrics import Metrics
+from hubbub.storage.errors import Conflict, StoreUnavailable, describe, is_store_fault
 
 T = TypeVar("T")
 

@@ -13,10 +13,10 @@ import msgspec
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from server.config import HttpConfig
-from server.services import Services
-from storage.base import Directory, MessageLog
-from storage.errors import describe
+from hubbub.server.config import HttpConfig
+from hubbub.server.services import Services
+from hubbub.storage.base import Directory, MessageLog
+from hubbub.storage.errors import describe
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 TEXT = "text/plain; charset=utf-8"

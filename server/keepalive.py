@@ -18,7 +18,7 @@ import asyncio
 from collections.abc import Callable, Collection
 from typing import Protocol
 
-from storage.supervision import FailureHook, report, supervise
+from hubbub.storage.supervision import FailureHook, report, supervise
 
 PINGS_PER_TURN = 256
 """Connections pinged before yielding to the event loop."""

@@ -37,9 +37,9 @@ from collections.abc import Iterable
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from server import logs
-from server.presence import ExpiredHandler, LocalCounts, PresenceTracker
-from storage.supervision import FailureHook, report, supervise
+from hubbub.server import logs
+from hubbub.server.presence import ExpiredHandler, LocalCounts, PresenceTracker
+from hubbub.storage.supervision import FailureHook, report, supervise
 
 
 class RedisPresence:

@@ -35,13 +35,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from protocol import codec, frames
-from server.broker import MESSAGE_NEW, Broker, Event, MembershipChange, event_of
-from server.metrics import Metrics
-from server.sequencer import Sequencer
-from server.views import message_view
-from storage.base import MessageLog
-from storage.records import NewMessage
+from hubbub.protocol import codec, frames
+from hubbub.server.broker import MESSAGE_NEW, Broker, Event, MembershipChange, event_of
+from hubbub.server.metrics import Metrics
+from hubbub.server.sequencer import Sequencer
+from hubbub.server.views import message_view
+from hubbub.storage.base import MessageLog
+from hubbub.storage.records import NewMessage
 
 
 class Publisher:

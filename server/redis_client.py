@@ -13,7 +13,7 @@ import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from server.config import RedisConfig
+from hubbub.server.config import RedisConfig
 
 
 def pooled_client(config: RedisConfig) -> redis.Redis:

@@ -29,9 +29,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from protocol.codec import websocket_text_frame
-from server.broker import Broker, Event
-from server.metrics import Metrics
+from hubbub.protocol.codec import websocket_text_frame
+from hubbub.server.broker import Broker, Event
+from hubbub.server.metrics import Metrics
 
 
 class Recipient(Protocol):

@@ -22,7 +22,7 @@ import heapq
 import itertools
 from dataclasses import dataclass, field
 
-from server.broker import MESSAGE_NEW, Broker, Event
+from hubbub.server.broker import MESSAGE_NEW, Broker, Event
 
 
 @dataclass

@@ -17,18 +17,18 @@ from __future__ import annotations
 
 from ipaddress import IPv4Network, IPv6Network
 
-from server.auth import Passwords, Tokens
-from server.broker import Broker
-from server.catchup import Catchup
-from server.config import LimitsConfig
-from server.handlers.context import Context
-from server.handlers.presence import on_offline
-from server.metrics import Metrics
-from server.presence import PresenceTracker
-from server.publisher import Publisher
-from server.ratelimit import FailureWindow
-from server.registry import Registry
-from storage.base import Directory, MessageLog
+from hubbub.server.auth import Passwords, Tokens
+from hubbub.server.broker import Broker
+from hubbub.server.catchup import Catchup
+from hubbub.server.config import LimitsConfig
+from hubbub.server.handlers.context import Context
+from hubbub.server.handlers.presence import on_offline
+from hubbub.server.metrics import Metrics
+from hubbub.server.presence import PresenceTracker
+from hubbub.server.publisher import Publisher
+from hubbub.server.ratelimit import FailureWindow
+from hubbub.server.registry import Registry
+from hubbub.storage.base import Directory, MessageLog
 
 
 class Services:

@@ -15,27 +15,29 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Callable
+from importlib.metadata import version
 from typing import TYPE_CHECKING
 
 from websockets.http11 import Request
 
-from protocol import codec
-from protocol.errors import CloseCode, ErrorCode
-from protocol.frames import PROTOCOL_VERSION, Hello, Limits
-from server import logs
-from server.client_address import client_address
-from server.dispatch import Dispatcher
-from server.errors import ApiError
-from server.handlers import on_offline, on_online
-from server.services import Services
-from storage.errors import StoreUnavailable
-from storage.records import UserRecord
+from hubbub.protocol import codec
+from hubbub.protocol.errors import CloseCode, ErrorCode
+from hubbub.protocol.frames import PROTOCOL_VERSION, Hello, Limits
+from hubbub.server import logs
+from hubbub.server.client_address import client_address
+from hubbub.server.dispatch import Dispatcher
+from hubbub.server.errors import ApiError
+from hubbub.server.handlers import on_offline, on_online
+from hubbub.server.services import Services
+from hubbub.storage.errors import StoreUnavailable
+from hubbub.storage.records import UserRecord
 
 if TYPE_CHECKING:
-    from server.connection import Connection
+    from hubbub.server.connection import Connection
 
 _connection_ids = itertools.count(1)
-SERVER_NAME = "hubbub/0.1.0"
+SERVER_NAME = f"hubbub/{version('hubbub')}"
+"""The hello frame's ``server``: this distribution's version, from its installed metadata."""
 PRESENCE_RETRY_SECONDS = (0.5, 2.0, 5.0, 15.0)
 """Waits before each new attempt at an "online" announcement that failed on a store."""
 

@@ -17,10 +17,10 @@ import ssl
 import traceback
 from dataclasses import dataclass
 
-from server import logs
-from server.config import RedisConfig
-from storage.config import StorageConfig
-from storage.errors import StoreUnavailable
+from hubbub.server import logs
+from hubbub.server.config import RedisConfig
+from hubbub.storage.config import StorageConfig
+from hubbub.storage.errors import StoreUnavailable
 
 EXIT_CODE = 2
 

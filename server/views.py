@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from protocol import frames
-from storage.base import Directory, MessageLog
-from storage.records import ConversationRecord, MessageRecord, UserRecord
+from hubbub.protocol import frames
+from hubbub.storage.base import Directory, MessageLog
+from hubbub.storage.records import ConversationRecord, MessageRecord, UserRecord
 
 
 def user_view(u: UserRecord) -> frames.User:

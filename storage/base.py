@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal, Protocol
 
-from storage.records import ConversationRecord, MessageRecord, NewMessage, UserRecord
+from hubbub.storage.records import ConversationRecord, MessageRecord, NewMessage, UserRecord
 
 
 class Directory(Protocol):

@@ -21,9 +21,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 
-from storage import supervision
-from storage.errors import StoreUnavailable
-from storage.records import MessageRecord, NewMessage
+from hubbub.storage import supervision
+from hubbub.storage.errors import StoreUnavailable
+from hubbub.storage.records import MessageRecord, NewMessage
 
 Stored = tuple[MessageRecord, bool]
 """An append's outcome: the record and whether it was a duplicate of an earlier send."""

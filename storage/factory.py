@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from storage.base import Directory, MessageLog
-from storage.config import StorageConfig
+from hubbub.storage.base import Directory, MessageLog
+from hubbub.storage.config import StorageConfig
 
 
 class Stores:
@@ -45,7 +45,7 @@ async def _open(config: StorageConfig, closers: list[Callable[[], Awaitable[None
     messages: MessageLog | None = None
 
     if "sqlite" in config.backends:
-        from storage.sqlite import open_sqlite
+        from hubbub.storage.sqlite import open_sqlite
 
         db, sqlite_directory, sqlite_messages = await open_sqlite(Path(config.data_dir) / "hubbub.db", timeout)
         closers.append(db.close)
@@ -55,7 +55,7 @@ async def _open(config: StorageConfig, closers: list[Callable[[], Awaitable[None
             messages = sqlite_messages
 
     if "postgres" in config.backends:
-        from storage.postgres import PostgresDirectory, PostgresMessageLog, PostgresPools, migrate
+        from hubbub.storage.postgres import PostgresDirectory, PostgresMessageLog, PostgresPools, migrate
 
         if config.auto_migrate:
             await migrate(config.postgres_dsn, timeout=max(timeout, 30.0))
@@ -73,7 +73,7 @@ async def _open(config: StorageConfig, closers: list[Callable[[], Awaitable[None
             messages = PostgresMessageLog(pools)
 
     if messages_backend == "mongo":
-        from storage.mongo import MongoMessageLog
+        from hubbub.storage.mongo import MongoMessageLog
 
         messages = await MongoMessageLog.open(
             config.mongo_url, config.mongo_database, config.mongo_write_concern, timeout

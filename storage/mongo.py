@@ -28,11 +28,11 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 from pymongo.write_concern import WriteConcern
 
-from storage.base import HistoryOrder, MessageLog
-from storage.batching import GroupCommit, Stored, by_conversation
-from storage.errors import StoreUnavailable
-from storage.records import MessageRecord, NewMessage
-from storage.rows import message_document, message_from_document, seq_range
+from hubbub.storage.base import HistoryOrder, MessageLog
+from hubbub.storage.batching import GroupCommit, Stored, by_conversation
+from hubbub.storage.errors import StoreUnavailable
+from hubbub.storage.records import MessageRecord, NewMessage
+from hubbub.storage.rows import message_document, message_from_document, seq_range
 
 Document = dict[str, Any]
 

@@ -18,11 +18,11 @@ import asyncpg
 from asyncpg import Record
 from asyncpg.pool import PoolConnectionProxy
 
-from storage.base import Directory, HistoryOrder, MessageLog
-from storage.batching import GroupCommit, Stored, by_conversation
-from storage.errors import Conflict, StoreUnavailable, describe
-from storage.records import ConversationRecord, MessageRecord, NewMessage, UserRecord
-from storage.rows import (
+from hubbub.storage.base import Directory, HistoryOrder, MessageLog
+from hubbub.storage.batching import GroupCommit, Stored, by_conversation
+from hubbub.storage.errors import Conflict, StoreUnavailable, describe
+from hubbub.storage.records import ConversationRecord, MessageRecord, NewMessage, UserRecord
+from hubbub.storage.rows import (
     CONVERSATION_COLUMNS,
     USER_COLUMNS,
     conversation_record,
@@ -66,7 +66,7 @@ _INTERRUPTED: tuple[type[BaseException], ...] = (asyncio.CancelledError, *_CONNE
 
 def migrations() -> list[tuple[str, str]]:
     """(version, sql) of every migration, in order."""
-    folder = resources.files("storage") / "migrations" / "postgres"
+    folder = resources.files("hubbub.storage") / "migrations" / "postgres"
     files = sorted((f for f in folder.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
     return [(f.name.removesuffix(".sql"), f.read_text()) for f in files]
 

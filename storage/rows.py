@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from storage.base import HistoryOrder
-from storage.records import ConversationRecord, MessageRecord, UserRecord
+from hubbub.storage.base import HistoryOrder
+from hubbub.storage.records import ConversationRecord, MessageRecord, UserRecord
 
 
 class Row(Protocol):

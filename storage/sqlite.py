@@ -19,11 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from storage.base import Directory, HistoryOrder, MessageLog
-from storage.batching import GroupCommit, Stored, one_group
-from storage.errors import Conflict, StoreUnavailable
-from storage.records import ConversationRecord, MessageRecord, NewMessage, UserRecord
-from storage.rows import (
+from hubbub.storage.base import Directory, HistoryOrder, MessageLog
+from hubbub.storage.batching import GroupCommit, Stored, one_group
+from hubbub.storage.errors import Conflict, StoreUnavailable
+from hubbub.storage.records import ConversationRecord, MessageRecord, NewMessage, UserRecord
+from hubbub.storage.rows import (
     CONVERSATION_COLUMNS,
     CONVERSATION_FIELDS,
     MESSAGE_COLUMNS,

@@ -15,9 +15,9 @@ from typing import Any, TypeVar
 import msgspec
 import pytest
 
-from protocol.client import Client, open_client
-from server.app import App
-from server.config import Settings
+from hubbub.protocol.client import Client, open_client
+from hubbub.server.app import App
+from hubbub.server.config import Settings
 from tests.backends import (
     BACKENDS,
     MongoServer,

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from protocol import frames
-from protocol.client import Client, ServerError
+from hubbub.protocol import frames
+from hubbub.protocol.client import Client, ServerError
 
 
 async def expect_error(client: Client, code: str, op: str, **fields: Any) -> ServerError:

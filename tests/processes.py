@@ -41,7 +41,7 @@ def server_env(data_dir: Path, extra: Mapping[str, str] = FAST_HASHING) -> dict[
 
 
 class ServerProcess:
-    """``python -m server serve`` with its stderr log collected line by line."""
+    """``python -m hubbub.server serve`` with its stderr log collected line by line."""
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
@@ -92,7 +92,7 @@ async def running_server(data_dir: Path, env: Mapping[str, str] | None = None) -
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "server",
+        "hubbub.server",
         "serve",
         "--port",
         "0",
@@ -117,7 +117,7 @@ async def run_to_exit(data_dir: Path, env: Mapping[str, str]) -> tuple[int, str]
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "server",
+        "hubbub.server",
         "serve",
         env=dict(env),
         cwd=data_dir.parent,

@@ -13,10 +13,10 @@ import jwt
 import pytest
 from jwt.warnings import InsecureKeyLengthWarning
 
-from protocol import frames
-from protocol.client import Client
-from protocol.errors import ErrorCode
-from server.config import Settings
+from hubbub.protocol import frames
+from hubbub.protocol.client import Client
+from hubbub.protocol.errors import ErrorCode
+from hubbub.server.config import Settings
 from tests.conftest import TEST_SETTINGS, RunningServer, unique_name
 from tests.helpers import assert_serving, expect_error
 
@@ -277,7 +277,7 @@ async def test_bad_tokens_are_unauthorized(server: RunningServer, make_token: To
 
 
 def test_tokens_issued_in_the_same_second_differ() -> None:
-    from server.auth import Tokens
+    from hubbub.server.auth import Tokens
 
     tokens = Tokens(SECRET, ISSUER, AUDIENCE, 3600)
     now = time.time()

@@ -25,12 +25,12 @@ from typing import Any
 import pytest
 import redis.asyncio as redis
 
-import storage.sqlite
-from protocol import frames
-from protocol.client import Client, ServerError
-from server import logs
-from server.app import App
-from storage.records import NewMessage
+import hubbub.storage.sqlite
+from hubbub.protocol import frames
+from hubbub.protocol.client import Client, ServerError
+from hubbub.server import logs
+from hubbub.server.app import App
+from hubbub.storage.records import NewMessage
 from tests.backends import truncate_postgres
 from tests.conftest import RunningServer, ServerFactory, http_get, unique_name
 from tests.helpers import uid
@@ -412,7 +412,7 @@ async def test_sqlite_flusher_survives_a_failing_batch(
     make_server: ServerFactory, json_log: JsonLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server = await make_server(storage_timeout_seconds=4.0)
-    original = storage.sqlite._append_batch
+    original = hubbub.storage.sqlite._append_batch
     calls = [0]
 
     def broken(c: sqlite3.Connection, batch: list[Any]) -> list[Any]:
@@ -421,7 +421,7 @@ async def test_sqlite_flusher_survives_a_failing_batch(
             return []  # a broken outcome: one result short per message
         return original(c, batch)
 
-    monkeypatch.setattr(storage.sqlite, "_append_batch", broken)
+    monkeypatch.setattr(hubbub.storage.sqlite, "_append_batch", broken)
     await assert_batch_failure_answers_unavailable_then_recovers(
         server, lambda: failures(server.app, "group_commit"), json_log, 4.0
     )

@@ -16,10 +16,10 @@ import sys
 from collections import deque
 from typing import Any
 
-from protocol import frames
-from protocol.client import Client
-from server.app import App
-from server.catchup import SEEN_WINDOW, Catchup
+from hubbub.protocol import frames
+from hubbub.protocol.client import Client
+from hubbub.server.app import App
+from hubbub.server.catchup import SEEN_WINDOW, Catchup
 from tests.conftest import ServerFactory
 from tests.helpers import uid
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from protocol import frames
-from protocol.client import Client
+from hubbub.protocol import frames
+from hubbub.protocol.client import Client
 from tests.conftest import RunningServer, unique_name
 from tests.helpers import expect_error, settled_events, uid
 

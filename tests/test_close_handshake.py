@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from protocol.client import open_client
+from hubbub.protocol.client import open_client
 from tests.conftest import RunningServer, unique_name
 
 BACKLOG = 32

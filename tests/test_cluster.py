@@ -31,8 +31,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from websockets.exceptions import ConnectionClosed
 
-from protocol import frames
-from protocol.client import Client, open_client
+from hubbub.protocol import frames
+from hubbub.protocol.client import Client, open_client
 from tests.backends import truncate_postgres
 from tests.conftest import TEST_SETTINGS, http_get, unique_name
 from tests.processes import ServerProcess, running_server, settings_env

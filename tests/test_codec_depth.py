@@ -22,8 +22,8 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-from protocol import codec, frames
-from protocol.errors import ErrorCode
+from hubbub.protocol import codec, frames
+from hubbub.protocol.errors import ErrorCode
 from tests.conftest import RunningServer, ServerFactory
 from tests.helpers import assert_serving
 

@@ -14,10 +14,10 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-import server as server_package
-from protocol import codec, frames
-from protocol.client import Client, open_client
-from protocol.errors import CloseCode
+import hubbub.server as server_package
+from hubbub.protocol import codec, frames
+from hubbub.protocol.client import Client, open_client
+from hubbub.protocol.errors import CloseCode
 from tests.conftest import RunningServer, ServerFactory
 from tests.helpers import assert_serving, closed_with
 

@@ -8,9 +8,9 @@ import re
 import socket
 import time
 
-from protocol import frames
-from protocol.client import Client
-from protocol.errors import CloseCode
+from hubbub.protocol import frames
+from hubbub.protocol.client import Client
+from hubbub.protocol.errors import CloseCode
 from tests.conftest import RunningServer, ServerFactory, http_get, unique_name
 
 SLOW_METRIC = "hubbub_slow_consumer_disconnects_total"

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from server.config import ENV_PREFIX, SETTING_NAMES, ConfigError, Settings, env_name, load_settings
+from hubbub.server.config import ENV_PREFIX, SETTING_NAMES, ConfigError, Settings, env_name, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"

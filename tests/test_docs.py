@@ -10,7 +10,7 @@ from pathlib import Path
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from server.config import settings_markdown
+from hubbub.server.config import settings_markdown
 from tests.processes import running_server
 
 ROOT = Path(__file__).resolve().parent.parent

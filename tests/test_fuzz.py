@@ -26,10 +26,10 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Subprotocol
 
-from protocol import codec, frames
-from protocol.errors import ErrorCode
-from server.app import App
-from server.config import Settings
+from hubbub.protocol import codec, frames
+from hubbub.protocol.errors import ErrorCode
+from hubbub.server.app import App
+from hubbub.server.config import Settings
 from tests.conftest import TEST_SETTINGS
 
 T = TypeVar("T")

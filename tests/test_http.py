@@ -8,9 +8,9 @@ import threading
 
 import pytest
 
-from protocol import frames
-from protocol.client import ServerError
-from storage.sqlite import SqliteDatabase, SqliteDirectory
+from hubbub.protocol import frames
+from hubbub.protocol.client import ServerError
+from hubbub.storage.sqlite import SqliteDatabase, SqliteDirectory
 from tests.conftest import RunningServer, ServerFactory, http_get, unique_name
 
 

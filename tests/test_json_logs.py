@@ -23,7 +23,7 @@ NOISY_PROCESS = textwrap.dedent(
     """
     import asyncio, gc, logging, warnings
     import uvloop
-    from server import logs
+    from hubbub.server import logs
 
     logs.configure("info")
     for name in ("asyncpg", "pymongo.topology", "redis.asyncio.connection", "websockets.server"):
@@ -105,7 +105,7 @@ async def test_library_runtime_and_uncaught_output_is_json_lines() -> None:
 
 async def test_command_line_errors_are_json_lines(tmp_path: Path) -> None:
     env = server_env(tmp_path / "data")
-    code, lines = await stderr_of("-m", "server", "serve", "--no-such-flag", env=env)
+    code, lines = await stderr_of("-m", "hubbub.server", "serve", "--no-such-flag", env=env)
     assert code == 2
     (entry,) = parsed(lines)
     assert entry["event"] == "invalid_command_line" and "--no-such-flag" in entry["error"]

@@ -7,7 +7,7 @@ import base64
 import os
 import struct
 
-from protocol.errors import CloseCode
+from hubbub.protocol.errors import CloseCode
 from tests.conftest import ServerFactory
 from tests.helpers import assert_serving
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from protocol import frames
-from protocol.client import Client, ServerError, open_client
-from protocol.errors import CloseCode
+from hubbub.protocol import frames
+from hubbub.protocol.client import Client, ServerError, open_client
+from hubbub.protocol.errors import CloseCode
 from tests.processes import FAST_HASHING, parse_log, run_to_exit, running_server, server_env
 
 

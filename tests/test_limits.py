@@ -11,9 +11,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 from websockets.typing import Origin, Subprotocol
 
-from protocol import frames
-from protocol.client import Client, ServerError, open_client
-from protocol.errors import CloseCode, ErrorCode
+from hubbub.protocol import frames
+from hubbub.protocol.client import Client, ServerError, open_client
+from hubbub.protocol.errors import CloseCode, ErrorCode
 from tests.conftest import RunningServer, ServerFactory, unique_name
 from tests.helpers import assert_serving, closed_with, expect_error
 

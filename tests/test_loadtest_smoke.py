@@ -13,16 +13,16 @@ from typing import Any
 
 import pytest
 
-from loadtest import cli
-from loadtest.conn import Conn
-from loadtest.correctness import check
-from loadtest.parserbench import message_frame
-from loadtest.procstat import slope_per_minute
-from loadtest.report import REPORT_KEYS
-from loadtest.safety import UnsafeTarget, check_loopback
-from loadtest.scenarios import BENCHMARK_TABLE
-from loadtest.targets import HubbubTarget
-from loadtest.wsclient import (
+from hubbub.loadtest import cli
+from hubbub.loadtest.conn import Conn
+from hubbub.loadtest.correctness import check
+from hubbub.loadtest.parserbench import message_frame
+from hubbub.loadtest.procstat import slope_per_minute
+from hubbub.loadtest.report import REPORT_KEYS
+from hubbub.loadtest.safety import UnsafeTarget, check_loopback
+from hubbub.loadtest.scenarios import BENCHMARK_TABLE
+from hubbub.loadtest.targets import HubbubTarget
+from hubbub.loadtest.wsclient import (
     OP_BINARY,
     OP_CONT,
     OP_PING,

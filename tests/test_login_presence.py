@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from protocol import frames
-from protocol.client import Client
-from storage.errors import StoreUnavailable
+from hubbub.protocol import frames
+from hubbub.protocol.client import Client
+from hubbub.storage.errors import StoreUnavailable
 from tests.conftest import RunningServer, unique_name
 from tests.helpers import assert_serving, uid
 

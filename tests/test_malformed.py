@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from protocol import frames
-from protocol.client import Client
-from protocol.errors import ErrorCode
+from hubbub.protocol import frames
+from hubbub.protocol.client import Client
+from hubbub.protocol.errors import ErrorCode
 from tests.conftest import RunningServer
 
 

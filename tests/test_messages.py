@@ -9,8 +9,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from protocol import frames
-from protocol.client import Client
+from hubbub.protocol import frames
+from hubbub.protocol.client import Client
 from tests.conftest import RunningServer, ServerFactory, unique_name
 from tests.helpers import expect_error, settled_events, uid
 

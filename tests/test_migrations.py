@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from storage.postgres import migrate, migrations
-from storage.rows import CONVERSATION_FIELDS, MESSAGE_COLUMNS, USER_COLUMNS
+from hubbub.storage.postgres import migrate, migrations
+from hubbub.storage.rows import CONVERSATION_FIELDS, MESSAGE_COLUMNS, USER_COLUMNS
 from tests.backends import create_postgres_database, drop_postgres_database
 from tests.processes import settings_env
 
@@ -41,7 +41,7 @@ async def test_cli_migrate_applies_every_migration_once(empty_database: str) -> 
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "server",
+            "hubbub.server",
             "migrate",
             env=settings_env({"postgres_dsn": empty_database}),
             stdin=asyncio.subprocess.DEVNULL,
@@ -73,7 +73,7 @@ async def test_migrate_without_a_dsn_is_a_usage_error() -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "server",
+        "hubbub.server",
         "migrate",
         env=settings_env({}),
         stdin=asyncio.subprocess.DEVNULL,

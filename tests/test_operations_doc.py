@@ -13,7 +13,7 @@ from pathlib import Path
 
 from prometheus_client.metrics_core import Metric
 
-from server.metrics import BACKGROUND_TASKS
+from hubbub.server.metrics import BACKGROUND_TASKS
 from tests.conftest import RunningServer, http_get
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,7 +8,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.typing import Origin
 
-from protocol.client import open_client
+from hubbub.protocol.client import open_client
 from tests.conftest import ServerFactory
 from tests.helpers import assert_serving
 

@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from protocol.client import Client, ServerError
+from hubbub.protocol.client import Client, ServerError
 from tests.backends import ADMIN_DSN, truncate_postgres
 from tests.conftest import RunningServer, ServerFactory, http_get
 from tests.helpers import expect_error

@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
-from protocol import frames
-from protocol.client import Client, ServerError
+from hubbub.protocol import frames
+from hubbub.protocol.client import Client, ServerError
 from tests.conftest import RunningServer, ServerFactory, unique_name
 
 pytestmark = pytest.mark.all_backends

@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from server.config import RedisConfig
-from server.presence_redis import RedisPresence
-from server.redis_client import pooled_client
+from hubbub.server.config import RedisConfig
+from hubbub.server.presence_redis import RedisPresence
+from hubbub.server.redis_client import pooled_client
 
 SHARED_REDIS = os.environ.get("HUBBUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 USERS = range(1, 401)

@@ -29,9 +29,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from protocol import codec, frames, schema
-from protocol.errors import CloseCode, ErrorCode
-from server.config import Settings, env_name
+from hubbub.protocol import codec, frames, schema
+from hubbub.protocol.errors import CloseCode, ErrorCode
+from hubbub.server.config import Settings, env_name
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC_PATH = ROOT / "PROTOCOL.md"
@@ -346,7 +346,7 @@ def test_limits_are_documented() -> None:
 
 def test_schema_json_is_current() -> None:
     assert SCHEMA_PATH.read_text(encoding="utf-8") == schema.render(), (
-        "protocol/schema.json is stale: run python -m protocol.schema --write protocol/schema.json"
+        "protocol/schema.json is stale: run python -m hubbub.protocol.schema --write protocol/schema.json"
     )
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from protocol.client import Client, ServerError, open_client
+from hubbub.protocol.client import Client, ServerError, open_client
 from tests.backends import free_port
 from tests.processes import FAST_HASHING, running_server, server_env
 

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from protocol.client import ServerError
-from server.guarded import guarded, request_budget
-from server.metrics import Metrics
-from storage.errors import StoreUnavailable
+from hubbub.protocol.client import ServerError
+from hubbub.server.guarded import guarded, request_budget
+from hubbub.server.metrics import Metrics
+from hubbub.storage.errors import StoreUnavailable
 from tests.conftest import ServerFactory
 from tests.helpers import assert_serving
 

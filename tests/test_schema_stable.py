@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from protocol import schema
+from hubbub.protocol import schema
 
 
 def test_docstring_indentation_is_normalised_whatever_msgspec_kept() -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from protocol.client import Client, open_client
+from hubbub.protocol.client import Client, open_client
 from tests.conftest import TEST_SETTINGS
 from tests.processes import ServerProcess, running_server, settings_env
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from protocol import frames
+from hubbub.protocol import frames
 from tests.conftest import RunningServer
 
 pytestmark = pytest.mark.all_backends

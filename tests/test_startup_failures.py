@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from protocol.client import ServerError, open_client
+from hubbub.protocol.client import ServerError, open_client
 from tests.backends import ADMIN_DSN, MongoServer, ThrowawayPostgres, dsn_for, free_port
 from tests.conftest import http_get
 from tests.processes import FAST_HASHING, parse_log, running_server, server_env
@@ -39,7 +39,7 @@ async def run_command(command: str, env: Mapping[str, str], cwd: Path) -> tuple[
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "server",
+        "hubbub.server",
         command,
         env=dict(env),
         cwd=cwd,

@@ -19,11 +19,11 @@ from typing import Any
 import msgspec
 import pytest
 
-from server.config import Settings
-from storage.base import Directory, MessageLog
-from storage.errors import Conflict
-from storage.factory import Stores, open_stores
-from storage.records import ConversationRecord, MessageRecord, NewMessage, UserRecord
+from hubbub.server.config import Settings
+from hubbub.storage.base import Directory, MessageLog
+from hubbub.storage.errors import Conflict
+from hubbub.storage.factory import Stores, open_stores
+from hubbub.storage.records import ConversationRecord, MessageRecord, NewMessage, UserRecord
 from tests.conftest import TEST_SETTINGS
 
 pytestmark = pytest.mark.all_backends

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from protocol.client import Client, ServerError
+from hubbub.protocol.client import Client, ServerError
 from tests.backends import MongoServer, ThrowawayPostgres
 from tests.conftest import RunningServer, ServerFactory, http_get
 

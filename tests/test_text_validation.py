@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from protocol import codec
-from protocol.client import Client
-from protocol.errors import ErrorCode
+from hubbub.protocol import codec
+from hubbub.protocol.client import Client
+from hubbub.protocol.errors import ErrorCode
 from tests.conftest import RunningServer, unique_name
 from tests.helpers import assert_serving, expect_error
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from protocol import frames
-from server.handlers import accounts, channels, dms, messages, presence, system
-from server.handlers.context import Caller, Context
-from server.handlers.presence import on_offline, on_online
+from hubbub.protocol import frames
+from hubbub.server.handlers import accounts, channels, dms, messages, presence, system
+from hubbub.server.handlers.context import Caller, Context
+from hubbub.server.handlers.presence import on_offline, on_online
 
 Handler = Callable[[Context, Caller, Any], Awaitable[Any]]
 

@@ -3,10 +3,10 @@ shares, and the membership check behind it."""
 
 from __future__ import annotations
 
-from protocol.errors import ErrorCode
-from server.errors import ApiError, not_found
-from server.handlers.context import Caller, Context
-from storage.records import ConversationRecord
+from hubbub.protocol.errors import ErrorCode
+from hubbub.server.errors import ApiError, not_found
+from hubbub.server.handlers.context import Caller, Context
+from hubbub.storage.records import ConversationRecord
 
 
 def routed_here(caller: Caller, conversation_id: int) -> bool:

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from protocol import frames
-from protocol.errors import ErrorCode
-from server import logs
-from server.auth import InvalidToken
-from server.clock import now_ms
-from server.errors import ApiError
-from server.handlers.context import Caller, Context
-from server.views import user_view
-from storage.errors import Conflict
-from storage.records import UserRecord
+from hubbub.protocol import frames
+from hubbub.protocol.errors import ErrorCode
+from hubbub.server import logs
+from hubbub.server.auth import InvalidToken
+from hubbub.server.clock import now_ms
+from hubbub.server.errors import ApiError
+from hubbub.server.handlers.context import Caller, Context
+from hubbub.server.views import user_view
+from hubbub.storage.errors import Conflict
+from hubbub.storage.records import UserRecord
 
 
 async def _start_session(ctx: Context, caller: Caller, user: UserRecord) -> frames.Session:

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from protocol import frames
-from protocol.errors import ErrorCode
-from server.broker import MembershipChange
-from server.clock import now_ms
-from server.errors import ApiError, not_found
-from server.handlers.access import visible_conversation
-from server.handlers.context import Caller, Context
-from server.views import conversation_view, conversation_views, user_view
-from storage.errors import Conflict
-from storage.records import ConversationRecord, UserRecord
+from hubbub.protocol import frames
+from hubbub.protocol.errors import ErrorCode
+from hubbub.server.broker import MembershipChange
+from hubbub.server.clock import now_ms
+from hubbub.server.errors import ApiError, not_found
+from hubbub.server.handlers.access import visible_conversation
+from hubbub.server.handlers.context import Caller, Context
+from hubbub.server.views import conversation_view, conversation_views, user_view
+from hubbub.storage.errors import Conflict
+from hubbub.storage.records import ConversationRecord, UserRecord
 
 
 async def create(ctx: Context, caller: Caller, req: frames.ChannelCreate) -> frames.ConversationResult:

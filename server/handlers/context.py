@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from server.auth import Passwords, Tokens
-from server.presence import PresenceTracker
-from server.publisher import Publisher
-from server.ratelimit import FailureWindow
-from storage.base import Directory, MessageLog
-from storage.records import UserRecord
+from hubbub.server.auth import Passwords, Tokens
+from hubbub.server.presence import PresenceTracker
+from hubbub.server.publisher import Publisher
+from hubbub.server.ratelimit import FailureWindow
+from hubbub.storage.base import Directory, MessageLog
+from hubbub.storage.records import UserRecord
 
 
 class Context(Protocol):

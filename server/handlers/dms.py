@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from protocol import frames
-from protocol.errors import ErrorCode
-from server.broker import MembershipChange
-from server.clock import now_ms
-from server.errors import ApiError, not_found
-from server.handlers.context import Caller, Context
-from server.views import conversation_view, conversation_views
+from hubbub.protocol import frames
+from hubbub.protocol.errors import ErrorCode
+from hubbub.server.broker import MembershipChange
+from hubbub.server.clock import now_ms
+from hubbub.server.errors import ApiError, not_found
+from hubbub.server.handlers.context import Caller, Context
+from hubbub.server.views import conversation_view, conversation_views
 
 
 async def open_(ctx: Context, caller: Caller, req: frames.DmOpen) -> frames.ConversationResult:

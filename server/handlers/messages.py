@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from protocol import frames
-from protocol.errors import ErrorCode
-from server.clock import now_ms
-from server.errors import ApiError
-from server.handlers.access import require_member
-from server.handlers.context import Caller, Context
-from server.views import message_view
-from storage.records import NewMessage
+from hubbub.protocol import frames
+from hubbub.protocol.errors import ErrorCode
+from hubbub.server.clock import now_ms
+from hubbub.server.errors import ApiError
+from hubbub.server.handlers.access import require_member
+from hubbub.server.handlers.context import Caller, Context
+from hubbub.server.views import message_view
+from hubbub.storage.records import NewMessage
 
 
 async def send(ctx: Context, caller: Caller, req: frames.MessageSend) -> frames.SendAck:

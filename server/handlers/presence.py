@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from protocol import frames
-from server.clock import now_ms
-from server.handlers.context import Caller, Context
+from hubbub.protocol import frames
+from hubbub.server.clock import now_ms
+from hubbub.server.handlers.context import Caller, Context
 
 
 async def query(ctx: Context, caller: Caller, req: frames.PresenceQuery) -> frames.PresenceList:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from protocol import frames
-from server.clock import now_ms
-from server.handlers.context import Caller, Context
+from hubbub.protocol import frames
+from hubbub.server.clock import now_ms
+from hubbub.server.handlers.context import Caller, Context
 
 
 async def ping(ctx: Context, caller: Caller, req: frames.Ping) -> frames.Pong:

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from storage.batching import GroupCommit, Stored, one_group
-from storage.errors import Conflict, StoreUnavailable
-from storage.records import MessageRecord, NewMessage
+from hubbub.storage.batching import GroupCommit, Stored, one_group
+from hubbub.storage.errors import Conflict, StoreUnavailable
+from hubbub.storage.records import MessageRecord, NewMessage
 
 
 def new(cid: int, client_msg_id: str, sender: int = 1) -> NewMessage:

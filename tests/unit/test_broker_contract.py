@@ -17,10 +17,10 @@ from contextlib import AsyncExitStack
 
 import pytest
 
-from server.broker import MESSAGE_NEW, Broker, Event, InProcessBroker, MembershipChange
-from server.broker_redis import RedisBroker
-from server.config import RedisConfig
-from server.metrics import Metrics
+from hubbub.server.broker import MESSAGE_NEW, Broker, Event, InProcessBroker, MembershipChange
+from hubbub.server.broker_redis import RedisBroker
+from hubbub.server.config import RedisConfig
+from hubbub.server.metrics import Metrics
 
 SHARED_REDIS = os.environ.get("HUBBUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 READY = 999_999

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from protocol import codec, frames
-from server.broker import MESSAGE_NEW, Event, InProcessBroker, MembershipChange
-from server.catchup import FILL_PAGE, SEEN_WINDOW, Catchup
-from server.metrics import Metrics
-from server.registry import Registry
-from storage.base import HistoryOrder
-from storage.errors import StoreUnavailable
-from storage.records import MessageRecord, NewMessage
-from storage.sqlite import SqliteDatabase, SqliteMessageLog
+from hubbub.protocol import codec, frames
+from hubbub.server.broker import MESSAGE_NEW, Event, InProcessBroker, MembershipChange
+from hubbub.server.catchup import FILL_PAGE, SEEN_WINDOW, Catchup
+from hubbub.server.metrics import Metrics
+from hubbub.server.registry import Registry
+from hubbub.storage.base import HistoryOrder
+from hubbub.storage.errors import StoreUnavailable
+from hubbub.storage.records import MessageRecord, NewMessage
+from hubbub.storage.sqlite import SqliteDatabase, SqliteMessageLog
 
 CID = 11
 OTHER = 12

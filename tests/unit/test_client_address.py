@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from websockets.datastructures import Headers
 
-from server.client_address import client_address
+from hubbub.server.client_address import client_address
 
 PROXIES: list[IPv4Network | IPv6Network] = [ip_network("10.0.0.0/8"), ip_network("fd00::/8")]
 

@@ -12,8 +12,8 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import Protocol, Side
 from websockets.streams import StreamReader
 
-from protocol import codec, frames
-from protocol.errors import ErrorCode
+from hubbub.protocol import codec, frames
+from hubbub.protocol.errors import ErrorCode
 
 
 def client_reads(data: bytes) -> list[Frame]:

@@ -8,9 +8,9 @@ import typing
 import msgspec
 import pytest
 
-from server.config import GROUPS, SETTING_NAMES, ConfigError, Settings, env_name, load_settings
-from storage.config import InvalidStorageConfig, StorageConfig
-from storage.factory import open_stores
+from hubbub.server.config import GROUPS, SETTING_NAMES, ConfigError, Settings, env_name, load_settings
+from hubbub.storage.config import InvalidStorageConfig, StorageConfig
+from hubbub.storage.factory import open_stores
 
 
 def test_every_setting_belongs_to_a_group() -> None:

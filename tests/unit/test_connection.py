@@ -19,11 +19,11 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
-from protocol.codec import websocket_text_frame
-from protocol.errors import CloseCode
-from server.config import Settings
-from server.connection import Connection
-from server.metrics import Metrics
+from hubbub.protocol.codec import websocket_text_frame
+from hubbub.protocol.errors import CloseCode
+from hubbub.server.config import Settings
+from hubbub.server.connection import Connection
+from hubbub.server.metrics import Metrics
 
 
 class FakeTransport:

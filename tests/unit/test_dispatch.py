@@ -18,14 +18,14 @@ from typing import Any, cast
 
 import pytest
 
-from protocol import frames
-from protocol.errors import ErrorCode
-from server.config import Settings
-from server.dispatch import READ_FRAME_COST, Dispatcher
-from server.errors import ApiError
-from server.handlers import Handler
-from server.metrics import Metrics
-from storage.errors import StoreUnavailable
+from hubbub.protocol import frames
+from hubbub.protocol.errors import ErrorCode
+from hubbub.server.config import Settings
+from hubbub.server.dispatch import READ_FRAME_COST, Dispatcher
+from hubbub.server.errors import ApiError
+from hubbub.server.handlers import Handler
+from hubbub.server.metrics import Metrics
+from hubbub.storage.errors import StoreUnavailable
 
 
 class FakeTransport:

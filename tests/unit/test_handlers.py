@@ -11,19 +11,19 @@ from pathlib import Path
 
 import pytest
 
-from protocol import codec, frames
-from protocol.errors import ErrorCode
-from server.auth import Passwords, Tokens
-from server.broker import MESSAGE_NEW, BrokerEventHandler, Event, MembershipChange
-from server.errors import ApiError
-from server.handlers import channels, dms, messages, presence
-from server.handlers.context import Caller, Context
-from server.metrics import Metrics
-from server.presence import LocalPresence, PresenceTracker
-from server.publisher import Publisher
-from server.ratelimit import FailureWindow
-from storage.records import NewMessage, UserRecord
-from storage.sqlite import SqliteDirectory, SqliteMessageLog, open_sqlite
+from hubbub.protocol import codec, frames
+from hubbub.protocol.errors import ErrorCode
+from hubbub.server.auth import Passwords, Tokens
+from hubbub.server.broker import MESSAGE_NEW, BrokerEventHandler, Event, MembershipChange
+from hubbub.server.errors import ApiError
+from hubbub.server.handlers import channels, dms, messages, presence
+from hubbub.server.handlers.context import Caller, Context
+from hubbub.server.metrics import Metrics
+from hubbub.server.presence import LocalPresence, PresenceTracker
+from hubbub.server.publisher import Publisher
+from hubbub.server.ratelimit import FailureWindow
+from hubbub.storage.records import NewMessage, UserRecord
+from hubbub.storage.sqlite import SqliteDirectory, SqliteMessageLog, open_sqlite
 
 Published = Event | MembershipChange
 

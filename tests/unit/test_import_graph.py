@@ -14,6 +14,8 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+NAMESPACE = "hubbub"
+"""The top-level folders install as hubbub.server, hubbub.storage, ... (pyproject.toml's package-dir)."""
 PACKAGES = ("server", "storage", "protocol", "loadtest")
 MAY_NOT_IMPORT = {"protocol": {"server", "storage"}, "storage": {"server"}}
 
@@ -22,7 +24,7 @@ def _modules() -> dict[str, Path]:
     modules: dict[str, Path] = {}
     for package in PACKAGES:
         for path in (ROOT / package).rglob("*.py"):
-            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            parts = [NAMESPACE, *path.relative_to(ROOT).with_suffix("").parts]
             if parts[-1] == "__init__":
                 parts.pop()
             modules[".".join(parts)] = path
@@ -98,9 +100,9 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_graph_is_read() -> None:
     graph = import_graph()
-    assert "server.session" in graph["server.app"]
-    assert "server.config" in graph["server.connection"]  # an import at the top
-    assert "server.connection" in graph["server.session"]  # an import under TYPE_CHECKING
+    assert "hubbub.server.session" in graph["hubbub.server.app"]
+    assert "hubbub.server.config" in graph["hubbub.server.connection"]  # an import at the top
+    assert "hubbub.server.connection" in graph["hubbub.server.session"]  # an import under TYPE_CHECKING
 
 
 def test_no_import_cycle() -> None:
@@ -116,6 +118,17 @@ def test_layers_point_one_way() -> None:
         f"{module} imports {target}"
         for module, targets in import_graph().items()
         for target in targets
-        if target.split(".")[0] in MAY_NOT_IMPORT.get(module.split(".")[0], set())
+        if _layer(target) in MAY_NOT_IMPORT.get(_layer(module), set())
     ]
     assert wrong == []
+
+
+def _layer(module: str) -> str:
+    """``hubbub.server.session`` -> ``server``."""
+    return module.split(".")[1]
+
+
+def test_every_module_is_in_the_graph_under_its_installed_name() -> None:
+    graph = import_graph()
+    assert graph and all(_layer(name) in PACKAGES and name.startswith(f"{NAMESPACE}.") for name in graph)
+    assert "hubbub.protocol.frames" in graph["hubbub.protocol.codec"]

@@ -1,4 +1,4 @@
-"""server.outbound.Flusher: one callback per event-loop turn flushes every
+"""hubbub.server.outbound.Flusher: one callback per event-loop turn flushes every
 session that queued frames in that turn."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-import server.outbound
-from server.outbound import Flusher
+import hubbub.server.outbound
+from hubbub.server.outbound import Flusher
 
 
 @dataclass(eq=False)
@@ -51,7 +51,7 @@ class CountingLoop:
 @pytest.fixture
 async def counting_loop(monkeypatch: pytest.MonkeyPatch) -> CountingLoop:
     counting = CountingLoop(asyncio.get_running_loop())
-    monkeypatch.setattr(server.outbound, "asyncio", SimpleNamespace(get_running_loop=lambda: counting))
+    monkeypatch.setattr(hubbub.server.outbound, "asyncio", SimpleNamespace(get_running_loop=lambda: counting))
     return counting
 
 

@@ -1,4 +1,4 @@
-"""server.ratelimit: the per-connection token bucket and the failed-login
+"""hubbub.server.ratelimit: the per-connection token bucket and the failed-login
 windows, on a clock the test moves by hand.
 
 The module reads ``time.monotonic()``; the tests replace its ``time`` with a
@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import server.ratelimit
-from server.ratelimit import FailureWindow, TokenBucket
+import hubbub.server.ratelimit
+from hubbub.server.ratelimit import FailureWindow, TokenBucket
 
 
 class Clock:
@@ -31,7 +31,7 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     manual = Clock()
-    monkeypatch.setattr(server.ratelimit, "time", SimpleNamespace(monotonic=manual.monotonic))
+    monkeypatch.setattr(hubbub.server.ratelimit, "time", SimpleNamespace(monotonic=manual.monotonic))
     return manual
 
 
@@ -84,7 +84,7 @@ def test_what_is_allowed_never_exceeds_burst_plus_rate_times_elapsed(
 ) -> None:
     manual = Clock()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(server.ratelimit, "time", SimpleNamespace(monotonic=manual.monotonic))
+        patch.setattr(hubbub.server.ratelimit, "time", SimpleNamespace(monotonic=manual.monotonic))
         bucket = TokenBucket(rate, burst)
         start = manual.now
         allowed = 0

@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from protocol.codec import websocket_text_frame
-from server.broker import BrokerEventHandler, Event, MembershipChange
-from server.metrics import Metrics
-from server.registry import Registry
+from hubbub.protocol.codec import websocket_text_frame
+from hubbub.server.broker import BrokerEventHandler, Event, MembershipChange
+from hubbub.server.metrics import Metrics
+from hubbub.server.registry import Registry
 
 
 @dataclass(eq=False)

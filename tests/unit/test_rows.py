@@ -8,8 +8,8 @@ from pathlib import Path
 
 import msgspec
 
-from storage.records import ConversationRecord, MessageRecord, UserRecord
-from storage.rows import (
+from hubbub.storage.records import ConversationRecord, MessageRecord, UserRecord
+from hubbub.storage.rows import (
     CONVERSATION_COLUMNS,
     CONVERSATION_FIELDS,
     MESSAGE_COLUMNS,
@@ -26,7 +26,7 @@ from storage.rows import (
     seq_range,
     user_record,
 )
-from storage.sqlite import MIGRATIONS
+from hubbub.storage.sqlite import MIGRATIONS
 
 COLUMN_LISTS = {"users": USER_COLUMNS, "conversations": CONVERSATION_FIELDS, "messages": MESSAGE_COLUMNS}
 RECORDS: dict[str, type[msgspec.Struct]] = {

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.broker import MESSAGE_NEW, BrokerEventHandler, Event, MembershipChange
-from server.sequencer import Sequencer
+from hubbub.server.broker import MESSAGE_NEW, BrokerEventHandler, Event, MembershipChange
+from hubbub.server.sequencer import Sequencer
 
 CID = 7
 
