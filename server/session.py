@@ -54,6 +54,7 @@ class Session:
         "conn",
         "conn_id",
         "conversations",
+        "outbound",
         "requests",
         "send_frame",
         "services",
@@ -77,6 +78,8 @@ class Session:
         self.user_id = 0
         self.conversations: set[int] = set()
         self.address = client_address(conn.remote_address(), request.headers, services.trusted_proxies)
+        self.outbound: Connection = conn
+        """The connection's writer, which the registry's fan-out calls directly."""
         self.send_frame: Callable[[bytes], None] = conn.send_frame
         """Queue a complete WebSocket frame (the registry's fan-out): the
         connection's own method, so a delivery costs no call through the session."""

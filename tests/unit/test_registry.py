@@ -21,6 +21,10 @@ class FakeConnection:
     def send_frame(self, frame: bytes) -> None:
         self.frames.append(frame)
 
+    @property
+    def outbound(self) -> FakeConnection:
+        return self
+
 
 @dataclass
 class RecordingBroker:
