@@ -20,7 +20,7 @@ A new message, by function call (the whole path, to every socket):
    the broker lost: **each instance delivers each message once, in seq
    order**;
 6. ``Registry.deliver`` (server/registry.py) frames the JSON once and calls
-   ``Recipient.send_frame`` (a connection's outbound buffer) for every
+   ``recipient.outbound.send_frame`` (the connection's outbound buffer) for every
    local member's connection.
 
 Every other event takes steps 4 to 6 from ``Publisher.publish`` (Catchup

@@ -3,8 +3,9 @@ and which conversations, and the fan-out that writes one event to all of them.
 
 The last step of delivery: ``server.catchup.Catchup`` (the broker's event
 handler) calls ``Registry.deliver(event)``, which frames the event's JSON
-once and calls ``Recipient.send_frame`` with the same bytes for every local
-connection it is addressed to, in the order events arrive (each
+once and calls ``send_frame`` of each recipient's ``outbound`` (its
+connection) with the same bytes for every local connection it is
+addressed to, in the order events arrive (each
 connection's outbound buffer keeps that order on the wire). Routing
 changes come as their own calls, ``join`` and ``leave`` (a MembershipChange
 applied by Catchup before the event that announces it), never in the middle
