@@ -18,7 +18,6 @@ messages, one ``$inc`` reserving all its seqs and one ordered ``insert_many``.
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,25 +31,13 @@ from hubbub.storage.base import HistoryOrder, MessageLog
 from hubbub.storage.batching import GroupCommit, Stored, by_conversation
 from hubbub.storage.errors import StoreUnavailable
 from hubbub.storage.records import MessageRecord, NewMessage
-from hubbub.storage.rows import message_document, message_from_document, seq_range
+from hubbub.storage.rows import message_document, message_from_document, new_message_record, seq_range
 
 Document = dict[str, Any]
 
 
 def _unavailable(exc: PyMongoError) -> StoreUnavailable:
     return StoreUnavailable("mongo", str(exc).split(", Timeout:")[0] or type(exc).__name__)
-
-
-def _new_record(m: NewMessage, seq: int) -> MessageRecord:
-    return MessageRecord(
-        id=uuid.uuid4().hex,
-        conversation_id=m.conversation_id,
-        seq=seq,
-        sender_id=m.sender_id,
-        text=m.text,
-        client_msg_id=m.client_msg_id,
-        ts=m.ts,
-    )
 
 
 def parse_write_concern(value: str) -> WriteConcern:
@@ -171,7 +158,7 @@ class MongoMessageLog:
         if fresh:
             last = await self._allocate_seqs(cid, len(fresh))
             seqs = range(last - len(fresh) + 1, last + 1)
-            records = [_new_record(batch[i], seq) for i, seq in zip(fresh, seqs, strict=True)]
+            records = [new_message_record(batch[i], seq) for i, seq in zip(fresh, seqs, strict=True)]
             docs = [message_document(record) for record in records]
             try:
                 await self.messages.insert_many(docs, ordered=True)

@@ -11,11 +11,12 @@ here too, beside the others.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 from hubbub.storage.base import HistoryOrder
-from hubbub.storage.records import ConversationRecord, MessageRecord, UserRecord
+from hubbub.storage.records import ConversationRecord, MessageRecord, NewMessage, UserRecord
 
 
 class Row(Protocol):
@@ -60,6 +61,20 @@ def conversation_record(row: Row) -> ConversationRecord:
         private=bool(row[4]),  # SQLite stores 0/1
         created_by=row[5],
         created_at=row[6],
+    )
+
+
+def new_message_record(message: NewMessage, seq: int) -> MessageRecord:
+    """The record of a message being stored with ``seq``, under a fresh id (SQLite and MongoDB; PostgreSQL's
+    append function takes the ids as an array)."""
+    return MessageRecord(
+        id=uuid.uuid4().hex,
+        conversation_id=message.conversation_id,
+        seq=seq,
+        sender_id=message.sender_id,
+        text=message.text,
+        client_msg_id=message.client_msg_id,
+        ts=message.ts,
     )
 
 

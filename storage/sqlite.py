@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import sqlite3
-import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,6 +32,7 @@ from hubbub.storage.rows import (
     history_sql,
     message_record,
     message_values,
+    new_message_record,
     seq_range,
     user_record,
 )
@@ -416,15 +416,7 @@ def _append_one(c: sqlite3.Connection, m: NewMessage) -> Stored:
         " ON CONFLICT (conversation_id) DO UPDATE SET last_seq = last_seq + 1 RETURNING last_seq",
         (m.conversation_id,),
     ).fetchone()[0]
-    record = MessageRecord(
-        id=uuid.uuid4().hex,
-        conversation_id=m.conversation_id,
-        seq=seq,
-        sender_id=m.sender_id,
-        text=m.text,
-        client_msg_id=m.client_msg_id,
-        ts=m.ts,
-    )
+    record = new_message_record(m, seq)
     c.execute(f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", message_values(record))
     return record, False
 
