@@ -21,6 +21,7 @@ from hubbub.server.config import Settings
 from tests.backends import (
     BACKENDS,
     MongoServer,
+    ThrowawayPostgres,
     create_postgres_database,
     drop_mongo_database,
     drop_postgres_database,
@@ -166,3 +167,25 @@ async def make_server(tmp_path: Path, backend_settings: dict[str, Any]) -> Async
 @pytest.fixture
 async def server(make_server: ServerFactory) -> RunningServer:
     return await make_server()
+
+
+@pytest.fixture
+def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
+    """A PostgreSQL cluster of the test's own on a loopback port, to stop and start."""
+    pg = ThrowawayPostgres()
+    pg.init()
+    pg.start()
+    try:
+        yield pg
+    finally:
+        pg.destroy()
+
+
+@pytest.fixture
+def own_mongo(tmp_path: Path) -> Iterator[MongoServer]:
+    """A MongoDB-protocol server of the test's own, to stop and restart."""
+    mongo = MongoServer.start_own(tmp_path / "mongo")
+    try:
+        yield mongo
+    finally:
+        mongo.stop()

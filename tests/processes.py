@@ -112,24 +112,31 @@ async def running_server(data_dir: Path, env: Mapping[str, str] | None = None) -
         await server._pump
 
 
-async def run_to_exit(data_dir: Path, env: Mapping[str, str]) -> tuple[int, str]:
-    """Run ``serve`` with settings from ``env`` only (no flags: a flag would win over it)."""
+async def stderr_of(
+    *args: str, env: Mapping[str, str] | None = None, cwd: Path | None = None, timeout: float = 30
+) -> tuple[int, list[str]]:
+    """Run ``python *args`` to its exit (killed after ``timeout``): its exit code and stderr lines."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        "-m",
-        "hubbub.server",
-        "serve",
-        env=dict(env),
-        cwd=data_dir.parent,
+        *args,
+        env=None if env is None else dict(env),
+        cwd=cwd,
         stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        _, stderr = await asyncio.wait_for(proc.communicate(), 15)
+        _, stderr = await asyncio.wait_for(proc.communicate(), timeout)
     finally:
         if proc.returncode is None:
             os.kill(proc.pid, signal.SIGKILL)
             await proc.wait()
-    assert proc.returncode is not None
-    return proc.returncode, stderr.decode()
+    if proc.returncode is None:
+        raise RuntimeError("the process was waited for but has no exit code")
+    return proc.returncode, stderr.decode().splitlines()
+
+
+async def run_to_exit(data_dir: Path, env: Mapping[str, str]) -> tuple[int, str]:
+    """Run ``serve`` with settings from ``env`` only (no flags: a flag would win over it)."""
+    code, lines = await stderr_of("-m", "hubbub.server", "serve", env=env, cwd=data_dir.parent, timeout=15)
+    return code, "\n".join(lines)

@@ -4,16 +4,12 @@ an uncaught exception, and the command line itself."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import signal
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
-from tests.processes import server_env
+from tests.processes import server_env, stderr_of
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,26 +48,6 @@ NOISY_PROCESS = textwrap.dedent(
 )
 
 
-async def stderr_of(*args: str, env: dict[str, str] | None = None) -> tuple[int, list[str]]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        *args,
-        cwd=ROOT,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        _, stderr = await asyncio.wait_for(proc.communicate(), 30)
-    finally:
-        if proc.returncode is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            await proc.wait()
-    assert proc.returncode is not None
-    return proc.returncode, stderr.decode().splitlines()
-
-
 def parsed(lines: list[str]) -> list[dict[str, Any]]:
     entries = []
     for line in lines:
@@ -83,7 +59,7 @@ def parsed(lines: list[str]) -> list[dict[str, Any]]:
 
 
 async def test_library_runtime_and_uncaught_output_is_json_lines() -> None:
-    code, lines = await stderr_of("-c", NOISY_PROCESS)
+    code, lines = await stderr_of("-c", NOISY_PROCESS, cwd=ROOT)
     assert code == 1
     entries = parsed(lines)
     library = {e["logger"]: e for e in entries if e["event"] == "library_log"}
@@ -105,7 +81,7 @@ async def test_library_runtime_and_uncaught_output_is_json_lines() -> None:
 
 async def test_command_line_errors_are_json_lines(tmp_path: Path) -> None:
     env = server_env(tmp_path / "data")
-    code, lines = await stderr_of("-m", "hubbub.server", "serve", "--no-such-flag", env=env)
+    code, lines = await stderr_of("-m", "hubbub.server", "serve", "--no-such-flag", env=env, cwd=ROOT)
     assert code == 2
     (entry,) = parsed(lines)
     assert entry["event"] == "invalid_command_line" and "--no-such-flag" in entry["error"]

@@ -8,8 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import pytest
 from hubbub.protocol.client import ServerError, open_client
 from tests.backends import ADMIN_DSN, MongoServer, ThrowawayPostgres, dsn_for, free_port
 from tests.conftest import http_get
-from tests.processes import FAST_HASHING, parse_log, running_server, server_env
+from tests.processes import FAST_HASHING, parse_log, running_server, server_env, stderr_of
 
 SECRET = "a-test-secret-that-is-at-least-32-bytes-long"
 PASSWORD = "hunter2-not-for-logs"
@@ -36,25 +35,7 @@ def base_env(tmp_path: Path, settings: Mapping[str, str]) -> dict[str, str]:
 
 
 async def run_command(command: str, env: Mapping[str, str], cwd: Path) -> tuple[int, list[str]]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "hubbub.server",
-        command,
-        env=dict(env),
-        cwd=cwd,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        _, stderr = await asyncio.wait_for(proc.communicate(), 30)
-    finally:
-        if proc.returncode is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            await proc.wait()
-    assert proc.returncode is not None
-    return proc.returncode, stderr.decode().splitlines()
+    return await stderr_of("-m", "hubbub.server", command, env=env, cwd=cwd)
 
 
 def the_failure(code: int, lines: list[str]) -> dict[str, Any]:
@@ -123,26 +104,6 @@ async def test_refused_mongo_at_startup(tmp_path: Path) -> None:
     assert url.split("@", 1)[1].split("/", 1)[0] in entry["address"] and PASSWORD not in lines[0]
     assert "refused" in entry["error"].lower() or "failed" in entry["error"].lower()
     assert "HUBBUB_MONGO_URL" in entry["hint"]
-
-
-@pytest.fixture
-def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
-    pg = ThrowawayPostgres()
-    pg.init()
-    pg.start()
-    try:
-        yield pg
-    finally:
-        pg.destroy()
-
-
-@pytest.fixture
-def own_mongo(tmp_path: Path) -> Iterator[MongoServer]:
-    mongo = MongoServer.start_own(tmp_path / "mongo")
-    try:
-        yield mongo
-    finally:
-        mongo.stop()
 
 
 async def test_store_outage_logs_only_json_lines(

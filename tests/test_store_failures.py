@@ -7,8 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
@@ -18,26 +17,6 @@ from tests.conftest import RunningServer, ServerFactory, http_get
 
 STORAGE_TIMEOUT = 2.0
 READYZ_TIMEOUT = 1.0  # the default of HUBBUB_READYZ_TIMEOUT_SECONDS
-
-
-@pytest.fixture
-def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
-    pg = ThrowawayPostgres()
-    pg.init()
-    pg.start()
-    try:
-        yield pg
-    finally:
-        pg.destroy()
-
-
-@pytest.fixture
-def own_mongo(tmp_path: Path) -> Iterator[MongoServer]:
-    mongo = MongoServer.start_own(tmp_path / "mongo")
-    try:
-        yield mongo
-    finally:
-        mongo.stop()
 
 
 async def send(client: Client, conversation_id: int, client_msg_id: str) -> int:
