@@ -66,6 +66,9 @@ class Event(Struct, array_like=True, frozen=True, tag=1):
     seq: int = 0
     """A new message's seq in ``conversations[0]`` (gap detection); 0 for
     every other event and for a message announced again (not gap-tracked)."""
+    except_user: int = 0
+    """Not to this user's connections (``typing``: not shown to the typist); 0: nobody left out.
+    Last, with a default: an instance that does not know it decodes the envelope all the same."""
 
 
 class MembershipChange(Struct, array_like=True, frozen=True, tag=2):
@@ -84,9 +87,13 @@ class MembershipChange(Struct, array_like=True, frozen=True, tag=2):
     its messages from the next seq on (and fills from the store up to it)."""
 
 
-def event_of(frame: frames.AnyEvent, *, conversations: Sequence[int] = (), users: Sequence[int] = ()) -> Event:
+def event_of(
+    frame: frames.AnyEvent, *, conversations: Sequence[int] = (), users: Sequence[int] = (), except_user: int = 0
+) -> Event:
     """The Event of one server frame: encoded once, tagged from its type."""
-    return Event(codec.encode(frame), frames.tag_of(type(frame)), tuple(conversations), tuple(users))
+    return Event(
+        codec.encode(frame), frames.tag_of(type(frame)), tuple(conversations), tuple(users), except_user=except_user
+    )
 
 
 class BrokerEventHandler(Protocol):

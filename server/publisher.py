@@ -74,9 +74,17 @@ class Publisher:
             self._sequencer.complete(cid, ticket, record.seq, payload)
         return message, duplicate
 
-    def publish(self, frame: frames.AnyEvent, *, conversations: Sequence[int] = (), users: Sequence[int] = ()) -> None:
-        """An event to the members of ``conversations`` and the devices of ``users``."""
-        self._broker.publish(event_of(frame, conversations=conversations, users=users))
+    def publish(
+        self,
+        frame: frames.AnyEvent,
+        *,
+        conversations: Sequence[int] = (),
+        users: Sequence[int] = (),
+        except_user: int = 0,
+    ) -> None:
+        """An event to the members of ``conversations`` and the devices of ``users``,
+        none of them ``except_user``'s connections (when given)."""
+        self._broker.publish(event_of(frame, conversations=conversations, users=users, except_user=except_user))
 
     def publish_membership(self, change: MembershipChange, announcement: frames.AnyEvent) -> None:
         """Change routing, then announce it to the same users: every instance

@@ -150,7 +150,8 @@ class Registry:
     # -- fan-out -------------------------------------------------------------
 
     def deliver(self, event: Event) -> None:
-        """Write the event to every local connection it is addressed to, once each."""
+        """Write the event to every local connection it is addressed to, once each
+        (but those of ``event.except_user``)."""
         members: dict[Recipient, Sender] | None
         if len(event.conversations) == 1 and not event.users:
             # The hot path: a message into one conversation.
@@ -165,10 +166,22 @@ class Registry:
             return
         frame = websocket_text_frame(event.payload)
         count = 0
+        if event.except_user:
+            # Not the hot path (typing): the recipient is looked at, to leave one user out.
+            for recipient, sender in members.items():
+                if recipient.user_id != event.except_user:
+                    sender.send_frame(frame)
+                    count += 1
+            self._count(event, count)
+            return
         # send_frame never touches the registry (a slow consumer is unregistered
         # later, when its connection is finished), so iterating the live set is safe.
         for sender in members.values():
             sender.send_frame(frame)
             count += 1
-        self._metrics.deliveries.inc(count)
-        self._metrics.frames_out_by[event.frame_type].inc(count)
+        self._count(event, count)
+
+    def _count(self, event: Event, count: int) -> None:
+        if count:
+            self._metrics.deliveries.inc(count)
+            self._metrics.frames_out_by[event.frame_type].inc(count)

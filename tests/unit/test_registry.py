@@ -165,6 +165,19 @@ def test_conversations_and_users_together_reach_each_connection_once() -> None:
     assert metrics.registry.get_sample_value("hubbub_deliveries_total") == 3
 
 
+def test_an_event_except_a_user_reaches_every_other_member_and_none_of_that_users_devices() -> None:
+    registry, _, metrics = make()
+    phone, laptop, bob, carol = FakeConnection(1), FakeConnection(1), FakeConnection(2), FakeConnection(3)
+    for connection in (phone, laptop, bob, carol):
+        registry.add(connection, [10])
+    payload = b'{"type":"typing"}'
+    registry.deliver(Event(payload, "typing", (10,), except_user=1))
+    assert phone.frames == laptop.frames == []
+    assert bob.frames == carol.frames == [websocket_text_frame(payload)]
+    assert metrics.registry.get_sample_value("hubbub_deliveries_total") == 2
+    assert metrics.registry.get_sample_value("hubbub_frames_out_total", {"type": "typing"}) == 2
+
+
 def test_users_alone_reach_all_their_devices() -> None:
     registry, _, _ = make()
     phone, laptop, other = FakeConnection(1), FakeConnection(1), FakeConnection(2)
