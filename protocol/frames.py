@@ -56,6 +56,8 @@ Seq = Annotated[int, Meta(ge=0, le=2**53)]
 ClientMsgId = Annotated[str, Meta(min_length=1, max_length=64)]
 MessageText = Annotated[str, Meta(min_length=1)]
 HistoryLimit = Annotated[int, Meta(ge=1, le=100)]
+MessageId = Annotated[str, Meta(min_length=1, max_length=64, pattern=SINGLE_LINE_PATTERN)]
+"""A message id in a request: opaque, so only its shape is checked (1-64 characters, no control characters)."""
 MAX_DM_OTHERS = 8
 MAX_NESTING_DEPTH = 32
 """Deepest nesting of arrays and objects in a request (the frame's own object is level 1).
@@ -235,6 +237,14 @@ class PresenceQuery(Request, tag="presence.query"):
     user_ids: PresenceUsers
 
 
+class Typing(Request, tag="typing"):
+    """The caller is typing in a conversation (optionally in a thread); renewed while they type."""
+
+    conversation_id: ObjectId
+    thread_root_id: MessageId | None = None
+    """The thread's root message; carried, not looked up (threads come later)."""
+
+
 AnyRequest = (
     Ping
     | Register
@@ -252,6 +262,7 @@ AnyRequest = (
     | MessageSend
     | MessageHistory
     | PresenceQuery
+    | Typing
 )
 
 # ---------------------------------------------------------------------------
@@ -327,6 +338,7 @@ RESULT_TYPES: dict[str, type[Struct]] = {
     "message.send": SendAck,
     "message.history": HistoryPage,
     "presence.query": PresenceList,
+    "typing": Empty,
 }
 """The result type of every request type."""
 
@@ -395,7 +407,27 @@ class PresenceChanged(ServerFrame, tag="presence"):
     presence: Presence
 
 
-AnyEvent = Hello | MessageNew | MemberJoined | MemberLeft | ConversationAdded | ConversationRemoved | PresenceChanged
+class UserTyping(ServerFrame, tag="typing"):
+    """Another member is typing; show it until ``expires_in_ms`` passes, a renewal
+    comes, or their ``message.new`` in the conversation arrives."""
+
+    conversation_id: int
+    user_id: int
+    thread_root_id: str | None
+    expires_in_ms: int
+    """How long to show it from receipt, unless renewed."""
+
+
+AnyEvent = (
+    Hello
+    | MessageNew
+    | MemberJoined
+    | MemberLeft
+    | ConversationAdded
+    | ConversationRemoved
+    | PresenceChanged
+    | UserTyping
+)
 AnyServerFrame = ResultFrame | ErrorFrame | AnyEvent
 
 EVENT_TYPES: tuple[type[ServerFrame], ...] = (
@@ -406,6 +438,7 @@ EVENT_TYPES: tuple[type[ServerFrame], ...] = (
     ConversationAdded,
     ConversationRemoved,
     PresenceChanged,
+    UserTyping,
 )
 
 

@@ -112,6 +112,7 @@ class App:
             limits=s.limits,
             trusted_proxies=s.http.proxy_networks,
             presence_max_members=s.presence.presence_max_members,
+            typing=s.typing,
             directory=guarded(directory, self.metrics, timeout),
             messages=guarded(messages, self.metrics, timeout),
             broker=broker,

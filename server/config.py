@@ -196,6 +196,15 @@ class PresenceConfig(msgspec.Struct, kw_only=True, frozen=True):
             )
 
 
+class TypingConfig(msgspec.Struct, kw_only=True, frozen=True):
+    """Typing indicators: how long one lasts, how often a connection may send one, where they go."""
+
+    typing_ttl_seconds: float
+    typing_per_second: float
+    typing_burst: int
+    typing_max_members: int
+
+
 class ProcessConfig(msgspec.Struct, kw_only=True, frozen=True):
     """The process as a whole: its files, logs, profile and shutdown."""
 
@@ -216,6 +225,7 @@ GROUPS: dict[str, type[msgspec.Struct]] = {
     "storage": StorageConfig,
     "redis": RedisConfig,
     "presence": PresenceConfig,
+    "typing": TypingConfig,
     "process": ProcessConfig,
 }
 """Each ``Settings`` attribute that is a component's config, and its type."""
@@ -368,6 +378,20 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=Tr
     presence_ttl_seconds: Annotated[
         PositiveFloat, _doc("An instance silent this long is dead: its users go offline everywhere.")
     ] = 30.0
+    typing_ttl_seconds: Annotated[
+        PositiveFloat,
+        _doc("A typing indicator shows this long unless renewed (the event's `expires_in_ms`); clients renew sooner."),
+    ] = 5.0
+    typing_per_second: Annotated[
+        PositiveFloat, _doc("Sustained `typing` requests per second per connection announced; more are dropped.")
+    ] = 1.0
+    typing_burst: Annotated[
+        Positive, _doc("`typing` requests a connection may send at once before further ones are dropped.")
+    ] = 5
+    typing_max_members: Annotated[
+        Positive,
+        _doc("Typing events go through conversations of at most this many members (larger: answered, not announced)."),
+    ] = 100
     debug_endpoints: Annotated[
         bool, _doc("Serve GET /debug/subscriptions (this instance's routing topics); off in production.")
     ] = False
@@ -405,6 +429,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=Tr
     @functools.cached_property
     def presence(self) -> PresenceConfig:
         return _group(self, PresenceConfig)
+
+    @functools.cached_property
+    def typing(self) -> TypingConfig:
+        return _group(self, TypingConfig)
 
     @functools.cached_property
     def process(self) -> ProcessConfig:

@@ -20,7 +20,7 @@ from ipaddress import IPv4Network, IPv6Network
 from hubbub.server.auth import Passwords, Tokens
 from hubbub.server.broker import Broker
 from hubbub.server.catchup import Catchup
-from hubbub.server.config import LimitsConfig
+from hubbub.server.config import LimitsConfig, TypingConfig
 from hubbub.server.handlers.context import Context
 from hubbub.server.handlers.presence import on_offline
 from hubbub.server.metrics import Metrics
@@ -38,6 +38,7 @@ class Services:
         limits: LimitsConfig,
         trusted_proxies: list[IPv4Network | IPv6Network],
         presence_max_members: int,
+        typing: TypingConfig,
         directory: Directory,
         messages: MessageLog,
         broker: Broker,
@@ -52,6 +53,8 @@ class Services:
         """Proxies whose X-Forwarded-For gives a client's address."""
         self.presence_max_members = presence_max_members
         """Presence events go through conversations of at most this many members."""
+        self.typing = typing
+        """Typing indicators: their lifetime, rate limit (sessions read it) and size cap."""
         self.directory = directory
         self.messages = messages
         self.broker = broker
@@ -70,6 +73,14 @@ class Services:
     @property
     def max_message_chars(self) -> int:
         return self.limits.max_message_chars
+
+    @property
+    def typing_ttl_ms(self) -> int:
+        return round(self.typing.typing_ttl_seconds * 1000)
+
+    @property
+    def typing_max_members(self) -> int:
+        return self.typing.typing_max_members
 
     async def start(self) -> None:
         await self.broker.start(self.catchup)

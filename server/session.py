@@ -28,6 +28,7 @@ from hubbub.server.client_address import client_address
 from hubbub.server.dispatch import Dispatcher
 from hubbub.server.errors import ApiError
 from hubbub.server.handlers import on_offline, on_online
+from hubbub.server.ratelimit import TokenBucket
 from hubbub.server.services import Services
 from hubbub.storage.errors import StoreUnavailable
 from hubbub.storage.records import UserRecord
@@ -50,6 +51,7 @@ class Session:
         "_finishing",
         "_on_finished",
         "_presence_retry",
+        "_typing_limit",
         "address",
         "conn",
         "conn_id",
@@ -90,6 +92,15 @@ class Session:
         self._auth_timer: asyncio.TimerHandle | None = None
         self._finishing: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
         self._presence_retry: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
+        self._typing_limit: TokenBucket | None = None  # made on first use: most connections never type
+
+    @property
+    def typing_limit(self) -> TokenBucket:
+        """This connection's ``typing`` rate limit (``typing_per_second``, ``typing_burst``)."""
+        if self._typing_limit is None:
+            config = self.services.typing
+            self._typing_limit = TokenBucket(config.typing_per_second, config.typing_burst)
+        return self._typing_limit
 
     def send_payload(self, payload: bytes, frame_type: str) -> None:
         self.services.metrics.frames_out_by[frame_type].inc()

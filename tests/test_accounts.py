@@ -131,6 +131,7 @@ NEEDS_AUTH: dict[str, dict[str, Any]] = {
     "message.send": {"conversation_id": 1, "text": "hi", "client_msg_id": "c1"},
     "message.history": {"conversation_id": 1},
     "presence.query": {"user_ids": [1]},
+    "typing": {"conversation_id": 1},
 }
 
 

@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 from websockets.exceptions import ConnectionClosed
 
 from hubbub.protocol import frames
-from hubbub.protocol.client import Client, open_client
+from hubbub.protocol.client import Client, ServerError, open_client
 from tests.backends import truncate_postgres
 from tests.conftest import TEST_SETTINGS, http_get, unique_name
 from tests.processes import ServerProcess, running_server, settings_env
@@ -580,6 +580,53 @@ async def test_presence_with_devices_on_different_instances(cluster: Cluster) ->
     assert {answer.presence[0].status for answer in answers} == {"offline"}
     offline = watcher.find(frames.PresenceChanged, lambda e: e.presence.user_id == uid)[-1]
     assert {answer.presence[0].last_seen for answer in answers} == {offline.presence.last_seen}
+
+
+async def test_typing_reaches_the_other_members_on_every_instance_and_not_the_typists_devices(
+    cluster: Cluster,
+) -> None:
+    a, b = await cluster.start("a", "b")
+    alice = await cluster.connect(a, name="alice")
+    phone = await cluster.connect(b, peer=alice.device("alice-phone"))
+    bob, carol = await cluster.connect(b, name="bob"), await cluster.connect(a, name="carol")
+    channel = await create_channel(alice, [bob, carol])
+    dm = (await alice.call("dm.open", user_ids=[bob.user_id])).conversation.id
+    await cluster.settle()
+
+    def typing_of(peer: Peer, cid: int) -> list[frames.UserTyping]:
+        return peer.find(frames.UserTyping, lambda e: e.conversation_id == cid and e.user_id == alice.user_id)
+
+    await alice.call("typing", conversation_id=channel, thread_root_id="root-1")
+    await alice.call("typing", conversation_id=dm)
+    expected = frames.UserTyping(
+        conversation_id=channel, user_id=alice.user_id, thread_root_id="root-1", expires_in_ms=5000
+    )
+    for member in (bob, carol):  # on the other instance and on the typist's own
+        assert await member.expect(frames.UserTyping, lambda e: e.conversation_id == channel) == expected
+    assert (await bob.expect(frames.UserTyping, lambda e: e.conversation_id == dm)).user_id == alice.user_id
+
+    # The message ends the indicator: on each instance it follows the typing, which
+    # the typist's own devices, here and on the other instance, never received.
+    marker = await alice.send(channel, "typed")
+    dm_marker = await alice.send(dm, "typed-dm")
+    for peer in (alice, phone, bob, carol):
+        await peer.has_messages([marker.id] if peer is carol else [marker.id, dm_marker.id])
+    assert typing_of(alice, channel) == typing_of(phone, channel) == typing_of(phone, dm) == []
+    for member in (bob, carol):
+        in_channel = [
+            type(e)
+            for e in member.events
+            if (isinstance(e, frames.UserTyping) and e.conversation_id == channel)
+            or (isinstance(e, frames.MessageNew) and e.message.conversation_id == channel)
+        ]
+        assert in_channel[-2:] == [frames.UserTyping, frames.MessageNew]
+
+    # Not a member: the same not_found on any instance as for a conversation that does not exist.
+    outsider = await cluster.connect(b, name="outsider")
+    for cid in (dm, 999_999):
+        with pytest.raises(ServerError) as refused:
+            await outsider.call("typing", conversation_id=cid)
+        assert (refused.value.code, refused.value.message) == ("not_found", "conversation not found")
 
 
 # -- 4. SIGKILL of an instance -----------------------------------------------------

@@ -87,6 +87,7 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "after": st.none() | st.integers(min_value=0, max_value=10),
     "limit": st.integers(min_value=1, max_value=100),
     "order": st.sampled_from(["asc", "desc"]),
+    "thread_root_id": st.none() | st.text(single_line, min_size=1, max_size=10),
 }
 # ...and values at or past the schema's edges.
 edge_id = st.sampled_from([-1, 0, 2**53, 2**53 + 1, 2**63, 2**64])
@@ -108,6 +109,7 @@ EDGE: dict[str, st.SearchStrategy[Any]] = {
     "after": edge_id,
     "limit": st.sampled_from([0, 101, -1]),
     "order": st.text(max_size=5),
+    "thread_root_id": st.sampled_from(["", "a\nb", 7]) | st.text(min_size=65, max_size=66),
 }
 assert set(VALID) == set(EDGE) == set(FIELD_NAMES), "add the new request fields to VALID and EDGE"
 

@@ -52,6 +52,10 @@ LIMIT_SETTINGS = (
     "allowed_origins",
     "close_timeout_seconds",
     "shutdown_grace_seconds",
+    "typing_ttl_seconds",
+    "typing_per_second",
+    "typing_burst",
+    "typing_max_members",
 )
 """Settings that PROTOCOL.md's limits table must list, with env var and default."""
 

@@ -36,6 +36,7 @@ VALID_REQUESTS: dict[str, dict[str, Any]] = {
     "auth": {"token": "eyJhbGciOiJIUzI1NiJ9.e30.c2ln"},
     "channel.create": {"name": "nl123", "topic": "Company-wide chatter"},
     "message.send": {"conversation_id": 1, "text": "first line\nsecond\tline", "client_msg_id": "c-1"},
+    "typing": {"conversation_id": 1, "thread_root_id": "d98abef563e348f5b9a332ac50cfb11c"},
 }
 MULTI_LINE = {("MessageSend", "text")}
 """Fields where a line feed (and a tab) is allowed."""

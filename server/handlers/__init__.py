@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from hubbub.protocol import frames
-from hubbub.server.handlers import accounts, channels, dms, messages, presence, system
+from hubbub.server.handlers import accounts, channels, dms, messages, presence, system, typing_indicator
 from hubbub.server.handlers.context import Caller, Context
 from hubbub.server.handlers.presence import on_offline, on_online
 
@@ -35,6 +35,7 @@ HANDLERS: dict[str, Handler] = {
     "message.send": messages.send,
     "message.history": messages.history,
     "presence.query": presence.query,
+    "typing": typing_indicator.typing,
 }
 if HANDLERS.keys() != frames.RESULT_TYPES.keys():
     raise ImportError(f"handlers and result types differ: {sorted(HANDLERS.keys() ^ frames.RESULT_TYPES.keys())}")

@@ -1,10 +1,10 @@
 """What a handler needs from its caller, as two small protocols.
 
 ``Context`` is the process's side (stores, credentials, presence, the
-publisher, two limits); the wiring object ``server.services.Services``
+publisher, a few limits); the wiring object ``server.services.Services``
 implements it. ``Caller`` is the connection's side (who is asking, what is
-routed to them); ``server.session.Session`` implements it. A handler is
-``async def op(ctx: Context, caller: Caller, request) -> result`` and
+routed to them, its typing limit); ``server.session.Session`` implements
+it. A handler is ``async def op(ctx: Context, caller: Caller, request) -> result`` and
 depends on nothing else, so it can be driven without a transport
 (tests/unit/test_handlers.py).
 """
@@ -16,7 +16,7 @@ from typing import Protocol
 from hubbub.server.auth import Passwords, Tokens
 from hubbub.server.presence import PresenceTracker
 from hubbub.server.publisher import Publisher
-from hubbub.server.ratelimit import FailureWindow
+from hubbub.server.ratelimit import FailureWindow, TokenBucket
 from hubbub.storage.base import Directory, MessageLog
 from hubbub.storage.records import UserRecord
 
@@ -54,6 +54,14 @@ class Context(Protocol):
     def presence_max_members(self) -> int:
         """Presence events go through conversations of at most this many members."""
 
+    @property
+    def typing_ttl_ms(self) -> int:
+        """How long a typing indicator shows unless renewed (the event's ``expires_in_ms``)."""
+
+    @property
+    def typing_max_members(self) -> int:
+        """Typing events go through conversations of at most this many members."""
+
 
 class Caller(Protocol):
     @property
@@ -75,6 +83,10 @@ class Caller(Protocol):
     def conversations(self) -> set[int]:
         """The conversations routed to this connection (server/registry.py):
         a hit is proof of membership, a miss is not proof of the opposite."""
+
+    @property
+    def typing_limit(self) -> TokenBucket:
+        """This connection's ``typing`` rate limit (its own, apart from the request limit)."""
 
     async def authenticate(self, user: UserRecord) -> None:
         """Make the connection the user's (routing, presence); raises ApiError when it may not."""

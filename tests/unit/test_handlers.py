@@ -16,12 +16,12 @@ from hubbub.protocol.errors import ErrorCode
 from hubbub.server.auth import Passwords, Tokens
 from hubbub.server.broker import MESSAGE_NEW, BrokerEventHandler, Event, MembershipChange
 from hubbub.server.errors import ApiError
-from hubbub.server.handlers import channels, dms, messages, presence
+from hubbub.server.handlers import channels, dms, messages, presence, typing_indicator
 from hubbub.server.handlers.context import Caller, Context
 from hubbub.server.metrics import Metrics
 from hubbub.server.presence import LocalPresence, PresenceTracker
 from hubbub.server.publisher import Publisher
-from hubbub.server.ratelimit import FailureWindow
+from hubbub.server.ratelimit import FailureWindow, TokenBucket
 from hubbub.storage.records import NewMessage, UserRecord
 from hubbub.storage.sqlite import SqliteDirectory, SqliteMessageLog, open_sqlite
 
@@ -76,6 +76,8 @@ class FakeContext:
         self.login_failures_by_address = FailureWindow(5, 60.0)
         self.max_message_chars = 20
         self.presence_max_members = 2
+        self.typing_ttl_ms = 5000
+        self.typing_max_members = 3
 
     @property
     def passwords(self) -> Passwords:
@@ -88,6 +90,7 @@ class FakeCaller:
     conn_id: int = 1
     address: str = "127.0.0.1"
     conversations: set[int] = field(default_factory=set)
+    typing_limit: TokenBucket = field(default_factory=lambda: TokenBucket(0.001, 2))
 
     @property
     def user_id(self) -> int:
@@ -244,6 +247,63 @@ async def test_presence_goes_through_small_conversations_only(ctx: FakeContext) 
     changed = frame_of(event)
     assert isinstance(changed, frames.PresenceChanged)
     assert (changed.presence.user_id, changed.presence.status) == (alice.user_id, "online")
+
+
+async def test_typing_goes_to_the_other_members_of_the_conversation_and_stores_nothing(ctx: FakeContext) -> None:
+    alice, bob = await caller(ctx, "alice"), await caller(ctx, "bob")
+    dm = (await dms.open_(*_typed(ctx, alice), frames.DmOpen(id=1, user_ids=[bob.user_id]))).conversation.id
+    ctx.broker.take()
+
+    request = frames.Typing(id=2, conversation_id=dm, thread_root_id="m-1")
+    assert await typing_indicator.typing(*_typed(ctx, bob), request) == frames.Empty()
+    (event,) = ctx.broker.take()
+    assert isinstance(event, Event)
+    assert (event.conversations, event.users, event.seq, event.except_user) == ((dm,), (), 0, bob.user_id)
+    assert frame_of(event) == frames.UserTyping(
+        conversation_id=dm, user_id=bob.user_id, thread_root_id="m-1", expires_in_ms=5000
+    )
+    assert await ctx.messages.last_seqs([dm]) == {}
+
+
+async def test_typing_is_refused_as_a_message_would_be_before_anything_is_published(ctx: FakeContext) -> None:
+    alice, mallory = await caller(ctx, "alice"), await caller(ctx, "mallory")
+    secret = await channels.create(*_typed(ctx, alice), frames.ChannelCreate(id=1, name="secret", private=True))
+    public = await channels.create(*_typed(ctx, alice), frames.ChannelCreate(id=2, name="public"))
+    ctx.broker.take()
+    refusals = [(secret.conversation.id, "not_found"), (999, "not_found"), (public.conversation.id, "forbidden")]
+    for cid, code in refusals:
+        with pytest.raises(ApiError) as refused:
+            await typing_indicator.typing(*_typed(ctx, mallory), frames.Typing(id=3, conversation_id=cid))
+        assert refused.value.code == ErrorCode(code)
+    assert mallory.typing_limit.tokens == 2, "a refused typing spends none of the typing limit"
+    assert ctx.broker.take() == []
+
+
+async def test_typing_beyond_the_connections_limit_is_answered_and_announced_to_nobody(ctx: FakeContext) -> None:
+    alice, bob = await caller(ctx, "alice"), await caller(ctx, "bob")
+    dm = (await dms.open_(*_typed(ctx, alice), frames.DmOpen(id=1, user_ids=[bob.user_id]))).conversation.id
+    ctx.broker.take()
+    phone, laptop = FakeCaller(alice.user), FakeCaller(alice.user, conn_id=2)
+    for request_id in range(4):  # a burst of 2, refilled once in ~17 minutes
+        assert await typing_indicator.typing(*_typed(ctx, phone), frames.Typing(id=request_id, conversation_id=dm))
+    assert len(ctx.broker.take()) == 2
+    assert await typing_indicator.typing(*_typed(ctx, laptop), frames.Typing(id=9, conversation_id=dm))
+    assert len(ctx.broker.take()) == 1, "each connection has a limit of its own"
+
+
+async def test_typing_goes_through_small_conversations_only(ctx: FakeContext) -> None:
+    alice = await caller(ctx, "alice")
+    cid = (await channels.create(*_typed(ctx, alice), frames.ChannelCreate(id=1, name="big"))).conversation.id
+    for name in ("bob", "carol"):
+        await channels.join(*_typed(ctx, await caller(ctx, name)), frames.ChannelJoin(id=2, channel_id=cid))
+    ctx.broker.take()
+
+    await typing_indicator.typing(*_typed(ctx, alice), frames.Typing(id=3, conversation_id=cid))
+    assert len(ctx.broker.take()) == 1  # 3 members: typing_max_members
+    await channels.join(*_typed(ctx, await caller(ctx, "dave")), frames.ChannelJoin(id=4, channel_id=cid))
+    ctx.broker.take()
+    assert await typing_indicator.typing(*_typed(ctx, alice), frames.Typing(id=5, conversation_id=cid))
+    assert ctx.broker.take() == []
 
 
 def _new(cid: int, sender: int, text: str) -> NewMessage:
