@@ -3,7 +3,8 @@
 Used by the tests and the load-test tool's control paths; also a reference
 for writing a client in another language. One reader task decodes every
 server frame: replies resolve the request waiting on their id, events go to
-a queue that ``next_event`` reads.
+a queue that ``next_event`` reads. A frame that is not JSON, or nests deeper
+than the protocol allows, closes the connection with 1002.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
 from hubbub.protocol import codec, frames
+from hubbub.protocol.errors import CloseCode
+
+READER_CLOSE_REASON_BYTES = 123
+"""The longest close reason RFC 6455 allows (a control frame's 125 bytes, less the code)."""
 
 
 class ServerError(Exception):
@@ -47,7 +52,15 @@ class Client:
     async def _read(self) -> None:
         try:
             async for raw in self.ws:
-                frame = codec.decode_server_frame(raw)
+                try:
+                    frame = codec.decode_server_frame(raw)
+                except msgspec.DecodeError as exc:
+                    # Not JSON, or nested deeper than PROTOCOL.md §1 allows: the server broke the
+                    # protocol and its replies can no longer be told apart. Close (the calls
+                    # waiting fail at once) rather than let the reader die with the socket open.
+                    reason = f"undecodable server frame: {exc}".encode()[:READER_CLOSE_REASON_BYTES]
+                    await self.ws.close(CloseCode.PROTOCOL_ERROR, reason.decode(errors="ignore"))
+                    break
                 if isinstance(frame, frames.ResultFrame | frames.ErrorFrame):
                     future = self._pending.pop(frame.id, None) if frame.id is not None else None
                     if future is not None and not future.done():

@@ -253,8 +253,24 @@ def encode_error(request_id: RequestId | None, code: ErrorCode, message: str) ->
 
 
 def decode_server_frame(raw: bytes | str) -> AnyServerFrame:
-    """Decode a frame sent by the server (used by clients and tests)."""
-    frame: AnyServerFrame = _server_frame_decoder.decode(raw)
+    """Decode a frame sent by the server (used by clients and tests).
+
+    Raises msgspec.ValidationError for JSON that is not a server frame and
+    msgspec.DecodeError for a frame that is not JSON, or that nests deeper
+    than MAX_NESTING_DEPTH (the server never sends one, PROTOCOL.md §1):
+    never RecursionError, so a hostile server cannot kill a client's reader
+    with deep JSON. As for requests, the depth is measured only once the
+    decode has failed: a frame that decodes costs nothing more.
+    """
+    try:
+        frame: AnyServerFrame = _server_frame_decoder.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
+        if too_deep(_text(raw)):
+            raise msgspec.DecodeError(f"arrays and objects nested deeper than {MAX_NESTING_DEPTH} levels") from None
+        if isinstance(exc, RecursionError):
+            # Within the limit: only a caller already near the end of its stack sees this.
+            raise msgspec.DecodeError(f"not decodable at this stack depth: {exc}") from None
+        raise
     return frame
 
 

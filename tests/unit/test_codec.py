@@ -146,3 +146,45 @@ def test_a_bad_request_names_its_problem_and_keeps_a_readable_id(
     assert caught.value.code is ErrorCode.BAD_REQUEST
     assert caught.value.request_id == request_id
     assert fragment in caught.value.message
+
+
+# ---------------------------------------------------------------------------
+# Server frames nested too deep (what a client's reader decodes)
+
+
+def deep_arrays(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def deep_objects(depth: int) -> str:
+    return '{"a":' * (depth - 1) + "{}" + "}" * (depth - 1)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"type":"result","id":"r1","result":' + deep_arrays(100_000) + "}",  # deeper than any stack
+        '{"type":"result","id":"r1","result":' + deep_objects(100_000) + "}",
+        '{"type":"presence","presence":' + deep_arrays(1_000) + "}",  # a typed field: refused by the schema
+        deep_arrays(100_000),  # not even an object
+    ],
+    ids=["arrays-in-result", "objects-in-result", "arrays-in-typed-field", "bare-arrays"],
+)
+def test_a_server_frame_nested_too_deep_is_a_decode_error_naming_the_limit(raw: str) -> None:
+    for data in (raw, raw.encode()):
+        with pytest.raises(msgspec.DecodeError, match=f"nested deeper than {frames.MAX_NESTING_DEPTH} levels"):
+            codec.decode_server_frame(data)
+
+
+def test_a_server_frame_at_the_nesting_limit_decodes() -> None:
+    # The frame's own object is level 1, so its result may nest MAX_NESTING_DEPTH - 1 deep.
+    raw = '{"type":"result","id":"r1","result":' + deep_arrays(frames.MAX_NESTING_DEPTH - 1) + "}"
+    frame = codec.decode_server_frame(raw)
+    assert isinstance(frame, frames.ResultFrame) and frame.id == "r1"
+
+
+def test_other_undecodable_server_frames_keep_msgspecs_errors() -> None:
+    with pytest.raises(msgspec.DecodeError):
+        codec.decode_server_frame('{"type":"result",')
+    with pytest.raises(msgspec.ValidationError):
+        codec.decode_server_frame('{"type":"result","id":[1]}')
