@@ -116,6 +116,21 @@ def refusal_reason(exc: BaseException | None) -> str:
     return "internal_error"
 
 
+def request_ends(data: bytes) -> tuple[int, ...]:
+    r"""Offsets in ``data`` after which an HTTP request arriving in pieces
+    may end, in order: at most two, so a request is fed to the protocol in
+    at most three pieces and bytes after it are never fed with it.
+
+    A request ends with the ``\n`` of its first empty line (websockets
+    reads it line by line and needs CRLF). Within ``data`` that is the first
+    ``\n\r\n``; across a boundary with the data before, a chunk starting
+    with ``\n`` or ``\r\n`` may complete it.
+    """
+    first = 1 if data[:1] == b"\n" else 2 if data[:2] == b"\r\n" else 0
+    blank = data.find(b"\n\r\n") + 3
+    return tuple(end for end in (first, blank if blank >= 3 else 0) if end)
+
+
 class RefusalLog:
     """Refused handshakes: every one counted, logged at most once per reason
     per ``interval`` with the number left unlogged since, so a flood of bad
@@ -224,29 +239,37 @@ class Connection(asyncio.Protocol):
             self._frame(cast(Frame, event))  # once open, the protocol's events are frames
 
     def _handshake_data(self, data: bytes) -> None:
-        """data_received before the handshake is answered: the same, and a
-        request websockets refuses before it is one (not HTTP, headers too
-        large) is counted and logged."""
+        """data_received before the handshake is answered: the HTTP request
+        only, and a request websockets refuses before it is one (not HTTP,
+        headers too large) is counted and logged.
+
+        Bytes after the request (frames a client sent without waiting for
+        the 101; RFC 6455 says it should wait, not every client does) are
+        not given to the protocol before the response is: it would answer a
+        ping, or end the stream after a close frame, before the 101 is
+        written. They wait, with the rest of the socket, for ``_handshake``.
+        """
         protocol = self.protocol
         failed = protocol.handshake_exc is not None
-        protocol.receive_data(data)
+        request: Request | None = None
+        start = 0
+        for end in (*request_ends(data), len(data)):
+            if end <= start:
+                continue
+            protocol.receive_data(data if start == 0 and end == len(data) else data[start:end])
+            start = end
+            request = next((e for e in protocol.events_received() if isinstance(e, Request)), None)
+            if request is not None:
+                break
         if not failed and protocol.handshake_exc is not None:
             self._refused(refusal_reason(protocol.handshake_exc), None, protocol.handshake_exc)
-        events = protocol.events_received()
-        self._send_protocol_output()
-        for index, event in enumerate(events):
-            if isinstance(event, Frame):
-                self._frame(event)
-            elif isinstance(event, Request):
-                # Frames sent before our answer (RFC 6455 says a client waits
-                # for it; not every client does) wait for the session, and so
-                # does the rest of the socket.
-                if self.transport is None:
-                    raise RuntimeError("data received before the connection was made")
-                self.transport.pause_reading()
-                early = [e for e in events[index + 1 :] if isinstance(e, Frame)]
-                self._handshake_task = asyncio.get_running_loop().create_task(self._handshake(event, early))
-                return
+        self._send_protocol_output()  # a refusal websockets made by itself
+        if request is None:
+            return
+        if self.transport is None:
+            raise RuntimeError("data received before the connection was made")
+        self.transport.pause_reading()
+        self._handshake_task = asyncio.get_running_loop().create_task(self._handshake(request, data[start:]))
 
     def _refused(self, reason: str, status: int | None, exc: BaseException | None, path: str | None = None) -> None:
         refusal_log(self._host).refused(
@@ -435,11 +458,12 @@ class Connection(asyncio.Protocol):
             return
         self.session.received(raw)
 
-    async def _handshake(self, request: Request, early: list[Frame]) -> None:
+    async def _handshake(self, request: Request, early: bytes) -> None:
         try:
             await self._answer(request)
-            for frame in early:
-                self._frame(frame)
+            if early and self.protocol.state is State.OPEN:
+                # After the 101 (and the session's start): pongs, a close's echo and EOF follow it.
+                self.data_received(early)
         finally:
             self._handshake_task = None
             if self.transport is not None and not self.transport.is_closing() and not self._reading_paused:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidStatus
-from websockets.frames import Frame, Opcode
+from websockets.frames import Close, Frame, Opcode
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
@@ -153,6 +153,54 @@ async def test_frames_sent_with_the_handshake_request_are_served(server: Running
 
 async def read_to_eof(reader: asyncio.StreamReader) -> bytes:
     return await asyncio.wait_for(reader.read(), 10)
+
+
+@pytest.mark.parametrize("early", ["ping", "close"])
+async def test_nothing_goes_before_the_101_when_frames_come_with_the_request(server: RunningServer, early: str) -> None:
+    """A ping (or a close) sent in the same segment as the upgrade request is
+    answered after the 101: its pong (the close's echo, then the end of the
+    stream) never comes first."""
+    client = ClientProtocol(parse_uri(server.url))
+    client.send_request(client.connect())
+    (request,) = client.data_to_send()
+    frame = (
+        Frame(Opcode.PING, b"early")
+        if early == "ping"
+        else Frame(Opcode.CLOSE, Close(CloseCode.NORMAL, "bye").serialize())
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.app.port)
+    writer.write(request + frame.serialize(mask=True, extensions=[]))  # one segment: the request and the frame
+    await writer.drain()
+    received = b""
+    events: list[Any] = []
+
+    async def read_until(done: Any) -> None:
+        nonlocal received
+        while not done():
+            data = await reader.read(65536)
+            received += data
+            if not data:
+                client.receive_eof()
+                return
+            client.receive_data(data)
+            events.extend(client.events_received())
+
+    if early == "ping":
+        await asyncio.wait_for(
+            read_until(lambda: any(isinstance(e, Frame) and e.opcode is Opcode.PONG for e in events)), 10
+        )
+        writer.close()
+    else:
+        await asyncio.wait_for(read_until(lambda: False), 10)  # to the end of the stream
+    assert received.startswith(b"HTTP/1.1 101 "), received[:40]
+    assert client.handshake_exc is None
+    frames_in_order = [e for e in events if isinstance(e, Frame)]
+    if early == "ping":
+        # The pong follows the response (the hello may come between them).
+        assert frames_in_order[-1].opcode is Opcode.PONG and frames_in_order[-1].data == b"early"
+    else:
+        assert frames_in_order[-1].opcode is Opcode.CLOSE
+        assert client.close_rcvd is not None and client.close_rcvd.code == CloseCode.NORMAL
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
@@ -22,7 +23,7 @@ from websockets.uri import parse_uri
 from hubbub.protocol.codec import websocket_text_frame
 from hubbub.protocol.errors import CloseCode
 from hubbub.server.config import Settings
-from hubbub.server.connection import Connection
+from hubbub.server.connection import Connection, request_ends
 from hubbub.server.metrics import Metrics
 
 
@@ -282,3 +283,40 @@ async def test_messages_reach_the_client_reassembled_and_decoded() -> None:
     assert client.messages == ["héllo", "fragmented", b"\x00\x01"]
     connection.connection_lost(None)
     assert client.lost and connection.is_closing()
+
+
+@pytest.mark.parametrize("cut", [None, 1, 2, 3, 4, 20], ids=lambda c: f"cut-{c}")
+async def test_a_ping_behind_the_request_is_answered_after_the_101(cut: int | None) -> None:
+    """However the request's last bytes are split from what came before, the
+    ping in the same chunk as its end is not answered before the response."""
+    host = FakeHost()
+    connection = Connection(host)
+    transport = FakeTransport()
+    connection.connection_made(transport)  # type: ignore[arg-type]
+    peer = Peer(connection, transport)
+    peer.protocol.send_request(peer.protocol.connect())
+    request = b"".join(peer.protocol.data_to_send())
+    ping = Frame(Opcode.PING, b"early").serialize(mask=True, extensions=[])
+    if cut is not None:
+        connection.data_received(request[:-cut])
+    connection.data_received(request[-cut:] + ping if cut is not None else request + ping)
+    assert transport.writes == []  # nothing before the response
+    await settle()
+    assert transport.writes[0].startswith(b"HTTP/1.1 101 ")
+    assert [(f.opcode, f.data) for f in peer.frames()] == [(Opcode.PONG, b"early")]
+    assert peer.protocol.state is State.OPEN and transport.is_reading()
+
+
+@pytest.mark.parametrize(
+    ("data", "ends"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\x89\x80", (27,)),
+        (b"\r\n\x89\x80", (2,)),  # the empty line, after a chunk that ended a header line
+        (b"\n\x89\x80", (1,)),  # its line feed, after a chunk that ended with its carriage return
+        (b"\r\n\r\nrest", (2, 4)),  # a header line's end, then the empty line
+        (b"Host: x\r\n", ()),
+        (b"", ()),
+    ],
+)
+def test_where_a_request_may_end_in_a_chunk(data: bytes, ends: tuple[int, ...]) -> None:
+    assert request_ends(data) == ends
