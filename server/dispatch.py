@@ -18,6 +18,9 @@ a fake transport and fake handlers, as websockets' tests drive its protocol.
   submission order; any other request first waits for the sends before it.
 - **Ordered replies**: every reply, including an admission error, leaves in
   request order.
+- **Auth deadline**: while a ``register``, ``login`` or ``auth`` of an
+  unauthenticated connection is served, its ``AuthClock`` (the session's
+  authentication deadline) is held, and released once it is answered.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Mapping
+from typing import Protocol
 
 from hubbub.protocol import codec
 from hubbub.protocol.errors import ErrorCode
@@ -43,6 +47,18 @@ from hubbub.storage.errors import StoreUnavailable
 
 READ_FRAME_COST = 256
 """Bytes a queued frame counts against ``read_ahead_bytes`` at least (its objects' overhead)."""
+AUTH_TYPES = PRE_AUTH_TYPES - {"ping"}
+"""The requests that authenticate a connection: their serving holds its deadline."""
+
+
+class AuthClock(Protocol):
+    """The authentication deadline of a connection (server/session.py's Session)."""
+
+    def hold_auth_deadline(self) -> None:
+        """An authentication request is taken up: its serving does not count."""
+
+    def release_auth_deadline(self) -> None:
+        """That request is answered: the deadline runs on if it did not authenticate."""
 
 
 class _Pipeline:
@@ -59,6 +75,7 @@ class _Pipeline:
 class Dispatcher:
     # Slots: thousands of idle connections each carry one of these.
     __slots__ = (
+        "_auth_clock",
         "_caller",
         "_handlers",
         "_pipeline",
@@ -73,9 +90,16 @@ class Dispatcher:
     )
 
     def __init__(
-        self, services: Services, caller: Caller, transport: Transport, handlers: Mapping[str, Handler] = HANDLERS
+        self,
+        services: Services,
+        caller: Caller,
+        transport: Transport,
+        handlers: Mapping[str, Handler] = HANDLERS,
+        *,
+        auth_clock: AuthClock | None = None,
     ) -> None:
         self._services = services
+        self._auth_clock = auth_clock
         self._caller = caller
         """Who is asking (server/session.py's Session): handed to the handlers, read for the logs."""
         self._transport = transport
@@ -167,7 +191,16 @@ class Dispatcher:
             task.add_done_callback(pipeline.tasks.discard)
             return
         await self._drain()
-        self._send_reply(await self._execute(op, request))
+        clock = self._auth_clock
+        if clock is None or op not in AUTH_TYPES or self._caller.user is not None:
+            self._send_reply(await self._execute(op, request))
+            return
+        clock.hold_auth_deadline()
+        try:
+            reply = await self._execute(op, request)
+        finally:
+            clock.release_auth_deadline()
+        self._send_reply(reply)
 
     def _admit(self, raw: str | bytes) -> tuple[AnyRequest, str] | None:
         """The request and its op, or None after replying with an error."""

@@ -46,6 +46,7 @@ PRESENCE_RETRY_SECONDS = (0.5, 2.0, 5.0, 15.0)
 class Session:
     # Slots: thousands of idle connections each carry one of these.
     __slots__ = (
+        "_auth_left",
         "_auth_timeout",
         "_auth_timer",
         "_finishing",
@@ -85,11 +86,13 @@ class Session:
         self.send_frame: Callable[[bytes], None] = conn.send_frame
         """Queue a complete WebSocket frame (the registry's fan-out): the
         connection's own method, so a delivery costs no call through the session."""
-        self.requests = Dispatcher(services, self, conn)
+        self.requests = Dispatcher(services, self, conn, auth_clock=self)
         self._on_finished = on_finished
         self._auth_timeout = auth_timeout
         """Seconds an unauthenticated connection is kept (``auth_timeout_seconds``)."""
         self._auth_timer: asyncio.TimerHandle | None = None
+        self._auth_left: float | None = None
+        """Seconds the deadline had left when an authentication request was taken up (held while it is served)."""
         self._finishing: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
         self._presence_retry: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
         self._typing_limit: TokenBucket | None = None  # made on first use: most connections never type
@@ -149,6 +152,31 @@ class Session:
             await self._teardown()
         finally:
             self._on_finished(self)
+
+    def hold_auth_deadline(self) -> None:
+        """An authentication request of this unauthenticated connection is
+        taken up: its serving does not count against the deadline (the
+        deadline measures the client's delay in asking, not the server's in
+        answering). One that is taken up after the deadline does not stop it."""
+        timer = self._auth_timer
+        if timer is None or self._auth_left is not None:
+            return
+        left = timer.when() - asyncio.get_running_loop().time()
+        if left <= 0:
+            return  # due: it closes the connection at its turn
+        timer.cancel()
+        self._auth_timer = None
+        self._auth_left = left
+
+    def release_auth_deadline(self) -> None:
+        """That request is answered: if it did not authenticate, the deadline
+        runs on with the time it had left (a failed attempt gains nothing)."""
+        left = self._auth_left
+        if left is None:
+            return
+        self._auth_left = None
+        if self.user is None and not self.conn.is_closing():
+            self._auth_timer = asyncio.get_running_loop().call_later(left, self._auth_expired)
 
     def _auth_expired(self) -> None:
         if self.user is None and not self.conn.is_closing():

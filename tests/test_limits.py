@@ -4,6 +4,8 @@ logins, the auth timeout, and what the WebSocket handshake accepts."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import msgspec
 import pytest
@@ -212,6 +214,56 @@ async def test_auth_timeout(make_server: ServerFactory) -> None:
     await assert_serving(authed)
     assert (await authed.call("me")).user == authed.user
     await assert_serving(await server.client())
+
+
+class Gate:
+    """An async password method made to wait, once it is called, until the test opens the gate."""
+
+    def __init__(self, original: Callable[..., Awaitable[Any]]) -> None:
+        self.original = original
+        self.entered = asyncio.Event()
+        self.open = asyncio.Event()
+
+    async def __call__(self, *args: Any) -> Any:
+        self.entered.set()
+        await self.open.wait()
+        return await self.original(*args)
+
+
+async def test_auth_timeout_does_not_count_the_time_an_authentication_is_served(
+    make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deadline measures the client's delay in asking: a register served
+    (hashed) for longer than auth_timeout_seconds succeeds; a login that fails
+    after the deadline leaves the time it had when it was taken up, so the
+    connection is closed with 4001 right after; one that never asks is closed."""
+    server = await make_server(auth_timeout_seconds=0.3)
+    assert server.app.services is not None
+    passwords = server.app.services.passwords
+    hashing = Gate(passwords.hash)
+    monkeypatch.setattr(passwords, "hash", hashing)
+    verifying = Gate(passwords.verify)
+    monkeypatch.setattr(passwords, "verify", verifying)
+
+    slow = await server.client()
+    registering = asyncio.ensure_future(slow.register(unique_name(), PASSWORD))
+    failing = await server.client()
+    login = asyncio.ensure_future(failing.login(unique_name("nobody"), PASSWORD))
+    await hashing.entered.wait()
+    await verifying.entered.wait()
+    # Opened after both: once its deadline has passed, theirs have too.
+    idle = await server.client()
+    assert await closed_with(idle) == CloseCode.AUTH_TIMEOUT
+    hashing.open.set()
+    verifying.open.set()
+
+    session = await registering
+    assert (await slow.call("me")).user == session.user
+    await assert_serving(slow)
+    with pytest.raises(ServerError) as info:
+        await login
+    assert info.value.code == ErrorCode.UNAUTHORIZED
+    assert await closed_with(failing) == CloseCode.AUTH_TIMEOUT
 
 
 # ---------------------------------------------------------------------------
