@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -38,6 +39,9 @@ from hubbub.storage.rows import (
 )
 
 T = TypeVar("T")
+
+OPEN_RETRY_SECONDS = 0.02
+"""Pause between attempts to open a database another process is setting up (up to the busy timeout)."""
 
 # Each entry migrates the schema from version i to i+1 (PRAGMA user_version).
 MIGRATIONS: tuple[str, ...] = (
@@ -104,24 +108,42 @@ class SqliteDatabase:
             raise StoreUnavailable("sqlite", f"cannot open {self.path}: {exc}") from exc
 
     def _open(self) -> None:
+        # Processes starting at once on a new file race for the switch to WAL,
+        # and SQLite answers the loser `database is locked` at once instead of
+        # waiting out the busy timeout (it would deadlock): retry until then.
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                self._open_once()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(OPEN_RETRY_SECONDS)  # on the database thread, before anything else uses it
+
+    def _open_once(self) -> None:
         conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA foreign_keys=ON")
-        # BEGIN IMMEDIATE takes the write lock before reading the version, so
-        # processes starting at once on one file migrate it exactly once.
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            for target, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                # One statement at a time: executescript() would commit the lock away.
-                for statement in filter(None, (part.strip() for part in script.split(";"))):
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version={target}")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            # BEGIN IMMEDIATE takes the write lock before reading the version, so
+            # processes starting at once on one file migrate it exactly once.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                for target, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                    # One statement at a time: executescript() would commit the lock away.
+                    for statement in filter(None, (part.strip() for part in script.split(";"))):
+                        conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version={target}")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            conn.close()
             raise
-        conn.execute("COMMIT")
         self._conn = conn
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
