@@ -5,7 +5,7 @@ which order, is asserted."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +14,7 @@ import pytest
 from hubbub.protocol import codec, frames
 from hubbub.protocol.errors import ErrorCode
 from hubbub.server.auth import Passwords, Tokens
-from hubbub.server.broker import MESSAGE_NEW, BrokerEventHandler, Event, MembershipChange
+from hubbub.server.broker import MESSAGE_NEW, Event, InProcessBroker, MembershipChange
 from hubbub.server.errors import ApiError
 from hubbub.server.handlers import channels, dms, messages, presence, typing_indicator
 from hubbub.server.handlers.context import Caller, Context
@@ -28,35 +28,18 @@ from hubbub.storage.sqlite import SqliteDirectory, SqliteMessageLog, open_sqlite
 Published = Event | MembershipChange
 
 
-@dataclass
-class RecordingBroker:
+class RecordingBroker(InProcessBroker):
     """Records every publish, in order; routes nowhere."""
 
-    published: list[Published] = field(default_factory=list)
-
-    async def start(self, handler: BrokerEventHandler) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
+    def __init__(self) -> None:
+        super().__init__()
+        self.published: list[Published] = []
 
     def publish(self, event: Event) -> None:
         self.published.append(event)
 
     def publish_membership(self, change: MembershipChange) -> None:
         self.published.append(change)
-
-    def watch(self, conversations: Iterable[int] = (), users: Iterable[int] = ()) -> None:
-        pass
-
-    def unwatch(self, conversations: Iterable[int] = (), users: Iterable[int] = ()) -> None:
-        pass
-
-    def status(self) -> str | None:
-        return None
-
-    def topics(self) -> dict[str, list[int]]:
-        return {"conversations": [], "users": []}
 
     def take(self) -> list[Published]:
         published, self.published = self.published, []

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from hubbub.protocol.codec import websocket_text_frame
-from hubbub.server.broker import BrokerEventHandler, Event, MembershipChange
+from hubbub.server.broker import Event, InProcessBroker, MembershipChange
 from hubbub.server.metrics import Metrics
 from hubbub.server.registry import Registry
 
@@ -26,15 +26,12 @@ class FakeConnection:
         return self
 
 
-@dataclass
-class RecordingBroker:
-    calls: list[tuple[str, list[int], list[int]]] = field(default_factory=list)
+class RecordingBroker(InProcessBroker):
+    """Records watch and unwatch; delivers nowhere."""
 
-    async def start(self, handler: BrokerEventHandler) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, list[int], list[int]]] = []
 
     def publish(self, event: Event) -> None:
         pass
@@ -47,12 +44,6 @@ class RecordingBroker:
 
     def unwatch(self, conversations: Iterable[int] = (), users: Iterable[int] = ()) -> None:
         self.calls.append(("unwatch", sorted(conversations), sorted(users)))
-
-    def status(self) -> str | None:
-        return None
-
-    def topics(self) -> dict[str, list[int]]:
-        return {"conversations": [], "users": []}
 
     def take(self) -> list[tuple[str, list[int], list[int]]]:
         calls, self.calls = self.calls, []

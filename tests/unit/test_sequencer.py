@@ -3,23 +3,23 @@ held only while an append that was in flight at their completion still runs."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hubbub.server.broker import MESSAGE_NEW, BrokerEventHandler, Event, MembershipChange
+from hubbub.server.broker import MESSAGE_NEW, Event, InProcessBroker, MembershipChange
 from hubbub.server.sequencer import Sequencer
 
 CID = 7
 
 
-@dataclass
-class Emitted:
+class Emitted(InProcessBroker):
     """A broker that records what the sequencer publishes, as (conversation, seq, payload)."""
 
-    events: list[tuple[int, int, bytes]] = field(default_factory=list)
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[tuple[int, int, bytes]] = []
 
     def publish(self, event: Event) -> None:
         assert event.frame_type == MESSAGE_NEW and len(event.conversations) == 1 and not event.users
@@ -27,24 +27,6 @@ class Emitted:
 
     def publish_membership(self, change: MembershipChange) -> None:
         raise AssertionError("the sequencer publishes messages only")
-
-    async def start(self, handler: BrokerEventHandler) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
-
-    def watch(self, conversations: Iterable[int] = (), users: Iterable[int] = ()) -> None:
-        pass
-
-    def unwatch(self, conversations: Iterable[int] = (), users: Iterable[int] = ()) -> None:
-        pass
-
-    def status(self) -> str | None:
-        return None
-
-    def topics(self) -> dict[str, list[int]]:
-        return {"conversations": [], "users": []}
 
     def seqs(self, conversation_id: int = CID) -> list[int]:
         return [seq for cid, seq, _ in self.events if cid == conversation_id]
