@@ -57,9 +57,7 @@ class Session:
         "conn",
         "conn_id",
         "conversations",
-        "outbound",
         "requests",
-        "send_frame",
         "services",
         "user",
         "user_id",
@@ -81,11 +79,6 @@ class Session:
         self.user_id = 0
         self.conversations: set[int] = set()
         self.address = client_address(conn.remote_address(), request.headers, services.trusted_proxies)
-        self.outbound: Connection = conn
-        """The connection's writer, which the registry's fan-out calls directly."""
-        self.send_frame: Callable[[bytes], None] = conn.send_frame
-        """Queue a complete WebSocket frame (the registry's fan-out): the
-        connection's own method, so a delivery costs no call through the session."""
         self.requests = Dispatcher(services, self, conn, auth_clock=self)
         self._on_finished = on_finished
         self._auth_timeout = auth_timeout
@@ -105,9 +98,14 @@ class Session:
             self._typing_limit = TokenBucket(config.typing_per_second, config.typing_burst)
         return self._typing_limit
 
+    @property
+    def outbound(self) -> Connection:
+        """The writer the registry's fan-out calls directly (read when a conversation is routed here, not per frame)."""
+        return self.conn
+
     def send_payload(self, payload: bytes, frame_type: str) -> None:
         self.services.metrics.frames_out_by[frame_type].inc()
-        self.send_frame(codec.websocket_text_frame(payload))
+        self.conn.send_frame(codec.websocket_text_frame(payload))
 
     def close(self, code: int, reason: str) -> None:
         """Close from the server's side after the frames already queued."""
