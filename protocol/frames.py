@@ -55,6 +55,8 @@ Seq = Annotated[int, Meta(ge=0, le=2**53)]
 # JSON Schema (CODEC_CHECKED_PATTERNS).
 ClientMsgId = Annotated[str, Meta(min_length=1, max_length=64)]
 MessageText = Annotated[str, Meta(min_length=1)]
+EditedText = Annotated[str, Meta(min_length=1, pattern=MESSAGE_TEXT_PATTERN)]
+"""An edit's text: checked by msgspec itself (edits are not the hot path)."""
 HistoryLimit = Annotated[int, Meta(ge=1, le=100)]
 MessageId = Annotated[str, Meta(min_length=1, max_length=64, pattern=SINGLE_LINE_PATTERN)]
 """A message id in a request: opaque, so only its shape is checked (1-64 characters, no control characters)."""
@@ -72,6 +74,16 @@ Timestamp = int
 ConversationKind = Literal["channel", "dm"]
 PresenceStatus = Literal["online", "offline"]
 HistoryOrder = Literal["desc", "asc"]
+MentionAll = Literal["channel", "here"]
+MessageChangeKind = Literal["edited", "reaction", "thread", "pinned", "unpinned"]
+Rev = Annotated[int, Meta(ge=0, le=2**53)]
+MAX_EMOJI_CHARS = 64
+"""Longest ``emoji`` of a reaction request (a ``:short_name:`` or a Unicode sequence)."""
+Emoji = Annotated[str, Meta(min_length=1, max_length=MAX_EMOJI_CHARS, pattern=SINGLE_LINE_PATTERN)]
+"""A Unicode emoji or a ``:short_name:``; which ones exist is checked by protocol.emoji."""
+REACTION_USERS_SHOWN = 20
+"""How many of an emoji's reacting users a message shows (``Reaction.users``)."""
+ChangesLimit = Annotated[int, Meta(ge=1, le=100)]
 
 PATTERN_RULES = {
     USERNAME_PATTERN: "of lowercase letters, digits, '_', '.' and '-', starting with a letter or digit",
@@ -113,20 +125,58 @@ class Conversation(Struct, kw_only=True):
     created_at: Timestamp
     last_seq: Seq
     """Seq of the newest message (0 when empty): compare with the last seq seen."""
+    last_rev: Rev = 0
+    """Revision of the newest change (0 when empty): compare with the last revision synced (§9)."""
     member: bool
     """Whether the caller is a member."""
     member_ids: list[int] | None = None
     """For DMs: every participant, the caller included. Null for channels."""
 
 
-class Message(Struct, kw_only=True):
+class Reaction(Struct, kw_only=True):
+    emoji: str
+    """A Unicode emoji (short names are stored as the emoji they name)."""
+    count: int
+    users: list[int]
+    """The first users who reacted with it, in order, up to REACTION_USERS_SHOWN."""
+
+
+class Message(Struct, kw_only=True, omit_defaults=True):
+    """A message and its current state. Fields still at their default are
+    left out of the JSON (a plain message has only the first eight)."""
+
     id: str
     conversation_id: int
     seq: Seq
     sender_id: int
     text: str
+    """Empty for a deleted message."""
     client_msg_id: str
     ts: Timestamp
+    rev: Rev
+    """Revision of the latest change to this message (its send included)."""
+    thread_root_id: str | None = None
+    """For a thread reply: the id of the thread's root message."""
+    also_in_channel: bool = False
+    """A thread reply that is also shown in the main timeline."""
+    reply_count: int = 0
+    """For a thread root: how many replies it has (deleted ones not counted)."""
+    last_reply_ts: Timestamp | None = None
+    repliers: list[int] = []
+    """For a thread root: the latest distinct repliers, newest first (at most 5)."""
+    edited_ts: Timestamp | None = None
+    deleted: bool = False
+    """A tombstone: the message was deleted; text, mentions, reactions and pin are gone."""
+    mentions: list[int] = []
+    """Members mentioned with ``@username``."""
+    mention_all: MentionAll | None = None
+    """``channel`` or ``here`` when the text says ``@channel`` or ``@here``."""
+    reactions: list[Reaction] = []
+    pinned_by: int | None = None
+    pinned_ts: Timestamp | None = None
+    my_reactions: list[str] | None = None
+    """The caller's own reactions (emojis) on the message; only in replies to a
+    request, never in events (which every member shares)."""
 
 
 class Presence(Struct, kw_only=True):
@@ -221,6 +271,10 @@ class MessageSend(Request, tag="message.send"):
     conversation_id: ObjectId
     text: MessageText
     client_msg_id: ClientMsgId
+    thread_root_id: MessageId | None = None
+    """Reply in the thread of this message (a reply to a reply joins the same thread)."""
+    also_in_channel: bool = False
+    """For a reply: show it in the main timeline too."""
 
 
 class MessageHistory(Request, tag="message.history"):
@@ -231,6 +285,61 @@ class MessageHistory(Request, tag="message.history"):
     """Only messages with seq > after."""
     limit: HistoryLimit = 50
     order: HistoryOrder = "desc"
+    include_replies: bool = True
+    """False for the main timeline only: thread replies are left out unless also_in_channel."""
+
+
+class ThreadHistory(Request, tag="thread.history"):
+    conversation_id: ObjectId
+    thread_root_id: MessageId
+    before: Seq | None = None
+    after: Seq | None = None
+    limit: HistoryLimit = 50
+    order: HistoryOrder = "asc"
+
+
+class MessageEdit(Request, tag="message.edit"):
+    conversation_id: ObjectId
+    message_id: MessageId
+    text: EditedText
+
+
+class MessageDelete(Request, tag="message.delete"):
+    conversation_id: ObjectId
+    message_id: MessageId
+
+
+class ReactionAdd(Request, tag="reaction.add"):
+    conversation_id: ObjectId
+    message_id: MessageId
+    emoji: Emoji
+
+
+class ReactionRemove(Request, tag="reaction.remove"):
+    conversation_id: ObjectId
+    message_id: MessageId
+    emoji: Emoji
+
+
+class MessagePin(Request, tag="message.pin"):
+    conversation_id: ObjectId
+    message_id: MessageId
+
+
+class MessageUnpin(Request, tag="message.unpin"):
+    conversation_id: ObjectId
+    message_id: MessageId
+
+
+class ConversationPins(Request, tag="conversation.pins"):
+    conversation_id: ObjectId
+
+
+class MessageChanges(Request, tag="message.changes"):
+    conversation_id: ObjectId
+    after_rev: Rev
+    """Messages whose latest change is after this revision."""
+    limit: ChangesLimit = 100
 
 
 class PresenceQuery(Request, tag="presence.query"):
@@ -242,7 +351,7 @@ class Typing(Request, tag="typing"):
 
     conversation_id: ObjectId
     thread_root_id: MessageId | None = None
-    """The thread's root message; carried, not looked up (threads come later)."""
+    """The thread's root message; carried, not looked up."""
 
 
 AnyRequest = (
@@ -261,6 +370,15 @@ AnyRequest = (
     | DmList
     | MessageSend
     | MessageHistory
+    | ThreadHistory
+    | MessageEdit
+    | MessageDelete
+    | ReactionAdd
+    | ReactionRemove
+    | MessagePin
+    | MessageUnpin
+    | ConversationPins
+    | MessageChanges
     | PresenceQuery
     | Typing
 )
@@ -317,6 +435,32 @@ class HistoryPage(Struct, kw_only=True):
     null when this page reached the end of the requested range."""
 
 
+class ThreadPage(Struct, kw_only=True):
+    root: Message
+    messages: list[Message]
+    """The thread's replies."""
+    next_cursor: Seq | None
+    """As in HistoryPage."""
+
+
+class MessageResult(Struct, kw_only=True):
+    message: Message
+    """The message's state after the request."""
+
+
+class MessageList(Struct, kw_only=True):
+    messages: list[Message]
+
+
+class ChangesPage(Struct, kw_only=True):
+    messages: list[Message]
+    """Each changed message's current state, oldest change first."""
+    next_cursor: Rev | None
+    """Pass as ``after_rev`` for the next page; null on the last page."""
+    rev: Rev
+    """On the last page: the revision you are now synced to; store it (§9)."""
+
+
 class PresenceList(Struct, kw_only=True):
     presence: list[Presence]
 
@@ -337,6 +481,15 @@ RESULT_TYPES: dict[str, type[Struct]] = {
     "dm.list": ConversationList,
     "message.send": SendAck,
     "message.history": HistoryPage,
+    "thread.history": ThreadPage,
+    "message.edit": MessageResult,
+    "message.delete": MessageResult,
+    "reaction.add": MessageResult,
+    "reaction.remove": MessageResult,
+    "message.pin": MessageResult,
+    "message.unpin": MessageResult,
+    "conversation.pins": MessageList,
+    "message.changes": ChangesPage,
     "presence.query": PresenceList,
     "typing": Empty,
 }
@@ -374,6 +527,32 @@ class Hello(ServerFrame, tag="hello"):
 
 class MessageNew(ServerFrame, tag="message.new"):
     message: Message
+
+
+class ReactionChange(Struct, kw_only=True):
+    emoji: str
+    user_id: int
+    added: bool
+    """True when added, false when removed."""
+
+
+class MessageUpdated(ServerFrame, tag="message.updated"):
+    """A message changed: replace your copy with ``message`` if its ``rev`` is newer."""
+
+    message: Message
+    change: MessageChangeKind
+    """What changed: ``edited`` (text), ``reaction``, ``thread`` (reply count), ``pinned``, ``unpinned``."""
+    by: int
+    """Who made the change (for ``thread``: who replied or whose reply was deleted)."""
+    reaction: ReactionChange | None = None
+    """For ``reaction``: which emoji, whose, and whether added or removed."""
+
+
+class MessageDeleted(ServerFrame, tag="message.deleted"):
+    """A message was deleted: ``message`` is its tombstone."""
+
+    message: Message
+    by: int
 
 
 class MemberJoined(ServerFrame, tag="member.joined"):
@@ -421,6 +600,8 @@ class UserTyping(ServerFrame, tag="typing"):
 AnyEvent = (
     Hello
     | MessageNew
+    | MessageUpdated
+    | MessageDeleted
     | MemberJoined
     | MemberLeft
     | ConversationAdded
@@ -433,6 +614,8 @@ AnyServerFrame = ResultFrame | ErrorFrame | AnyEvent
 EVENT_TYPES: tuple[type[ServerFrame], ...] = (
     Hello,
     MessageNew,
+    MessageUpdated,
+    MessageDeleted,
     MemberJoined,
     MemberLeft,
     ConversationAdded,

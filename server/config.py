@@ -205,6 +205,15 @@ class TypingConfig(msgspec.Struct, kw_only=True, frozen=True):
     typing_max_members: int
 
 
+class MessagesConfig(msgspec.Struct, kw_only=True, frozen=True):
+    """What may be done to a message after it is sent: edit window, reaction and pin limits."""
+
+    edit_window_seconds: float
+    max_reaction_emojis: int
+    max_reactions_per_user: int
+    max_pins: int
+
+
 class ProcessConfig(msgspec.Struct, kw_only=True, frozen=True):
     """The process as a whole: its files, logs, profile and shutdown."""
 
@@ -226,6 +235,7 @@ GROUPS: dict[str, type[msgspec.Struct]] = {
     "redis": RedisConfig,
     "presence": PresenceConfig,
     "typing": TypingConfig,
+    "messages": MessagesConfig,
     "process": ProcessConfig,
 }
 """Each ``Settings`` attribute that is a component's config, and its type."""
@@ -356,6 +366,13 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=Tr
     mongo_write_concern: Annotated[
         str, _doc("Write concern `w` of message inserts (`majority` or a node count); journaled.")
     ] = "majority"
+    mongo_change_lease_seconds: Annotated[
+        PositiveFloat,
+        _doc(
+            "A MongoDB message change in flight holds back `message.changes` this long at most"
+            " (a process that died mid-change; longer than the storage timeout)."
+        ),
+    ] = 30.0
 
     redis_url: Annotated[
         str, _doc("Redis URL for routing and presence across instances; empty runs a single instance.")
@@ -392,6 +409,17 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=Tr
         Positive,
         _doc("Typing events go through conversations of at most this many members (larger: answered, not announced)."),
     ] = 100
+    edit_window_seconds: Annotated[
+        Annotated[float, Meta(ge=0)],
+        _doc("How long after sending its author may edit a message (`forbidden` after); 0: no limit."),
+    ] = 0.0
+    max_reaction_emojis: Annotated[
+        Positive, _doc("Distinct emojis one message may carry (`too_large` for one more).")
+    ] = 50
+    max_reactions_per_user: Annotated[
+        Positive, _doc("Distinct emojis one user may put on one message (`too_large` for one more).")
+    ] = 20
+    max_pins: Annotated[Positive, _doc("Pinned messages per conversation (`too_large` for one more).")] = 100
     debug_endpoints: Annotated[
         bool, _doc("Serve GET /debug/subscriptions (this instance's routing topics); off in production.")
     ] = False
@@ -433,6 +461,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=Tr
     @functools.cached_property
     def typing(self) -> TypingConfig:
         return _group(self, TypingConfig)
+
+    @functools.cached_property
+    def messages(self) -> MessagesConfig:
+        return _group(self, MessagesConfig)
 
     @functools.cached_property
     def process(self) -> ProcessConfig:

@@ -8,10 +8,18 @@ same contract tests in tests/test_storage_contract.py.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal, Protocol
 
-from hubbub.storage.records import ConversationRecord, MessageRecord, NewMessage, UserRecord
+from hubbub.storage.records import (
+    Appended,
+    ChangesPage,
+    ConversationRecord,
+    Head,
+    MessageRecord,
+    NewMessage,
+    UserRecord,
+)
 
 
 class Directory(Protocol):
@@ -65,15 +73,29 @@ class Directory(Protocol):
     async def member_counts(self, conversation_ids: Sequence[int]) -> dict[int, int]:
         """How many members each conversation has; conversations without members are absent."""
 
+    async def members_by_username(self, conversation_id: int, usernames: Sequence[str]) -> dict[str, int]:
+        """Username -> user id of those of ``usernames`` who are members of the conversation (mentions)."""
+
     async def open_dm(self, member_ids: Sequence[int], creator_id: int, now: int) -> tuple[ConversationRecord, bool]:
         """The one DM for exactly this set of users, created if missing; True when created."""
 
 
 HistoryOrder = Literal["desc", "asc"]
 
+MessageChange = Callable[[MessageRecord], MessageRecord | None]
+"""A change to one message: given its current state, its new state, or None
+to leave it as it is (nothing stored, no revision used). It may raise to
+refuse the change: nothing is stored and the exception reaches the caller.
+It changes only a message's state (text, edited_ts, deleted, mentions,
+mention_all, reactions, pins, reply_count, last_reply_ts, repliers), never
+its identity (id, conversation, seq, sender, client_msg_id, ts, thread);
+the store sets ``rev``. It is a pure function: a store may call it more than
+once (MongoDB retries a change that raced another)."""
+
 
 class MessageLog(Protocol):
-    """Messages, ordered per conversation by a strictly increasing seq."""
+    """Messages, ordered per conversation by a strictly increasing seq, and
+    every change to them by a strictly increasing revision (docs/messages.md)."""
 
     name: str
     gapless: bool
@@ -86,12 +108,29 @@ class MessageLog(Protocol):
 
     async def close(self) -> None: ...
 
-    async def append(self, message: NewMessage) -> tuple[MessageRecord, bool]:
-        """Store durably and return the record with its seq; True when it is a duplicate.
+    async def append(self, message: NewMessage) -> Appended:
+        """Store durably with the next seq and the next rev.
 
         A duplicate is a message with the same (conversation, sender,
         client_msg_id) as one already stored: that original is returned and
-        nothing new is written.
+        nothing new is written. A new reply (``thread_root_id`` set) also
+        updates its root with ``storage.threads.with_reply`` under a revision
+        of its own, and the outcome carries the updated root.
+        """
+
+    async def get_message(self, conversation_id: int, message_id: str) -> MessageRecord | None:
+        """The message with this id in this conversation, tombstone or not."""
+
+    async def change_message(
+        self, conversation_id: int, message_id: str, change: MessageChange
+    ) -> tuple[MessageRecord, bool] | None:
+        """Apply ``change`` to the message's current state, atomically with
+        every other change and append of the conversation, and store the result
+        under the conversation's next revision.
+
+        The stored record and True; the current record and False when
+        ``change`` returned None; None when there is no such message in the
+        conversation. Whatever ``change`` raises propagates, nothing stored.
         """
 
     async def history(
@@ -102,8 +141,23 @@ class MessageLog(Protocol):
         after: int | None,
         limit: int,
         order: HistoryOrder,
+        thread_root_id: str | None = None,
+        include_replies: bool = True,
     ) -> list[MessageRecord]:
-        """Messages with after < seq < before, the first ``limit`` of them in ``order``."""
+        """Messages with after < seq < before, the first ``limit`` of them in ``order``.
 
-    async def last_seqs(self, conversation_ids: Sequence[int]) -> dict[int, int]:
-        """The newest seq per conversation; conversations with no message are absent."""
+        With ``thread_root_id``, only that thread's replies (not its root).
+        Without ``include_replies``, only the main timeline: replies are left
+        out unless ``also_in_channel``.
+        """
+
+    async def pins(self, conversation_id: int, limit: int) -> list[MessageRecord]:
+        """The conversation's pinned messages, the most recently pinned first."""
+
+    async def changes(self, conversation_id: int, *, after_rev: int, limit: int) -> ChangesPage:
+        """The messages whose latest change has a revision above ``after_rev``,
+        oldest change first, the first ``limit`` of them; and the horizon
+        (``ChangesPage.horizon``) up to which nothing can still appear."""
+
+    async def heads(self, conversation_ids: Sequence[int]) -> dict[int, Head]:
+        """The newest seq and revision per conversation; conversations with no message are absent."""

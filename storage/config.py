@@ -60,6 +60,8 @@ class StorageConfig(Struct, kw_only=True, frozen=True):
     mongo_url: str
     mongo_database: str
     mongo_write_concern: str
+    mongo_change_lease_seconds: float
+    """How long a MongoDB change in flight holds back the change feed's horizon (docs/messages.md)."""
     storage_timeout_seconds: float
 
     @property
@@ -91,4 +93,10 @@ class StorageConfig(Struct, kw_only=True, frozen=True):
         if self.postgres_pool_min > self.postgres_pool_max:
             raise InvalidStorageConfig(
                 "{postgres_pool_min} is larger than {postgres_pool_max}", "postgres_pool_min", "postgres_pool_max"
+            )
+        if self.mongo_change_lease_seconds <= self.storage_timeout_seconds:
+            raise InvalidStorageConfig(
+                "{mongo_change_lease_seconds} must be longer than {storage_timeout_seconds}",
+                "mongo_change_lease_seconds",
+                "storage_timeout_seconds",
             )

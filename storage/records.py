@@ -6,6 +6,9 @@ from typing import Literal
 
 from msgspec import Struct
 
+MentionAll = Literal["channel", "here"]
+"""A channel-wide mention: ``@channel`` (every member) or ``@here`` (every member online)."""
+
 
 class UserRecord(Struct, kw_only=True, frozen=True):
     id: int
@@ -26,7 +29,24 @@ class ConversationRecord(Struct, kw_only=True, frozen=True):
     created_at: int
 
 
+class Reaction(Struct, kw_only=True, frozen=True):
+    """One emoji on a message and everyone who reacted with it, in the order they did."""
+
+    emoji: str
+    user_ids: tuple[int, ...]
+
+
 class MessageRecord(Struct, kw_only=True, frozen=True):
+    """A message as stored: what it was sent with, and its current state.
+
+    ``id``, ``conversation_id``, ``seq``, ``sender_id``, ``client_msg_id``,
+    ``ts``, ``thread_root_id`` and ``also_in_channel`` never change once
+    stored; every other field is the message's current state, and ``rev``
+    is the conversation revision of the latest change to it (its append
+    included): unique within the conversation, strictly increasing with
+    every change (docs/messages.md).
+    """
+
     id: str
     conversation_id: int
     seq: int
@@ -34,13 +54,71 @@ class MessageRecord(Struct, kw_only=True, frozen=True):
     text: str
     client_msg_id: str
     ts: int
+    rev: int = 0
+    thread_root_id: str | None = None
+    """The id of the thread's root, for a reply; None for every other message."""
+    also_in_channel: bool = False
+    """A reply that is also shown in the conversation's main timeline."""
+    reply_count: int = 0
+    """For a thread root: its replies not deleted."""
+    last_reply_ts: int | None = None
+    repliers: tuple[int, ...] = ()
+    """For a thread root: the latest distinct repliers, newest first (at most ``REPLIERS_KEPT``)."""
+    edited_ts: int | None = None
+    deleted: bool = False
+    """A tombstone: text, mentions, reactions and pin are gone; the rest stays."""
+    mentions: tuple[int, ...] = ()
+    """Members mentioned by ``@username``, resolved when the text was sent or edited."""
+    mention_all: MentionAll | None = None
+    reactions: tuple[Reaction, ...] = ()
+    """In the order each emoji was first used."""
+    pinned_by: int | None = None
+    pinned_ts: int | None = None
+
+
+REPLIERS_KEPT = 5
+"""How many of a thread's latest distinct repliers its root keeps."""
 
 
 class NewMessage(Struct, kw_only=True, frozen=True):
-    """A message to append; the store assigns id and seq."""
+    """A message to append; the store assigns id, seq and rev."""
 
     conversation_id: int
     sender_id: int
     text: str
     client_msg_id: str
     ts: int
+    thread_root_id: str | None = None
+    """The root (never itself a reply) of the thread this message replies in."""
+    also_in_channel: bool = False
+    mentions: tuple[int, ...] = ()
+    mention_all: MentionAll | None = None
+
+
+class Appended(Struct, kw_only=True, frozen=True):
+    """An append's outcome."""
+
+    record: MessageRecord
+    duplicate: bool
+    """True when the message had been stored before (same sender and client_msg_id): ``record`` is that original."""
+    root: MessageRecord | None = None
+    """For a new reply: its thread root as updated by it (reply count, latest repliers), when the root exists."""
+
+
+class Head(Struct, kw_only=True, frozen=True):
+    """Where a conversation's two counters stand."""
+
+    last_seq: int
+    """The newest message's seq."""
+    last_rev: int
+    """The newest change's revision."""
+
+
+class ChangesPage(Struct, kw_only=True, frozen=True):
+    """Messages changed after a revision, oldest change first."""
+
+    messages: list[MessageRecord]
+    horizon: int
+    """Every change up to this revision is stored and visible: a reader that
+    has applied every change up to here has missed nothing. Every message of
+    the page has ``rev <= horizon``."""

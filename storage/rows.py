@@ -15,8 +15,10 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+import msgspec
+
 from hubbub.storage.base import HistoryOrder
-from hubbub.storage.records import ConversationRecord, MessageRecord, NewMessage, UserRecord
+from hubbub.storage.records import ConversationRecord, MessageRecord, NewMessage, Reaction, UserRecord
 
 
 class Row(Protocol):
@@ -30,7 +32,17 @@ USER_COLUMNS = "id, username, display_name, password_hash, created_at, last_seen
 CONVERSATION_FIELDS = "id, kind, name, topic, private, created_by, created_at"
 CONVERSATION_COLUMNS = ", ".join(f"c.{field}" for field in CONVERSATION_FIELDS.split(", "))
 """``CONVERSATION_FIELDS`` qualified for queries that alias ``conversations`` as ``c``."""
-MESSAGE_COLUMNS = "conversation_id, seq, id, sender_id, text, client_msg_id, ts"
+MESSAGE_COLUMNS = (
+    "conversation_id, seq, id, sender_id, text, client_msg_id, ts, rev, thread_root_id, also_in_channel,"
+    " reply_count, last_reply_ts, repliers, edited_ts, deleted, mentions, mention_all, reactions, pinned_by, pinned_ts"
+)
+"""Every column of a message row, in the order of ``message_values`` and ``message_record``.
+``repliers``, ``mentions`` and ``reactions`` are JSON text (``[1,2]``; ``[["👍",[1,2]]]``)."""
+MESSAGE_STATE_COLUMNS = (
+    "text", "reply_count", "last_reply_ts", "repliers", "edited_ts", "deleted", "mentions", "mention_all",
+    "reactions", "pinned_by", "pinned_ts", "rev",
+)  # fmt: skip
+"""The columns a change may write (storage.base.MessageChange), in the order of ``message_state_values``."""
 
 NO_SEQ_BELOW = -1
 """The lower bound of a history read without ``after``: below every seq (seqs start at 1)."""
@@ -64,18 +76,46 @@ def conversation_record(row: Row) -> ConversationRecord:
     )
 
 
-def new_message_record(message: NewMessage, seq: int) -> MessageRecord:
-    """The record of a message being stored with ``seq``, under a fresh id (SQLite and MongoDB; PostgreSQL's
-    append function takes the ids as an array)."""
+def new_message_record(message: NewMessage, seq: int, rev: int, message_id: str | None = None) -> MessageRecord:
+    """The record of a message being stored with ``seq`` and ``rev``, under
+    ``message_id`` or a fresh one."""
     return MessageRecord(
-        id=uuid.uuid4().hex,
+        id=message_id or new_message_id(),
         conversation_id=message.conversation_id,
         seq=seq,
         sender_id=message.sender_id,
         text=message.text,
         client_msg_id=message.client_msg_id,
         ts=message.ts,
+        rev=rev,
+        thread_root_id=message.thread_root_id,
+        also_in_channel=message.also_in_channel,
+        mentions=message.mentions,
+        mention_all=message.mention_all,
     )
+
+
+def new_message_id() -> str:
+    return uuid.uuid4().hex
+
+
+_ids_json = msgspec.json.Encoder()
+_decode_ids = msgspec.json.Decoder(tuple[int, ...]).decode
+_decode_reactions = msgspec.json.Decoder(tuple[tuple[str, tuple[int, ...]], ...]).decode
+
+
+def ids_json(ids: Sequence[int]) -> str:
+    """User ids as a JSON array, the SQL backends' ``repliers`` and ``mentions`` columns."""
+    return _ids_json.encode(ids).decode()
+
+
+def reactions_json(reactions: Sequence[Reaction]) -> str:
+    """Reactions as the SQL backends' ``reactions`` column: ``[[emoji, [user ids]], ...]``."""
+    return _ids_json.encode([(r.emoji, r.user_ids) for r in reactions]).decode()
+
+
+def reactions_from_json(text: str) -> tuple[Reaction, ...]:
+    return tuple(Reaction(emoji=emoji, user_ids=users) for emoji, users in _decode_reactions(text))
 
 
 def message_record(row: Row) -> MessageRecord:
@@ -88,10 +128,23 @@ def message_record(row: Row) -> MessageRecord:
         text=row[4],
         client_msg_id=row[5],
         ts=row[6],
+        rev=row[7],
+        thread_root_id=row[8],
+        also_in_channel=bool(row[9]),  # SQLite stores 0/1
+        reply_count=row[10],
+        last_reply_ts=row[11],
+        repliers=_decode_ids(row[12]),
+        edited_ts=row[13],
+        deleted=bool(row[14]),
+        mentions=_decode_ids(row[15]),
+        mention_all=row[16],
+        reactions=reactions_from_json(row[17]),
+        pinned_by=row[18],
+        pinned_ts=row[19],
     )
 
 
-def message_values(record: MessageRecord) -> tuple[int, int, str, int, str, str, int]:
+def message_values(record: MessageRecord) -> tuple[Any, ...]:
     """``record`` as the values of ``MESSAGE_COLUMNS``, in order."""
     return (
         record.conversation_id,
@@ -101,33 +154,103 @@ def message_values(record: MessageRecord) -> tuple[int, int, str, int, str, str,
         record.text,
         record.client_msg_id,
         record.ts,
+        *_thread_values(record),
+        *_state_values(record)[1:],
     )
 
 
+def _thread_values(record: MessageRecord) -> tuple[Any, ...]:
+    return (record.rev, record.thread_root_id, record.also_in_channel)
+
+
+def _state_values(record: MessageRecord) -> tuple[Any, ...]:
+    """text, then the state columns between ``also_in_channel`` and the end of ``MESSAGE_COLUMNS``."""
+    return (
+        record.text,
+        record.reply_count,
+        record.last_reply_ts,
+        ids_json(record.repliers),
+        record.edited_ts,
+        record.deleted,
+        ids_json(record.mentions),
+        record.mention_all,
+        reactions_json(record.reactions),
+        record.pinned_by,
+        record.pinned_ts,
+    )
+
+
+def message_state_values(record: MessageRecord) -> tuple[Any, ...]:
+    """``record``'s values of ``MESSAGE_STATE_COLUMNS``, in order (an UPDATE after a change)."""
+    return (*_state_values(record), record.rev)
+
+
 def message_document(record: MessageRecord) -> dict[str, Any]:
-    """``record`` as a MongoDB document (``_id`` is the message id)."""
+    """``record`` as a MongoDB document (``_id`` is the message id); reactions as ``[{emoji, user_ids}]``."""
     return {
         "_id": record.id,
         "conversation_id": record.conversation_id,
         "seq": record.seq,
         "sender_id": record.sender_id,
-        "text": record.text,
         "client_msg_id": record.client_msg_id,
         "ts": record.ts,
+        "thread_root_id": record.thread_root_id,
+        "also_in_channel": record.also_in_channel,
+        **message_state_document(record),
     }
+
+
+def message_state_document(record: MessageRecord) -> dict[str, Any]:
+    """The fields a change may write (storage.base.MessageChange), as a MongoDB ``$set``."""
+    return {
+        "text": record.text,
+        "rev": record.rev,
+        "reply_count": record.reply_count,
+        "last_reply_ts": record.last_reply_ts,
+        "repliers": list(record.repliers),
+        "edited_ts": record.edited_ts,
+        "deleted": record.deleted,
+        "mentions": list(record.mentions),
+        "mention_all": record.mention_all,
+        "reactions": [{"emoji": r.emoji, "user_ids": list(r.user_ids)} for r in record.reactions],
+        "pinned_by": record.pinned_by,
+        "pinned_ts": record.pinned_ts,
+    }
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def message_from_document(document: dict[str, Any]) -> MessageRecord:
     """A stored MongoDB document; int() because BSON may hand back bson.Int64,
-    which JSON encoders refuse."""
+    which JSON encoders refuse. A document stored before revisions existed
+    (no ``rev``) reads as ``rev = seq``, as the upgrade sets it."""
+    seq = int(document["seq"])
     return MessageRecord(
         id=document["_id"],
         conversation_id=int(document["conversation_id"]),
-        seq=int(document["seq"]),
+        seq=seq,
         sender_id=int(document["sender_id"]),
         text=document["text"],
         client_msg_id=document["client_msg_id"],
         ts=int(document["ts"]),
+        rev=int(document.get("rev", seq)),
+        thread_root_id=document.get("thread_root_id"),
+        also_in_channel=bool(document.get("also_in_channel", False)),
+        reply_count=int(document.get("reply_count", 0)),
+        last_reply_ts=_int_or_none(document.get("last_reply_ts")),
+        repliers=tuple(int(i) for i in document.get("repliers", ())),
+        edited_ts=_int_or_none(document.get("edited_ts")),
+        deleted=bool(document.get("deleted", False)),
+        mentions=tuple(int(i) for i in document.get("mentions", ())),
+        mention_all=document.get("mention_all"),
+        reactions=tuple(
+            Reaction(emoji=r["emoji"], user_ids=tuple(int(i) for i in r["user_ids"]))
+            for r in document.get("reactions", ())
+        ),
+        pinned_by=_int_or_none(document.get("pinned_by")),
+        pinned_ts=_int_or_none(document.get("pinned_ts")),
     )
 
 
@@ -137,14 +260,28 @@ def seq_range(before: int | None, after: int | None) -> tuple[int, int]:
     return (NO_SEQ_BELOW if after is None else after, NO_SEQ_ABOVE if before is None else before)
 
 
-def history_sql(order: HistoryOrder, marks: tuple[str, str, str, str]) -> str:
+def history_sql(
+    order: HistoryOrder,
+    marks: tuple[str, str, str, str],
+    *,
+    thread_root_id: str | None = None,
+    include_replies: bool = True,
+) -> str:
     """The history read of the SQL backends; ``marks`` are the placeholders of
-    (conversation id, after, before, limit) in the backend's paramstyle."""
+    (conversation id, after, before, limit) in the backend's paramstyle, and
+    ``thread_root_id``, when given, the placeholder of the thread root's id
+    (storage.base.MessageLog.history)."""
     conversation_id, after, before, limit = marks
     direction = "DESC" if order == "desc" else "ASC"
+    if thread_root_id is not None:
+        which = f" AND thread_root_id = {thread_root_id}"
+    elif not include_replies:
+        which = " AND (thread_root_id IS NULL OR also_in_channel)"
+    else:
+        which = ""
     return (
         f"SELECT {MESSAGE_COLUMNS} FROM messages"
-        f" WHERE conversation_id = {conversation_id} AND seq > {after} AND seq < {before}"
+        f" WHERE conversation_id = {conversation_id} AND seq > {after} AND seq < {before}{which}"
         f" ORDER BY seq {direction} LIMIT {limit}"
     )
 
