@@ -23,10 +23,10 @@ from collections.abc import Awaitable, Callable, Hashable, Sequence
 
 from hubbub.storage import supervision
 from hubbub.storage.errors import StoreUnavailable
-from hubbub.storage.records import MessageRecord, NewMessage
+from hubbub.storage.records import Appended, NewMessage
 
-Stored = tuple[MessageRecord, bool]
-"""An append's outcome: the record and whether it was a duplicate of an earlier send."""
+Stored = Appended
+"""An append's outcome (storage.records.Appended)."""
 
 StoreBatch = Callable[[list[NewMessage]], Awaitable[Sequence[Stored | BaseException]]]
 """Stores one batch in order; one outcome or error per message. Raising fails the whole batch."""

@@ -11,7 +11,7 @@ import pytest
 
 from hubbub.storage.batching import GroupCommit, Stored, one_group
 from hubbub.storage.errors import Conflict, StoreUnavailable
-from hubbub.storage.records import MessageRecord, NewMessage
+from hubbub.storage.records import Appended, MessageRecord, NewMessage
 
 
 def new(cid: int, client_msg_id: str, sender: int = 1) -> NewMessage:
@@ -51,7 +51,7 @@ class FakeStore:
                 continue
             key = (m.conversation_id, m.sender_id, m.client_msg_id)
             if key in self.stored:
-                outcomes.append((self.stored[key], True))
+                outcomes.append(Appended(record=self.stored[key], duplicate=True))
                 continue
             seq = self.last_seq[m.conversation_id] = self.last_seq.get(m.conversation_id, 0) + 1
             record = MessageRecord(
@@ -64,7 +64,7 @@ class FakeStore:
                 ts=m.ts,
             )
             self.stored[key] = record
-            outcomes.append((record, False))
+            outcomes.append(Appended(record=record, duplicate=False))
         return outcomes
 
     async def wait_started(self, batches: int) -> None:
@@ -91,7 +91,8 @@ def submit(batches: GroupCommit, *messages: NewMessage) -> list[asyncio.Task[Sto
 async def test_a_lone_append_is_a_batch_of_one_at_once() -> None:
     store = FakeStore()
     batches = GroupCommit("fake", store)
-    record, duplicate = await batches.append(new(1, "a"))
+    outcome = await batches.append(new(1, "a"))
+    record, duplicate = outcome.record, outcome.duplicate
     assert (record.seq, record.client_msg_id, duplicate) == (1, "a", False)
     assert store.batches == [["a"]]
 
@@ -132,7 +133,8 @@ async def test_conversations_batch_independently() -> None:
     other = submit(batches, new(2, "other"))
     await store.wait_started(2)  # not queued behind conversation 1's batch in flight
     store.gates[1].set()
-    ((record, _),) = await asyncio.gather(*other)
+    ((outcome,),) = (await asyncio.gather(*other),)
+    record = outcome.record
     assert record.conversation_id == 2
     assert not slow[0].done()
     store.release()
@@ -154,7 +156,8 @@ async def test_a_failing_batch_fails_its_waiters_and_the_next_batch_is_still_ser
     for outcome in outcomes:
         assert isinstance(outcome, StoreUnavailable)
         assert outcome.store == "fake"
-    ((record, duplicate),) = await asyncio.gather(*next_batch)
+    (outcome,) = await asyncio.gather(*next_batch)
+    record, duplicate = outcome.record, outcome.duplicate
     assert (record.client_msg_id, record.seq, duplicate) == ("c", 1, False)
 
 
@@ -209,7 +212,7 @@ async def test_a_waiter_that_gave_up_does_not_disturb_the_others() -> None:
     store.release()
     await store.wait_started(2)
     store.release()
-    record, _ = await kept
+    record = (await kept).record
     assert gave_up.cancelled()
     assert store.batches[1] == ["gave-up", "kept"]  # it was stored all the same
     assert record.seq == 3
@@ -266,5 +269,5 @@ async def test_a_batch_with_an_outcome_missing_fails_whole_and_the_next_is_serve
     broken = GroupCommit("fake", short)
     with pytest.raises(StoreUnavailable):
         await broken.append(new(1, "a"))
-    record, _ = await batches.append(new(1, "b"))
+    record = (await batches.append(new(1, "b"))).record
     assert record.seq == 2  # the short batch was stored; its waiter was told it may not have been
