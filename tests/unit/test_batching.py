@@ -109,7 +109,13 @@ async def test_appends_during_a_batch_go_together_in_the_next_in_submission_orde
     store.release()
     results = await asyncio.gather(*first, *waiting)
     assert store.batches == [["a"], ["b", "c", "d", "e"]]
-    assert [(r.client_msg_id, r.seq) for r, _ in results] == [("a", 1), ("b", 2), ("c", 3), ("d", 4), ("e", 5)]
+    assert [(r.client_msg_id, r.seq) for r in (o.record for o in results)] == [
+        ("a", 1),
+        ("b", 2),
+        ("c", 3),
+        ("d", 4),
+        ("e", 5),
+    ]
     await batches.close()
 
 
@@ -122,7 +128,7 @@ async def test_a_batch_is_at_most_max_batch_messages() -> None:
         store.release()
     results = await asyncio.gather(*tasks)
     assert store.batches == [["a", "b"], ["c", "d"], ["e"]]
-    assert [r.seq for r, _ in results] == [1, 2, 3, 4, 5]
+    assert [r.seq for r in (o.record for o in results)] == [1, 2, 3, 4, 5]
 
 
 async def test_conversations_batch_independently() -> None:
@@ -133,7 +139,7 @@ async def test_conversations_batch_independently() -> None:
     other = submit(batches, new(2, "other"))
     await store.wait_started(2)  # not queued behind conversation 1's batch in flight
     store.gates[1].set()
-    ((outcome,),) = (await asyncio.gather(*other),)
+    (outcome,) = await asyncio.gather(*other)
     record = outcome.record
     assert record.conversation_id == 2
     assert not slow[0].done()
@@ -179,8 +185,8 @@ async def test_one_messages_error_fails_only_its_own_waiter() -> None:
     a, b, c = await asyncio.gather(*tasks, return_exceptions=True)
     assert store.batches == [["a", "b", "c"]]
     assert b is conflict
-    assert not isinstance(a, BaseException) and a[0].client_msg_id == "a"
-    assert not isinstance(c, BaseException) and c[0].client_msg_id == "c"
+    assert not isinstance(a, BaseException) and a.record.client_msg_id == "a"
+    assert not isinstance(c, BaseException) and c.record.client_msg_id == "c"
 
 
 async def test_a_resend_in_the_same_batch_gets_the_original_back_as_a_duplicate() -> None:
@@ -254,7 +260,7 @@ async def test_one_group_batches_every_conversation_together_in_submission_order
     store.release()
     results = await asyncio.gather(*first, *waiting)
     assert store.batches == [["a"], ["b", "c", "d", "e"]]
-    assert [(r.conversation_id, r.seq) for r, _ in results] == [(1, 1), (2, 1), (1, 2), (3, 1), (2, 2)]
+    assert [(r.conversation_id, r.seq) for r in (o.record for o in results)] == [(1, 1), (2, 1), (1, 2), (3, 1), (2, 2)]
     await batches.close()
 
 
