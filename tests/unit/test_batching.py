@@ -200,11 +200,11 @@ async def test_a_resend_in_the_same_batch_gets_the_original_back_as_a_duplicate(
     await store.wait_started(2)
     store.release()
     await asyncio.gather(*blocker)
-    (original, dup1), (resent, dup2), (other_sender, dup3) = await asyncio.gather(*tasks)
+    first, again, by_other = await asyncio.gather(*tasks)
     assert store.batches[1] == ["x", "x", "x"]  # batching itself never merges sends
-    assert (dup1, dup2, dup3) == (False, True, False)
-    assert resent == original
-    assert other_sender.seq == original.seq + 1
+    assert (first.duplicate, again.duplicate, by_other.duplicate) == (False, True, False)
+    assert again.record == first.record
+    assert by_other.record.seq == first.record.seq + 1
 
 
 async def test_a_waiter_that_gave_up_does_not_disturb_the_others() -> None:
