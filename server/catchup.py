@@ -214,9 +214,10 @@ class Catchup:
         wanted = [cid for cid in wanted if self._registry.has_local_members(cid)]
         if not wanted:
             return
-        newest = await self._messages.last_seqs(wanted)
+        heads = await self._messages.heads(wanted)
         for cid in wanted:
-            last = newest.get(cid, 0)
+            head = heads.get(cid)
+            last = head.last_seq if head else 0
             state = self._conversations.get(cid)
             if state is None or state.high is None:
                 # Nothing delivered or promised here yet: start from the store's position.

@@ -57,13 +57,14 @@ class Publisher:
         cid = new.conversation_id
         ticket = self._sequencer.begin(cid)
         try:
-            record, duplicate = await self._messages.append(new)
+            appended = await self._messages.append(new)
         except BaseException:
             self._sequencer.abort(cid, ticket)
             raise
+        record = appended.record
         message = message_view(record)
         payload = codec.encode(frames.MessageNew(message=message))
-        if duplicate:
+        if appended.duplicate:
             # Announced again: the first attempt may have been stored after its
             # request timed out, with no event sent. Clients dedupe by id. Not
             # sequenced nor gap-tracked (seq 0): it is an old message.
@@ -72,7 +73,7 @@ class Publisher:
         else:
             self._metrics.messages_stored.inc()
             self._sequencer.complete(cid, ticket, record.seq, payload)
-        return message, duplicate
+        return message, appended.duplicate
 
     def publish(
         self,

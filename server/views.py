@@ -6,16 +6,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from hubbub.protocol import frames
+from hubbub.protocol.frames import REACTION_USERS_SHOWN
 from hubbub.storage.base import Directory, MessageLog
-from hubbub.storage.records import ConversationRecord, MessageRecord, UserRecord
+from hubbub.storage.records import ConversationRecord, Head, MessageRecord, Reaction, UserRecord
 
 
 def user_view(u: UserRecord) -> frames.User:
     return frames.User(id=u.id, username=u.username, display_name=u.display_name, created_at=u.created_at)
 
 
-def message_view(m: MessageRecord) -> frames.Message:
-    return frames.Message(
+def message_view(m: MessageRecord, viewer: int | None = None) -> frames.Message:
+    """The message as clients see it; with ``viewer`` (replies to that user's
+    request, never events) also their own reactions, ``my_reactions``.
+
+    Only the state a message has is set: a plain message (the send path)
+    costs one constructor and a few tests, and omit_defaults leaves the rest
+    out of the JSON."""
+    view = frames.Message(
         id=m.id,
         conversation_id=m.conversation_id,
         seq=m.seq,
@@ -23,32 +30,67 @@ def message_view(m: MessageRecord) -> frames.Message:
         text=m.text,
         client_msg_id=m.client_msg_id,
         ts=m.ts,
+        rev=m.rev,
     )
+    if m.thread_root_id is not None:
+        view.thread_root_id = m.thread_root_id
+        view.also_in_channel = m.also_in_channel
+    if m.last_reply_ts is not None:  # a root that has had a reply
+        view.reply_count = m.reply_count
+        view.last_reply_ts = m.last_reply_ts
+        view.repliers = list(m.repliers)
+    if m.edited_ts is not None:
+        view.edited_ts = m.edited_ts
+    if m.deleted:
+        view.deleted = True
+    if m.mentions:
+        view.mentions = list(m.mentions)
+    if m.mention_all is not None:
+        view.mention_all = m.mention_all
+    if m.reactions:
+        view.reactions = [reaction_view(r) for r in m.reactions]
+    if m.pinned_by is not None:
+        view.pinned_by = m.pinned_by
+        view.pinned_ts = m.pinned_ts
+    if viewer is not None:
+        view.my_reactions = [r.emoji for r in m.reactions if viewer in r.user_ids]
+    return view
+
+
+def reaction_view(r: Reaction) -> frames.Reaction:
+    return frames.Reaction(emoji=r.emoji, count=len(r.user_ids), users=list(r.user_ids[:REACTION_USERS_SHOWN]))
 
 
 async def conversation_views(
     directory: Directory, messages: MessageLog, records: Sequence[ConversationRecord], member_of: set[int]
 ) -> list[frames.Conversation]:
-    """Views with last_seq and, for DMs, their member ids (two store reads for all of them)."""
-    ids = [r.id for r in records]
-    seqs = await messages.last_seqs(ids)
+    """Views with last_seq, last_rev and, for DMs, their member ids (two store reads for all of them)."""
+    heads = await messages.heads([r.id for r in records])
     dm_ids = [r.id for r in records if r.kind == "dm"]
     dm_members = await directory.members_of_many(dm_ids) if dm_ids else {}
     return [
-        frames.Conversation(
-            id=r.id,
-            kind=r.kind,
-            name=r.name,
-            topic=r.topic,
-            private=r.private,
-            created_by=r.created_by,
-            created_at=r.created_at,
-            last_seq=seqs.get(r.id, 0),
-            member=r.id in member_of,
-            member_ids=dm_members.get(r.id, []) if r.kind == "dm" else None,
-        )
-        for r in records
+        _conversation_view(r, heads.get(r.id, _EMPTY), r.id in member_of, dm_members.get(r.id, [])) for r in records
     ]
+
+
+_EMPTY = Head(last_seq=0, last_rev=0)
+"""The head of a conversation without messages."""
+
+
+def _conversation_view(r: ConversationRecord, head: Head, member: bool, dm_members: list[int]) -> frames.Conversation:
+    return frames.Conversation(
+        id=r.id,
+        kind=r.kind,
+        name=r.name,
+        topic=r.topic,
+        private=r.private,
+        created_by=r.created_by,
+        created_at=r.created_at,
+        last_seq=head.last_seq,
+        last_rev=head.last_rev,
+        member=member,
+        member_ids=dm_members if r.kind == "dm" else None,
+    )
 
 
 async def conversation_view(

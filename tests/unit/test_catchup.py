@@ -17,7 +17,7 @@ from hubbub.server.metrics import Metrics
 from hubbub.server.registry import Registry
 from hubbub.storage.base import HistoryOrder
 from hubbub.storage.errors import StoreUnavailable
-from hubbub.storage.records import MessageRecord, NewMessage
+from hubbub.storage.records import Head, MessageRecord, NewMessage
 from hubbub.storage.sqlite import SqliteDatabase, SqliteMessageLog
 
 CID = 11
@@ -30,7 +30,7 @@ class FlakyLog(SqliteMessageLog):
     def __init__(self, db: SqliteDatabase) -> None:
         super().__init__(db)
         self.fail_history = False
-        self.fail_last_seqs = False
+        self.fail_heads = False
         self.history_calls = 0
 
     async def history(
@@ -41,16 +41,26 @@ class FlakyLog(SqliteMessageLog):
         after: int | None,
         limit: int,
         order: HistoryOrder,
+        thread_root_id: str | None = None,
+        include_replies: bool = True,
     ) -> list[MessageRecord]:
         self.history_calls += 1
         if self.fail_history:
             raise StoreUnavailable("sqlite", "history made to fail")
-        return await super().history(conversation_id, before=before, after=after, limit=limit, order=order)
+        return await super().history(
+            conversation_id,
+            before=before,
+            after=after,
+            limit=limit,
+            order=order,
+            thread_root_id=thread_root_id,
+            include_replies=include_replies,
+        )
 
-    async def last_seqs(self, conversation_ids: Sequence[int]) -> dict[int, int]:
-        if self.fail_last_seqs:
-            raise StoreUnavailable("sqlite", "last_seqs made to fail")
-        return await super().last_seqs(conversation_ids)
+    async def heads(self, conversation_ids: Sequence[int]) -> dict[int, Head]:
+        if self.fail_heads:
+            raise StoreUnavailable("sqlite", "heads made to fail")
+        return await super().heads(conversation_ids)
 
 
 class RecordingRegistry(Registry):
@@ -90,7 +100,8 @@ class Harness:
 
     async def store(self, count: int, cid: int = CID) -> list[MessageRecord]:
         """Append ``count`` messages to the log (seqs continue from the newest)."""
-        base = (await self.log.last_seqs([cid])).get(cid, 0)
+        head = (await self.log.heads([cid])).get(cid)
+        base = head.last_seq if head else 0
         stored = await asyncio.gather(
             *(
                 self.log.append(
@@ -101,7 +112,7 @@ class Harness:
                 for i in range(1, count + 1)
             )
         )
-        return [record for record, _ in stored]
+        return [appended.record for appended in stored]
 
     async def settle(self) -> None:
         """Wait until every fill and resync the catchup started has finished."""
@@ -291,7 +302,7 @@ async def test_a_new_subscription_starts_at_the_stores_newest_seq(harness: Harne
 async def test_a_failed_resync_changes_nothing(harness: Harness) -> None:
     await harness.store(3)
     harness.catchup.on_event(message(1))
-    harness.log.fail_last_seqs = True
+    harness.log.fail_heads = True
     harness.catchup.on_resync(None)
     await harness.settle()
     assert harness.seqs() == [1]

@@ -212,7 +212,7 @@ async def test_a_message_is_refused_before_anything_is_stored_or_published(ctx: 
             await messages.send(*_typed(ctx, mallory), request)
         assert refused.value.code == ErrorCode(code)
     assert ctx.broker.take() == []
-    assert await ctx.messages.last_seqs([secret.conversation.id, public.conversation.id]) == {}
+    assert await ctx.messages.heads([secret.conversation.id, public.conversation.id]) == {}
 
 
 async def test_presence_goes_through_small_conversations_only(ctx: FakeContext) -> None:
@@ -245,7 +245,7 @@ async def test_typing_goes_to_the_other_members_of_the_conversation_and_stores_n
     assert frame_of(event) == frames.UserTyping(
         conversation_id=dm, user_id=bob.user_id, thread_root_id="m-1", expires_in_ms=5000
     )
-    assert await ctx.messages.last_seqs([dm]) == {}
+    assert await ctx.messages.heads([dm]) == {}
 
 
 async def test_typing_is_refused_as_a_message_would_be_before_anything_is_published(ctx: FakeContext) -> None:
