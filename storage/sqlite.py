@@ -19,24 +19,37 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hubbub.storage.base import Directory, HistoryOrder, MessageLog
-from hubbub.storage.batching import GroupCommit, Stored, one_group
+import msgspec
+
+from hubbub.storage.base import Directory, HistoryOrder, MessageChange, MessageLog
+from hubbub.storage.batching import GroupCommit, one_group
 from hubbub.storage.errors import Conflict, StoreUnavailable
-from hubbub.storage.records import ConversationRecord, MessageRecord, NewMessage, UserRecord
+from hubbub.storage.records import (
+    Appended,
+    ChangesPage,
+    ConversationRecord,
+    Head,
+    MessageRecord,
+    NewMessage,
+    UserRecord,
+)
 from hubbub.storage.rows import (
     CONVERSATION_COLUMNS,
     CONVERSATION_FIELDS,
     MESSAGE_COLUMNS,
+    MESSAGE_STATE_COLUMNS,
     USER_COLUMNS,
     conversation_record,
     dm_key,
     history_sql,
     message_record,
+    message_state_values,
     message_values,
     new_message_record,
     seq_range,
     user_record,
 )
+from hubbub.storage.threads import with_reply
 
 T = TypeVar("T")
 
@@ -88,6 +101,31 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE UNIQUE INDEX messages_idempotency ON messages(conversation_id, sender_id, client_msg_id);
     """,
+    # Revisions and message state (docs/messages.md). Existing rows get the
+    # defaults of a message nobody changed, and rev = seq, last_rev = last_seq,
+    # which keeps revisions unique per conversation.
+    """
+    ALTER TABLE messages ADD COLUMN rev INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE messages ADD COLUMN thread_root_id TEXT;
+    ALTER TABLE messages ADD COLUMN also_in_channel INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE messages ADD COLUMN reply_count INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE messages ADD COLUMN last_reply_ts INTEGER;
+    ALTER TABLE messages ADD COLUMN repliers TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE messages ADD COLUMN edited_ts INTEGER;
+    ALTER TABLE messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE messages ADD COLUMN mentions TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE messages ADD COLUMN mention_all TEXT CHECK (mention_all IN ('channel', 'here'));
+    ALTER TABLE messages ADD COLUMN reactions TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE messages ADD COLUMN pinned_by INTEGER;
+    ALTER TABLE messages ADD COLUMN pinned_ts INTEGER;
+    ALTER TABLE conversation_seq ADD COLUMN last_rev INTEGER NOT NULL DEFAULT 0;
+    UPDATE messages SET rev = seq;
+    UPDATE conversation_seq SET last_rev = last_seq;
+    CREATE UNIQUE INDEX messages_rev ON messages(conversation_id, rev);
+    CREATE UNIQUE INDEX messages_id ON messages(id);
+    CREATE INDEX messages_thread ON messages(conversation_id, thread_root_id, seq) WHERE thread_root_id IS NOT NULL;
+    CREATE INDEX messages_pins ON messages(conversation_id, pinned_ts) WHERE pinned_ts IS NOT NULL;
+    """,
 )
 
 
@@ -127,6 +165,9 @@ class SqliteDatabase:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
+            # A deleted message's text is overwritten; zeroing freed page bytes
+            # keeps it out of the file too (docs/messages.md, what a delete keeps).
+            conn.execute("PRAGMA secure_delete=ON")
             # BEGIN IMMEDIATE takes the write lock before reading the version, so
             # processes starting at once on one file migrate it exactly once.
             conn.execute("BEGIN IMMEDIATE")
@@ -351,6 +392,17 @@ class SqliteDirectory:
         )
         return {conversation_id: count for conversation_id, count in rows}
 
+    async def members_by_username(self, conversation_id: int, usernames: Sequence[str]) -> dict[str, int]:
+        distinct = sorted(set(usernames))
+        if not distinct:
+            return {}
+        sql = (
+            "SELECT u.username, u.id FROM users u JOIN memberships m ON m.user_id = u.id AND m.conversation_id = ?"
+            f" WHERE u.username IN ({','.join('?' * len(distinct))})"
+        )
+        rows = await self.db.run(lambda c: c.execute(sql, (conversation_id, *distinct)).fetchall())
+        return {username: user_id for username, user_id in rows}
+
     async def open_dm(self, member_ids: Sequence[int], creator_id: int, now: int) -> tuple[ConversationRecord, bool]:
         key = dm_key(member_ids)
 
@@ -388,12 +440,26 @@ class SqliteMessageLog:
     async def close(self) -> None:
         await self._batches.close()
 
-    async def append(self, message: NewMessage) -> Stored:
+    async def append(self, message: NewMessage) -> Appended:
         return await self._batches.append(message)
 
-    async def _store_batch(self, batch: list[NewMessage]) -> list[Stored]:
+    async def _store_batch(self, batch: list[NewMessage]) -> list[Appended]:
         """The whole batch in one transaction: one fsync for all of it."""
         return await self.db.transaction(functools.partial(_append_batch, batch=batch))
+
+    async def get_message(self, conversation_id: int, message_id: str) -> MessageRecord | None:
+        row = await self.db.run(lambda c: _message_row(c, conversation_id, message_id))
+        return message_record(row) if row else None
+
+    async def change_message(
+        self, conversation_id: int, message_id: str, change: MessageChange
+    ) -> tuple[MessageRecord, bool] | None:
+        # ``change`` runs on the database thread inside the transaction, which
+        # is what serialises it with every other write: it is pure by contract,
+        # and whatever it raises rolls the transaction back and reaches the caller.
+        return await self.db.transaction(
+            functools.partial(_change_one, conversation_id=conversation_id, message_id=message_id, change=change)
+        )
 
     async def history(
         self,
@@ -403,44 +469,142 @@ class SqliteMessageLog:
         after: int | None,
         limit: int,
         order: HistoryOrder,
+        thread_root_id: str | None = None,
+        include_replies: bool = True,
     ) -> list[MessageRecord]:
-        sql = _HISTORY_SQL[order]
-        params = (conversation_id, *seq_range(before, after), limit)
+        sql = _history_sql(order, thread=thread_root_id is not None, include_replies=include_replies)
+        thread = () if thread_root_id is None else (thread_root_id,)
+        params = (conversation_id, *seq_range(before, after), *thread, limit)
         found = await self.db.run(lambda c: c.execute(sql, params).fetchall())
         return [message_record(r) for r in found]
 
-    async def last_seqs(self, conversation_ids: Sequence[int]) -> dict[int, int]:
-        rows = await self.db.fetch_for_ids(
-            "SELECT conversation_id, last_seq FROM conversation_seq WHERE conversation_id IN ({ids})", conversation_ids
+    async def pins(self, conversation_id: int, limit: int) -> list[MessageRecord]:
+        found = await self.db.run(
+            lambda c: c.execute(
+                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND pinned_ts IS NOT NULL"
+                " ORDER BY pinned_ts DESC, seq DESC LIMIT ?",
+                (conversation_id, limit),
+            ).fetchall()
         )
-        return {conversation_id: seq for conversation_id, seq in rows}
+        return [message_record(r) for r in found]
+
+    async def changes(self, conversation_id: int, *, after_rev: int, limit: int) -> ChangesPage:
+        return await self.db.run(
+            functools.partial(_changes, conversation_id=conversation_id, after_rev=after_rev, limit=limit)
+        )
+
+    async def heads(self, conversation_ids: Sequence[int]) -> dict[int, Head]:
+        rows = await self.db.fetch_for_ids(
+            "SELECT conversation_id, last_seq, last_rev FROM conversation_seq WHERE conversation_id IN ({ids})",
+            conversation_ids,
+        )
+        return {conversation_id: Head(last_seq=seq, last_rev=rev) for conversation_id, seq, rev in rows}
 
 
-_HISTORY_SQL: dict[HistoryOrder, str] = {
-    "desc": history_sql("desc", ("?", "?", "?", "?")),
-    "asc": history_sql("asc", ("?", "?", "?", "?")),
-}
+@functools.cache
+def _history_sql(order: HistoryOrder, *, thread: bool, include_replies: bool) -> str:
+    """The history read of one shape; its parameters, in the order they appear:
+    conversation id, after, before, the thread root's id when asked for, limit."""
+    return history_sql(
+        order, ("?", "?", "?", "?"), thread_root_id="?" if thread else None, include_replies=include_replies
+    )
 
 
-def _append_batch(c: sqlite3.Connection, batch: list[NewMessage]) -> list[Stored]:
+_STATE_ASSIGNMENTS = ", ".join(f"{column} = ?" for column in MESSAGE_STATE_COLUMNS)
+
+
+def _message_row(c: sqlite3.Connection, conversation_id: int, message_id: str) -> Any:
+    return c.execute(
+        f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND id = ?", (conversation_id, message_id)
+    ).fetchone()
+
+
+def _next_rev(c: sqlite3.Connection, conversation_id: int) -> int:
+    """Take the conversation's next revision (inside the caller's transaction)."""
+    row = c.execute(
+        "UPDATE conversation_seq SET last_rev = last_rev + 1 WHERE conversation_id = ? RETURNING last_rev",
+        (conversation_id,),
+    ).fetchone()
+    if row is None:  # every append creates the counter before its message, so a message implies one
+        raise StoreUnavailable("sqlite", f"conversation {conversation_id} has messages but no counter")
+    rev: int = row[0]
+    return rev
+
+
+def _store_state(c: sqlite3.Connection, record: MessageRecord) -> None:
+    c.execute(
+        f"UPDATE messages SET {_STATE_ASSIGNMENTS} WHERE conversation_id = ? AND seq = ?",
+        (*message_state_values(record), record.conversation_id, record.seq),
+    )
+
+
+def _change_one(
+    c: sqlite3.Connection, conversation_id: int, message_id: str, change: MessageChange
+) -> tuple[MessageRecord, bool] | None:
+    row = _message_row(c, conversation_id, message_id)
+    if row is None:
+        return None
+    current = message_record(row)
+    changed = change(current)
+    if changed is None:
+        return current, False
+    stored = msgspec.structs.replace(changed, rev=_next_rev(c, conversation_id))
+    _store_state(c, stored)
+    return stored, True
+
+
+def _changes(c: sqlite3.Connection, conversation_id: int, after_rev: int, limit: int) -> ChangesPage:
+    # One read transaction, so the horizon and the page are one snapshot even
+    # when another process writes the file between the two reads.
+    c.execute("BEGIN")
+    try:
+        rows = c.execute(
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND rev > ? ORDER BY rev LIMIT ?",
+            (conversation_id, after_rev, limit),
+        ).fetchall()
+        head = c.execute(
+            "SELECT last_rev FROM conversation_seq WHERE conversation_id = ?", (conversation_id,)
+        ).fetchone()
+    finally:
+        c.execute("COMMIT")
+    return ChangesPage(messages=[message_record(r) for r in rows], horizon=head[0] if head else 0)
+
+
+def _append_batch(c: sqlite3.Connection, batch: list[NewMessage]) -> list[Appended]:
     return [_append_one(c, m) for m in batch]
 
 
-def _append_one(c: sqlite3.Connection, m: NewMessage) -> Stored:
+def _append_one(c: sqlite3.Connection, m: NewMessage) -> Appended:
     row = c.execute(
         f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND sender_id = ? AND client_msg_id = ?",
         (m.conversation_id, m.sender_id, m.client_msg_id),
     ).fetchone()
     if row:
-        return message_record(row), True
-    seq = c.execute(
-        "INSERT INTO conversation_seq (conversation_id, last_seq) VALUES (?, 1)"
-        " ON CONFLICT (conversation_id) DO UPDATE SET last_seq = last_seq + 1 RETURNING last_seq",
+        return Appended(record=message_record(row), duplicate=True)
+    seq, rev = c.execute(
+        "INSERT INTO conversation_seq (conversation_id, last_seq, last_rev) VALUES (?, 1, 1)"
+        " ON CONFLICT (conversation_id) DO UPDATE SET last_seq = last_seq + 1, last_rev = last_rev + 1"
+        " RETURNING last_seq, last_rev",
         (m.conversation_id,),
-    ).fetchone()[0]
-    record = new_message_record(m, seq)
-    c.execute(f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", message_values(record))
-    return record, False
+    ).fetchone()
+    record = new_message_record(m, seq, rev)
+    c.execute(f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES ({_MESSAGE_MARKS})", message_values(record))
+    root = None if m.thread_root_id is None else _add_reply_to_root(c, m.thread_root_id, record)
+    return Appended(record=record, duplicate=False, root=root)
+
+
+_MESSAGE_MARKS = ", ".join("?" * len(MESSAGE_COLUMNS.split(",")))
+
+
+def _add_reply_to_root(c: sqlite3.Connection, root_id: str, reply: MessageRecord) -> MessageRecord | None:
+    """The reply's root updated by it under a revision of its own, in the reply's
+    transaction; None when the root is not stored in the conversation."""
+    row = _message_row(c, reply.conversation_id, root_id)
+    if row is None:
+        return None
+    root = msgspec.structs.replace(with_reply(message_record(row), reply), rev=_next_rev(c, reply.conversation_id))
+    _store_state(c, root)
+    return root
 
 
 # mypy proves each backend implements its interface (storage/base.py).

@@ -11,79 +11,20 @@ never by copying assertions. Today this module runs on "sqlite"; marking it
 from __future__ import annotations
 
 import asyncio
-import itertools
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 
-from hubbub.server.config import Settings
 from hubbub.storage.base import Directory, MessageLog
 from hubbub.storage.errors import Conflict
-from hubbub.storage.factory import Stores, open_stores
-from hubbub.storage.records import ConversationRecord, MessageRecord, NewMessage, UserRecord
-from tests.conftest import TEST_SETTINGS
+from hubbub.storage.records import Head
+from tests import storage_contract
+from tests.storage_contract import NOW, fill, new_channel, new_message, new_user
 
 pytestmark = pytest.mark.all_backends
 
-NOW = 1_700_000_000_000
-_names = itertools.count(1)
-
-
-@pytest.fixture
-async def stores(backend: str, backend_settings: dict[str, Any], tmp_path: Path) -> AsyncIterator[Stores]:
-    """Fresh, empty stores of ``backend``, opened as the server opens them."""
-    settings = msgspec.convert({**TEST_SETTINGS, **backend_settings, "data_dir": str(tmp_path / "data")}, Settings)
-    opened = await open_stores(settings.storage)
-    try:
-        yield opened
-    finally:
-        await opened.close()
-
-
-@pytest.fixture
-def directory(stores: Stores) -> Directory:
-    return stores.directory
-
-
-@pytest.fixture
-def messages(stores: Stores) -> MessageLog:
-    return stores.messages
-
-
-def name(prefix: str) -> str:
-    return f"{prefix}{next(_names)}"
-
-
-async def new_user(directory: Directory, username: str | None = None) -> UserRecord:
-    return await directory.create_user(username or name("user"), "Display Name", "hash$value", NOW)
-
-
-async def new_channel(directory: Directory, creator: UserRecord, *, private: bool = False) -> ConversationRecord:
-    return await directory.create_channel(name("room"), "topic", private, creator.id, NOW)
-
-
-def new_message(conversation: ConversationRecord, sender: UserRecord, client_msg_id: str, text: str = "") -> NewMessage:
-    return NewMessage(
-        conversation_id=conversation.id,
-        sender_id=sender.id,
-        text=text or f"text of {client_msg_id}",
-        client_msg_id=client_msg_id,
-        ts=NOW + 1,
-    )
-
-
-async def fill(
-    messages: MessageLog, conversation: ConversationRecord, sender: UserRecord, count: int
-) -> list[MessageRecord]:
-    stored = []
-    for n in range(count):
-        record, duplicate = await messages.append(new_message(conversation, sender, f"fill-{n}"))
-        assert not duplicate
-        stored.append(record)
-    return stored
+# The fixtures live in tests/storage_contract.py, shared with tests/test_message_changes_contract.py.
+stores, directory, messages = storage_contract.stores, storage_contract.directory, storage_contract.messages
 
 
 async def test_ping(directory: Directory, messages: MessageLog) -> None:
@@ -291,8 +232,8 @@ async def test_append_assigns_seq_from_one(directory: Directory, messages: Messa
     assert (first.conversation_id, first.sender_id, first.client_msg_id) == (channel.id, alice.id, "fill-0")
     assert (first.text, first.ts) == ("text of fill-0", NOW + 1)
     # Each conversation has its own sequence.
-    record, _ = await messages.append(new_message(other, alice, "x"))
-    assert record.seq == 1
+    elsewhere = await messages.append(new_message(other, alice, "x"))
+    assert elsewhere.record.seq == 1
 
 
 async def test_duplicate_append_returns_the_original(directory: Directory, messages: MessageLog) -> None:
@@ -300,21 +241,22 @@ async def test_duplicate_append_returns_the_original(directory: Directory, messa
     bob = await new_user(directory)
     channel = await new_channel(directory, alice)
     other = await new_channel(directory, alice)
-    original, duplicate = await messages.append(new_message(channel, alice, "once", "first text"))
-    assert duplicate is False
+    first = await messages.append(new_message(channel, alice, "once", "first text"))
+    assert first.duplicate is False
+    original = first.record
 
-    again, duplicate = await messages.append(new_message(channel, alice, "once", "second text"))
-    assert duplicate is True
-    assert again == original
+    again = await messages.append(new_message(channel, alice, "once", "second text"))
+    assert again.duplicate is True
+    assert again.record == original
     history = await messages.history(channel.id, before=None, after=None, limit=10, order="asc")
     assert history == [original]
-    assert await messages.last_seqs([channel.id]) == {channel.id: 1}
+    assert await messages.heads([channel.id]) == {channel.id: Head(last_seq=1, last_rev=original.rev)}
 
     # Scoped by sender and conversation.
-    by_bob, duplicate = await messages.append(new_message(channel, bob, "once"))
-    assert duplicate is False and by_bob.seq == 2
-    elsewhere, duplicate = await messages.append(new_message(other, alice, "once"))
-    assert duplicate is False and elsewhere.seq == 1
+    by_bob = await messages.append(new_message(channel, bob, "once"))
+    assert by_bob.duplicate is False and by_bob.record.seq == 2
+    elsewhere = await messages.append(new_message(other, alice, "once"))
+    assert elsewhere.duplicate is False and elsewhere.record.seq == 1
 
 
 async def test_history(directory: Directory, messages: MessageLog) -> None:
@@ -346,16 +288,19 @@ async def test_history(directory: Directory, messages: MessageLog) -> None:
     assert await messages.history(empty.id, before=None, after=None, limit=10, order="desc") == []
 
 
-async def test_last_seqs(directory: Directory, messages: MessageLog) -> None:
+async def test_heads(directory: Directory, messages: MessageLog) -> None:
     alice = await new_user(directory)
     busy = await new_channel(directory, alice)
     quiet = await new_channel(directory, alice)
     empty = await new_channel(directory, alice)
-    await fill(messages, busy, alice, 4)
-    await fill(messages, quiet, alice, 1)
-    assert await messages.last_seqs([busy.id, quiet.id, empty.id]) == {busy.id: 4, quiet.id: 1}
-    assert await messages.last_seqs([empty.id]) == {}
-    assert await messages.last_seqs([]) == {}
+    busy_messages = await fill(messages, busy, alice, 4)
+    (quiet_message,) = await fill(messages, quiet, alice, 1)
+    assert await messages.heads([busy.id, quiet.id, empty.id]) == {
+        busy.id: Head(last_seq=4, last_rev=busy_messages[-1].rev),
+        quiet.id: Head(last_seq=1, last_rev=quiet_message.rev),
+    }
+    assert await messages.heads([empty.id]) == {}
+    assert await messages.heads([]) == {}
 
 
 async def test_concurrent_appends_are_gapless(directory: Directory, messages: MessageLog) -> None:
@@ -368,16 +313,17 @@ async def test_concurrent_appends_are_gapless(directory: Directory, messages: Me
         *(messages.append(new_message(channel, users[n % 4], f"c-{n}")) for n in range(count)),
         *(messages.append(new_message(side, users[n % 4], f"s-{n}")) for n in range(count // 4)),
     )
-    main = [record for record, _ in results[:count]]
-    assert all(not duplicate for _, duplicate in results)
+    main = [appended.record for appended in results[:count]]
+    assert all(not appended.duplicate for appended in results)
     assert sorted(m.seq for m in main) == list(range(1, count + 1))
-    assert sorted(record.seq for record, _ in results[count:]) == list(range(1, count // 4 + 1))
+    assert sorted(appended.record.seq for appended in results[count:]) == list(range(1, count // 4 + 1))
     assert len({m.id for m in main}) == count
 
     history = await messages.history(channel.id, before=None, after=None, limit=count, order="asc")
     assert [m.seq for m in history] == list(range(1, count + 1))
     assert {m.client_msg_id for m in history} == {f"c-{n}" for n in range(count)}
-    assert await messages.last_seqs([channel.id, side.id]) == {channel.id: count, side.id: count // 4}
+    heads = await messages.heads([channel.id, side.id])
+    assert (heads[channel.id].last_seq, heads[side.id].last_seq) == (count, count // 4)
 
 
 async def test_ordered_appends_keep_submission_order(directory: Directory, messages: MessageLog) -> None:
@@ -388,8 +334,8 @@ async def test_ordered_appends_keep_submission_order(directory: Directory, messa
     sends = [new_message(channel, (alice, bob)[n % 2], f"o-{n}") for n in range(120)]
     sends.insert(60, sends[10])  # a resend within the burst: the same message again
     results = await asyncio.gather(*(messages.append(m) for m in sends))
-    assert results[60] == (results[10][0], True)
-    fresh = [record.seq for record, duplicate in results if not duplicate]
+    assert (results[60].record, results[60].duplicate) == (results[10].record, True)
+    fresh = [appended.record.seq for appended in results if not appended.duplicate]
     assert len(set(fresh)) == 120
     if messages.ordered_appends:
         assert fresh == sorted(fresh)
@@ -401,13 +347,13 @@ async def test_concurrent_duplicates_store_once(directory: Directory, messages: 
     alice = await new_user(directory)
     channel = await new_channel(directory, alice)
     results = await asyncio.gather(*(messages.append(new_message(channel, alice, "retry")) for _ in range(20)))
-    records = {record for record, _ in results}
+    records = {appended.record for appended in results}
     assert len(records) == 1
-    assert [duplicate for _, duplicate in results].count(False) == 1
+    assert [appended.duplicate for appended in results].count(False) == 1
     (record,) = records
     if messages.gapless:
         assert record.seq == 1
     assert await messages.history(channel.id, before=None, after=None, limit=10, order="asc") == [record]
     # Burnt or not, later seqs stay above it.
-    later, _ = await messages.append(new_message(channel, alice, "next"))
-    assert later.seq > record.seq
+    later = await messages.append(new_message(channel, alice, "next"))
+    assert later.record.seq > record.seq
