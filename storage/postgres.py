@@ -9,26 +9,40 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, TypeVar
 
 import asyncpg
+import msgspec
 from asyncpg import Record
 from asyncpg.pool import PoolConnectionProxy
 
-from hubbub.storage.base import Directory, HistoryOrder, MessageLog
+from hubbub.storage.base import Directory, HistoryOrder, MessageChange, MessageLog
 from hubbub.storage.batching import GroupCommit, Stored, by_conversation
 from hubbub.storage.errors import Conflict, StoreUnavailable, describe
-from hubbub.storage.records import ConversationRecord, MessageRecord, NewMessage, UserRecord
+from hubbub.storage.records import (
+    REPLIERS_KEPT,
+    Appended,
+    ChangesPage,
+    ConversationRecord,
+    Head,
+    MessageRecord,
+    NewMessage,
+    UserRecord,
+)
 from hubbub.storage.rows import (
     CONVERSATION_COLUMNS,
+    MESSAGE_COLUMNS,
+    MESSAGE_STATE_COLUMNS,
     USER_COLUMNS,
     conversation_record,
     dm_key,
     history_sql,
+    ids_json,
     message_record,
+    message_state_values,
+    new_message_id,
     seq_range,
     user_record,
 )
@@ -358,6 +372,20 @@ class PostgresDirectory:
         )
         return {r["conversation_id"]: r["members"] for r in rows}
 
+    async def members_by_username(self, conversation_id: int, usernames: Sequence[str]) -> dict[str, int]:
+        names = sorted(set(usernames))
+        if not names:
+            return {}
+        rows = await self._primary(
+            lambda c: c.fetch(
+                "SELECT u.username, u.id FROM users u JOIN memberships m ON m.user_id = u.id"
+                " WHERE m.conversation_id = $1 AND u.username = ANY($2::text[])",
+                conversation_id,
+                names,
+            )
+        )
+        return {r["username"]: r["id"] for r in rows}
+
     async def open_dm(self, member_ids: Sequence[int], creator_id: int, now: int) -> tuple[ConversationRecord, bool]:
         key = dm_key(member_ids)
         members = sorted(set(member_ids))
@@ -391,16 +419,21 @@ class PostgresDirectory:
 
 
 class PostgresMessageLog:
-    """Messages in PostgreSQL: seq from a per-conversation counter row.
+    """Messages in PostgreSQL: seq and rev from a per-conversation counter row.
 
-    The counter update and the insert share one transaction, so seqs are
-    gapless; the counter row lock orders concurrent senders, on any instance.
+    Every transaction that changes a conversation's messages (an append
+    batch, a change) updates its counter row (``conversation_seq``) first, and
+    only then touches message rows: that row lock orders them, on any
+    instance, so seqs are gapless, revisions commit in increasing order (the
+    horizon of ``changes`` is the counter as one snapshot sees it) and the
+    one lock order rules out deadlocks (docs/messages.md).
     Within this process, appends to one conversation are group-committed:
     those that arrive while a commit is in flight go together in the next
     transaction, in submission order. So concurrent appends keep their order
     (a connection's sends can be pipelined) and a busy conversation pays one
-    commit per batch, not per message. A batch is one round trip: the
-    ``hubbub_append_batch`` function (migration 0003) stores it in order.
+    commit per batch, not per message. A batch is one round trip, replies
+    and their roots' updates included: the ``hubbub_append_batch`` function
+    (migration 0004) stores it in order.
     """
 
     name = "postgres"
@@ -418,7 +451,7 @@ class PostgresMessageLog:
         """The pools are shared and closed by storage.factory.Stores; pending appends finish first."""
         await self._batches.close()
 
-    async def append(self, message: NewMessage) -> tuple[MessageRecord, bool]:
+    async def append(self, message: NewMessage) -> Appended:
         return await self._batches.append(message)
 
     async def _store_batch(self, batch: list[NewMessage]) -> list[Stored | BaseException]:
@@ -437,7 +470,7 @@ class PostgresMessageLog:
                     outcomes.append(exc)
             return outcomes
 
-    async def _append_alone(self, m: NewMessage) -> tuple[MessageRecord, bool]:
+    async def _append_alone(self, m: NewMessage) -> Appended:
         for _ in range(3):
             try:
                 (result,) = await _run(self.pools.primary, lambda c: _append_batch(c, [m]), retry=False)
@@ -445,6 +478,21 @@ class PostgresMessageLog:
                 continue  # the racing original is committed now: the next try finds it
             return result
         raise StoreUnavailable("postgres", "append kept conflicting")
+
+    async def get_message(self, conversation_id: int, message_id: str) -> MessageRecord | None:
+        row = await _run(
+            self.pools.primary, lambda c: c.fetchrow(_GET_MESSAGE_SQL, conversation_id, message_id), retry=True
+        )
+        return message_record(row) if row else None
+
+    async def change_message(
+        self, conversation_id: int, message_id: str, change: MessageChange
+    ) -> tuple[MessageRecord, bool] | None:
+        return await _run(
+            self.pools.primary,
+            functools.partial(_change_message, conversation_id=conversation_id, message_id=message_id, change=change),
+            retry=False,
+        )
 
     async def history(
         self,
@@ -454,51 +502,157 @@ class PostgresMessageLog:
         after: int | None,
         limit: int,
         order: HistoryOrder,
+        thread_root_id: str | None = None,
+        include_replies: bool = True,
     ) -> list[MessageRecord]:
-        sql = _HISTORY_SQL[order]
-        args = (conversation_id, *seq_range(before, after), limit)
+        args: tuple[object, ...] = (conversation_id, *seq_range(before, after), limit)
+        if thread_root_id is not None:
+            sql = _THREAD_SQL[order]
+            args = (*args, thread_root_id)
+        else:
+            sql = (_HISTORY_SQL if include_replies else _TIMELINE_SQL)[order]
         rows = await _run(self.pools.primary, lambda c: c.fetch(sql, *args), retry=True)
         return [message_record(r) for r in rows]
 
-    async def last_seqs(self, conversation_ids: Sequence[int]) -> dict[int, int]:
+    async def pins(self, conversation_id: int, limit: int) -> list[MessageRecord]:
+        rows = await _run(self.pools.primary, lambda c: c.fetch(_PINS_SQL, conversation_id, limit), retry=True)
+        return [message_record(r) for r in rows]
+
+    async def changes(self, conversation_id: int, *, after_rev: int, limit: int) -> ChangesPage:
+        rows = await _run(
+            self.pools.primary, lambda c: c.fetch(_CHANGES_SQL, conversation_id, after_rev, limit), retry=True
+        )
+        # One row without a message when nothing changed; the horizon is on every row.
+        horizon = rows[0][_WIDTH] if rows else 0
+        return ChangesPage(messages=[message_record(r) for r in rows if r[0] is not None], horizon=horizon or 0)
+
+    async def heads(self, conversation_ids: Sequence[int]) -> dict[int, Head]:
         ids = sorted(set(conversation_ids))
         if not ids:
             return {}
         rows = await _run(
             self.pools.primary,
             lambda c: c.fetch(
-                "SELECT conversation_id, last_seq FROM conversation_seq WHERE conversation_id = ANY($1::bigint[])",
+                "SELECT conversation_id, last_seq, last_rev FROM conversation_seq"
+                " WHERE conversation_id = ANY($1::bigint[])",
                 ids,
             ),
             retry=True,
         )
-        return {r["conversation_id"]: r["last_seq"] for r in rows}
+        return {r["conversation_id"]: Head(last_seq=r["last_seq"], last_rev=r["last_rev"]) for r in rows}
 
 
-_HISTORY_SQL: dict[HistoryOrder, str] = {
-    "desc": history_sql("desc", ("$1", "$2", "$3", "$4")),
-    "asc": history_sql("asc", ("$1", "$2", "$3", "$4")),
+_MARKS = ("$1", "$2", "$3", "$4")
+_HISTORY_SQL: dict[HistoryOrder, str] = {order: history_sql(order, _MARKS) for order in ("desc", "asc")}
+_TIMELINE_SQL: dict[HistoryOrder, str] = {
+    order: history_sql(order, _MARKS, include_replies=False) for order in ("desc", "asc")
 }
+_THREAD_SQL: dict[HistoryOrder, str] = {
+    order: history_sql(order, _MARKS, thread_root_id="$5") for order in ("desc", "asc")
+}
+_GET_MESSAGE_SQL = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1 AND id = $2"
+_PINS_SQL = (
+    f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1 AND pinned_ts IS NOT NULL"
+    " ORDER BY pinned_ts DESC, rev DESC LIMIT $2"
+)
+# One statement, so the horizon (the counter) and the messages come from one
+# snapshot: a change whose transaction has bumped the counter but not
+# committed is in neither, and every change below the counter is committed
+# (the counter row lock orders them). The one-row base keeps the horizon when
+# no message changed.
+_CHANGES_SQL = (
+    "SELECT m.*, h.horizon FROM"
+    " (SELECT (SELECT last_rev FROM conversation_seq WHERE conversation_id = $1) AS horizon) AS h"
+    f" LEFT JOIN LATERAL (SELECT {MESSAGE_COLUMNS} FROM messages"
+    "  WHERE conversation_id = $1 AND rev > $2 ORDER BY rev LIMIT $3) AS m ON true"
+    " ORDER BY m.rev"
+)
+_WIDTH = len(MESSAGE_COLUMNS.split(","))
+"""How many columns a message row has: what a statement returns besides comes after them."""
+_STATE_ASSIGNMENTS = ", ".join(f"{column} = ${n}" for n, column in enumerate(MESSAGE_STATE_COLUMNS, start=3))
+_STORE_CHANGE_SQL = (
+    f"UPDATE messages SET {_STATE_ASSIGNMENTS} WHERE conversation_id = $1 AND id = $2 RETURNING {MESSAGE_COLUMNS}"
+)
+_APPENDED_COLUMNS = ", ".join(f"(a.message).{column.strip()}" for column in MESSAGE_COLUMNS.split(","))
 
 
 async def _append_batch(c: Conn, messages: list[NewMessage]) -> list[Stored]:
     """Store one conversation's ``messages`` in one statement, in order (see
-    migration 0003); duplicates return their original."""
+    migration 0004); duplicates return their original, new replies their
+    updated root."""
     cid = messages[0].conversation_id
     if any(m.conversation_id != cid for m in messages):
         raise ValueError(f"a batch of conversation {cid} holds messages of another conversation")
     rows = await c.fetch(
-        # MESSAGE_COLUMNS' order, then whether it is a duplicate.
-        "SELECT $1::bigint AS conversation_id, seq, id, sender_id, text, client_msg_id, ts, duplicate"
-        " FROM hubbub_append_batch($1, $2, $3, $4, $5, $6)",
+        # MESSAGE_COLUMNS' order, then whether it is a duplicate, then whether it is the previous reply's root.
+        f"SELECT {_APPENDED_COLUMNS}, a.duplicate, a.is_root"
+        " FROM hubbub_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) AS a",
         cid,
-        [uuid.uuid4().hex for _ in messages],
+        [new_message_id() for _ in messages],
         [m.sender_id for m in messages],
         [m.text for m in messages],
         [m.client_msg_id for m in messages],
         [m.ts for m in messages],
+        [m.thread_root_id for m in messages],
+        [m.also_in_channel for m in messages],
+        [ids_json(m.mentions) for m in messages],
+        [m.mention_all for m in messages],
+        REPLIERS_KEPT,
     )
-    return [(message_record(r), r[7]) for r in rows]
+    return _appended(rows)
+
+
+def _appended(rows: Sequence[Record]) -> list[Stored]:
+    """The outcomes of ``hubbub_append_batch``'s rows: one per message, each
+    followed by its root's row when it is a new reply whose root exists."""
+    outcomes: list[Stored] = []
+    for row in rows:
+        record = message_record(row)
+        if row[_WIDTH + 1]:  # is_root
+            outcomes[-1] = msgspec.structs.replace(outcomes[-1], root=record)
+        else:
+            outcomes.append(Appended(record=record, duplicate=row[_WIDTH]))
+    return outcomes
+
+
+class _RollBack(Exception):
+    """Leaves a change's transaction rolled back, with the outcome to return."""
+
+    def __init__(self, outcome: tuple[MessageRecord, bool] | None) -> None:
+        super().__init__()
+        self.outcome = outcome
+
+
+async def _change_message(
+    c: Conn, *, conversation_id: int, message_id: str, change: MessageChange
+) -> tuple[MessageRecord, bool] | None:
+    """One transaction: take the next revision (locking the counter row, the
+    one lock order), read the message as the last committed change left it,
+    store ``change``'s result. No message, None from ``change`` or an
+    exception from it roll back: no revision used."""
+    try:
+        async with c.transaction():
+            rev = await c.fetchval(
+                "UPDATE conversation_seq SET last_rev = last_rev + 1 WHERE conversation_id = $1 RETURNING last_rev",
+                conversation_id,
+            )
+            if rev is None:  # no counter row: the conversation has no message
+                raise _RollBack(None)
+            # A statement after the lock is granted: its snapshot holds every change committed before.
+            row = await c.fetchrow(_GET_MESSAGE_SQL, conversation_id, message_id)
+            if row is None:
+                raise _RollBack(None)
+            current = message_record(row)
+            new = change(current)
+            if new is None:
+                raise _RollBack((current, False))
+            values = message_state_values(msgspec.structs.replace(new, rev=rev))
+            stored = await c.fetchrow(_STORE_CHANGE_SQL, conversation_id, message_id, *values)
+    except _RollBack as rolled_back:
+        return rolled_back.outcome
+    if stored is None:  # the row was read under the counter lock, and messages are never deleted
+        raise RuntimeError(f"message {message_id!r} of conversation {conversation_id} vanished during a change")
+    return message_record(stored), True
 
 
 # mypy proves each backend implements its interface (storage/base.py).
