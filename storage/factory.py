@@ -76,7 +76,11 @@ async def _open(config: StorageConfig, closers: list[Callable[[], Awaitable[None
         from hubbub.storage.mongo import MongoMessageLog
 
         messages = await MongoMessageLog.open(
-            config.mongo_url, config.mongo_database, config.mongo_write_concern, timeout
+            config.mongo_url,
+            config.mongo_database,
+            config.mongo_write_concern,
+            timeout,
+            change_lease_seconds=config.mongo_change_lease_seconds,
         )
 
     if directory is None or messages is None:  # every backend of the Literals is opened above

@@ -3,37 +3,74 @@
 Documents are keyed for sharding by ``conversation_id``: every query names
 one conversation, so with shard key ``{conversation_id: 1}`` each read and
 write goes to exactly one shard and a conversation's history stays together.
-Both unique indexes start with ``conversation_id``, as MongoDB requires of
-unique indexes on a sharded collection (which also rules out a hashed key). Per-conversation seq comes from an
-atomic ``$inc`` on a counter document (``counters`` collection, ``_id`` =
-conversation id), which is correct with any number of server instances.
-The counter and the insert are two writes: if the insert fails after the
-increment (outage, racing duplicate), that seq is never used, so seqs are
-strictly increasing but may have rare gaps; clients treat a gap-fill that
-returns nothing as complete. Appends are group-committed per conversation
-(storage/batching.py): a batch is one read for earlier copies of resent
-messages, one ``$inc`` reserving all its seqs and one ordered ``insert_many``.
+Every unique index starts with ``conversation_id``, as MongoDB requires of
+unique indexes on a sharded collection (which also rules out a hashed key).
+
+There are no multi-document transactions here, so a conversation's two
+counters (``seq`` for messages, ``rev`` for changes) live in a counter
+document (``counters`` collection, ``_id`` = conversation id) that every
+writer advances by compare-and-set, adding in the same update a pending
+entry (first revision -> lease end, ms) that holds back the change feed's
+horizon until the write it stands for is done (docs/messages.md). A seq or
+rev allocated for a write that then fails is never used: both counters are
+strictly increasing with rare gaps, and clients treat a gap-fill that
+returns nothing as complete.
+
+Appends are group-committed per conversation (storage/batching.py): a batch
+is one read for earlier copies of resent messages, one compare-and-set
+reserving all its seqs and revs, one ordered ``insert_many`` and the removal
+of its pending entry; each new reply then updates its root as a change.
+A change (``change_message``) is four round trips: read the message,
+allocate a rev, write the new state filtered on the rev read, remove the
+pending entry.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Sequence
-from typing import Any
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Hashable, Sequence
+from typing import Any, NamedTuple
 
+import msgspec
 import pymongo
 from pymongo import AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 from pymongo.write_concern import WriteConcern
 
-from hubbub.storage.base import HistoryOrder, MessageLog
+from hubbub.storage.base import HistoryOrder, MessageChange, MessageLog
 from hubbub.storage.batching import GroupCommit, Stored, by_conversation
 from hubbub.storage.errors import StoreUnavailable
-from hubbub.storage.records import MessageRecord, NewMessage
-from hubbub.storage.rows import message_document, message_from_document, new_message_record, seq_range
+from hubbub.storage.records import Appended, ChangesPage, Head, MessageRecord, NewMessage
+from hubbub.storage.rows import (
+    message_document,
+    message_from_document,
+    message_state_document,
+    new_message_record,
+    seq_range,
+)
+from hubbub.storage.threads import with_reply
 
 Document = dict[str, Any]
+Clock = Callable[[], float]
+"""Wall-clock seconds (``time.time``): pending leases are compared across instances."""
+
+log = logging.getLogger(__name__)
+
+ALLOCATION_ATTEMPTS = 50
+"""Compare-and-set attempts of one allocation: each miss means another
+instance allocated meanwhile (this one's are serialised), so this bounds a
+burst of contention, not a wait."""
+CHANGE_ATTEMPTS = 50
+"""Attempts of one change: each miss means another instance changed the
+message between our read and our write."""
+COUNTERS_CACHED = 10_000
+"""Conversations whose counter this process remembers (the compare-and-set
+filter); a forgotten one costs one extra read on its next allocation."""
 
 
 def _unavailable(exc: PyMongoError) -> StoreUnavailable:
@@ -46,20 +83,96 @@ def parse_write_concern(value: str) -> WriteConcern:
     return WriteConcern(w=w, j=True)
 
 
+class Allocation(NamedTuple):
+    """Seqs and revs reserved in one compare-and-set of a conversation's counter."""
+
+    conversation_id: int
+    first_seq: int
+    """The first of ``seqs`` consecutive seqs (unused when ``seqs`` is 0)."""
+    seqs: int
+    first_rev: int
+    """The first of ``revs`` consecutive revs; also the key of the allocation's pending entry."""
+    revs: int
+
+    @property
+    def pending_field(self) -> str:
+        return f"pending.{self.first_rev}"
+
+
+class _KeyedLocks:
+    """One asyncio.Lock per key, forgotten when nobody holds or awaits it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[Hashable, tuple[asyncio.Lock, list[int]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: Hashable) -> AsyncIterator[None]:
+        lock, users = self._locks.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._locks[key]
+
+
+def _counter_filter(counter: Document) -> Document:
+    """The compare-and-set filter: the counter exactly as last seen. A counter
+    written before revisions existed has no ``rev`` (the upgrade gives it one)."""
+    rev: Any = counter.get("rev", {"$exists": False})
+    return {"_id": counter["_id"], "seq": counter["seq"], "rev": rev}
+
+
+def _counter_rev(counter: Document) -> int:
+    return int(counter["rev"] if "rev" in counter else counter["seq"])
+
+
+def _pending(counter: Document) -> dict[str, int]:
+    return {str(k): int(v) for k, v in (counter.get("pending") or {}).items()}
+
+
+def horizon_of(counter: Document, now_ms: int) -> int:
+    """Every change up to here is stored: one below the lowest pending entry
+    whose lease has not ended, else the counter's rev."""
+    live = [int(first) for first, end in _pending(counter).items() if end > now_ms]
+    return min(live) - 1 if live else _counter_rev(counter)
+
+
 class MongoMessageLog:
     name = "mongo"
     gapless = False
     ordered_appends = True  # group-committed per conversation (storage/batching.py)
 
-    def __init__(self, client: AsyncMongoClient[Document], database: str, write_concern: WriteConcern) -> None:
+    def __init__(
+        self,
+        client: AsyncMongoClient[Document],
+        database: str,
+        write_concern: WriteConcern,
+        change_lease_seconds: float = 30.0,
+        clock: Clock = time.time,
+    ) -> None:
         self.client = client
+        self.change_lease_seconds = change_lease_seconds
+        self._clock = clock
         self._batches = GroupCommit(self.name, self._store_batch, key=by_conversation)
         db = client.get_database(database, write_concern=write_concern)
         self.messages: AsyncCollection[Document] = db.messages
         self.counters: AsyncCollection[Document] = db.counters
+        self._counters_seen: OrderedDict[int, Document] = OrderedDict()
+        """The last state of each conversation's counter this process saw: the next compare-and-set's filter."""
+        self._allocating = _KeyedLocks()
+        """Per conversation, held around one allocation round trip, so that a
+        compare-and-set misses only because of another instance."""
+        self._changing = _KeyedLocks()
+        """Per conversation, held around a change's read, allocation and write,
+        so that a change is retried only because of another instance."""
 
     @classmethod
-    async def open(cls, url: str, database: str, write_concern: str, timeout: float) -> MongoMessageLog:
+    async def open(
+        cls, url: str, database: str, write_concern: str, timeout: float, change_lease_seconds: float = 30.0
+    ) -> MongoMessageLog:
         ms = int(timeout * 1000)
         client: AsyncMongoClient[Document] = AsyncMongoClient(
             url,
@@ -70,7 +183,7 @@ class MongoMessageLog:
             retryWrites=True,
             appname="hubbub",
         )
-        log = cls(client, database, parse_write_concern(write_concern))
+        log = cls(client, database, parse_write_concern(write_concern), change_lease_seconds)
         try:
             await log.ensure_indexes()
         except PyMongoError as exc:
@@ -79,7 +192,11 @@ class MongoMessageLog:
         return log
 
     async def ensure_indexes(self) -> None:
-        """Idempotent: creating an index that exists is a no-op."""
+        """Upgrade documents written before revisions existed, then create the
+        indexes. Idempotent, and safe with several instances at once: the
+        upgrade only touches documents without ``rev`` and gives each the
+        value every instance would (its seq), and creating an index that
+        exists is a no-op."""
         await self.messages.create_index(
             [("conversation_id", pymongo.ASCENDING), ("seq", pymongo.DESCENDING)], unique=True, name="history"
         )
@@ -89,6 +206,29 @@ class MongoMessageLog:
             partialFilterExpression={"client_msg_id": {"$type": "string"}},
             name="idempotency",
         )
+        await self._upgrade_to_revisions()
+        await self.messages.create_index(
+            [("conversation_id", pymongo.ASCENDING), ("rev", pymongo.ASCENDING)], unique=True, name="changes"
+        )
+        await self.messages.create_index(
+            [("conversation_id", pymongo.ASCENDING), ("thread_root_id", pymongo.ASCENDING), ("seq", 1)],
+            partialFilterExpression={"thread_root_id": {"$type": "string"}},
+            name="threads",
+        )
+        await self.messages.create_index(
+            [("conversation_id", pymongo.ASCENDING), ("pinned_ts", pymongo.DESCENDING)],
+            partialFilterExpression={"pinned_ts": {"$type": "number"}},
+            name="pins",
+        )
+
+    async def _upgrade_to_revisions(self) -> None:
+        """rev = seq for every counter and message without one (docs/messages.md):
+        unique, since seqs are, and below every revision allocated later, since
+        a counter's rev starts at its seq. Counters first, so that no instance
+        allocates a rev from a counter that lacks one."""
+        to_upgrade = {"rev": {"$exists": False}}
+        await self.counters.update_many(to_upgrade, [{"$set": {"rev": "$seq"}}])
+        await self.messages.update_many(to_upgrade, [{"$set": {"rev": "$seq"}}])
 
     async def ping(self) -> None:
         try:
@@ -106,33 +246,107 @@ class MongoMessageLog:
         await self._batches.close()
         await self.client.close()
 
+    # Allocation: the counter's compare-and-set, and its pending entry.
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    async def allocate(self, conversation_id: int, *, seqs: int, revs: int) -> Allocation:
+        """Reserve ``seqs`` seqs and ``revs`` (at least one) revs of the
+        conversation, with a pending entry holding the horizon below them
+        until ``release`` (or its lease ends). Raises PyMongoError."""
+        async with self._allocating.hold(conversation_id):
+            for _ in range(ALLOCATION_ATTEMPTS):
+                seen = self._counters_seen.get(conversation_id) or await self._read_counter(conversation_id)
+                try:
+                    allocation, after = await self._compare_and_set(seen, seqs, revs)
+                except BaseException:
+                    self._forget_counter(conversation_id)  # it may or may not have been written
+                    raise
+                if after is not None:
+                    self._remember_counter(after)
+                    return allocation
+                self._forget_counter(conversation_id)  # another instance allocated: read again
+        raise StoreUnavailable("mongo", f"could not allocate a revision for conversation {conversation_id}")
+
+    async def _compare_and_set(self, seen: Document, seqs: int, revs: int) -> tuple[Allocation, Document | None]:
+        """One attempt: the allocation, and the counter after it (None when ``seen`` was stale).
+        Pending entries whose lease ended are removed in the same update."""
+        now = self._now_ms()
+        seq, rev = int(seen["seq"]), _counter_rev(seen)
+        allocation = Allocation(int(seen["_id"]), seq + 1, seqs, rev + 1, revs)
+        update: Document = {
+            "$set": {
+                "seq": seq + seqs,
+                "rev": rev + revs,
+                allocation.pending_field: now + int(self.change_lease_seconds * 1000),
+            }
+        }
+        expired = {f"pending.{first}": "" for first, end in _pending(seen).items() if end <= now}
+        if expired:
+            update["$unset"] = expired
+        after = await self.counters.find_one_and_update(
+            _counter_filter(seen), update, return_document=ReturnDocument.AFTER
+        )
+        return allocation, after
+
+    async def _read_counter(self, conversation_id: int) -> Document:
+        """The counter as stored, created (seq 0, rev 0) for a conversation's first message."""
+        counter = await self.counters.find_one({"_id": conversation_id})
+        if counter is not None:
+            return counter
+        # Not an upsert: racing upserts may fail or double-count on some
+        # servers, while this insert either wins or finds the winner's document.
+        created: Document = {"_id": conversation_id, "seq": 0, "rev": 0, "pending": {}}
+        try:
+            await self.counters.insert_one(dict(created))
+            return created
+        except DuplicateKeyError:
+            counter = await self.counters.find_one({"_id": conversation_id})
+            if counter is None:  # created and gone: counters are never deleted
+                raise StoreUnavailable("mongo", f"the counter of conversation {conversation_id} vanished") from None
+            return counter
+
+    def _remember_counter(self, counter: Document) -> None:
+        conversation_id = int(counter["_id"])
+        self._counters_seen.pop(conversation_id, None)
+        self._counters_seen[conversation_id] = counter
+        if len(self._counters_seen) > COUNTERS_CACHED:
+            self._counters_seen.popitem(last=False)
+
+    def _forget_counter(self, conversation_id: int) -> None:
+        self._counters_seen.pop(conversation_id, None)
+
+    async def release(self, allocation: Allocation) -> None:
+        """Remove the allocation's pending entry: its write is done or has
+        failed. Never raises: an entry left behind only holds the horizon back
+        until its lease ends, and the next allocation removes it."""
+        try:
+            await self.counters.update_one(
+                {"_id": allocation.conversation_id}, {"$unset": {allocation.pending_field: ""}}
+            )
+        except PyMongoError as exc:
+            log.warning(
+                "pending entry %s of conversation %s left to its lease: %s",
+                allocation.first_rev,
+                allocation.conversation_id,
+                exc,
+            )
+
+    # Appends.
+
     async def _find_original(self, m: NewMessage) -> Document | None:
         return await self.messages.find_one(
             {"conversation_id": m.conversation_id, "sender_id": m.sender_id, "client_msg_id": m.client_msg_id}
         )
 
-    async def _allocate_seqs(self, conversation_id: int, count: int) -> int:
-        """Reserve ``count`` consecutive seqs of the conversation; the last of them."""
-        for _ in range(3):
-            counter = await self.counters.find_one_and_update(
-                {"_id": conversation_id}, {"$inc": {"seq": count}}, return_document=ReturnDocument.AFTER
-            )
-            if counter is not None:
-                return int(counter["seq"])
-            # First message of the conversation: create the counter, then
-            # increment it. Not an upsert: racing upserts may fail or
-            # double-count on some servers, while this insert either wins or
-            # finds the winner's document.
-            with contextlib.suppress(DuplicateKeyError):
-                await self.counters.insert_one({"_id": conversation_id, "seq": 0})
-        raise StoreUnavailable("mongo", f"could not allocate a seq for conversation {conversation_id}")
-
-    async def append(self, message: NewMessage) -> tuple[MessageRecord, bool]:
+    async def append(self, message: NewMessage) -> Appended:
         return await self._batches.append(message)
 
     async def _store_batch(self, batch: list[NewMessage]) -> list[Stored | BaseException]:
         """One conversation's messages in order: one read for earlier copies of
-        resent ones, one ``$inc`` for all their seqs, one ordered insert."""
+        resent ones, one allocation for all their seqs and revs, one ordered
+        insert, the allocation's release; then each new reply's root update."""
         try:
             return await self._append_batch(batch)
         except PyMongoError as exc:
@@ -149,16 +363,31 @@ class MongoMessageLog:
         for i, m in enumerate(batch):
             key = (m.sender_id, m.client_msg_id)
             if key in originals:
-                outcomes[i] = (message_from_document(originals[key]), True)
+                outcomes[i] = Appended(record=message_from_document(originals[key]), duplicate=True)
             elif key in first_copy:
                 resends.append((i, first_copy[key]))
             else:
                 first_copy[key] = i
                 fresh.append(i)
         if fresh:
-            last = await self._allocate_seqs(cid, len(fresh))
-            seqs = range(last - len(fresh) + 1, last + 1)
-            records = [new_message_record(batch[i], seq) for i, seq in zip(fresh, seqs, strict=True)]
+            inserted = await self._insert_fresh(cid, [batch[i] for i in fresh])
+            for i, outcome in zip(fresh, inserted, strict=True):
+                outcomes[i] = await self._update_root(outcome)
+        for i, first in resends:
+            earlier = outcomes[first]
+            outcomes[i] = Appended(record=earlier.record, duplicate=True) if isinstance(earlier, Appended) else earlier
+        stored_or_failed = [o for o in outcomes if o is not None]
+        if len(stored_or_failed) != len(batch):  # every message got an outcome above
+            raise RuntimeError(f"{len(batch) - len(stored_or_failed)} of {len(batch)} messages got no outcome")
+        return stored_or_failed
+
+    async def _insert_fresh(self, cid: int, fresh: list[NewMessage]) -> list[Stored | BaseException]:
+        """Store messages not stored before, each with its own seq and rev of one allocation."""
+        allocation = await self.allocate(cid, seqs=len(fresh), revs=len(fresh))
+        try:
+            records = [
+                new_message_record(m, allocation.first_seq + k, allocation.first_rev + k) for k, m in enumerate(fresh)
+            ]
             docs = [message_document(record) for record in records]
             try:
                 await self.messages.insert_many(docs, ordered=True)
@@ -167,27 +396,97 @@ class MongoMessageLog:
                 if exc.details.get("writeConcernErrors"):
                     raise  # written, but not as durably as asked: not acknowledged
                 stored = int(exc.details.get("nInserted", 0))
-            for i, record in zip(fresh[:stored], records[:stored], strict=True):
-                outcomes[i] = (record, False)
+            outcomes: list[Stored | BaseException] = [
+                Appended(record=record, duplicate=False) for record in records[:stored]
+            ]
             # The rest one at a time: an ordered insert stops at its first error,
             # typically a resend stored meanwhile through another instance.
-            for i, record, doc in zip(fresh[stored:], records[stored:], docs[stored:], strict=True):
-                outcomes[i] = await self._insert_one(batch[i], record, doc)
-        for i, first in resends:
-            outcome = outcomes[first]
-            outcomes[i] = (outcome[0], True) if isinstance(outcome, tuple) else outcome
-        stored_or_failed = [o for o in outcomes if o is not None]
-        if len(stored_or_failed) != len(batch):  # every message got an outcome above
-            raise RuntimeError(f"{len(batch) - len(stored_or_failed)} of {len(batch)} messages got no outcome")
-        return stored_or_failed
+            for m, record, doc in zip(fresh[stored:], records[stored:], docs[stored:], strict=True):
+                outcomes.append(await self._insert_one(m, record, doc))
+            return outcomes
+        finally:
+            await self.release(allocation)
 
     async def _insert_one(self, m: NewMessage, record: MessageRecord, doc: Document) -> Stored | BaseException:
         try:
             await self.messages.insert_one(doc)
         except DuplicateKeyError as exc:
             original = await self._find_original(m)
-            return (message_from_document(original), True) if original is not None else _unavailable(exc)
-        return record, False
+            if original is None:
+                return _unavailable(exc)
+            return Appended(record=message_from_document(original), duplicate=True)
+        return Appended(record=record, duplicate=False)
+
+    async def _update_root(self, outcome: Stored | BaseException) -> Stored | BaseException:
+        """A new reply's outcome with its root updated (``with_reply``) under a
+        rev of its own; the root is None when it does not exist. The reply is
+        stored already: if the root's update fails, so does this outcome."""
+        if not isinstance(outcome, Appended) or outcome.duplicate:
+            return outcome
+        reply = outcome.record
+        if reply.thread_root_id is None:
+            return outcome
+        try:
+            changed = await self._change_serialised(
+                reply.conversation_id, reply.thread_root_id, lambda root: with_reply(root, reply)
+            )
+        except PyMongoError as exc:
+            return _unavailable(exc)
+        except StoreUnavailable as exc:
+            return exc
+        return msgspec.structs.replace(outcome, root=None if changed is None else changed[0])
+
+    # Changes.
+
+    async def get_message(self, conversation_id: int, message_id: str) -> MessageRecord | None:
+        try:
+            doc = await self.messages.find_one({"_id": message_id, "conversation_id": conversation_id})
+        except PyMongoError as exc:
+            raise _unavailable(exc) from exc
+        return None if doc is None else message_from_document(doc)
+
+    async def change_message(
+        self, conversation_id: int, message_id: str, change: MessageChange
+    ) -> tuple[MessageRecord, bool] | None:
+        try:
+            return await self._change_serialised(conversation_id, message_id, change)
+        except PyMongoError as exc:
+            raise _unavailable(exc) from exc
+
+    async def _change_serialised(
+        self, conversation_id: int, message_id: str, change: MessageChange
+    ) -> tuple[MessageRecord, bool] | None:
+        async with self._changing.hold(conversation_id):
+            for _ in range(CHANGE_ATTEMPTS):
+                doc = await self.messages.find_one({"_id": message_id, "conversation_id": conversation_id})
+                if doc is None:
+                    return None
+                current = message_from_document(doc)
+                new = change(current)
+                if new is None:
+                    return current, False
+                stored = await self._write_change(doc, new)
+                if stored is not None:
+                    return stored, True
+        raise StoreUnavailable("mongo", f"message {message_id} kept changing under {CHANGE_ATTEMPTS} attempts")
+
+    async def _write_change(self, doc: Document, new: MessageRecord) -> MessageRecord | None:
+        """Store ``new``'s state under a fresh rev if the message is still as
+        ``doc`` (same rev); None when another change got there first (the rev
+        becomes a gap). The record is built from what is written, so it is
+        exactly what a read returns."""
+        allocation = await self.allocate(int(doc["conversation_id"]), seqs=0, revs=1)
+        try:
+            state = message_state_document(msgspec.structs.replace(new, rev=allocation.first_rev))
+            read_rev: Any = doc.get("rev", {"$exists": False})
+            result = await self.messages.update_one(
+                {"_id": doc["_id"], "conversation_id": doc["conversation_id"], "rev": read_rev}, {"$set": state}
+            )
+        finally:
+            await self.release(allocation)
+        return message_from_document({**doc, **state}) if result.matched_count else None
+
+    # Reads.
 
     async def history(
         self,
@@ -197,24 +496,55 @@ class MongoMessageLog:
         after: int | None,
         limit: int,
         order: HistoryOrder,
+        thread_root_id: str | None = None,
+        include_replies: bool = True,
     ) -> list[MessageRecord]:
         after_seq, before_seq = seq_range(before, after)
         query: Document = {"conversation_id": conversation_id, "seq": {"$gt": after_seq, "$lt": before_seq}}
+        if thread_root_id is not None:
+            query["thread_root_id"] = thread_root_id
+        elif not include_replies:
+            # None also matches documents written before threads existed (no field).
+            query["$or"] = [{"thread_root_id": None}, {"also_in_channel": True}]
         direction = pymongo.DESCENDING if order == "desc" else pymongo.ASCENDING
+        return await self._find(query, [("seq", direction)], limit)
+
+    async def pins(self, conversation_id: int, limit: int) -> list[MessageRecord]:
+        query: Document = {"conversation_id": conversation_id, "pinned_ts": {"$type": "number"}}
+        return await self._find(query, [("pinned_ts", pymongo.DESCENDING), ("seq", pymongo.DESCENDING)], limit)
+
+    async def changes(self, conversation_id: int, *, after_rev: int, limit: int) -> ChangesPage:
+        """The counter first, then the messages up to the horizon it gives: a
+        change allocated after that read has a rev above it, and one allocated
+        before and not yet written still has its pending entry."""
         try:
-            cursor = self.messages.find(query).sort("seq", direction).limit(limit)
+            counter = await self.counters.find_one({"_id": conversation_id})
+        except PyMongoError as exc:
+            raise _unavailable(exc) from exc
+        if counter is None:
+            return ChangesPage(messages=[], horizon=0)
+        horizon = horizon_of(counter, self._now_ms())
+        if horizon <= after_rev:
+            return ChangesPage(messages=[], horizon=horizon)
+        query: Document = {"conversation_id": conversation_id, "rev": {"$gt": after_rev, "$lte": horizon}}
+        return ChangesPage(messages=await self._find(query, [("rev", pymongo.ASCENDING)], limit), horizon=horizon)
+
+    async def _find(self, query: Document, sort: list[tuple[str, int]], limit: int) -> list[MessageRecord]:
+        try:
+            cursor = self.messages.find(query).sort(sort).limit(limit)
             return [message_from_document(d) async for d in cursor]
         except PyMongoError as exc:
             raise _unavailable(exc) from exc
 
-    async def last_seqs(self, conversation_ids: Sequence[int]) -> dict[int, int]:
+    async def heads(self, conversation_ids: Sequence[int]) -> dict[int, Head]:
         ids = sorted(set(conversation_ids))
         if not ids:
             return {}
         try:
-            return {int(d["_id"]): int(d["seq"]) async for d in self.counters.find({"_id": {"$in": ids}})}
+            counters = [d async for d in self.counters.find({"_id": {"$in": ids}, "seq": {"$gt": 0}})]
         except PyMongoError as exc:
             raise _unavailable(exc) from exc
+        return {int(d["_id"]): Head(last_seq=int(d["seq"]), last_rev=_counter_rev(d)) for d in counters}
 
 
 # mypy proves the backend implements its interface (storage/base.py).
