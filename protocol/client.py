@@ -3,14 +3,18 @@
 Used by the tests and the load-test tool's control paths; also a reference
 for writing a client in another language. One reader task decodes every
 server frame: replies resolve the request waiting on their id, events go to
-a queue that ``next_event`` reads. A frame that is not JSON, or nests deeper
-than the protocol allows, closes the connection with 1002.
+a queue that ``next_event`` reads. An event of a type this client does not
+know is skipped (PROTOCOL.md §2: a server may add event types within
+``hubbub.v1``, and an older client must survive them). A frame that is not
+JSON, nests deeper than the protocol allows, has no type, or is of a known
+type but does not match its schema, closes the connection with 1002.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -25,6 +29,31 @@ from hubbub.protocol.errors import CloseCode
 
 READER_CLOSE_REASON_BYTES = 123
 """The longest close reason RFC 6455 allows (a control frame's 125 bytes, less the code)."""
+_SERVER_FRAMES: tuple[type[frames.ServerFrame], ...] = (frames.ResultFrame, frames.ErrorFrame, *frames.EVENT_TYPES)
+KNOWN_SERVER_FRAME_TYPES = frozenset(frames.tag_of(t) for t in _SERVER_FRAMES)
+"""Every server frame ``type`` this client decodes: replies and the events of protocol.frames."""
+
+
+class _TypeOnly(msgspec.Struct):
+    type: str
+
+
+_type_decoder = msgspec.json.Decoder(_TypeOnly)
+
+
+def unknown_event_type(raw: str | bytes) -> str | None:
+    """The ``type`` of a frame that failed to decode when it is a type this client does not know.
+
+    None for a frame without a string ``type`` and for a known type (whose
+    frame then broke its schema). Called only after decode_server_frame
+    refused the frame with a ValidationError, so it is JSON within the
+    nesting limit.
+    """
+    try:
+        frame_type = _type_decoder.decode(raw).type
+    except msgspec.DecodeError:
+        return None
+    return None if frame_type in KNOWN_SERVER_FRAME_TYPES else frame_type
 
 
 class ServerError(Exception):
@@ -45,6 +74,8 @@ class Client:
         self.token: str | None = None
         self.events: asyncio.Queue[frames.ServerFrame] = asyncio.Queue()
         self.orphan_errors: asyncio.Queue[frames.ErrorFrame] = asyncio.Queue()
+        self.skipped_events: Counter[str] = Counter()
+        """Events of types this client does not know, by type, skipped unread."""
         self._ids = itertools.count(1)
         self._pending: dict[frames.RequestId, asyncio.Future[frames.ResultFrame | frames.ErrorFrame]] = {}
         self._reader = asyncio.create_task(self._read())
@@ -54,12 +85,15 @@ class Client:
             async for raw in self.ws:
                 try:
                     frame = codec.decode_server_frame(raw)
+                except msgspec.ValidationError as exc:
+                    skipped = unknown_event_type(raw)
+                    if skipped is None:
+                        await self._close_undecodable(exc)
+                        break
+                    self.skipped_events[skipped] += 1  # a newer server's event: not ours to read
+                    continue
                 except msgspec.DecodeError as exc:
-                    # Not JSON, or nested deeper than PROTOCOL.md §1 allows: the server broke the
-                    # protocol and its replies can no longer be told apart. Close (the calls
-                    # waiting fail at once) rather than let the reader die with the socket open.
-                    reason = f"undecodable server frame: {exc}".encode()[:READER_CLOSE_REASON_BYTES]
-                    await self.ws.close(CloseCode.PROTOCOL_ERROR, reason.decode(errors="ignore"))
+                    await self._close_undecodable(exc)
                     break
                 if isinstance(frame, frames.ResultFrame | frames.ErrorFrame):
                     future = self._pending.pop(frame.id, None) if frame.id is not None else None
@@ -79,6 +113,13 @@ class Client:
                 if not future.done():
                     future.set_exception(ConnectionError("connection closed"))
             self._pending.clear()
+
+    async def _close_undecodable(self, exc: msgspec.DecodeError) -> None:
+        # Not JSON, nested deeper than PROTOCOL.md §1 allows, or a known frame broken: the
+        # server broke the protocol and its replies can no longer be told apart. Close (the
+        # calls waiting fail at once) rather than let the reader die with the socket open.
+        reason = f"undecodable server frame: {exc}".encode()[:READER_CLOSE_REASON_BYTES]
+        await self.ws.close(CloseCode.PROTOCOL_ERROR, reason.decode(errors="ignore"))
 
     async def send_raw(self, data: str | bytes) -> None:
         """Send a frame as is (tests of malformed input)."""
