@@ -113,6 +113,7 @@ class App:
             trusted_proxies=s.http.proxy_networks,
             presence_max_members=s.presence.presence_max_members,
             typing=s.typing,
+            message_limits=s.messages,
             directory=guarded(directory, self.metrics, timeout),
             messages=guarded(messages, self.metrics, timeout),
             broker=broker,

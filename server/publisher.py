@@ -23,8 +23,21 @@ A new message, by function call (the whole path, to every socket):
    ``recipient.outbound.send_frame`` (the connection's outbound buffer) for every
    local member's connection.
 
-Every other event takes steps 4 to 6 from ``Publisher.publish`` (Catchup
-passes it straight on). A membership change is published by
+A new thread reply also changes its root (``MessageLog.append`` returns
+the updated root as ``Appended.root``): ``send_message`` then calls
+``Publisher.message_updated(root, "thread", ...)`` right after handing the
+reply to the Sequencer, so the root's message.updated follows the reply's
+message.new whenever the reply is not held behind an earlier append still
+running here (clients apply both by ``rev``, so the result is the same).
+
+A change to a message (server/handlers/messages.py, reactions.py,
+pins.py) is stored by ``MessageLog.change_message`` in the handler, which
+then calls ``Publisher.message_updated`` or ``Publisher.message_deleted``:
+the event for the members of the conversation, through ``publish``.
+
+Every event other than message.new takes steps 4 to 6 from
+``Publisher.publish`` (Catchup passes it straight on), so it reaches every
+instance with members of its conversations. A membership change is published by
 ``Publisher.publish_membership`` just before the event that announces it,
 to the same users: ``Catchup.on_membership`` calls ``Registry.join`` or
 ``Registry.leave`` first, so the announcement, and everything after it,
@@ -41,7 +54,7 @@ from hubbub.server.metrics import Metrics
 from hubbub.server.sequencer import Sequencer
 from hubbub.server.views import message_view
 from hubbub.storage.base import MessageLog
-from hubbub.storage.records import NewMessage
+from hubbub.storage.records import MessageRecord, NewMessage
 
 
 class Publisher:
@@ -73,7 +86,28 @@ class Publisher:
         else:
             self._metrics.messages_stored.inc()
             self._sequencer.complete(cid, ticket, record.seq, payload)
+        if appended.root is not None:
+            self.message_updated(appended.root, "thread", by=record.sender_id)
         return message, appended.duplicate
+
+    def message_updated(
+        self,
+        record: MessageRecord,
+        change: frames.MessageChangeKind,
+        *,
+        by: int,
+        reaction: frames.ReactionChange | None = None,
+    ) -> None:
+        """``record``'s new state to the members of its conversation (no
+        ``my_reactions``: every member gets the same event)."""
+        event = frames.MessageUpdated(message=message_view(record), change=change, by=by, reaction=reaction)
+        self.publish(event, conversations=(record.conversation_id,))
+
+    def message_deleted(self, tombstone: MessageRecord, *, by: int) -> None:
+        """A deleted message's tombstone to the members of its conversation."""
+        self.publish(
+            frames.MessageDeleted(message=message_view(tombstone), by=by), conversations=(tombstone.conversation_id,)
+        )
 
     def publish(
         self,

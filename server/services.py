@@ -20,7 +20,7 @@ from ipaddress import IPv4Network, IPv6Network
 from hubbub.server.auth import Passwords, Tokens
 from hubbub.server.broker import Broker
 from hubbub.server.catchup import Catchup
-from hubbub.server.config import LimitsConfig, TypingConfig
+from hubbub.server.config import LimitsConfig, MessagesConfig, TypingConfig
 from hubbub.server.handlers.context import Context
 from hubbub.server.handlers.presence import on_offline
 from hubbub.server.metrics import Metrics
@@ -39,6 +39,7 @@ class Services:
         trusted_proxies: list[IPv4Network | IPv6Network],
         presence_max_members: int,
         typing: TypingConfig,
+        message_limits: MessagesConfig,
         directory: Directory,
         messages: MessageLog,
         broker: Broker,
@@ -55,6 +56,8 @@ class Services:
         """Presence events go through conversations of at most this many members."""
         self.typing = typing
         """Typing indicators: their lifetime, rate limit (sessions read it) and size cap."""
+        self.message_limits = message_limits
+        """What may be done to a sent message (the change handlers read it)."""
         self.directory = directory
         self.messages = messages
         self.broker = broker

@@ -17,7 +17,9 @@ def user_view(u: UserRecord) -> frames.User:
 
 def message_view(m: MessageRecord, viewer: int | None = None) -> frames.Message:
     """The message as clients see it; with ``viewer`` (replies to that user's
-    request, never events) also their own reactions, ``my_reactions``.
+    request, never events) also their own reactions, ``my_reactions``, on a
+    message that has reactions (without any, it has none of the viewer's
+    either, and the field is left out like every other empty one).
 
     Only the state a message has is set: a plain message (the send path)
     costs one constructor and a few tests, and omit_defaults leaves the rest
@@ -49,11 +51,11 @@ def message_view(m: MessageRecord, viewer: int | None = None) -> frames.Message:
         view.mention_all = m.mention_all
     if m.reactions:
         view.reactions = [reaction_view(r) for r in m.reactions]
+        if viewer is not None:
+            view.my_reactions = [r.emoji for r in m.reactions if viewer in r.user_ids]
     if m.pinned_by is not None:
         view.pinned_by = m.pinned_by
         view.pinned_ts = m.pinned_ts
-    if viewer is not None:
-        view.my_reactions = [r.emoji for r in m.reactions if viewer in r.user_ids]
     return view
 
 

@@ -12,7 +12,17 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from hubbub.protocol import frames
-from hubbub.server.handlers import accounts, channels, dms, messages, presence, system, typing_indicator
+from hubbub.server.handlers import (
+    accounts,
+    channels,
+    dms,
+    messages,
+    pins,
+    presence,
+    reactions,
+    system,
+    typing_indicator,
+)
 from hubbub.server.handlers.context import Caller, Context
 from hubbub.server.handlers.presence import on_offline, on_online
 
@@ -34,17 +44,20 @@ HANDLERS: dict[str, Handler] = {
     "dm.list": dms.list_,
     "message.send": messages.send,
     "message.history": messages.history,
+    "thread.history": messages.thread_history,
+    "message.edit": messages.edit,
+    "message.delete": messages.delete,
+    "reaction.add": reactions.add,
+    "reaction.remove": reactions.remove,
+    "message.pin": pins.pin,
+    "message.unpin": pins.unpin,
+    "conversation.pins": pins.list_,
+    "message.changes": messages.changes,
     "presence.query": presence.query,
     "typing": typing_indicator.typing,
 }
 
 
-async def _not_yet(ctx: Context, caller: Caller, request: Any) -> Any:  # being built (docs/messages.md)
-    raise NotImplementedError(type(request).__name__)
-
-
-for _op in frames.RESULT_TYPES.keys() - HANDLERS.keys():
-    HANDLERS[_op] = _not_yet
 if HANDLERS.keys() != frames.RESULT_TYPES.keys():
     raise ImportError(f"handlers and result types differ: {sorted(HANDLERS.keys() ^ frames.RESULT_TYPES.keys())}")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from hubbub.protocol import frames
 from hubbub.protocol.errors import ErrorCode
+from hubbub.protocol.mentions import RESERVED_MENTIONS
 from hubbub.server import logs
 from hubbub.server.auth import InvalidToken
 from hubbub.server.clock import now_ms
@@ -23,6 +24,8 @@ async def _start_session(ctx: Context, caller: Caller, user: UserRecord) -> fram
 async def register(ctx: Context, caller: Caller, req: frames.Register) -> frames.Session:
     if caller.user is not None:
         raise ApiError(ErrorCode.FORBIDDEN, "this connection is already authenticated")
+    if req.username in RESERVED_MENTIONS:  # @channel, @here, @everyone mean everyone, never one user
+        raise ApiError(ErrorCode.CONFLICT, f"username {req.username!r} is reserved")
     password_hash = await ctx.passwords.hash(req.password)
     try:
         user = await ctx.directory.create_user(req.username, req.display_name, password_hash, now_ms())

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from hubbub.server.auth import Passwords, Tokens
+from hubbub.server.config import MessagesConfig
 from hubbub.server.presence import PresenceTracker
 from hubbub.server.publisher import Publisher
 from hubbub.server.ratelimit import FailureWindow, TokenBucket
@@ -49,6 +50,10 @@ class Context(Protocol):
 
     @property
     def max_message_chars(self) -> int: ...
+
+    @property
+    def message_limits(self) -> MessagesConfig:
+        """What may be done to a sent message: edit window, reaction and pin limits."""
 
     @property
     def presence_max_members(self) -> int:
