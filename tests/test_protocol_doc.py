@@ -11,8 +11,9 @@ Every ```json block in PROTOCOL.md is an example with a marker:
 
 The document must also show a request and a result for every request type
 and an example of every event type, pair every reply with its request by
-``id``, mention every error and close code, and list the limit settings with
-their environment variables and defaults. The checks are plain functions over
+``id``, mention every error and close code, list the limit settings with
+their environment variables and defaults, and name the fixed protocol
+constants (FIXED_LIMITS, the reserved mention words) with their values. The checks are plain functions over
 the document's text, so the last tests can prove that each catches a broken
 document.
 """
@@ -29,7 +30,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from hubbub.protocol import codec, frames, schema
+from hubbub.protocol import codec, frames, mentions, schema
 from hubbub.protocol.errors import CloseCode, ErrorCode
 from hubbub.server.config import Settings, env_name
 
@@ -56,8 +57,19 @@ LIMIT_SETTINGS = (
     "typing_per_second",
     "typing_burst",
     "typing_max_members",
+    "edit_window_seconds",
+    "max_reaction_emojis",
+    "max_reactions_per_user",
+    "max_pins",
 )
 """Settings that PROTOCOL.md's limits table must list, with env var and default."""
+
+FIXED_LIMITS = {
+    "MAX_EMOJI_CHARS": frames.MAX_EMOJI_CHARS,
+    "REACTION_USERS_SHOWN": frames.REACTION_USERS_SHOWN,
+    "MAX_MENTIONS": mentions.MAX_MENTIONS,
+}
+"""Protocol constants that PROTOCOL.md's fixed limits table must name, each with its value."""
 
 _OPENING_FENCE = re.compile(r"^\s*(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
 
@@ -303,6 +315,35 @@ def limit_problems(text: str) -> list[str]:
     return problems
 
 
+FIXED_LIMITS_TABLE = "Fixed limits, part of the schema:"
+
+
+def fixed_limits_rows(text: str) -> list[str]:
+    """The rows of the table that follows FIXED_LIMITS_TABLE in §15."""
+    _, found, after = text.partition(FIXED_LIMITS_TABLE)
+    if not found:
+        return []
+    rows = after.lstrip("\n").splitlines()
+    return rows[: next((i for i, row in enumerate(rows) if not row.startswith("|")), len(rows))]
+
+
+def fixed_limit_problems(text: str) -> list[str]:
+    """Each FIXED_LIMITS constant has a fixed limits row with its name and value, and one row
+    lists the reserved mention words."""
+    rows = fixed_limits_rows(text)
+    if not rows:
+        return [f"no {FIXED_LIMITS_TABLE!r} table"]
+    problems = [
+        f"no fixed limits table row with `{name}` and its value {value}"
+        for name, value in FIXED_LIMITS.items()
+        if not any(f"`{name}`" in row and re.search(rf"\b{value}\b", row) for row in rows)
+    ]
+    words = [f"`{word}`" for word in sorted(mentions.RESERVED_MENTIONS)]
+    if not any("reserved" in row and all(word in row for word in words) for row in rows):
+        problems.append(f"no fixed limits table row with the reserved mention words {', '.join(words)}")
+    return problems
+
+
 # ---------------------------------------------------------------------------
 # PROTOCOL.md as it is.
 
@@ -342,6 +383,10 @@ def test_every_error_and_close_code_is_documented() -> None:
 
 def test_limits_are_documented() -> None:
     _assert_none(limit_problems(DOC))
+
+
+def test_fixed_protocol_limits_are_documented() -> None:
+    _assert_none(fixed_limit_problems(DOC))
 
 
 # ---------------------------------------------------------------------------
@@ -405,6 +450,17 @@ Check = Callable[[str], list[str]]
         pytest.param("`unavailable`", "unavailable", -1, code_problems, id="error-code-doc"),
         pytest.param("`HUBBUB_RATE_BURST`", "HUBBUB_RATE_BURST", 1, limit_problems, id="limit"),
         pytest.param("| at most 32 levels", "| at most 64 levels", 1, limit_problems, id="nesting-limit"),
+        pytest.param("`HUBBUB_MAX_PINS`", "HUBBUB_MAX_PINS", 1, limit_problems, id="message-limit"),
+        pytest.param("`MAX_MENTIONS`", "MAX_MENTIONS", -1, fixed_limit_problems, id="fixed"),
+        pytest.param(
+            "the first 20 (`REACTION_USERS_SHOWN`)",
+            "the first 10 (`REACTION_USERS_SHOWN`)",
+            1,
+            fixed_limit_problems,
+            id="fixed-value",
+        ),
+        pytest.param("`here`, `everyone`: never", "`here`: never", 1, fixed_limit_problems, id="reserved-words"),
+        pytest.param('"rev": 14\n', '"rev": "14"\n', 1, all_example_problems, id="lax-rev"),
     ],
 )
 def test_checks_catch_a_broken_doc(old: str, new: str, count: int, check: Check) -> None:
