@@ -543,7 +543,7 @@ class MessageUpdated(ServerFrame, tag="message.updated"):
     change: MessageChangeKind
     """What changed: ``edited`` (text), ``reaction``, ``thread`` (reply count), ``pinned``, ``unpinned``."""
     by: int
-    """Who made the change (for ``thread``: who replied or whose reply was deleted)."""
+    """Who made the change (for ``thread``: who replied, or who deleted the reply)."""
     reaction: ReactionChange | None = None
     """For ``reaction``: which emoji, whose, and whether added or removed."""
 
