@@ -29,6 +29,7 @@ def message_frame(conversation: int, seq: int, size: int = 100) -> bytes:
         text=stamp_text(time.monotonic_ns(), size).decode(),
         client_msg_id=f"m{seq}",
         ts=int(time.time() * 1000),
+        rev=seq,
     )
     return codec.websocket_text_frame(codec.encode(frames.MessageNew(message=message)))
 

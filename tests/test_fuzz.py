@@ -88,6 +88,11 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "limit": st.integers(min_value=1, max_value=100),
     "order": st.sampled_from(["asc", "desc"]),
     "thread_root_id": st.none() | st.text(single_line, min_size=1, max_size=10),
+    "also_in_channel": st.booleans(),
+    "include_replies": st.booleans(),
+    "message_id": st.text(single_line, min_size=1, max_size=10),
+    "emoji": st.sampled_from(["👍", ":+1:", ":tada:", "🏳️‍🌈", ":no_such_emoji:", "ab"]),
+    "after_rev": st.integers(min_value=0, max_value=10),
 }
 # ...and values at or past the schema's edges.
 edge_id = st.sampled_from([-1, 0, 2**53, 2**53 + 1, 2**63, 2**64])
@@ -110,6 +115,11 @@ EDGE: dict[str, st.SearchStrategy[Any]] = {
     "limit": st.sampled_from([0, 101, -1]),
     "order": st.text(max_size=5),
     "thread_root_id": st.sampled_from(["", "a\nb", 7]) | st.text(min_size=65, max_size=66),
+    "also_in_channel": st.sampled_from([0, 1, "true", None]),
+    "include_replies": st.sampled_from([0, 1, "false", None]),
+    "message_id": st.sampled_from(["", "a\nb", 7]) | st.text(min_size=65, max_size=66),
+    "emoji": st.sampled_from(["", "a\x00", 1]) | st.text(min_size=64, max_size=66),
+    "after_rev": edge_id,
 }
 assert set(VALID) == set(EDGE) == set(FIELD_NAMES), "add the new request fields to VALID and EDGE"
 

@@ -86,7 +86,9 @@ def test_the_frame_length_always_matches_the_header(length: int) -> None:
 
 
 def message(text: str, seq: int = 1) -> frames.Message:
-    return frames.Message(id="m1", conversation_id=3, seq=seq, sender_id=4, text=text, client_msg_id="c1", ts=17)
+    return frames.Message(
+        id="m1", conversation_id=3, seq=seq, sender_id=4, text=text, client_msg_id="c1", ts=17, rev=seq
+    )
 
 
 def test_encode_writes_the_tag_and_every_field() -> None:
@@ -101,6 +103,7 @@ def test_encode_writes_the_tag_and_every_field() -> None:
             "text": "hi",
             "client_msg_id": "c1",
             "ts": 17,
+            "rev": 1,
         },
     }
 
