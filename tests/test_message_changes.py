@@ -148,8 +148,9 @@ async def quiet(*clients: Client) -> None:
 
 
 async def last_rev(client: Client, cid: int) -> int:
-    listing = {c.id: c for c in (await client.call("channel.list")).conversations}
-    return listing[cid].last_rev
+    listing: frames.ConversationList = await client.call("channel.list")
+    (conversation,) = [c for c in listing.conversations if c.id == cid]
+    return conversation.last_rev
 
 
 # -- threads ----------------------------------------------------------------------
@@ -289,6 +290,7 @@ async def test_the_edit_window_closes_and_a_tombstone_takes_no_edit(server: Runn
     (alice,) = await users(server, 1)
     cid = await channel_with(alice)
     # Sent two minutes ago (edit_window_seconds is 60): stored as a send would store it.
+    assert server.app.services is not None
     old = await server.app.services.messages.append(
         NewMessage(conversation_id=cid, sender_id=uid(alice), text="old", client_msg_id="old", ts=now_ms() - 120_000)
     )

@@ -23,7 +23,7 @@ from hubbub.server.metrics import Metrics
 from hubbub.server.presence import LocalPresence, PresenceTracker
 from hubbub.server.publisher import Publisher
 from hubbub.server.ratelimit import FailureWindow, TokenBucket
-from hubbub.storage.records import NewMessage, UserRecord
+from hubbub.storage.records import Head, NewMessage, UserRecord
 from hubbub.storage.sqlite import SqliteDirectory, SqliteMessageLog, open_sqlite
 
 Published = Event | MembershipChange
@@ -295,3 +295,55 @@ async def test_typing_goes_through_small_conversations_only(ctx: FakeContext) ->
 
 def _new(cid: int, sender: int, text: str) -> NewMessage:
     return NewMessage(conversation_id=cid, sender_id=sender, text=text, client_msg_id=text, ts=2)
+
+
+async def test_a_reply_is_published_before_its_roots_new_count(ctx: FakeContext) -> None:
+    alice = await caller(ctx, "alice")
+    cid = (await channels.create(*_typed(ctx, alice), frames.ChannelCreate(id=1, name="general"))).conversation.id
+    root = (
+        await messages.send(
+            *_typed(ctx, alice), frames.MessageSend(id=2, conversation_id=cid, text="root", client_msg_id="r")
+        )
+    ).message
+    ctx.broker.take()
+    reply = await messages.send(
+        *_typed(ctx, alice),
+        frames.MessageSend(id=3, conversation_id=cid, text="reply", client_msg_id="a", thread_root_id=root.id),
+    )
+    new, updated = ctx.broker.take()
+    assert isinstance(new, Event) and (new.seq, new.conversations) == (2, (cid,))
+    assert frame_of(new) == frames.MessageNew(message=reply.message)
+    assert isinstance(updated, Event) and (updated.seq, updated.conversations) == (0, (cid,))
+    event = frame_of(updated)
+    assert isinstance(event, frames.MessageUpdated)
+    assert (event.change, event.by, event.message.id, event.message.reply_count) == (
+        "thread",
+        alice.user_id,
+        root.id,
+        1,
+    )
+
+
+async def test_a_change_that_changes_nothing_publishes_nothing_and_a_refused_one_stores_nothing(
+    ctx: FakeContext,
+) -> None:
+    alice, bob = await caller(ctx, "alice"), await caller(ctx, "bob")
+    cid = (await channels.create(*_typed(ctx, alice), frames.ChannelCreate(id=1, name="general"))).conversation.id
+    await channels.join(*_typed(ctx, bob), frames.ChannelJoin(id=2, channel_id=cid))
+    sent = (
+        await messages.send(
+            *_typed(ctx, alice), frames.MessageSend(id=3, conversation_id=cid, text="hi", client_msg_id="h")
+        )
+    ).message
+    ctx.broker.take()
+    same = await messages.edit(
+        *_typed(ctx, alice), frames.MessageEdit(id=4, conversation_id=cid, message_id=sent.id, text="hi")
+    )
+    assert same.message == sent
+    with pytest.raises(ApiError) as refused:
+        await messages.edit(
+            *_typed(ctx, bob), frames.MessageEdit(id=5, conversation_id=cid, message_id=sent.id, text="bob's now")
+        )
+    assert refused.value.code == ErrorCode.FORBIDDEN
+    assert ctx.broker.take() == []
+    assert await ctx.messages.heads([cid]) == {cid: Head(last_seq=1, last_rev=1)}
