@@ -5,7 +5,10 @@ loop never blocks on disk and SQLite never sees two threads. Message appends
 are group-committed (storage/batching.py, all conversations in one group):
 appends that arrive while a commit is in flight wait and go together in the
 next transaction, so an ack still means "on disk" (WAL, synchronous=FULL)
-while fsyncs are shared under load.
+while fsyncs are shared under load. A change to a message (change_message)
+is a transaction of its own on the same thread, so the one writer orders
+every change and append, and each takes the next revision from the
+conversation's counter row in the transaction that writes it (docs/messages.md).
 """
 
 from __future__ import annotations
