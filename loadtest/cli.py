@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,9 @@ from typing import Any
 import uvloop
 
 from hubbub.loadtest import procstat
+from hubbub.loadtest.changes import STORES, ChangesOptions, run_changes
+from hubbub.loadtest.changes import commit as git_commit
+from hubbub.loadtest.changes import table as changes_table
 from hubbub.loadtest.report import Progress, table, write_json, write_plot
 from hubbub.loadtest.runner import RunOptions, run_target
 from hubbub.loadtest.safety import (
@@ -127,6 +130,30 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--warmup", type=float, help="seconds of the run left out of the RSS slope (soak: 60)")
     load.add_argument("--drain-timeout", type=float, default=10.0, help="wait for late acks/deliveries (s)")
 
+    changes = parser.add_argument_group(
+        "message changes (--changes: sends, edits, reactions, history pages, message.changes on one store)"
+    )
+    changes.add_argument(
+        "--changes", action="store_true", help="measure message changes in one channel (loadtest/README.md)"
+    )
+    changes.add_argument("--store", choices=STORES, default="sqlite", help="message store of the started Hubbub")
+    changes.add_argument(
+        "--postgres-dsn",
+        default="",
+        help="PostgreSQL server (loopback; the run creates and drops a database of its own); "
+        "holds the accounts too with --store mongo",
+    )
+    changes.add_argument("--mongo-url", default="", help="MongoDB server of --store mongo (loopback)")
+    changes.add_argument("--members", type=int, default=50, help="members of the channel, one connection each")
+    changes.add_argument("--seed-messages", type=int, default=1000, help="messages stored before measuring")
+    changes.add_argument(
+        "--per-conn-inflight", type=int, default=4, help="requests in flight per connection (send, edit, reaction)"
+    )
+    changes.add_argument("--page", type=int, default=100, help="messages per history page and thread replies")
+    changes.add_argument(
+        "--hot-messages", type=int, default=1, help="shared messages every member toggles reactions on"
+    )
+
     out = parser.add_argument_group("output")
     out.add_argument("--json", type=Path, help="write the JSON report here (and a PNG latency CDF next to it)")
     out.add_argument("--no-plot", action="store_true", help="no PNG, even with matplotlib installed")
@@ -178,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(run_bench())
         return 0
+    if args.changes:
+        return _changes_main(args, argv, parser)
     names: list[str | None] = list(BENCHMARK_TABLE) if args.scenario == "all" else [args.scenario]
     try:
         scenarios = [scenario_from_args(args, name) for name in names]
@@ -188,12 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     if args.url and (args.start_server or args.compare):
         parser.error("--url tests a running server: it does not go with --start-server or --compare")
-    extra_env = {}
-    for item in args.server_env:
-        name, sep, value = item.partition("=")
-        if not sep or not name.startswith("HUBBUB_"):
-            parser.error(f"--server-env takes HUBBUB_NAME=VALUE, not {item!r}")
-        extra_env[name] = value
+    extra_env = _server_env(args, parser)
     if args.generator_cpu:
         os.sched_setaffinity(0, parse_cpus(args.generator_cpu))
     raise_fd_limit(max(s.connections for s in scenarios) + 4096)
@@ -217,6 +241,97 @@ def main(argv: Sequence[str] | None = None) -> int:
         if status == 130:
             break
     return status
+
+
+def _server_env(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, str]:
+    extra_env = {}
+    for item in args.server_env:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("HUBBUB_"):
+            parser.error(f"--server-env takes HUBBUB_NAME=VALUE, not {item!r}")
+        extra_env[name] = value
+    return extra_env
+
+
+def _changes_main(args: argparse.Namespace, argv: Sequence[str] | None, parser: argparse.ArgumentParser) -> int:
+    """--changes: one run on one store, its table and JSON report; the exit status."""
+    if args.url:
+        parser.error("--changes starts its own server: it does not go with --url")
+    try:
+        options = ChangesOptions(
+            store=args.store,
+            postgres_dsn=args.postgres_dsn,
+            mongo_url=args.mongo_url,
+            members=args.members,
+            seed_messages=args.seed_messages,
+            window=args.per_conn_inflight,
+            duration=args.duration if args.duration is not None else 10.0,
+            size=args.size if args.size is not None else 100,
+            page=args.page,
+            hot_messages=args.hot_messages,
+        ).check()
+    except (ValueError, UnsafeTarget) as exc:
+        parser.error(str(exc))
+    if args.generator_cpu:
+        os.sched_setaffinity(0, parse_cpus(args.generator_cpu))
+    raise_fd_limit(options.members + 1024)
+    server = ServerOptions(cpus=args.server_cpu, extra_env=_server_env(args, parser))
+    progress = Progress(enabled=not args.quiet)
+    document: dict[str, Any] = {
+        "tool": "hubbub-loadtest",
+        "format": 1,
+        "mode": "changes",
+        "started_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": ["hubbub-loadtest", *(argv if argv is not None else sys.argv[1:])],
+        "commit": git_commit(),
+        "machine": procstat.machine(),
+        "generator_cpus": sorted(os.sched_getaffinity(0)),
+        "server_cpus": args.server_cpu,
+        "loadavg_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "options": asdict(options),
+        "results": [],
+    }
+    interrupted = False
+    started = time.monotonic()
+    try:
+        result = uvloop.run(_cancellable(run_changes(options, server, progress)))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        interrupted = True
+        result = {"target": "hubbub", "store": options.store, "error": "interrupted", "warnings": []}
+    except (ServerUnavailable, SetupError, OSError, TimeoutError, ValueError) as exc:
+        result = {"target": "hubbub", "store": options.store, "error": str(exc) or type(exc).__name__, "warnings": []}
+    finally:
+        killed = kill_all_now()
+        if killed:
+            print(f"hubbub-loadtest: killed leftover server processes {killed}", file=sys.stderr)
+    result["wall_seconds"] = round(time.monotonic() - started, 1)
+    document["results"].append(result)
+    print()
+    print(
+        f"changes on {options.store}: {options.members} members, {options.seed_messages} seeded, "
+        f"{options.window} in flight per connection, {options.duration:g} s per phase"
+    )
+    print(changes_table(result))
+    if args.json:
+        write_json(args.json, document)
+        print(f"JSON report written to {args.json}")
+    if interrupted:
+        return 130
+    ok = result.get("error") is None and not result.get("errors") and result.get("correctness", {}).get("ok")
+    return 0 if ok else 1
+
+
+async def _cancellable(work: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
+    """``work`` in a task that SIGINT and SIGTERM cancel (its finally blocks stop the servers)."""
+    task = asyncio.ensure_future(work)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        return await task
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
 
 def _run_scenario(
