@@ -3,7 +3,8 @@
 Two narrow stores, because the design keeps them in different databases:
 the directory (accounts, conversations, memberships; SQLite or PostgreSQL)
 and the message log (SQLite, MongoDB or PostgreSQL). Every backend passes the
-same contract tests in tests/test_storage_contract.py.
+same contract tests in tests/test_storage_contract.py and
+tests/test_message_changes_contract.py.
 """
 
 from __future__ import annotations

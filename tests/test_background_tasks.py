@@ -377,7 +377,7 @@ async def test_resync_survives_a_failure(
     await send(alice, room, "m1")
     await receive_text(bob, "m1")
 
-    fail_once(hub.messages, "last_seqs", monkeypatch)
+    fail_once(hub.messages, "heads", monkeypatch)
     hub.catchup.on_resync([room])
     await until(lambda: failures(server.app, "catchup_resync") == 1, "counted resync failure")
     json_log.assert_one_json_line_per_failure("catchup_resync")
