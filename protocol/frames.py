@@ -540,8 +540,10 @@ class MessageUpdated(ServerFrame, tag="message.updated"):
     """A message changed: replace your copy with ``message`` if its ``rev`` is newer."""
 
     message: Message
-    change: MessageChangeKind
-    """What changed: ``edited`` (text), ``reaction``, ``thread`` (reply count), ``pinned``, ``unpinned``."""
+    change: str
+    """What changed: ``edited`` (text), ``reaction``, ``thread`` (reply count), ``pinned``, ``unpinned``
+    (MessageChangeKind). A plain string, not an enum, so that a client written
+    today accepts a kind added later: apply ``message`` whatever the kind."""
     by: int
     """Who made the change (for ``thread``: who replied, or who deleted the reply)."""
     reaction: ReactionChange | None = None

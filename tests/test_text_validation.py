@@ -29,16 +29,29 @@ from tests.helpers import assert_serving, expect_error
 
 SCHEMA = json.loads((Path(__file__).resolve().parent.parent / "protocol" / "schema.json").read_text(encoding="utf-8"))
 
+MESSAGE_ID = "d98abef563e348f5b9a332ac50cfb11c"
 # A valid request of every type that has a patterned field, and a valid value of each such field.
 VALID_REQUESTS: dict[str, dict[str, Any]] = {
     "register": {"username": "nl123", "password": "correct horse", "display_name": "Alice Liddell"},
     "login": {"username": "nl123", "password": "correct horse"},
     "auth": {"token": "eyJhbGciOiJIUzI1NiJ9.e30.c2ln"},
     "channel.create": {"name": "nl123", "topic": "Company-wide chatter"},
-    "message.send": {"conversation_id": 1, "text": "first line\nsecond\tline", "client_msg_id": "c-1"},
-    "typing": {"conversation_id": 1, "thread_root_id": "d98abef563e348f5b9a332ac50cfb11c"},
+    "message.send": {
+        "conversation_id": 1,
+        "text": "first line\nsecond\tline",
+        "client_msg_id": "c-1",
+        "thread_root_id": MESSAGE_ID,
+    },
+    "typing": {"conversation_id": 1, "thread_root_id": MESSAGE_ID},
+    "thread.history": {"conversation_id": 1, "thread_root_id": MESSAGE_ID},
+    "message.edit": {"conversation_id": 1, "message_id": MESSAGE_ID, "text": "first line\nsecond\tline"},
+    "message.delete": {"conversation_id": 1, "message_id": MESSAGE_ID},
+    "reaction.add": {"conversation_id": 1, "message_id": MESSAGE_ID, "emoji": ":thumbsup:"},
+    "reaction.remove": {"conversation_id": 1, "message_id": MESSAGE_ID, "emoji": "\N{THUMBS UP SIGN}"},
+    "message.pin": {"conversation_id": 1, "message_id": MESSAGE_ID},
+    "message.unpin": {"conversation_id": 1, "message_id": MESSAGE_ID},
 }
-MULTI_LINE = {("MessageSend", "text")}
+MULTI_LINE = {("MessageSend", "text"), ("MessageEdit", "text")}
 """Fields where a line feed (and a tab) is allowed."""
 PASSWORDS = {("Register", "password"), ("Login", "password")}
 """Hashed, never stored or shown as text: only U+0000 is refused (a password that worked keeps working)."""
