@@ -50,15 +50,14 @@ class Replica:
                     continue
                 self._keep_if_newer(msgspec.structs.replace(message, my_reactions=self._my_reactions_after(event)))
 
-    def _my_reactions_after(
-        self, event: frames.MessageNew | frames.MessageUpdated | frames.MessageDeleted
-    ) -> list[str]:
-        """Events carry no ``my_reactions``: a client keeps its own from what it had and the event's ``reaction``."""
-        if isinstance(event, frames.MessageNew | frames.MessageDeleted):
-            return []
+    def _my_reactions_after(self, event: MessageEvent) -> list[str] | None:
+        """Events carry no ``my_reactions``: a client keeps its own from what it had and the
+        event's ``reaction``; absent (None) on a message without reactions (PROTOCOL.md §6)."""
+        if not event.message.reactions:
+            return None
         held = self.messages.get(event.message.id)
         mine = list(held.my_reactions or []) if held is not None else []
-        change = event.reaction
+        change = event.reaction if isinstance(event, frames.MessageUpdated) else None
         if change is not None and change.user_id == self.peer.user_id:
             if change.added and change.emoji not in mine:
                 mine.append(change.emoji)
