@@ -265,8 +265,6 @@ class Phase:
     server_cores: float | None = None
     server_cpu_s: float | None = None
     generator_cores: float | None = None
-    other_cores: float | None = None
-    """Machine CPU used by neither the server nor the generator (a store, another program)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -283,7 +281,6 @@ class Phase:
             if self.server_cpu_s is not None and self.acked
             else None,
             "generator_cores": None if self.generator_cores is None else round(self.generator_cores, 3),
-            "other_cores": None if self.other_cores is None else round(self.other_cores, 3),
             **self.extra,
         }
 
@@ -390,7 +387,6 @@ class Measured:
     async def over(self, phase: Phase) -> AsyncIterator[None]:
         server = procstat.sample_all(self.pids)
         generator = procstat.sample(os.getpid())
-        machine = procstat.cpu_times()
         started = monotonic_ns()
         yield
         phase.seconds = (monotonic_ns() - started) / 1e9
@@ -399,9 +395,6 @@ class Measured:
         if server is not None and server_end is not None:
             phase.server_cpu_s = server_end.cpu_s - server.cpu_s
         phase.generator_cores = procstat.cpu_share(generator, procstat.sample(os.getpid()))
-        busy = sum(v["busy"] for v in procstat.cpu_busy(machine, procstat.cpu_times()).values())
-        if phase.server_cores is not None and phase.generator_cores is not None:
-            phase.other_cores = busy - phase.server_cores - phase.generator_cores
 
 
 async def closed_loop(
@@ -632,13 +625,8 @@ async def measure_pages(setup: Setup, o: ChangesOptions, measured: Measured) -> 
             phase, build, check = kinds[turn % len(kinds)]
             await checked(reader, phase, build, check)
             turn += 1
-    for phase, _, _ in kinds:  # CPU is the whole phase's: the three kinds alternate
+    for phase, _, _ in kinds:
         phase.seconds = whole.seconds
-        phase.server_cores, phase.generator_cores, phase.other_cores = (
-            whole.server_cores,
-            whole.generator_cores,
-            whole.other_cores,
-        )
     return {phase.name: phase for phase, _, _ in kinds}
 
 
@@ -844,7 +832,7 @@ TABLE_ROWS = ("send", "edit", "reaction", "history plain", "history rich", "thre
 
 def table(result: dict[str, Any]) -> str:
     """One row per phase: acks/s (messages/s for changes), latency p50 / p99, errors, CPU."""
-    header = ("phase", "acks/s", "p50 ms", "p99 ms", "errors", "server cores", "srv us/ack", "gen cores", "other")
+    header = ("phase", "acks/s", "p50 ms", "p99 ms", "errors", "server cores", "srv us/ack", "gen cores")
     rows: list[tuple[str, ...]] = [header]
     for name in TABLE_ROWS:
         p = result.get("phases", {}).get(name)
@@ -861,7 +849,6 @@ def table(result: dict[str, Any]) -> str:
                 _ms(p["server_cores"]),
                 _ms(p["server_cpu_us_per_ack"], 0),
                 _ms(p["generator_cores"]),
-                _ms(p["other_cores"]),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]

@@ -459,10 +459,9 @@ class PostgresMessageLog:
             stored = await _run(self.pools.primary, functools.partial(_append_batch, messages=batch), retry=False)
             return list(stored)
         except asyncpg.UniqueViolationError:
-            # Not a resend (the function meets those with ON CONFLICT, behind
-            # the counter lock of any instance): a fresh id taken already.
-            # The batch rolled back whole (counters included); one at a
-            # time, each with new ids.
+            # A resend of one of these client_msg_ids committed on another
+            # instance meanwhile; the batch rolled back whole (counter
+            # included). One at a time, each reads its original back.
             outcomes: list[Stored | BaseException] = []
             for m in batch:
                 try:
@@ -476,7 +475,7 @@ class PostgresMessageLog:
             try:
                 (result,) = await _run(self.pools.primary, lambda c: _append_batch(c, [m]), retry=False)
             except asyncpg.UniqueViolationError:
-                continue  # another id taken: the next try draws new ones
+                continue  # the racing original is committed now: the next try finds it
             return result
         raise StoreUnavailable("postgres", "append kept conflicting")
 
@@ -577,26 +576,17 @@ _STORE_CHANGE_SQL = (
 _APPENDED_COLUMNS = ", ".join(f"(a.message).{column.strip()}" for column in MESSAGE_COLUMNS.split(","))
 
 
-_APPEND_BATCH_SQL = (
-    # MESSAGE_COLUMNS' order, then whether it is a duplicate, then whether it is the previous reply's root.
-    f"SELECT {_APPENDED_COLUMNS}, a.duplicate, a.is_root"
-    " FROM hubbub_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) AS a"
-)
-
-
 async def _append_batch(c: Conn, messages: list[NewMessage]) -> list[Stored]:
     """Store one conversation's ``messages`` in one statement, in order (see
     migration 0004); duplicates return their original, new replies their
     updated root."""
-    return _appended(await c.fetch(_APPEND_BATCH_SQL, *_append_batch_arguments(messages)))
-
-
-def _append_batch_arguments(messages: list[NewMessage]) -> tuple[object, ...]:
-    """The arguments of ``_APPEND_BATCH_SQL`` storing ``messages`` under fresh ids."""
     cid = messages[0].conversation_id
     if any(m.conversation_id != cid for m in messages):
         raise ValueError(f"a batch of conversation {cid} holds messages of another conversation")
-    return (
+    rows = await c.fetch(
+        # MESSAGE_COLUMNS' order, then whether it is a duplicate, then whether it is the previous reply's root.
+        f"SELECT {_APPENDED_COLUMNS}, a.duplicate, a.is_root"
+        " FROM hubbub_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) AS a",
         cid,
         [new_message_id() for _ in messages],
         [m.sender_id for m in messages],
@@ -609,6 +599,7 @@ def _append_batch_arguments(messages: list[NewMessage]) -> tuple[object, ...]:
         [m.mention_all for m in messages],
         REPLIERS_KEPT,
     )
+    return _appended(rows)
 
 
 def _appended(rows: Sequence[Record]) -> list[Stored]:

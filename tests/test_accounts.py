@@ -132,6 +132,15 @@ NEEDS_AUTH: dict[str, dict[str, Any]] = {
     "message.history": {"conversation_id": 1},
     "presence.query": {"user_ids": [1]},
     "typing": {"conversation_id": 1},
+    "thread.history": {"conversation_id": 1, "thread_root_id": "m1"},
+    "message.edit": {"conversation_id": 1, "message_id": "m1", "text": "hi"},
+    "message.delete": {"conversation_id": 1, "message_id": "m1"},
+    "reaction.add": {"conversation_id": 1, "message_id": "m1", "emoji": ":tada:"},
+    "reaction.remove": {"conversation_id": 1, "message_id": "m1", "emoji": ":tada:"},
+    "message.pin": {"conversation_id": 1, "message_id": "m1"},
+    "message.unpin": {"conversation_id": 1, "message_id": "m1"},
+    "conversation.pins": {"conversation_id": 1},
+    "message.changes": {"conversation_id": 1, "after_rev": 0},
 }
 
 
