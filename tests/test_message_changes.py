@@ -26,18 +26,8 @@ from tests.backends import BACKENDS, drop_mongo_database, truncate_postgres
 from tests.conftest import TEST_SETTINGS, RunningServer, unique_name
 from tests.helpers import expect_error, settled_events, uid
 
-
-def _one_worker() -> list[pytest.MarkDecorator]:
-    """One worker runs the whole module (make test: --dist loadgroup), so each
-    server starts once. The marker is registered only while xdist is active
-    (not under ``-p no:xdist``), and --strict-markers refuses it otherwise."""
-    try:
-        return [pytest.mark.xdist_group("message_changes")]
-    except pytest.fail.Exception:
-        return []
-
-
-pytestmark = [pytest.mark.asyncio(loop_scope="module"), *_one_worker()]
+# One worker runs the whole module (make test: --dist loadgroup), so each server starts once.
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.xdist_group("message_changes")]
 
 LIMITS: dict[str, Any] = {
     "max_message_chars": 100,
