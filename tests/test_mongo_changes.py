@@ -283,6 +283,25 @@ async def test_a_change_takes_four_round_trips_and_a_reply_four_more(open_log: L
     assert commands.take() == ["find"]  # nothing to do: no allocation
 
 
+async def test_a_history_page_with_reactions_and_replies_is_one_round_trip_whatever_its_size(
+    open_log: LogFactory,
+) -> None:
+    """No N+1: reactions, reply counts and pins are in the message's own document."""
+    commands = CommandNames()
+    log = await open_log(listener=commands)
+    cid = next(_conversations)
+    messages = await fill(log, cid, 30)
+    for n, message in enumerate(messages):
+        await changed(log.change_message(cid, message.id, react(n, ("👍", "🎉", "👀")[n % 3])))
+    await log.append(new_message(cid, "reply", thread_root_id=messages[0].id))
+    for limit in (1, 10, 31):
+        commands.take()
+        page = await log.history(cid, before=None, after=None, limit=limit, order="desc")
+        assert commands.take() == ["find"]
+        assert len(page) == limit and all(m.reactions for m in page if m.thread_root_id is None)
+    assert page[-1].reply_count == 1
+
+
 # Upgrade of a store written before revisions existed.
 
 
