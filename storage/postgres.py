@@ -422,7 +422,7 @@ class PostgresMessageLog:
     """Messages in PostgreSQL: seq and rev from a per-conversation counter row.
 
     Every transaction that changes a conversation's messages (an append
-    batch, a change) updates its counter row (``conversation_seq``) first, and
+    batch, a change) locks its counter row (``conversation_seq``) first, and
     only then touches message rows: that row lock orders them, on any
     instance, so seqs are gapless, revisions commit in increasing order (the
     horizon of ``changes`` is the counter as one snapshot sees it) and the
@@ -459,9 +459,10 @@ class PostgresMessageLog:
             stored = await _run(self.pools.primary, functools.partial(_append_batch, messages=batch), retry=False)
             return list(stored)
         except asyncpg.UniqueViolationError:
-            # A resend of one of these client_msg_ids committed on another
-            # instance meanwhile; the batch rolled back whole (counter
-            # included). One at a time, each reads its original back.
+            # Not a resend (the function meets those with ON CONFLICT, behind
+            # the counter lock of any instance): a fresh id taken already.
+            # The batch rolled back whole (counters included); one at a
+            # time, each with new ids.
             outcomes: list[Stored | BaseException] = []
             for m in batch:
                 try:
@@ -475,7 +476,7 @@ class PostgresMessageLog:
             try:
                 (result,) = await _run(self.pools.primary, lambda c: _append_batch(c, [m]), retry=False)
             except asyncpg.UniqueViolationError:
-                continue  # the racing original is committed now: the next try finds it
+                continue  # another id taken: the next try draws new ones
             return result
         raise StoreUnavailable("postgres", "append kept conflicting")
 
@@ -522,8 +523,9 @@ class PostgresMessageLog:
         rows = await _run(
             self.pools.primary, lambda c: c.fetch(_CHANGES_SQL, conversation_id, after_rev, limit), retry=True
         )
-        # One row without a message when nothing changed; the horizon is on every row.
-        horizon = rows[0][_WIDTH] if rows else 0
+        # The horizon is on every row (one without a message when nothing
+        # changed), NULL when the conversation has no counter row yet.
+        horizon = rows[0][_WIDTH] if rows else None
         return ChangesPage(messages=[message_record(r) for r in rows if r[0] is not None], horizon=horizon or 0)
 
     async def heads(self, conversation_ids: Sequence[int]) -> dict[int, Head]:
@@ -568,7 +570,7 @@ _CHANGES_SQL = (
     " ORDER BY m.rev"
 )
 _WIDTH = len(MESSAGE_COLUMNS.split(","))
-"""How many columns a message row has: what a statement returns besides comes after them."""
+"""How many columns a message row has; a statement's other columns come after them."""
 _STATE_ASSIGNMENTS = ", ".join(f"{column} = ${n}" for n, column in enumerate(MESSAGE_STATE_COLUMNS, start=3))
 _STORE_CHANGE_SQL = (
     f"UPDATE messages SET {_STATE_ASSIGNMENTS} WHERE conversation_id = $1 AND id = $2 RETURNING {MESSAGE_COLUMNS}"
@@ -576,17 +578,26 @@ _STORE_CHANGE_SQL = (
 _APPENDED_COLUMNS = ", ".join(f"(a.message).{column.strip()}" for column in MESSAGE_COLUMNS.split(","))
 
 
+_APPEND_BATCH_SQL = (
+    # MESSAGE_COLUMNS' order, then whether it is a duplicate, then whether it is the previous reply's root.
+    f"SELECT {_APPENDED_COLUMNS}, a.duplicate, a.is_root"
+    " FROM hubbub_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) AS a"
+)
+
+
 async def _append_batch(c: Conn, messages: list[NewMessage]) -> list[Stored]:
     """Store one conversation's ``messages`` in one statement, in order (see
     migration 0004); duplicates return their original, new replies their
     updated root."""
+    return _appended(await c.fetch(_APPEND_BATCH_SQL, *_append_batch_arguments(messages)))
+
+
+def _append_batch_arguments(messages: list[NewMessage]) -> tuple[object, ...]:
+    """The arguments of ``_APPEND_BATCH_SQL`` storing ``messages`` under fresh ids."""
     cid = messages[0].conversation_id
     if any(m.conversation_id != cid for m in messages):
         raise ValueError(f"a batch of conversation {cid} holds messages of another conversation")
-    rows = await c.fetch(
-        # MESSAGE_COLUMNS' order, then whether it is a duplicate, then whether it is the previous reply's root.
-        f"SELECT {_APPENDED_COLUMNS}, a.duplicate, a.is_root"
-        " FROM hubbub_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) AS a",
+    return (
         cid,
         [new_message_id() for _ in messages],
         [m.sender_id for m in messages],
@@ -599,7 +610,6 @@ async def _append_batch(c: Conn, messages: list[NewMessage]) -> list[Stored]:
         [m.mention_all for m in messages],
         REPLIERS_KEPT,
     )
-    return _appended(rows)
 
 
 def _appended(rows: Sequence[Record]) -> list[Stored]:

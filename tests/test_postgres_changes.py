@@ -9,6 +9,7 @@ is one statement, replies included."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
@@ -16,7 +17,13 @@ import msgspec
 import pytest
 
 from hubbub.storage.base import MessageChange
-from hubbub.storage.postgres import PostgresMessageLog, PostgresPools, migrate
+from hubbub.storage.postgres import (
+    _APPEND_BATCH_SQL,
+    PostgresMessageLog,
+    PostgresPools,
+    _append_batch_arguments,
+    migrate,
+)
 from hubbub.storage.records import Appended, MessageRecord, NewMessage, Reaction
 from hubbub.storage.threads import with_reply
 from tests.backends import truncate_postgres
@@ -202,6 +209,46 @@ async def test_a_reply_to_a_missing_root_is_stored_alone(log: PostgresMessageLog
     after = (await log.append(message("after"))).record
     assert orphan.root is None and orphan.record.thread_root_id == "no-such-root"
     assert (before.rev, orphan.record.rev, after.rev) == (1, 2, 3), "the reply used one rev, its own"
+
+
+async def test_appending_does_not_read_the_conversation_back(dsn: str) -> None:
+    """A batch finds duplicates through the idempotency index, never by
+    scanning the conversation: the plans a session caches while the table is
+    small (a fresh deployment) must not become a scan of every earlier
+    message once the conversation is long."""
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)  # one session: the one whose plans are cached
+    assert pool is not None
+    log = PostgresMessageLog(PostgresPools(pool, None))
+    try:
+        for n in range(20):  # batches of one, past PostgreSQL's five custom plans: generic plans from here on
+            await log.append(message(f"warm-{n}"))
+        filler = await asyncpg.connect(dsn)  # the conversation grows to 5,020 messages behind those plans' back
+        try:
+            await filler.execute(
+                "INSERT INTO messages (conversation_id, seq, id, sender_id, text, client_msg_id, ts, rev)"
+                " SELECT $1::bigint, g, md5(g::text), 1, 'filler', 'filler-' || g, 1000, g"
+                " FROM generate_series(21, 5020) AS g",
+                CONVERSATION,
+            )
+            await filler.execute(
+                "UPDATE conversation_seq SET last_seq = 5020, last_rev = 5020 WHERE conversation_id = $1", CONVERSATION
+            )
+        finally:
+            await filler.close()
+        batch = [message(f"m{n}") for n in range(50)]
+        async with pool.acquire() as conn:
+            explained = await conn.fetchval(
+                "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + _APPEND_BATCH_SQL, *_append_batch_arguments(batch)
+            )
+        plan = json.loads(explained)[0]["Plan"]
+        touched = plan["Shared Hit Blocks"] + plan["Shared Read Blocks"]
+        # An insert touches its heap page and four index paths, a dozen pages;
+        # scanning the conversation for each message would be over a hundred.
+        assert touched < 30 * len(batch), f"{touched} pages touched to append {len(batch)} messages"
+        assert (await log.heads([CONVERSATION]))[CONVERSATION].last_seq == 5070
+    finally:
+        await log.close()
+        await pool.close()
 
 
 def pools_statements(statements: list[str]) -> list[str]:

@@ -55,15 +55,19 @@ LANGUAGE sql IMMUTABLE AS $$
 $$;
 
 -- Appends, still one round trip per batch, now with revisions and threads.
--- Every new message takes the next seq and the next rev from the
--- conversation's counter row, which this locks first: that row lock orders
--- every transaction changing the conversation (docs/messages.md), so
--- revisions commit in increasing order. A new reply whose root exists also
--- updates the root as storage/threads.py with_reply says, under the next
--- revision after the reply's; that row comes back right after the reply's,
--- with is_root. A duplicate (same sender and client_msg_id, stored earlier or
--- earlier in this batch) comes back as its original with duplicate = true
--- and uses neither counter.
+-- The conversation's counter row is locked first (created when missing):
+-- that row lock orders every transaction changing the conversation
+-- (docs/messages.md), so revisions commit in increasing order. Every new
+-- message takes the next seq and the next rev; the counters are written
+-- back once, at the end. A new reply whose root exists also updates the root
+-- as storage/threads.py with_reply says, under the next revision after the
+-- reply's; that row comes back right after the reply's, with is_root. A
+-- duplicate (same sender and client_msg_id, stored earlier or earlier in
+-- this batch) comes back as its original with duplicate = true and uses
+-- neither counter. It is found by the insert's ON CONFLICT on the
+-- idempotency index, named explicitly: a lookup by those columns could be
+-- planned on another (conversation_id, ...) index while the table is small,
+-- and that plan, cached for the session, would scan whole conversations.
 DROP FUNCTION hubbub_append_batch(BIGINT, TEXT[], BIGINT[], TEXT[], TEXT[], BIGINT[]);
 
 CREATE FUNCTION hubbub_append_batch(
@@ -87,53 +91,70 @@ LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
     stored messages%ROWTYPE;
-    next_seq BIGINT;
-    next_rev BIGINT;
+    last_seq_now BIGINT;
+    last_rev_now BIGINT;
+    counters_moved BOOLEAN := false;
 BEGIN
-    FOR i IN 1 .. coalesce(array_length(p_ids, 1), 0) LOOP
-        SELECT * INTO stored FROM messages m
-         WHERE m.conversation_id = p_conversation_id
-           AND m.sender_id = p_sender_ids[i]
-           AND m.client_msg_id = p_client_msg_ids[i];
-        IF FOUND THEN
+    IF coalesce(array_length(p_ids, 1), 0) = 0 THEN
+        RETURN;
+    END IF;
+    SELECT c.last_seq, c.last_rev INTO last_seq_now, last_rev_now
+      FROM conversation_seq c WHERE c.conversation_id = p_conversation_id
+       FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        -- The conversation's first batch; a racing first batch of another
+        -- session makes this wait for it and take its (locked) row.
+        INSERT INTO conversation_seq AS c (conversation_id, last_seq, last_rev) VALUES (p_conversation_id, 0, 0)
+            ON CONFLICT (conversation_id) DO UPDATE SET last_seq = c.last_seq
+            RETURNING c.last_seq, c.last_rev INTO last_seq_now, last_rev_now;
+    END IF;
+
+    FOR i IN 1 .. array_length(p_ids, 1) LOOP
+        INSERT INTO messages AS m (conversation_id, seq, id, sender_id, text, client_msg_id, ts, rev,
+                                   thread_root_id, also_in_channel, mentions, mention_all)
+            VALUES (p_conversation_id, last_seq_now + 1, p_ids[i], p_sender_ids[i], p_texts[i],
+                    p_client_msg_ids[i], p_ts[i], last_rev_now + 1, p_thread_root_ids[i], p_also_in_channel[i],
+                    p_mentions[i], p_mention_all[i])
+            ON CONFLICT (conversation_id, sender_id, client_msg_id) DO NOTHING
+            RETURNING m.* INTO stored;
+        IF NOT FOUND THEN
+            SELECT * INTO STRICT stored FROM messages m
+             WHERE m.conversation_id = p_conversation_id
+               AND m.sender_id = p_sender_ids[i]
+               AND m.client_msg_id = p_client_msg_ids[i];
             duplicate := true;
             is_root := false;
             message := stored;
             RETURN NEXT;
             CONTINUE;
         END IF;
-
-        INSERT INTO conversation_seq AS c (conversation_id, last_seq, last_rev) VALUES (p_conversation_id, 1, 1)
-            ON CONFLICT (conversation_id) DO UPDATE SET last_seq = c.last_seq + 1, last_rev = c.last_rev + 1
-            RETURNING c.last_seq, c.last_rev INTO next_seq, next_rev;
-        INSERT INTO messages AS m (conversation_id, seq, id, sender_id, text, client_msg_id, ts, rev,
-                                   thread_root_id, also_in_channel, mentions, mention_all)
-            VALUES (p_conversation_id, next_seq, p_ids[i], p_sender_ids[i], p_texts[i], p_client_msg_ids[i],
-                    p_ts[i], next_rev, p_thread_root_ids[i], p_also_in_channel[i], p_mentions[i], p_mention_all[i])
-            RETURNING m.* INTO stored;
+        last_seq_now := last_seq_now + 1;
+        last_rev_now := last_rev_now + 1;
+        counters_moved := true;
         duplicate := false;
         is_root := false;
         message := stored;
         RETURN NEXT;
 
         CONTINUE WHEN stored.thread_root_id IS NULL;
-        -- The counter row is locked already; the root's row is locked next (the one lock order).
-        UPDATE conversation_seq AS c SET last_rev = c.last_rev + 1
-         WHERE c.conversation_id = p_conversation_id
-           AND EXISTS (SELECT 1 FROM messages r
-                        WHERE r.conversation_id = p_conversation_id AND r.id = stored.thread_root_id)
-        RETURNING c.last_rev INTO next_rev;
-        CONTINUE WHEN NOT FOUND;  -- no such root: the reply is stored alone
+        -- The root's row is locked after the counter row (the one lock order).
         UPDATE messages AS r
            SET reply_count = r.reply_count + 1,
                last_reply_ts = greatest(r.last_reply_ts, stored.ts),  -- greatest ignores NULL
                repliers = hubbub_with_replier(r.repliers, stored.sender_id, p_repliers_kept),
-               rev = next_rev
-         WHERE r.conversation_id = p_conversation_id AND r.id = stored.thread_root_id
+               rev = last_rev_now + 1
+         WHERE r.id = stored.thread_root_id AND r.conversation_id = p_conversation_id
         RETURNING r.* INTO message;
+        CONTINUE WHEN NOT FOUND;  -- no such root in this conversation: the reply is stored alone
+        last_rev_now := last_rev_now + 1;
         duplicate := false;
         is_root := true;
         RETURN NEXT;
     END LOOP;
+
+    IF counters_moved THEN
+        UPDATE conversation_seq AS c SET last_seq = last_seq_now, last_rev = last_rev_now
+         WHERE c.conversation_id = p_conversation_id;
+    END IF;
 END
 $$;
