@@ -265,6 +265,8 @@ class Phase:
     server_cores: float | None = None
     server_cpu_s: float | None = None
     generator_cores: float | None = None
+    other_cores: float | None = None
+    """Machine CPU used by neither the server nor the generator (a store, another program)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -281,6 +283,7 @@ class Phase:
             if self.server_cpu_s is not None and self.acked
             else None,
             "generator_cores": None if self.generator_cores is None else round(self.generator_cores, 3),
+            "other_cores": None if self.other_cores is None else round(self.other_cores, 3),
             **self.extra,
         }
 
@@ -330,6 +333,8 @@ class Setup:
     conversation: int
     members: list[Member]
     hot: list[_Msg]
+    window: int = 1
+    """Requests in flight per member during set-up sends."""
     plain: list[_Msg] = field(default_factory=list)
     rich: list[_Msg] = field(default_factory=list)
     rich_replies: list[_Msg] = field(default_factory=list)
@@ -351,17 +356,21 @@ def _sent_check(text: bytes) -> Callable[[bytes], _Msg]:
 async def send_many(
     setup: Setup, phase: Phase, count: int, tag: bytes, size: int, root: _Msg | None = None
 ) -> list[_Msg]:
-    """``count`` messages round-robin over the members, all in flight at once; their acks in seq order."""
+    """``count`` messages round-robin over the members, ``setup.window`` per member in flight
+    (as in the measured phases: a slow store would time out on all of them at once); their
+    acks in seq order."""
+    slots = asyncio.Semaphore(len(setup.members) * setup.window)
 
     async def one(k: int) -> _Msg | None:
         member = setup.members[k % len(setup.members)]
         text = _text(b"%s%d" % (tag, k), size)
-        result: _Msg | None = await checked(
-            member.conn,
-            phase,
-            lambda rid: send_request(rid, setup.conversation, text, root.id if root else None),
-            _sent_check(text),
-        )
+        async with slots:
+            result: _Msg | None = await checked(
+                member.conn,
+                phase,
+                lambda rid: send_request(rid, setup.conversation, text, root.id if root else None),
+                _sent_check(text),
+            )
         if result is not None:
             member.own.append(result)
         return result
@@ -387,6 +396,7 @@ class Measured:
     async def over(self, phase: Phase) -> AsyncIterator[None]:
         server = procstat.sample_all(self.pids)
         generator = procstat.sample(os.getpid())
+        machine = procstat.cpu_times()
         started = monotonic_ns()
         yield
         phase.seconds = (monotonic_ns() - started) / 1e9
@@ -395,6 +405,9 @@ class Measured:
         if server is not None and server_end is not None:
             phase.server_cpu_s = server_end.cpu_s - server.cpu_s
         phase.generator_cores = procstat.cpu_share(generator, procstat.sample(os.getpid()))
+        busy = sum(v["busy"] for v in procstat.cpu_busy(machine, procstat.cpu_times()).values())
+        if phase.server_cores is not None and phase.generator_cores is not None:
+            phase.other_cores = busy - phase.server_cores - phase.generator_cores
 
 
 async def closed_loop(
@@ -625,8 +638,13 @@ async def measure_pages(setup: Setup, o: ChangesOptions, measured: Measured) -> 
             phase, build, check = kinds[turn % len(kinds)]
             await checked(reader, phase, build, check)
             turn += 1
-    for phase, _, _ in kinds:
+    for phase, _, _ in kinds:  # CPU is the whole phase's: the three kinds alternate
         phase.seconds = whole.seconds
+        phase.server_cores, phase.generator_cores, phase.other_cores = (
+            whole.server_cores,
+            whole.generator_cores,
+            whole.other_cores,
+        )
     return {phase.name: phase for phase, _, _ in kinds}
 
 
@@ -743,6 +761,10 @@ async def run_changes(o: ChangesOptions, server: ServerOptions, progress: Progre
             members: list[Member] = []
             try:
                 await _run_phases(o, servers.urls, servers.pids, run_id, result, members, progress)
+            except (SetupError, OSError, TimeoutError) as exc:
+                # Keep the phases measured so far; the last lines of the server's log say why.
+                result["error"] = str(exc) or type(exc).__name__
+                result["server_log_tail"] = [line for p in servers.processes for line in list(p.log)[-20:]]
             finally:
                 for member in members:
                     member.conn.abort()
@@ -769,7 +791,7 @@ async def _run_phases(
             conn = await target.open(spec.url, None, False, CALL_TIMEOUT_S)
             members.append(Member(spec.index, conn))
             await target.ready(conn, spec, plan)
-        setup = Setup(conversation=plan.rooms[0].channel_id, members=members, hot=[])
+        setup = Setup(conversation=plan.rooms[0].channel_id, members=members, hot=[], window=o.window)
         seeded = await send_many(setup, Phase("seed"), o.seed_messages, b"m", o.size)
     setup.hot = seeded[: o.hot_messages]
     result["setup_seconds"] = round(time.monotonic() - started, 2)
@@ -832,7 +854,7 @@ TABLE_ROWS = ("send", "edit", "reaction", "history plain", "history rich", "thre
 
 def table(result: dict[str, Any]) -> str:
     """One row per phase: acks/s (messages/s for changes), latency p50 / p99, errors, CPU."""
-    header = ("phase", "acks/s", "p50 ms", "p99 ms", "errors", "server cores", "srv us/ack", "gen cores")
+    header = ("phase", "acks/s", "p50 ms", "p99 ms", "errors", "server cores", "srv us/ack", "gen cores", "other")
     rows: list[tuple[str, ...]] = [header]
     for name in TABLE_ROWS:
         p = result.get("phases", {}).get(name)
@@ -849,6 +871,7 @@ def table(result: dict[str, Any]) -> str:
                 _ms(p["server_cores"]),
                 _ms(p["server_cpu_us_per_ack"], 0),
                 _ms(p["generator_cores"]),
+                _ms(p["other_cores"]),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
