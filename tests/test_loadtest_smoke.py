@@ -289,3 +289,58 @@ def test_soak_smoke_two_instances(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "RSS slope, each server (MiB/min)" in out
     for pid in result["server_pids"]:
         assert not Path(f"/proc/{pid}").exists() or _is_zombie(pid)
+
+
+def test_changes_smoke_on_sqlite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--changes for 0.3 s a phase against a Hubbub the tool starts on SQLite: every
+    phase acknowledged with no error and every reply checked, the rich page's reactions and
+    reply counts seen, full message.changes passes, reaction counts as acknowledged."""
+    report = tmp_path / "changes.json"
+    started = time.monotonic()
+    code = cli.main(
+        [
+            "--changes",
+            "--store",
+            "sqlite",
+            "--members",
+            "6",
+            "--seed-messages",
+            "30",
+            "--per-conn-inflight",
+            "3",
+            "--page",
+            "10",
+            "--duration",
+            "0.3",
+            "--json",
+            str(report),
+            "--quiet",
+        ]
+    )
+    elapsed = time.monotonic() - started
+    out = capsys.readouterr().out
+    assert code == 0, out
+    document: dict[str, Any] = json.loads(report.read_text())
+    assert document["mode"] == "changes" and document["options"]["store"] == "sqlite"
+    (result,) = document["results"]
+    assert result["error"] is None and result["errors"] == 0, result
+    phases = result["phases"]
+    names = {"send", "edit", "reaction", "history plain", "history rich", "thread.history", "changes"}
+    assert set(phases) == names
+    for name in names:
+        assert phases[name]["acked"] > 0 and not phases[name]["errors"], (name, phases[name])
+        assert phases[name]["latency_ms"]["count"] == phases[name]["acked"]
+    assert phases["reaction"]["adds"] >= phases["reaction"]["removes"] > 0
+    # A rich page carries 5 reactions of 3 users and a reply count on each of its messages.
+    assert phases["history rich"]["reply_bytes_mean"] > phases["history plain"]["reply_bytes_mean"] + 10 * 100
+    assert result["rich_over_plain"]["p50"] > 0
+    correctness = result["correctness"]
+    assert correctness["ok"] and not correctness["wrong"], correctness
+    assert correctness["reactions_found"] == correctness["acked_adds_minus_removes"]
+    changes = phases["changes"]
+    assert changes["full_passes"] >= 1 and not changes["incomplete_passes"]
+    assert changes["messages_in_conversation"] >= 30 + phases["send"]["acked"] + 10 * 3 + 1
+    assert "reactions: server" in out and "ok" in out
+    assert elapsed < 30
+    for pid in result["server_pids"]:
+        assert not Path(f"/proc/{pid}").exists() or _is_zombie(pid)
