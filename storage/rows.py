@@ -266,21 +266,27 @@ def history_sql(
     *,
     thread_root_id: str | None = None,
     include_replies: bool = True,
+    thread_index_hint: str = "",
 ) -> str:
     """The history read of the SQL backends; ``marks`` are the placeholders of
     (conversation id, after, before, limit) in the backend's paramstyle, and
     ``thread_root_id``, when given, the placeholder of the thread root's id
-    (storage.base.MessageLog.history)."""
+    (storage.base.MessageLog.history). ``thread_index_hint`` follows the
+    table name in a thread read: SQLite, which keeps no statistics unless
+    analysed, otherwise walks the whole conversation by primary key instead
+    of the thread's index (5x slower at 20,000 messages)."""
     conversation_id, after, before, limit = marks
     direction = "DESC" if order == "desc" else "ASC"
+    table = "messages"
     if thread_root_id is not None:
+        table = f"messages {thread_index_hint}".rstrip()
         which = f" AND thread_root_id = {thread_root_id}"
     elif not include_replies:
         which = " AND (thread_root_id IS NULL OR also_in_channel)"
     else:
         which = ""
     return (
-        f"SELECT {MESSAGE_COLUMNS} FROM messages"
+        f"SELECT {MESSAGE_COLUMNS} FROM {table}"
         f" WHERE conversation_id = {conversation_id} AND seq > {after} AND seq < {before}{which}"
         f" ORDER BY seq {direction} LIMIT {limit}"
     )

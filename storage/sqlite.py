@@ -482,13 +482,7 @@ class SqliteMessageLog:
         return [message_record(r) for r in found]
 
     async def pins(self, conversation_id: int, limit: int) -> list[MessageRecord]:
-        found = await self.db.run(
-            lambda c: c.execute(
-                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND pinned_ts IS NOT NULL"
-                " ORDER BY pinned_ts DESC, seq DESC LIMIT ?",
-                (conversation_id, limit),
-            ).fetchall()
-        )
+        found = await self.db.run(lambda c: c.execute(PINS_SQL, (conversation_id, limit)).fetchall())
         return [message_record(r) for r in found]
 
     async def changes(self, conversation_id: int, *, after_rev: int, limit: int) -> ChangesPage:
@@ -504,12 +498,25 @@ class SqliteMessageLog:
         return {conversation_id: Head(last_seq=seq, last_rev=rev) for conversation_id, seq, rev in rows}
 
 
+PINS_SQL = (
+    f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND pinned_ts IS NOT NULL"
+    " ORDER BY pinned_ts DESC, seq DESC LIMIT ?"
+)
+"""(conversation id, limit): the pinned messages, latest pin first (index messages_pins)."""
+CHANGES_SQL = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND rev > ? ORDER BY rev LIMIT ?"
+"""(conversation id, after rev, limit): the changes page (index messages_rev)."""
+
+
 @functools.cache
 def _history_sql(order: HistoryOrder, *, thread: bool, include_replies: bool) -> str:
     """The history read of one shape; its parameters, in the order they appear:
     conversation id, after, before, the thread root's id when asked for, limit."""
     return history_sql(
-        order, ("?", "?", "?", "?"), thread_root_id="?" if thread else None, include_replies=include_replies
+        order,
+        ("?", "?", "?", "?"),
+        thread_root_id="?" if thread else None,
+        include_replies=include_replies,
+        thread_index_hint="INDEXED BY messages_thread",
     )
 
 
@@ -561,10 +568,7 @@ def _changes(c: sqlite3.Connection, conversation_id: int, after_rev: int, limit:
     # when another process writes the file between the two reads.
     c.execute("BEGIN")
     try:
-        rows = c.execute(
-            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND rev > ? ORDER BY rev LIMIT ?",
-            (conversation_id, after_rev, limit),
-        ).fetchall()
+        rows = c.execute(CHANGES_SQL, (conversation_id, after_rev, limit)).fetchall()
         head = c.execute(
             "SELECT last_rev FROM conversation_seq WHERE conversation_id = ?", (conversation_id,)
         ).fetchone()
