@@ -19,6 +19,7 @@ from hubbub.storage.records import (
     Head,
     MessageRecord,
     NewMessage,
+    ProfileUpdate,
     UserRecord,
 )
 
@@ -45,6 +46,23 @@ class Directory(Protocol):
         """The users that exist among ``user_ids``, in id order."""
 
     async def set_last_seen(self, user_id: int, ts: int) -> None: ...
+
+    async def update_profile(self, user_id: int, update: ProfileUpdate) -> UserRecord | None:
+        """Change the fields ``update`` sets, the others as they are; the user as stored, None when none."""
+
+    async def search_users(self, prefix: str, *, after: str | None, limit: int) -> list[UserRecord]:
+        """Searchable users whose username or display name starts with ``prefix``
+        (case-insensitive: display names are matched lowercased), in username
+        order, those after the username ``after``, the first ``limit`` of them."""
+
+    async def contacts_of(self, user_id: int) -> list[int]:
+        """The user and everyone who shares a conversation with them, each once, in id order."""
+
+    async def set_password(self, user_id: int, password_hash: str) -> UserRecord | None:
+        """Store a new password hash and raise the token generation (one write); None when no such user."""
+
+    async def end_sessions(self, user_id: int) -> UserRecord | None:
+        """Raise the user's token generation: every token issued before stops authenticating."""
 
     async def create_channel(
         self, name: str, topic: str, private: bool, creator_id: int, now: int

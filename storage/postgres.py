@@ -11,7 +11,7 @@ import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 import msgspec
@@ -29,6 +29,7 @@ from hubbub.storage.records import (
     Head,
     MessageRecord,
     NewMessage,
+    ProfileUpdate,
     UserRecord,
 )
 from hubbub.storage.rows import (
@@ -40,9 +41,12 @@ from hubbub.storage.rows import (
     dm_key,
     history_sql,
     ids_json,
+    like_prefix,
     message_record,
     message_state_values,
     new_message_id,
+    profile_assignments,
+    search_key,
     seq_range,
     user_record,
 )
@@ -211,12 +215,13 @@ class PostgresDirectory:
         try:
             row = await self._primary(
                 lambda c: c.fetchrow(
-                    "INSERT INTO users (username, display_name, password_hash, created_at) VALUES ($1, $2, $3, $4)"
-                    f" RETURNING {USER_COLUMNS}",
+                    "INSERT INTO users (username, display_name, password_hash, created_at, search_name)"
+                    f" VALUES ($1, $2, $3, $4, $5) RETURNING {USER_COLUMNS}",
                     username,
                     display_name,
                     password_hash,
                     now,
+                    search_key(display_name),
                 ),
                 write=True,
             )
@@ -250,6 +255,52 @@ class PostgresDirectory:
         await self._primary(
             lambda c: c.execute("UPDATE users SET last_seen_at = $1 WHERE id = $2", ts, user_id), write=True
         )
+
+    async def update_profile(self, user_id: int, update: ProfileUpdate) -> UserRecord | None:
+        pairs = profile_assignments(update)
+        if not pairs:
+            return await self.get_user(user_id)
+        assignments = ", ".join(f"{column} = ${n}" for n, (column, _) in enumerate(pairs, start=2))
+        return await self._update_user(assignments, [value for _, value in pairs], user_id)
+
+    async def _update_user(self, assignments: str, values: list[Any], user_id: int) -> UserRecord | None:
+        """``UPDATE users SET <assignments>`` of user ``$1`` (values from ``$2``), returning the row as stored."""
+        sql = f"UPDATE users SET {assignments} WHERE id = $1 RETURNING {USER_COLUMNS}"
+        row = await self._primary(lambda c: c.fetchrow(sql, user_id, *values), write=True)
+        return user_record(row) if row else None
+
+    async def search_users(self, prefix: str, *, after: str | None, limit: int) -> list[UserRecord]:
+        pattern = like_prefix(prefix.lower())
+        # Two index scans (users_search_username, users_search_name), merged by
+        # UNION (which also drops a user matched by both) and paged by username.
+        # The replica: a directory search tolerates its lag.
+        sql = (
+            f"SELECT {USER_COLUMNS} FROM users WHERE searchable AND username LIKE $1 AND username > $2"
+            f" UNION SELECT {USER_COLUMNS} FROM users WHERE searchable AND search_name LIKE $1 AND username > $2"
+            " ORDER BY username LIMIT $3"
+        )
+        rows = await self._replica(lambda c: c.fetch(sql, pattern, after or "", limit))
+        return [user_record(r) for r in rows]
+
+    async def contacts_of(self, user_id: int) -> list[int]:
+        rows = await self._primary(
+            lambda c: c.fetch(
+                "SELECT DISTINCT other.user_id FROM memberships mine"
+                " JOIN memberships other ON other.conversation_id = mine.conversation_id"
+                " WHERE mine.user_id = $1 ORDER BY other.user_id",
+                user_id,
+            )
+        )
+        ids = [r[0] for r in rows]
+        return ids if user_id in ids else sorted([*ids, user_id])
+
+    async def set_password(self, user_id: int, password_hash: str) -> UserRecord | None:
+        return await self._update_user(
+            "password_hash = $2, token_generation = token_generation + 1", [password_hash], user_id
+        )
+
+    async def end_sessions(self, user_id: int) -> UserRecord | None:
+        return await self._update_user("token_generation = token_generation + 1", [], user_id)
 
     async def create_channel(
         self, name: str, topic: str, private: bool, creator_id: int, now: int

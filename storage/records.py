@@ -17,6 +17,38 @@ class UserRecord(Struct, kw_only=True, frozen=True):
     password_hash: str
     created_at: int
     last_seen_at: int | None
+    # The profile (issue 12); every field's default is what a user who never
+    # set it has, which is also what the migration gives existing rows.
+    status_text: str = ""
+    status_emoji: str = ""
+    status_expires_at: int | None = None
+    """When the status stops showing (ms); None: until changed."""
+    time_zone: str = ""
+    """An IANA zone name, e.g. ``Europe/Paris``; empty when not set."""
+    avatar_url: str = ""
+    searchable: bool = True
+    """False: left out of ``user.search`` (still readable by id)."""
+    token_generation: int = 0
+    """Tokens issued under an older generation no longer authenticate: a
+    password change or "log out everywhere" raises it (server/auth.py)."""
+
+
+class Status(Struct, kw_only=True, frozen=True):
+    """A status as set: text and emoji, either may be empty, and when it expires."""
+
+    text: str
+    emoji: str
+    expires_at: int | None
+
+
+class ProfileUpdate(Struct, kw_only=True, frozen=True):
+    """The profile fields to change; None leaves a field as it is."""
+
+    display_name: str | None = None
+    status: Status | None = None
+    time_zone: str | None = None
+    avatar_url: str | None = None
+    searchable: bool | None = None
 
 
 class ConversationRecord(Struct, kw_only=True, frozen=True):

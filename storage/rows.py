@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import msgspec
 
 from hubbub.storage.base import HistoryOrder
-from hubbub.storage.records import ConversationRecord, MessageRecord, NewMessage, Reaction, UserRecord
+from hubbub.storage.records import ConversationRecord, MessageRecord, NewMessage, ProfileUpdate, Reaction, UserRecord
 
 
 class Row(Protocol):
@@ -28,7 +28,10 @@ class Row(Protocol):
     def __getitem__(self, index: int, /) -> Any: ...
 
 
-USER_COLUMNS = "id, username, display_name, password_hash, created_at, last_seen_at"
+USER_COLUMNS = (
+    "id, username, display_name, password_hash, created_at, last_seen_at,"
+    " status_text, status_emoji, status_expires_at, time_zone, avatar_url, searchable, token_generation"
+)
 CONVERSATION_FIELDS = "id, kind, name, topic, private, created_by, created_at"
 CONVERSATION_COLUMNS = ", ".join(f"c.{field}" for field in CONVERSATION_FIELDS.split(", "))
 """``CONVERSATION_FIELDS`` qualified for queries that alias ``conversations`` as ``c``."""
@@ -60,7 +63,53 @@ def user_record(row: Row) -> UserRecord:
         password_hash=row[3],
         created_at=row[4],
         last_seen_at=row[5],
+        status_text=row[6],
+        status_emoji=row[7],
+        status_expires_at=row[8],
+        time_zone=row[9],
+        avatar_url=row[10],
+        searchable=bool(row[11]),
+        token_generation=row[12],
     )
+
+
+def search_key(display_name: str) -> str:
+    """The lowercase form of a display name that ``user.search`` matches a prefix against.
+
+    Computed here, in Python, for every store, so SQLite (whose ``lower()``
+    folds only ASCII) and PostgreSQL compare the same text."""
+    return display_name.lower()
+
+
+def prefix_bounds(prefix: str) -> tuple[str, str]:
+    """The half-open range [low, high) of the texts that start with ``prefix``,
+    in binary (code point) order: U+10FFFF sorts after every other character."""
+    return prefix, prefix + "\U0010ffff"
+
+
+def profile_assignments(update: ProfileUpdate) -> list[tuple[str, Any]]:
+    """(column, value) of every users column ``update`` changes, for both SQL backends'
+    ``UPDATE users SET``: a new display name also changes ``search_name``."""
+    pairs: list[tuple[str, Any]] = []
+    if update.display_name is not None:
+        pairs += [("display_name", update.display_name), ("search_name", search_key(update.display_name))]
+    if update.status is not None:
+        status = update.status
+        pairs += [("status_text", status.text), ("status_emoji", status.emoji)]
+        pairs.append(("status_expires_at", status.expires_at))
+    if update.time_zone is not None:
+        pairs.append(("time_zone", update.time_zone))
+    if update.avatar_url is not None:
+        pairs.append(("avatar_url", update.avatar_url))
+    if update.searchable is not None:
+        pairs.append(("searchable", update.searchable))
+    return pairs
+
+
+def like_prefix(prefix: str) -> str:
+    """A LIKE pattern (escape character backslash) matching texts that start with ``prefix``."""
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
 
 
 def conversation_record(row: Row) -> ConversationRecord:

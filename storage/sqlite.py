@@ -34,6 +34,7 @@ from hubbub.storage.records import (
     Head,
     MessageRecord,
     NewMessage,
+    ProfileUpdate,
     UserRecord,
 )
 from hubbub.storage.rows import (
@@ -49,6 +50,9 @@ from hubbub.storage.rows import (
     message_state_values,
     message_values,
     new_message_record,
+    prefix_bounds,
+    profile_assignments,
+    search_key,
     seq_range,
     user_record,
 )
@@ -129,6 +133,26 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX messages_thread ON messages(conversation_id, thread_root_id, seq) WHERE thread_root_id IS NOT NULL;
     CREATE INDEX messages_pins ON messages(conversation_id, pinned_ts) WHERE pinned_ts IS NOT NULL;
     """,
+    # Profiles and the directory (issue 12). Existing users get an empty
+    # profile, are searchable, and keep their tokens (generation 0, which is
+    # also what a token without a generation claim carries). search_name is
+    # the display name lowercased by Python (hubbub_lower, registered on every
+    # connection), not SQLite's ASCII-only lower(), as new rows get it
+    # (storage.rows.search_key). The partial indexes serve user.search's two
+    # prefix ranges: username (searchable only) and search_name.
+    """
+    ALTER TABLE users ADD COLUMN status_text TEXT NOT NULL DEFAULT '';
+    ALTER TABLE users ADD COLUMN status_emoji TEXT NOT NULL DEFAULT '';
+    ALTER TABLE users ADD COLUMN status_expires_at INTEGER;
+    ALTER TABLE users ADD COLUMN time_zone TEXT NOT NULL DEFAULT '';
+    ALTER TABLE users ADD COLUMN avatar_url TEXT NOT NULL DEFAULT '';
+    ALTER TABLE users ADD COLUMN searchable INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE users ADD COLUMN token_generation INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE users ADD COLUMN search_name TEXT NOT NULL DEFAULT '';
+    UPDATE users SET search_name = hubbub_lower(display_name);
+    CREATE INDEX users_search_username ON users(username) WHERE searchable = 1;
+    CREATE INDEX users_search_name ON users(search_name, username) WHERE searchable = 1;
+    """,
 )
 
 
@@ -171,6 +195,8 @@ class SqliteDatabase:
             # A deleted message's text is overwritten; zeroing freed page bytes
             # keeps it out of the file too (docs/messages.md, what a delete keeps).
             conn.execute("PRAGMA secure_delete=ON")
+            # The profiles migration fills search_name with Python's lowercasing (storage.rows.search_key).
+            conn.create_function("hubbub_lower", 1, search_key, deterministic=True)
             # BEGIN IMMEDIATE takes the write lock before reading the version, so
             # processes starting at once on one file migrate it exactly once.
             conn.execute("BEGIN IMMEDIATE")
@@ -264,9 +290,9 @@ class SqliteDirectory:
     async def create_user(self, username: str, display_name: str, password_hash: str, now: int) -> UserRecord:
         def insert(c: sqlite3.Connection) -> UserRecord:
             cur = c.execute(
-                "INSERT INTO users (username, display_name, password_hash, created_at) VALUES (?, ?, ?, ?)"
-                f" RETURNING {USER_COLUMNS}",
-                (username, display_name, password_hash, now),
+                "INSERT INTO users (username, display_name, password_hash, created_at, search_name)"
+                f" VALUES (?, ?, ?, ?, ?) RETURNING {USER_COLUMNS}",
+                (username, display_name, password_hash, now, search_key(display_name)),
             )
             return user_record(cur.fetchone())
 
@@ -295,6 +321,53 @@ class SqliteDirectory:
 
     async def set_last_seen(self, user_id: int, ts: int) -> None:
         await self.db.run(lambda c: c.execute("UPDATE users SET last_seen_at = ? WHERE id = ?", (ts, user_id)))
+
+    async def update_profile(self, user_id: int, update: ProfileUpdate) -> UserRecord | None:
+        pairs = profile_assignments(update)
+        if not pairs:
+            return await self.get_user(user_id)
+        assignments = ", ".join(f"{column} = ?" for column, _ in pairs)
+        return await self._update_user(assignments, [value for _, value in pairs], user_id)
+
+    async def _update_user(self, assignments: str, values: list[Any], user_id: int) -> UserRecord | None:
+        """``UPDATE users SET <assignments>`` of one user, returning the row as stored."""
+        sql = f"UPDATE users SET {assignments} WHERE id = ? RETURNING {USER_COLUMNS}"
+        row = await self.db.transaction(lambda c: c.execute(sql, (*values, user_id)).fetchone())
+        return user_record(row) if row else None
+
+    async def search_users(self, prefix: str, *, after: str | None, limit: int) -> list[UserRecord]:
+        low, high = prefix_bounds(prefix.lower())
+        # Two index ranges (users_search_username, users_search_name), merged by
+        # UNION (which also drops a user matched by both) and paged by username.
+        sql = (
+            f"SELECT {USER_COLUMNS} FROM users WHERE searchable = 1 AND username >= ? AND username < ? AND username > ?"
+            f" UNION SELECT {USER_COLUMNS} FROM users INDEXED BY users_search_name"
+            " WHERE searchable = 1 AND search_name >= ? AND search_name < ? AND username > ?"
+            " ORDER BY username LIMIT ?"
+        )
+        start = after or ""
+        rows = await self.db.run(lambda c: c.execute(sql, (low, high, start, low, high, start, limit)).fetchall())
+        return [user_record(r) for r in rows]
+
+    async def contacts_of(self, user_id: int) -> list[int]:
+        rows = await self.db.run(
+            lambda c: c.execute(
+                "SELECT DISTINCT other.user_id FROM memberships mine"
+                " JOIN memberships other ON other.conversation_id = mine.conversation_id"
+                " WHERE mine.user_id = ? ORDER BY other.user_id",
+                (user_id,),
+            ).fetchall()
+        )
+        ids = [r[0] for r in rows]
+        return ids if user_id in ids else sorted([*ids, user_id])
+
+    async def set_password(self, user_id: int, password_hash: str) -> UserRecord | None:
+        return await self._update_user(
+            "password_hash = ?, token_generation = token_generation + 1", [password_hash], user_id
+        )
+
+    async def end_sessions(self, user_id: int) -> UserRecord | None:
+        return await self._update_user("token_generation = token_generation + 1", [], user_id)
 
     async def create_channel(
         self, name: str, topic: str, private: bool, creator_id: int, now: int

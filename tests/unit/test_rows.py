@@ -30,6 +30,7 @@ from hubbub.storage.rows import (
     new_message_record,
     reactions_from_json,
     reactions_json,
+    search_key,
     seq_range,
     user_record,
 )
@@ -96,6 +97,7 @@ def test_each_column_list_names_columns_of_the_sqlite_schema(tmp_path: Path) -> 
 def sqlite_schema(tmp_path: Path) -> sqlite3.Connection:
     """A connection to a database of SQLite's whole schema (every migration)."""
     conn = sqlite3.connect(tmp_path / "schema.db")
+    conn.create_function("hubbub_lower", 1, search_key)  # as SqliteDatabase registers it for the migrations
     for script in MIGRATIONS:
         conn.executescript(script)
     return conn
@@ -176,9 +178,21 @@ def test_a_new_message_record_carries_what_it_was_sent_with() -> None:
 
 
 def test_positional_mappers_read_rows_in_column_list_order() -> None:
-    user = user_record((1, "alice", "Alice", "hash", 10, None))
+    user = user_record((1, "alice", "Alice", "hash", 10, None, "away", "🌴", 20, "UTC", "https://a/b", 0, 3))
     assert user == UserRecord(
-        id=1, username="alice", display_name="Alice", password_hash="hash", created_at=10, last_seen_at=None
+        id=1,
+        username="alice",
+        display_name="Alice",
+        password_hash="hash",
+        created_at=10,
+        last_seen_at=None,
+        status_text="away",
+        status_emoji="🌴",
+        status_expires_at=20,
+        time_zone="UTC",
+        avatar_url="https://a/b",
+        searchable=False,  # SQLite's 0/1 is a bool
+        token_generation=3,
     )
     channel = conversation_record((4, "channel", "general", "", 0, 1, 10))
     assert channel.private is False and channel.name == "general"  # SQLite's 0/1 is a bool
