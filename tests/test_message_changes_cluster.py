@@ -16,6 +16,7 @@ import msgspec
 
 from hubbub.protocol import frames
 from tests.cluster import Cluster, Peer, create_channel, full_history
+from tests.helpers import expect_error
 
 pytest_plugins = ["tests.cluster"]  # its fixture: cluster
 
@@ -212,3 +213,53 @@ async def test_a_client_that_missed_changes_on_other_instances_converges(cluster
     assert truth[m0.id].my_reactions == ["🎉"] and truth[m0.id].text == "m0, edited"
     final: frames.ChangesPage = await carol.call("message.changes", conversation_id=cid, after_rev=replica.synced)
     assert final.messages == [] and final.next_cursor is None and final.rev == replica.synced
+
+
+async def test_refused_changes_are_refused_alike_on_every_instance_and_change_nothing(cluster: Cluster) -> None:
+    """The rules hold whichever instance a request reaches: bob, and alice's
+    second device (instance b) ask for what alice's messages (sent on
+    instance a) do not allow, and a stranger
+    probes a private channel; every refusal is the documented error, and
+    nobody anywhere receives an event for it."""
+    a, b = await cluster.start("a", "b")
+    alice = await cluster.connect(a, name="alice")
+    bob = await cluster.connect(b, name="bob")
+    stranger = await cluster.connect(b, name="stranger")
+    alice_on_b = await cluster.connect(b, peer=alice.device("alice-on-b"))
+    cid = await create_channel(alice, [bob], private=True)
+    other = await create_channel(alice, [])
+    await cluster.settle()
+    kept = await send(alice, cid, "kept")
+    gone = await send(alice, cid, "gone")
+    await call(alice, "message.delete", conversation_id=cid, message_id=gone.id)
+    elsewhere = await send(alice, other, "elsewhere")
+    await alice.expect(frames.MessageDeleted, lambda e: e.message.id == gone.id)
+    await bob.expect(frames.MessageDeleted, lambda e: e.message.id == gone.id)
+    seen = {peer.name: len(peer.events) for peer in (alice, bob)}
+    before = await server_view(alice, cid)
+
+    on = {"conversation_id": cid}
+    refusals: list[tuple[Peer, str, str, dict[str, Any]]] = [
+        (bob, "forbidden", "message.edit", {**on, "message_id": kept.id, "text": "not yours"}),
+        (bob, "forbidden", "message.delete", {**on, "message_id": kept.id}),
+        (alice_on_b, "conflict", "message.edit", {**on, "message_id": gone.id, "text": "x"}),
+        (bob, "conflict", "reaction.add", {**on, "message_id": gone.id, "emoji": ":tada:"}),
+        (bob, "conflict", "message.pin", {**on, "message_id": gone.id}),
+        (bob, "conflict", "message.send", {**on, "text": "re", "client_msg_id": "r1", "thread_root_id": gone.id}),
+        (bob, "bad_request", "reaction.add", {**on, "message_id": kept.id, "emoji": ":no_such_emoji:"}),
+        (bob, "not_found", "message.send", {**on, "text": "re", "client_msg_id": "r2", "thread_root_id": elsewhere.id}),
+        (bob, "not_found", "message.edit", {**on, "message_id": "no-such-message", "text": "x"}),
+        (stranger, "not_found", "message.changes", {**on, "after_rev": 0}),
+        (stranger, "not_found", "reaction.add", {**on, "message_id": kept.id, "emoji": ":tada:"}),
+        (stranger, "not_found", "thread.history", {**on, "thread_root_id": kept.id}),
+        (stranger, "not_found", "conversation.pins", on),
+    ]
+    for peer, code, op, fields in refusals:
+        await expect_error(peer.client, code, op, **fields)
+
+    assert await server_view(alice, cid) == before
+    probe = await send(alice, cid, "after the refusals")  # every event after this one would have come before it
+    for peer in (alice, bob):
+        await peer.expect(frames.MessageNew, lambda e: e.message.id == probe.id)
+        late = [e for e in peer.events[seen[peer.name] :] if not isinstance(e, frames.MessageNew)]
+        assert late == [], f"{peer.name} got events for refused changes: {late}"
