@@ -10,15 +10,41 @@ Real `hubbub serve` processes on PostgreSQL, routed through Redis
 from __future__ import annotations
 
 import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 
 from hubbub.protocol import frames
-from tests.cluster import Cluster, Peer, create_channel, full_history
+from tests.backends import MongoServer, drop_mongo_database
+from tests.cluster import SHARED_REDIS, Cluster, Peer, create_channel, full_history
 from tests.helpers import expect_error
 
-pytest_plugins = ["tests.cluster"]  # its fixture: cluster
+pytest_plugins = ["tests.cluster"]  # its fixtures: cluster, stores (both stores on PostgreSQL)
+
+
+@pytest.fixture(params=["postgres", "postgres+mongo"])
+async def any_cluster(request: pytest.FixtureRequest, tmp_path: Path, stores: dict[str, Any]) -> AsyncIterator[Cluster]:
+    """A cluster with its messages on PostgreSQL, or on MongoDB (whose
+    revisions come from compare-and-set and leases, docs/messages.md)."""
+    settings = dict(stores)
+    database = ""
+    mongo: MongoServer | None = None
+    if request.param == "postgres+mongo":
+        mongo = request.getfixturevalue("mongo_server")
+        database = f"hubbub_test_{uuid.uuid4().hex[:12]}"
+        settings.update(messages_backend="mongo", mongo_url=mongo.url, mongo_database=database)
+    async with AsyncExitStack() as stack:
+        instances = Cluster(tmp_path, settings, SHARED_REDIS, stack)
+        stack.push_async_callback(instances.close)
+        yield instances
+    if mongo is not None:
+        await drop_mongo_database(mongo.url, database)
+
 
 MessageEvent = frames.MessageNew | frames.MessageUpdated | frames.MessageDeleted
 
@@ -151,11 +177,12 @@ async def username(peer: Peer) -> str:
 CONCURRENT_ROUNDS = 6
 
 
-async def test_a_client_that_missed_changes_on_other_instances_converges(cluster: Cluster) -> None:
+async def test_a_client_that_missed_changes_on_other_instances_converges(any_cluster: Cluster) -> None:
     """Carol syncs, goes away while alice (instance a) and bob (instance b) edit,
     delete, react, pin and reply, concurrently; she reconnects to the other
     instance, syncs by revision while changes go on, and ends with exactly the
     server's state."""
+    cluster = any_cluster
     a, b = await cluster.start("a", "b")
     alice = await cluster.connect(a, name="alice")
     bob = await cluster.connect(b, name="bob")
