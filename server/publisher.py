@@ -24,11 +24,12 @@ A new message, by function call (the whole path, to every socket):
    local member's connection.
 
 A new thread reply also changes its root (``MessageLog.append`` returns
-the updated root as ``Appended.root``): ``send_message`` then calls
-``Publisher.message_updated(root, "thread", ...)`` right after handing the
-reply to the Sequencer, so the root's message.updated follows the reply's
-message.new whenever the reply is not held behind an earlier append still
-running here (clients apply both by ``rev``, so the result is the same).
+the updated root as ``Appended.root``): ``send_message`` hands the root's
+message.updated to ``Sequencer.complete`` with the reply, which publishes
+it right after the reply's message.new, also when it holds the reply
+behind an earlier append. On another instance Catchup may still hold the
+reply back to fill a gap while the update passes; clients apply both by
+``rev`` (PROTOCOL.md §9), so the result is the same.
 
 A change to a message (server/handlers/messages.py, reactions.py,
 pins.py) is stored by ``MessageLog.change_message`` in the handler, which
@@ -85,9 +86,9 @@ class Publisher:
             self._broker.publish(Event(payload, MESSAGE_NEW, (record.conversation_id,)))
         else:
             self._metrics.messages_stored.inc()
-            self._sequencer.complete(cid, ticket, record.seq, payload)
-        if appended.root is not None:
-            self.message_updated(appended.root, "thread", by=record.sender_id)
+            # A new reply's root update goes right after the reply, even when the reply is held back.
+            then = () if appended.root is None else (updated_event(appended.root, "thread", by=record.sender_id),)
+            self._sequencer.complete(cid, ticket, record.seq, payload, then)
         return message, appended.duplicate
 
     def message_updated(
@@ -100,8 +101,7 @@ class Publisher:
     ) -> None:
         """``record``'s new state to the members of its conversation (no
         ``my_reactions``: every member gets the same event)."""
-        event = frames.MessageUpdated(message=message_view(record), change=change, by=by, reaction=reaction)
-        self.publish(event, conversations=(record.conversation_id,))
+        self._broker.publish(updated_event(record, change, by=by, reaction=reaction))
 
     def message_deleted(self, tombstone: MessageRecord, *, by: int) -> None:
         """A deleted message's tombstone to the members of its conversation."""
@@ -126,3 +126,15 @@ class Publisher:
         applies the change before it delivers ``announcement``."""
         self._broker.publish_membership(change)
         self.publish(announcement, users=change.user_ids)
+
+
+def updated_event(
+    record: MessageRecord,
+    change: frames.MessageChangeKind,
+    *,
+    by: int,
+    reaction: frames.ReactionChange | None = None,
+) -> Event:
+    """The message.updated of ``record``'s new state, to the members of its conversation."""
+    frame = frames.MessageUpdated(message=message_view(record), change=change, by=by, reaction=reaction)
+    return event_of(frame, conversations=(record.conversation_id,))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from hubbub.server.broker import MESSAGE_NEW, Broker, Event
@@ -28,8 +29,8 @@ from hubbub.server.broker import MESSAGE_NEW, Broker, Event
 @dataclass
 class _Conversation:
     in_flight: set[int] = field(default_factory=set)
-    # (seq, barrier ticket, payload): publishable once no ticket <= barrier is in flight.
-    held: list[tuple[int, int, bytes]] = field(default_factory=list)
+    # (seq, barrier ticket, payload, what follows it): publishable once no ticket <= barrier is in flight.
+    held: list[tuple[int, int, bytes, Sequence[Event]]] = field(default_factory=list)
 
 
 class Sequencer:
@@ -50,13 +51,14 @@ class Sequencer:
         """The append failed: it will produce no message."""
         self._finish(conversation_id, ticket)
 
-    def complete(self, conversation_id: int, ticket: int, seq: int, payload: bytes) -> None:
+    def complete(self, conversation_id: int, ticket: int, seq: int, payload: bytes, then: Sequence[Event] = ()) -> None:
         """The append stored ``seq`` (``payload``: its message.new frame); publish
-        it, and whatever it held back, in seq order."""
+        it, and whatever it held back, in seq order; ``then`` right after it
+        (a reply's root update follows the reply)."""
         state = self._conversations[conversation_id]
         state.in_flight.discard(ticket)
         barrier = max(state.in_flight, default=0)
-        heapq.heappush(state.held, (seq, barrier, payload))
+        heapq.heappush(state.held, (seq, barrier, payload, then))
         self._finish(conversation_id, None)
 
     def _finish(self, conversation_id: int, ticket: int | None) -> None:
@@ -65,7 +67,9 @@ class Sequencer:
             state.in_flight.discard(ticket)
         oldest_running = min(state.in_flight, default=None)
         while state.held and (oldest_running is None or state.held[0][1] < oldest_running):
-            seq, _, payload = heapq.heappop(state.held)
+            seq, _, payload, then = heapq.heappop(state.held)
             self._broker.publish(Event(payload, MESSAGE_NEW, (conversation_id,), (), seq))
+            for event in then:
+                self._broker.publish(event)
         if not state.in_flight and not state.held:
             del self._conversations[conversation_id]

@@ -193,3 +193,26 @@ def test_any_interleaving_publishes_in_seq_order_and_holds_nothing_longer_than_n
     expected = sorted(a.seq for a in appends if a.completed and a.seq is not None)
     assert emitted.seqs() == expected
     assert [p for _, _, p in emitted.events] == [payload(s) for s in expected]
+
+
+class EmittedAll(InProcessBroker):
+    """Records the payload of everything published, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.payloads: list[bytes] = []
+
+    def publish(self, event: Event) -> None:
+        self.payloads.append(event.payload)
+
+
+def test_what_follows_a_message_is_published_right_after_it_even_when_it_was_held() -> None:
+    emitted = EmittedAll()
+    sequencer = Sequencer(emitted)
+    first = sequencer.begin(CID)
+    reply = sequencer.begin(CID)
+    root_update = Event(b"root updated", "message.updated", (CID,))
+    sequencer.complete(CID, reply, 10, payload(10), (root_update,))
+    assert emitted.payloads == []  # held behind the earlier append, with what follows it
+    sequencer.complete(CID, first, 9, payload(9))
+    assert emitted.payloads == [payload(9), payload(10), b"root updated"]
