@@ -337,7 +337,11 @@ class MongoMessageLog:
 
     async def _find_original(self, m: NewMessage) -> Document | None:
         return await self.messages.find_one(
-            {"conversation_id": m.conversation_id, "sender_id": m.sender_id, "client_msg_id": m.client_msg_id}
+            {
+                "conversation_id": m.conversation_id,
+                "sender_id": m.sender_id,
+                "client_msg_id": {"$eq": m.client_msg_id, "$type": "string"},  # the index's partial filter
+            }
         )
 
     async def append(self, message: NewMessage) -> Appended:
@@ -354,7 +358,13 @@ class MongoMessageLog:
 
     async def _append_batch(self, batch: list[NewMessage]) -> list[Stored | BaseException]:
         cid = batch[0].conversation_id
-        query = {"conversation_id": cid, "client_msg_id": {"$in": sorted({m.client_msg_id for m in batch})}}
+        # Every field of the idempotency index, and its partial filter ($type), so
+        # the server reads that index; without them it walked the conversation.
+        query = {
+            "conversation_id": cid,
+            "sender_id": {"$in": sorted({m.sender_id for m in batch})},
+            "client_msg_id": {"$in": sorted({m.client_msg_id for m in batch}), "$type": "string"},
+        }
         originals = {(int(d["sender_id"]), d["client_msg_id"]): d async for d in self.messages.find(query)}
         outcomes: list[Stored | BaseException | None] = [None] * len(batch)
         fresh: list[int] = []  # indexes of the messages to store
