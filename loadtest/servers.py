@@ -154,6 +154,15 @@ PEER_SCRIPTS = {
 }
 
 
+def store_of(env: dict[str, str]) -> str:
+    """The stores a server with these settings serves from, in words (the run's notes)."""
+    accounts = env.get("HUBBUB_ACCOUNTS_BACKEND") or ("postgres" if env.get("HUBBUB_POSTGRES_DSN") else "sqlite")
+    messages = env.get("HUBBUB_MESSAGES_BACKEND") or ("mongo" if env.get("HUBBUB_MONGO_URL") else accounts)
+    if accounts == messages == "sqlite":
+        return "SQLite in a temp dir"
+    return f"accounts on {accounts}, messages on {messages}"
+
+
 @asynccontextmanager
 async def started_servers(target: str, options: ServerOptions, run_id: str) -> AsyncIterator[Servers]:
     """Start the server(s) of ``target``; stop them all on exit, whatever happens."""
@@ -180,7 +189,7 @@ async def started_servers(target: str, options: ServerOptions, run_id: str) -> A
                     # One at a time: the first creates (and migrates) the store the others open.
                     await processes[-1].port()
                 notes.append(
-                    "hubbub started with SQLite in a temp dir, cheap argon2, rate limits 1e6/s, "
+                    f"hubbub started with {store_of(env)}, cheap argon2, rate limits 1e6/s, "
                     f"max_connections_per_user={env['HUBBUB_MAX_CONNECTIONS_PER_USER']}"
                 )
             else:
