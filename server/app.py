@@ -27,6 +27,7 @@ from hubbub.server.connection import LOGGER, Connection
 from hubbub.server.guarded import guarded
 from hubbub.server.http import ProcessRequest, make_process_request
 from hubbub.server.keepalive import Keepalive
+from hubbub.server.loop_lag import LoopLagMonitor
 from hubbub.server.metrics import Metrics
 from hubbub.server.presence import LocalPresence, PresenceTracker
 from hubbub.server.services import Services
@@ -72,6 +73,7 @@ class App:
         self._respond: ProcessRequest | None = None
         self._stores: Stores | None = None
         self._keepalive: Keepalive | None = None
+        self._loop_lag: LoopLagMonitor | None = None
         self._redis: redis.Redis | None = None
         self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._inflight: set[asyncio.Task[None]] = set()
@@ -130,6 +132,8 @@ class App:
             self.metrics.task_failed,
         )
         self._keepalive.start()
+        self._loop_lag = LoopLagMonitor(self.metrics.event_loop_lag, self.metrics.task_failed)
+        self._loop_lag.start()
         http = s.http
         self._origins = http.origins
         self._respond = make_process_request(services, http, lambda: len(self.sessions))
@@ -219,6 +223,8 @@ class App:
         """Stop accepting, close every connection with ``code``, wait for handlers, close stores."""
         if self._keepalive is not None:
             await self._keepalive.stop()
+        if self._loop_lag is not None:
+            await self._loop_lag.stop()
         self.serving = False
         if self.server is not None:
             self.server.close()

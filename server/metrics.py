@@ -18,8 +18,15 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
+    disable_created_metrics,
     generate_latest,
 )
+
+# Every counter and histogram would also be exposed as a `_created` gauge (its
+# creation time), doubling the series Prometheus stores for nothing a rule or
+# dashboard here reads; prometheus_client's documented switch turns them off,
+# process-wide, before any metric is built.
+disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated
 
 M = TypeVar("M", Counter, Gauge, Histogram)
 
@@ -53,9 +60,13 @@ BACKGROUND_TASKS = (
     "catchup_fill",
     "catchup_resync",
     "group_commit",
+    "event_loop_lag",
 )
 """The ``task`` label values of hubbub_task_failures_total (storage/supervision.py);
 each series exists from start-up, at 0, so alerts on its increase work at once."""
+
+LOOP_LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+"""hubbub_event_loop_lag_seconds: from a loop that keeps up (a millisecond) to one stalled for seconds."""
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -145,6 +156,12 @@ class Metrics:
         )
         self.storage_errors = Counter(
             "hubbub_storage_errors", "Store calls that failed, by store.", ["store"], registry=r
+        )
+        self.event_loop_lag = Histogram(
+            "hubbub_event_loop_lag_seconds",
+            "How much later than asked a timer of the event loop fired (server/loop_lag.py).",
+            buckets=LOOP_LAG_BUCKETS,
+            registry=r,
         )
 
         self.task_failures = Counter(

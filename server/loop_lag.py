@@ -1,0 +1,53 @@
+"""Event-loop lag: how late a timer fires, measured by one cheap task.
+
+Everything of a server runs on one event loop, so a handler that blocks it
+(a CPU-heavy call, a synchronous driver, a large JSON encode) delays every
+connection's frames at once, which the per-request histograms show only
+spread over every op. This task sleeps ``LOOP_LAG_INTERVAL_SECONDS`` again
+and again and observes how much later than asked it woke up in
+``hubbub_event_loop_lag_seconds``: near 0 on a healthy loop, the length of
+the stall on a blocked one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from prometheus_client import Histogram
+
+from hubbub.storage.supervision import FailureHook, supervise
+
+# A module constant, not a HUBBUB_* setting: the measurement costs one timer
+# per interval whatever its value, and 0.5 s catches every stall long enough
+# to matter to a chat client while adding nothing measurable to the loop.
+LOOP_LAG_INTERVAL_SECONDS = 0.5
+"""How often the loop's lag is measured."""
+
+
+class LoopLagMonitor:
+    def __init__(
+        self, histogram: Histogram, on_failure: FailureHook | None = None, interval: float = LOOP_LAG_INTERVAL_SECONDS
+    ) -> None:
+        self._histogram = histogram
+        self._on_failure = on_failure
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        await supervise("event_loop_lag", self.measure_once, self._on_failure)
+
+    async def measure_once(self) -> None:
+        """Sleep one interval and observe how late the loop woke up."""
+        loop = asyncio.get_running_loop()
+        asked = loop.time() + self._interval
+        await asyncio.sleep(self._interval)
+        self._histogram.observe(max(0.0, loop.time() - asked))
