@@ -52,5 +52,7 @@ class CloseCode(enum.IntEnum):
     """The server is restarting; reconnect after a short backoff."""
     AUTH_TIMEOUT = 4001
     """The connection did not authenticate within the auth timeout."""
+    SESSION_ENDED = 4003
+    """The user changed their password or logged out everywhere: authenticate again (login)."""
     SLOW_CONSUMER = 4008
     """The client read too slowly and its outbound buffer overflowed."""

@@ -84,6 +84,27 @@ Emoji = Annotated[str, Meta(min_length=1, max_length=MAX_EMOJI_CHARS, pattern=SI
 REACTION_USERS_SHOWN = 20
 """How many of an emoji's reacting users a message shows (``Reaction.users``)."""
 ChangesLimit = Annotated[int, Meta(ge=1, le=100)]
+MAX_STATUS_CHARS = 256
+"""Longest status text any server accepts; ``max_status_chars`` may lower it."""
+MAX_AVATAR_URL_CHARS = 2048
+"""Longest avatar URL any server accepts; ``max_avatar_url_chars`` may lower it."""
+MAX_USER_IDS = 100
+"""Most users one ``user.get`` reads."""
+StatusText = Annotated[str, Meta(max_length=MAX_STATUS_CHARS, pattern=SINGLE_LINE_PATTERN)]
+StatusEmoji = Annotated[str, Meta(max_length=MAX_EMOJI_CHARS, pattern=SINGLE_LINE_PATTERN)]
+"""A status's emoji: empty for none, else one emoji or ``:short_name:`` (checked by protocol.emoji)."""
+AVATAR_URL_PATTERN = r"^(https?://[^\x00-\x20\x7f]+)?" + END
+"""Empty (no avatar) or an http(s) URL without spaces or control characters; the server also checks it has a host."""
+AvatarUrl = Annotated[str, Meta(max_length=MAX_AVATAR_URL_CHARS, pattern=AVATAR_URL_PATTERN)]
+TimeZone = Annotated[str, Meta(max_length=64, pattern=SINGLE_LINE_PATTERN)]
+"""Empty (not set) or an IANA time zone name, e.g. ``Europe/Paris`` (checked against the tz database)."""
+SearchQuery = Annotated[str, Meta(min_length=1, max_length=64, pattern=SINGLE_LINE_PATTERN)]
+SearchCursor = Annotated[str, Meta(min_length=1, max_length=32, pattern=SINGLE_LINE_PATTERN)]
+"""A ``user.search`` page's ``next_cursor``: the last username of the page before."""
+UserSearchLimit = Annotated[int, Meta(ge=1, le=100)]
+UserIds = Annotated[list[ObjectId], Meta(min_length=1, max_length=MAX_USER_IDS)]
+OldPassword = Annotated[str, Meta(min_length=1, max_length=256, pattern=PASSWORD_PATTERN)]
+"""The current password, as it was set (any length a password could have)."""
 
 PATTERN_RULES = {
     USERNAME_PATTERN: "of lowercase letters, digits, '_', '.' and '-', starting with a letter or digit",
@@ -91,6 +112,7 @@ PATTERN_RULES = {
     SINGLE_LINE_PATTERN: "without control characters (U+0000-U+001F)",
     MESSAGE_TEXT_PATTERN: "without control characters (U+0000-U+001F) other than tab and line feed",
     PASSWORD_PATTERN: "without U+0000",
+    AVATAR_URL_PATTERN: "empty, or an http:// or https:// URL without spaces or control characters",
 }
 """What each pattern allows, in words: error messages say this instead of the regex."""
 
@@ -104,11 +126,22 @@ CODEC_CHECKED_PATTERNS = {
 # Objects that appear inside results and events.
 
 
-class User(Struct, kw_only=True):
+class User(Struct, kw_only=True, omit_defaults=True):
+    """A user. The profile fields (after ``created_at``) are left out while at
+    their defaults: a user who set nothing looks as before profiles existed."""
+
     id: int
     username: str
     display_name: str
     created_at: Timestamp
+    status_text: str = ""
+    status_emoji: str = ""
+    status_expires_at: Timestamp | None = None
+    """When the status stops showing; an expired status is never sent (the three are left out)."""
+    time_zone: str = ""
+    avatar_url: str = ""
+    searchable: bool = True
+    """False: the user is left out of ``user.search`` (still readable with ``user.get``)."""
 
 
 class Conversation(Struct, kw_only=True):
@@ -354,6 +387,42 @@ class Typing(Request, tag="typing"):
     """The thread's root message; carried, not looked up."""
 
 
+class UserUpdate(Request, tag="user.update"):
+    """Change the caller's profile; a field left out (or null) stays as it is."""
+
+    display_name: DisplayName | None = None
+    status_text: StatusText | None = None
+    """With ``status_emoji``, the status, set whole: either given (``""``: none) sets both and
+    ``status_expires_at`` (left out: until changed); ``""`` and ``""`` clear it."""
+    status_emoji: StatusEmoji | None = None
+    status_expires_at: Timestamp | None = None
+    """When the status stops showing (ms, in the future); only with ``status_text`` or ``status_emoji``."""
+    time_zone: TimeZone | None = None
+    avatar_url: AvatarUrl | None = None
+    searchable: bool | None = None
+
+
+class UserGet(Request, tag="user.get"):
+    user_ids: UserIds
+
+
+class UserSearch(Request, tag="user.search"):
+    """Users whose username or display name starts with ``query`` (case-insensitive)."""
+
+    query: SearchQuery
+    cursor: SearchCursor | None = None
+    limit: UserSearchLimit = 20
+
+
+class PasswordChange(Request, tag="password.change"):
+    old_password: OldPassword
+    new_password: Password
+
+
+class SessionEndAll(Request, tag="session.end_all"):
+    """Log out everywhere: every token of the caller stops working and every connection closes."""
+
+
 AnyRequest = (
     Ping
     | Register
@@ -381,6 +450,11 @@ AnyRequest = (
     | MessageChanges
     | PresenceQuery
     | Typing
+    | UserUpdate
+    | UserGet
+    | UserSearch
+    | PasswordChange
+    | SessionEndAll
 )
 
 # ---------------------------------------------------------------------------
@@ -465,6 +539,16 @@ class PresenceList(Struct, kw_only=True):
     presence: list[Presence]
 
 
+class UserList(Struct, kw_only=True):
+    users: list[User]
+
+
+class UserPage(Struct, kw_only=True):
+    users: list[User]
+    next_cursor: str | None
+    """Pass as ``cursor`` for the next page; null on the last page."""
+
+
 RESULT_TYPES: dict[str, type[Struct]] = {
     "ping": Pong,
     "register": Session,
@@ -492,6 +576,11 @@ RESULT_TYPES: dict[str, type[Struct]] = {
     "message.changes": ChangesPage,
     "presence.query": PresenceList,
     "typing": Empty,
+    "user.update": UserResult,
+    "user.get": UserList,
+    "user.search": UserPage,
+    "password.change": Session,
+    "session.end_all": Empty,
 }
 """The result type of every request type."""
 
@@ -599,6 +688,12 @@ class UserTyping(ServerFrame, tag="typing"):
     """How long to show it from receipt, unless renewed."""
 
 
+class UserUpdated(ServerFrame, tag="user.updated"):
+    """Someone you share a conversation with (or you, on another device) changed their profile."""
+
+    user: User
+
+
 AnyEvent = (
     Hello
     | MessageNew
@@ -610,6 +705,7 @@ AnyEvent = (
     | ConversationRemoved
     | PresenceChanged
     | UserTyping
+    | UserUpdated
 )
 AnyServerFrame = ResultFrame | ErrorFrame | AnyEvent
 
@@ -624,6 +720,7 @@ EVENT_TYPES: tuple[type[ServerFrame], ...] = (
     ConversationRemoved,
     PresenceChanged,
     UserTyping,
+    UserUpdated,
 )
 
 

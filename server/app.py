@@ -116,6 +116,7 @@ class App:
             presence_max_members=s.presence.presence_max_members,
             typing=s.typing,
             message_limits=s.messages,
+            profile_limits=s.profiles,
             directory=guarded(directory, self.metrics, timeout),
             messages=guarded(messages, self.metrics, timeout),
             broker=broker,

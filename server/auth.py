@@ -57,8 +57,11 @@ class Tokens:
         self._audience = audience
         self.ttl_seconds = ttl_seconds
 
-    def issue(self, user_id: int, now: float | None = None) -> tuple[str, int]:
-        """A signed token for the user and its expiry in epoch milliseconds."""
+    def issue(self, user_id: int, now: float | None = None, *, generation: int = 0) -> tuple[str, int]:
+        """A signed token for the user and its expiry in epoch milliseconds.
+
+        ``generation`` is the user's token generation (``UserRecord.token_generation``):
+        ``auth`` accepts the token only while it is still the user's."""
         issued = int(now if now is not None else time.time())
         expires = issued + self.ttl_seconds
         claims = {
@@ -71,11 +74,20 @@ class Tokens:
             # user within a second were byte-identical, though the protocol promises
             # a fresh one. Not required on verify, so earlier tokens stay valid.
             "jti": secrets.token_urlsafe(16),
+            "gen": generation,
         }
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM), expires * 1000
 
     def verify(self, token: str) -> int:
         """The user id of a valid token; InvalidToken otherwise."""
+        return self.verify_session(token)[0]
+
+    def verify_session(self, token: str) -> tuple[int, int]:
+        """The user id and token generation of a valid token; InvalidToken otherwise.
+
+        A token issued before generations existed has no ``gen`` claim: it is of
+        generation 0, which every user has until their first password change or
+        "log out everywhere", so it stays valid until then."""
         try:
             claims = jwt.decode(
                 token,
@@ -85,7 +97,10 @@ class Tokens:
                 audience=self._audience,
                 options={"require": ["exp", "iat", "iss", "aud", "sub"]},
             )
-            return int(claims["sub"])
+            generation = claims.get("gen", 0)
+            if not isinstance(generation, int):
+                raise ValueError("gen is not an integer")
+            return int(claims["sub"]), generation
         except (jwt.PyJWTError, ValueError) as exc:
             raise InvalidToken(str(exc)) from None
 

@@ -87,6 +87,24 @@ class MembershipChange(Struct, array_like=True, frozen=True, tag=2):
     its messages from the next seq on (and fills from the store up to it)."""
 
 
+SESSIONS_ENDED = "sessions.ended"
+"""The frame type of a broker-only event: close a user's connections of older token generations."""
+
+
+class SessionsEnded(Struct, frozen=True):
+    """The payload of a ``sessions.ended`` event; never sent to a client."""
+
+    user_id: int
+    generation: int
+    """Connections whose session is of an older generation are closed (``CloseCode.SESSION_ENDED``)."""
+
+
+def sessions_ended_event(user_id: int, generation: int) -> Event:
+    """The event that closes ``user_id``'s connections of generations below ``generation``
+    on every instance: addressed to the user's topic like any event to their devices."""
+    return Event(codec.encode(SessionsEnded(user_id, generation)), SESSIONS_ENDED, users=(user_id,))
+
+
 def event_of(
     frame: frames.AnyEvent, *, conversations: Sequence[int] = (), users: Sequence[int] = (), except_user: int = 0
 ) -> Event:

@@ -214,6 +214,14 @@ class MessagesConfig(msgspec.Struct, kw_only=True, frozen=True):
     max_pins: int
 
 
+class ProfilesConfig(msgspec.Struct, kw_only=True, frozen=True):
+    """Profiles and the directory: field lengths below the schema's caps, the largest search page."""
+
+    max_status_chars: int
+    max_avatar_url_chars: int
+    user_search_max_limit: int
+
+
 class ProcessConfig(msgspec.Struct, kw_only=True, frozen=True):
     """The process as a whole: its files, logs, profile and shutdown."""
 
@@ -236,6 +244,7 @@ GROUPS: dict[str, type[msgspec.Struct]] = {
     "presence": PresenceConfig,
     "typing": TypingConfig,
     "messages": MessagesConfig,
+    "profiles": ProfilesConfig,
     "process": ProcessConfig,
 }
 """Each ``Settings`` attribute that is a component's config, and its type."""
@@ -420,6 +429,15 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=Tr
         Positive, _doc("Distinct emojis one user may put on one message (`too_large` for one more).")
     ] = 20
     max_pins: Annotated[Positive, _doc("Pinned messages per conversation (`too_large` for one more).")] = 100
+    max_status_chars: Annotated[
+        Annotated[int, Meta(ge=1, le=256)], _doc("Longest profile status text (`too_large` beyond); at most 256.")
+    ] = 100
+    max_avatar_url_chars: Annotated[
+        Annotated[int, Meta(ge=16, le=2048)], _doc("Longest profile avatar URL (`too_large` beyond); at most 2048.")
+    ] = 1024
+    user_search_max_limit: Annotated[
+        Annotated[int, Meta(ge=1, le=100)], _doc("Most users one `user.search` page returns, whatever its `limit`.")
+    ] = 50
     debug_endpoints: Annotated[
         bool, _doc("Serve GET /debug/subscriptions (this instance's routing topics); off in production.")
     ] = False
@@ -465,6 +483,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=Tr
     @functools.cached_property
     def messages(self) -> MessagesConfig:
         return _group(self, MessagesConfig)
+
+    @functools.cached_property
+    def profiles(self) -> ProfilesConfig:
+        return _group(self, ProfilesConfig)
 
     @functools.cached_property
     def process(self) -> ProcessConfig:

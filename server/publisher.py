@@ -121,6 +121,10 @@ class Publisher:
         none of them ``except_user``'s connections (when given)."""
         self._broker.publish(event_of(frame, conversations=conversations, users=users, except_user=except_user))
 
+    def publish_event(self, event: Event) -> None:
+        """An event built by the caller (``broker.sessions_ended_event``), published as it is."""
+        self._broker.publish(event)
+
     def publish_membership(self, change: MembershipChange, announcement: frames.AnyEvent) -> None:
         """Change routing, then announce it to the same users: every instance
         applies the change before it delivers ``announcement``."""

@@ -30,8 +30,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
+import msgspec
+
 from hubbub.protocol.codec import websocket_text_frame
-from hubbub.server.broker import Broker, Event
+from hubbub.server.broker import SESSIONS_ENDED, Broker, Event, SessionsEnded
 from hubbub.server.metrics import Metrics
 
 
@@ -48,6 +50,9 @@ class Recipient(Protocol):
     user_id: int
     conversations: set[int]
     """The conversations routed to this connection; only the registry changes it."""
+
+    def end_session_before(self, generation: int) -> None:
+        """Close the connection (``CloseCode.SESSION_ENDED``) if its session is of an older token generation."""
 
     @property
     def outbound(self) -> Sender:
@@ -156,6 +161,9 @@ class Registry:
         if len(event.conversations) == 1 and not event.users:
             # The hot path: a message into one conversation.
             members = self.by_conversation.get(event.conversations[0])
+        elif event.frame_type == SESSIONS_ENDED:
+            self._end_sessions(msgspec.json.decode(event.payload, type=SessionsEnded))
+            return
         else:
             members = {}
             for cid in event.conversations:
@@ -180,6 +188,11 @@ class Registry:
             sender.send_frame(frame)
             count += 1
         self._count(event, count)
+
+    def _end_sessions(self, ended: SessionsEnded) -> None:
+        # A copy: a connection that closes may leave the registry before this loop ends.
+        for recipient in list(self.by_user.get(ended.user_id, ())):
+            recipient.end_session_before(ended.generation)
 
     def _count(self, event: Event, count: int) -> None:
         if count:

@@ -20,7 +20,7 @@ from ipaddress import IPv4Network, IPv6Network
 from hubbub.server.auth import Passwords, Tokens
 from hubbub.server.broker import Broker
 from hubbub.server.catchup import Catchup
-from hubbub.server.config import LimitsConfig, MessagesConfig, TypingConfig
+from hubbub.server.config import LimitsConfig, MessagesConfig, ProfilesConfig, TypingConfig
 from hubbub.server.handlers.context import Context
 from hubbub.server.handlers.presence import on_offline
 from hubbub.server.metrics import Metrics
@@ -40,6 +40,7 @@ class Services:
         presence_max_members: int,
         typing: TypingConfig,
         message_limits: MessagesConfig,
+        profile_limits: ProfilesConfig,
         directory: Directory,
         messages: MessageLog,
         broker: Broker,
@@ -57,6 +58,8 @@ class Services:
         self.typing = typing
         """Typing indicators: their lifetime, rate limit (sessions read it) and size cap."""
         self.message_limits = message_limits
+        self.profile_limits = profile_limits
+        """Profile field lengths and the largest user.search page (the profile handlers read it)."""
         """What may be done to a sent message (the change handlers read it)."""
         self.directory = directory
         self.messages = messages

@@ -98,6 +98,18 @@ class Session:
             self._typing_limit = TokenBucket(config.typing_per_second, config.typing_burst)
         return self._typing_limit
 
+    def refresh_user(self, user: UserRecord) -> None:
+        """The user's record as just stored by a request of this connection (profile, token generation)."""
+        if self.user is not None and self.user.id == user.id:
+            self.user = user
+
+    def end_session_before(self, generation: int) -> None:
+        if self.user is None or self.user.token_generation >= generation:
+            return
+        # On the next loop turn: when this connection made the request that ended
+        # its sessions (session.end_all), its reply is queued by then, and goes first.
+        asyncio.get_running_loop().call_soon(self.conn.close, CloseCode.SESSION_ENDED, "session ended")
+
     @property
     def outbound(self) -> Connection:
         """The writer the registry's fan-out calls directly (read when a conversation is routed here, not per frame)."""

@@ -7,12 +7,27 @@ from collections.abc import Sequence
 
 from hubbub.protocol import frames
 from hubbub.protocol.frames import REACTION_USERS_SHOWN
+from hubbub.server.clock import now_ms
 from hubbub.storage.base import Directory, MessageLog
 from hubbub.storage.records import ConversationRecord, Head, MessageRecord, Reaction, UserRecord
 
 
-def user_view(u: UserRecord) -> frames.User:
-    return frames.User(id=u.id, username=u.username, display_name=u.display_name, created_at=u.created_at)
+def user_view(u: UserRecord, now: int | None = None) -> frames.User:
+    """The user as clients see it at ``now`` (ms; default: the clock): an expired status is left out."""
+    view = frames.User(id=u.id, username=u.username, display_name=u.display_name, created_at=u.created_at)
+    if u.time_zone:
+        view.time_zone = u.time_zone
+    if u.avatar_url:
+        view.avatar_url = u.avatar_url
+    if not u.searchable:
+        view.searchable = False
+    if (u.status_text or u.status_emoji) and not _expired(u.status_expires_at, now):
+        view.status_text, view.status_emoji, view.status_expires_at = u.status_text, u.status_emoji, u.status_expires_at
+    return view
+
+
+def _expired(expires_at: int | None, now: int | None) -> bool:
+    return expires_at is not None and expires_at <= (now if now is not None else now_ms())
 
 
 def message_view(m: MessageRecord, viewer: int | None = None) -> frames.Message:

@@ -141,6 +141,11 @@ NEEDS_AUTH: dict[str, dict[str, Any]] = {
     "message.unpin": {"conversation_id": 1, "message_id": "m1"},
     "conversation.pins": {"conversation_id": 1},
     "message.changes": {"conversation_id": 1, "after_rev": 0},
+    "user.update": {"display_name": "Someone"},
+    "user.get": {"user_ids": [1]},
+    "user.search": {"query": "ex"},
+    "password.change": {"old_password": "correct horse", "new_password": "staple battery"},
+    "session.end_all": {},
 }
 
 

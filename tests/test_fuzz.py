@@ -46,7 +46,9 @@ MAX_EXAMPLES = 300
 MAX_FRAMES = 20
 REPLY_TIMEOUT = 20.0
 
-REQUEST_TAGS = [frames.tag_of(t) for t in frames.REQUEST_TYPES]
+ENDS_THE_CONNECTION = {"session.end_all"}
+"""Closes the fuzzed connection by design (4003); tests/test_profiles.py covers it."""
+REQUEST_TAGS = [frames.tag_of(t) for t in frames.REQUEST_TYPES if frames.tag_of(t) not in ENDS_THE_CONNECTION]
 FIELD_NAMES = sorted({f for t in frames.REQUEST_TYPES for f in t.__struct_fields__ if f != "id"})
 
 # ---------------------------------------------------------------------------
@@ -93,6 +95,17 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "message_id": st.text(single_line, min_size=1, max_size=10),
     "emoji": st.sampled_from(["👍", ":+1:", ":tada:", "🏳️‍🌈", ":no_such_emoji:", "ab"]),
     "after_rev": st.integers(min_value=0, max_value=10),
+    "status_text": st.none() | st.text(single_line, max_size=20),
+    "status_emoji": st.none() | st.sampled_from(["", "🌴", ":tada:", ":no_such_emoji:"]),
+    "status_expires_at": st.none() | st.integers(min_value=0, max_value=2**53),
+    "time_zone": st.none() | st.sampled_from(["", "UTC", "Europe/Paris", "Mars/Base"]),
+    "avatar_url": st.none() | st.sampled_from(["", "https://example.org/a.png", "http://x"]),
+    "searchable": st.none() | st.booleans(),
+    "query": st.text(single_line, min_size=1, max_size=10),
+    "cursor": st.none() | st.text(single_line, min_size=1, max_size=10),
+    "old_password": st.just("password")
+    | st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=12),
+    "new_password": st.just("password"),
 }
 # ...and values at or past the schema's edges.
 edge_id = st.sampled_from([-1, 0, 2**53, 2**53 + 1, 2**63, 2**64])
@@ -120,6 +133,17 @@ EDGE: dict[str, st.SearchStrategy[Any]] = {
     "message_id": st.sampled_from(["", "a\nb", 7]) | st.text(min_size=65, max_size=66),
     "emoji": st.sampled_from(["", "a\x00", 1]) | st.text(min_size=64, max_size=66),
     "after_rev": edge_id,
+    "status_text": st.text(min_size=256, max_size=257) | st.just("a\nb"),
+    "status_emoji": st.sampled_from(["a\x00", 1]) | st.text(min_size=64, max_size=66),
+    "status_expires_at": edge_id,
+    "time_zone": st.sampled_from(["../etc", "a\nb", 5]) | st.text(min_size=64, max_size=66),
+    "avatar_url": st.sampled_from(["ftp://x", "https://", "javascript:1", "https://a b"])
+    | st.text(min_size=2048, max_size=2049),
+    "searchable": st.sampled_from([0, 1, "true"]),
+    "query": st.just("") | st.text(min_size=64, max_size=66),
+    "cursor": st.just("") | st.text(min_size=32, max_size=34),
+    "old_password": st.just("") | st.text(min_size=256, max_size=257),
+    "new_password": st.text(max_size=7) | st.text(min_size=256, max_size=257),
 }
 assert set(VALID) == set(EDGE) == set(FIELD_NAMES), "add the new request fields to VALID and EDGE"
 

@@ -61,6 +61,9 @@ LIMIT_SETTINGS = (
     "max_reaction_emojis",
     "max_reactions_per_user",
     "max_pins",
+    "max_status_chars",
+    "max_avatar_url_chars",
+    "user_search_max_limit",
 )
 """Settings that PROTOCOL.md's limits table must list, with env var and default."""
 

@@ -50,10 +50,24 @@ VALID_REQUESTS: dict[str, dict[str, Any]] = {
     "reaction.remove": {"conversation_id": 1, "message_id": MESSAGE_ID, "emoji": "\N{THUMBS UP SIGN}"},
     "message.pin": {"conversation_id": 1, "message_id": MESSAGE_ID},
     "message.unpin": {"conversation_id": 1, "message_id": MESSAGE_ID},
+    "user.update": {
+        "display_name": "Alice Liddell",
+        "status_text": "in a meeting",
+        "status_emoji": ":spiral_calendar:",
+        "time_zone": "Europe/Paris",
+        "avatar_url": "https://cdn.example.org/alice.png",
+    },
+    "user.search": {"query": "ali", "cursor": "alice"},
+    "password.change": {"old_password": "correct horse", "new_password": "staple battery"},
 }
 MULTI_LINE = {("MessageSend", "text"), ("MessageEdit", "text")}
 """Fields where a line feed (and a tab) is allowed."""
-PASSWORDS = {("Register", "password"), ("Login", "password")}
+PASSWORDS = {
+    ("Register", "password"),
+    ("Login", "password"),
+    ("PasswordChange", "old_password"),
+    ("PasswordChange", "new_password"),
+}
 """Hashed, never stored or shown as text: only U+0000 is refused (a password that worked keeps working)."""
 
 

@@ -19,6 +19,7 @@ from hubbub.server.handlers import (
     messages,
     pins,
     presence,
+    profiles,
     reactions,
     system,
     typing_indicator,
@@ -55,6 +56,11 @@ HANDLERS: dict[str, Handler] = {
     "message.changes": messages.changes,
     "presence.query": presence.query,
     "typing": typing_indicator.typing,
+    "user.update": profiles.update,
+    "user.get": profiles.get,
+    "user.search": profiles.search,
+    "password.change": profiles.change_password,
+    "session.end_all": profiles.end_all,
 }
 
 

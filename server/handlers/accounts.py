@@ -17,7 +17,7 @@ from hubbub.storage.records import UserRecord
 
 async def _start_session(ctx: Context, caller: Caller, user: UserRecord) -> frames.Session:
     await caller.authenticate(user)
-    token, expires_at = ctx.tokens.issue(user.id)
+    token, expires_at = ctx.tokens.issue(user.id, generation=user.token_generation)
     return frames.Session(user=user_view(user), token=token, expires_at=expires_at)
 
 
@@ -52,12 +52,14 @@ async def login(ctx: Context, caller: Caller, req: frames.Login) -> frames.Sessi
 
 async def auth(ctx: Context, caller: Caller, req: frames.Auth) -> frames.Session:
     try:
-        user_id = ctx.tokens.verify(req.token)
+        user_id, generation = ctx.tokens.verify_session(req.token)
     except InvalidToken as exc:
         raise ApiError(ErrorCode.UNAUTHORIZED, f"invalid token: {exc}") from None
-    user = await ctx.directory.get_user(user_id)
+    user = await ctx.directory.get_user(user_id)  # the one store read: the generation is in the row
     if user is None:
         raise ApiError(ErrorCode.UNAUTHORIZED, "invalid token: no such user")
+    if generation != user.token_generation:
+        raise ApiError(ErrorCode.UNAUTHORIZED, "invalid token: the session ended (password changed or logged out)")
     return await _start_session(ctx, caller, user)
 
 

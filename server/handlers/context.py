@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from hubbub.server.auth import Passwords, Tokens
-from hubbub.server.config import MessagesConfig
+from hubbub.server.config import MessagesConfig, ProfilesConfig
 from hubbub.server.presence import PresenceTracker
 from hubbub.server.publisher import Publisher
 from hubbub.server.ratelimit import FailureWindow, TokenBucket
@@ -67,6 +67,10 @@ class Context(Protocol):
     def typing_max_members(self) -> int:
         """Typing events go through conversations of at most this many members."""
 
+    @property
+    def profile_limits(self) -> ProfilesConfig:
+        """Profile field lengths and the largest ``user.search`` page."""
+
 
 class Caller(Protocol):
     @property
@@ -95,3 +99,6 @@ class Caller(Protocol):
 
     async def authenticate(self, user: UserRecord) -> None:
         """Make the connection the user's (routing, presence); raises ApiError when it may not."""
+
+    def refresh_user(self, user: UserRecord) -> None:
+        """The caller's own record as a request just stored it (``user``, ``me``, the token generation)."""

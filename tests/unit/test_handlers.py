@@ -15,7 +15,7 @@ from hubbub.protocol import codec, frames
 from hubbub.protocol.errors import ErrorCode
 from hubbub.server.auth import Passwords, Tokens
 from hubbub.server.broker import MESSAGE_NEW, Event, InProcessBroker, MembershipChange
-from hubbub.server.config import MessagesConfig
+from hubbub.server.config import MessagesConfig, ProfilesConfig
 from hubbub.server.errors import ApiError
 from hubbub.server.handlers import channels, dms, messages, presence, typing_indicator
 from hubbub.server.handlers.context import Caller, Context
@@ -62,6 +62,7 @@ class FakeContext:
         self.presence_max_members = 2
         self.typing_ttl_ms = 5000
         self.typing_max_members = 3
+        self.profile_limits = ProfilesConfig(max_status_chars=10, max_avatar_url_chars=40, user_search_max_limit=3)
         self.message_limits = MessagesConfig(
             edit_window_seconds=60.0, max_reaction_emojis=3, max_reactions_per_user=2, max_pins=2
         )
@@ -85,6 +86,9 @@ class FakeCaller:
 
     async def authenticate(self, user: UserRecord) -> None:
         raise AssertionError("no handler tested here authenticates")
+
+    def refresh_user(self, user: UserRecord) -> None:
+        self.user = user
 
 
 def _typed(ctx: FakeContext, caller: FakeCaller) -> tuple[Context, Caller]:

@@ -21,6 +21,9 @@ class FakeConnection:
     def send_frame(self, frame: bytes) -> None:
         self.frames.append(frame)
 
+    def end_session_before(self, generation: int) -> None:
+        raise AssertionError("no test here ends sessions")
+
     @property
     def outbound(self) -> FakeConnection:
         return self
