@@ -99,8 +99,8 @@ AvatarUrl = Annotated[str, Meta(max_length=MAX_AVATAR_URL_CHARS, pattern=AVATAR_
 TimeZone = Annotated[str, Meta(max_length=64, pattern=SINGLE_LINE_PATTERN)]
 """Empty (not set) or an IANA time zone name, e.g. ``Europe/Paris`` (checked against the tz database)."""
 SearchQuery = Annotated[str, Meta(min_length=1, max_length=64, pattern=SINGLE_LINE_PATTERN)]
-SearchCursor = Annotated[str, Meta(min_length=1, max_length=32, pattern=SINGLE_LINE_PATTERN)]
-"""A ``user.search`` page's ``next_cursor``: the last username of the page before."""
+SearchCursor = Annotated[str, Meta(min_length=1, max_length=300, pattern=SINGLE_LINE_PATTERN)]
+"""A ``user.search`` page's ``next_cursor``, opaque: where the page before ended."""
 UserSearchLimit = Annotated[int, Meta(ge=1, le=100)]
 UserIds = Annotated[list[ObjectId], Meta(min_length=1, max_length=MAX_USER_IDS)]
 OldPassword = Annotated[str, Meta(min_length=1, max_length=256, pattern=PASSWORD_PATTERN)]
@@ -407,7 +407,8 @@ class UserGet(Request, tag="user.get"):
 
 
 class UserSearch(Request, tag="user.search"):
-    """Users whose username or display name starts with ``query`` (case-insensitive)."""
+    """Users whose username or display name starts with ``query`` (case-insensitive),
+    by the text that matched, then username."""
 
     query: SearchQuery
     cursor: SearchCursor | None = None

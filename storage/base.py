@@ -20,6 +20,7 @@ from hubbub.storage.records import (
     MessageRecord,
     NewMessage,
     ProfileUpdate,
+    SearchPosition,
     UserRecord,
 )
 
@@ -50,10 +51,15 @@ class Directory(Protocol):
     async def update_profile(self, user_id: int, update: ProfileUpdate) -> UserRecord | None:
         """Change the fields ``update`` sets, the others as they are; the user as stored, None when none."""
 
-    async def search_users(self, prefix: str, *, after: str | None, limit: int) -> list[UserRecord]:
+    async def search_users(self, prefix: str, *, after: SearchPosition | None, limit: int) -> list[UserRecord]:
         """Searchable users whose username or display name starts with ``prefix``
-        (case-insensitive: display names are matched lowercased), in username
-        order, those after the username ``after``, the first ``limit`` of them."""
+        (case-insensitive: both are matched lowercased), each once, the first
+        ``limit`` of them after ``after``.
+
+        The order is by the text each matched (``SearchPosition``: the username
+        when it matches, else the lowercased display name), then username, in
+        code point order: both matches are read in index order, so a page costs
+        its size, not the number of matches."""
 
     async def contacts_of(self, user_id: int) -> list[int]:
         """The user and everyone who shares a conversation with them, each once, in id order."""

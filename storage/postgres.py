@@ -30,6 +30,7 @@ from hubbub.storage.records import (
     MessageRecord,
     NewMessage,
     ProfileUpdate,
+    SearchPosition,
     UserRecord,
 )
 from hubbub.storage.rows import (
@@ -41,10 +42,10 @@ from hubbub.storage.rows import (
     dm_key,
     history_sql,
     ids_json,
-    like_prefix,
     message_record,
     message_state_values,
     new_message_id,
+    prefix_bounds,
     profile_assignments,
     search_key,
     seq_range,
@@ -193,6 +194,29 @@ async def _run(pool: asyncpg.Pool, fn: Callable[[Conn], Awaitable[T]], *, retry:
     raise AssertionError("unreachable")
 
 
+SEARCH_USERS_SQL = (
+    'WITH by_username AS (SELECT username COLLATE "C" AS k, username COLLATE "C" AS u, username AS name FROM users'
+    ' WHERE searchable AND username COLLATE "C" >= $6 AND username COLLATE "C" < $2'
+    ' AND (username COLLATE "C" > $3 OR (username COLLATE "C" = $3 AND username COLLATE "C" > $4))'
+    ' ORDER BY username COLLATE "C" LIMIT $5),'
+    ' by_name AS (SELECT search_name COLLATE "C" AS k, username COLLATE "C" AS u, username AS name FROM users'
+    ' WHERE searchable AND search_name COLLATE "C" >= $6 AND search_name COLLATE "C" < $2'
+    ' AND NOT (username COLLATE "C" >= $1 AND username COLLATE "C" < $2)'
+    ' AND (search_name COLLATE "C" > $3 OR (search_name COLLATE "C" = $3 AND username COLLATE "C" > $4))'
+    ' ORDER BY search_name COLLATE "C", username COLLATE "C" LIMIT $5),'
+    " page AS (SELECT k, u, name FROM by_username UNION ALL SELECT k, u, name FROM by_name ORDER BY k, u LIMIT $5)"
+    f" SELECT {', '.join(f'users.{c}' for c in USER_COLUMNS.split(', '))} FROM page"
+    # On name, in the column's own collation: so the join reads the username index.
+    " JOIN users ON users.username = page.name ORDER BY page.k, page.u"
+)
+"""user.search (Directory.search_users), as SQLite's: the first ``limit`` of each of two index
+ranges in index order (users_search_username, users_search_name of migration 0005, both in
+code point order, COLLATE "C", as SQLite and Python compare; index-only scans once the table
+is vacuumed), merged by (matched text, username), then the page's rows by username; ``$6`` is
+the larger of the prefix and the cursor's key, where the ranges start (the cursor itself is a
+filter, not a row comparison, which PostgreSQL would take as the range's start instead)."""
+
+
 class PostgresDirectory:
     name = "postgres"
 
@@ -269,17 +293,12 @@ class PostgresDirectory:
         row = await self._primary(lambda c: c.fetchrow(sql, user_id, *values), write=True)
         return user_record(row) if row else None
 
-    async def search_users(self, prefix: str, *, after: str | None, limit: int) -> list[UserRecord]:
-        pattern = like_prefix(prefix.lower())
-        # Two index scans (users_search_username, users_search_name), merged by
-        # UNION (which also drops a user matched by both) and paged by username.
+    async def search_users(self, prefix: str, *, after: SearchPosition | None, limit: int) -> list[UserRecord]:
+        low, high = prefix_bounds(prefix.lower())
+        key, username = (after.key, after.username) if after is not None else ("", "")
         # The replica: a directory search tolerates its lag.
-        sql = (
-            f"SELECT {USER_COLUMNS} FROM users WHERE searchable AND username LIKE $1 AND username > $2"
-            f" UNION SELECT {USER_COLUMNS} FROM users WHERE searchable AND search_name LIKE $1 AND username > $2"
-            " ORDER BY username LIMIT $3"
-        )
-        rows = await self._replica(lambda c: c.fetch(sql, pattern, after or "", limit))
+        start = max(low, key)
+        rows = await self._replica(lambda c: c.fetch(SEARCH_USERS_SQL, low, high, key, username, limit, start))
         return [user_record(r) for r in rows]
 
     async def contacts_of(self, user_id: int) -> list[int]:

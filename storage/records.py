@@ -41,6 +41,14 @@ class Status(Struct, kw_only=True, frozen=True):
     expires_at: int | None
 
 
+class SearchPosition(Struct, kw_only=True, frozen=True):
+    """Where a user stands in a search's order: by the text it matched (``key``), then username."""
+
+    key: str
+    """The username when it starts with the prefix, else the lowercased display name (``search_name``)."""
+    username: str
+
+
 class ProfileUpdate(Struct, kw_only=True, frozen=True):
     """The profile fields to change; None leaves a field as it is."""
 

@@ -18,7 +18,15 @@ from typing import Any, Protocol
 import msgspec
 
 from hubbub.storage.base import HistoryOrder
-from hubbub.storage.records import ConversationRecord, MessageRecord, NewMessage, ProfileUpdate, Reaction, UserRecord
+from hubbub.storage.records import (
+    ConversationRecord,
+    MessageRecord,
+    NewMessage,
+    ProfileUpdate,
+    Reaction,
+    SearchPosition,
+    UserRecord,
+)
 
 
 class Row(Protocol):
@@ -81,6 +89,13 @@ def search_key(display_name: str) -> str:
     return display_name.lower()
 
 
+def search_position(user: UserRecord, prefix: str) -> SearchPosition:
+    """Where ``user``, found by a search for ``prefix``, stands in its order (the next page's cursor)."""
+    low = prefix.lower()
+    key = user.username if user.username.startswith(low) else search_key(user.display_name)
+    return SearchPosition(key=key, username=user.username)
+
+
 def prefix_bounds(prefix: str) -> tuple[str, str]:
     """The half-open range [low, high) of the texts that start with ``prefix``,
     in binary (code point) order: U+10FFFF sorts after every other character."""
@@ -104,12 +119,6 @@ def profile_assignments(update: ProfileUpdate) -> list[tuple[str, Any]]:
     if update.searchable is not None:
         pairs.append(("searchable", update.searchable))
     return pairs
-
-
-def like_prefix(prefix: str) -> str:
-    """A LIKE pattern (escape character backslash) matching texts that start with ``prefix``."""
-    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return escaped + "%"
 
 
 def conversation_record(row: Row) -> ConversationRecord:

@@ -35,6 +35,7 @@ from hubbub.storage.records import (
     MessageRecord,
     NewMessage,
     ProfileUpdate,
+    SearchPosition,
     UserRecord,
 )
 from hubbub.storage.rows import (
@@ -154,6 +155,26 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX users_search_name ON users(search_name, username) WHERE searchable = 1;
     """,
 )
+
+
+SEARCH_USERS_SQL = (
+    "WITH by_username AS (SELECT username AS k, username AS u FROM users INDEXED BY users_search_username"
+    " WHERE searchable = 1 AND username >= :start AND username < :high AND (username, username) > (:key, :username)"
+    " ORDER BY username LIMIT :limit),"
+    " by_name AS (SELECT search_name AS k, username AS u FROM users INDEXED BY users_search_name"
+    " WHERE searchable = 1 AND search_name >= :start AND search_name < :high"
+    " AND NOT (username >= :low AND username < :high) AND (search_name, username) > (:key, :username)"
+    " ORDER BY search_name, username LIMIT :limit),"
+    " page AS (SELECT k, u FROM by_username UNION ALL SELECT k, u FROM by_name ORDER BY k, u LIMIT :limit)"
+    f" SELECT {', '.join(f'users.{c}' for c in USER_COLUMNS.split(', '))} FROM page"
+    " JOIN users ON users.username = page.u ORDER BY page.k, page.u"
+)
+"""user.search (Directory.search_users): the first ``limit`` of each of two index ranges, in
+index order (a username prefix; a lowercased display-name prefix of users whose username
+does not match, so nobody is found twice), read from the indexes alone, merged by (matched
+text, username), and only then the page's rows. Pinned to their partial indexes: without
+statistics SQLite may not pick them. ``start`` is the larger of the prefix and the cursor's
+key, so a later page starts its ranges at the cursor."""
 
 
 class SqliteDatabase:
@@ -335,18 +356,12 @@ class SqliteDirectory:
         row = await self.db.transaction(lambda c: c.execute(sql, (*values, user_id)).fetchone())
         return user_record(row) if row else None
 
-    async def search_users(self, prefix: str, *, after: str | None, limit: int) -> list[UserRecord]:
+    async def search_users(self, prefix: str, *, after: SearchPosition | None, limit: int) -> list[UserRecord]:
         low, high = prefix_bounds(prefix.lower())
-        # Two index ranges (users_search_username, users_search_name), merged by
-        # UNION (which also drops a user matched by both) and paged by username.
-        sql = (
-            f"SELECT {USER_COLUMNS} FROM users WHERE searchable = 1 AND username >= ? AND username < ? AND username > ?"
-            f" UNION SELECT {USER_COLUMNS} FROM users INDEXED BY users_search_name"
-            " WHERE searchable = 1 AND search_name >= ? AND search_name < ? AND username > ?"
-            " ORDER BY username LIMIT ?"
-        )
-        start = after or ""
-        rows = await self.db.run(lambda c: c.execute(sql, (low, high, start, low, high, start, limit)).fetchall())
+        params = {"low": low, "start": low, "high": high, "limit": limit, "key": "", "username": ""}
+        if after is not None:
+            params.update(start=max(low, after.key), key=after.key, username=after.username)
+        rows = await self.db.run(lambda c: c.execute(SEARCH_USERS_SQL, params).fetchall())
         return [user_record(r) for r in rows]
 
     async def contacts_of(self, user_id: int) -> list[int]:

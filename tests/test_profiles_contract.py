@@ -9,7 +9,8 @@ import asyncio
 import pytest
 
 from hubbub.storage.base import Directory
-from hubbub.storage.records import ProfileUpdate, Status
+from hubbub.storage.records import ProfileUpdate, SearchPosition, Status
+from hubbub.storage.rows import search_position
 from tests import storage_contract
 from tests.storage_contract import NOW, new_channel, new_user
 
@@ -66,22 +67,31 @@ async def test_search_matches_a_prefix_of_username_or_display_name(directory: Di
     both = await directory.create_user(f"{prefix}cat", f"{prefix} Cat", "h", NOW)
     await directory.create_user(f"x{prefix}dan", "Nobody", "h", NOW)
     usernames = [u.username for u in await directory.search_users(prefix.upper(), after=None, limit=10)]
-    assert usernames == sorted([ann.username, bob.username, both.username])  # once each, by username
+    # Once each, by the text matched in code point order: "<prefix> bob" (the display name;
+    # a space sorts before letters), "<prefix>ann", "<prefix>cat" (its username matched first).
+    assert usernames == [bob.username, ann.username, both.username]
     assert [u.id for u in await directory.search_users(f"{prefix} b", after=None, limit=10)] == [bob.id]
     assert await directory.search_users(f"{prefix}zzz", after=None, limit=10) == []
 
 
-async def test_search_pages_by_username(directory: Directory) -> None:
+async def test_search_pages_by_matched_text_then_username(directory: Directory) -> None:
     prefix = storage_contract.name("page")
-    created = [await directory.create_user(f"{prefix}-{n:02}", "Someone", "h", NOW) for n in range(7)]
-    pages, after = [], None
+    created = [await directory.create_user(f"{prefix}-{n:02}", "Someone", "h", NOW) for n in range(4)]
+    # Display-name matches sort among username matches by their lowercased display name.
+    created.insert(2, await directory.create_user(f"zz{prefix}", f"{prefix}-01b", "h", NOW))
+    created.insert(3, await directory.create_user(f"zy{prefix}", f"{prefix}-01b", "h", NOW))  # same name: by username
+    created.append(await directory.create_user(f"zx{prefix}", f"{prefix.upper()}-99", "h", NOW))
+    pages: list[list[str]] = []
+    after: SearchPosition | None = None
     while True:
         page = await directory.search_users(prefix, after=after, limit=3)
         pages.append([u.username for u in page])
         if len(page) < 3:
             break
-        after = page[-1].username
-    assert pages == [[u.username for u in created[i : i + 3]] for i in (0, 3, 6)]
+        after = search_position(page[-1], prefix)
+    expected = [u.username for u in created]
+    expected[2], expected[3] = expected[3], expected[2]  # "zy..." before "zz..." for the same display name
+    assert pages == [expected[0:3], expected[3:6], expected[6:]]
 
 
 async def test_search_leaves_out_hidden_users_and_reads_them_back_when_shown(directory: Directory) -> None:

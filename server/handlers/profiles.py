@@ -30,7 +30,8 @@ from hubbub.server.clock import now_ms
 from hubbub.server.errors import ApiError
 from hubbub.server.handlers.context import Caller, Context
 from hubbub.server.views import user_view
-from hubbub.storage.records import ProfileUpdate, Status, UserRecord
+from hubbub.storage.records import ProfileUpdate, SearchPosition, Status, UserRecord
+from hubbub.storage.rows import search_position
 
 _DONE = frames.Empty()
 
@@ -116,11 +117,22 @@ async def search(ctx: Context, caller: Caller, req: frames.UserSearch) -> frames
     _me(caller)
     limit = min(req.limit, ctx.profile_limits.user_search_max_limit)
     # One more than the page: whether there is a next page, without a second query.
-    found = await ctx.directory.search_users(req.query, after=req.cursor, limit=limit + 1)
+    after = None if req.cursor is None else _position(req.cursor)
+    found = await ctx.directory.search_users(req.query, after=after, limit=limit + 1)
     page = found[:limit]
     now = now_ms()
-    next_cursor = page[-1].username if len(found) > limit else None
+    next_cursor = _cursor(search_position(page[-1], req.query)) if len(found) > limit else None
     return frames.UserPage(users=[user_view(u, now) for u in page], next_cursor=next_cursor)
+
+
+def _cursor(position: SearchPosition) -> str:
+    """A page's ``next_cursor``: the last user's username and matched text (no username has a space)."""
+    return f"{position.username} {position.key}"
+
+
+def _position(cursor: str) -> SearchPosition:
+    username, _, key = cursor.partition(" ")
+    return SearchPosition(key=key, username=username)
 
 
 async def change_password(ctx: Context, caller: Caller, req: frames.PasswordChange) -> frames.Session:

@@ -13,8 +13,10 @@ ALTER TABLE users
 
 UPDATE users SET search_name = lower(display_name);
 
--- user.search: a prefix of the username or of the lowercased display name,
--- searchable users only. text_pattern_ops lets LIKE 'prefix%' use them
--- whatever the database's collation.
-CREATE INDEX users_search_username ON users (username text_pattern_ops) WHERE searchable;
-CREATE INDEX users_search_name ON users (search_name text_pattern_ops) WHERE searchable;
+-- user.search (storage/postgres.py SEARCH_USERS_SQL): a prefix range of the
+-- username, and one of the lowercased display name then username, searchable
+-- users only, each read in index order so a page stops after its size. In
+-- code point order (COLLATE "C"), as SQLite and Python compare, whatever the
+-- database's collation.
+CREATE INDEX users_search_username ON users ((username COLLATE "C")) WHERE searchable;
+CREATE INDEX users_search_name ON users ((search_name COLLATE "C"), (username COLLATE "C")) WHERE searchable;
