@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import itertools
 import urllib.request
 import uuid
@@ -122,9 +123,10 @@ def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MongoServ
         server.stop()
 
 
-@pytest.fixture
-async def backend_settings(backend: str, request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]:
-    """Setting overrides selecting ``backend``, on freshly emptied databases."""
+@contextlib.asynccontextmanager
+async def settings_for_backend(backend: str, request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]:
+    """Setting overrides selecting ``backend`` (e.g. ``postgres+mongo``), on
+    freshly emptied databases; a MongoDB database of its own, dropped after."""
     accounts, _, messages = backend.partition("+")
     values: dict[str, Any] = {"accounts_backend": accounts, "messages_backend": messages or accounts}
     mongo: MongoServer | None = None
@@ -136,9 +138,34 @@ async def backend_settings(backend: str, request: pytest.FixtureRequest) -> Asyn
         mongo = request.getfixturevalue("mongo_server")
         values["mongo_url"] = mongo.url
         values["mongo_database"] = f"hubbub_test_{uuid.uuid4().hex[:12]}"
-    yield values
-    if mongo is not None:
-        await drop_mongo_database(mongo.url, values["mongo_database"])
+    try:
+        yield values
+    finally:
+        if mongo is not None:
+            await drop_mongo_database(mongo.url, values["mongo_database"])
+
+
+@contextlib.asynccontextmanager
+async def app_on_backend(
+    backend: str, request: pytest.FixtureRequest, data_dir: Path, overrides: dict[str, Any]
+) -> AsyncIterator[App]:
+    """A started App on ``backend`` with ``overrides``: the one server a test
+    module shares (tests/test_message_changes.py, tests/test_profiles.py)."""
+    async with settings_for_backend(backend, request) as values:
+        settings = msgspec.convert({**TEST_SETTINGS, **values, **overrides, "data_dir": str(data_dir)}, Settings)
+        app = App(settings)
+        await app.start()
+        try:
+            yield app
+        finally:
+            await app.stop()
+
+
+@pytest.fixture
+async def backend_settings(backend: str, request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]:
+    """Setting overrides selecting ``backend``, on freshly emptied databases."""
+    async with settings_for_backend(backend, request) as values:
+        yield values
 
 
 @pytest.fixture

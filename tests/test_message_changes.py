@@ -6,13 +6,10 @@ and conversations), with small limits so that each one can be reached."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
-from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 import pytest_asyncio
 
@@ -20,10 +17,9 @@ from hubbub.protocol import frames
 from hubbub.protocol.client import Client
 from hubbub.server.app import App
 from hubbub.server.clock import now_ms
-from hubbub.server.config import Settings
 from hubbub.storage.records import NewMessage
-from tests.backends import BACKENDS, drop_mongo_database, truncate_postgres
-from tests.conftest import TEST_SETTINGS, RunningServer, unique_name
+from tests.backends import BACKENDS
+from tests.conftest import RunningServer, app_on_backend, unique_name
 from tests.helpers import expect_error, settled_events, uid
 
 # One worker runs the whole module (make test: --dist loadgroup), so each server starts once.
@@ -51,26 +47,9 @@ def store(request: pytest.FixtureRequest) -> str:
 async def shared_app(
     store: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[App]:
-    """One server for the module's tests on ``store`` (as tests/conftest.py's backend_settings)."""
-    accounts, _, messages = store.partition("+")
-    values: dict[str, Any] = {"accounts_backend": accounts, "messages_backend": messages or accounts}
-    if accounts == "postgres":
-        dsn: str = request.getfixturevalue("postgres_database")
-        await truncate_postgres(dsn)
-        values["postgres_dsn"] = dsn
-    if messages == "mongo":
-        values["mongo_url"] = request.getfixturevalue("mongo_server").url
-        values["mongo_database"] = f"hubbub_test_{uuid.uuid4().hex[:12]}"
-    data_dir: Path = tmp_path_factory.mktemp("message-changes")
-    settings = msgspec.convert({**TEST_SETTINGS, **values, **LIMITS, "data_dir": str(data_dir)}, Settings)
-    app = App(settings)
-    await app.start()
-    try:
+    """One server for the module's tests on ``store``."""
+    async with app_on_backend(store, request, tmp_path_factory.mktemp("message-changes"), LIMITS) as app:
         yield app
-    finally:
-        await app.stop()
-        if messages == "mongo":
-            await drop_mongo_database(values["mongo_url"], values["mongo_database"])
 
 
 @pytest_asyncio.fixture(loop_scope="module")

@@ -11,11 +11,9 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
-from pathlib import Path
 from typing import Any
 
 import jwt
-import msgspec
 import pytest
 import pytest_asyncio
 
@@ -24,9 +22,8 @@ from hubbub.protocol.client import Client
 from hubbub.protocol.errors import CloseCode, ErrorCode
 from hubbub.server.app import App
 from hubbub.server.clock import now_ms
-from hubbub.server.config import Settings
-from tests.backends import BACKENDS, drop_mongo_database, truncate_postgres
-from tests.conftest import TEST_SETTINGS, RunningServer, unique_name
+from tests.backends import BACKENDS
+from tests.conftest import TEST_SETTINGS, RunningServer, app_on_backend, unique_name
 from tests.helpers import assert_serving, closed_with, expect_error, settled_events, uid
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.xdist_group("profiles")]
@@ -45,26 +42,9 @@ def store(request: pytest.FixtureRequest) -> str:
 async def shared_app(
     store: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[App]:
-    """One server for the module's tests on ``store`` (as tests/test_message_changes.py's)."""
-    accounts, _, messages = store.partition("+")
-    values: dict[str, Any] = {"accounts_backend": accounts, "messages_backend": messages or accounts}
-    if accounts == "postgres":
-        dsn: str = request.getfixturevalue("postgres_database")
-        await truncate_postgres(dsn)
-        values["postgres_dsn"] = dsn
-    if messages == "mongo":
-        values["mongo_url"] = request.getfixturevalue("mongo_server").url
-        values["mongo_database"] = f"hubbub_test_{uuid.uuid4().hex[:12]}"
-    data_dir: Path = tmp_path_factory.mktemp("profiles")
-    settings = msgspec.convert({**TEST_SETTINGS, **values, **LIMITS, "data_dir": str(data_dir)}, Settings)
-    app = App(settings)
-    await app.start()
-    try:
+    """One server for the module's tests on ``store``."""
+    async with app_on_backend(store, request, tmp_path_factory.mktemp("profiles"), LIMITS) as app:
         yield app
-    finally:
-        await app.stop()
-        if messages == "mongo":
-            await drop_mongo_database(values["mongo_url"], values["mongo_database"])
 
 
 @pytest_asyncio.fixture(loop_scope="module")
