@@ -8,8 +8,9 @@ import re
 import secrets
 import signal
 import socket
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 import redis.asyncio as redis
 from websockets.exceptions import NegotiationError as HandshakeNegotiationError
@@ -242,15 +243,25 @@ class App:
                 logs.warning("shutdown_timeout", open_connections=len(self.sessions))
             self.server = None
         if self.services is not None:
-            await self.services.close()
+            await self._bounded("services", self.services.close())
         if self._redis is not None:
-            await self._redis.aclose()
+            await self._bounded("redis", self._redis.aclose())
             self._redis = None
         if self._stores is not None:
-            await self._stores.close()
+            await self._bounded("stores", self._stores.close())
             self._stores = None
         if self._listened:  # after a failed start-up, startup_failed is the only line
             logs.info("stopped")
+
+    async def _bounded(self, step: str, closing: Coroutine[Any, Any, None]) -> None:
+        """One step of the shutdown, given the shutdown grace at most: a
+        component that never finishes closing (a driver stuck on a dead
+        connection) must not keep the process from exiting."""
+        try:
+            async with asyncio.timeout(self.settings.process.shutdown_grace_seconds):
+                await closing
+        except TimeoutError:
+            logs.warning("shutdown_step_timeout", step=step)
 
 
 async def run(settings: Settings) -> int:

@@ -346,7 +346,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=Tr
         PositiveFloat, _doc("Longest wait of `/readyz` on the stores; one silent that long is reported failing (503).")
     ] = 1.0
     shutdown_grace_seconds: Annotated[
-        PositiveFloat, _doc("On SIGTERM/SIGINT, time allowed for in-flight requests and writes.")
+        PositiveFloat,
+        _doc("On SIGTERM/SIGINT, time allowed for in-flight requests and writes, then for each store to close."),
     ] = 10.0
     log_level: Annotated[LogLevel, _doc("Lowest level logged.")] = "info"
     profile: Annotated[

@@ -94,6 +94,17 @@ async def supervise(
         except Exception as exc:
             consecutive += 1
             report(task, exc, hook, consecutive=consecutive)
+            if cancel_swallowed():
+                raise asyncio.CancelledError from exc
             await asyncio.sleep(backoff(consecutive))
         else:
             consecutive = 0
+
+
+def cancel_swallowed() -> bool:
+    """True when this task was asked to stop but the iteration turned the
+    cancellation into an ordinary error (a driver that catches CancelledError
+    mid-read and raises a connection error instead): the task must still end,
+    or a shutdown waiting for it waits forever."""
+    current = asyncio.current_task()
+    return current is not None and current.cancelling() > 0
