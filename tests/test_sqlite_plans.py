@@ -4,6 +4,7 @@ read that would fall back to the primary key is pinned to its index."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,10 @@ from hubbub.storage.sqlite import CHANGES_SQL, PINS_SQL, SqliteDatabase, _histor
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> SqliteDatabase:
+async def db(tmp_path: Path) -> AsyncIterator[SqliteDatabase]:
     database, _, _ = await open_sqlite(tmp_path / "plans.db", 5.0)
-    return database
+    yield database
+    await database.close()
 
 
 async def plan(db: SqliteDatabase, sql: str, params: tuple[object, ...]) -> str:
@@ -26,10 +28,8 @@ async def test_a_thread_read_uses_the_thread_index(db: SqliteDatabase) -> None:
     for order in ("asc", "desc"):
         sql = _history_sql(order, thread=True, include_replies=True)
         assert "USING INDEX messages_thread" in await plan(db, sql, (1, 0, 100, "root", 50))
-    await db.close()
 
 
 async def test_pins_and_changes_use_their_indexes(db: SqliteDatabase) -> None:
     assert "messages_pins" in await plan(db, PINS_SQL, (1, 10))
     assert "messages_rev" in await plan(db, CHANGES_SQL, (1, 0, 10))
-    await db.close()
