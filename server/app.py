@@ -35,6 +35,7 @@ from hubbub.server.services import Services
 from hubbub.server.session import Session
 from hubbub.server.startup import EXIT_CODE, StartupFailure, check_redis, explain
 from hubbub.storage.factory import Stores, open_stores
+from hubbub.storage.replica import reporting_replica
 from hubbub.storage.supervision import counting_failures
 
 SUPPORTED_SUBPROTOCOLS = (Subprotocol(PROTOCOL_VERSION),)
@@ -97,7 +98,8 @@ class App:
                 logs.warning(
                     "dev_jwt_secret", path=str(data_dir / "jwt-secret"), hint="set HUBBUB_JWT_SECRET in production"
                 )
-            with counting_failures(self.metrics.task_failed):  # the stores' flushers count their failures here
+            # The stores' flushers count their failures here, their replica routes their fallbacks.
+            with counting_failures(self.metrics.task_failed), reporting_replica(self.metrics):
                 self._stores = await open_stores(s.storage)
             if s.redis.redis_url:
                 await check_redis(s.redis.redis_url, s.redis.storage_timeout_seconds)

@@ -364,8 +364,18 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=Tr
     ] = ""
     postgres_dsn: Annotated[str, _doc("PostgreSQL DSN, e.g. `postgresql://hubbub@db:5432/hubbub`.")] = ""
     postgres_replica_dsn: Annotated[
-        str, _doc("Optional read replica for listings (public channels, users, DM members).")
+        str,
+        _doc(
+            "Optional read replica for the reads that tolerate lag: public channels of `channel.list`, `user.search`."
+        ),
     ] = ""
+    postgres_replica_timeout_seconds: Annotated[
+        PositiveFloat,
+        _doc("A replica read unanswered this long goes to the primary (shorter than the storage timeout)."),
+    ] = 1.0
+    postgres_replica_retry_seconds: Annotated[
+        PositiveFloat, _doc("After a failed replica read, its reads go to the primary this long before it is retried.")
+    ] = 5.0
     postgres_pool_min: Annotated[Annotated[int, Meta(ge=0)], _doc("Connections kept open per pool.")] = 1
     postgres_pool_max: Annotated[Positive, _doc("Most connections per pool.")] = 10
     auto_migrate: Annotated[

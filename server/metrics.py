@@ -157,6 +157,17 @@ class Metrics:
         self.storage_errors = Counter(
             "hubbub_storage_errors", "Store calls that failed, by store.", ["store"], registry=r
         )
+        self.replica_healthy_gauge = Gauge(
+            "hubbub_replica_healthy",
+            "1 while the read replica serves the lag-tolerant reads (always 1 without one), 0 while the primary does.",
+            registry=r,
+        )
+        self.replica_healthy_gauge.set(1)
+        self.replica_fallbacks = Counter(
+            "hubbub_replica_fallbacks",
+            "Lag-tolerant reads served by the primary because the read replica failed or rests after a failure.",
+            registry=r,
+        )
         self.event_loop_lag = Histogram(
             "hubbub_event_loop_lag_seconds",
             "How much later than asked a timer of the event loop fired (server/loop_lag.py).",
@@ -177,6 +188,14 @@ class Metrics:
     def task_failed(self, task: str) -> None:
         """The failure hook of storage/supervision.py."""
         self.task_failures_by[task].inc()
+
+    def replica_healthy(self, healthy: bool) -> None:
+        """The ReplicaReport hook of storage/replica.py: who serves the lag-tolerant reads."""
+        self.replica_healthy_gauge.set(1 if healthy else 0)
+
+    def replica_fallback(self) -> None:
+        """The ReplicaReport hook of storage/replica.py: one read the replica should have served."""
+        self.replica_fallbacks.inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -54,6 +54,8 @@ class StorageConfig(Struct, kw_only=True, frozen=True):
     data_dir: str
     postgres_dsn: str
     postgres_replica_dsn: str
+    postgres_replica_timeout_seconds: float
+    postgres_replica_retry_seconds: float
     postgres_pool_min: int
     postgres_pool_max: int
     auto_migrate: bool
@@ -93,6 +95,13 @@ class StorageConfig(Struct, kw_only=True, frozen=True):
         if self.postgres_pool_min > self.postgres_pool_max:
             raise InvalidStorageConfig(
                 "{postgres_pool_min} is larger than {postgres_pool_max}", "postgres_pool_min", "postgres_pool_max"
+            )
+        if self.postgres_replica_dsn and self.postgres_replica_timeout_seconds >= self.storage_timeout_seconds:
+            # A read the replica did not answer must leave the primary time to.
+            raise InvalidStorageConfig(
+                "{postgres_replica_timeout_seconds} must be shorter than {storage_timeout_seconds}",
+                "postgres_replica_timeout_seconds",
+                "storage_timeout_seconds",
             )
         if self.mongo_change_lease_seconds <= self.storage_timeout_seconds:
             raise InvalidStorageConfig(

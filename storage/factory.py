@@ -65,6 +65,8 @@ async def _open(config: StorageConfig, closers: list[Callable[[], Awaitable[None
             min_size=config.postgres_pool_min,
             max_size=config.postgres_pool_max,
             timeout=timeout,
+            replica_timeout=config.postgres_replica_timeout_seconds,
+            replica_retry=config.postgres_replica_retry_seconds,
         )
         closers.append(pools.close)
         if accounts_backend == "postgres":

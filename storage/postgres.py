@@ -2,7 +2,8 @@
 
 Versioned SQL migrations live in storage/migrations/postgres/ and are applied
 under a session advisory lock, so several instances starting at once apply
-each migration exactly once. Browsing public channels, which tolerates replica lag, may go to a read replica.
+each migration exactly once. Browsing public channels and searching users, which tolerate replica lag, may go
+to a read replica (storage/replica.py; everything else reads the primary, docs/storage.md).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from hubbub.storage.records import (
     SearchPosition,
     UserRecord,
 )
+from hubbub.storage.replica import ReplicaRoute
 from hubbub.storage.rows import (
     CONVERSATION_COLUMNS,
     MESSAGE_COLUMNS,
@@ -117,15 +119,27 @@ async def migrate(dsn: str, timeout: float = 30.0) -> list[str]:
 
 
 class PostgresPools:
-    """The primary pool and, when configured, a read-replica pool."""
+    """The primary pool and, when configured, a read-replica pool with the
+    route that sends reads to the primary while the replica fails."""
 
-    def __init__(self, primary: asyncpg.Pool, replica: asyncpg.Pool | None) -> None:
+    def __init__(
+        self, primary: asyncpg.Pool, replica: asyncpg.Pool | None, replica_route: ReplicaRoute | None = None
+    ) -> None:
         self.primary = primary
         self.replica = replica or primary
+        self.replica_route = replica_route if replica is not None else None
 
     @classmethod
     async def open(
-        cls, dsn: str, replica_dsn: str | None, *, min_size: int, max_size: int, timeout: float
+        cls,
+        dsn: str,
+        replica_dsn: str | None,
+        *,
+        min_size: int,
+        max_size: int,
+        timeout: float,
+        replica_timeout: float = 1.0,
+        replica_retry: float = 5.0,
     ) -> PostgresPools:
         async def create(target: str) -> asyncpg.Pool:
             try:
@@ -144,8 +158,11 @@ class PostgresPools:
             return pool
 
         primary = await create(dsn)
-        replica = await create(replica_dsn) if replica_dsn else None
-        return cls(primary, replica)
+        if not replica_dsn:
+            return cls(primary, None)
+        replica = await create(replica_dsn)
+        route = ReplicaRoute("postgres", timeout_seconds=replica_timeout, retry_seconds=replica_retry)
+        return cls(primary, replica, route)
 
     async def close(self) -> None:
         if self.replica is not self.primary:
@@ -227,7 +244,14 @@ class PostgresDirectory:
         return await _run(self.pools.primary, fn, retry=not write)
 
     async def _replica(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
-        return await _run(self.pools.replica, fn, retry=True)
+        """A read that tolerates lag: on the replica, or the primary while the replica fails (storage/replica.py)."""
+        pools = self.pools
+        route = pools.replica_route
+        if route is None:
+            return await _run(pools.primary, fn, retry=True)
+        return await route.read(
+            lambda: _run(pools.replica, fn, retry=True), lambda: _run(pools.primary, fn, retry=True)
+        )
 
     async def ping(self) -> None:
         await self._primary(lambda c: c.fetchval("SELECT 1"))
