@@ -216,6 +216,8 @@ async def test_a_stopped_replica_degrades_listings_to_the_primary_then_recovers(
     assert fields["store"] == "postgres" and fields["error"]
     assert await metric(server, "hubbub_replica_healthy") == 0
     assert await metric(server, "hubbub_replica_fallbacks_total") == 6
+    status, body = await asyncio.to_thread(http_get, server.http_url + "/readyz")
+    assert status == 200, f"the instance still serves everything: ready, not failing ({body})"
 
     await asyncio.to_thread(pair.standby.start)
     await pair.replayed()
