@@ -160,7 +160,11 @@ class PostgresPools:
         primary = await create(dsn)
         if not replica_dsn:
             return cls(primary, None)
-        replica = await create(replica_dsn)
+        try:
+            replica = await create(replica_dsn)
+        except BaseException:
+            await primary.close()  # start-up fails naming the replica (server/startup.py): leave nothing open
+            raise
         route = ReplicaRoute("postgres", timeout_seconds=replica_timeout, retry_seconds=replica_retry)
         return cls(primary, replica, route)
 

@@ -21,6 +21,9 @@ from typing import Any
 import pytest
 
 from hubbub.protocol.client import Client, ServerError
+from hubbub.storage.errors import StoreUnavailable
+from hubbub.storage.postgres import PostgresPools
+from tests.backends import free_port
 from tests.conftest import RunningServer, ServerFactory, http_get, unique_name
 from tests.replication import StreamingReplica, streaming_replica
 from tests.tcp_freezer import TcpFreezer
@@ -268,3 +271,22 @@ async def test_a_replica_that_stops_answering_costs_a_listing_only_the_replica_t
         assert time.monotonic() - started < replica_timeout
         assert await metric(server, "hubbub_replica_fallbacks_total") == 2
         freezer.thaw()
+
+
+async def test_a_replica_refused_at_start_up_leaves_no_primary_connection_open(pair: StreamingReplica) -> None:
+    async def client_backends() -> int:
+        primary = await pair.primary.connect()
+        try:
+            count: int = await primary.fetchval(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+            )
+            return count
+        finally:
+            await primary.close()
+
+    before = await client_backends()
+    refused = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+    with pytest.raises(StoreUnavailable, match="cannot connect"):
+        await PostgresPools.open(pair.primary_dsn, refused, min_size=2, max_size=2, timeout=2.0)
+    assert await client_backends() == before, "the primary pool opened first is closed again"
