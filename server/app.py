@@ -20,7 +20,7 @@ from websockets.typing import Subprotocol
 
 from hubbub.protocol.errors import CloseCode
 from hubbub.protocol.frames import PROTOCOL_VERSION
-from hubbub.server import logs
+from hubbub.server import logs, tracing
 from hubbub.server.auth import Passwords, Tokens, load_or_create_dev_secret
 from hubbub.server.broker import Broker, InProcessBroker
 from hubbub.server.config import ConnectionConfig, Settings
@@ -110,6 +110,7 @@ class App:
         loop = asyncio.get_running_loop()
         passwords = await loop.run_in_executor(None, Passwords, s.passwords)
         broker, presence = self._routing()
+        broker = tracing.traced(broker, self.instance_id)
         timeout = s.storage.storage_timeout_seconds
         services = self.services = Services(
             limits=s.limits,
@@ -125,6 +126,7 @@ class App:
             passwords=passwords,
             tokens=Tokens(secret, s.tokens.jwt_issuer, s.tokens.jwt_audience, s.tokens.jwt_ttl_seconds),
             metrics=self.metrics,
+            instance_id=self.instance_id,
         )
         await services.start()
         self._keepalive = Keepalive(
