@@ -107,6 +107,8 @@ class App:
                 raise
             raise failure from exc
         directory, messages = self._stores.directory, self._stores.messages
+        for reader in self._stores.pool_readers:
+            self.metrics.pools.add(reader)
         loop = asyncio.get_running_loop()
         passwords = await loop.run_in_executor(None, Passwords, s.passwords)
         broker, presence = self._routing()
@@ -168,11 +170,13 @@ class App:
         if not config.redis_url:
             return InProcessBroker(self.metrics), LocalPresence()
         from hubbub.server.broker_redis import RedisBroker
+        from hubbub.server.pool_metrics import redis_usage
         from hubbub.server.presence_redis import RedisPresence
         from hubbub.server.redis_client import pooled_client
 
         broker = RedisBroker(config, self.instance_id, self.metrics)
-        self._redis = pooled_client(config)
+        redis_client = self._redis = pooled_client(config)
+        self.metrics.pools.add(lambda: redis_usage(redis_client, "presence"))
         presence_config = self.settings.presence
         presence = RedisPresence(
             self._redis,
@@ -246,6 +250,7 @@ class App:
             self.server = None
         if self.services is not None:
             await self._bounded("services", self.services.close())
+        self.metrics.pools.clear()
         if self._redis is not None:
             await self._bounded("redis", self._redis.aclose())
             self._redis = None
