@@ -80,7 +80,8 @@ class counted_acquire:  # lower case: used as ``async with counted_acquire(pool)
 
 def asyncpg_usage(pool: asyncpg.Pool, name: str) -> PoolUsage:
     size = pool.get_size()
-    return PoolUsage("postgres", name, size, size - pool.get_idle_size(), _waiting.get(id(pool), 0), pool.get_max_size())
+    in_use = size - pool.get_idle_size()
+    return PoolUsage("postgres", name, size, in_use, _waiting.get(id(pool), 0), pool.get_max_size())
 
 
 # -- pymongo --------------------------------------------------------------------
