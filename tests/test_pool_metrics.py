@@ -109,7 +109,7 @@ async def test_a_call_waiting_for_the_only_postgres_connection_is_counted(pooled
 async def test_a_presence_update_waiting_for_the_only_redis_connection_is_counted(pooled: RunningServer) -> None:
     assert pooled.app._redis is not None
     redis_pool = pooled.app._redis.connection_pool
-    held = await redis_pool.get_connection()
+    held = await redis_pool.get_connection()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
     try:
         await until(pooled, lambda p: p[("hubbub_pool_connections_in_use", "redis", "presence")] == 1, "in use")
         # Coming online writes presence to Redis, which waits for the connection.
