@@ -45,7 +45,7 @@ from pymongo.write_concern import WriteConcern
 from hubbub.storage.base import HistoryOrder, MessageChange, MessageLog
 from hubbub.storage.batching import GroupCommit, Stored, by_conversation
 from hubbub.storage.errors import StoreUnavailable
-from hubbub.storage.pool_usage import MongoPoolEvents
+from hubbub.storage.mongo_pools import MongoPoolEvents
 from hubbub.storage.records import Appended, ChangesPage, Head, MessageRecord, NewMessage
 from hubbub.storage.rows import (
     message_document,
