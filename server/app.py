@@ -20,7 +20,7 @@ from websockets.typing import Subprotocol
 
 from hubbub.protocol.errors import CloseCode
 from hubbub.protocol.frames import PROTOCOL_VERSION
-from hubbub.server import logs
+from hubbub.server import logs, tracing
 from hubbub.server.auth import Passwords, Tokens, load_or_create_dev_secret
 from hubbub.server.broker import Broker, InProcessBroker
 from hubbub.server.config import ConnectionConfig, Settings
@@ -109,9 +109,12 @@ class App:
                 raise
             raise failure from exc
         directory, messages = self._stores.directory, self._stores.messages
+        for reader in self._stores.pool_readers:
+            self.metrics.pools.add(reader)
         loop = asyncio.get_running_loop()
         passwords = await loop.run_in_executor(None, Passwords, s.passwords)
         broker, presence = self._routing()
+        broker = tracing.traced(broker, self.instance_id)
         timeout = s.storage.storage_timeout_seconds
         services = self.services = Services(
             limits=s.limits,
@@ -127,6 +130,7 @@ class App:
             passwords=passwords,
             tokens=Tokens(secret, s.tokens.jwt_issuer, s.tokens.jwt_audience, s.tokens.jwt_ttl_seconds),
             metrics=self.metrics,
+            instance_id=self.instance_id,
         )
         await services.start()
         self._keepalive = Keepalive(
@@ -168,11 +172,13 @@ class App:
         if not config.redis_url:
             return InProcessBroker(self.metrics), LocalPresence()
         from hubbub.server.broker_redis import RedisBroker
+        from hubbub.server.pool_metrics import redis_usage
         from hubbub.server.presence_redis import RedisPresence
         from hubbub.server.redis_client import pooled_client
 
         broker = RedisBroker(config, self.instance_id, self.metrics)
-        self._redis = pooled_client(config)
+        redis_client = self._redis = pooled_client(config)
+        self.metrics.pools.add(lambda: redis_usage(redis_client, "presence"))
         presence_config = self.settings.presence
         presence = RedisPresence(
             self._redis,
@@ -246,6 +252,7 @@ class App:
             self.server = None
         if self.services is not None:
             await self._bounded("services", self.services.close())
+        self.metrics.pools.clear()
         if self._redis is not None:
             await self._bounded("redis", self._redis.aclose())
             self._redis = None

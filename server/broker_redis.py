@@ -50,7 +50,7 @@ import redis.asyncio as redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from hubbub.server import logs
+from hubbub.server import logs, tracing
 from hubbub.server.broker import Broker, BrokerEventHandler, Event, MembershipChange
 from hubbub.server.config import RedisConfig
 from hubbub.server.metrics import Metrics
@@ -68,6 +68,9 @@ class Envelope(msgspec.Struct, array_like=True, frozen=True):
     number: int
     body: Event | MembershipChange | None
     """None for the health probe."""
+    trace: str | None = None
+    """The publishing span's W3C traceparent when tracing is on (server/tracing.py), so the
+    delivery here joins the sender's trace. Last, with a default: either side may lack it."""
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -246,7 +249,8 @@ class RedisBroker:
             # Not connected: the other instances catch up from the store by seq.
             self._metrics.broker_dropped.inc()
             return
-        payload = _encoder.encode(Envelope(self.instance_id, next(self._numbers), event))
+        trace = tracing.traceparent() if tracing.enabled else None
+        payload = _encoder.encode(Envelope(self.instance_id, next(self._numbers), event, trace))
         outgoing = self._outgoing
         outgoing.extend((self._conversation_channel(c), payload) for c in event.conversations)
         outgoing.extend((self._user_channel(u), payload) for u in event.users)
@@ -378,7 +382,11 @@ class RedisBroker:
         if handler is None:
             return
         if isinstance(body, Event):
-            handler.on_event(body)
+            if envelope.trace is not None and tracing.enabled:
+                with tracing.delivery_span(envelope.trace, body.frame_type, self.instance_id):
+                    handler.on_event(body)
+            else:
+                handler.on_event(body)
         else:
             handler.on_membership(body)
 

@@ -51,9 +51,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(settings.process.log_level)
     if args.command == "migrate":
         return uvloop.run(migrate(settings))
+    from hubbub.server import tracing
     from hubbub.server.app import run
 
-    return uvloop.run(run(settings))
+    try:
+        exporter = tracing.configure(os.environ)
+    except ValueError as exc:
+        logs.error("invalid_settings", error=str(exc))
+        return USAGE_ERROR
+    if exporter is not None:
+        logs.info("tracing", exporter=exporter)
+    try:
+        return uvloop.run(run(settings))
+    finally:
+        tracing.shutdown()  # export the spans still queued
 
 
 async def migrate(settings: Settings) -> int:

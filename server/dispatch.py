@@ -35,7 +35,7 @@ from typing import Protocol
 from hubbub.protocol import codec
 from hubbub.protocol.errors import ErrorCode
 from hubbub.protocol.frames import PRE_AUTH_TYPES, AnyRequest, RequestId
-from hubbub.server import logs
+from hubbub.server import logs, tracing
 from hubbub.server.errors import ApiError
 from hubbub.server.guarded import request_budget
 from hubbub.server.handlers import HANDLERS, Handler
@@ -235,6 +235,28 @@ class Dispatcher:
 
     async def _execute(self, op: str, request: AnyRequest) -> bytes:
         """Run the handler; the encoded reply (result or error)."""
+        if tracing.enabled:
+            return await self._execute_traced(op, request)
+        payload, _ = await self._run_handler(op, request)
+        return payload
+
+    async def _execute_traced(self, op: str, request: AnyRequest) -> bytes:
+        """``_execute`` inside the request's span (server/tracing.py): its store
+        calls and publishes are its children."""
+        caller = self._caller
+        with tracing.request_span(
+            op,
+            instance=self._services.instance_id,
+            conn_id=caller.conn_id,
+            user_id=caller.user_id,
+            conversation_id=_conversation_of(request),
+        ) as span:
+            payload, failure = await self._run_handler(op, request)
+            tracing.request_outcome(span, caller.user_id, failure.value if failure else None)
+        return payload
+
+    async def _run_handler(self, op: str, request: AnyRequest) -> tuple[bytes, ErrorCode | None]:
+        """The encoded reply, and the error code it carries (None: a result)."""
         services = self._services
         caller = self._caller
         start = time.perf_counter()
@@ -264,11 +286,11 @@ class Dispatcher:
             request_id=request.id,
             conn_id=caller.conn_id,
             user_id=caller.user_id or None,
-            conversation_id=getattr(request, "conversation_id", None) or getattr(request, "channel_id", None),
+            conversation_id=_conversation_of(request),
             code=failure.value if failure else None,
             latency_ms=round(latency * 1000, 3),
         )
-        return payload
+        return payload, failure
 
     async def _execute_into(self, op: str, request: AnyRequest, slot: list[bytes], pipeline: _Pipeline) -> None:
         slot.append(await self._execute(op, request))
@@ -305,3 +327,9 @@ class Dispatcher:
             pipeline.replies.append([payload])
         else:
             self._send_reply(payload)
+
+
+def _conversation_of(request: AnyRequest) -> int | None:
+    """The conversation a request is about, for its log line and span (None: not about one)."""
+    conversation: int | None = getattr(request, "conversation_id", None) or getattr(request, "channel_id", None)
+    return conversation

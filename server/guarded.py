@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from typing import Any, TypeVar, cast
 
+from hubbub.server import tracing
 from hubbub.server.metrics import Metrics
 from hubbub.storage.errors import Conflict, StoreUnavailable, describe, is_store_fault
 
@@ -72,26 +73,34 @@ class _Guarded:
         @functools.wraps(attr)
         async def call(*args: Any, **kwargs: Any) -> Any:
             start = time.perf_counter()
+            # A child span of the request's (server/tracing.py); one attribute read when off.
+            span = tracing.start_store_span(self.name, op) if tracing.enabled else None
+            failure: str | None = None
             try:
                 async with asyncio.timeout(_time_left(self._timeout)):
                     return await cast(Callable[..., Awaitable[Any]], attr)(*args, **kwargs)
             except (Conflict, StoreUnavailable) as exc:
                 if isinstance(exc, StoreUnavailable):
                     errors.inc()
+                    failure = exc.detail
                 raise
             except TimeoutError:
                 errors.inc()
-                raise StoreUnavailable(self.name, f"{op} timed out after {self._timeout:g}s") from None
+                failure = f"{op} timed out after {self._timeout:g}s"
+                raise StoreUnavailable(self.name, failure) from None
             except Exception as exc:
                 # OSError, or a driver's error a backend let through: a store
                 # fault answers `unavailable`, never `internal`. Anything
                 # else is a bug of ours and stays what it is.
+                failure = f"{op}: {describe(exc)}"
                 if not isinstance(exc, OSError) and not is_store_fault(exc):
                     raise
                 errors.inc()
-                raise StoreUnavailable(self.name, f"{op}: {describe(exc)}") from exc
+                raise StoreUnavailable(self.name, failure) from exc
             finally:
                 histogram.observe(time.perf_counter() - start)
+                if span is not None:
+                    tracing.end_store_span(span, failure)
 
         setattr(self, op, call)  # cache: __getattr__ runs once per op
         return call

@@ -22,6 +22,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from hubbub.server.pool_metrics import PoolCollector
+
 # Every counter and histogram would also be exposed as a `_created` gauge (its
 # creation time), doubling the series Prometheus stores for nothing a rule or
 # dashboard here reads; prometheus_client's documented switch turns them off,
@@ -119,6 +121,11 @@ class Metrics:
         self.request_latency_by = ByLabel(self.request_latency)
         self.errors_by = ByLabel(self.errors)
         self.messages_stored = Counter("hubbub_messages_stored", "Messages stored and acknowledged.", registry=r)
+        self.messages_received = Counter(
+            "hubbub_messages_received",
+            "New messages delivered to this instance's connections, each once however many recipients.",
+            registry=r,
+        )
         self.deliveries = Counter("hubbub_deliveries", "Event frames queued to local connections.", registry=r)
         self.slow_consumers = Counter(
             "hubbub_slow_consumer_disconnects", "Connections closed because their buffer overflowed.", registry=r
@@ -184,6 +191,9 @@ class Metrics:
         self.task_failures_by = ByLabel(self.task_failures)
         for task in BACKGROUND_TASKS:
             self.task_failures_by[task]  # created now: a series at 0, not absent
+        self.pools = PoolCollector()
+        """hubbub_pool_*: App.start adds each pool once its store is open."""
+        r.register(self.pools)
 
     def task_failed(self, task: str) -> None:
         """The failure hook of storage/supervision.py."""

@@ -9,6 +9,8 @@ Redis gets its connections configured one way.
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -27,7 +29,7 @@ def pooled_client(config: RedisConfig) -> redis.Redis:
     ``storage_timeout_seconds``.
     """
     timeout = config.storage_timeout_seconds
-    pool = redis.BlockingConnectionPool.from_url(
+    pool = CountingBlockingConnectionPool.from_url(
         config.redis_url,
         max_connections=config.redis_pool_max,
         timeout=timeout,
@@ -49,3 +51,18 @@ def subscriber_client(url: str, *, timeout: float) -> redis.Redis:
         # the broker, because messages were lost and a resync is due.
         retry=Retry(NoBackoff(), 0),
     )
+
+
+class CountingBlockingConnectionPool(redis.BlockingConnectionPool):
+    """A blocking pool that counts the commands waiting for a connection
+    (hubbub_pool_waiting): redis-py tells how many connections are idle and
+    in use (``get_connection_count``), not who waits."""
+
+    waiting = 0
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        self.waiting += 1
+        try:
+            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+        finally:
+            self.waiting -= 1

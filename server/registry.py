@@ -198,3 +198,5 @@ class Registry:
         if count:
             self._metrics.deliveries.inc(count)
             self._metrics.frames_out_by[event.frame_type].inc(count)
+            if event.seq:  # a new message (only message.new carries a seq; a re-announcement has 0)
+                self._metrics.messages_received.inc()

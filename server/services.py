@@ -48,6 +48,7 @@ class Services:
         passwords: Passwords,
         tokens: Tokens,
         metrics: Metrics,
+        instance_id: str = "",
     ) -> None:
         self.limits = limits
         """What one client may do (dispatch and sessions read it)."""
@@ -67,6 +68,8 @@ class Services:
         self.passwords = passwords
         self.tokens = tokens
         self.metrics = metrics
+        self.instance_id = instance_id
+        """This process among the instances (App.instance_id): on its spans (server/tracing.py)."""
         self.presence = presence
         self.registry = Registry(broker, metrics)
         self.catchup = Catchup(messages, self.registry, metrics)

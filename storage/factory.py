@@ -3,20 +3,32 @@ accounts) and which the messages, as a ``StorageConfig`` (storage/config.py) say
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hubbub.storage.base import Directory, MessageLog
 from hubbub.storage.config import StorageConfig
+
+if TYPE_CHECKING:  # the module imports the drivers, and a SQLite server needs none
+    from hubbub.storage.pool_usage import PoolReader
 
 
 class Stores:
     """The two stores and what must be closed after them."""
 
-    def __init__(self, directory: Directory, messages: MessageLog, closers: list[Callable[[], Awaitable[None]]]):
+    def __init__(
+        self,
+        directory: Directory,
+        messages: MessageLog,
+        closers: list[Callable[[], Awaitable[None]]],
+        pool_readers: Sequence[PoolReader] = (),
+    ):
         self.directory = directory
         self.messages = messages
         self._closers = closers
+        self.pool_readers = pool_readers
+        """The connection pools' usage of the backends that pool (hubbub_pool_*)."""
 
     async def close(self) -> None:
         await self.messages.close()
@@ -43,6 +55,7 @@ async def _open(config: StorageConfig, closers: list[Callable[[], Awaitable[None
     timeout = config.storage_timeout_seconds
     directory: Directory | None = None
     messages: MessageLog | None = None
+    pool_readers: list[PoolReader] = []
 
     if "sqlite" in config.backends:
         from hubbub.storage.sqlite import open_sqlite
@@ -69,6 +82,7 @@ async def _open(config: StorageConfig, closers: list[Callable[[], Awaitable[None
             replica_retry=config.postgres_replica_retry_seconds,
         )
         closers.append(pools.close)
+        pool_readers.append(pools.usage)
         if accounts_backend == "postgres":
             directory = PostgresDirectory(pools)
         if messages_backend == "postgres":
@@ -77,14 +91,17 @@ async def _open(config: StorageConfig, closers: list[Callable[[], Awaitable[None
     if messages_backend == "mongo":
         from hubbub.storage.mongo import MongoMessageLog
 
-        messages = await MongoMessageLog.open(
+        mongo = await MongoMessageLog.open(
             config.mongo_url,
             config.mongo_database,
             config.mongo_write_concern,
             timeout,
             change_lease_seconds=config.mongo_change_lease_seconds,
         )
+        if mongo.pool_events is not None:
+            pool_readers.append(mongo.pool_events.usage)
+        messages = mongo
 
     if directory is None or messages is None:  # every backend of the Literals is opened above
         raise RuntimeError(f"no store opened for {accounts_backend} accounts and {messages_backend} messages")
-    return Stores(directory, messages, closers)
+    return Stores(directory, messages, closers, pool_readers)

@@ -45,6 +45,7 @@ from pymongo.write_concern import WriteConcern
 from hubbub.storage.base import HistoryOrder, MessageChange, MessageLog
 from hubbub.storage.batching import GroupCommit, Stored, by_conversation
 from hubbub.storage.errors import StoreUnavailable
+from hubbub.storage.mongo_pools import MongoPoolEvents
 from hubbub.storage.records import Appended, ChangesPage, Head, MessageRecord, NewMessage
 from hubbub.storage.rows import (
     message_document,
@@ -168,12 +169,15 @@ class MongoMessageLog:
         self._changing = _KeyedLocks()
         """Per conversation, held around a change's read, allocation and write,
         so that a change is retried only because of another instance."""
+        self.pool_events: MongoPoolEvents | None = None
+        """The client's connection-pool events, counted (hubbub_pool_*), when ``open`` made the client."""
 
     @classmethod
     async def open(
         cls, url: str, database: str, write_concern: str, timeout: float, change_lease_seconds: float = 30.0
     ) -> MongoMessageLog:
         ms = int(timeout * 1000)
+        pool_events = MongoPoolEvents()
         client: AsyncMongoClient[Document] = AsyncMongoClient(
             url,
             serverSelectionTimeoutMS=ms,
@@ -182,8 +186,10 @@ class MongoMessageLog:
             timeoutMS=ms,
             retryWrites=True,
             appname="hubbub",
+            event_listeners=[pool_events],
         )
         log = cls(client, database, parse_write_concern(write_concern), change_lease_seconds)
+        log.pool_events = pool_events
         try:
             await log.ensure_indexes()
         except PyMongoError as exc:

@@ -22,6 +22,7 @@ from asyncpg.pool import PoolConnectionProxy
 from hubbub.storage.base import Directory, HistoryOrder, MessageChange, MessageLog
 from hubbub.storage.batching import GroupCommit, Stored, by_conversation
 from hubbub.storage.errors import Conflict, StoreUnavailable, describe
+from hubbub.storage.pool_usage import PoolUsage, asyncpg_usage, counted_acquire
 from hubbub.storage.records import (
     REPLIERS_KEPT,
     Appended,
@@ -173,6 +174,13 @@ class PostgresPools:
             await self.replica.close()
         await self.primary.close()
 
+    def usage(self) -> list[PoolUsage]:
+        """Both pools' usage, for hubbub_pool_* (one when there is no replica)."""
+        usage = [asyncpg_usage(self.primary, "primary")]
+        if self.replica is not self.primary:
+            usage.append(asyncpg_usage(self.replica, "replica"))
+        return usage
+
 
 async def _run(pool: asyncpg.Pool, fn: Callable[[Conn], Awaitable[T]], *, retry: bool) -> T:
     """Run ``fn`` on a pooled connection, translating store faults to StoreUnavailable.
@@ -192,7 +200,7 @@ async def _run(pool: asyncpg.Pool, fn: Callable[[Conn], Awaitable[T]], *, retry:
     attempts = 2 if retry else 1
     for attempt in range(attempts):
         try:
-            async with pool.acquire() as conn:
+            async with counted_acquire(pool) as conn:
                 try:
                     return await fn(conn)
                 except _INTERRUPTED:
