@@ -20,6 +20,8 @@ import msgspec
 from hubbub.storage.base import HistoryOrder
 from hubbub.storage.records import (
     ConversationRecord,
+    Membership,
+    MemberState,
     MessageRecord,
     NewMessage,
     ProfileUpdate,
@@ -119,6 +121,19 @@ def profile_assignments(update: ProfileUpdate) -> list[tuple[str, Any]]:
     if update.searchable is not None:
         pairs.append(("searchable", update.searchable))
     return pairs
+
+
+MEMBERSHIP_COLUMNS = f"{CONVERSATION_COLUMNS}, m.read_seq, m.muted"
+"""A conversation (``c``) and the member's state in it (``m``, a memberships row): ``membership_record``."""
+
+
+def member_state(read_seq: int | None, muted: Any) -> MemberState:
+    return MemberState(read_seq=read_seq, muted=bool(muted))  # SQLite stores 0/1
+
+
+def membership_record(row: Row) -> Membership:
+    """A row of ``MEMBERSHIP_COLUMNS``."""
+    return Membership(conversation=conversation_record(row), state=member_state(row[7], row[8]))
 
 
 def conversation_record(row: Row) -> ConversationRecord:
