@@ -516,10 +516,20 @@ class PostgresDirectory:
         return member_state(row[0], row[1]) if row else None
 
     async def mark_read(self, conversation_id: int, user_id: int, seq: int, *, unset_as: int) -> ReadMark | None:
-        row = await self._primary(
-            lambda c: c.fetchrow(MARK_READ_SQL, conversation_id, user_id, seq, unset_as), write=True
-        )
-        return None if row is None else ReadMark(state=member_state(row[0], row[1]), moved=row[2])
+        async def mark(c: Conn) -> ReadMark | None:
+            row = await c.fetchrow(MARK_READ_SQL, conversation_id, user_id, seq, unset_as)
+            if row is not None:
+                return ReadMark(state=member_state(row[0], row[1]), moved=True)
+            # Not moved: read the row in a statement of its own, whose snapshot
+            # sees the mark that a racing statement committed while this one waited.
+            row = await c.fetchrow(
+                "SELECT read_seq, muted FROM memberships WHERE conversation_id = $1 AND user_id = $2",
+                conversation_id,
+                user_id,
+            )
+            return None if row is None else ReadMark(state=member_state(row[0], row[1]), moved=False)
+
+        return await self._primary(mark, write=True)
 
     async def set_muted(self, conversation_id: int, user_id: int, muted: bool) -> MemberState | None:
         row = await self._primary(
@@ -551,16 +561,13 @@ class PostgresDirectory:
 
 
 MARK_READ_SQL = (
-    "WITH moved AS (UPDATE memberships SET read_seq = GREATEST($3, COALESCE(read_seq, $4))"
+    "UPDATE memberships SET read_seq = GREATEST($3, COALESCE(read_seq, $4))"
     " WHERE conversation_id = $1 AND user_id = $2 AND (read_seq IS NULL OR read_seq < $3)"
-    " RETURNING read_seq, muted)"
-    " SELECT read_seq, muted, TRUE FROM moved"
-    " UNION ALL SELECT read_seq, muted, FALSE FROM memberships"
-    " WHERE conversation_id = $1 AND user_id = $2 AND NOT EXISTS (SELECT 1 FROM moved)"
+    " RETURNING read_seq, muted"
 )
-"""Directory.mark_read in one statement: the conditional update (only forward,
-so racing marks never move a position back; the row lock orders them), else
-the row as it is (the statement's snapshot: not updated means already there)."""
+"""Directory.mark_read's conditional write: only forward, so racing marks never
+move a position back (the row lock orders them, and one that waited re-checks
+the condition on the row as the other left it)."""
 
 
 class PostgresMessageLog:
