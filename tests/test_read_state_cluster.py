@@ -128,9 +128,14 @@ async def test_marks_on_one_instance_racing_sends_on_the_other_stay_exact(any_cl
     assert view.last_seq == total
     assert view.unread_count == min(100, total - view.read_seq)  # the default cap
     # Every move reached the other device, in order, ending where the store is.
+    # The mark that stored the final position announced it to both devices. Marks made on
+    # two instances may be announced in either order: clients keep the furthest (PROTOCOL.md).
     if view.read_seq > 0:  # some mark moved (not all of them ran before the first send was stored)
-        await reader.wait_for(
-            lambda: bool(reader.find(frames.ConversationRead, lambda e: e.read_seq == view.read_seq)), "the last mark"
-        )
-    moves = [e.read_seq for e in other.find(frames.ConversationRead, lambda e: e.conversation_id == room)]
-    assert moves == sorted(moves)
+        for peer in (reader, other):
+            await peer.wait_for(
+                lambda p=peer: bool(p.find(frames.ConversationRead, lambda e: e.read_seq == view.read_seq)),
+                "the last mark",
+            )
+    for peer in (reader, other):
+        moves = [e.read_seq for e in peer.find(frames.ConversationRead, lambda e: e.conversation_id == room)]
+        assert all(0 < seq <= view.read_seq for seq in moves)
