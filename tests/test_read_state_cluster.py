@@ -132,10 +132,7 @@ async def test_marks_on_one_instance_racing_sends_on_the_other_stay_exact(any_cl
     # two instances may be announced in either order: clients keep the furthest (PROTOCOL.md).
     if view.read_seq > 0:  # some mark moved (not all of them ran before the first send was stored)
         for peer in (reader, other):
-            await peer.wait_for(
-                lambda p=peer: bool(p.find(frames.ConversationRead, lambda e: e.read_seq == view.read_seq)),
-                "the last mark",
-            )
+            await peer.expect(frames.ConversationRead, lambda e: e.read_seq == view.read_seq)
     for peer in (reader, other):
         moves = [e.read_seq for e in peer.find(frames.ConversationRead, lambda e: e.conversation_id == room)]
         assert all(0 < seq <= view.read_seq for seq in moves)
