@@ -165,12 +165,15 @@ MIGRATIONS: tuple[str, ...] = (
     # position (NULL): it counts as read up to the head, and the first
     # listing stores that head (docs/storage.md, read state upgrade). The
     # partial index holds only the messages an unread count counts (not
-    # deleted, in the main timeline), with the columns it reads, so a count
-    # is a range read of at most the cap over the unread tail.
+    # deleted, in the main timeline), with every column a count reads (those
+    # of the index's own condition too, which SQLite still checks), so a
+    # count is a range of at most the cap over the unread tail, read from
+    # the index alone.
     """
     ALTER TABLE memberships ADD COLUMN read_seq INTEGER;
     ALTER TABLE memberships ADD COLUMN muted INTEGER NOT NULL DEFAULT 0;
-    CREATE INDEX messages_unread ON messages(conversation_id, seq, sender_id, mention_all, mentions)
+    CREATE INDEX messages_unread
+        ON messages(conversation_id, seq, sender_id, mention_all, mentions, deleted, thread_root_id, also_in_channel)
         WHERE deleted = 0 AND (thread_root_id IS NULL OR also_in_channel = 1);
     """,
 )
