@@ -49,6 +49,7 @@ from hubbub.storage.rows import (
     ids_json,
     member_state,
     membership_record,
+    mention_needle,
     message_record,
     message_state_values,
     new_message_id,
@@ -705,7 +706,7 @@ class PostgresMessageLog:
             return {}
         rows = await _run(
             self.pools.primary,
-            lambda c: c.fetch(UNREAD_SQL, ids, [positions[i] for i in ids], user_id, cap, str(user_id)),
+            lambda c: c.fetch(UNREAD_SQL, ids, [positions[i] for i in ids], user_id, cap, mention_needle(user_id)),
             retry=True,
         )
         return {
@@ -718,8 +719,8 @@ UNREAD_SQL = (
     " FROM unnest($1::bigint[], $2::bigint[]) AS p(id, read_seq)"
     " JOIN conversation_seq h ON h.conversation_id = p.id"
     " LEFT JOIN LATERAL (SELECT count(*) AS unread, count(*) FILTER (WHERE t.mentioned) AS mentioned FROM ("
-    "  SELECT m.mention_all IS NOT NULL OR (m.mentions <> '[]' AND $5 = ANY("
-    "   SELECT jsonb_array_elements_text(m.mentions::jsonb))) AS mentioned"
+    "  SELECT m.mention_all IS NOT NULL OR (m.mentions <> '[]'"
+    "   AND strpos(',' || btrim(m.mentions, '[]') || ',', $5) > 0) AS mentioned"
     # p.read_seq < h.last_seq first: a one-time filter, so a conversation read up to its head reads no message.
     "  FROM messages m WHERE p.read_seq < h.last_seq AND m.conversation_id = p.id AND m.seq > p.read_seq"
     "  AND m.sender_id <> $3 AND NOT m.deleted AND (m.thread_root_id IS NULL OR m.also_in_channel)"
@@ -727,7 +728,8 @@ UNREAD_SQL = (
 )
 """MessageLog.unread in one statement: every conversation's head, and for those
 read short of it, a range of the partial index messages_unread (migration 0006)
-after the read position, at most ``$4`` rows of it (the cap), in no particular
+after the read position, at most ``$4`` rows of it (the cap; a mention found by a
+string search for ``$5``, storage.rows.mention_needle), in no particular
 order (a count needs none, and an ORDER BY made the planner sort a bitmap scan);
 an index-only scan once the table is vacuumed."""
 

@@ -182,6 +182,15 @@ def ids_json(ids: Sequence[int]) -> str:
     return _ids_json.encode(ids).decode()
 
 
+def mention_needle(user_id: int) -> str:
+    """What a ``mentions`` column holds around ``user_id`` once its brackets are
+    trimmed and it is wrapped in commas: ``[3,12]`` -> ``,3,12,`` contains
+    ``,12,`` and not ``,2,``. ``ids_json`` writes compact JSON (no spaces), so an
+    unread count tests a mention with one string search instead of parsing
+    JSON per row (MessageLog.unread)."""
+    return f",{user_id},"
+
+
 def reactions_json(reactions: Sequence[Reaction]) -> str:
     """Reactions as the SQL backends' ``reactions`` column: ``[[emoji, [user ids]], ...]``."""
     return _ids_json.encode([(r.emoji, r.user_ids) for r in reactions]).decode()

@@ -186,3 +186,15 @@ async def test_counts_are_exact_under_concurrent_sends(directory: Directory, mes
     counted = (await messages.unread(alice.id, {channel.id: 0}, CAP))[channel.id]
     assert counted.head.last_seq >= 60
     assert counted.unread_count == 60
+
+
+async def test_a_mention_is_of_the_user_not_of_an_id_that_contains_theirs(
+    directory: Directory, messages: MessageLog
+) -> None:
+    alice, bob = await new_user(directory), await new_user(directory)
+    channel = await new_channel(directory, alice)
+    lookalikes = (alice.id * 10, alice.id * 10 + 1, int(f"1{alice.id}"), int(f"{alice.id}{alice.id}"))
+    for n, ids in enumerate((lookalikes, (lookalikes[0], alice.id, lookalikes[1]), (alice.id,))):
+        await messages.append(msgspec.structs.replace(new_message(channel, bob, f"m{n}"), mentions=ids))
+    counted = (await messages.unread(alice.id, {channel.id: 0}, CAP))[channel.id]
+    assert (counted.unread_count, counted.mention_count) == (3, 2)

@@ -32,7 +32,7 @@ async def db(tmp_path: Path) -> AsyncIterator[SqliteDatabase]:
 
 
 async def test_sqlite_counts_from_a_covering_range_of_the_unread_index(db: SqliteDatabase) -> None:
-    params = {"user": 1, "conversation": 1, "read_seq": 0, "cap": 10}
+    params = {"user": 1, "needle": ",1,", "conversation": 1, "read_seq": 0, "cap": 10}
     rows = await db.run(lambda c: c.execute("EXPLAIN QUERY PLAN " + SQLITE_UNREAD_SQL, params).fetchall())
     plan = " | ".join(str(row[3]) for row in rows)
     assert "SEARCH messages USING COVERING INDEX messages_unread (conversation_id=? AND seq>?)" in plan, plan
@@ -80,7 +80,7 @@ async def test_postgres_counts_from_a_range_of_the_unread_index(seeded_postgres:
     # Every other conversation read up to its head (skipped), the others 50 short of it.
     positions = [MESSAGES_EACH if i % 2 else MESSAGES_EACH - 50 for i in ids]
     raw = await seeded_postgres.fetchval(
-        "EXPLAIN (ANALYZE, FORMAT JSON) " + POSTGRES_UNREAD_SQL, ids, positions, 1, 100, "1"
+        "EXPLAIN (ANALYZE, FORMAT JSON) " + POSTGRES_UNREAD_SQL, ids, positions, 1, 100, ",1,"
     )
     (explained,) = json.loads(raw)
     nodes = _nodes(explained["Plan"])
