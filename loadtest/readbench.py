@@ -42,7 +42,7 @@ from hubbub.storage.base import Directory, MessageLog
 from hubbub.storage.records import NewMessage
 
 WARMUP = 20
-APPENDS_AT_ONCE = 500
+APPENDS_AT_ONCE = 100
 CAP = 100
 """The default ``unread_count_cap``."""
 
@@ -58,6 +58,8 @@ def settings_for(store: str, data_dir: str, dsn: str, mongo_url: str) -> Setting
         "rate_per_second": 100_000.0,
         "rate_burst": 100_000,
         "jwt_secret": "readbench-secret-that-is-at-least-32-bytes",
+        "storage_timeout_seconds": 60.0,  # the bulk fill, not the listing, needs it (MongoDB test server)
+        "mongo_change_lease_seconds": 120.0,  # must outlast the storage timeout
     }
     if store != "sqlite":
         values.update(accounts_backend="postgres", messages_backend="postgres", postgres_dsn=dsn)
