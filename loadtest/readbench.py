@@ -33,6 +33,7 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import msgspec
+from pymongo import AsyncMongoClient
 
 from hubbub.protocol import frames
 from hubbub.protocol.client import Client, open_client
@@ -40,6 +41,7 @@ from hubbub.server.app import App
 from hubbub.server.config import Settings
 from hubbub.storage.base import Directory, MessageLog
 from hubbub.storage.records import NewMessage
+from hubbub.storage.rows import message_document, new_message_record
 
 WARMUP = 20
 APPENDS_AT_ONCE = 100
@@ -69,7 +71,14 @@ def settings_for(store: str, data_dir: str, dsn: str, mongo_url: str) -> Setting
 
 
 async def fill(
-    directory: Directory, messages: MessageLog, reader: int, writer: int, conversations: int, per: int, seed: int
+    settings: Settings,
+    directory: Directory,
+    messages: MessageLog,
+    reader: int,
+    writer: int,
+    conversations: int,
+    per: int,
+    seed: int,
 ) -> list[int]:
     rng = random.Random(seed)
     now = int(time.time() * 1000)
@@ -90,11 +99,32 @@ async def fill(
         for k in range(per)
         for cid in ids
     ]
-    for start in range(0, len(pending), APPENDS_AT_ONCE):
-        await asyncio.gather(*(messages.append(m) for m in pending[start : start + APPENDS_AT_ONCE]))
+    if settings.messages_backend == "mongo":
+        await _insert_mongo(settings, pending)
+    else:
+        for start in range(0, len(pending), APPENDS_AT_ONCE):
+            await asyncio.gather(*(messages.append(m) for m in pending[start : start + APPENDS_AT_ONCE]))
     for cid in ids:
         await directory.mark_read(cid, reader, rng.randint(0, per), unset_as=per)
     return ids
+
+
+async def _insert_mongo(settings: Settings, pending: list[NewMessage]) -> None:
+    """The messages as MongoMessageLog stores them (documents and counters),
+    inserted in bulk: the MongoDB test server appends about 7 a second one by one."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_url)
+    try:
+        db = client.get_database(settings.mongo_database)
+        seqs: dict[int, int] = {}
+        documents = []
+        for message in pending:
+            seq = seqs[message.conversation_id] = seqs.get(message.conversation_id, 0) + 1
+            documents.append(message_document(new_message_record(message, seq, seq)))
+        for start in range(0, len(documents), 1000):
+            await db.messages.insert_many(documents[start : start + 1000])
+        await db.counters.insert_many([{"_id": c, "seq": n, "rev": n, "pending": {}} for c, n in seqs.items()])
+    finally:
+        await client.close()
 
 
 async def timed(call: Callable[[], Awaitable[Any]], count: int) -> tuple[float, float]:
@@ -119,7 +149,8 @@ async def registered(stack: AsyncExitStack, url: str, name: str) -> Client:
 
 async def run(store: str, dsn: str, mongo_url: str, conversations: int, per: int, listings: int, seed: int) -> str:
     with tempfile.TemporaryDirectory() as folder:
-        app = App(settings_for(store, folder, dsn, mongo_url))
+        settings = settings_for(store, folder, dsn, mongo_url)
+        app = App(settings)
         await app.start()
         try:
             async with AsyncExitStack() as clients:
@@ -131,7 +162,7 @@ async def run(store: str, dsn: str, mongo_url: str, conversations: int, per: int
                 assert reader.user is not None and writer.user is not None
                 reader_id = reader.user.id
                 ids = await fill(
-                    services.directory, services.messages, reader_id, writer.user.id, conversations, per, seed
+                    settings, services.directory, services.messages, reader_id, writer.user.id, conversations, per, seed
                 )
                 listed: frames.ConversationList = await reader.call("channel.list")
                 mine = [c for c in listed.conversations if c.id in set(ids)]
