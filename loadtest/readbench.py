@@ -164,7 +164,7 @@ async def run(store: str, dsn: str, mongo_url: str, conversations: int, per: int
                 ids = await fill(
                     settings, services.directory, services.messages, reader_id, writer.user.id, conversations, per, seed
                 )
-                listed: frames.ConversationList = await reader.call("channel.list")
+                listed: frames.ConversationList = await reader.call("channel.list", timeout=120)
                 mine = [c for c in listed.conversations if c.id in set(ids)]
                 unread = sum(c.unread_count for c in mine)
                 mentions = sum(c.mention_count for c in mine)
