@@ -164,6 +164,14 @@ class Conversation(Struct, kw_only=True):
     """Whether the caller is a member."""
     member_ids: list[int] | None = None
     """For DMs: every participant, the caller included. Null for channels."""
+    read_seq: Seq = 0
+    """The caller's read position: the seq of the newest message they have read (PROTOCOL.md §16). 0 for non-members."""
+    unread_count: int = 0
+    """Messages after ``read_seq`` that count as unread (§16); saturates at the server's ``unread_count_cap``."""
+    mention_count: int = 0
+    """Those of them that mention the caller (``@username``, ``@channel``, ``@here``)."""
+    muted: bool = False
+    """The caller muted the conversation: still delivered, no badge."""
 
 
 class Reaction(Struct, kw_only=True):
@@ -424,6 +432,21 @@ class SessionEndAll(Request, tag="session.end_all"):
     """Log out everywhere: every token of the caller stops working and every connection closes."""
 
 
+class ConversationMarkRead(Request, tag="conversation.mark_read"):
+    """The caller has read the conversation up to ``seq``: the read position only moves forward."""
+
+    conversation_id: ObjectId
+    seq: Seq
+    """Above the conversation's newest seq it is taken as that seq."""
+
+
+class ConversationMute(Request, tag="conversation.mute"):
+    """Mute (no unread badge; messages are still delivered) or unmute a conversation for the caller."""
+
+    conversation_id: ObjectId
+    muted: bool
+
+
 AnyRequest = (
     Ping
     | Register
@@ -456,6 +479,8 @@ AnyRequest = (
     | UserSearch
     | PasswordChange
     | SessionEndAll
+    | ConversationMarkRead
+    | ConversationMute
 )
 
 # ---------------------------------------------------------------------------
@@ -550,6 +575,20 @@ class UserPage(Struct, kw_only=True):
     """Pass as ``cursor`` for the next page; null on the last page."""
 
 
+class ReadState(Struct, kw_only=True):
+    """The caller's read position in a conversation and what is unread after it."""
+
+    conversation_id: int
+    read_seq: Seq
+    unread_count: int
+    mention_count: int
+
+
+class MuteState(Struct, kw_only=True):
+    conversation_id: int
+    muted: bool
+
+
 RESULT_TYPES: dict[str, type[Struct]] = {
     "ping": Pong,
     "register": Session,
@@ -582,6 +621,8 @@ RESULT_TYPES: dict[str, type[Struct]] = {
     "user.search": UserPage,
     "password.change": Session,
     "session.end_all": Empty,
+    "conversation.mark_read": ReadState,
+    "conversation.mute": MuteState,
 }
 """The result type of every request type."""
 
@@ -695,6 +736,22 @@ class UserUpdated(ServerFrame, tag="user.updated"):
     user: User
 
 
+class ConversationRead(ServerFrame, tag="conversation.read"):
+    """You (on this or another device) read a conversation further: its new read position and unread counts."""
+
+    conversation_id: int
+    read_seq: Seq
+    unread_count: int
+    mention_count: int
+
+
+class ConversationMuted(ServerFrame, tag="conversation.muted"):
+    """You (on this or another device) muted or unmuted a conversation."""
+
+    conversation_id: int
+    muted: bool
+
+
 AnyEvent = (
     Hello
     | MessageNew
@@ -707,6 +764,8 @@ AnyEvent = (
     | PresenceChanged
     | UserTyping
     | UserUpdated
+    | ConversationRead
+    | ConversationMuted
 )
 AnyServerFrame = ResultFrame | ErrorFrame | AnyEvent
 
@@ -722,6 +781,8 @@ EVENT_TYPES: tuple[type[ServerFrame], ...] = (
     PresenceChanged,
     UserTyping,
     UserUpdated,
+    ConversationRead,
+    ConversationMuted,
 )
 
 

@@ -212,6 +212,8 @@ class MessagesConfig(msgspec.Struct, kw_only=True, frozen=True):
     max_reaction_emojis: int
     max_reactions_per_user: int
     max_pins: int
+    unread_count_cap: int
+    """Unread and mention counts stop here (a listing's cost per conversation is bounded by it)."""
 
 
 class ProfilesConfig(msgspec.Struct, kw_only=True, frozen=True):
@@ -440,6 +442,13 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=Tr
         Positive, _doc("Distinct emojis one user may put on one message (`too_large` for one more).")
     ] = 20
     max_pins: Annotated[Positive, _doc("Pinned messages per conversation (`too_large` for one more).")] = 100
+    unread_count_cap: Annotated[
+        Annotated[int, Meta(ge=1, le=10000)],
+        _doc(
+            "Largest unread and mention count of a conversation in listings; counts saturate here"
+            " (a listing reads at most this many messages per conversation)."
+        ),
+    ] = 100
     max_status_chars: Annotated[
         Annotated[int, Meta(ge=1, le=256)], _doc("Longest profile status text (`too_large` beyond); at most 256.")
     ] = 100

@@ -3,13 +3,21 @@ into what a client sees (replies, events, gap fills)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from hubbub.protocol import frames
 from hubbub.protocol.frames import REACTION_USERS_SHOWN
 from hubbub.server.clock import now_ms
 from hubbub.storage.base import Directory, MessageLog
-from hubbub.storage.records import ConversationRecord, Head, MessageRecord, Reaction, UserRecord
+from hubbub.storage.records import (
+    ConversationRecord,
+    Head,
+    MemberState,
+    MessageRecord,
+    Reaction,
+    Unread,
+    UserRecord,
+)
 
 
 def user_view(u: UserRecord, now: int | None = None) -> frames.User:
@@ -79,23 +87,49 @@ def reaction_view(r: Reaction) -> frames.Reaction:
 
 
 async def conversation_views(
-    directory: Directory, messages: MessageLog, records: Sequence[ConversationRecord], member_of: set[int]
+    directory: Directory,
+    messages: MessageLog,
+    records: Sequence[ConversationRecord],
+    states: Mapping[int, MemberState],
+    *,
+    viewer: int,
+    cap: int,
 ) -> list[frames.Conversation]:
-    """Views with last_seq, last_rev and, for DMs, their member ids (two store reads for all of them)."""
-    heads = await messages.heads([r.id for r in records])
+    """Views as ``viewer`` sees them: last_seq, last_rev and, for the
+    conversations of ``states`` (theirs), their read state and unread counts;
+    for DMs, their member ids. Two store reads for all of them (the log's
+    ``unread``, the DMs' members), and once after the read state upgrade one
+    write: the heads become the read positions never stored (PROTOCOL.md §16)."""
+    positions = {r.id: _read_seq(states.get(r.id)) for r in records}
+    unread = await messages.unread(viewer, positions, cap)
+    unset = {r.id: unread[r.id].head.last_seq if r.id in unread else 0 for r in records if _unset(states.get(r.id))}
+    if unset:
+        await directory.init_read_positions(viewer, unset)
     dm_ids = [r.id for r in records if r.kind == "dm"]
     dm_members = await directory.members_of_many(dm_ids) if dm_ids else {}
     return [
-        _conversation_view(r, heads.get(r.id, _EMPTY), r.id in member_of, dm_members.get(r.id, [])) for r in records
+        _conversation_view(r, unread.get(r.id, _EMPTY), states.get(r.id), dm_members.get(r.id, [])) for r in records
     ]
 
 
-_EMPTY = Head(last_seq=0, last_rev=0)
-"""The head of a conversation without messages."""
+def _read_seq(state: MemberState | None) -> int | None:
+    return None if state is None else state.read_seq
 
 
-def _conversation_view(r: ConversationRecord, head: Head, member: bool, dm_members: list[int]) -> frames.Conversation:
-    return frames.Conversation(
+def _unset(state: MemberState | None) -> bool:
+    """A membership from before read state existed: it reads as at the head."""
+    return state is not None and state.read_seq is None
+
+
+_EMPTY = Unread(head=Head(last_seq=0, last_rev=0), unread_count=0, mention_count=0)
+"""A conversation without messages."""
+
+
+def _conversation_view(
+    r: ConversationRecord, unread: Unread, state: MemberState | None, dm_members: list[int]
+) -> frames.Conversation:
+    head = unread.head
+    view = frames.Conversation(
         id=r.id,
         kind=r.kind,
         name=r.name,
@@ -105,13 +139,27 @@ def _conversation_view(r: ConversationRecord, head: Head, member: bool, dm_membe
         created_at=r.created_at,
         last_seq=head.last_seq,
         last_rev=head.last_rev,
-        member=member,
+        member=state is not None,
         member_ids=dm_members if r.kind == "dm" else None,
     )
+    if state is not None:
+        view.read_seq = head.last_seq if state.read_seq is None else min(state.read_seq, head.last_seq)
+        view.unread_count = unread.unread_count
+        view.mention_count = unread.mention_count
+        view.muted = state.muted
+    return view
 
 
 async def conversation_view(
-    directory: Directory, messages: MessageLog, record: ConversationRecord, member: bool
+    directory: Directory,
+    messages: MessageLog,
+    record: ConversationRecord,
+    state: MemberState | None,
+    *,
+    viewer: int,
+    cap: int,
 ) -> frames.Conversation:
-    (view,) = await conversation_views(directory, messages, [record], {record.id} if member else set())
+    """One conversation as ``viewer`` sees it, with their ``state`` in it (None: not a member)."""
+    states = {} if state is None else {record.id: state}
+    (view,) = await conversation_views(directory, messages, [record], states, viewer=viewer, cap=cap)
     return view

@@ -9,7 +9,7 @@ tests/test_message_changes_contract.py.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal, Protocol
 
 from hubbub.storage.records import (
@@ -17,10 +17,14 @@ from hubbub.storage.records import (
     ChangesPage,
     ConversationRecord,
     Head,
+    Membership,
+    MemberState,
     MessageRecord,
     NewMessage,
     ProfileUpdate,
+    ReadMark,
     SearchPosition,
+    Unread,
     UserRecord,
 )
 
@@ -84,8 +88,9 @@ class Directory(Protocol):
 
     async def is_member(self, conversation_id: int, user_id: int) -> bool: ...
 
-    async def add_member(self, conversation_id: int, user_id: int, now: int) -> bool:
-        """Add a member; False when they already were one."""
+    async def add_member(self, conversation_id: int, user_id: int, now: int, *, read_seq: int = 0) -> bool:
+        """Add a member whose read position is ``read_seq`` (the head when they
+        join: history from before is not unread); False when they already were one."""
 
     async def remove_member(self, conversation_id: int, user_id: int) -> bool:
         """Remove a member; False when they were not one."""
@@ -103,6 +108,25 @@ class Directory(Protocol):
 
     async def open_dm(self, member_ids: Sequence[int], creator_id: int, now: int) -> tuple[ConversationRecord, bool]:
         """The one DM for exactly this set of users, created if missing; True when created."""
+
+    # Read state and mute (issue 12): kept in the membership row.
+
+    async def memberships_of(self, user_id: int) -> list[Membership]:
+        """Every channel and DM the user is a member of, with their state in each (one query)."""
+
+    async def member_state(self, conversation_id: int, user_id: int) -> MemberState | None:
+        """The user's state in the conversation; None when not a member."""
+
+    async def mark_read(self, conversation_id: int, user_id: int, seq: int, *, unset_as: int) -> ReadMark | None:
+        """Move the read position forward to ``seq``, atomically: a position at
+        or past it stays (``moved`` False). A position never stored counts as
+        ``unset_as`` (the conversation's head). None when not a member."""
+
+    async def set_muted(self, conversation_id: int, user_id: int, muted: bool) -> MemberState | None:
+        """Mute or unmute; the state as stored, None when not a member."""
+
+    async def init_read_positions(self, user_id: int, positions: Mapping[int, int]) -> None:
+        """Store these read positions (conversation id -> seq) where none is stored yet (one write)."""
 
 
 HistoryOrder = Literal["desc", "asc"]
@@ -186,3 +210,14 @@ class MessageLog(Protocol):
 
     async def heads(self, conversation_ids: Sequence[int]) -> dict[int, Head]:
         """The newest seq and revision per conversation; conversations with no message are absent."""
+
+    async def unread(self, user_id: int, positions: Mapping[int, int | None], cap: int) -> dict[int, Unread]:
+        """Heads and ``user_id``'s unread and mention counts, for every
+        conversation of ``positions`` (conversation id -> read seq) in one
+        store round trip; conversations with no message are absent.
+
+        A message after the read position counts unless ``user_id`` sent it, it
+        is deleted, or it is a thread reply not also in the channel; it is a
+        mention when its current state mentions ``user_id`` or everyone. Each
+        count stops at ``cap`` (a range read of at most ``cap`` counting
+        messages per conversation). A position of None counts nothing (only the head)."""

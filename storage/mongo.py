@@ -32,7 +32,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Hashable, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import msgspec
@@ -46,7 +46,7 @@ from hubbub.storage.base import HistoryOrder, MessageChange, MessageLog
 from hubbub.storage.batching import GroupCommit, Stored, by_conversation
 from hubbub.storage.errors import StoreUnavailable
 from hubbub.storage.mongo_pools import MongoPoolEvents
-from hubbub.storage.records import Appended, ChangesPage, Head, MessageRecord, NewMessage
+from hubbub.storage.records import Appended, ChangesPage, Head, MessageRecord, NewMessage, Unread
 from hubbub.storage.rows import (
     message_document,
     message_from_document,
@@ -561,6 +561,73 @@ class MongoMessageLog:
         except PyMongoError as exc:
             raise _unavailable(exc) from exc
         return {int(d["_id"]): Head(last_seq=int(d["seq"]), last_rev=_counter_rev(d)) for d in counters}
+
+    async def unread(self, user_id: int, positions: Mapping[int, int | None], cap: int) -> dict[int, Unread]:
+        """One aggregate: the counters, then one ``$unionWith`` per conversation
+        with a read position, each a range of the ``history`` index after it,
+        filtered to the messages that count and stopped after ``cap`` of them."""
+        ids = sorted(set(positions))
+        if not ids:
+            return {}
+        pipeline: list[Document] = [
+            {"$match": {"_id": {"$in": ids}, "seq": {"$gt": 0}}},
+            {"$project": {"seq": 1, "rev": 1}},
+        ]
+        for conversation_id in ids:
+            read_seq = positions[conversation_id]
+            if read_seq is not None:
+                pipeline.append(
+                    {
+                        "$unionWith": {
+                            "coll": self.messages.name,
+                            "pipeline": _unread_pipeline(conversation_id, read_seq, user_id, cap),
+                        }
+                    }
+                )
+        try:
+            found = [d async for d in await self.counters.aggregate(pipeline)]
+        except PyMongoError as exc:
+            raise _unavailable(exc) from exc
+        counts = {int(d["unread_of"]): (int(d["unread"]), int(d["mentioned"])) for d in found if "unread_of" in d}
+        result: dict[int, Unread] = {}
+        for d in found:
+            if "seq" not in d:
+                continue
+            conversation_id = int(d["_id"])
+            head = Head(last_seq=int(d["seq"]), last_rev=_counter_rev(d))
+            read_seq = positions[conversation_id]
+            unread, mentioned = counts.get(conversation_id, (0, 0))
+            if read_seq is None or read_seq >= head.last_seq:  # a message past the head read: not yet counted
+                unread = mentioned = 0
+            result[conversation_id] = Unread(head=head, unread_count=unread, mention_count=mentioned)
+        return result
+
+
+def _unread_pipeline(conversation_id: int, read_seq: int, user_id: int, cap: int) -> list[Document]:
+    """One conversation's unread and mention counts as one document (none when nothing counts).
+
+    Documents stored before message state existed lack ``deleted`` and
+    ``mentions``, hence ``$ne: true`` and ``$ifNull``."""
+    mentioned = {
+        "$or": [
+            {"$ne": [{"$ifNull": ["$mention_all", None]}, None]},
+            {"$in": [user_id, {"$ifNull": ["$mentions", []]}]},
+        ]
+    }
+    return [
+        {
+            "$match": {
+                "conversation_id": conversation_id,
+                "seq": {"$gt": read_seq},
+                "sender_id": {"$ne": user_id},
+                "deleted": {"$ne": True},
+                "$or": [{"thread_root_id": None}, {"also_in_channel": True}],
+            }
+        },
+        {"$limit": cap},
+        {"$group": {"_id": None, "unread": {"$sum": 1}, "mentioned": {"$sum": {"$cond": [mentioned, 1, 0]}}}},
+        {"$project": {"_id": 0, "unread_of": {"$literal": conversation_id}, "unread": 1, "mentioned": 1}},
+    ]
 
 
 # mypy proves the backend implements its interface (storage/base.py).

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -29,15 +29,20 @@ from hubbub.storage.records import (
     ChangesPage,
     ConversationRecord,
     Head,
+    Membership,
+    MemberState,
     MessageRecord,
     NewMessage,
     ProfileUpdate,
+    ReadMark,
     SearchPosition,
+    Unread,
     UserRecord,
 )
 from hubbub.storage.replica import ReplicaRoute
 from hubbub.storage.rows import (
     CONVERSATION_COLUMNS,
+    MEMBERSHIP_COLUMNS,
     MESSAGE_COLUMNS,
     MESSAGE_STATE_COLUMNS,
     USER_COLUMNS,
@@ -45,6 +50,9 @@ from hubbub.storage.rows import (
     dm_key,
     history_sql,
     ids_json,
+    member_state,
+    membership_record,
+    mention_needle,
     message_record,
     message_state_values,
     new_message_id,
@@ -151,6 +159,10 @@ class PostgresPools:
                     timeout=timeout,
                     command_timeout=timeout,
                     max_inactive_connection_lifetime=300,
+                    # No JIT: every query here is short, and a large listing's
+                    # estimate (MessageLog.unread over hundreds of conversations)
+                    # crosses jit_above_cost, where compiling took 90 ms of a 30 ms query.
+                    server_settings={"jit": "off"},
                 )
             except _CONNECTION_ERRORS as exc:
                 raise StoreUnavailable("postgres", f"cannot connect: {describe(exc)}") from exc
@@ -374,7 +386,7 @@ class PostgresDirectory:
                 if row is None:
                     raise RuntimeError(f"INSERT INTO conversations ... RETURNING gave no row for channel {name!r}")
                 await c.execute(
-                    "INSERT INTO memberships (conversation_id, user_id, joined_at) VALUES ($1, $2, $3)",
+                    "INSERT INTO memberships (conversation_id, user_id, joined_at, read_seq) VALUES ($1, $2, $3, 0)",
                     row["id"],
                     creator_id,
                     now,
@@ -419,14 +431,15 @@ class PostgresDirectory:
         )
         return found is not None
 
-    async def add_member(self, conversation_id: int, user_id: int, now: int) -> bool:
+    async def add_member(self, conversation_id: int, user_id: int, now: int, *, read_seq: int = 0) -> bool:
         status = await self._primary(
             lambda c: c.execute(
-                "INSERT INTO memberships (conversation_id, user_id, joined_at) VALUES ($1, $2, $3)"
+                "INSERT INTO memberships (conversation_id, user_id, joined_at, read_seq) VALUES ($1, $2, $3, $4)"
                 " ON CONFLICT DO NOTHING",
                 conversation_id,
                 user_id,
                 now,
+                read_seq,
             ),
             write=True,
         )
@@ -515,13 +528,87 @@ class PostgresDirectory:
                         raise RuntimeError(f"the DM {key!r} conflicted on insert, then could not be read")
                     return existing, False
                 await c.executemany(
-                    "INSERT INTO memberships (conversation_id, user_id, joined_at) VALUES ($1, $2, $3)",
+                    "INSERT INTO memberships (conversation_id, user_id, joined_at, read_seq) VALUES ($1, $2, $3, 0)",
                     [(row["id"], uid, now) for uid in members],
                 )
                 return row, True
 
         row, created = await self._primary(open_, write=True)
         return conversation_record(row), created
+
+    async def memberships_of(self, user_id: int) -> list[Membership]:
+        rows = await self._primary(
+            lambda c: c.fetch(
+                f"SELECT {MEMBERSHIP_COLUMNS} FROM memberships m JOIN conversations c ON c.id = m.conversation_id"
+                " WHERE m.user_id = $1 ORDER BY c.id",
+                user_id,
+            )
+        )
+        return [membership_record(r) for r in rows]
+
+    async def member_state(self, conversation_id: int, user_id: int) -> MemberState | None:
+        row = await self._primary(
+            lambda c: c.fetchrow(
+                "SELECT read_seq, muted FROM memberships WHERE conversation_id = $1 AND user_id = $2",
+                conversation_id,
+                user_id,
+            )
+        )
+        return member_state(row[0], row[1]) if row else None
+
+    async def mark_read(self, conversation_id: int, user_id: int, seq: int, *, unset_as: int) -> ReadMark | None:
+        async def mark(c: Conn) -> ReadMark | None:
+            row = await c.fetchrow(MARK_READ_SQL, conversation_id, user_id, seq, unset_as)
+            if row is not None:
+                return ReadMark(state=member_state(row[0], row[1]), moved=True)
+            # Not moved: read the row in a statement of its own, whose snapshot
+            # sees the mark that a racing statement committed while this one waited.
+            row = await c.fetchrow(
+                "SELECT read_seq, muted FROM memberships WHERE conversation_id = $1 AND user_id = $2",
+                conversation_id,
+                user_id,
+            )
+            return None if row is None else ReadMark(state=member_state(row[0], row[1]), moved=False)
+
+        return await self._primary(mark, write=True)
+
+    async def set_muted(self, conversation_id: int, user_id: int, muted: bool) -> MemberState | None:
+        row = await self._primary(
+            lambda c: c.fetchrow(
+                "UPDATE memberships SET muted = $3 WHERE conversation_id = $1 AND user_id = $2"
+                " RETURNING read_seq, muted",
+                conversation_id,
+                user_id,
+                muted,
+            ),
+            write=True,
+        )
+        return member_state(row[0], row[1]) if row else None
+
+    async def init_read_positions(self, user_id: int, positions: Mapping[int, int]) -> None:
+        if not positions:
+            return
+        ids = sorted(positions)
+        await self._primary(
+            lambda c: c.execute(
+                "UPDATE memberships m SET read_seq = p.seq FROM unnest($2::bigint[], $3::bigint[]) AS p(id, seq)"
+                " WHERE m.conversation_id = p.id AND m.user_id = $1 AND m.read_seq IS NULL",
+                user_id,
+                ids,
+                [positions[i] for i in ids],
+            ),
+            write=True,
+        )
+
+
+MARK_READ_SQL = (
+    "UPDATE memberships SET read_seq = GREATEST($3, COALESCE(read_seq, $4))"
+    " WHERE conversation_id = $1 AND user_id = $2 AND (read_seq IS NULL OR read_seq < $3)"
+    " RETURNING read_seq, muted"
+)
+"""Directory.mark_read's conditional write: only forward, so racing marks never
+move a position back (the row lock orders them, and one that waited re-checks
+the condition on the row as the other left it)."""
 
 
 class PostgresMessageLog:
@@ -648,6 +735,39 @@ class PostgresMessageLog:
             retry=True,
         )
         return {r["conversation_id"]: Head(last_seq=r["last_seq"], last_rev=r["last_rev"]) for r in rows}
+
+    async def unread(self, user_id: int, positions: Mapping[int, int | None], cap: int) -> dict[int, Unread]:
+        ids = sorted(positions)
+        if not ids:
+            return {}
+        rows = await _run(
+            self.pools.primary,
+            lambda c: c.fetch(UNREAD_SQL, ids, [positions[i] for i in ids], user_id, cap, mention_needle(user_id)),
+            retry=True,
+        )
+        return {
+            r[0]: Unread(head=Head(last_seq=r[1], last_rev=r[2]), unread_count=r[3], mention_count=r[4]) for r in rows
+        }
+
+
+UNREAD_SQL = (
+    "SELECT h.conversation_id, h.last_seq, h.last_rev, coalesce(u.unread, 0), coalesce(u.mentioned, 0)"
+    " FROM unnest($1::bigint[], $2::bigint[]) AS p(id, read_seq)"
+    " JOIN conversation_seq h ON h.conversation_id = p.id"
+    " LEFT JOIN LATERAL (SELECT count(*) AS unread, count(*) FILTER (WHERE t.mentioned) AS mentioned FROM ("
+    "  SELECT m.mention_all IS NOT NULL OR (m.mentions <> '[]'"
+    "   AND strpos(',' || btrim(m.mentions, '[]') || ',', $5) > 0) AS mentioned"
+    # p.read_seq < h.last_seq first: a one-time filter, so a conversation read up to its head reads no message.
+    "  FROM messages m WHERE p.read_seq < h.last_seq AND m.conversation_id = p.id AND m.seq > p.read_seq"
+    "  AND m.sender_id <> $3 AND NOT m.deleted AND (m.thread_root_id IS NULL OR m.also_in_channel)"
+    "  LIMIT $4) t) u ON TRUE"
+)
+"""MessageLog.unread in one statement: every conversation's head, and for those
+read short of it, a range of the partial index messages_unread (migration 0006)
+after the read position, at most ``$4`` rows of it (the cap; a mention found by a
+string search for ``$5``, storage.rows.mention_needle), in no particular
+order (a count needs none, and an ORDER BY made the planner sort a bitmap scan);
+an index-only scan once the table is vacuumed."""
 
 
 _MARKS = ("$1", "$2", "$3", "$4")

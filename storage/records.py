@@ -69,6 +69,32 @@ class ConversationRecord(Struct, kw_only=True, frozen=True):
     created_at: int
 
 
+class MemberState(Struct, kw_only=True, frozen=True):
+    """A member's own state in one conversation: read position and mute (issue 12)."""
+
+    read_seq: int | None
+    """The seq of the newest message the member has read; None for a membership
+    from before read state existed, which counts as read up to the head until
+    the first listing stores that (docs/storage.md, read state upgrade)."""
+    muted: bool = False
+
+
+class Membership(Struct, kw_only=True, frozen=True):
+    """A conversation the user is a member of, with their state in it."""
+
+    conversation: ConversationRecord
+    state: MemberState
+
+
+class ReadMark(Struct, kw_only=True, frozen=True):
+    """The outcome of ``Directory.mark_read``."""
+
+    state: MemberState
+    """The membership as stored after it (``read_seq`` is never None here)."""
+    moved: bool
+    """False when the stored position was already at or past the seq asked for."""
+
+
 class Reaction(Struct, kw_only=True, frozen=True):
     """One emoji on a message and everyone who reacted with it, in the order they did."""
 
@@ -152,6 +178,16 @@ class Head(Struct, kw_only=True, frozen=True):
     """The newest message's seq."""
     last_rev: int
     """The newest change's revision."""
+
+
+class Unread(Struct, kw_only=True, frozen=True):
+    """A conversation's head and what one member has not read of it (``MessageLog.unread``)."""
+
+    head: Head
+    unread_count: int
+    """Messages after the read position that count (docs/storage.md, unread counts), at most the cap."""
+    mention_count: int
+    """Those of them that mention the member (``@username``, ``@channel``, ``@here``)."""
 
 
 class ChangesPage(Struct, kw_only=True, frozen=True):

@@ -20,6 +20,8 @@ import msgspec
 from hubbub.storage.base import HistoryOrder
 from hubbub.storage.records import (
     ConversationRecord,
+    Membership,
+    MemberState,
     MessageRecord,
     NewMessage,
     ProfileUpdate,
@@ -121,6 +123,19 @@ def profile_assignments(update: ProfileUpdate) -> list[tuple[str, Any]]:
     return pairs
 
 
+MEMBERSHIP_COLUMNS = f"{CONVERSATION_COLUMNS}, m.read_seq, m.muted"
+"""A conversation (``c``) and the member's state in it (``m``, a memberships row): ``membership_record``."""
+
+
+def member_state(read_seq: int | None, muted: Any) -> MemberState:
+    return MemberState(read_seq=read_seq, muted=bool(muted))  # SQLite stores 0/1
+
+
+def membership_record(row: Row) -> Membership:
+    """A row of ``MEMBERSHIP_COLUMNS``."""
+    return Membership(conversation=conversation_record(row), state=member_state(row[7], row[8]))
+
+
 def conversation_record(row: Row) -> ConversationRecord:
     """A row of ``CONVERSATION_FIELDS`` (or ``CONVERSATION_COLUMNS``)."""
     return ConversationRecord(
@@ -165,6 +180,15 @@ _decode_reactions = msgspec.json.Decoder(tuple[tuple[str, tuple[int, ...]], ...]
 def ids_json(ids: Sequence[int]) -> str:
     """User ids as a JSON array, the SQL backends' ``repliers`` and ``mentions`` columns."""
     return _ids_json.encode(ids).decode()
+
+
+def mention_needle(user_id: int) -> str:
+    """What a ``mentions`` column holds around ``user_id`` once its brackets are
+    trimmed and it is wrapped in commas: ``[3,12]`` -> ``,3,12,`` contains
+    ``,12,`` and not ``,2,``. ``ids_json`` writes compact JSON (no spaces), so an
+    unread count tests a mention with one string search instead of parsing
+    JSON per row (MessageLog.unread)."""
+    return f",{user_id},"
 
 
 def reactions_json(reactions: Sequence[Reaction]) -> str:

@@ -146,6 +146,8 @@ NEEDS_AUTH: dict[str, dict[str, Any]] = {
     "user.search": {"query": "ex"},
     "password.change": {"old_password": "correct horse", "new_password": "staple battery"},
     "session.end_all": {},
+    "conversation.mark_read": {"conversation_id": 1, "seq": 0},
+    "conversation.mute": {"conversation_id": 1, "muted": True},
 }
 
 

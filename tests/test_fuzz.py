@@ -106,6 +106,8 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "old_password": st.just("password")
     | st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=12),
     "new_password": st.just("password"),
+    "seq": st.integers(min_value=0, max_value=10),
+    "muted": st.booleans(),
 }
 # ...and values at or past the schema's edges.
 edge_id = st.sampled_from([-1, 0, 2**53, 2**53 + 1, 2**63, 2**64])
@@ -144,6 +146,8 @@ EDGE: dict[str, st.SearchStrategy[Any]] = {
     "cursor": st.just("") | st.text(min_size=32, max_size=34),
     "old_password": st.just("") | st.text(min_size=256, max_size=257),
     "new_password": st.text(max_size=7) | st.text(min_size=256, max_size=257),
+    "seq": edge_id,
+    "muted": st.sampled_from([0, 1, "true", None]),
 }
 assert set(VALID) == set(EDGE) == set(FIELD_NAMES), "add the new request fields to VALID and EDGE"
 

@@ -67,9 +67,9 @@ async def test_a_request_with_several_slow_store_calls_answers_within_the_timeou
     server = await make_server(storage_timeout_seconds=TIMEOUT)
     alice = await server.user()
     assert server.app.services is not None
-    # channel.list reads the caller's conversations, then the public channels: two calls.
+    # channel.list reads the caller's memberships, then the public channels: two calls.
     backend: Any = server.app.services.directory._store  # type: ignore[attr-defined]
-    for op in ("conversations_of", "public_channels"):
+    for op in ("memberships_of", "public_channels"):
         original = getattr(backend, op)
 
         async def slow(*args: Any, _original: Any = original, **kwargs: Any) -> Any:

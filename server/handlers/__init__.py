@@ -21,6 +21,7 @@ from hubbub.server.handlers import (
     presence,
     profiles,
     reactions,
+    read_state,
     system,
     typing_indicator,
 )
@@ -61,6 +62,8 @@ HANDLERS: dict[str, Handler] = {
     "user.search": profiles.search,
     "password.change": profiles.change_password,
     "session.end_all": profiles.end_all,
+    "conversation.mark_read": read_state.mark_read,
+    "conversation.mute": read_state.mute,
 }
 
 

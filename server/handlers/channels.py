@@ -11,7 +11,7 @@ from hubbub.server.handlers.access import visible_conversation
 from hubbub.server.handlers.context import Caller, Context
 from hubbub.server.views import conversation_view, conversation_views, user_view
 from hubbub.storage.errors import Conflict
-from hubbub.storage.records import ConversationRecord, UserRecord
+from hubbub.storage.records import ConversationRecord, MemberState, UserRecord
 
 
 async def create(ctx: Context, caller: Caller, req: frames.ChannelCreate) -> frames.ConversationResult:
@@ -19,20 +19,39 @@ async def create(ctx: Context, caller: Caller, req: frames.ChannelCreate) -> fra
         record = await ctx.directory.create_channel(req.name, req.topic, req.private, caller.user_id, now_ms())
     except Conflict:
         raise ApiError(ErrorCode.CONFLICT, f"channel name {req.name!r} is taken") from None
-    view = await conversation_view(ctx.directory, ctx.messages, record, member=True)
+    view = await _view(ctx, record, MemberState(read_seq=0), viewer=caller.user_id)  # the creator starts at 0
     announce_added(ctx, view, caller.user_id, by=caller.user_id)
     return frames.ConversationResult(conversation=view)
 
 
 async def list_(ctx: Context, caller: Caller, req: frames.ChannelList) -> frames.ConversationList:
-    mine = [c for c in await ctx.directory.conversations_of(caller.user_id) if c.kind == "channel"]
-    member_of = {c.id for c in mine}
+    mine = [m for m in await ctx.directory.memberships_of(caller.user_id) if m.conversation.kind == "channel"]
     records = {c.id: c for c in await ctx.directory.public_channels()}
-    records.update((c.id, c) for c in mine)
+    records.update((m.conversation.id, m.conversation) for m in mine)
     ordered = sorted(records.values(), key=lambda c: (c.name or "", c.id))
-    return frames.ConversationList(
-        conversations=await conversation_views(ctx.directory, ctx.messages, ordered, member_of)
+    views = await conversation_views(
+        ctx.directory,
+        ctx.messages,
+        ordered,
+        {m.conversation.id: m.state for m in mine},
+        viewer=caller.user_id,
+        cap=ctx.message_limits.unread_count_cap,
     )
+    return frames.ConversationList(conversations=views)
+
+
+async def _view(
+    ctx: Context, record: ConversationRecord, state: MemberState | None, *, viewer: int
+) -> frames.Conversation:
+    return await conversation_view(
+        ctx.directory, ctx.messages, record, state, viewer=viewer, cap=ctx.message_limits.unread_count_cap
+    )
+
+
+async def _head(ctx: Context, conversation_id: int) -> int:
+    """The conversation's newest seq: where a new member's read position starts."""
+    head = (await ctx.messages.heads([conversation_id])).get(conversation_id)
+    return 0 if head is None else head.last_seq
 
 
 async def _channel(ctx: Context, caller: Caller, channel_id: int, *, require_member: bool) -> ConversationRecord:
@@ -47,8 +66,10 @@ async def join(ctx: Context, caller: Caller, req: frames.ChannelJoin) -> frames.
     user = caller.user
     if user is None:  # handlers past authentication always have one
         raise ApiError(ErrorCode.UNAUTHORIZED, "authenticate first (register, login or auth)")
-    joined = await ctx.directory.add_member(record.id, user.id, now_ms())
-    view = await conversation_view(ctx.directory, ctx.messages, record, member=True)
+    head = await _head(ctx, record.id)  # history from before joining is not unread
+    joined = await ctx.directory.add_member(record.id, user.id, now_ms(), read_seq=head)
+    state = MemberState(read_seq=head) if joined else await ctx.directory.member_state(record.id, user.id)
+    view = await _view(ctx, record, state, viewer=user.id)
     if joined:
         announce_added(ctx, view, user.id, by=user.id)
         announce_joined(ctx, record.id, user, by=None)
@@ -60,8 +81,9 @@ async def invite(ctx: Context, caller: Caller, req: frames.ChannelInvite) -> fra
     invitee = await ctx.directory.get_user(req.user_id)
     if invitee is None:
         raise not_found("user")
-    if await ctx.directory.add_member(record.id, invitee.id, now_ms()):
-        view = await conversation_view(ctx.directory, ctx.messages, record, member=True)
+    head = await _head(ctx, record.id)
+    if await ctx.directory.add_member(record.id, invitee.id, now_ms(), read_seq=head):
+        view = await _view(ctx, record, MemberState(read_seq=head), viewer=invitee.id)
         announce_added(ctx, view, invitee.id, by=caller.user_id)
         announce_joined(ctx, record.id, invitee, by=caller.user_id)
     return frames.Empty()

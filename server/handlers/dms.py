@@ -9,6 +9,7 @@ from hubbub.server.clock import now_ms
 from hubbub.server.errors import ApiError, not_found
 from hubbub.server.handlers.context import Caller, Context
 from hubbub.server.views import conversation_view, conversation_views
+from hubbub.storage.records import MemberState
 
 
 async def open_(ctx: Context, caller: Caller, req: frames.DmOpen) -> frames.ConversationResult:
@@ -19,7 +20,10 @@ async def open_(ctx: Context, caller: Caller, req: frames.DmOpen) -> frames.Conv
         raise not_found("user")
     members = sorted(others | {caller.user_id})
     record, created = await ctx.directory.open_dm(members, caller.user_id, now_ms())
-    view = await conversation_view(ctx.directory, ctx.messages, record, member=True)
+    # A new DM starts read at 0 for everyone (it is empty); an existing one shows the caller's state.
+    state = MemberState(read_seq=0) if created else await ctx.directory.member_state(record.id, caller.user_id)
+    cap = ctx.message_limits.unread_count_cap
+    view = await conversation_view(ctx.directory, ctx.messages, record, state, viewer=caller.user_id, cap=cap)
     if created:
         ctx.publisher.publish_membership(
             MembershipChange(record.id, tuple(members), joined=True, since_seq=view.last_seq),
@@ -29,7 +33,13 @@ async def open_(ctx: Context, caller: Caller, req: frames.DmOpen) -> frames.Conv
 
 
 async def list_(ctx: Context, caller: Caller, req: frames.DmList) -> frames.ConversationList:
-    dms = [c for c in await ctx.directory.conversations_of(caller.user_id) if c.kind == "dm"]
-    return frames.ConversationList(
-        conversations=await conversation_views(ctx.directory, ctx.messages, dms, {c.id for c in dms})
+    dms = [m for m in await ctx.directory.memberships_of(caller.user_id) if m.conversation.kind == "dm"]
+    views = await conversation_views(
+        ctx.directory,
+        ctx.messages,
+        [m.conversation for m in dms],
+        {m.conversation.id: m.state for m in dms},
+        viewer=caller.user_id,
+        cap=ctx.message_limits.unread_count_cap,
     )
+    return frames.ConversationList(conversations=views)
