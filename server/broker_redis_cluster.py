@@ -46,6 +46,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis.asyncio as redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
@@ -69,6 +70,10 @@ class SlotMoved(RedisError):
     """A master dropped our subscription of a channel we still want: its slot moved."""
 
 
+class Recycled(RedisError):
+    """The probe declared the shard's connection stalled and took it away."""
+
+
 @dataclass(eq=False)
 class Shard:
     """This instance's subscriber connection to one master."""
@@ -82,6 +87,9 @@ class Shard:
     subscribed: set[str] = field(default_factory=set)
     dropping: set[str] = field(default_factory=set)
     """Unsubscribed by us, the server's confirmation not read yet."""
+    confirming: set[str] = field(default_factory=set)
+    """Subscribed on (re)connecting, the server's confirmation not read yet: until then
+    the shard is not healthy (a frozen master accepts the connection and the commands)."""
     problem: str | None = "starting"
     last_probe_received: float = field(default_factory=time.monotonic)
     task: asyncio.Task[None] | None = None
@@ -259,7 +267,10 @@ class RedisClusterBroker(RedisBroker):
         cluster = self._cluster
         assert cluster is not None
         manager = cluster.nodes_manager
-        await manager.initialize()
+        if self._owners:
+            await manager.initialize()
+        else:
+            await cluster.initialize()  # the first time also its command parser (which spublish needs)
         slots = manager.slots_cache
         try:
             owners = [slots[slot][0].name for slot in range(REDIS_CLUSTER_HASH_SLOTS)]
@@ -304,20 +315,32 @@ class RedisClusterBroker(RedisBroker):
                 wanted = sorted(self._wanted_on(shard))
                 await _ssubscribe(pubsub, wanted)
                 shard.pubsub, shard.subscribed, shard.dropping = pubsub, set(wanted), set()
+                shard.confirming = set(wanted)
                 shard.last_probe_received = time.monotonic()
-                shard.problem = None
+                shard.problem = "subscribing"
                 self._refresh_health()
-                logs.info("broker_connected", shard=shard.name, topics=len(wanted), instance=self.instance_id)
                 started = self._conversations_in(wanted)
                 if started and self._handler is not None:
                     # Whatever was published while this shard was not subscribed: from the store.
                     self._handler.on_resync(started)
-                attempt = 0
                 self._schedule_sync()  # interest that changed while subscribing
                 probe = shard.probe_channel.encode()
+                confirm_by = time.monotonic() + self._timeout
                 while shard.pubsub is pubsub:
-                    message = await pubsub.get_message(timeout=1.0)
+                    if shard.confirming and time.monotonic() > confirm_by:
+                        raise redis.TimeoutError(f"{len(shard.confirming)} SSUBSCRIBE not confirmed")
+                    message = await pubsub.get_message(timeout=0.2 if shard.confirming else 1.0)
                     if message is None:
+                        continue
+                    if message.get("type") == "ssubscribe" and shard.confirming:
+                        shard.confirming.discard(_text(message["channel"]))
+                        if not shard.confirming:
+                            shard.problem = None
+                            attempt = 0
+                            self._refresh_health()
+                            logs.info(
+                                "broker_connected", shard=shard.name, topics=len(wanted), instance=self.instance_id
+                            )
                         continue
                     if message.get("type") == "sunsubscribe":
                         channel = _text(message["channel"])
@@ -333,9 +356,11 @@ class RedisClusterBroker(RedisBroker):
                     except Exception as exc:
                         # One delivery lost, not the subscription.
                         report("broker_subscriber", exc, self._metrics.task_failed)
-                raise SlotMoved("subscriber connection was recycled")
+                raise Recycled("subscriber connection was recycled")
             except asyncio.CancelledError:
                 raise
+            except Recycled:
+                self._stale()  # the probe's own problem stays, it says why
             except (RedisError, OSError) as exc:
                 shard.problem = f"redis unreachable: {exc}" if not isinstance(exc, SlotMoved) else str(exc)
                 self._stale()
@@ -346,7 +371,7 @@ class RedisClusterBroker(RedisBroker):
             finally:
                 if shard.pubsub is pubsub:
                     shard.pubsub = None
-                shard.subscribed, shard.dropping = set(), set()
+                shard.subscribed, shard.dropping, shard.confirming = set(), set(), set()
                 if pubsub is not None:
                     await _quietly(pubsub.aclose())  # type: ignore[no-untyped-call]
                 await _quietly(client.aclose())
@@ -400,15 +425,12 @@ class RedisClusterBroker(RedisBroker):
         self._refresh_health()
 
     async def _probe_shard(self, shard: Shard) -> bool:
-        """True when the shard's last probe came back in time."""
+        """True when the shard's probes come back in time.
+
+        Silence is judged before publishing, and each publish is bounded by one
+        interval: a master that hangs (frozen) must neither hold up the verdict on
+        its own shard nor the probes of the others."""
         assert self._cluster is not None
-        probe = _encoder.encode(Envelope(self.instance_id, 0, None))
-        try:
-            await self._cluster.spublish(shard.probe_channel, probe)
-        except (RedisError, OSError) as exc:
-            shard.problem = f"probe publish failed: {exc}"
-            self._stale()
-            return False
         silent = time.monotonic() - shard.last_probe_received
         if silent > 3 * self._health_interval:
             shard.problem = f"subscriber received nothing for {silent:.1f}s"
@@ -416,6 +438,18 @@ class RedisClusterBroker(RedisBroker):
             # Its loop sees the connection replaced, reconnects, resubscribes and resyncs;
             # the slot map is re-read first, in case its master is no longer one.
             shard.pubsub = None
+            self._stale()
+            return False
+        probe = _encoder.encode(Envelope(self.instance_id, 0, None))
+        try:
+            async with asyncio.timeout(self._health_interval):
+                await self._cluster.spublish(shard.probe_channel, probe)
+        except TimeoutError:
+            shard.problem = f"probe publish took over {self._health_interval}s"
+            self._stale()
+            return False
+        except (RedisError, OSError) as exc:
+            shard.problem = f"probe publish failed: {exc}"
             self._stale()
             return False
         if shard.problem is not None and shard.problem.startswith("probe"):

@@ -18,13 +18,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import redis.asyncio as redis
+import redis
+import redis.asyncio as aredis
 from redis.exceptions import RedisError
 
 from tests.backends import free_port
 from tests.redis_server import REDIS_SERVER
 
 REDIS_CLI = os.environ.get("HUBBUB_TEST_REDIS_CLI", "redis-cli")
+CREATE_OPTIONS = ("--cluster-replicas", "1", "--cluster-yes")
 NODE_TIMEOUT_MS = 1000
 """cluster-node-timeout: a master silent this long is failed over by its replica."""
 
@@ -41,8 +43,8 @@ class ClusterNode:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2, socket_connect_timeout=2)
+    def client(self) -> aredis.Redis:
+        return aredis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2, socket_connect_timeout=2)
 
     def spawn(self) -> None:
         assert self.process is None or self.process.poll() is not None, "already running"
@@ -118,44 +120,26 @@ class RedisClusterProcesses:
         """Every node, for a client that must find the cluster with any one of them down."""
         return ",".join(n.address for n in self.nodes)
 
-    async def start(self, deadline_seconds: float = 30.0) -> None:
+    def start(self, deadline_seconds: float = 30.0) -> None:
+        """Start six nodes, create the cluster, wait for cluster_state:ok (synchronous: a
+        module-scoped fixture, outside any test's event loop)."""
         self.nodes = [ClusterNode(free_port(), free_port(), self.directory / f"node-{i}") for i in range(6)]
         for node in self.nodes:
             node.spawn()
-        await asyncio.gather(*(self._answers(n, deadline_seconds) for n in self.nodes))
-        create = await asyncio.create_subprocess_exec(
-            REDIS_CLI,
-            "--cluster",
-            "create",
-            *(n.address for n in self.nodes),
-            "--cluster-replicas",
-            "1",
-            "--cluster-yes",
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
+        for node in self.nodes:
+            _wait_answers(node, deadline_seconds)
+        created = subprocess.run(
+            [REDIS_CLI, "--cluster", "create", *(n.address for n in self.nodes), *CREATE_OPTIONS],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=deadline_seconds,
+            check=False,
         )
-        output, _ = await asyncio.wait_for(create.communicate(), deadline_seconds)
-        assert create.returncode == 0, output.decode()
-        await self.wait_ok(deadline_seconds)
-
-    async def _answers(self, node: ClusterNode, deadline_seconds: float) -> None:
+        assert created.returncode == 0, created.stdout.decode() + created.stderr.decode()
         end = time.monotonic() + deadline_seconds
-        client = node.client()
-        try:
-            while True:
-                assert node.process is not None
-                if node.process.poll() is not None:
-                    raise RuntimeError(f"redis-server exited with {node.process.returncode}, see {node.directory}")
-                try:
-                    if await client.ping():
-                        return
-                except (RedisError, OSError):
-                    if time.monotonic() > end:
-                        raise
-                await asyncio.sleep(0.05)
-        finally:
-            await client.aclose()
+        while not all(_cluster_ok(n) for n in self.nodes):
+            assert time.monotonic() < end, "the Redis Cluster never reached cluster_state:ok"
+            time.sleep(0.05)
 
     def running(self) -> list[ClusterNode]:
         return [n for n in self.nodes if n.process is not None and n.process.poll() is None]
@@ -200,3 +184,26 @@ class RedisClusterProcesses:
     def stop(self) -> None:
         for node in self.nodes:
             node.kill()
+
+
+def _wait_answers(node: ClusterNode, deadline_seconds: float) -> None:
+    end = time.monotonic() + deadline_seconds
+    with redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=1, socket_connect_timeout=1) as client:
+        while True:
+            assert node.process is not None
+            if node.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {node.process.returncode}, see {node.directory}")
+            try:
+                if client.ping():
+                    return
+            except (RedisError, OSError):
+                if time.monotonic() > end:
+                    raise
+            time.sleep(0.05)
+
+
+def _cluster_ok(node: ClusterNode) -> bool:
+    with redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=1, socket_connect_timeout=1) as client:
+        info = client.cluster("INFO")
+    state = info.get("cluster_state") if isinstance(info, dict) else None
+    return bool(state == "ok")
