@@ -21,6 +21,7 @@ import os
 import re
 import signal
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -31,7 +32,11 @@ import pytest
 from redis.asyncio.cluster import RedisCluster
 
 from hubbub.protocol import frames
+from hubbub.server.config import RedisConfig
+from hubbub.server.presence_redis import RedisPresence
+from hubbub.server.redis_client import cluster_client
 from tests.cluster import WAIT, Cluster, Instance, Peer, create_channel
+from tests.processes import FAST_HASHING, parse_log, server_env, stderr_of
 from tests.redis_cluster import ClusterNode, RedisClusterProcesses
 
 pytest_plugins = ["tests.cluster"]  # its fixtures: stores
@@ -65,7 +70,9 @@ class ShardedCluster(Cluster):
         # timeout on the frozen or dead master): a TTL longer than that, as in production
         # (30 s against 5 s), so a live instance is never taken for dead.
         self.settings = {"redis_cluster": True, "presence_ttl_seconds": PRESENCE_TTL_SECONDS}
-        self.cluster = RedisCluster.from_url(processes.url, decode_responses=True)
+        self.cluster = RedisCluster.from_url(
+            processes.url, decode_responses=True, socket_timeout=2, socket_connect_timeout=2
+        )
 
     async def owner(self, channel: str) -> ClusterNode:
         """The master that owns ``channel``'s slot now."""
@@ -103,8 +110,10 @@ class ShardedCluster(Cluster):
 
     async def close(self) -> None:
         # Presence keys are {prefix}:..., a hash tag: one slot, on one master.
-        async for key in self.cluster.scan_iter(match=f"*{self.prefix}*", count=1000):
-            await self.cluster.delete(key)
+        await self.cluster.nodes_manager.initialize()  # after a failover, the masters of now
+        keys = [key async for key in self.cluster.scan_iter(match=f"*{self.prefix}*", count=1000)]
+        if keys:
+            await self.cluster.delete(*keys)
         await self.cluster.aclose()
         await self.redis.aclose()
 
@@ -408,3 +417,70 @@ async def test_a_frozen_master_is_caught_by_the_probe(sharded: ShardedCluster) -
         first = next(b for b in bodies if shard in b)
         problem = first.split(shard, 1)[1]
         assert problem.startswith(("probe publish", "subscriber received nothing")), f"{name}: {first}"
+
+
+# -- 3. the setting ---------------------------------------------------------------
+
+
+async def test_start_up_checks_which_kind_of_redis_it_is(tmp_path: Path, redis_cluster: RedisClusterProcesses) -> None:
+    """A cluster node configured as a single Redis (every other slot's command
+    would fail with MOVED), and a single Redis configured as a cluster: both
+    stop start-up with one line that says which setting to change."""
+    single = os.environ.get("HUBBUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    cases = [
+        ({"HUBBUB_REDIS_URL": redis_cluster.url}, "HUBBUB_REDIS_CLUSTER=true"),
+        ({"HUBBUB_REDIS_URL": single, "HUBBUB_REDIS_CLUSTER": "true"}, "HUBBUB_REDIS_CLUSTER=true needs"),
+    ]
+    for settings, hint in cases:
+        code, lines = await stderr_of(
+            "-m", "hubbub.server", "serve", env=server_env(tmp_path / "data", {**FAST_HASHING, **settings})
+        )
+        assert code == 2, lines
+        entry = parse_log(lines[-1])
+        assert entry is not None and entry["event"] == "startup_failed", lines
+        assert entry["store"] == "redis" and hint in entry["hint"], entry
+
+
+async def test_a_burst_of_presence_updates_waits_for_the_gate(redis_cluster: RedisClusterProcesses) -> None:
+    """The cluster client's pool raises when full; presence's gate makes a burst
+    (a deploy moving every client) wait instead, and every update reaches Redis."""
+    await redis_cluster.wait_ok()
+    prefix = f"test-presence-{uuid.uuid4().hex[:8]}"
+    config = RedisConfig(
+        redis_url=redis_cluster.url,
+        redis_cluster=True,
+        redis_prefix=prefix,
+        redis_pool_max=4,
+        broker_probe_seconds=5.0,
+        storage_timeout_seconds=10.0,
+    )
+    client = cluster_client(config)
+    presence = RedisPresence(
+        client, f"{{{prefix}}}", "instance-a", heartbeat_seconds=30, ttl_seconds=90, gate=asyncio.Semaphore(4)
+    )
+
+    async def on_expired(user_id: int) -> None:
+        raise AssertionError(f"{user_id} expired")
+
+    async def members_of(client: RedisCluster, keys: list[str]) -> list[set[bytes]]:
+        async with client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.smembers(key)
+            result: list[set[bytes]] = await pipe.execute()
+            return result
+
+    users = range(1, 401)
+    await presence.start(on_expired)
+    try:
+        assert all(await asyncio.gather(*(presence.connected(u) for u in users)))
+        members = await members_of(client, [f"{{{prefix}}}:user:{u}:instances" for u in users])
+        assert all(m == {b"instance-a"} for m in members), "every connect recorded in Redis"
+        await asyncio.gather(*(presence.disconnected(u) for u in users))
+        members = await members_of(client, [f"{{{prefix}}}:user:{u}:instances" for u in users])
+        assert all(m == set() for m in members), "every disconnect recorded in Redis"
+    finally:
+        await presence.close()
+        keys = [key async for key in client.scan_iter(match=f"*{prefix}*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
