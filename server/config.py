@@ -175,7 +175,7 @@ class RedisConfig(msgspec.Struct, kw_only=True, frozen=True):
     """Routing between instances (and the Redis client presence shares)."""
 
     redis_url: str
-    redis_cluster: bool = False
+    redis_cluster: bool
     """``redis_url`` is one node of a Redis Cluster (server/broker_redis_cluster.py)."""
     redis_prefix: str
     redis_pool_max: int
@@ -626,7 +626,7 @@ def load_settings(environ: Mapping[str, str], flags: Mapping[str, str | None] | 
         return source.get(field, env_name(field))
 
     # Each group's own rules, then the profile's, which span groups.
-    for group in (settings.tokens, settings.http, settings.presence):
+    for group in (settings.tokens, settings.http, settings.presence, settings.redis):
         group.check(named)
     try:
         settings.storage.check()

@@ -4,7 +4,10 @@ mode on free loopback ports (three masters, one replica each), created with
 
 Each node is this module's own process, started with no persistence but its
 ``nodes.conf`` (so a killed node restarts as the same node and rejoins), and
-always stopped by its PID. ``cluster-node-timeout`` is short so a killed
+always stopped by its PID. The ``redis_cluster`` fixture is one cluster for
+the session; tests that use it mark themselves ``xdist_group("redis_cluster")``
+so they share it on one worker, and each waits for ``cluster_state:ok``
+first (a failover test may leave a node rejoining). ``cluster-node-timeout`` is short so a killed
 master is replaced in about two seconds, as the failover tests need.
 """
 
@@ -15,9 +18,11 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 import redis
 import redis.asyncio as aredis
 from redis.exceptions import RedisError
@@ -207,3 +212,13 @@ def _cluster_ok(node: ClusterNode) -> bool:
         info = client.cluster("INFO")
     state = info.get("cluster_state") if isinstance(info, dict) else None
     return bool(state == "ok")
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterProcesses]:
+    processes = RedisClusterProcesses(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        processes.start()
+        yield processes
+    finally:
+        processes.stop()

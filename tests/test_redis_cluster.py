@@ -1,7 +1,7 @@
 """Three `hubbub serve` processes on a real Redis Cluster (HUBBUB_REDIS_CLUSTER):
 six redis-server processes, three masters with a replica each, started by
-this module (tests/redis_cluster.py) and shared by its tests, which run on
-one xdist worker in file order.
+the tests (tests/redis_cluster.py, shared by the tests of the group
+``redis_cluster``, which run on one xdist worker in file order).
 
 Delivery and presence across the instances, then three failovers under
 traffic: ``CLUSTER FAILOVER`` on a replica (graceful), a master killed with
@@ -22,7 +22,7 @@ import re
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +39,7 @@ from tests.cluster import WAIT, Cluster, Instance, Peer, create_channel
 from tests.processes import FAST_HASHING, parse_log, server_env, stderr_of
 from tests.redis_cluster import ClusterNode, RedisClusterProcesses
 
-pytest_plugins = ["tests.cluster"]  # its fixtures: stores
+pytest_plugins = ["tests.cluster", "tests.redis_cluster"]  # their fixtures: stores, redis_cluster
 pytestmark = pytest.mark.xdist_group("redis_cluster")
 
 RECOVERY_BOUND = 10.0
@@ -48,16 +48,6 @@ Measured about 2-4 s here (cluster-node-timeout 1 s, probe interval 0.5 s)."""
 PRESENCE_TTL_SECONDS = 8.0
 CHANNELS = 6
 """Conversations the traffic runs in: their channels hash to slots of every master (checked)."""
-
-
-@pytest.fixture(scope="module")
-def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterProcesses]:
-    processes = RedisClusterProcesses(tmp_path_factory.mktemp("redis-cluster"))
-    try:
-        processes.start()
-        yield processes
-    finally:
-        processes.stop()
 
 
 class ShardedCluster(Cluster):
