@@ -149,6 +149,7 @@ class RedisClusterBroker(RedisBroker):
         while not self._closing:
             wanted = self._wanted_channels()
             changed = False
+            started: list[int] = []
             for shard in list(self._shards.values()):
                 pubsub = shard.pubsub
                 if pubsub is None or shard.name in failed:
@@ -163,11 +164,7 @@ class RedisClusterBroker(RedisBroker):
                     if add:
                         await _ssubscribe(pubsub, add)
                         shard.subscribed.update(add)
-                        # Messages published before the subscription took effect
-                        # never reach here: have them read from the store.
-                        started = self._conversations_in(add)
-                        if started and self._handler is not None:
-                            self._handler.on_resync(started)
+                        started.extend(self._conversations_in(add))
                     if drop:
                         shard.dropping.update(drop)
                         shard.subscribed.difference_update(drop)
@@ -180,6 +177,10 @@ class RedisClusterBroker(RedisBroker):
                 except Exception as exc:
                     failed.add(shard.name)
                     report("broker_subscriptions", exc, self._metrics.task_failed)
+            if started and self._handler is not None:
+                # Messages published before the subscriptions took effect never
+                # reach here: have them read from the store (once, for every shard).
+                self._handler.on_resync(sorted(started))
             if not changed:
                 break
         topics = self.topics()

@@ -150,13 +150,21 @@ class RedisClusterProcesses:
         return [n for n in self.nodes if n.process is not None and n.process.poll() is None]
 
     async def wait_ok(self, deadline_seconds: float = 30.0) -> float:
-        """Until every running node says cluster_state:ok with three masters; the seconds it took."""
+        """Until every running node says cluster_state:ok, with three masters and every
+        replica's link to its master up; the seconds it took."""
         start = time.monotonic()
         while True:
             try:
                 states = await asyncio.gather(*(n.info("cluster") for n in self.running()))
-                roles = await asyncio.gather(*(n.role() for n in self.running()))
-                if all(s.get("cluster_state") == "ok" for s in states) and roles.count("master") == 3:
+                replication = await asyncio.gather(*(n.info("replication") for n in self.running()))
+                masters = [r for r in replication if r.get("role") == "master"]
+                replicas = [r for r in replication if r.get("role") == "slave"]
+                if (
+                    all(s.get("cluster_state") == "ok" for s in states)
+                    and len(masters) == 3
+                    # A replica still syncing could not take over: the next failover would stall.
+                    and all(r.get("master_link_status") == "up" for r in replicas)
+                ):
                     return time.monotonic() - start
             except (RedisError, OSError):
                 pass

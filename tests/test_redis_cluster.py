@@ -29,18 +29,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from redis.asyncio.cluster import RedisCluster
 
 from hubbub.protocol import frames
 from hubbub.server.config import RedisConfig
 from hubbub.server.presence_redis import RedisPresence
 from hubbub.server.redis_client import cluster_client
+from tests.backends import truncate_postgres
 from tests.cluster import WAIT, Cluster, Instance, Peer, create_channel
 from tests.processes import FAST_HASHING, parse_log, server_env, stderr_of
 from tests.redis_cluster import ClusterNode, RedisClusterProcesses
 
-pytest_plugins = ["tests.cluster", "tests.redis_cluster"]  # their fixtures: stores, redis_cluster
-pytestmark = pytest.mark.xdist_group("redis_cluster")
+pytest_plugins = ["tests.redis_cluster"]  # its fixture: redis_cluster
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.xdist_group("redis_cluster")]
 
 RECOVERY_BOUND = 10.0
 """Seconds from a master's failure to every instance healthy and routing live again.
@@ -108,15 +110,33 @@ class ShardedCluster(Cluster):
         await self.redis.aclose()
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def sharded(
-    tmp_path: Path, stores: dict[str, Any], redis_cluster: RedisClusterProcesses
+    tmp_path_factory: pytest.TempPathFactory, postgres_database: str, redis_cluster: RedisClusterProcesses
 ) -> AsyncIterator[ShardedCluster]:
+    """One ShardedCluster for the module; ``instances`` starts its three the first time."""
     await redis_cluster.wait_ok()
+    await truncate_postgres(postgres_database)
+    stores = {"accounts_backend": "postgres", "messages_backend": "postgres", "postgres_dsn": postgres_database}
     async with AsyncExitStack() as stack:
-        instances = ShardedCluster(tmp_path, stores, redis_cluster, stack)
+        instances = ShardedCluster(tmp_path_factory.mktemp("sharded"), stores, redis_cluster, stack)
         stack.push_async_callback(instances.close)
         yield instances
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def instances(sharded: ShardedCluster) -> list[Instance]:
+    """The module's three instances (started once: each test brings users and
+    conversations of its own), healthy on a cluster with all its nodes."""
+    if not sharded.instances:
+        await sharded.start("a", "b", "c")
+    await sharded.processes.wait_ok()
+    end = time.monotonic() + WAIT
+    while True:
+        if await all_healthy(sharded.instances):
+            return sharded.instances
+        assert time.monotonic() < end, "the instances never became healthy"
+        await asyncio.sleep(0.05)
 
 
 def _text(value: Any) -> str:
@@ -161,7 +181,7 @@ class HealthLog:
     async def run(self) -> None:
         while not self.stop.is_set():
             await asyncio.gather(*(self._sample(i) for i in self.instances))
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.1)
 
     async def _sample(self, instance: Instance) -> None:
         status, body = await instance.get("/readyz")
@@ -201,16 +221,20 @@ async def live_round_trip(
 
 
 async def until_recovered(
-    setup: Setup, successor: ClusterNode, noticed: Callable[[], bool], since: float, acked: list[frames.Message]
+    setup: Setup,
+    taken_over: Callable[[], Awaitable[bool]],
+    noticed: Callable[[], bool],
+    since: float,
+    acked: list[frames.Message],
 ) -> float:
-    """Seconds from ``since`` until ``successor`` is a master, the failure was ``noticed``, every
-    instance is healthy again and a message crosses instances live."""
+    """Seconds from ``since`` until another master has ``taken_over``, the failure was ``noticed``,
+    every instance is healthy again and a message crosses instances live."""
     sender, receivers, channel = setup.peers[0], setup.peers[1:], setup.channels[0]
     n = 0
     while True:
         n += 1
         if (
-            await successor.role() == "master"
+            await taken_over()
             and noticed()
             and await all_healthy(setup.instances)
             and await live_round_trip(sender, receivers, channel, f"recovered-{n}", acked)
@@ -227,8 +251,7 @@ class Setup:
     channels: list[int]
 
 
-async def three_instances(sharded: ShardedCluster) -> Setup:
-    instances = await sharded.start("a", "b", "c")
+async def three_instances(sharded: ShardedCluster, instances: list[Instance]) -> Setup:
     peers = [await sharded.connect(i, name=f"on-{i.name}") for i in instances]
     channels = [await create_channel(peers[0], peers[1:]) for _ in range(CHANNELS)]
     await sharded.settle()
@@ -260,31 +283,36 @@ def assert_nobody_went_offline(setup: Setup) -> None:
 
 
 Failure = Callable[["Setup"], Awaitable[ClusterNode]]
-"""Makes one master fail; returns the replica that will take over."""
+"""Makes the master of the first conversation's slot fail; returns it."""
 
 
 async def failover_under_traffic(
-    sharded: ShardedCluster, fail: Failure, *, noticed_by_all: bool
+    sharded: ShardedCluster, instances: list[Instance], fail: Failure, *, noticed_by_all: bool
 ) -> tuple[float, HealthLog, int]:
     """Traffic and health polling around ``fail()``; then recovery time, health seen, messages from history.
     ``noticed_by_all``: the recovery counts only once every instance has reported degraded."""
-    setup = await three_instances(sharded)
+    setup = await three_instances(sharded, instances)
     traffic = Traffic(setup.peers, setup.channels)
     health = HealthLog(setup.instances)
     running = [asyncio.ensure_future(traffic.run()), asyncio.ensure_future(health.run())]
     try:
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.3)
         failed_at = time.monotonic()
-        successor = await fail(setup)
+        failed = await fail(setup)
         names = {i.name for i in setup.instances}
+        channel = f"{sharded.prefix}:c:{setup.channels[0]}"
+
+        async def taken_over() -> bool:
+            return (await sharded.owner(channel)).port != failed.port
+
         recovered = await until_recovered(
             setup,
-            successor,
+            taken_over,
             lambda: not noticed_by_all or set(health.degraded) == names,
             failed_at,
             traffic.acked,
         )
-        await asyncio.sleep(0.5)  # traffic goes on after the recovery
+        await asyncio.sleep(0.3)  # traffic goes on after the recovery
     finally:
         traffic.stop.set()
         health.stop.set()
@@ -300,8 +328,8 @@ async def failover_under_traffic(
 # -- 1. routing and presence ------------------------------------------------------
 
 
-async def test_delivery_and_presence_across_three_instances(sharded: ShardedCluster) -> None:
-    setup = await three_instances(sharded)
+async def test_delivery_and_presence_across_three_instances(sharded: ShardedCluster, instances: list[Instance]) -> None:
+    setup = await three_instances(sharded, instances)
     c = setup.instances[2]
     # Every instance probes every master: one probe channel of its own on each.
     per_master = await sharded.channels_per_master()
@@ -345,61 +373,59 @@ async def test_delivery_and_presence_across_three_instances(sharded: ShardedClus
 # -- 2. failovers under traffic -------------------------------------------------
 
 
-async def test_cluster_failover_on_a_replica_under_traffic(sharded: ShardedCluster) -> None:
+async def test_cluster_failover_on_a_replica_under_traffic(sharded: ShardedCluster, instances: list[Instance]) -> None:
     async def fail(setup: Setup) -> ClusterNode:
         master = await sharded.owner(f"{sharded.prefix}:c:{setup.channels[0]}")
         replica = await sharded.processes.replica_of(master)
         await sharded.processes.failover(replica)
-        return replica
+        return master
 
-    recovered, _, _ = await failover_under_traffic(sharded, fail, noticed_by_all=False)
+    recovered, _, _ = await failover_under_traffic(sharded, instances, fail, noticed_by_all=False)
     assert recovered < RECOVERY_BOUND
 
 
-async def test_master_killed_under_traffic(sharded: ShardedCluster) -> None:
+async def test_master_killed_under_traffic(sharded: ShardedCluster, instances: list[Instance]) -> None:
     killed: list[ClusterNode] = []
 
     async def fail(setup: Setup) -> ClusterNode:
-        master = await sharded.owner(f"{{{sharded.prefix}}}")  # presence's master too
-        replica = await sharded.processes.replica_of(master)
+        master = await sharded.owner(f"{sharded.prefix}:c:{setup.channels[0]}")
         master.kill()
         killed.append(master)
-        return replica
+        return master
 
     try:
-        recovered, health, _ = await failover_under_traffic(sharded, fail, noticed_by_all=True)
+        recovered, health, _ = await failover_under_traffic(sharded, instances, fail, noticed_by_all=True)
     finally:
         for node in killed:  # back as a replica of its successor (the next test waits for it)
             node.spawn()
     assert recovered < RECOVERY_BOUND
     # Every instance subscribes on every master (its probe at least): each had a shard down, and said so.
-    names = {i.name for i in sharded.instances}
+    names = {i.name for i in instances}
     assert set(health.degraded) == names and health.unhealthy_metric == names
     for bodies in health.degraded.values():
         assert any(f"shard 127.0.0.1:{killed[0].port}" in b for b in bodies), bodies[:3]
 
 
-async def test_a_frozen_master_is_caught_by_the_probe(sharded: ShardedCluster) -> None:
+async def test_a_frozen_master_is_caught_by_the_probe(sharded: ShardedCluster, instances: list[Instance]) -> None:
     """SIGSTOP: the master's sockets stay open and say nothing, its replica takes over.
     No connection error ever tells the subscriber; the probe of that shard does."""
     frozen: list[ClusterNode] = []
 
     async def fail(setup: Setup) -> ClusterNode:
         master = await sharded.owner(f"{sharded.prefix}:c:{setup.channels[0]}")
-        replica = await sharded.processes.replica_of(master)
         assert master.process is not None
         os.kill(master.process.pid, signal.SIGSTOP)
         frozen.append(master)
-        return replica
+        return master
 
     try:
-        recovered, health, _ = await failover_under_traffic(sharded, fail, noticed_by_all=True)
+        recovered, health, _ = await failover_under_traffic(sharded, instances, fail, noticed_by_all=True)
     finally:
         for node in frozen:
             assert node.process is not None
             os.kill(node.process.pid, signal.SIGCONT)  # back, and demoted to a replica
     assert recovered < RECOVERY_BOUND
-    names = {i.name for i in sharded.instances}
+    names = {i.name for i in instances}
     assert set(health.degraded) == names and health.unhealthy_metric == names
     # On every instance, what first said that shard was in trouble was its probe.
     shard = f"shard 127.0.0.1:{frozen[0].port}: "
@@ -421,10 +447,13 @@ async def test_start_up_checks_which_kind_of_redis_it_is(tmp_path: Path, redis_c
         ({"HUBBUB_REDIS_URL": redis_cluster.url}, "HUBBUB_REDIS_CLUSTER=true"),
         ({"HUBBUB_REDIS_URL": single, "HUBBUB_REDIS_CLUSTER": "true"}, "HUBBUB_REDIS_CLUSTER=true needs"),
     ]
-    for settings, hint in cases:
-        code, lines = await stderr_of(
-            "-m", "hubbub.server", "serve", env=server_env(tmp_path / "data", {**FAST_HASHING, **settings})
+    runs = await asyncio.gather(
+        *(
+            stderr_of("-m", "hubbub.server", "serve", env=server_env(tmp_path / f"data-{i}", {**FAST_HASHING, **s}))
+            for i, (s, _) in enumerate(cases)
         )
+    )
+    for (_, hint), (code, lines) in zip(cases, runs, strict=True):
         assert code == 2, lines
         entry = parse_log(lines[-1])
         assert entry is not None and entry["event"] == "startup_failed", lines
