@@ -57,7 +57,7 @@ from hubbub.server.broker import Broker, BrokerEventHandler
 from hubbub.server.broker_redis import Envelope, RedisBroker, _encoder, _quietly
 from hubbub.server.config import RedisConfig
 from hubbub.server.metrics import Metrics
-from hubbub.server.redis_client import cluster_client, shard_subscriber_client
+from hubbub.server.redis_client import REDIS_FAULTS, cluster_client, shard_subscriber_client
 from hubbub.storage.supervision import backoff, report, supervise
 
 TOPOLOGY_PROBES = 6
@@ -170,7 +170,7 @@ class RedisClusterBroker(RedisBroker):
                         shard.subscribed.difference_update(drop)
                         for group in _by_slot(drop):
                             await pubsub.sunsubscribe(*group)
-                except (RedisError, OSError) as exc:
+                except REDIS_FAULTS as exc:
                     # That shard's subscriber sees its connection broken and resubscribes everything.
                     failed.add(shard.name)
                     logs.warning("broker_subscribe_failed", shard=shard.name, error=str(exc))
@@ -242,7 +242,7 @@ class RedisClusterBroker(RedisBroker):
                 await self._refresh_topology()
                 self._topology_problem = None
                 failures = 0
-            except (RedisError, OSError) as exc:
+            except REDIS_FAULTS as exc:
                 failures += 1
                 self._topology_problem = f"cluster slots unknown: {exc}"
             except Exception as exc:
@@ -362,7 +362,7 @@ class RedisClusterBroker(RedisBroker):
                 raise
             except Recycled:
                 self._stale()  # the probe's own problem stays, it says why
-            except (RedisError, OSError) as exc:
+            except REDIS_FAULTS as exc:
                 shard.problem = f"redis unreachable: {exc}" if not isinstance(exc, SlotMoved) else str(exc)
                 self._stale()
             except Exception as exc:
@@ -398,7 +398,7 @@ class RedisClusterBroker(RedisBroker):
                     await pipe.execute()
                 self._metrics.broker_published.inc(len(batch))
                 break
-            except (RedisError, OSError) as exc:
+            except REDIS_FAULTS as exc:
                 # A failed-over master: the retry follows the new slot map. Receivers
                 # drop an envelope they already had, so resending is harmless.
                 if attempt == 2:
@@ -449,7 +449,7 @@ class RedisClusterBroker(RedisBroker):
             shard.problem = f"probe publish took over {self._health_interval}s"
             self._stale()
             return False
-        except (RedisError, OSError) as exc:
+        except REDIS_FAULTS as exc:
             shard.problem = f"probe publish failed: {exc}"
             self._stale()
             return False

@@ -45,10 +45,10 @@ from collections.abc import Iterable
 
 import redis.asyncio as redis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
 
 from hubbub.server import logs
 from hubbub.server.presence import ExpiredHandler, LocalCounts, PresenceTracker
+from hubbub.server.redis_client import REDIS_FAULTS
 from hubbub.storage.supervision import FailureHook, report, supervise
 
 
@@ -100,7 +100,7 @@ class RedisPresence:
         self._on_expired = on_expired
         try:
             await self._beat()
-        except (RedisError, OSError) as exc:
+        except REDIS_FAULTS as exc:
             self._reap_after = float("inf")
             logs.warning("presence_heartbeat_failed", error=str(exc))
         except Exception as exc:
@@ -122,7 +122,7 @@ class RedisPresence:
                 pipe.delete(self._instance_users_key(self.instance_id))
                 pipe.zrem(self._instances_key(), self.instance_id)
                 await pipe.execute()
-        except (RedisError, OSError) as exc:
+        except REDIS_FAULTS as exc:
             logs.warning("presence_cleanup_failed", error=str(exc))
 
     async def connected(self, user_id: int) -> bool:
@@ -137,7 +137,7 @@ class RedisPresence:
             others = {i.decode() for i in instances} - {self.instance_id}
             async with self._gate:
                 return not await self._live(others)
-        except (RedisError, OSError) as exc:
+        except REDIS_FAULTS as exc:
             logs.warning("presence_unavailable", error=str(exc))
             return True
 
@@ -161,7 +161,7 @@ class RedisPresence:
                 pipe.srem(self._instance_users_key(self.instance_id), user_id)
                 pipe.set(self._leaving_key(user_id), token, ex=max(1, int(4 * self._heartbeat + 1)))
                 await pipe.execute()
-        except (RedisError, OSError) as exc:
+        except REDIS_FAULTS as exc:
             logs.warning("presence_unavailable", error=str(exc))
         task = asyncio.get_running_loop().create_task(self._offline_after_grace(user_id, token))
         self._pending.add(task)
@@ -179,7 +179,7 @@ class RedisPresence:
                 return  # a later departure elsewhere announces it
             if user_id in await self.online([user_id]):
                 return
-        except (RedisError, OSError) as exc:
+        except REDIS_FAULTS as exc:
             logs.warning("presence_unavailable", error=str(exc))
         await self._announce_offline([user_id])
 
@@ -208,7 +208,7 @@ class RedisPresence:
                     sets = await pipe.execute()
                 candidates = {uid: {i.decode() for i in members} for uid, members in zip(remote, sets, strict=True)}
                 live = await self._live(set().union(*candidates.values()))
-        except (RedisError, OSError) as exc:
+        except REDIS_FAULTS as exc:
             logs.warning("presence_unavailable", error=str(exc))
             return local
         return local | {uid for uid, instances in candidates.items() if instances & live}
@@ -229,7 +229,7 @@ class RedisPresence:
                 await self._beat()
                 if time.monotonic() >= self._reap_after:
                     await self._reap()
-        except (RedisError, OSError) as exc:
+        except REDIS_FAULTS as exc:
             # The others' beats may be failing too: their scores will lapse
             # without them being dead. Reap again one TTL after a beat succeeds.
             self._reap_after = float("inf")

@@ -15,8 +15,13 @@ import redis.asyncio as redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException, RedisError
 
 from hubbub.server.config import RedisConfig
+
+REDIS_FAULTS = (RedisError, RedisClusterException, OSError)
+"""What Redis being unreachable or in transition raises: the cluster client's
+``RedisClusterException`` (slots not covered mid-failover) is no RedisError."""
 
 
 def pooled_client(config: RedisConfig) -> redis.Redis:
