@@ -43,6 +43,7 @@ import asyncio
 import itertools
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,14 +146,15 @@ class RedisClusterBroker(RedisBroker):
 
     async def _sync_subscriptions(self) -> None:
         """Bring each shard's live subscription to its part of the wanted set."""
-        failed: set[str] = set()
+        failed: set[int] = set()
+        """The connections (``id``) a subscribe failed on: their shard reconnects and resubscribes."""
         while not self._closing:
             wanted = self._wanted_channels()
             changed = False
             started: list[int] = []
             for shard in list(self._shards.values()):
                 pubsub = shard.pubsub
-                if pubsub is None or shard.name in failed:
+                if pubsub is None or id(pubsub) in failed:
                     continue
                 mine = {c for c in wanted if self._owner(c) == shard.name}
                 add = sorted(mine - shard.subscribed)
@@ -161,21 +163,24 @@ class RedisClusterBroker(RedisBroker):
                     continue
                 changed = True
                 try:
-                    if add:
-                        await _ssubscribe(pubsub, add)
+                    # A connection the shard gave up meanwhile is left alone (a closed PubSub would
+                    # quietly open a new connection nobody reads): the new one subscribes everything.
+                    if add and await _ssubscribe(pubsub, add, _still_current(shard, pubsub)):
                         shard.subscribed.update(add)
                         started.extend(self._conversations_in(add))
-                    if drop:
+                    if drop and shard.pubsub is pubsub:
                         shard.dropping.update(drop)
                         shard.subscribed.difference_update(drop)
                         for group in _by_slot(drop):
+                            if shard.pubsub is not pubsub:
+                                break
                             await pubsub.sunsubscribe(*group)
                 except REDIS_FAULTS as exc:
                     # That shard's subscriber sees its connection broken and resubscribes everything.
-                    failed.add(shard.name)
+                    failed.add(id(pubsub))
                     logs.warning("broker_subscribe_failed", shard=shard.name, error=str(exc))
                 except Exception as exc:
-                    failed.add(shard.name)
+                    failed.add(id(pubsub))
                     report("broker_subscriptions", exc, self._metrics.task_failed)
             if started and self._handler is not None:
                 # Messages published before the subscriptions took effect never
@@ -261,6 +266,9 @@ class RedisClusterBroker(RedisBroker):
                     await self._topology_stale.wait()
             except TimeoutError:
                 pass
+            # Also a periodic check of every shard's subscriptions against the wanted set: a
+            # change that met a shard between two connections is subscribed now at the latest.
+            self._schedule_sync()
             # Changes come in bursts (a failover: every shard's connection, every probe): one read for all.
             await asyncio.sleep(0.05)
 
@@ -286,7 +294,7 @@ class RedisClusterBroker(RedisBroker):
             moved = not before or any(
                 (before[slot] == name) != (owners[slot] == name) for slot in range(REDIS_CLUSTER_HASH_SLOTS)
             )
-            if name not in masters or moved:
+            if name not in masters or moved or shard.task is None or shard.task.done():
                 # Its slots are elsewhere now (or some are): a new connection subscribes
                 # what it owns, and resyncs those conversations.
                 await self._retire(shard)
@@ -458,6 +466,10 @@ class RedisClusterBroker(RedisBroker):
         return shard.problem is None
 
 
+def _still_current(shard: Shard, pubsub: PubSub) -> Callable[[], bool]:
+    return lambda: shard.pubsub is pubsub
+
+
 def _by_slot(channels: list[str]) -> list[list[str]]:
     groups: dict[int, list[str]] = {}
     for channel in channels:
@@ -465,9 +477,13 @@ def _by_slot(channels: list[str]) -> list[list[str]]:
     return list(groups.values())
 
 
-async def _ssubscribe(pubsub: PubSub, channels: list[str]) -> None:
+async def _ssubscribe(pubsub: PubSub, channels: list[str], current: Callable[[], bool] = lambda: True) -> bool:
+    """SSUBSCRIBE per slot, while ``pubsub`` is still ``current``; whether all were sent."""
     for group in _by_slot(channels):
+        if not current():
+            return False
         await pubsub.ssubscribe(*group)
+    return True
 
 
 def _text(value: Any) -> str:
