@@ -136,10 +136,6 @@ class RedisClusterBroker(RedisBroker):
             "users": sorted(u for u in self._users if self._user_channel(u) in subscribed),
         }
 
-    def shards(self) -> dict[str, str | None]:
-        """Each master this instance subscribes on, and its problem (None: healthy)."""
-        return {name: shard.problem for name, shard in sorted(self._shards.items())}
-
     def _conversations_in(self, channels: list[str]) -> list[int]:
         prefix = self._conversation_prefix
         return [int(c.rsplit(":", 1)[1]) for c in channels if c.startswith(prefix)]
