@@ -35,6 +35,15 @@ and a reconnect is always a resync.
 
 ``status()`` (``/readyz``) and ``hubbub_broker_healthy`` say degraded while any
 shard is, and name each one with its problem.
+
+Order: publish order is delivery order per channel, as on one Redis (a
+channel lives on one shard, read by one connection), but not across
+channels of different shards. What Hubbub orders stays on one channel: a
+MembershipChange and the event that announces it go to the same user
+channels. A conversation's message published just after a join, on the
+conversation's channel, can arrive at an instance before the join itself
+(it then reaches the members routed there already, and the new member's
+client finds it by ``last_seq`` and ``message.history``, PROTOCOL.md §9).
 """
 
 from __future__ import annotations
