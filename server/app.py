@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as redis
+from redis.asyncio.cluster import RedisCluster
 from websockets.exceptions import NegotiationError as HandshakeNegotiationError
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
@@ -76,7 +77,7 @@ class App:
         self._stores: Stores | None = None
         self._keepalive: Keepalive | None = None
         self._loop_lag: LoopLagMonitor | None = None
-        self._redis: redis.Redis | None = None
+        self._redis: redis.Redis | RedisCluster | None = None
         self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._inflight: set[asyncio.Task[None]] = set()
         self._listened = False
@@ -102,7 +103,7 @@ class App:
             with counting_failures(self.metrics.task_failed), reporting_replica(self.metrics):
                 self._stores = await open_stores(s.storage)
             if s.redis.redis_url:
-                await check_redis(s.redis.redis_url, s.redis.storage_timeout_seconds)
+                await check_redis(s.redis.redis_url, s.redis.storage_timeout_seconds, cluster=s.redis.redis_cluster)
         except Exception as exc:
             failure = await explain(exc, s.storage, s.redis)
             if failure is None:
@@ -163,7 +164,7 @@ class App:
             messages=messages.name,
             profile=s.process.profile,
             instance=self.instance_id,
-            routing="redis" if s.redis.redis_url else "in-process",
+            routing=("redis-cluster" if s.redis.redis_cluster else "redis") if s.redis.redis_url else "in-process",
         )
 
     def _routing(self) -> tuple[Broker, PresenceTracker]:
@@ -174,19 +175,30 @@ class App:
         from hubbub.server.broker_redis import RedisBroker
         from hubbub.server.pool_metrics import redis_usage
         from hubbub.server.presence_redis import RedisPresence
-        from hubbub.server.redis_client import pooled_client
+        from hubbub.server.redis_client import cluster_client, pooled_client
 
-        broker = RedisBroker(config, self.instance_id, self.metrics)
-        redis_client = self._redis = pooled_client(config)
-        self.metrics.pools.add(lambda: redis_usage(redis_client, "presence"))
+        broker: Broker
+        if config.redis_cluster:
+            from hubbub.server.broker_redis_cluster import RedisClusterBroker
+
+            broker = RedisClusterBroker(config, self.instance_id, self.metrics)
+            self._redis = cluster_client(config)
+            # Every presence key in one slot (a hash tag), commands bounded here: the pool does not wait.
+            key_prefix, gate = f"{{{config.redis_prefix}}}", asyncio.Semaphore(config.redis_pool_max)
+        else:
+            broker = RedisBroker(config, self.instance_id, self.metrics)
+            redis_client = self._redis = pooled_client(config)
+            self.metrics.pools.add(lambda: redis_usage(redis_client, "presence"))
+            key_prefix, gate = config.redis_prefix, None
         presence_config = self.settings.presence
         presence = RedisPresence(
             self._redis,
-            config.redis_prefix,
+            key_prefix,
             self.instance_id,
             heartbeat_seconds=presence_config.presence_heartbeat_seconds,
             ttl_seconds=presence_config.presence_ttl_seconds,
             on_failure=self.metrics.task_failed,
+            gate=gate,
         )
         return broker, presence
 

@@ -242,10 +242,14 @@ class RedisBroker:
 
     # -- publishing ---------------------------------------------------------
 
+    def _routing(self) -> bool:
+        """Whether publishes can reach other instances now (a subscriber is up)."""
+        return self._pubsub is not None
+
     def publish(self, event: Event) -> None:
         if self._handler is not None:
             self._handler.on_event(event)
-        if self._pubsub is None:
+        if not self._routing():
             # Not connected: the other instances catch up from the store by seq.
             self._metrics.broker_dropped.inc()
             return
@@ -259,7 +263,7 @@ class RedisBroker:
     def publish_membership(self, change: MembershipChange) -> None:
         if self._handler is not None:
             self._handler.on_membership(change)
-        if self._pubsub is None:
+        if not self._routing():
             # Not connected: the other instances resync routing from the store on reconnect.
             self._metrics.broker_dropped.inc()
             return

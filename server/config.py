@@ -175,11 +175,19 @@ class RedisConfig(msgspec.Struct, kw_only=True, frozen=True):
     """Routing between instances (and the Redis client presence shares)."""
 
     redis_url: str
+    redis_cluster: bool
+    """``redis_url`` is one node of a Redis Cluster (server/broker_redis_cluster.py)."""
     redis_prefix: str
     redis_pool_max: int
     broker_probe_seconds: float
     storage_timeout_seconds: float
     """Bounds each Redis command as it bounds a store call."""
+
+    def check(self, name: SettingNamer) -> None:
+        if self.redis_cluster and ("{" in self.redis_prefix or "}" in self.redis_prefix):
+            # The cluster layout puts the prefix inside a hash tag (presence keys) and
+            # must not let it become one (channels): braces in it would break both.
+            raise ConfigError(f"invalid setting {name('redis_prefix')}: no braces with {name('redis_cluster')}")
 
 
 class PresenceConfig(msgspec.Struct, kw_only=True, frozen=True):
@@ -399,6 +407,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=Tr
     redis_url: Annotated[
         str, _doc("Redis URL for routing and presence across instances; empty runs a single instance.")
     ] = ""
+    redis_cluster: Annotated[
+        bool,
+        _doc("`HUBBUB_REDIS_URL` is a node of a Redis Cluster: routing on each channel's shard, presence in one slot."),
+    ] = False
     redis_prefix: Annotated[str, _doc("Prefix of every Redis key and channel (several clusters on one Redis).")] = (
         "hubbub"
     )
@@ -633,7 +645,7 @@ def load_settings(environ: Mapping[str, str], flags: Mapping[str, str | None] | 
         return source.get(field, env_name(field))
 
     # Each group's own rules, then the profile's, which span groups.
-    for group in (settings.tokens, settings.http, settings.presence):
+    for group in (settings.tokens, settings.http, settings.presence, settings.redis):
         group.check(named)
     try:
         settings.storage.check()

@@ -19,6 +19,14 @@ instance's records if Redis lost them.
 
 When Redis is unreachable, answers fall back to this instance's own
 connections (logged), and the next successful heartbeat repairs the records.
+An instance whose heartbeat failed does not reap others until one TTL after
+its next successful beat: when Redis was unreachable (a failover), the other
+instances could not beat either, and their expired scores say nothing.
+
+On a Redis Cluster (HUBBUB_REDIS_CLUSTER) the prefix is given as a hash tag,
+``{prefix}``, so every presence key hashes to one slot: every pipeline here is
+one round trip to one shard, as on a single Redis, and the ``gate`` bounds the
+commands in flight (the cluster client's pool does not wait).
 
 The heartbeat touches only Redis and never waits for the database: offline
 announcements (which store last-seen) run beside it, so a database outage
@@ -30,15 +38,17 @@ other failure of one beat is logged, counted and followed by the next
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections.abc import Iterable
 
 import redis.asyncio as redis
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import RedisCluster
 
 from hubbub.server import logs
 from hubbub.server.presence import ExpiredHandler, LocalCounts, PresenceTracker
+from hubbub.server.redis_client import REDIS_FAULTS
 from hubbub.storage.supervision import FailureHook, report, supervise
 
 
@@ -48,15 +58,21 @@ class RedisPresence:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: redis.Redis | RedisCluster,
         prefix: str,
         instance_id: str,
         *,
         heartbeat_seconds: float,
         ttl_seconds: float,
         on_failure: FailureHook | None = None,
+        gate: asyncio.Semaphore | None = None,
     ) -> None:
         self._redis = client
+        self._gate: contextlib.AbstractAsyncContextManager[object] = (
+            gate if gate is not None else contextlib.nullcontext()
+        )
+        self._reap_after = 0.0
+        """monotonic time before which this instance reaps nobody (after its own beat failed)."""
         self._prefix = prefix
         self.instance_id = instance_id
         self._heartbeat = heartbeat_seconds
@@ -84,7 +100,8 @@ class RedisPresence:
         self._on_expired = on_expired
         try:
             await self._beat()
-        except (RedisError, OSError) as exc:
+        except REDIS_FAULTS as exc:
+            self._reap_after = float("inf")
             logs.warning("presence_heartbeat_failed", error=str(exc))
         except Exception as exc:
             report("presence_heartbeat", exc, self._on_failure)
@@ -105,21 +122,22 @@ class RedisPresence:
                 pipe.delete(self._instance_users_key(self.instance_id))
                 pipe.zrem(self._instances_key(), self.instance_id)
                 await pipe.execute()
-        except (RedisError, OSError) as exc:
+        except REDIS_FAULTS as exc:
             logs.warning("presence_cleanup_failed", error=str(exc))
 
     async def connected(self, user_id: int) -> bool:
         if not self._local.add(user_id):
             return False
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
+            async with self._gate, self._redis.pipeline(transaction=False) as pipe:
                 pipe.sadd(self._user_instances_key(user_id), self.instance_id)
                 pipe.sadd(self._instance_users_key(self.instance_id), user_id)
                 pipe.smembers(self._user_instances_key(user_id))
                 *_, instances = await pipe.execute()
             others = {i.decode() for i in instances} - {self.instance_id}
-            return not await self._live(others)
-        except (RedisError, OSError) as exc:
+            async with self._gate:
+                return not await self._live(others)
+        except REDIS_FAULTS as exc:
             logs.warning("presence_unavailable", error=str(exc))
             return True
 
@@ -138,12 +156,12 @@ class RedisPresence:
         # several instances' devices closing within one grace announce it once.
         token = f"{self.instance_id}:{next(self._tokens)}"
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
+            async with self._gate, self._redis.pipeline(transaction=False) as pipe:
                 pipe.srem(self._user_instances_key(user_id), self.instance_id)
                 pipe.srem(self._instance_users_key(self.instance_id), user_id)
                 pipe.set(self._leaving_key(user_id), token, ex=max(1, int(4 * self._heartbeat + 1)))
                 await pipe.execute()
-        except (RedisError, OSError) as exc:
+        except REDIS_FAULTS as exc:
             logs.warning("presence_unavailable", error=str(exc))
         task = asyncio.get_running_loop().create_task(self._offline_after_grace(user_id, token))
         self._pending.add(task)
@@ -155,12 +173,13 @@ class RedisPresence:
         if user_id in self._local.counts:
             return
         try:
-            latest = await self._redis.get(self._leaving_key(user_id))
+            async with self._gate:
+                latest = await self._redis.get(self._leaving_key(user_id))
             if latest is not None and _text(latest) != token:
                 return  # a later departure elsewhere announces it
             if user_id in await self.online([user_id]):
                 return
-        except (RedisError, OSError) as exc:
+        except REDIS_FAULTS as exc:
             logs.warning("presence_unavailable", error=str(exc))
         await self._announce_offline([user_id])
 
@@ -182,13 +201,14 @@ class RedisPresence:
         if not remote:
             return local
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for uid in remote:
-                    pipe.smembers(self._user_instances_key(uid))
-                sets = await pipe.execute()
-            candidates = {uid: {i.decode() for i in members} for uid, members in zip(remote, sets, strict=True)}
-            live = await self._live(set().union(*candidates.values()))
-        except (RedisError, OSError) as exc:
+            async with self._gate:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for uid in remote:
+                        pipe.smembers(self._user_instances_key(uid))
+                    sets = await pipe.execute()
+                candidates = {uid: {i.decode() for i in members} for uid, members in zip(remote, sets, strict=True)}
+                live = await self._live(set().union(*candidates.values()))
+        except REDIS_FAULTS as exc:
             logs.warning("presence_unavailable", error=str(exc))
             return local
         return local | {uid for uid, instances in candidates.items() if instances & live}
@@ -205,9 +225,14 @@ class RedisPresence:
     async def _heartbeat_once(self) -> None:
         await asyncio.sleep(self._heartbeat)
         try:
-            await self._beat()
-            await self._reap()
-        except (RedisError, OSError) as exc:
+            async with self._gate:
+                await self._beat()
+                if time.monotonic() >= self._reap_after:
+                    await self._reap()
+        except REDIS_FAULTS as exc:
+            # The others' beats may be failing too: their scores will lapse
+            # without them being dead. Reap again one TTL after a beat succeeds.
+            self._reap_after = float("inf")
             logs.warning("presence_heartbeat_failed", error=str(exc))
 
     async def _beat(self) -> None:
@@ -215,6 +240,8 @@ class RedisPresence:
             pipe.zadd(self._instances_key(), {self.instance_id: time.time() + self._ttl})
             pipe.scard(self._instance_users_key(self.instance_id))
             _, recorded = await pipe.execute()
+        if self._reap_after == float("inf"):
+            self._reap_after = time.monotonic() + self._ttl
         if recorded != len(self._local.counts):
             # Redis lost our records (a restart), or a disconnect failed to
             # reach it: make them match this instance's connections again.

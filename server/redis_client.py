@@ -5,6 +5,8 @@ Redis gets its connections configured one way.
   bounded pool whose commands wait for a free connection.
 - ``subscriber_client``: the broker's (pub/sub and its publishes): no silent
   reconnects, because a reconnect means lost messages and a resync.
+- ``cluster_client`` and ``shard_subscriber_client``: the same two jobs on a
+  Redis Cluster (``HUBBUB_REDIS_CLUSTER``).
 """
 
 from __future__ import annotations
@@ -12,10 +14,16 @@ from __future__ import annotations
 from typing import Any
 
 import redis.asyncio as redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException, RedisError
 
 from hubbub.server.config import RedisConfig
+
+REDIS_FAULTS = (RedisError, RedisClusterException, OSError)
+"""What Redis being unreachable or in transition raises: the cluster client's
+``RedisClusterException`` (slots not covered mid-failover) is no RedisError."""
 
 
 def pooled_client(config: RedisConfig) -> redis.Redis:
@@ -66,3 +74,37 @@ class CountingBlockingConnectionPool(redis.BlockingConnectionPool):
             return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
         finally:
             self.waiting -= 1
+
+
+# -- Redis Cluster (HUBBUB_REDIS_CLUSTER) ---------------------------------------
+
+
+def cluster_client(config: RedisConfig, *, max_connections: int | None = None) -> RedisCluster:
+    """A Redis Cluster client from ``redis_url`` (one node; it discovers the rest).
+
+    It follows MOVED/ASK and refreshes the slot map itself, with one retry
+    after a connection error (a failed-over master): presence records and
+    the broker's publishes. Its pool per node is not blocking
+    (``MaxConnectionsError`` when full), so presence bounds its own
+    concurrency (``RedisPresence(gate=...)``) to ``redis_pool_max``.
+    """
+    timeout = config.storage_timeout_seconds
+    return RedisCluster.from_url(
+        config.redis_url,
+        max_connections=max_connections or config.redis_pool_max,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 1),
+    )
+
+
+def shard_subscriber_client(host: str, port: int, *, timeout: float) -> redis.Redis:
+    """The connection a cluster broker subscribes on, to one master: like
+    ``subscriber_client``, never reconnected inside redis-py."""
+    return redis.Redis(
+        host=host,
+        port=port,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+    )

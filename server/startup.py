@@ -171,10 +171,16 @@ def redis_failure(exc: BaseException, url: str) -> StartupFailure:
     return StartupFailure("redis", redact(url), text, hint)
 
 
-async def check_redis(url: str, timeout: float) -> None:
+async def check_redis(url: str, timeout: float, *, cluster: bool = False) -> None:
     """One PING: routing and presence otherwise connect lazily, and a wrong
-    URL would only show as warnings after the server said it was listening."""
+    URL would only show as warnings after the server said it was listening.
+    A node of a Redis Cluster must be configured as one (HUBBUB_REDIS_CLUSTER),
+    or every command of another slot fails with MOVED."""
+    if cluster:
+        await check_redis_cluster(url, timeout)
+        return
     import redis.asyncio as redis
+    from redis.exceptions import ResponseError
 
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
@@ -182,6 +188,44 @@ async def check_redis(url: str, timeout: float) -> None:
         raise redis_failure(exc, url) from exc
     try:
         await client.ping()
+        try:
+            enabled = str((await client.info("cluster")).get("cluster_enabled", "0"))
+        except ResponseError:
+            enabled = "0"  # INFO refused (some managed Redis): nothing to tell
+    except Exception as exc:
+        raise redis_failure(exc, url) from exc
+    finally:
+        await client.aclose()
+    if enabled == "1":
+        raise StartupFailure(
+            "redis",
+            redact(url),
+            "this Redis is a node of a Redis Cluster",
+            "set HUBBUB_REDIS_CLUSTER=true (or point HUBBUB_REDIS_URL at a single Redis)",
+        )
+
+
+async def check_redis_cluster(url: str, timeout: float) -> None:
+    """The cluster's slot map read through the node of ``url``, and a PING of every master."""
+    from redis.asyncio.cluster import RedisCluster
+    from redis.exceptions import RedisClusterException
+
+    try:
+        client = RedisCluster.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    except (ValueError, RedisClusterException) as exc:
+        raise redis_failure(exc, url) from exc
+    try:
+        await client.initialize()
+        await client.ping(target_nodes=RedisCluster.PRIMARIES)
+    except RedisClusterException as exc:
+        text = str(exc) or type(exc).__name__
+        raise StartupFailure(
+            "redis",
+            redact(url),
+            text,
+            "HUBBUB_REDIS_CLUSTER=true needs HUBBUB_REDIS_URL to be a node of a healthy Redis Cluster"
+            " (or set it to false for a single Redis)",
+        ) from exc
     except Exception as exc:
         raise redis_failure(exc, url) from exc
     finally:

@@ -246,6 +246,8 @@ class Cluster:
         self.prefix = f"hubbub-test-{uuid.uuid4().hex[:12]}"
         self._stack = stack
         self.instances: list[Instance] = []
+        self.settings: dict[str, Any] = {}
+        """More settings for every instance started (tests/test_redis_cluster.py: HUBBUB_REDIS_CLUSTER)."""
         # Retries: the outage test restarts Redis under this client's pooled connections.
         self.redis: redis.Redis = redis.Redis.from_url(redis_url, decode_responses=True, retry=Retry(NoBackoff(), 2))
 
@@ -261,6 +263,7 @@ class Cluster:
                     "redis_url": self.redis_url,
                     "redis_prefix": self.prefix,
                     "data_dir": data_dir,
+                    **self.settings,
                 }
             )
             processes.append(await self._stack.enter_async_context(running_server(data_dir, env)))

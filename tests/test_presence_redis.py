@@ -30,6 +30,7 @@ async def presence() -> AsyncIterator[RedisPresence]:
     client = pooled_client(
         RedisConfig(
             redis_url=SHARED_REDIS,
+            redis_cluster=False,
             redis_prefix=prefix,
             redis_pool_max=4,
             broker_probe_seconds=5.0,

@@ -114,6 +114,7 @@ def prefix() -> str:
 def _redis_broker(prefix: str) -> RedisBroker:
     config = RedisConfig(
         redis_url=SHARED_REDIS,
+        redis_cluster=False,
         redis_prefix=prefix,
         redis_pool_max=4,
         broker_probe_seconds=60.0,
