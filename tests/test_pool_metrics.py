@@ -14,6 +14,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
+import redis.asyncio as redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from hubbub.protocol import frames
@@ -107,8 +108,9 @@ async def test_a_call_waiting_for_the_only_postgres_connection_is_counted(pooled
 
 
 async def test_a_presence_update_waiting_for_the_only_redis_connection_is_counted(pooled: RunningServer) -> None:
-    assert pooled.app._redis is not None
-    redis_pool = pooled.app._redis.connection_pool
+    client = pooled.app._redis
+    assert isinstance(client, redis.Redis)  # single-node Redis: one pool (a cluster client has one per node)
+    redis_pool = client.connection_pool
     held = await redis_pool.get_connection()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
     try:
         await until(pooled, lambda p: p[("hubbub_pool_connections_in_use", "redis", "presence")] == 1, "in use")
