@@ -123,7 +123,8 @@ async def release_postgres() -> AsyncIterator[str]:
 
 
 async def test_postgres_upgrade_gives_existing_users_an_empty_profile(release_postgres: str) -> None:
-    assert await migrate(release_postgres) == ["0005_profiles"]
+    # 0005 and every migration after it (roles, 0006, is tested by tests/test_roles_upgrade.py).
+    assert await migrate(release_postgres) == [v for v, _ in migrations() if v not in RELEASED_POSTGRES]
     assert await migrate(release_postgres) == []
     pools = await PostgresPools.open(release_postgres, None, min_size=1, max_size=2, timeout=10)
     try:
