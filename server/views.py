@@ -3,13 +3,15 @@ into what a client sees (replies, events, gap fills)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+
+import msgspec
 
 from hubbub.protocol import frames
 from hubbub.protocol.frames import REACTION_USERS_SHOWN
 from hubbub.server.clock import now_ms
 from hubbub.storage.base import Directory, MessageLog
-from hubbub.storage.records import ConversationRecord, Head, MessageRecord, Reaction, UserRecord
+from hubbub.storage.records import ConversationRecord, Head, MessageRecord, Reaction, Role, UserRecord
 
 
 def user_view(u: UserRecord, now: int | None = None) -> frames.User:
@@ -24,6 +26,11 @@ def user_view(u: UserRecord, now: int | None = None) -> frames.User:
     if (u.status_text or u.status_emoji) and not _expired(u.status_expires_at, now):
         view.status_text, view.status_emoji, view.status_expires_at = u.status_text, u.status_emoji, u.status_expires_at
     return view
+
+
+def member_view(u: UserRecord, role: Role) -> frames.Member:
+    """A channel member as ``channel.members`` lists them: the user and their role."""
+    return frames.Member(**msgspec.structs.asdict(user_view(u)), role=role)
 
 
 def _expired(expires_at: int | None, now: int | None) -> bool:
@@ -79,15 +86,25 @@ def reaction_view(r: Reaction) -> frames.Reaction:
 
 
 async def conversation_views(
-    directory: Directory, messages: MessageLog, records: Sequence[ConversationRecord], member_of: set[int]
+    directory: Directory,
+    messages: MessageLog,
+    records: Sequence[ConversationRecord],
+    member_of: set[int],
+    roles: Mapping[int, Role] | None = None,
 ) -> list[frames.Conversation]:
-    """Views with last_seq, last_rev and, for DMs, their member ids (two store reads for all of them)."""
+    """Views with last_seq, last_rev and, for DMs, their member ids (two store reads for all of them);
+    ``roles``: the caller's role per channel (none: no ``role``, as in events)."""
     heads = await messages.heads([r.id for r in records])
     dm_ids = [r.id for r in records if r.kind == "dm"]
     dm_members = await directory.members_of_many(dm_ids) if dm_ids else {}
-    return [
+    views = [
         _conversation_view(r, heads.get(r.id, _EMPTY), r.id in member_of, dm_members.get(r.id, [])) for r in records
     ]
+    if roles:
+        for view in views:
+            if view.kind == "channel" and view.member:
+                view.role = roles.get(view.id)
+    return views
 
 
 _EMPTY = Head(last_seq=0, last_rev=0)
@@ -107,11 +124,15 @@ def _conversation_view(r: ConversationRecord, head: Head, member: bool, dm_membe
         last_rev=head.last_rev,
         member=member,
         member_ids=dm_members if r.kind == "dm" else None,
+        purpose=r.purpose,
+        archived=r.archived,
+        invite_policy=r.invite_policy,
     )
 
 
 async def conversation_view(
-    directory: Directory, messages: MessageLog, record: ConversationRecord, member: bool
+    directory: Directory, messages: MessageLog, record: ConversationRecord, member: bool, role: Role | None = None
 ) -> frames.Conversation:
-    (view,) = await conversation_views(directory, messages, [record], {record.id} if member else set())
+    roles = {record.id: role} if role is not None else None
+    (view,) = await conversation_views(directory, messages, [record], {record.id} if member else set(), roles)
     return view

@@ -16,7 +16,7 @@ from hubbub.server import channel_roles as rules
 from hubbub.server.errors import ApiError
 from hubbub.storage.base import AdminCheck, Directory
 from hubbub.storage.errors import Conflict
-from hubbub.storage.records import ChannelEdit, ConversationRecord, Standing
+from hubbub.storage.records import ChannelEdit, ConversationRecord, Role, Standing
 from tests import storage_contract
 from tests.storage_contract import NOW, name, new_channel, new_user
 
@@ -228,7 +228,7 @@ async def test_two_admins_changing_roles_at_once_stay_consistent(directory: Dire
     changes = []
     for n, target in enumerate(targets):
         for admin in admins:
-            role = "admin" if (n + admin.id) % 2 else "member"
+            role: Role = "admin" if (n + admin.id) % 2 else "member"
             changes.append(directory.set_role(channel.id, admin.id, target.id, role, rules.set_role_check(role)))
     changes.append(directory.set_role(channel.id, admins[0].id, admins[1].id, "member", rules.set_role_check("member")))
     changes.append(directory.set_role(channel.id, admins[1].id, admins[0].id, "member", rules.set_role_check("member")))

@@ -4,6 +4,7 @@ shares, and the membership check behind it."""
 from __future__ import annotations
 
 from hubbub.protocol.errors import ErrorCode
+from hubbub.server.channel_roles import refuse_archived
 from hubbub.server.errors import ApiError, not_found
 from hubbub.server.handlers.context import Caller, Context
 from hubbub.storage.records import ConversationRecord
@@ -50,3 +51,19 @@ async def require_member(ctx: Context, caller: Caller, conversation_id: int) -> 
     """Raise unless the caller is a member (``not_found`` or ``forbidden`` as above)."""
     if not routed_here(caller, conversation_id):
         await visible_conversation(ctx, caller, conversation_id, require_member=True)
+
+
+async def writable_conversation(ctx: Context, caller: Caller, conversation_id: int) -> ConversationRecord:
+    """The conversation, if the caller is a member and may change its messages:
+    ``archived`` for an archived channel (read-only), else as ``require_member``.
+
+    The record is read from the store every time (one primary-key read), so
+    an archive made on another instance refuses the next change at once."""
+    if routed_here(caller, conversation_id):
+        record = await ctx.directory.get_conversation(conversation_id)
+        if record is None:  # conversations are never deleted
+            raise not_found("conversation")
+    else:
+        record, _ = await visible_conversation(ctx, caller, conversation_id, require_member=True)
+    refuse_archived(record)
+    return record

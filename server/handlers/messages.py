@@ -15,9 +15,10 @@ from hubbub.protocol import frames
 from hubbub.protocol.errors import ErrorCode
 from hubbub.protocol.mentions import parse
 from hubbub.server import message_changes
+from hubbub.server.channel_roles import administers
 from hubbub.server.clock import now_ms
 from hubbub.server.errors import ApiError, not_found
-from hubbub.server.handlers.access import require_member, visible_conversation
+from hubbub.server.handlers.access import require_member, writable_conversation
 from hubbub.server.handlers.context import Caller, Context
 from hubbub.server.views import message_view
 from hubbub.storage.base import MessageChange
@@ -29,7 +30,7 @@ async def send(ctx: Context, caller: Caller, req: frames.MessageSend) -> frames.
     check_text_length(ctx, req.text)
     if req.also_in_channel and req.thread_root_id is None:
         raise ApiError(ErrorCode.BAD_REQUEST, "also_in_channel: only for a thread reply (thread_root_id)")
-    await require_member(ctx, caller, cid)
+    await writable_conversation(ctx, caller, cid)
     root_id = None if req.thread_root_id is None else await thread_root_for_reply(ctx, cid, req.thread_root_id)
     mentions, mention_all = await resolve_mentions(ctx, cid, req.text)
     message, duplicate = await ctx.publisher.send_message(
@@ -139,7 +140,7 @@ async def thread_history(ctx: Context, caller: Caller, req: frames.ThreadHistory
 async def edit(ctx: Context, caller: Caller, req: frames.MessageEdit) -> frames.MessageResult:
     cid = req.conversation_id
     check_text_length(ctx, req.text)
-    await require_member(ctx, caller, cid)
+    await writable_conversation(ctx, caller, cid)
     mentions, mention_all = await resolve_mentions(ctx, cid, req.text)
     window_ms = round(ctx.message_limits.edit_window_seconds * 1000)
     change = message_changes.edit(
@@ -153,9 +154,11 @@ async def edit(ctx: Context, caller: Caller, req: frames.MessageEdit) -> frames.
 
 async def delete(ctx: Context, caller: Caller, req: frames.MessageDelete) -> frames.MessageResult:
     cid = req.conversation_id
-    # The conversation record says who created it (a channel's creator may delete any message).
-    conversation, _ = await visible_conversation(ctx, caller, cid, require_member=True)
-    moderator = conversation.kind == "channel" and conversation.created_by == caller.user_id
+    # A channel's owners and admins may delete any message.
+    conversation = await writable_conversation(ctx, caller, cid)
+    moderator = conversation.kind == "channel" and administers(
+        (await ctx.directory.roles_of(caller.user_id, [cid])).get(cid)
+    )
     record, stored = await changed(
         ctx, cid, req.message_id, message_changes.delete(by=caller.user_id, moderator=moderator)
     )
