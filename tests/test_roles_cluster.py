@@ -105,3 +105,31 @@ async def demote(actor: Peer, target: Peer, channel_id: int) -> str:
     except ServerError as exc:
         return exc.code
     return "done"
+
+
+async def test_a_group_dm_renamed_on_one_instance_and_errors_on_the_other(cluster: Cluster) -> None:
+    a, b = await cluster.start("a", "b")
+    alice = await cluster.connect(a, name="alice")
+    bob = await cluster.connect(b, name="bob")
+    carol = await cluster.connect(b, name="carol")
+    dm: frames.ConversationResult = await alice.call("dm.open", user_ids=[bob.user_id, carol.user_id])
+    dm_id = dm.conversation.id
+    for peer in (bob, carol):
+        await peer.expect(frames.ConversationAdded, lambda e: e.conversation.id == dm_id)
+    await cluster.settle()
+
+    await carol.call("dm.rename", conversation_id=dm_id, name="Launch crew")
+    renamed = await alice.expect(frames.DmUpdated, lambda e: e.conversation.id == dm_id)
+    assert renamed.conversation.name == "Launch crew" and renamed.by == carol.user_id
+    listed: frames.ConversationList = await alice.call("dm.list")
+    assert [c.name for c in listed.conversations if c.id == dm_id] == ["Launch crew"]
+
+    # The rules hold whichever instance is asked: a plain member on B, the last owner on B.
+    cid = await channel_of(alice, bob)
+    await expect_error(bob.client, ErrorCode.FORBIDDEN, "channel.kick", channel_id=cid, user_id=alice.user_id)
+    await alice.call("channel.set_role", channel_id=cid, user_id=bob.user_id, role="owner")
+    await alice.call("channel.leave", channel_id=cid)
+    await bob.expect(frames.MemberLeft, lambda e: e.conversation_id == cid and e.user_id == alice.user_id)
+    await expect_error(
+        bob.client, ErrorCode.CONFLICT, "channel.set_role", channel_id=cid, user_id=bob.user_id, role="admin"
+    )

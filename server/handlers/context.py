@@ -18,6 +18,7 @@ from hubbub.server.config import MessagesConfig, ProfilesConfig
 from hubbub.server.presence import PresenceTracker
 from hubbub.server.publisher import Publisher
 from hubbub.server.ratelimit import FailureWindow, TokenBucket
+from hubbub.server.send_order import SendOrder
 from hubbub.storage.base import Directory, MessageLog
 from hubbub.storage.records import UserRecord
 
@@ -96,6 +97,10 @@ class Caller(Protocol):
     @property
     def typing_limit(self) -> TokenBucket:
         """This connection's ``typing`` rate limit (its own, apart from the request limit)."""
+
+    @property
+    def send_order(self) -> SendOrder:
+        """The turns that keep this connection's pipelined sends in request order."""
 
     async def authenticate(self, user: UserRecord) -> None:
         """Make the connection the user's (routing, presence); raises ApiError when it may not."""

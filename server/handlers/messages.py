@@ -20,19 +20,31 @@ from hubbub.server.clock import now_ms
 from hubbub.server.errors import ApiError, not_found
 from hubbub.server.handlers.access import require_member, writable_conversation
 from hubbub.server.handlers.context import Caller, Context
+from hubbub.server.send_order import SendTurn
 from hubbub.server.views import message_view
 from hubbub.storage.base import MessageChange
 from hubbub.storage.records import MentionAll, MessageRecord, NewMessage
 
 
 async def send(ctx: Context, caller: Caller, req: frames.MessageSend) -> frames.SendAck:
-    cid = req.conversation_id
     check_text_length(ctx, req.text)
     if req.also_in_channel and req.thread_root_id is None:
         raise ApiError(ErrorCode.BAD_REQUEST, "also_in_channel: only for a thread reply (thread_root_id)")
+    # Taken before the first await: pipelined sends reach the log in request order (server/send_order.py).
+    turn = caller.send_order.reserve()
+    try:
+        return await _send_in_turn(ctx, caller, req, turn)
+    finally:
+        turn.release()
+
+
+async def _send_in_turn(ctx: Context, caller: Caller, req: frames.MessageSend, turn: SendTurn) -> frames.SendAck:
+    cid = req.conversation_id
     await writable_conversation(ctx, caller, cid)
     root_id = None if req.thread_root_id is None else await thread_root_for_reply(ctx, cid, req.thread_root_id)
     mentions, mention_all = await resolve_mentions(ctx, cid, req.text)
+    await turn.wait()
+    turn.release()  # the next send resumes only after this one is handed to the log, below
     message, duplicate = await ctx.publisher.send_message(
         NewMessage(
             conversation_id=cid,

@@ -23,6 +23,7 @@ from hubbub.server.metrics import Metrics
 from hubbub.server.presence import LocalPresence, PresenceTracker
 from hubbub.server.publisher import Publisher
 from hubbub.server.ratelimit import FailureWindow, TokenBucket
+from hubbub.server.send_order import SendOrder
 from hubbub.storage.records import Head, NewMessage, UserRecord
 from hubbub.storage.sqlite import SqliteDirectory, SqliteMessageLog, open_sqlite
 
@@ -79,6 +80,7 @@ class FakeCaller:
     address: str = "127.0.0.1"
     conversations: set[int] = field(default_factory=set)
     typing_limit: TokenBucket = field(default_factory=lambda: TokenBucket(0.001, 2))
+    send_order: SendOrder = field(default_factory=SendOrder)
 
     @property
     def user_id(self) -> int:
