@@ -79,10 +79,15 @@ async def test_role_changes_and_updates_reach_members_on_every_instance(cluster:
     updated = await alice.expect(frames.ChannelUpdated, lambda e: e.conversation.id == cid)
     assert updated.conversation.topic == "from b" and updated.by == bob.user_id
 
-    # An archive on A refuses bob's next send on B at once (the store says so, not a cache).
+    # B knows the channel is not archived (bob sent into it); an archive on A reaches B
+    # with its channel.updated, and from then on B refuses bob's sends.
+    await bob.send(cid, "before the archive")
     await alice.call("channel.update", channel_id=cid, archived=True)
-    await expect_error(bob.client, ErrorCode.ARCHIVED, "message.send", conversation_id=cid, text="x", client_msg_id="z")
     await bob.expect(frames.ChannelUpdated, lambda e: e.conversation.id == cid and e.conversation.archived)
+    await expect_error(bob.client, ErrorCode.ARCHIVED, "message.send", conversation_id=cid, text="x", client_msg_id="z")
+    await alice.call("channel.update", channel_id=cid, archived=False)
+    await bob.expect(frames.ChannelUpdated, lambda e: e.conversation.id == cid and not e.conversation.archived)
+    await bob.send(cid, "after the unarchive")
 
 
 async def test_two_owners_on_two_instances_demoting_each_other_leave_one(cluster: Cluster) -> None:

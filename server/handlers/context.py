@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from hubbub.server.archived import ArchivedChannels
 from hubbub.server.auth import Passwords, Tokens
 from hubbub.server.config import MessagesConfig, ProfilesConfig
 from hubbub.server.presence import PresenceTracker
@@ -71,6 +72,10 @@ class Context(Protocol):
     @property
     def profile_limits(self) -> ProfilesConfig:
         """Profile field lengths and the largest ``user.search`` page."""
+
+    @property
+    def archived_channels(self) -> ArchivedChannels:
+        """Which channels are archived, as this instance knows (server/archived.py)."""
 
 
 class Caller(Protocol):

@@ -18,7 +18,7 @@ from hubbub.server import message_changes
 from hubbub.server.channel_roles import administers
 from hubbub.server.clock import now_ms
 from hubbub.server.errors import ApiError, not_found
-from hubbub.server.handlers.access import require_member, writable_conversation
+from hubbub.server.handlers.access import require_member, require_writable, writable_conversation
 from hubbub.server.handlers.context import Caller, Context
 from hubbub.server.send_order import SendTurn
 from hubbub.server.views import message_view
@@ -40,7 +40,7 @@ async def send(ctx: Context, caller: Caller, req: frames.MessageSend) -> frames.
 
 async def _send_in_turn(ctx: Context, caller: Caller, req: frames.MessageSend, turn: SendTurn) -> frames.SendAck:
     cid = req.conversation_id
-    await writable_conversation(ctx, caller, cid)
+    await require_writable(ctx, caller, cid)
     root_id = None if req.thread_root_id is None else await thread_root_for_reply(ctx, cid, req.thread_root_id)
     mentions, mention_all = await resolve_mentions(ctx, cid, req.text)
     await turn.wait()

@@ -13,6 +13,7 @@ import pytest
 
 from hubbub.protocol import codec, frames
 from hubbub.protocol.errors import ErrorCode
+from hubbub.server.archived import ArchivedChannels
 from hubbub.server.auth import Passwords, Tokens
 from hubbub.server.broker import MESSAGE_NEW, Event, InProcessBroker, MembershipChange
 from hubbub.server.config import MessagesConfig, ProfilesConfig
@@ -60,6 +61,7 @@ class FakeContext:
         self.login_failures_by_username = FailureWindow(5, 60.0)
         self.login_failures_by_address = FailureWindow(5, 60.0)
         self.max_message_chars = 20
+        self.archived_channels = ArchivedChannels()
         self.presence_max_members = 2
         self.typing_ttl_ms = 5000
         self.typing_max_members = 3
