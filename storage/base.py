@@ -119,7 +119,7 @@ class Directory(Protocol):
     # joins or is invited a member (add_member). Each change below reads the
     # Standing and calls its AdminCheck inside one transaction, serialised
     # with every other such change of the channel (PostgreSQL: the channel's
-    # row locked FOR UPDATE; SQLite: the one writer), so a rule such as
+    # row locked FOR NO KEY UPDATE; SQLite: the one writer), so a rule such as
     # "never zero owners" holds under concurrent changes.
 
     async def roles_of(self, user_id: int, conversation_ids: Sequence[int]) -> dict[int, Role]:

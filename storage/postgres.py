@@ -581,11 +581,13 @@ class PostgresDirectory:
 
 async def _checked(c: Conn, conversation_id: int, actor_id: int, user_id: int, check: AdminCheck) -> Record | None:
     """The conversation's row once ``check`` passed on it and the standing, in the caller's
-    transaction. The row is locked FOR UPDATE first, so every change of the channel's
-    memberships and settings that checks a rule waits for the one before it to commit,
-    and the standing it reads (a fresh snapshot per statement, READ COMMITTED) is current."""
+    transaction. The row is locked first, so every change of the channel's memberships
+    and settings that checks a rule waits for the one before it to commit, and the
+    standing it reads (a fresh snapshot per statement, READ COMMITTED) is current. FOR NO
+    KEY UPDATE: it excludes the other changes that take it, not the KEY SHARE lock of the
+    foreign-key checks of joins and invitations going on meanwhile."""
     row = await c.fetchrow(
-        f"SELECT {CONVERSATION_COLUMNS} FROM conversations c WHERE c.id = $1 FOR UPDATE", conversation_id
+        f"SELECT {CONVERSATION_COLUMNS} FROM conversations c WHERE c.id = $1 FOR NO KEY UPDATE", conversation_id
     )
     if row is None:
         return None
