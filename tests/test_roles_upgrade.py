@@ -54,6 +54,8 @@ EXPECTED_ROLES = {
 }
 ROLES_SQLITE_VERSION = MIGRATIONS.index(ROLES_MIGRATION)
 """The schema version a release before roles left (roles migrate it to the next)."""
+ROLES_POSTGRES = next(version for version, _ in migrations() if version.endswith("_roles"))
+"""The PostgreSQL roles migration (0006_roles), found by name so that renumbering it changes no test."""
 
 
 def old_conversation(conversation_id: int, kind: Any, name: str | None, created_by: int) -> ConversationRecord:
@@ -136,7 +138,7 @@ async def release_postgres() -> AsyncIterator[str]:
             "CREATE TABLE schema_migrations (version TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
         )
         for version, sql in migrations():
-            if version == "0006_roles":
+            if version == ROLES_POSTGRES:
                 break
             await conn.execute(sql)
             await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
@@ -163,7 +165,7 @@ async def release_postgres() -> AsyncIterator[str]:
 
 async def test_postgres_upgrade_gives_each_channel_an_owner(release_postgres: str) -> None:
     applied = await migrate(release_postgres)
-    assert applied[0] == "0006_roles"
+    assert applied[0] == ROLES_POSTGRES
     assert await migrate(release_postgres) == []
     pools = await PostgresPools.open(release_postgres, None, min_size=1, max_size=2, timeout=10)
     try:
