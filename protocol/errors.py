@@ -26,6 +26,8 @@ class ErrorCode(enum.StrEnum):
     """Too many requests, failed logins or connections; retry later."""
     TOO_LARGE = "too_large"
     """The frame or a field in it is over its documented limit."""
+    ARCHIVED = "archived"
+    """The channel is archived, so read-only: unarchive it first (``channel.update``)."""
     UNAVAILABLE = "unavailable"
     """A backing store is unreachable or timed out; retry later. A message.send
     may still have been stored: resend it with the same client_msg_id."""

@@ -105,6 +105,12 @@ UserSearchLimit = Annotated[int, Meta(ge=1, le=100)]
 UserIds = Annotated[list[ObjectId], Meta(min_length=1, max_length=MAX_USER_IDS)]
 OldPassword = Annotated[str, Meta(min_length=1, max_length=256, pattern=PASSWORD_PATTERN)]
 """The current password, as it was set (any length a password could have)."""
+Role = Literal["owner", "admin", "member"]
+"""A channel member's role; DMs have none."""
+InvitePolicy = Literal["anyone", "admins"]
+"""Who may invite to a channel: any member, or only its owners and admins."""
+Purpose = Annotated[str, Meta(max_length=250, pattern=SINGLE_LINE_PATTERN)]
+DmName = Annotated[str, Meta(min_length=1, max_length=80, pattern=SINGLE_LINE_PATTERN)]
 
 PATTERN_RULES = {
     USERNAME_PATTERN: "of lowercase letters, digits, '_', '.' and '-', starting with a letter or digit",
@@ -172,6 +178,20 @@ class Conversation(Struct, kw_only=True):
     """Those of them that mention the caller (``@username``, ``@channel``, ``@here``)."""
     muted: bool = False
     """The caller muted the conversation: still delivered, no badge."""
+    # Channel administration (issue 12).
+    purpose: str = ""
+    archived: bool = False
+    """Read-only, hidden from browsing (channel.list ``include_archived``)."""
+    invite_policy: InvitePolicy = "anyone"
+    role: Role | None = None
+    """The caller's role in a channel they are a member of, in replies; null
+    for DMs, non-members and in events to every member (``channel.updated``)."""
+
+
+class Member(User, kw_only=True, omit_defaults=True):
+    """A channel member: the User and their role in the channel (``channel.members``)."""
+
+    role: Role
 
 
 class Reaction(Struct, kw_only=True):
@@ -280,6 +300,8 @@ class ChannelCreate(Request, tag="channel.create"):
 
 
 class ChannelList(Request, tag="channel.list"):
+    include_archived: bool = False
+    """Also list archived public channels the caller is not a member of."""
     pass
 
 
@@ -300,8 +322,41 @@ class ChannelMembers(Request, tag="channel.members"):
     channel_id: ObjectId
 
 
+class ChannelUpdate(Request, tag="channel.update"):
+    """Owners and admins change a channel: any of the fields, the others as they are."""
+
+    channel_id: ObjectId
+    name: ChannelName | None = None
+    topic: Topic | None = None
+    purpose: Purpose | None = None
+    archived: bool | None = None
+    invite_policy: InvitePolicy | None = None
+
+
+class ChannelKick(Request, tag="channel.kick"):
+    """Owners and admins remove a member from a channel."""
+
+    channel_id: ObjectId
+    user_id: ObjectId
+
+
+class ChannelSetRole(Request, tag="channel.set_role"):
+    """Owners and admins promote and demote members."""
+
+    channel_id: ObjectId
+    user_id: ObjectId
+    role: Role
+
+
 class DmOpen(Request, tag="dm.open"):
     user_ids: DmOthers
+
+
+class DmRename(Request, tag="dm.rename"):
+    """Any participant names a group DM (three or more people); null removes the name."""
+
+    conversation_id: ObjectId
+    name: DmName | None
 
 
 class DmList(Request, tag="dm.list"):
@@ -459,7 +514,11 @@ AnyRequest = (
     | ChannelInvite
     | ChannelLeave
     | ChannelMembers
+    | ChannelUpdate
+    | ChannelKick
+    | ChannelSetRole
     | DmOpen
+    | DmRename
     | DmList
     | MessageSend
     | MessageHistory
@@ -517,7 +576,7 @@ class Empty(Struct, kw_only=True):
 
 
 class Members(Struct, kw_only=True):
-    members: list[User]
+    members: list[Member]
 
 
 class SendAck(Struct, kw_only=True):
@@ -601,7 +660,11 @@ RESULT_TYPES: dict[str, type[Struct]] = {
     "channel.invite": Empty,
     "channel.leave": Empty,
     "channel.members": Members,
+    "channel.update": ConversationResult,
+    "channel.kick": Empty,
+    "channel.set_role": Empty,
     "dm.open": ConversationResult,
+    "dm.rename": ConversationResult,
     "dm.list": ConversationList,
     "message.send": SendAck,
     "message.history": HistoryPage,
@@ -700,6 +763,35 @@ class MemberLeft(ServerFrame, tag="member.left"):
     user_id: int
 
 
+class MemberRemoved(ServerFrame, tag="member.removed"):
+    """An owner or admin (``by``) removed a member from the channel."""
+
+    conversation_id: int
+    user_id: int
+    by: int
+
+
+class MemberRoleChanged(ServerFrame, tag="member.role_changed"):
+    conversation_id: int
+    user_id: int
+    role: Role
+    by: int
+
+
+class ChannelUpdated(ServerFrame, tag="channel.updated"):
+    """A channel's name, topic, purpose, invite policy or archived state changed (``role`` is null)."""
+
+    conversation: Conversation
+    by: int
+
+
+class DmUpdated(ServerFrame, tag="dm.updated"):
+    """A participant renamed a group DM."""
+
+    conversation: Conversation
+    by: int
+
+
 class ConversationAdded(ServerFrame, tag="conversation.added"):
     """You were added to a conversation: created, joined or invited, a DM opened.
 
@@ -710,7 +802,7 @@ class ConversationAdded(ServerFrame, tag="conversation.added"):
 
 
 class ConversationRemoved(ServerFrame, tag="conversation.removed"):
-    """You left a conversation (on this or another device)."""
+    """You left a conversation (on this or another device), or were removed from it."""
 
     conversation_id: int
 
@@ -759,6 +851,10 @@ AnyEvent = (
     | MessageDeleted
     | MemberJoined
     | MemberLeft
+    | MemberRemoved
+    | MemberRoleChanged
+    | ChannelUpdated
+    | DmUpdated
     | ConversationAdded
     | ConversationRemoved
     | PresenceChanged
@@ -776,6 +872,10 @@ EVENT_TYPES: tuple[type[ServerFrame], ...] = (
     MessageDeleted,
     MemberJoined,
     MemberLeft,
+    MemberRemoved,
+    MemberRoleChanged,
+    ChannelUpdated,
+    DmUpdated,
     ConversationAdded,
     ConversationRemoved,
     PresenceChanged,

@@ -38,6 +38,7 @@ from collections.abc import Iterable, Sequence
 
 from hubbub.protocol import codec, frames
 from hubbub.server import logs
+from hubbub.server.archived import ArchivedChannels
 from hubbub.server.broker import MESSAGE_NEW, BrokerEventHandler, Event, MembershipChange
 from hubbub.server.metrics import Metrics
 from hubbub.server.registry import Registry
@@ -45,6 +46,8 @@ from hubbub.server.views import message_view
 from hubbub.storage.base import MessageLog
 from hubbub.storage.errors import StorageError
 from hubbub.storage.supervision import report
+
+CHANNEL_UPDATED = frames.tag_of(frames.ChannelUpdated)
 
 SEEN_WINDOW = 1024
 """How many recent seqs per conversation are remembered for deduplication."""
@@ -90,10 +93,14 @@ class _Conversation:
 
 
 class Catchup:
-    def __init__(self, messages: MessageLog, registry: Registry, metrics: Metrics) -> None:
+    def __init__(
+        self, messages: MessageLog, registry: Registry, metrics: Metrics, archived: ArchivedChannels | None = None
+    ) -> None:
         self._messages = messages
         self._registry = registry
         self._metrics = metrics
+        self._archived = archived
+        """What this instance knows of archived channels (server/archived.py): forgotten as events say."""
         self._conversations: dict[int, _Conversation] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -101,6 +108,8 @@ class Catchup:
 
     def on_event(self, event: Event) -> None:
         if not event.seq:  # not a sequenced message: nothing to order
+            if event.frame_type == CHANNEL_UPDATED and self._archived is not None:
+                self._archived.forget(event.conversations)  # archived or not may have changed
             self._registry.deliver(event)
             return
         cid = event.conversations[0]
@@ -129,6 +138,11 @@ class Catchup:
     def on_resync(self, conversation_ids: Sequence[int] | None) -> None:
         """Deliveries may have been missed: all of them (None, after a broker
         reconnect) or those of conversations whose subscription just started."""
+        if self._archived is not None:  # a channel.updated may have been missed too
+            if conversation_ids is None:
+                self._archived.forget_all()
+            else:
+                self._archived.forget(conversation_ids)
         task = asyncio.get_running_loop().create_task(self._resync(conversation_ids))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -143,6 +157,8 @@ class Catchup:
         for cid in conversation_ids:
             if not self._registry.has_local_members(cid):
                 self._conversations.pop(cid, None)
+                if self._archived is not None:  # its channel.updated events no longer come here
+                    self._archived.forget((cid,))
 
     # -- ordering ------------------------------------------------------------
 

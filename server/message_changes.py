@@ -52,11 +52,13 @@ def edit(
 
 def delete(*, by: int, moderator: bool) -> MessageChange:
     """``by`` deletes the message: its author may, and a ``moderator`` (a
-    channel's creator) may delete anyone's. A tombstone again is a no-op."""
+    channel's owner or admin) may delete anyone's. A tombstone again is a no-op."""
 
     def change(current: MessageRecord) -> MessageRecord | None:
         if current.sender_id != by and not moderator:
-            raise ApiError(ErrorCode.FORBIDDEN, "only its author or the channel's creator may delete a message")
+            raise ApiError(
+                ErrorCode.FORBIDDEN, "only its author or the channel's owners and admins may delete a message"
+            )
         if current.deleted:
             return None
         return tombstone(current)

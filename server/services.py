@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Network, IPv6Network
 
+from hubbub.server.archived import ArchivedChannels
 from hubbub.server.auth import Passwords, Tokens
 from hubbub.server.broker import Broker
 from hubbub.server.catchup import Catchup
@@ -72,7 +73,9 @@ class Services:
         """This process among the instances (App.instance_id): on its spans (server/tracing.py)."""
         self.presence = presence
         self.registry = Registry(broker, metrics)
-        self.catchup = Catchup(messages, self.registry, metrics)
+        self.archived_channels = ArchivedChannels()
+        """Which channels are archived, as this instance knows (message.send's check)."""
+        self.catchup = Catchup(messages, self.registry, metrics, self.archived_channels)
         self.registry.tell_unrouted(self.catchup)
         self.publisher = Publisher(messages, broker, metrics)
         window = limits.login_failure_window_seconds

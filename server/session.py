@@ -29,6 +29,7 @@ from hubbub.server.dispatch import Dispatcher
 from hubbub.server.errors import ApiError
 from hubbub.server.handlers import on_offline, on_online
 from hubbub.server.ratelimit import TokenBucket
+from hubbub.server.send_order import SendOrder
 from hubbub.server.services import Services
 from hubbub.storage.errors import StoreUnavailable
 from hubbub.storage.records import UserRecord
@@ -58,6 +59,7 @@ class Session:
         "conn_id",
         "conversations",
         "requests",
+        "send_order",
         "services",
         "user",
         "user_id",
@@ -89,6 +91,7 @@ class Session:
         self._finishing: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
         self._presence_retry: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
         self._typing_limit: TokenBucket | None = None  # made on first use: most connections never type
+        self.send_order = SendOrder()
 
     @property
     def typing_limit(self) -> TokenBucket:

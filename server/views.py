@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import msgspec
+
 from hubbub.protocol import frames
 from hubbub.protocol.frames import REACTION_USERS_SHOWN
 from hubbub.server.clock import now_ms
@@ -15,6 +17,7 @@ from hubbub.storage.records import (
     MemberState,
     MessageRecord,
     Reaction,
+    Role,
     Unread,
     UserRecord,
 )
@@ -32,6 +35,11 @@ def user_view(u: UserRecord, now: int | None = None) -> frames.User:
     if (u.status_text or u.status_emoji) and not _expired(u.status_expires_at, now):
         view.status_text, view.status_emoji, view.status_expires_at = u.status_text, u.status_emoji, u.status_expires_at
     return view
+
+
+def member_view(u: UserRecord, role: Role) -> frames.Member:
+    """A channel member as ``channel.members`` lists them: the user and their role."""
+    return frames.Member(**msgspec.structs.asdict(user_view(u)), role=role)
 
 
 def _expired(expires_at: int | None, now: int | None) -> bool:
@@ -112,6 +120,19 @@ async def conversation_views(
     ]
 
 
+async def shared_view(directory: Directory, messages: MessageLog, record: ConversationRecord) -> frames.Conversation:
+    """The conversation as every member sees it, without anyone's own state
+    (role, read state): for events to all its members (``channel.updated``, ``dm.updated``)."""
+    heads = await messages.heads([record.id])
+    dm_members = await directory.members_of_many([record.id]) if record.kind == "dm" else {}
+    view = _conversation_view(record, _EMPTY, None, dm_members.get(record.id, []))
+    view.member = True
+    head = heads.get(record.id)
+    if head is not None:
+        view.last_seq, view.last_rev = head.last_seq, head.last_rev
+    return view
+
+
 def _read_seq(state: MemberState | None) -> int | None:
     return None if state is None else state.read_seq
 
@@ -141,12 +162,17 @@ def _conversation_view(
         last_rev=head.last_rev,
         member=state is not None,
         member_ids=dm_members if r.kind == "dm" else None,
+        purpose=r.purpose,
+        archived=r.archived,
+        invite_policy=r.invite_policy,
     )
     if state is not None:
         view.read_seq = head.last_seq if state.read_seq is None else min(state.read_seq, head.last_seq)
         view.unread_count = unread.unread_count
         view.mention_count = unread.mention_count
         view.muted = state.muted
+        if r.kind == "channel":
+            view.role = state.role
     return view
 
 

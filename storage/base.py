@@ -15,6 +15,7 @@ from typing import Literal, Protocol
 from hubbub.storage.records import (
     Appended,
     ChangesPage,
+    ChannelEdit,
     ConversationRecord,
     Head,
     Membership,
@@ -23,10 +24,19 @@ from hubbub.storage.records import (
     NewMessage,
     ProfileUpdate,
     ReadMark,
+    Role,
     SearchPosition,
+    Standing,
     Unread,
     UserRecord,
 )
+
+AdminCheck = Callable[[ConversationRecord, Standing], None]
+"""A rule of channel administration (server/channel_roles.py), called by the
+store inside the transaction of the change it guards, with the channel and
+where the actor and target stand as that transaction reads them: it raises
+to refuse, and then nothing is stored and the exception reaches the caller.
+Pure, like MessageChange."""
 
 
 class Directory(Protocol):
@@ -127,6 +137,37 @@ class Directory(Protocol):
 
     async def init_read_positions(self, user_id: int, positions: Mapping[int, int]) -> None:
         """Store these read positions (conversation id -> seq) where none is stored yet (one write)."""
+
+    # -- roles and channel administration (issue 12) ------------------------
+    # The creator of a channel is its owner (create_channel), everyone who
+    # joins or is invited a member (add_member). Each change below reads the
+    # Standing and calls its AdminCheck inside one transaction, serialised
+    # with every other such change of the channel (PostgreSQL: the channel's
+    # row locked FOR NO KEY UPDATE; SQLite: the one writer), so a rule such as
+    # "never zero owners" holds under concurrent changes.
+
+    async def roles_of(self, user_id: int, conversation_ids: Sequence[int]) -> dict[int, Role]:
+        """The user's role in each of these channels they are a member of (DMs: "member")."""
+
+    async def member_roles(self, conversation_id: int) -> dict[int, Role]:
+        """Every member's role, in user id order."""
+
+    async def update_channel(
+        self, conversation_id: int, actor_id: int, update: ChannelEdit, check: AdminCheck
+    ) -> ConversationRecord | None:
+        """Change the fields ``update`` sets once ``check`` passes (no target:
+        ``Standing.target`` is None); the channel as stored, None when no such
+        channel. Conflict when the new name is taken."""
+
+    async def set_role(self, conversation_id: int, actor_id: int, user_id: int, role: Role, check: AdminCheck) -> bool:
+        """Give a member ``role`` once ``check`` passes; False when it was already theirs."""
+
+    async def remove_member_as(self, conversation_id: int, actor_id: int, user_id: int, check: AdminCheck) -> bool:
+        """Remove a member (``actor_id`` == ``user_id``: they leave) once
+        ``check`` passes; False when they were not one."""
+
+    async def rename_dm(self, conversation_id: int, name: str | None) -> ConversationRecord | None:
+        """Name a DM (None: no name); the DM as stored, None when no such DM."""
 
 
 HistoryOrder = Literal["desc", "asc"]

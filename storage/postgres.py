@@ -19,7 +19,7 @@ import msgspec
 from asyncpg import Record
 from asyncpg.pool import PoolConnectionProxy
 
-from hubbub.storage.base import Directory, HistoryOrder, MessageChange, MessageLog
+from hubbub.storage.base import AdminCheck, Directory, HistoryOrder, MessageChange, MessageLog
 from hubbub.storage.batching import GroupCommit, Stored, by_conversation
 from hubbub.storage.errors import Conflict, StoreUnavailable, describe
 from hubbub.storage.pool_usage import PoolUsage, asyncpg_usage, counted_acquire
@@ -27,6 +27,7 @@ from hubbub.storage.records import (
     REPLIERS_KEPT,
     Appended,
     ChangesPage,
+    ChannelEdit,
     ConversationRecord,
     Head,
     Membership,
@@ -35,6 +36,7 @@ from hubbub.storage.records import (
     NewMessage,
     ProfileUpdate,
     ReadMark,
+    Role,
     SearchPosition,
     Unread,
     UserRecord,
@@ -45,7 +47,9 @@ from hubbub.storage.rows import (
     MEMBERSHIP_COLUMNS,
     MESSAGE_COLUMNS,
     MESSAGE_STATE_COLUMNS,
+    STANDING_SQL,
     USER_COLUMNS,
+    channel_assignments,
     conversation_record,
     dm_key,
     history_sql,
@@ -60,6 +64,7 @@ from hubbub.storage.rows import (
     profile_assignments,
     search_key,
     seq_range,
+    standing,
     user_record,
 )
 
@@ -386,7 +391,8 @@ class PostgresDirectory:
                 if row is None:
                     raise RuntimeError(f"INSERT INTO conversations ... RETURNING gave no row for channel {name!r}")
                 await c.execute(
-                    "INSERT INTO memberships (conversation_id, user_id, joined_at, read_seq) VALUES ($1, $2, $3, 0)",
+                    "INSERT INTO memberships (conversation_id, user_id, joined_at, read_seq, role)"
+                    " VALUES ($1, $2, $3, 0, 'owner')",
                     row["id"],
                     creator_id,
                     now,
@@ -549,26 +555,26 @@ class PostgresDirectory:
     async def member_state(self, conversation_id: int, user_id: int) -> MemberState | None:
         row = await self._primary(
             lambda c: c.fetchrow(
-                "SELECT read_seq, muted FROM memberships WHERE conversation_id = $1 AND user_id = $2",
+                "SELECT read_seq, muted, role FROM memberships WHERE conversation_id = $1 AND user_id = $2",
                 conversation_id,
                 user_id,
             )
         )
-        return member_state(row[0], row[1]) if row else None
+        return member_state(row[0], row[1], row[2]) if row else None
 
     async def mark_read(self, conversation_id: int, user_id: int, seq: int, *, unset_as: int) -> ReadMark | None:
         async def mark(c: Conn) -> ReadMark | None:
             row = await c.fetchrow(MARK_READ_SQL, conversation_id, user_id, seq, unset_as)
             if row is not None:
-                return ReadMark(state=member_state(row[0], row[1]), moved=True)
+                return ReadMark(state=member_state(row[0], row[1], row[2]), moved=True)
             # Not moved: read the row in a statement of its own, whose snapshot
             # sees the mark that a racing statement committed while this one waited.
             row = await c.fetchrow(
-                "SELECT read_seq, muted FROM memberships WHERE conversation_id = $1 AND user_id = $2",
+                "SELECT read_seq, muted, role FROM memberships WHERE conversation_id = $1 AND user_id = $2",
                 conversation_id,
                 user_id,
             )
-            return None if row is None else ReadMark(state=member_state(row[0], row[1]), moved=False)
+            return None if row is None else ReadMark(state=member_state(row[0], row[1], row[2]), moved=False)
 
         return await self._primary(mark, write=True)
 
@@ -576,14 +582,14 @@ class PostgresDirectory:
         row = await self._primary(
             lambda c: c.fetchrow(
                 "UPDATE memberships SET muted = $3 WHERE conversation_id = $1 AND user_id = $2"
-                " RETURNING read_seq, muted",
+                " RETURNING read_seq, muted, role",
                 conversation_id,
                 user_id,
                 muted,
             ),
             write=True,
         )
-        return member_state(row[0], row[1]) if row else None
+        return member_state(row[0], row[1], row[2]) if row else None
 
     async def init_read_positions(self, user_id: int, positions: Mapping[int, int]) -> None:
         if not positions:
@@ -600,15 +606,123 @@ class PostgresDirectory:
             write=True,
         )
 
+    # -- roles and channel administration (issue 12) ------------------------
+
+    async def roles_of(self, user_id: int, conversation_ids: Sequence[int]) -> dict[int, Role]:
+        ids = sorted(set(conversation_ids))
+        if not ids:
+            return {}
+        rows = await self._primary(
+            lambda c: c.fetch(
+                "SELECT conversation_id, role FROM memberships"
+                " WHERE user_id = $1 AND conversation_id = ANY($2::bigint[])",
+                user_id,
+                ids,
+            )
+        )
+        return {r["conversation_id"]: r["role"] for r in rows}
+
+    async def member_roles(self, conversation_id: int) -> dict[int, Role]:
+        rows = await self._primary(
+            lambda c: c.fetch(
+                "SELECT user_id, role FROM memberships WHERE conversation_id = $1 ORDER BY user_id", conversation_id
+            )
+        )
+        return {r["user_id"]: r["role"] for r in rows}
+
+    async def update_channel(
+        self, conversation_id: int, actor_id: int, update: ChannelEdit, check: AdminCheck
+    ) -> ConversationRecord | None:
+        pairs = channel_assignments(update)
+
+        async def update_(c: Conn) -> asyncpg.Record | None:
+            async with c.transaction():
+                row = await _checked(c, conversation_id, actor_id, 0, check)
+                if row is None or not pairs:
+                    return row
+                assignments = ", ".join(f"{column} = ${n}" for n, (column, _) in enumerate(pairs, start=2))
+                return await c.fetchrow(
+                    f"UPDATE conversations AS c SET {assignments} WHERE c.id = $1 RETURNING {CONVERSATION_COLUMNS}",
+                    conversation_id,
+                    *(value for _, value in pairs),
+                )
+
+        try:
+            row = await self._primary(update_, write=True)
+        except asyncpg.UniqueViolationError:
+            raise Conflict(f"channel name {update.name!r} is taken") from None
+        return conversation_record(row) if row else None
+
+    async def set_role(self, conversation_id: int, actor_id: int, user_id: int, role: Role, check: AdminCheck) -> bool:
+        async def set_(c: Conn) -> str | None:
+            async with c.transaction():
+                if await _checked(c, conversation_id, actor_id, user_id, check) is None:
+                    return None
+                status: str = await c.execute(
+                    "UPDATE memberships SET role = $3 WHERE conversation_id = $1 AND user_id = $2 AND role <> $3",
+                    conversation_id,
+                    user_id,
+                    role,
+                )
+                return status
+
+        return await self._primary(set_, write=True) == "UPDATE 1"
+
+    async def remove_member_as(self, conversation_id: int, actor_id: int, user_id: int, check: AdminCheck) -> bool:
+        async def remove(c: Conn) -> str | None:
+            async with c.transaction():
+                if await _checked(c, conversation_id, actor_id, user_id, check) is None:
+                    return None
+                status: str = await c.execute(
+                    "DELETE FROM memberships WHERE conversation_id = $1 AND user_id = $2", conversation_id, user_id
+                )
+                return status
+
+        return await self._primary(remove, write=True) == "DELETE 1"
+
+    async def rename_dm(self, conversation_id: int, name: str | None) -> ConversationRecord | None:
+        row = await self._primary(
+            lambda c: c.fetchrow(
+                "UPDATE conversations AS c SET dm_name = $2 WHERE c.id = $1 AND c.kind = 'dm'"
+                f" RETURNING {CONVERSATION_COLUMNS}",
+                conversation_id,
+                name,
+            ),
+            write=True,
+        )
+        return conversation_record(row) if row else None
+
 
 MARK_READ_SQL = (
     "UPDATE memberships SET read_seq = GREATEST($3, COALESCE(read_seq, $4))"
     " WHERE conversation_id = $1 AND user_id = $2 AND (read_seq IS NULL OR read_seq < $3)"
-    " RETURNING read_seq, muted"
+    " RETURNING read_seq, muted, role"
 )
 """Directory.mark_read's conditional write: only forward, so racing marks never
 move a position back (the row lock orders them, and one that waited re-checks
 the condition on the row as the other left it)."""
+
+
+async def _checked(c: Conn, conversation_id: int, actor_id: int, user_id: int, check: AdminCheck) -> Record | None:
+    """The conversation's row once ``check`` passed on it and the standing, in the caller's
+    transaction. The row is locked first, so every change of the channel's memberships
+    and settings that checks a rule waits for the one before it to commit, and the
+    standing it reads (a fresh snapshot per statement, READ COMMITTED) is current. FOR NO
+    KEY UPDATE: it excludes the other changes that take it, not the KEY SHARE lock of the
+    foreign-key checks of joins and invitations going on meanwhile."""
+    row = await c.fetchrow(
+        f"SELECT {CONVERSATION_COLUMNS} FROM conversations c WHERE c.id = $1 FOR NO KEY UPDATE", conversation_id
+    )
+    if row is None:
+        return None
+    found = await c.fetchrow(_STANDING_SQL, conversation_id, actor_id, user_id)
+    if found is None:
+        raise RuntimeError("the standing query gave no row")
+    check(conversation_record(row), standing(found))
+    return row
+
+
+_STANDING_SQL = STANDING_SQL.format("$1", "$2", "$3")
 
 
 class PostgresMessageLog:

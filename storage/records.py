@@ -59,24 +59,66 @@ class ProfileUpdate(Struct, kw_only=True, frozen=True):
     searchable: bool | None = None
 
 
+Role = Literal["owner", "admin", "member"]
+"""A channel member's role (issue 12): owners and admins administer the channel. DMs have none."""
+ROLES: tuple[Role, ...] = ("owner", "admin", "member")
+InvitePolicy = Literal["anyone", "admins"]
+"""Who may invite to a channel: any member, or only its owners and admins."""
+
+
 class ConversationRecord(Struct, kw_only=True, frozen=True):
     id: int
     kind: Literal["channel", "dm"]
     name: str | None
+    """A channel's name; a group DM's name once a participant gave it one, else None."""
     topic: str
     private: bool
     created_by: int
     created_at: int
+    # Channel administration (issue 12); the defaults are what the migration gives existing rows.
+    purpose: str = ""
+    archived: bool = False
+    """Read-only: no message, reaction or pin changes; hidden from browsing."""
+    invite_policy: InvitePolicy = "anyone"
+
+
+class Standing(Struct, kw_only=True, frozen=True):
+    """Where an actor and a target stand in a channel, as the store reads it
+    inside the transaction that then changes it (Directory.set_role and co.)."""
+
+    actor: Role | None
+    """The actor's role; None when not a member."""
+    target: Role | None
+    """The target's role; None when not a member (or no target)."""
+    owners: int
+    """How many owners the channel has."""
+    members: int
+    """How many members the channel has."""
+
+
+class ChannelEdit(Struct, kw_only=True, frozen=True):
+    """The channel fields to change; None leaves a field as it is."""
+
+    name: str | None = None
+    topic: str | None = None
+    purpose: str | None = None
+    archived: bool | None = None
+    invite_policy: InvitePolicy | None = None
+
+    def is_empty(self) -> bool:
+        return all(v is None for v in (self.name, self.topic, self.purpose, self.archived, self.invite_policy))
 
 
 class MemberState(Struct, kw_only=True, frozen=True):
-    """A member's own state in one conversation: read position and mute (issue 12)."""
+    """A member's own state in one conversation: read position, mute and role (issue 12)."""
 
     read_seq: int | None
     """The seq of the newest message the member has read; None for a membership
     from before read state existed, which counts as read up to the head until
     the first listing stores that (docs/storage.md, read state upgrade)."""
     muted: bool = False
+    role: Role = "member"
+    """Their role: a channel's creator is its owner (PROTOCOL.md, Roles); every DM participant a member."""
 
 
 class Membership(Struct, kw_only=True, frozen=True):

@@ -19,6 +19,7 @@ import msgspec
 
 from hubbub.storage.base import HistoryOrder
 from hubbub.storage.records import (
+    ChannelEdit,
     ConversationRecord,
     Membership,
     MemberState,
@@ -26,7 +27,9 @@ from hubbub.storage.records import (
     NewMessage,
     ProfileUpdate,
     Reaction,
+    Role,
     SearchPosition,
+    Standing,
     UserRecord,
 )
 
@@ -42,7 +45,9 @@ USER_COLUMNS = (
     "id, username, display_name, password_hash, created_at, last_seen_at,"
     " status_text, status_emoji, status_expires_at, time_zone, avatar_url, searchable, token_generation"
 )
-CONVERSATION_FIELDS = "id, kind, name, topic, private, created_by, created_at"
+CONVERSATION_FIELDS = (
+    "id, kind, name, topic, private, created_by, created_at, purpose, archived, invite_policy, dm_name"
+)
 CONVERSATION_COLUMNS = ", ".join(f"c.{field}" for field in CONVERSATION_FIELDS.split(", "))
 """``CONVERSATION_FIELDS`` qualified for queries that alias ``conversations`` as ``c``."""
 MESSAGE_COLUMNS = (
@@ -123,17 +128,20 @@ def profile_assignments(update: ProfileUpdate) -> list[tuple[str, Any]]:
     return pairs
 
 
-MEMBERSHIP_COLUMNS = f"{CONVERSATION_COLUMNS}, m.read_seq, m.muted"
+MEMBERSHIP_COLUMNS = f"{CONVERSATION_COLUMNS}, m.read_seq, m.muted, m.role"
 """A conversation (``c``) and the member's state in it (``m``, a memberships row): ``membership_record``."""
+_STATE_AT = len(CONVERSATION_FIELDS.split(", "))
+"""Where the member's state starts in a row of ``MEMBERSHIP_COLUMNS``."""
 
 
-def member_state(read_seq: int | None, muted: Any) -> MemberState:
-    return MemberState(read_seq=read_seq, muted=bool(muted))  # SQLite stores 0/1
+def member_state(read_seq: int | None, muted: Any, role: Role) -> MemberState:
+    return MemberState(read_seq=read_seq, muted=bool(muted), role=role)  # SQLite stores 0/1
 
 
 def membership_record(row: Row) -> Membership:
     """A row of ``MEMBERSHIP_COLUMNS``."""
-    return Membership(conversation=conversation_record(row), state=member_state(row[7], row[8]))
+    n = _STATE_AT
+    return Membership(conversation=conversation_record(row), state=member_state(row[n], row[n + 1], row[n + 2]))
 
 
 def conversation_record(row: Row) -> ConversationRecord:
@@ -141,12 +149,41 @@ def conversation_record(row: Row) -> ConversationRecord:
     return ConversationRecord(
         id=row[0],
         kind=row[1],
-        name=row[2],
+        # A group DM's name is its own column: channel names are unique, DM names need not be.
+        name=row[2] if row[2] is not None else row[10],
         topic=row[3],
         private=bool(row[4]),  # SQLite stores 0/1
         created_by=row[5],
         created_at=row[6],
+        purpose=row[7],
+        archived=bool(row[8]),
+        invite_policy=row[9],
     )
+
+
+STANDING_SQL = (
+    "SELECT (SELECT role FROM memberships WHERE conversation_id = {0} AND user_id = {1}),"
+    " (SELECT role FROM memberships WHERE conversation_id = {0} AND user_id = {2}),"
+    " (SELECT count(*) FROM memberships WHERE conversation_id = {0} AND role = 'owner'),"
+    " (SELECT count(*) FROM memberships WHERE conversation_id = {0})"
+)
+"""Where the actor ({1}) and the target ({2}) stand in the channel ({0}), for both SQL
+backends' placeholders (``STANDING_SQL.format("?1", "?2", "?3")``)."""
+
+
+def standing(row: Row) -> Standing:
+    """A row of ``STANDING_SQL``."""
+    return Standing(actor=row[0], target=row[1], owners=row[2], members=row[3])
+
+
+def channel_assignments(update: ChannelEdit) -> list[tuple[str, Any]]:
+    """(column, value) of every conversations column ``update`` changes, for both SQL backends."""
+    pairs: list[tuple[str, Any]] = []
+    for column in ("name", "topic", "purpose", "archived", "invite_policy"):
+        value = getattr(update, column)
+        if value is not None:
+            pairs.append((column, value))
+    return pairs
 
 
 def new_message_record(message: NewMessage, seq: int, rev: int, message_id: str | None = None) -> MessageRecord:

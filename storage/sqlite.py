@@ -24,12 +24,13 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from hubbub.storage.base import Directory, HistoryOrder, MessageChange, MessageLog
+from hubbub.storage.base import AdminCheck, Directory, HistoryOrder, MessageChange, MessageLog
 from hubbub.storage.batching import GroupCommit, one_group
 from hubbub.storage.errors import Conflict, StoreUnavailable
 from hubbub.storage.records import (
     Appended,
     ChangesPage,
+    ChannelEdit,
     ConversationRecord,
     Head,
     Membership,
@@ -38,6 +39,7 @@ from hubbub.storage.records import (
     NewMessage,
     ProfileUpdate,
     ReadMark,
+    Role,
     SearchPosition,
     Unread,
     UserRecord,
@@ -48,7 +50,9 @@ from hubbub.storage.rows import (
     MEMBERSHIP_COLUMNS,
     MESSAGE_COLUMNS,
     MESSAGE_STATE_COLUMNS,
+    STANDING_SQL,
     USER_COLUMNS,
+    channel_assignments,
     conversation_record,
     dm_key,
     history_sql,
@@ -63,6 +67,7 @@ from hubbub.storage.rows import (
     profile_assignments,
     search_key,
     seq_range,
+    standing,
     user_record,
 )
 from hubbub.storage.threads import with_reply
@@ -71,6 +76,27 @@ T = TypeVar("T")
 
 OPEN_RETRY_SECONDS = 0.02
 """Pause between attempts to open a database another process is setting up (up to the busy timeout)."""
+
+ROLES_MIGRATION = """
+    ALTER TABLE memberships ADD COLUMN role TEXT NOT NULL DEFAULT 'member' CHECK (role IN ('owner', 'admin', 'member'));
+    ALTER TABLE conversations ADD COLUMN purpose TEXT NOT NULL DEFAULT '';
+    ALTER TABLE conversations ADD COLUMN archived INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE conversations ADD COLUMN invite_policy TEXT NOT NULL DEFAULT 'anyone'
+        CHECK (invite_policy IN ('anyone', 'admins'));
+    ALTER TABLE conversations ADD COLUMN dm_name TEXT;
+    UPDATE memberships SET role = 'owner' WHERE (conversation_id, user_id) IN (
+        SELECT c.id, COALESCE(
+            (SELECT m.user_id FROM memberships m WHERE m.conversation_id = c.id AND m.user_id = c.created_by),
+            (SELECT m.user_id FROM memberships m WHERE m.conversation_id = c.id ORDER BY m.joined_at, m.user_id LIMIT 1)
+        ) FROM conversations c WHERE c.kind = 'channel'
+    )
+"""
+"""Roles and channel administration (issue 12), self-contained so it can be
+renumbered: every member becomes a ``member``, then each channel's creator
+its owner if still a member, else its earliest member (by joined_at, then
+user id); a channel nobody is left in has no owner. Channels get an empty
+purpose, are not archived and let anyone invite (today's behaviour); DMs get
+no name. PostgreSQL's is migrations/postgres/0007_roles.sql."""
 
 # Each entry migrates the schema from version i to i+1 (PRAGMA user_version).
 MIGRATIONS: tuple[str, ...] = (
@@ -177,6 +203,7 @@ MIGRATIONS: tuple[str, ...] = (
         ON messages(conversation_id, seq, sender_id, mention_all, mentions, deleted, thread_root_id, also_in_channel)
         WHERE deleted = 0 AND (thread_root_id IS NULL OR also_in_channel = 1);
     """,
+    ROLES_MIGRATION,
 )
 
 
@@ -417,7 +444,8 @@ class SqliteDirectory:
                 (name, topic, int(private), creator_id, now),
             ).fetchone()
             c.execute(
-                "INSERT INTO memberships (conversation_id, user_id, joined_at, read_seq) VALUES (?, ?, ?, 0)",
+                "INSERT INTO memberships (conversation_id, user_id, joined_at, read_seq, role)"
+                " VALUES (?, ?, ?, 0, 'owner')",
                 (row[0], creator_id, now),
             )
             return conversation_record(row)
@@ -551,11 +579,11 @@ class SqliteDirectory:
     async def member_state(self, conversation_id: int, user_id: int) -> MemberState | None:
         row = await self.db.run(
             lambda c: c.execute(
-                "SELECT read_seq, muted FROM memberships WHERE conversation_id = ? AND user_id = ?",
+                "SELECT read_seq, muted, role FROM memberships WHERE conversation_id = ? AND user_id = ?",
                 (conversation_id, user_id),
             ).fetchone()
         )
-        return member_state(row[0], row[1]) if row else None
+        return member_state(row[0], row[1], row[2]) if row else None
 
     async def mark_read(self, conversation_id: int, user_id: int, seq: int, *, unset_as: int) -> ReadMark | None:
         def mark(c: sqlite3.Connection) -> ReadMark | None:
@@ -564,27 +592,28 @@ class SqliteDirectory:
             row = c.execute(
                 "UPDATE memberships SET read_seq = max(?, coalesce(read_seq, ?))"
                 " WHERE conversation_id = ? AND user_id = ? AND (read_seq IS NULL OR read_seq < ?)"
-                " RETURNING read_seq, muted",
+                " RETURNING read_seq, muted, role",
                 (seq, unset_as, conversation_id, user_id, seq),
             ).fetchone()
             if row is not None:
-                return ReadMark(state=member_state(row[0], row[1]), moved=True)
+                return ReadMark(state=member_state(row[0], row[1], row[2]), moved=True)
             row = c.execute(
-                "SELECT read_seq, muted FROM memberships WHERE conversation_id = ? AND user_id = ?",
+                "SELECT read_seq, muted, role FROM memberships WHERE conversation_id = ? AND user_id = ?",
                 (conversation_id, user_id),
             ).fetchone()
-            return None if row is None else ReadMark(state=member_state(row[0], row[1]), moved=False)
+            return None if row is None else ReadMark(state=member_state(row[0], row[1], row[2]), moved=False)
 
         return await self.db.transaction(mark)
 
     async def set_muted(self, conversation_id: int, user_id: int, muted: bool) -> MemberState | None:
         row = await self.db.run(
             lambda c: c.execute(
-                "UPDATE memberships SET muted = ? WHERE conversation_id = ? AND user_id = ? RETURNING read_seq, muted",
+                "UPDATE memberships SET muted = ? WHERE conversation_id = ? AND user_id = ?"
+                " RETURNING read_seq, muted, role",
                 (int(muted), conversation_id, user_id),
             ).fetchone()
         )
-        return member_state(row[0], row[1]) if row else None
+        return member_state(row[0], row[1], row[2]) if row else None
 
     async def init_read_positions(self, user_id: int, positions: Mapping[int, int]) -> None:
         if not positions:
@@ -595,6 +624,97 @@ class SqliteDirectory:
                 [(seq, conversation_id, user_id) for conversation_id, seq in sorted(positions.items())],
             )
         )
+
+    # -- roles and channel administration (issue 12) ------------------------
+
+    async def roles_of(self, user_id: int, conversation_ids: Sequence[int]) -> dict[int, Role]:
+        distinct = sorted(set(conversation_ids))
+        if not distinct:
+            return {}
+        sql = (
+            "SELECT conversation_id, role FROM memberships"
+            f" WHERE user_id = ? AND conversation_id IN ({','.join('?' * len(distinct))})"
+        )
+        rows = await self.db.run(lambda c: c.execute(sql, (user_id, *distinct)).fetchall())
+        return {conversation_id: role for conversation_id, role in rows}
+
+    async def member_roles(self, conversation_id: int) -> dict[int, Role]:
+        rows = await self.db.run(
+            lambda c: c.execute(
+                "SELECT user_id, role FROM memberships WHERE conversation_id = ? ORDER BY user_id", (conversation_id,)
+            ).fetchall()
+        )
+        return {user_id: role for user_id, role in rows}
+
+    async def update_channel(
+        self, conversation_id: int, actor_id: int, update: ChannelEdit, check: AdminCheck
+    ) -> ConversationRecord | None:
+        def update_(c: sqlite3.Connection) -> ConversationRecord | None:
+            record = _checked(c, conversation_id, actor_id, 0, check)
+            if record is None:
+                return None
+            pairs = channel_assignments(update)
+            if not pairs:
+                return record
+            row = c.execute(
+                f"UPDATE conversations SET {', '.join(f'{column} = ?' for column, _ in pairs)}"
+                f" WHERE id = ? RETURNING {CONVERSATION_FIELDS}",
+                (*(value for _, value in pairs), conversation_id),
+            ).fetchone()
+            return conversation_record(row)
+
+        try:
+            return await self.db.transaction(update_)
+        except sqlite3.IntegrityError:
+            raise Conflict(f"channel name {update.name!r} is taken") from None
+
+    async def set_role(self, conversation_id: int, actor_id: int, user_id: int, role: Role, check: AdminCheck) -> bool:
+        def set_(c: sqlite3.Connection) -> bool:
+            if _checked(c, conversation_id, actor_id, user_id, check) is None:
+                return False
+            cur = c.execute(
+                "UPDATE memberships SET role = ? WHERE conversation_id = ? AND user_id = ? AND role != ?",
+                (role, conversation_id, user_id, role),
+            )
+            return cur.rowcount == 1
+
+        return await self.db.transaction(set_)
+
+    async def remove_member_as(self, conversation_id: int, actor_id: int, user_id: int, check: AdminCheck) -> bool:
+        def remove(c: sqlite3.Connection) -> bool:
+            if _checked(c, conversation_id, actor_id, user_id, check) is None:
+                return False
+            cur = c.execute(
+                "DELETE FROM memberships WHERE conversation_id = ? AND user_id = ?", (conversation_id, user_id)
+            )
+            return cur.rowcount == 1
+
+        return await self.db.transaction(remove)
+
+    async def rename_dm(self, conversation_id: int, name: str | None) -> ConversationRecord | None:
+        row = await self.db.transaction(
+            lambda c: c.execute(
+                f"UPDATE conversations SET dm_name = ? WHERE id = ? AND kind = 'dm' RETURNING {CONVERSATION_FIELDS}",
+                (name, conversation_id),
+            ).fetchone()
+        )
+        return conversation_record(row) if row else None
+
+
+def _checked(
+    c: sqlite3.Connection, conversation_id: int, actor_id: int, user_id: int, check: AdminCheck
+) -> ConversationRecord | None:
+    """The conversation once ``check`` passed on it and the standing, read in the caller's
+    transaction (BEGIN IMMEDIATE: the one writer, so nothing changes them before it commits)."""
+    row = c.execute(f"SELECT {CONVERSATION_FIELDS} FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+    if row is None:
+        return None
+    record = conversation_record(row)
+    check(record, standing(c.execute(_STANDING_SQL, (conversation_id, actor_id, user_id)).fetchone()))
+    return record
+
+
+_STANDING_SQL = STANDING_SQL.format("?1", "?2", "?3")
 
 
 class SqliteMessageLog:

@@ -108,6 +108,11 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "new_password": st.just("password"),
     "seq": st.integers(min_value=0, max_value=10),
     "muted": st.booleans(),
+    "include_archived": st.booleans(),
+    "purpose": st.none() | st.text(single_line, max_size=20),
+    "archived": st.none() | st.booleans(),
+    "invite_policy": st.none() | st.sampled_from(["anyone", "admins"]),
+    "role": st.sampled_from(["owner", "admin", "member"]),
 }
 # ...and values at or past the schema's edges.
 edge_id = st.sampled_from([-1, 0, 2**53, 2**53 + 1, 2**63, 2**64])
@@ -148,6 +153,11 @@ EDGE: dict[str, st.SearchStrategy[Any]] = {
     "new_password": st.text(max_size=7) | st.text(min_size=256, max_size=257),
     "seq": edge_id,
     "muted": st.sampled_from([0, 1, "true", None]),
+    "include_archived": st.sampled_from([0, 1, "true", None]),
+    "purpose": st.text(min_size=250, max_size=251) | st.just("a\x00"),
+    "archived": st.sampled_from([0, 1, "true"]),
+    "invite_policy": st.sampled_from(["", "nobody", "Admins", 1]),
+    "role": st.sampled_from(["", "king", "Owner", None, 1]),
 }
 assert set(VALID) == set(EDGE) == set(FIELD_NAMES), "add the new request fields to VALID and EDGE"
 

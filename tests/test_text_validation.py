@@ -59,6 +59,8 @@ VALID_REQUESTS: dict[str, dict[str, Any]] = {
     },
     "user.search": {"query": "ali", "cursor": "alice"},
     "password.change": {"old_password": "correct horse", "new_password": "staple battery"},
+    "channel.update": {"channel_id": 1, "name": "nl123", "topic": "Company-wide chatter", "purpose": "Announcements"},
+    "dm.rename": {"conversation_id": 1, "name": "Launch crew"},
 }
 MULTI_LINE = {("MessageSend", "text"), ("MessageEdit", "text")}
 """Fields where a line feed (and a tab) is allowed."""

@@ -4,6 +4,7 @@ shares, and the membership check behind it."""
 from __future__ import annotations
 
 from hubbub.protocol.errors import ErrorCode
+from hubbub.server.channel_roles import ARCHIVED, refuse_archived
 from hubbub.server.errors import ApiError, not_found
 from hubbub.server.handlers.context import Caller, Context
 from hubbub.storage.records import ConversationRecord
@@ -50,3 +51,32 @@ async def require_member(ctx: Context, caller: Caller, conversation_id: int) -> 
     """Raise unless the caller is a member (``not_found`` or ``forbidden`` as above)."""
     if not routed_here(caller, conversation_id):
         await visible_conversation(ctx, caller, conversation_id, require_member=True)
+
+
+async def writable_conversation(ctx: Context, caller: Caller, conversation_id: int) -> ConversationRecord:
+    """The conversation, if the caller is a member and may change its messages:
+    ``archived`` for an archived channel (read-only), else as ``require_member``.
+    Read from the store every time (the requests that change a sent message)."""
+    if routed_here(caller, conversation_id):
+        epoch = ctx.archived_channels.epoch
+        record = await ctx.directory.get_conversation(conversation_id)
+        if record is None:  # conversations are never deleted
+            raise not_found("conversation")
+        ctx.archived_channels.learn(record, epoch)  # routed here: its channel.updated events come here
+    else:
+        record, _ = await visible_conversation(ctx, caller, conversation_id, require_member=True)
+    refuse_archived(record)
+    return record
+
+
+async def require_writable(ctx: Context, caller: Caller, conversation_id: int) -> None:
+    """As ``writable_conversation``, for message.send: a routed conversation's
+    archived state comes from what this instance knows (server/archived.py),
+    so the hot path reads no store while it knows."""
+    if routed_here(caller, conversation_id):
+        archived = ctx.archived_channels.archived(conversation_id)
+        if archived is False:
+            return
+        if archived:
+            raise ApiError(ErrorCode.ARCHIVED, ARCHIVED)
+    await writable_conversation(ctx, caller, conversation_id)

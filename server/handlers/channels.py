@@ -1,17 +1,27 @@
-"""channel.create, channel.list, channel.join, channel.invite, channel.leave, channel.members."""
+"""channel.create, channel.list, channel.join, channel.invite, channel.leave, channel.members;
+channel.update, channel.kick, channel.set_role (administration, issue 12: the
+rules are server/channel_roles.py, checked by the store inside the change)."""
 
 from __future__ import annotations
 
 from hubbub.protocol import frames
 from hubbub.protocol.errors import ErrorCode
 from hubbub.server.broker import MembershipChange
+from hubbub.server.channel_roles import (
+    check_invite,
+    kick_check,
+    leave_check,
+    refuse_archived,
+    set_role_check,
+    update_check,
+)
 from hubbub.server.clock import now_ms
 from hubbub.server.errors import ApiError, not_found
 from hubbub.server.handlers.access import visible_conversation
 from hubbub.server.handlers.context import Caller, Context
-from hubbub.server.views import conversation_view, conversation_views, user_view
+from hubbub.server.views import conversation_view, conversation_views, member_view, shared_view, user_view
 from hubbub.storage.errors import Conflict
-from hubbub.storage.records import ConversationRecord, MemberState, UserRecord
+from hubbub.storage.records import ChannelEdit, ConversationRecord, MemberState, Role, UserRecord
 
 
 async def create(ctx: Context, caller: Caller, req: frames.ChannelCreate) -> frames.ConversationResult:
@@ -19,14 +29,17 @@ async def create(ctx: Context, caller: Caller, req: frames.ChannelCreate) -> fra
         record = await ctx.directory.create_channel(req.name, req.topic, req.private, caller.user_id, now_ms())
     except Conflict:
         raise ApiError(ErrorCode.CONFLICT, f"channel name {req.name!r} is taken") from None
-    view = await _view(ctx, record, MemberState(read_seq=0), viewer=caller.user_id)  # the creator starts at 0
+    # The creator is its owner and starts read at 0 (it is empty).
+    view = await _view(ctx, record, MemberState(read_seq=0, role="owner"), viewer=caller.user_id)
     announce_added(ctx, view, caller.user_id, by=caller.user_id)
     return frames.ConversationResult(conversation=view)
 
 
 async def list_(ctx: Context, caller: Caller, req: frames.ChannelList) -> frames.ConversationList:
     mine = [m for m in await ctx.directory.memberships_of(caller.user_id) if m.conversation.kind == "channel"]
-    records = {c.id: c for c in await ctx.directory.public_channels()}
+    # Archived channels are hidden from browsing unless asked for; members keep theirs.
+    public = [c for c in await ctx.directory.public_channels() if req.include_archived or not c.archived]
+    records = {c.id: c for c in public}
     records.update((m.conversation.id, m.conversation) for m in mine)
     ordered = sorted(records.values(), key=lambda c: (c.name or "", c.id))
     views = await conversation_views(
@@ -62,10 +75,14 @@ async def _channel(ctx: Context, caller: Caller, channel_id: int, *, require_mem
 
 
 async def join(ctx: Context, caller: Caller, req: frames.ChannelJoin) -> frames.ConversationResult:
-    record = await _channel(ctx, caller, req.channel_id, require_member=False)
+    record, member = await visible_conversation(ctx, caller, req.channel_id, require_member=False)
+    if record.kind != "channel":
+        raise not_found("channel")
     user = caller.user
     if user is None:  # handlers past authentication always have one
         raise ApiError(ErrorCode.UNAUTHORIZED, "authenticate first (register, login or auth)")
+    if not member:
+        refuse_archived(record)
     head = await _head(ctx, record.id)  # history from before joining is not unread
     joined = await ctx.directory.add_member(record.id, user.id, now_ms(), read_seq=head)
     state = MemberState(read_seq=head) if joined else await ctx.directory.member_state(record.id, user.id)
@@ -78,6 +95,7 @@ async def join(ctx: Context, caller: Caller, req: frames.ChannelJoin) -> frames.
 
 async def invite(ctx: Context, caller: Caller, req: frames.ChannelInvite) -> frames.Empty:
     record = await _channel(ctx, caller, req.channel_id, require_member=True)
+    check_invite(record, await _role(ctx, record.id, caller.user_id))
     invitee = await ctx.directory.get_user(req.user_id)
     if invitee is None:
         raise not_found("user")
@@ -91,23 +109,75 @@ async def invite(ctx: Context, caller: Caller, req: frames.ChannelInvite) -> fra
 
 async def leave(ctx: Context, caller: Caller, req: frames.ChannelLeave) -> frames.Empty:
     record = await _channel(ctx, caller, req.channel_id, require_member=False)
-    if await ctx.directory.remove_member(record.id, caller.user_id):
+    if await ctx.directory.remove_member_as(record.id, caller.user_id, caller.user_id, leave_check()):
         # Members (the leaver's other devices included) hear of it before the
         # leaver's connections stop receiving the channel.
-        ctx.publisher.publish(
-            frames.MemberLeft(conversation_id=record.id, user_id=caller.user_id), conversations=(record.id,)
-        )
-        ctx.publisher.publish_membership(
-            MembershipChange(record.id, (caller.user_id,), joined=False),
-            frames.ConversationRemoved(conversation_id=record.id),
+        announce_removed(
+            ctx, record.id, caller.user_id, frames.MemberLeft(conversation_id=record.id, user_id=caller.user_id)
         )
     return frames.Empty()
 
 
+def announce_removed(ctx: Context, conversation_id: int, user_id: int, event: frames.AnyEvent) -> None:
+    """Tell the members (the removed one's devices included) that ``user_id``
+    is gone, then stop routing the channel to their connections on every
+    instance (conversation.removed): the one path of leave and kick."""
+    ctx.publisher.publish(event, conversations=(conversation_id,))
+    ctx.publisher.publish_membership(
+        MembershipChange(conversation_id, (user_id,), joined=False),
+        frames.ConversationRemoved(conversation_id=conversation_id),
+    )
+
+
 async def members(ctx: Context, caller: Caller, req: frames.ChannelMembers) -> frames.Members:
     record = await _channel(ctx, caller, req.channel_id, require_member=False)
-    users = await ctx.directory.get_users(await ctx.directory.member_ids(record.id))
-    return frames.Members(members=[user_view(u) for u in users])
+    roles = await ctx.directory.member_roles(record.id)
+    users = await ctx.directory.get_users(list(roles))
+    return frames.Members(members=[member_view(u, roles[u.id]) for u in users])
+
+
+async def update(ctx: Context, caller: Caller, req: frames.ChannelUpdate) -> frames.ConversationResult:
+    record = await _channel(ctx, caller, req.channel_id, require_member=True)
+    edit = ChannelEdit(
+        name=req.name, topic=req.topic, purpose=req.purpose, archived=req.archived, invite_policy=req.invite_policy
+    )
+    if edit.is_empty():
+        raise ApiError(ErrorCode.BAD_REQUEST, "name at least one of name, topic, purpose, archived, invite_policy")
+    try:
+        updated = await ctx.directory.update_channel(record.id, caller.user_id, edit, update_check(edit))
+    except Conflict:
+        raise ApiError(ErrorCode.CONFLICT, f"channel name {req.name!r} is taken") from None
+    if updated is None:
+        raise not_found("channel")
+    if updated != record:
+        event_view = await shared_view(ctx.directory, ctx.messages, updated)
+        ctx.publisher.publish(
+            frames.ChannelUpdated(conversation=event_view, by=caller.user_id), conversations=(record.id,)
+        )
+    state = await ctx.directory.member_state(record.id, caller.user_id)
+    return frames.ConversationResult(conversation=await _view(ctx, updated, state, viewer=caller.user_id))
+
+
+async def kick(ctx: Context, caller: Caller, req: frames.ChannelKick) -> frames.Empty:
+    record = await _channel(ctx, caller, req.channel_id, require_member=True)
+    if await ctx.directory.remove_member_as(record.id, caller.user_id, req.user_id, kick_check()):
+        removed = frames.MemberRemoved(conversation_id=record.id, user_id=req.user_id, by=caller.user_id)
+        announce_removed(ctx, record.id, req.user_id, removed)
+    return frames.Empty()
+
+
+async def set_role(ctx: Context, caller: Caller, req: frames.ChannelSetRole) -> frames.Empty:
+    record = await _channel(ctx, caller, req.channel_id, require_member=True)
+    if await ctx.directory.set_role(record.id, caller.user_id, req.user_id, req.role, set_role_check(req.role)):
+        event = frames.MemberRoleChanged(
+            conversation_id=record.id, user_id=req.user_id, role=req.role, by=caller.user_id
+        )
+        ctx.publisher.publish(event, conversations=(record.id,))
+    return frames.Empty()
+
+
+async def _role(ctx: Context, channel_id: int, user_id: int) -> Role | None:
+    return (await ctx.directory.roles_of(user_id, [channel_id])).get(channel_id)
 
 
 def announce_added(ctx: Context, view: frames.Conversation, user_id: int, by: int) -> None:

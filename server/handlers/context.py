@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from hubbub.server.archived import ArchivedChannels
 from hubbub.server.auth import Passwords, Tokens
 from hubbub.server.config import MessagesConfig, ProfilesConfig
 from hubbub.server.presence import PresenceTracker
 from hubbub.server.publisher import Publisher
 from hubbub.server.ratelimit import FailureWindow, TokenBucket
+from hubbub.server.send_order import SendOrder
 from hubbub.storage.base import Directory, MessageLog
 from hubbub.storage.records import UserRecord
 
@@ -71,6 +73,10 @@ class Context(Protocol):
     def profile_limits(self) -> ProfilesConfig:
         """Profile field lengths and the largest ``user.search`` page."""
 
+    @property
+    def archived_channels(self) -> ArchivedChannels:
+        """Which channels are archived, as this instance knows (server/archived.py)."""
+
 
 class Caller(Protocol):
     @property
@@ -96,6 +102,10 @@ class Caller(Protocol):
     @property
     def typing_limit(self) -> TokenBucket:
         """This connection's ``typing`` rate limit (its own, apart from the request limit)."""
+
+    @property
+    def send_order(self) -> SendOrder:
+        """The turns that keep this connection's pipelined sends in request order."""
 
     async def authenticate(self, user: UserRecord) -> None:
         """Make the connection the user's (routing, presence); raises ApiError when it may not."""

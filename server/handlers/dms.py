@@ -1,14 +1,16 @@
-"""dm.open, dm.list."""
+"""dm.open, dm.list, dm.rename."""
 
 from __future__ import annotations
 
 from hubbub.protocol import frames
 from hubbub.protocol.errors import ErrorCode
 from hubbub.server.broker import MembershipChange
+from hubbub.server.channel_roles import check_dm_rename
 from hubbub.server.clock import now_ms
 from hubbub.server.errors import ApiError, not_found
+from hubbub.server.handlers.access import visible_conversation
 from hubbub.server.handlers.context import Caller, Context
-from hubbub.server.views import conversation_view, conversation_views
+from hubbub.server.views import conversation_view, conversation_views, shared_view
 from hubbub.storage.records import MemberState
 
 
@@ -43,3 +45,20 @@ async def list_(ctx: Context, caller: Caller, req: frames.DmList) -> frames.Conv
         cap=ctx.message_limits.unread_count_cap,
     )
     return frames.ConversationList(conversations=views)
+
+
+async def rename(ctx: Context, caller: Caller, req: frames.DmRename) -> frames.ConversationResult:
+    record, _ = await visible_conversation(ctx, caller, req.conversation_id, require_member=True)
+    if record.kind != "dm":
+        raise not_found("dm")
+    check_dm_rename(len(await ctx.directory.member_ids(record.id)))
+    renamed = await ctx.directory.rename_dm(record.id, req.name)
+    if renamed is None:  # conversations are never deleted
+        raise not_found("dm")
+    if renamed != record:
+        event_view = await shared_view(ctx.directory, ctx.messages, renamed)
+        ctx.publisher.publish(frames.DmUpdated(conversation=event_view, by=caller.user_id), conversations=(record.id,))
+    state = await ctx.directory.member_state(record.id, caller.user_id)
+    cap = ctx.message_limits.unread_count_cap
+    view = await conversation_view(ctx.directory, ctx.messages, renamed, state, viewer=caller.user_id, cap=cap)
+    return frames.ConversationResult(conversation=view)

@@ -15,23 +15,36 @@ from hubbub.protocol import frames
 from hubbub.protocol.errors import ErrorCode
 from hubbub.protocol.mentions import parse
 from hubbub.server import message_changes
+from hubbub.server.channel_roles import administers
 from hubbub.server.clock import now_ms
 from hubbub.server.errors import ApiError, not_found
-from hubbub.server.handlers.access import require_member, visible_conversation
+from hubbub.server.handlers.access import require_member, require_writable, writable_conversation
 from hubbub.server.handlers.context import Caller, Context
+from hubbub.server.send_order import SendTurn
 from hubbub.server.views import message_view
 from hubbub.storage.base import MessageChange
 from hubbub.storage.records import MentionAll, MessageRecord, NewMessage
 
 
 async def send(ctx: Context, caller: Caller, req: frames.MessageSend) -> frames.SendAck:
-    cid = req.conversation_id
     check_text_length(ctx, req.text)
     if req.also_in_channel and req.thread_root_id is None:
         raise ApiError(ErrorCode.BAD_REQUEST, "also_in_channel: only for a thread reply (thread_root_id)")
-    await require_member(ctx, caller, cid)
+    # Taken before the first await: pipelined sends reach the log in request order (server/send_order.py).
+    turn = caller.send_order.reserve()
+    try:
+        return await _send_in_turn(ctx, caller, req, turn)
+    finally:
+        turn.release()
+
+
+async def _send_in_turn(ctx: Context, caller: Caller, req: frames.MessageSend, turn: SendTurn) -> frames.SendAck:
+    cid = req.conversation_id
+    await require_writable(ctx, caller, cid)
     root_id = None if req.thread_root_id is None else await thread_root_for_reply(ctx, cid, req.thread_root_id)
     mentions, mention_all = await resolve_mentions(ctx, cid, req.text)
+    await turn.wait()
+    turn.release()  # the next send resumes only after this one is handed to the log, below
     message, duplicate = await ctx.publisher.send_message(
         NewMessage(
             conversation_id=cid,
@@ -139,7 +152,7 @@ async def thread_history(ctx: Context, caller: Caller, req: frames.ThreadHistory
 async def edit(ctx: Context, caller: Caller, req: frames.MessageEdit) -> frames.MessageResult:
     cid = req.conversation_id
     check_text_length(ctx, req.text)
-    await require_member(ctx, caller, cid)
+    await writable_conversation(ctx, caller, cid)
     mentions, mention_all = await resolve_mentions(ctx, cid, req.text)
     window_ms = round(ctx.message_limits.edit_window_seconds * 1000)
     change = message_changes.edit(
@@ -153,9 +166,11 @@ async def edit(ctx: Context, caller: Caller, req: frames.MessageEdit) -> frames.
 
 async def delete(ctx: Context, caller: Caller, req: frames.MessageDelete) -> frames.MessageResult:
     cid = req.conversation_id
-    # The conversation record says who created it (a channel's creator may delete any message).
-    conversation, _ = await visible_conversation(ctx, caller, cid, require_member=True)
-    moderator = conversation.kind == "channel" and conversation.created_by == caller.user_id
+    # A channel's owners and admins may delete any message.
+    conversation = await writable_conversation(ctx, caller, cid)
+    moderator = conversation.kind == "channel" and administers(
+        (await ctx.directory.roles_of(caller.user_id, [cid])).get(cid)
+    )
     record, stored = await changed(
         ctx, cid, req.message_id, message_changes.delete(by=caller.user_id, moderator=moderator)
     )

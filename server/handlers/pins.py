@@ -5,7 +5,7 @@ from __future__ import annotations
 from hubbub.protocol import frames
 from hubbub.server import message_changes
 from hubbub.server.clock import now_ms
-from hubbub.server.handlers.access import require_member
+from hubbub.server.handlers.access import require_member, writable_conversation
 from hubbub.server.handlers.context import Caller, Context
 from hubbub.server.handlers.messages import changed, result
 from hubbub.server.views import message_view
@@ -13,7 +13,7 @@ from hubbub.server.views import message_view
 
 async def pin(ctx: Context, caller: Caller, req: frames.MessagePin) -> frames.MessageResult:
     cid = req.conversation_id
-    await require_member(ctx, caller, cid)
+    await writable_conversation(ctx, caller, cid)
     max_pins = ctx.message_limits.max_pins
     # Counted before the change, not under it: two pins racing for the last
     # place may both get it (the list shows max_pins of them all the same).
@@ -26,7 +26,7 @@ async def pin(ctx: Context, caller: Caller, req: frames.MessagePin) -> frames.Me
 
 
 async def unpin(ctx: Context, caller: Caller, req: frames.MessageUnpin) -> frames.MessageResult:
-    await require_member(ctx, caller, req.conversation_id)
+    await writable_conversation(ctx, caller, req.conversation_id)
     record, stored = await changed(ctx, req.conversation_id, req.message_id, message_changes.unpin)
     if stored:
         ctx.publisher.message_updated(record, "unpinned", by=caller.user_id)

@@ -7,14 +7,14 @@ from hubbub.protocol.emoji import normalize
 from hubbub.protocol.errors import ErrorCode
 from hubbub.server import message_changes
 from hubbub.server.errors import ApiError
-from hubbub.server.handlers.access import require_member
+from hubbub.server.handlers.access import writable_conversation
 from hubbub.server.handlers.context import Caller, Context
 from hubbub.server.handlers.messages import changed, result
 
 
 async def add(ctx: Context, caller: Caller, req: frames.ReactionAdd) -> frames.MessageResult:
     emoji = known_emoji(req.emoji)
-    await require_member(ctx, caller, req.conversation_id)
+    await writable_conversation(ctx, caller, req.conversation_id)
     limits = ctx.message_limits
     change = message_changes.add_reaction(
         user=caller.user_id,
@@ -31,7 +31,7 @@ async def add(ctx: Context, caller: Caller, req: frames.ReactionAdd) -> frames.M
 
 async def remove(ctx: Context, caller: Caller, req: frames.ReactionRemove) -> frames.MessageResult:
     emoji = known_emoji(req.emoji)
-    await require_member(ctx, caller, req.conversation_id)
+    await writable_conversation(ctx, caller, req.conversation_id)
     change = message_changes.remove_reaction(user=caller.user_id, emoji=emoji)
     record, stored = await changed(ctx, req.conversation_id, req.message_id, change)
     if stored:

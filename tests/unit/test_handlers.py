@@ -13,6 +13,7 @@ import pytest
 
 from hubbub.protocol import codec, frames
 from hubbub.protocol.errors import ErrorCode
+from hubbub.server.archived import ArchivedChannels
 from hubbub.server.auth import Passwords, Tokens
 from hubbub.server.broker import MESSAGE_NEW, Event, InProcessBroker, MembershipChange
 from hubbub.server.config import MessagesConfig, ProfilesConfig
@@ -23,6 +24,7 @@ from hubbub.server.metrics import Metrics
 from hubbub.server.presence import LocalPresence, PresenceTracker
 from hubbub.server.publisher import Publisher
 from hubbub.server.ratelimit import FailureWindow, TokenBucket
+from hubbub.server.send_order import SendOrder
 from hubbub.storage.records import Head, NewMessage, UserRecord
 from hubbub.storage.sqlite import SqliteDirectory, SqliteMessageLog, open_sqlite
 
@@ -59,6 +61,7 @@ class FakeContext:
         self.login_failures_by_username = FailureWindow(5, 60.0)
         self.login_failures_by_address = FailureWindow(5, 60.0)
         self.max_message_chars = 20
+        self.archived_channels = ArchivedChannels()
         self.presence_max_members = 2
         self.typing_ttl_ms = 5000
         self.typing_max_members = 3
@@ -79,6 +82,7 @@ class FakeCaller:
     address: str = "127.0.0.1"
     conversations: set[int] = field(default_factory=set)
     typing_limit: TokenBucket = field(default_factory=lambda: TokenBucket(0.001, 2))
+    send_order: SendOrder = field(default_factory=SendOrder)
 
     @property
     def user_id(self) -> int:
