@@ -25,7 +25,9 @@ CAP = 100
 async def test_new_memberships_start_where_they_are_told(directory: Directory) -> None:
     alice, bob, carol = await new_user(directory), await new_user(directory), await new_user(directory)
     channel = await new_channel(directory, alice)
-    assert await directory.member_state(channel.id, alice.id) == MemberState(read_seq=0, muted=False)
+    assert await directory.member_state(channel.id, alice.id) == MemberState(
+        read_seq=0, muted=False, role="owner"
+    )  # the creator owns it
     assert await directory.add_member(channel.id, bob.id, NOW, read_seq=7)
     assert await directory.member_state(channel.id, bob.id) == MemberState(read_seq=7, muted=False)
     assert not await directory.add_member(channel.id, bob.id, NOW, read_seq=9)  # already a member: unchanged
@@ -45,7 +47,7 @@ async def test_memberships_of_lists_each_conversation_with_its_state(directory: 
     listed = await directory.memberships_of(alice.id)
     assert [m.conversation for m in listed] == [first, second, dm]
     assert [m.state for m in listed] == [
-        MemberState(read_seq=0, muted=False),
+        MemberState(read_seq=0, muted=False, role="owner"),
         MemberState(read_seq=4, muted=False),
         MemberState(read_seq=0, muted=True),
     ]
@@ -58,14 +60,14 @@ async def test_mark_read_only_moves_forward(directory: Directory) -> None:
     alice, bob = await new_user(directory), await new_user(directory)
     channel = await new_channel(directory, alice)
     moved = await directory.mark_read(channel.id, alice.id, 5, unset_as=10)
-    assert moved is not None and moved.moved and moved.state == MemberState(read_seq=5, muted=False)
+    assert moved is not None and moved.moved and moved.state == MemberState(read_seq=5, muted=False, role="owner")
     back = await directory.mark_read(channel.id, alice.id, 3, unset_as=10)
     assert back is not None and not back.moved and back.state.read_seq == 5
     same = await directory.mark_read(channel.id, alice.id, 5, unset_as=10)
     assert same is not None and not same.moved and same.state.read_seq == 5
     on = await directory.mark_read(channel.id, alice.id, 8, unset_as=10)
     assert on is not None and on.moved and on.state.read_seq == 8
-    assert await directory.member_state(channel.id, alice.id) == MemberState(read_seq=8, muted=False)
+    assert await directory.member_state(channel.id, alice.id) == MemberState(read_seq=8, muted=False, role="owner")
     assert await directory.mark_read(channel.id, bob.id, 8, unset_as=10) is None  # not a member
     assert await directory.member_state(channel.id, bob.id) is None
 
@@ -79,16 +81,16 @@ async def test_racing_marks_leave_the_furthest(directory: Directory) -> None:
     for seq, mark in zip(seqs, marks, strict=True):
         assert mark is not None and mark.state.read_seq is not None and mark.state.read_seq >= seq
     assert sum(1 for m in marks if m is not None and m.moved) >= 1
-    assert await directory.member_state(channel.id, alice.id) == MemberState(read_seq=40, muted=False)
+    assert await directory.member_state(channel.id, alice.id) == MemberState(read_seq=40, muted=False, role="owner")
 
 
 async def test_set_muted_keeps_the_read_position(directory: Directory) -> None:
     alice, bob = await new_user(directory), await new_user(directory)
     channel = await new_channel(directory, alice)
     await directory.mark_read(channel.id, alice.id, 3, unset_as=3)
-    assert await directory.set_muted(channel.id, alice.id, True) == MemberState(read_seq=3, muted=True)
-    assert await directory.set_muted(channel.id, alice.id, True) == MemberState(read_seq=3, muted=True)
-    assert await directory.set_muted(channel.id, alice.id, False) == MemberState(read_seq=3, muted=False)
+    assert await directory.set_muted(channel.id, alice.id, True) == MemberState(read_seq=3, muted=True, role="owner")
+    assert await directory.set_muted(channel.id, alice.id, True) == MemberState(read_seq=3, muted=True, role="owner")
+    assert await directory.set_muted(channel.id, alice.id, False) == MemberState(read_seq=3, muted=False, role="owner")
     assert await directory.set_muted(channel.id, bob.id, True) is None
     assert await directory.member_state(channel.id, bob.id) is None
 
@@ -98,7 +100,7 @@ async def test_init_read_positions_never_overwrites_a_stored_one(directory: Dire
     channel = await new_channel(directory, alice)
     await directory.mark_read(channel.id, alice.id, 2, unset_as=2)
     await directory.init_read_positions(alice.id, {channel.id: 9})
-    assert await directory.member_state(channel.id, alice.id) == MemberState(read_seq=2, muted=False)
+    assert await directory.member_state(channel.id, alice.id) == MemberState(read_seq=2, muted=False, role="owner")
     await directory.init_read_positions(alice.id, {})
 
 
