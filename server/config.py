@@ -212,6 +212,7 @@ class MessagesConfig(msgspec.Struct, kw_only=True, frozen=True):
     max_reaction_emojis: int
     max_reactions_per_user: int
     max_pins: int
+    search_max_limit: int
 
 
 class ProfilesConfig(msgspec.Struct, kw_only=True, frozen=True):
@@ -430,6 +431,17 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=Tr
         Positive, _doc("Distinct emojis one user may put on one message (`too_large` for one more).")
     ] = 20
     max_pins: Annotated[Positive, _doc("Pinned messages per conversation (`too_large` for one more).")] = 100
+    search_max_limit: Annotated[
+        Annotated[int, Meta(ge=1, le=100)],
+        _doc("Most results one `message.search` page returns, whatever its `limit`."),
+    ] = 50
+    postgres_search_config: Annotated[
+        Annotated[str, Meta(pattern=r"^[a-z_][a-z0-9_]*(?![\s\S])", max_length=63)],
+        _doc(
+            "PostgreSQL text search configuration of message search (`simple`: every language, no stemming;"
+            " `english`, `french`, ...: stemming and stop words). Run `hubbub reindex` after changing it."
+        ),
+    ] = "simple"
     max_status_chars: Annotated[
         Annotated[int, Meta(ge=1, le=256)], _doc("Longest profile status text (`too_large` beyond); at most 256.")
     ] = 100

@@ -17,9 +17,11 @@ from hubbub.storage.records import (
     ChangesPage,
     ConversationRecord,
     Head,
+    MessageQuery,
     MessageRecord,
     NewMessage,
     ProfileUpdate,
+    SearchHit,
     SearchPosition,
     UserRecord,
 )
@@ -118,9 +120,11 @@ the store sets ``rev``. It is a pure function: a store may call it more than
 once (MongoDB retries a change that raced another)."""
 
 
-class MessageLog(Protocol):
+class MessageLogWithoutSearch(Protocol):
     """Messages, ordered per conversation by a strictly increasing seq, and
-    every change to them by a strictly increasing revision (docs/messages.md)."""
+    every change to them by a strictly increasing revision (docs/messages.md).
+    ``MessageLog`` adds search; the MongoDB log gets it from an index beside it
+    (storage/search_index.py)."""
 
     name: str
     gapless: bool
@@ -186,3 +190,15 @@ class MessageLog(Protocol):
 
     async def heads(self, conversation_ids: Sequence[int]) -> dict[int, Head]:
         """The newest seq and revision per conversation; conversations with no message are absent."""
+
+
+class MessageLog(MessageLogWithoutSearch, Protocol):
+    """The message log the server uses: every store's, searchable."""
+
+    async def search(self, query: MessageQuery) -> list[SearchHit]:
+        """The first ``query.limit`` messages of ``query.conversation_ids`` whose
+        current text matches every term and the filters, tombstones never, in
+        ``query.order``: ``newest`` by ts descending (a store orders equal ts
+        its own stable way), after ``query.after``; ``relevance`` best first,
+        after ``query.offset``. InvalidPosition for an ``after`` it never
+        returned. An edit or delete changes what is found as it is stored."""

@@ -43,6 +43,7 @@ async def _open(config: StorageConfig, closers: list[Callable[[], Awaitable[None
     timeout = config.storage_timeout_seconds
     directory: Directory | None = None
     messages: MessageLog | None = None
+    postgres_pools = None
 
     if "sqlite" in config.backends:
         from hubbub.storage.sqlite import open_sqlite
@@ -58,7 +59,7 @@ async def _open(config: StorageConfig, closers: list[Callable[[], Awaitable[None
         from hubbub.storage.postgres import PostgresDirectory, PostgresMessageLog, PostgresPools, migrate
 
         if config.auto_migrate:
-            await migrate(config.postgres_dsn, timeout=max(timeout, 30.0))
+            await migrate(config.postgres_dsn, timeout=max(timeout, 30.0), search_config=config.postgres_search_config)
         pools = await PostgresPools.open(
             config.postgres_dsn,
             config.postgres_replica_dsn or None,
@@ -67,21 +68,27 @@ async def _open(config: StorageConfig, closers: list[Callable[[], Awaitable[None
             timeout=timeout,
         )
         closers.append(pools.close)
+        postgres_pools = pools
         if accounts_backend == "postgres":
             directory = PostgresDirectory(pools)
         if messages_backend == "postgres":
-            messages = PostgresMessageLog(pools)
+            messages = PostgresMessageLog(pools, search_config=config.postgres_search_config)
 
     if messages_backend == "mongo":
         from hubbub.storage.mongo import MongoMessageLog
+        from hubbub.storage.search_index import IndexedMessageLog, PostgresSearchIndex
 
-        messages = await MongoMessageLog.open(
+        if postgres_pools is None:  # StorageConfig.check: the mongo messages backend needs postgres accounts
+            raise RuntimeError("the mongo messages backend needs PostgreSQL for its search index")
+        mongo = await MongoMessageLog.open(
             config.mongo_url,
             config.mongo_database,
             config.mongo_write_concern,
             timeout,
             change_lease_seconds=config.mongo_change_lease_seconds,
         )
+        # The search index lives beside the directory, in PostgreSQL (docs/storage.md, Search).
+        messages = IndexedMessageLog(mongo, PostgresSearchIndex(postgres_pools, config.postgres_search_config))
 
     if directory is None or messages is None:  # every backend of the Literals is opened above
         raise RuntimeError(f"no store opened for {accounts_backend} accounts and {messages_backend} messages")

@@ -32,7 +32,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Hashable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from typing import Any, NamedTuple
 
 import msgspec
@@ -42,7 +42,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 from pymongo.write_concern import WriteConcern
 
-from hubbub.storage.base import HistoryOrder, MessageChange, MessageLog
+from hubbub.storage.base import HistoryOrder, MessageChange, MessageLogWithoutSearch
 from hubbub.storage.batching import GroupCommit, Stored, by_conversation
 from hubbub.storage.errors import StoreUnavailable
 from hubbub.storage.records import Appended, ChangesPage, Head, MessageRecord, NewMessage
@@ -168,6 +168,9 @@ class MongoMessageLog:
         self._changing = _KeyedLocks()
         """Per conversation, held around a change's read, allocation and write,
         so that a change is retried only because of another instance."""
+        self.after_batch: Callable[[Sequence[Appended]], Awaitable[None]] | None = None
+        """Called with a batch's stored messages (duplicates too) before they are
+        acknowledged; what it raises fails the batch (storage/search_index.py)."""
 
     @classmethod
     async def open(
@@ -350,11 +353,15 @@ class MongoMessageLog:
     async def _store_batch(self, batch: list[NewMessage]) -> list[Stored | BaseException]:
         """One conversation's messages in order: one read for earlier copies of
         resent ones, one allocation for all their seqs and revs, one ordered
-        insert, the allocation's release; then each new reply's root update."""
+        insert, the allocation's release; then each new reply's root update;
+        then ``after_batch`` (the search index) before any is acknowledged."""
         try:
-            return await self._append_batch(batch)
+            outcomes = await self._append_batch(batch)
         except PyMongoError as exc:
             raise _unavailable(exc) from exc
+        if self.after_batch is not None:
+            await self.after_batch([o for o in outcomes if isinstance(o, Appended)])
+        return outcomes
 
     async def _append_batch(self, batch: list[NewMessage]) -> list[Stored | BaseException]:
         cid = batch[0].conversation_id
@@ -556,6 +563,33 @@ class MongoMessageLog:
             raise _unavailable(exc) from exc
         return {int(d["_id"]): Head(last_seq=int(d["seq"]), last_rev=_counter_rev(d)) for d in counters}
 
+    # Search: the index is PostgreSQL's (storage/search_index.py); these are its reads here.
 
-# mypy proves the backend implements its interface (storage/base.py).
-_messages: type[MessageLog] = MongoMessageLog
+    async def get_messages(self, keys: Sequence[tuple[int, str]]) -> dict[str, MessageRecord]:
+        """The messages of (conversation id, message id) ``keys`` that exist, by id: one query."""
+        if not keys:
+            return {}
+        query = {"conversation_id": {"$in": sorted({c for c, _ in keys})}, "_id": {"$in": [i for _, i in keys]}}
+        try:
+            return {str(d["_id"]): message_from_document(d) async for d in self.messages.find(query)}
+        except PyMongoError as exc:
+            raise _unavailable(exc) from exc
+
+    async def all_messages(self, batch: int) -> AsyncIterator[list[MessageRecord]]:
+        """Every message, ``batch`` at a time, in (conversation, seq) order (``hubbub reindex``)."""
+        try:
+            cursor = self.messages.find({}).sort([("conversation_id", 1), ("seq", 1)]).batch_size(batch)
+            records: list[MessageRecord] = []
+            async for doc in cursor:
+                records.append(message_from_document(doc))
+                if len(records) >= batch:
+                    yield records
+                    records = []
+            if records:
+                yield records
+        except PyMongoError as exc:
+            raise _unavailable(exc) from exc
+
+
+# Not a whole MessageLog alone: storage.search_index.IndexedMessageLog adds search.
+_messages_but_search: type[MessageLogWithoutSearch] = MongoMessageLog

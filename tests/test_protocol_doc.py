@@ -64,6 +64,7 @@ LIMIT_SETTINGS = (
     "max_status_chars",
     "max_avatar_url_chars",
     "user_search_max_limit",
+    "search_max_limit",
 )
 """Settings that PROTOCOL.md's limits table must list, with env var and default."""
 

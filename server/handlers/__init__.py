@@ -21,6 +21,7 @@ from hubbub.server.handlers import (
     presence,
     profiles,
     reactions,
+    search,
     system,
     typing_indicator,
 )
@@ -54,6 +55,7 @@ HANDLERS: dict[str, Handler] = {
     "message.unpin": pins.unpin,
     "conversation.pins": pins.list_,
     "message.changes": messages.changes,
+    "message.search": search.search,
     "presence.query": presence.query,
     "typing": typing_indicator.typing,
     "user.update": profiles.update,
