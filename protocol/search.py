@@ -26,6 +26,7 @@ A query without a word is refused (``QueryError``, ``bad_request``).
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -132,3 +133,12 @@ def matches(text: str, terms: Sequence[Term]) -> bool:
     """Whether ``text`` matches every term: what a store's index answers, checked on the text itself."""
     spans = words(text)
     return all(any(_phrase_at(spans, at, term) for at in range(len(spans))) for term in terms)
+
+
+def relevance(text: str, terms: Sequence[Term]) -> float:
+    """A score of how well ``text`` matches (more matched words in a shorter
+    text is better), for a store without a ranking of its own."""
+    spans = words(text)
+    if not spans:
+        return 0.0
+    return len(highlights(text, terms)) / (1.0 + math.log(len(spans)))

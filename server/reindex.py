@@ -39,6 +39,7 @@ async def reindex(settings: Settings) -> int:
 
 
 async def _rebuild(messages: object) -> int:
+    from hubbub.storage.mongo import MongoMessageLog
     from hubbub.storage.postgres import PostgresMessageLog, reindex_postgres
     from hubbub.storage.search_index import IndexedMessageLog, reindex_mongo
     from hubbub.storage.sqlite import SqliteMessageLog, reindex_sqlite
@@ -50,4 +51,6 @@ async def _rebuild(messages: object) -> int:
             return await reindex_postgres(conn, messages.search_config)
     if isinstance(messages, IndexedMessageLog):
         return await reindex_mongo(messages.log, messages.index)
+    if isinstance(messages, MongoMessageLog):
+        return 0  # with a SQLite directory it has no index: its search scans (docs/storage.md)
     raise TypeError(f"no search index to rebuild for {type(messages).__name__}")

@@ -120,11 +120,9 @@ the store sets ``rev``. It is a pure function: a store may call it more than
 once (MongoDB retries a change that raced another)."""
 
 
-class MessageLogWithoutSearch(Protocol):
+class MessageLog(Protocol):
     """Messages, ordered per conversation by a strictly increasing seq, and
-    every change to them by a strictly increasing revision (docs/messages.md).
-    ``MessageLog`` adds search; the MongoDB log gets it from an index beside it
-    (storage/search_index.py)."""
+    every change to them by a strictly increasing revision (docs/messages.md)."""
 
     name: str
     gapless: bool
@@ -190,10 +188,6 @@ class MessageLogWithoutSearch(Protocol):
 
     async def heads(self, conversation_ids: Sequence[int]) -> dict[int, Head]:
         """The newest seq and revision per conversation; conversations with no message are absent."""
-
-
-class MessageLog(MessageLogWithoutSearch, Protocol):
-    """The message log the server uses: every store's, searchable."""
 
     async def search(self, query: MessageQuery) -> list[SearchHit]:
         """The first ``query.limit`` messages of ``query.conversation_ids`` whose

@@ -92,12 +92,6 @@ class StorageConfig(Struct, kw_only=True, frozen=True):
             raise InvalidStorageConfig("the postgres backend needs {postgres_dsn}", "postgres_dsn")
         if self.resolved_messages_backend == "mongo" and not self.mongo_url:
             raise InvalidStorageConfig("the mongo messages backend needs {mongo_url}", "mongo_url")
-        if self.backends == ("sqlite", "mongo"):
-            raise InvalidStorageConfig(
-                "the mongo messages backend keeps its search index beside the directory, in PostgreSQL:"
-                " it needs postgres accounts ({postgres_dsn})",
-                "postgres_dsn",
-            )
         if self.postgres_pool_min > self.postgres_pool_max:
             raise InvalidStorageConfig(
                 "{postgres_pool_min} is larger than {postgres_pool_max}", "postgres_pool_min", "postgres_pool_max"

@@ -78,8 +78,6 @@ async def _open(config: StorageConfig, closers: list[Callable[[], Awaitable[None
         from hubbub.storage.mongo import MongoMessageLog
         from hubbub.storage.search_index import IndexedMessageLog, PostgresSearchIndex
 
-        if postgres_pools is None:  # StorageConfig.check: the mongo messages backend needs postgres accounts
-            raise RuntimeError("the mongo messages backend needs PostgreSQL for its search index")
         mongo = await MongoMessageLog.open(
             config.mongo_url,
             config.mongo_database,
@@ -87,8 +85,11 @@ async def _open(config: StorageConfig, closers: list[Callable[[], Awaitable[None
             timeout,
             change_lease_seconds=config.mongo_change_lease_seconds,
         )
-        # The search index lives beside the directory, in PostgreSQL (docs/storage.md, Search).
-        messages = IndexedMessageLog(mongo, PostgresSearchIndex(postgres_pools, config.postgres_search_config))
+        # The search index lives beside the directory, in PostgreSQL (docs/storage.md, Search);
+        # with a SQLite directory there is none, and MongoMessageLog.search scans.
+        messages = mongo
+        if postgres_pools is not None:
+            messages = IndexedMessageLog(mongo, PostgresSearchIndex(postgres_pools, config.postgres_search_config))
 
     if directory is None or messages is None:  # every backend of the Literals is opened above
         raise RuntimeError(f"no store opened for {accounts_backend} accounts and {messages_backend} messages")

@@ -42,10 +42,11 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 from pymongo.write_concern import WriteConcern
 
-from hubbub.storage.base import HistoryOrder, MessageChange, MessageLogWithoutSearch
+from hubbub.protocol.search import matches, relevance
+from hubbub.storage.base import HistoryOrder, MessageChange, MessageLog
 from hubbub.storage.batching import GroupCommit, Stored, by_conversation
 from hubbub.storage.errors import StoreUnavailable
-from hubbub.storage.records import Appended, ChangesPage, Head, MessageRecord, NewMessage
+from hubbub.storage.records import Appended, ChangesPage, Head, MessageQuery, MessageRecord, NewMessage, SearchHit
 from hubbub.storage.rows import (
     message_document,
     message_from_document,
@@ -53,6 +54,7 @@ from hubbub.storage.rows import (
     new_message_record,
     seq_range,
 )
+from hubbub.storage.search_sql import parse_ts_position, ts_position
 from hubbub.storage.threads import with_reply
 
 Document = dict[str, Any]
@@ -590,6 +592,51 @@ class MongoMessageLog:
         except PyMongoError as exc:
             raise _unavailable(exc) from exc
 
+    async def search(self, query: MessageQuery) -> list[SearchHit]:
+        """Search without an index: the conversations' messages newest first,
+        each checked with protocol.search.matches, until a page is found (or
+        ``SCAN_LIMIT`` messages were read). Only for the SQLite-directory
+        topology, which has no PostgreSQL to keep the index in; with a
+        PostgreSQL directory storage.search_index.IndexedMessageLog searches
+        its index instead (docs/storage.md, Search)."""
+        after = None if query.after is None else parse_ts_position(query.after)
+        filters: Document = {"conversation_id": {"$in": sorted(set(query.conversation_ids))}, "deleted": {"$ne": True}}
+        ts_range: Document = {}
+        if query.after_ts is not None:
+            ts_range["$gte"] = query.after_ts
+        if query.before_ts is not None:
+            ts_range["$lt"] = query.before_ts
+        if ts_range:
+            filters["ts"] = ts_range
+        if query.sender_id is not None:
+            filters["sender_id"] = query.sender_id
+        if query.threads_only:
+            filters["thread_root_id"] = {"$type": "string"}
+        order = [("ts", pymongo.DESCENDING), ("conversation_id", pymongo.DESCENDING), ("seq", pymongo.DESCENDING)]
+        found: list[tuple[float, SearchHit]] = []
+        try:
+            cursor = self.messages.find(filters).sort(order).limit(SCAN_LIMIT)
+            async for doc in cursor:
+                record = message_from_document(doc)
+                position = (record.ts, record.conversation_id, record.seq)
+                if after is not None and position >= after:
+                    continue
+                if not matches(record.text, query.terms):
+                    continue
+                hit = SearchHit(record=record, position=ts_position(*position))
+                found.append((relevance(record.text, query.terms), hit))
+                if query.order == "newest" and len(found) >= query.limit:
+                    break
+        except PyMongoError as exc:
+            raise _unavailable(exc) from exc
+        if query.order == "newest":
+            return [hit for _, hit in found]
+        found.sort(key=lambda scored: -scored[0])  # stable: newest first among equals
+        return [hit for _, hit in found[query.offset : query.offset + query.limit]]
 
-# Not a whole MessageLog alone: storage.search_index.IndexedMessageLog adds search.
-_messages_but_search: type[MessageLogWithoutSearch] = MongoMessageLog
+
+SCAN_LIMIT = 100_000
+"""Most messages one index-less MongoDB search reads (newest first); older ones are not found by it."""
+
+# mypy proves the backend implements its interface (storage/base.py).
+_messages: type[MessageLog] = MongoMessageLog

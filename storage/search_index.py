@@ -70,8 +70,10 @@ class PostgresSearchIndex:
 
     async def store(self, records: Sequence[MessageRecord]) -> None:
         """Index each message as it now is: its words, or no row for a tombstone."""
-        live = [r for r in records if not r.deleted]
-        gone = [r for r in records if r.deleted]
+        # One row per message: a batch may carry one twice (a resend of a message earlier in it).
+        latest = list({(r.conversation_id, r.seq): r for r in records}.values())
+        live = [r for r in latest if not r.deleted]
+        gone = [r for r in latest if r.deleted]
 
         async def write(c: Conn) -> None:
             async with c.transaction():
