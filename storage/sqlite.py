@@ -830,7 +830,10 @@ async def reindex_sqlite(db: SqliteDatabase) -> int:
             "INSERT INTO message_search (rowid, text)"
             " SELECT search_rowid, hubbub_index_text(text) FROM messages WHERE deleted = 0"
         )
-        return cur.rowcount
+        count: int = cur.rowcount
+        # One segment: the deleted messages' words, still in older segments, are gone from the file.
+        c.execute("INSERT INTO message_search (message_search) VALUES ('optimize')")
+        return count
 
     return await db.transaction(rebuild)
 
