@@ -88,7 +88,7 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "before": st.none() | st.integers(min_value=0, max_value=10),
     "after": st.none() | st.integers(min_value=0, max_value=10),
     "limit": st.integers(min_value=1, max_value=100),
-    "order": st.sampled_from(["asc", "desc"]),
+    "order": st.sampled_from(["asc", "desc", "newest", "relevance"]),
     "thread_root_id": st.none() | st.text(single_line, min_size=1, max_size=10),
     "also_in_channel": st.booleans(),
     "include_replies": st.booleans(),
@@ -106,6 +106,10 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "old_password": st.just("password")
     | st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=12),
     "new_password": st.just("password"),
+    "sender_id": st.none() | object_id,
+    "after_ts": st.none() | st.integers(min_value=0, max_value=2**53),
+    "before_ts": st.none() | st.integers(min_value=0, max_value=2**53),
+    "threads_only": st.booleans(),
 }
 # ...and values at or past the schema's edges.
 edge_id = st.sampled_from([-1, 0, 2**53, 2**53 + 1, 2**63, 2**64])
@@ -144,6 +148,10 @@ EDGE: dict[str, st.SearchStrategy[Any]] = {
     "cursor": st.just("") | st.text(min_size=32, max_size=34),
     "old_password": st.just("") | st.text(min_size=256, max_size=257),
     "new_password": st.text(max_size=7) | st.text(min_size=256, max_size=257),
+    "sender_id": edge_id,
+    "after_ts": edge_id,
+    "before_ts": edge_id,
+    "threads_only": st.sampled_from([0, 1, "true", None]),
 }
 assert set(VALID) == set(EDGE) == set(FIELD_NAMES), "add the new request fields to VALID and EDGE"
 

@@ -58,6 +58,7 @@ VALID_REQUESTS: dict[str, dict[str, Any]] = {
         "avatar_url": "https://cdn.example.org/alice.png",
     },
     "user.search": {"query": "ali", "cursor": "alice"},
+    "message.search": {"query": '"release notes" depl*', "cursor": "n1853108427402772480"},
     "password.change": {"old_password": "correct horse", "new_password": "staple battery"},
 }
 MULTI_LINE = {("MessageSend", "text"), ("MessageEdit", "text")}
