@@ -1,8 +1,9 @@
 """``python -m hubbub.loadtest.searchbench``: the latency of ``message.search``'s
 store query (``MessageLog.search``) over a message log of many messages.
 
-Fills a fresh message log (SQLite in a temporary file, or a PostgreSQL
-database given by ``--dsn``, which must be empty and is left filled) with
+Fills a fresh message log (SQLite in a temporary file or ``--path``, or a
+PostgreSQL database given by ``--dsn``, which must be empty and is left
+filled; a file or database an earlier run filled is reused as it is) with
 ``--messages`` messages in bulk, as the stores index them (SQLite: rows with
 their ``search_rowid`` and the FTS5 entries; PostgreSQL: rows with their
 ``tsvector``, the GIN index built after the load, then ``VACUUM ANALYZE``),
@@ -18,8 +19,9 @@ searches of each kind, as the handler asks for its default page (21 hits):
 - ``prefix``: the first 3 letters of a medium word, ``*``;
 - ``phrase``: two adjacent words of a stored message;
 
-newest first, and each also by relevance. Prints p50 and p99 per kind and
-over all, in milliseconds.
+newest first, and each also by relevance (the newest 5,000 matches ranked,
+``search_relevance_window``'s default). Prints p50 and p99 per kind and over
+all, in milliseconds.
 """
 
 from __future__ import annotations
@@ -199,40 +201,63 @@ def report(store: str, order: str, results: dict[str, tuple[float, float]]) -> s
     return f"{store} {order}: " + "; ".join(parts) + " (ms)"
 
 
-async def run(store: str, dsn: str, count: int, conversations: int, member: int, query_count: int, seed: int) -> str:
+async def run(
+    store: str, dsn: str, path: str, count: int, conversations: int, member: int, query_count: int, seed: int
+) -> None:
     words = vocabulary(seed)
     sample = list(texts(200, words, seed + 7))
     kinds = queries(words, sample, query_count, seed)
     member_of = tuple(range(1, conversations + 1, max(1, conversations // member)))[:member]
-    lines = [f"{count} messages in {conversations} conversations, searcher in {len(member_of)}, {query_count} per kind"]
+    print(f"{count} messages in {conversations} conversations, searcher in {len(member_of)}, {query_count} per kind")
+    start = time.perf_counter()
     if store == "sqlite":
         with tempfile.TemporaryDirectory() as folder:
-            start = time.perf_counter()
-            db, log = await fill_sqlite(Path(folder) / "bench.db", count, conversations, words, seed)
-            lines.append(f"loaded in {time.perf_counter() - start:.0f} s")
+            file = Path(path) if path else Path(folder) / "bench.db"
+            log: MessageLog
+            if file.exists():  # --path of an earlier run: filled already
+                db, _, log = await open_sqlite(file, 60.0)
+            else:
+                db, log = await fill_sqlite(file, count, conversations, words, seed)
+            print(f"loaded in {time.perf_counter() - start:.0f} s", flush=True)
             try:
                 for order in ORDERS:
-                    lines.append(report(store, order, await measure(log, kinds, member_of, order)))
+                    print(report(store, order, await measure(log, kinds, member_of, order)), flush=True)
             finally:
                 await log.close()
                 await db.close()
+        return
+    if await _filled(dsn):  # an earlier run's database
+        pools = await PostgresPools.open(dsn, None, min_size=1, max_size=2, timeout=60)
+        log = PostgresMessageLog(pools)
     else:
-        start = time.perf_counter()
         pools, log = await fill_postgres(dsn, count, conversations, words, seed)
-        lines.append(f"loaded in {time.perf_counter() - start:.0f} s")
-        try:
-            for order in ORDERS:
-                lines.append(report(store, order, await measure(log, kinds, member_of, order)))
-        finally:
-            await log.close()
-            await pools.close()
-    return "\n".join(lines)
+    print(f"loaded in {time.perf_counter() - start:.0f} s", flush=True)
+    try:
+        for order in ORDERS:
+            print(report(store, order, await measure(log, kinds, member_of, order)), flush=True)
+    finally:
+        await log.close()
+        await pools.close()
+
+
+async def _filled(dsn: str) -> bool:
+    conn = await asyncpg.connect(dsn)
+    try:
+        exists = await conn.fetchval("SELECT to_regclass('messages') IS NOT NULL")
+        return bool(exists) and bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM messages)"))
+    finally:
+        await conn.close()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite")
-    parser.add_argument("--dsn", default="", help="an empty PostgreSQL database (--store postgres)")
+    parser.add_argument(
+        "--dsn",
+        default="",
+        help="an empty PostgreSQL database (--store postgres); one filled by an earlier run is reused",
+    )
+    parser.add_argument("--path", default="", help="SQLite file to fill and keep (reused when it exists)")
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--conversations", type=int, default=1_000)
     parser.add_argument("--member-of", type=int, default=100, help="conversations the searcher is a member of")
@@ -241,10 +266,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.store == "postgres" and not args.dsn:
         parser.error("--store postgres needs --dsn")
-    print(
-        asyncio.run(
-            run(args.store, args.dsn, args.messages, args.conversations, args.member_of, args.queries, args.seed)
-        )
+    asyncio.run(
+        run(args.store, args.dsn, args.path, args.messages, args.conversations, args.member_of, args.queries, args.seed)
     )
 
 

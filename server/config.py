@@ -213,6 +213,7 @@ class MessagesConfig(msgspec.Struct, kw_only=True, frozen=True):
     max_reactions_per_user: int
     max_pins: int
     search_max_limit: int
+    search_relevance_window: int
 
 
 class ProfilesConfig(msgspec.Struct, kw_only=True, frozen=True):
@@ -435,6 +436,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=Tr
         Annotated[int, Meta(ge=1, le=100)],
         _doc("Most results one `message.search` page returns, whatever its `limit`."),
     ] = 50
+    search_relevance_window: Annotated[
+        Annotated[int, Meta(ge=100, le=1_000_000)],
+        _doc("A `message.search` by relevance ranks the newest this many matches (bounds its work); 100-1000000."),
+    ] = 5000
     postgres_search_config: Annotated[
         Annotated[str, Meta(pattern=r"^[a-z_][a-z0-9_]*(?![\s\S])", max_length=63)],
         _doc(

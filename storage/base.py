@@ -193,6 +193,6 @@ class MessageLog(Protocol):
         """The first ``query.limit`` messages of ``query.conversation_ids`` whose
         current text matches every term and the filters, tombstones never, in
         ``query.order``: ``newest`` by ts descending (a store orders equal ts
-        its own stable way), after ``query.after``; ``relevance`` best first,
-        after ``query.offset``. InvalidPosition for an ``after`` it never
+        its own stable way), after ``query.after``; ``relevance``: the newest
+        ``query.window`` matches, best first, after ``query.offset``. InvalidPosition for an ``after`` it never
         returned. An edit or delete changes what is found as it is stored."""

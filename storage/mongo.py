@@ -625,7 +625,7 @@ class MongoMessageLog:
                     continue
                 hit = SearchHit(record=record, position=ts_position(*position))
                 found.append((relevance(record.text, query.terms), hit))
-                if query.order == "newest" and len(found) >= query.limit:
+                if len(found) >= (query.limit if query.order == "newest" else query.window):
                     break
         except PyMongoError as exc:
             raise _unavailable(exc) from exc

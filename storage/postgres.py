@@ -780,17 +780,22 @@ def search_statement(query: MessageQuery, search_config: str, table: str) -> tup
     columns = MESSAGE_COLUMNS if table == "messages" else _INDEX_COLUMNS
     reply = "thread_root_id IS NOT NULL" if table == "messages" else "is_reply"
     tombstone = " AND NOT deleted" if table == "messages" else ""
-    order = "ts DESC, conversation_id DESC, seq DESC"
-    if query.order == "relevance":
-        order = f"ts_rank(search, q, 1) DESC, {order}"  # 1: divided by 1 + log(length), as bm25 favours short texts
-    sql = (
-        f"SELECT {columns} FROM {table}, to_tsquery($1::regconfig, $2) AS q"
+    newest = "ts DESC, conversation_id DESC, seq DESC"
+    matches = (
+        f" FROM {table}, to_tsquery($1::regconfig, $2) AS q"
         f" WHERE search @@ q AND conversation_id = ANY($3::bigint[]){tombstone}"
         " AND ts >= $4 AND ts < $5 AND ($6::bigint IS NULL OR sender_id = $6)"
         f" AND (NOT $7 OR {reply}) AND (ts, conversation_id, seq) < ($8, $9, $10)"
-        f" ORDER BY {order} LIMIT $11 OFFSET $12"
     )
-    args = (
+    if query.order == "newest":
+        sql = f"SELECT {columns}{matches} ORDER BY {newest} LIMIT $11 OFFSET $12"
+    else:
+        # The newest ``window`` matches, ranked (1: divided by 1 + log(length), as bm25 favours short texts).
+        sql = (
+            f"SELECT {columns} FROM (SELECT {columns}, search{matches} ORDER BY {newest} LIMIT $13) AS w,"
+            f" to_tsquery($1::regconfig, $2) AS q ORDER BY ts_rank(w.search, q, 1) DESC, {newest} LIMIT $11 OFFSET $12"
+        )
+    args: tuple[object, ...] = (
         search_config,
         tsquery(query.terms),
         sorted(set(query.conversation_ids)),
@@ -802,7 +807,7 @@ def search_statement(query: MessageQuery, search_config: str, table: str) -> tup
         query.limit,
         query.offset,
     )
-    return sql, args
+    return sql, args if query.order == "newest" else (*args, query.window)
 
 
 _INDEX_COLUMNS = "conversation_id, seq, id, sender_id, ts, edited_ts"

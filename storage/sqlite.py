@@ -779,20 +779,24 @@ _SEARCH_FILTERS = (
     " AND m.ts >= :after_ts AND m.ts < :before_ts AND (:sender IS NULL OR m.sender_id = :sender)"
     " AND (:threads_only = 0 OR m.thread_root_id IS NOT NULL)"
 )
-_SEARCH_FROM = (
-    f"SELECT {', '.join(f'm.{c.strip()}' for c in MESSAGE_COLUMNS.split(','))}, message_search.rowid"
+_SEARCH_COLUMNS = (
+    f"SELECT {', '.join(f'm.{c.strip()}' for c in MESSAGE_COLUMNS.split(','))}, message_search.rowid AS hit"
+)
+_SEARCH_TABLES = (
     " FROM message_search CROSS JOIN messages AS m INDEXED BY messages_search_rowid"
     " ON m.search_rowid = message_search.rowid"
 )
+_SEARCH_FROM = _SEARCH_COLUMNS + _SEARCH_TABLES
 SEARCH_NEWEST_SQL = f"{_SEARCH_FROM}{_SEARCH_FILTERS} ORDER BY message_search.rowid DESC LIMIT :limit"
 """``newest``: the index read backwards from the cursor (or the date range's
 end), each hit joined to its row by ``messages_search_rowid`` and filtered
 (membership, sender, thread), until a page is found."""
 SEARCH_RELEVANCE_SQL = (
-    f"{_SEARCH_FROM}{_SEARCH_FILTERS} ORDER BY message_search.rank, message_search.rowid DESC"
-    " LIMIT :limit OFFSET :offset"
+    f"SELECT * FROM ({_SEARCH_COLUMNS}, message_search.rank AS score{_SEARCH_TABLES}{_SEARCH_FILTERS}"
+    " ORDER BY message_search.rowid DESC LIMIT :window) ORDER BY score, hit DESC LIMIT :limit OFFSET :offset"
 )
-"""``relevance``: FTS5's bm25 rank (fewer, rarer words in a shorter text first), then newest."""
+"""``relevance``: the newest ``window`` matches (read as ``newest`` reads them),
+by FTS5's bm25 rank (fewer, rarer words in a shorter text first), then newest."""
 
 
 def _search(c: sqlite3.Connection, query: MessageQuery) -> list[SearchHit]:
@@ -811,6 +815,7 @@ def _search(c: sqlite3.Connection, query: MessageQuery) -> list[SearchHit]:
         "threads_only": int(query.threads_only),
         "limit": query.limit,
         "offset": query.offset,
+        "window": query.window,
     }
     sql = SEARCH_NEWEST_SQL if query.order == "newest" else SEARCH_RELEVANCE_SQL
     rows = c.execute(sql, params).fetchall()

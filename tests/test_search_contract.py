@@ -175,3 +175,17 @@ async def test_the_sqlite_directory_with_mongo_messages_searches_by_scanning(
             assert await reindex(settings) == 0
         finally:
             await opened.close()
+
+
+async def test_relevance_ranks_only_the_newest_window_of_matches(stores: Stores) -> None:
+    directory, log = stores.directory, stores.messages
+    alice = await new_user(directory)
+    room = await new_channel(directory, alice)
+    # The best match is the oldest: outside a window of the 3 newest, it is not ranked.
+    await log.append(new_message(room, alice, "best", "window window window", ts=NOW + 1))
+    for n in range(4):
+        await log.append(new_message(room, alice, f"m{n}", f"window and other words {n}", ts=NOW + 10 + n))
+    everything = await texts(log, "window", (room.id,), order="relevance", window=100)
+    assert everything[0] == "window window window" and len(everything) == 5
+    windowed = await texts(log, "window", (room.id,), order="relevance", window=3)
+    assert sorted(windowed) == [f"window and other words {n}" for n in (1, 2, 3)]

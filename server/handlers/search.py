@@ -22,8 +22,6 @@ from hubbub.storage.records import InvalidPosition, MessageQuery, SearchHit
 NEWEST_CURSOR = "n"
 RELEVANCE_CURSOR = "r"
 """The first letter of a cursor: the order it pages (the rest is the store's position, or an offset)."""
-MAX_RELEVANCE_OFFSET = 10_000
-"""Deepest a ``relevance`` cursor pages: each page re-ranks every match before it."""
 
 
 async def search(ctx: Context, caller: Caller, req: frames.MessageSearch) -> frames.SearchPage:
@@ -33,7 +31,8 @@ async def search(ctx: Context, caller: Caller, req: frames.MessageSearch) -> fra
         raise ApiError(ErrorCode.BAD_REQUEST, str(exc)) from None
     if req.after_ts is not None and req.before_ts is not None and req.after_ts >= req.before_ts:
         raise ApiError(ErrorCode.BAD_REQUEST, "after_ts: must be before before_ts")
-    after, offset = _cursor_position(req)
+    window = ctx.message_limits.search_relevance_window
+    after, offset = _cursor_position(req, window)
     limit = min(req.limit, ctx.message_limits.search_max_limit)
     if req.conversation_id is not None:
         await require_member(ctx, caller, req.conversation_id)
@@ -54,6 +53,7 @@ async def search(ctx: Context, caller: Caller, req: frames.MessageSearch) -> fra
         order=req.order,
         after=after,
         offset=offset,
+        window=window,
         limit=limit + 1,  # one more tells whether another page follows
     )
     try:
@@ -61,11 +61,11 @@ async def search(ctx: Context, caller: Caller, req: frames.MessageSearch) -> fra
     except InvalidPosition:
         raise ApiError(ErrorCode.BAD_REQUEST, "cursor: not a cursor of this search") from None
     page = found[:limit]
-    next_cursor = _next_cursor(req, page, offset) if len(found) > limit else None
+    next_cursor = _next_cursor(req, page, offset, window) if len(found) > limit else None
     return frames.SearchPage(results=[_hit(h, terms, caller.user_id) for h in page], next_cursor=next_cursor)
 
 
-def _cursor_position(req: frames.MessageSearch) -> tuple[str | None, int]:
+def _cursor_position(req: frames.MessageSearch, window: int) -> tuple[str | None, int]:
     """(the store position to continue after, the relevance offset) of the request's cursor."""
     if req.cursor is None:
         return None, 0
@@ -74,17 +74,17 @@ def _cursor_position(req: frames.MessageSearch) -> tuple[str | None, int]:
         return rest, 0
     if req.order == "relevance" and kind == RELEVANCE_CURSOR and rest.isdigit() and len(rest) <= 9:
         offset = int(rest)
-        if offset > MAX_RELEVANCE_OFFSET:
-            raise ApiError(ErrorCode.BAD_REQUEST, f"cursor: relevance pages end after {MAX_RELEVANCE_OFFSET} results")
+        if offset >= window:
+            raise ApiError(ErrorCode.BAD_REQUEST, f"cursor: a search by relevance ranks {window} matches at most")
         return None, offset
     raise ApiError(ErrorCode.BAD_REQUEST, f"cursor: not a cursor of a search by {req.order}")
 
 
-def _next_cursor(req: frames.MessageSearch, page: list[SearchHit], offset: int) -> str | None:
+def _next_cursor(req: frames.MessageSearch, page: list[SearchHit], offset: int, window: int) -> str | None:
     if req.order == "newest":
         return NEWEST_CURSOR + page[-1].position
     next_offset = offset + len(page)
-    return RELEVANCE_CURSOR + str(next_offset) if next_offset <= MAX_RELEVANCE_OFFSET else None
+    return RELEVANCE_CURSOR + str(next_offset) if next_offset < window else None
 
 
 def _hit(hit: SearchHit, terms: tuple[Term, ...], viewer: int) -> frames.SearchHit:
