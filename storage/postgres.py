@@ -637,7 +637,7 @@ class PostgresMessageLog:
 
     async def search(self, query: MessageQuery) -> list[SearchHit]:
         sql, args = search_statement(query, self.search_config, "messages")
-        rows = await _run(self.pools.primary, lambda c: c.fetch(sql, *args), retry=True)
+        rows = await _run(self.pools.primary, functools.partial(fetch_search, sql=sql, args=args), retry=True)
         return [SearchHit(record=message_record(r), position=ts_position(r[6], r[0], r[1])) for r in rows]
 
 
@@ -808,6 +808,16 @@ def search_statement(query: MessageQuery, search_config: str, table: str) -> tup
         query.offset,
     )
     return sql, args if query.order == "newest" else (*args, query.window)
+
+
+async def fetch_search(c: Conn, *, sql: str, args: tuple[object, ...]) -> list[Record]:
+    """Run a search planned for its own words: asyncpg prepares statements, and
+    PostgreSQL's generic plan of a prepared statement cannot know how common
+    the words are (a common word wants ``messages_by_ts`` walked backwards, a
+    rare one the GIN index: 0.3 against 2,000 ms the wrong way round, BENCHMARKS.md)."""
+    async with c.transaction():
+        await c.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        return await c.fetch(sql, *args)
 
 
 _INDEX_COLUMNS = "conversation_id, seq, id, sender_id, ts, edited_ts"

@@ -24,6 +24,7 @@ service to run. docs/storage.md (Search) says why at more length.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import msgspec
@@ -32,7 +33,7 @@ from asyncpg import Record
 from hubbub.protocol.search import index_text
 from hubbub.storage.base import HistoryOrder, MessageChange, MessageLog
 from hubbub.storage.mongo import MongoMessageLog
-from hubbub.storage.postgres import Conn, PostgresPools, _run, search_statement
+from hubbub.storage.postgres import Conn, PostgresPools, _run, fetch_search, search_statement
 from hubbub.storage.records import (
     Appended,
     ChangesPage,
@@ -99,7 +100,7 @@ class PostgresSearchIndex:
     async def find(self, query: MessageQuery) -> list[Record]:
         """Index rows of the hits: conversation_id, seq, id, sender_id, ts, edited_ts."""
         sql, args = search_statement(query, self.search_config, "message_search")
-        return await _run(self.pools.primary, lambda c: c.fetch(sql, *args), retry=True)
+        return await _run(self.pools.primary, functools.partial(fetch_search, sql=sql, args=args), retry=True)
 
 
 class IndexedMessageLog:

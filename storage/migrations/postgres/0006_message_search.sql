@@ -9,6 +9,11 @@
 -- through messages_unindexed; hubbub reindex redoes every row.
 ALTER TABLE messages ADD COLUMN search TSVECTOR;
 CREATE INDEX messages_search ON messages USING gin (search);
+-- newest first: a search for common words walks this backwards and stops
+-- after a page; one for rare words reads the GIN index and sorts the few
+-- matches. The planner picks by the words' frequencies (the search is
+-- planned for its own query: storage.postgres.search_statement).
+CREATE INDEX messages_by_ts ON messages (ts, conversation_id, seq);
 CREATE INDEX messages_unindexed ON messages (conversation_id, seq) WHERE search IS NULL AND NOT deleted;
 
 -- The search index of the MongoDB topology (PostgreSQL directory, MongoDB
@@ -28,6 +33,7 @@ CREATE TABLE message_search (
     PRIMARY KEY (conversation_id, seq)
 );
 CREATE INDEX message_search_words ON message_search USING gin (search);
+CREATE INDEX message_search_by_ts ON message_search (ts, conversation_id, seq);
 
 -- hubbub_append_batch as migration 0004 made it, and each new row's search
 -- vector from p_search_texts under p_search_config.
