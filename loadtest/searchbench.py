@@ -19,7 +19,7 @@ searches of each kind, as the handler asks for its default page (21 hits):
 - ``prefix``: the first 3 letters of a medium word, ``*``;
 - ``phrase``: two adjacent words of a stored message;
 
-newest first, and each also by relevance (the newest 5,000 matches ranked,
+newest first, and each also by relevance (the newest 1,000 matches ranked,
 ``search_relevance_window``'s default). Prints p50 and p99 per kind and over
 all, in milliseconds.
 """

@@ -439,7 +439,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=Tr
     search_relevance_window: Annotated[
         Annotated[int, Meta(ge=100, le=1_000_000)],
         _doc("A `message.search` by relevance ranks the newest this many matches (bounds its work); 100-1000000."),
-    ] = 5000
+    ] = 1000
     postgres_search_config: Annotated[
         Annotated[str, Meta(pattern=r"^[a-z_][a-z0-9_]*(?![\s\S])", max_length=63)],
         _doc(

@@ -188,7 +188,7 @@ class MessageQuery(Struct, kw_only=True, frozen=True):
     """For ``newest``: a ``SearchHit.position`` this store returned; only the hits after it."""
     offset: int = 0
     """For ``relevance``: how many of the best hits to skip."""
-    window: int = 5000
+    window: int = 1000
     """For ``relevance``: only the newest ``window`` matches are ranked (the work of a ranking is bounded)."""
     limit: int = 20
 
