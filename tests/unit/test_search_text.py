@@ -37,6 +37,13 @@ def test_words_are_letters_and_digits_folded() -> None:
     assert words("!!! ... ---") == []
 
 
+@pytest.mark.parametrize(
+    "text", ["Hello, World! x_y 42", "MiXeD-case_words and 3.14", "", "  ", "Déjà vu", "ǅemal ﬁne"]
+)
+def test_index_text_is_the_normalised_words_ascii_fast_path_included(text: str) -> None:
+    assert index_text(text) == " ".join(s.word for s in words(text))
+
+
 def test_parse_words_prefixes_phrases() -> None:
     assert parse("deploy") == [Term(("deploy",))]
     assert parse("Depl*") == [Term(("depl",), prefix=True)]
