@@ -111,6 +111,19 @@ InvitePolicy = Literal["anyone", "admins"]
 """Who may invite to a channel: any member, or only its owners and admins."""
 Purpose = Annotated[str, Meta(max_length=250, pattern=SINGLE_LINE_PATTERN)]
 DmName = Annotated[str, Meta(min_length=1, max_length=80, pattern=SINGLE_LINE_PATTERN)]
+MAX_MESSAGE_SEARCH_QUERY_CHARS = 256
+"""Longest ``message.search`` query."""
+MessageSearchQuery = Annotated[
+    str, Meta(min_length=1, max_length=MAX_MESSAGE_SEARCH_QUERY_CHARS, pattern=SINGLE_LINE_PATTERN)
+]
+MessageSearchCursor = Annotated[str, Meta(min_length=1, max_length=100, pattern=SINGLE_LINE_PATTERN)]
+"""A ``message.search`` page's ``next_cursor``, opaque: where the page before ended."""
+MessageSearchLimit = Annotated[int, Meta(ge=1, le=100)]
+SearchOrder = Literal["newest", "relevance"]
+SearchTimestamp = Annotated[int, Meta(ge=0, le=2**53)]
+"""A date-range bound of ``message.search``: milliseconds since the Unix epoch."""
+Highlight = Annotated[list[int], Meta(min_length=2, max_length=2)]
+"""``[start, end)``: code point offsets of a matched word in a message's ``text``."""
 
 PATTERN_RULES = {
     USERNAME_PATTERN: "of lowercase letters, digits, '_', '.' and '-', starting with a letter or digit",
@@ -438,6 +451,24 @@ class MessageChanges(Request, tag="message.changes"):
     limit: ChangesLimit = 100
 
 
+class MessageSearch(Request, tag="message.search"):
+    """Full-text search over the messages of the caller's conversations (PROTOCOL.md, ``message.search``)."""
+
+    query: MessageSearchQuery
+    """Words (all must match), ``"quoted phrases"``, ``word*`` for a prefix."""
+    conversation_id: ObjectId | None = None
+    sender_id: ObjectId | None = None
+    after_ts: SearchTimestamp | None = None
+    """Only messages sent at or after this time (ms)."""
+    before_ts: SearchTimestamp | None = None
+    """Only messages sent before this time (ms)."""
+    threads_only: bool = False
+    """Only thread replies."""
+    order: SearchOrder = "newest"
+    cursor: MessageSearchCursor | None = None
+    limit: MessageSearchLimit = 20
+
+
 class PresenceQuery(Request, tag="presence.query"):
     user_ids: PresenceUsers
 
@@ -531,6 +562,7 @@ AnyRequest = (
     | MessageUnpin
     | ConversationPins
     | MessageChanges
+    | MessageSearch
     | PresenceQuery
     | Typing
     | UserUpdate
@@ -620,6 +652,18 @@ class ChangesPage(Struct, kw_only=True):
     """On the last page: the revision you are now synced to; store it (§9)."""
 
 
+class SearchHit(Struct, kw_only=True):
+    message: Message
+    highlights: list[Highlight]
+    """Where the query's words are in ``message.text``: ``[start, end)`` code point offsets, in text order."""
+
+
+class SearchPage(Struct, kw_only=True):
+    results: list[SearchHit]
+    next_cursor: str | None
+    """Pass as ``cursor`` (with the same query, filters and order) for the next page; null on the last page."""
+
+
 class PresenceList(Struct, kw_only=True):
     presence: list[Presence]
 
@@ -677,6 +721,7 @@ RESULT_TYPES: dict[str, type[Struct]] = {
     "message.unpin": MessageResult,
     "conversation.pins": MessageList,
     "message.changes": ChangesPage,
+    "message.search": SearchPage,
     "presence.query": PresenceList,
     "typing": Empty,
     "user.update": UserResult,

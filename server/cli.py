@@ -37,6 +37,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_flags(serve_parser)
     migrate_parser = commands.add_parser("migrate", help="Apply pending PostgreSQL migrations, then exit.")
     add_flags(migrate_parser)
+    reindex_parser = commands.add_parser(
+        "reindex", help="Rebuild the message search index from the message store, then exit (docs/storage.md)."
+    )
+    add_flags(reindex_parser)
     commands.add_parser("settings", help="Print every setting with its default as a Markdown table.")
     args = parser.parse_args(argv)
     if args.command == "settings":
@@ -51,6 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(settings.process.log_level)
     if args.command == "migrate":
         return uvloop.run(migrate(settings))
+    if args.command == "reindex":
+        from hubbub.server.reindex import reindex
+
+        return uvloop.run(reindex(settings))
     from hubbub.server import tracing
     from hubbub.server.app import run
 
@@ -76,7 +84,7 @@ async def migrate(settings: Settings) -> int:
         logs.error("invalid_settings", error="migrate needs HUBBUB_POSTGRES_DSN (the embedded store migrates itself)")
         return USAGE_ERROR
     try:
-        applied = await migrate_postgres(dsn)
+        applied = await migrate_postgres(dsn, search_config=settings.storage.postgres_search_config)
     except Exception as exc:
         # Whatever asyncpg raises (a wrong database or role, a refused port)
         # is about the one DSN this command uses.

@@ -222,6 +222,8 @@ class MessagesConfig(msgspec.Struct, kw_only=True, frozen=True):
     max_pins: int
     unread_count_cap: int
     """Unread and mention counts stop here (a listing's cost per conversation is bounded by it)."""
+    search_max_limit: int
+    search_relevance_window: int
 
 
 class ProfilesConfig(msgspec.Struct, kw_only=True, frozen=True):
@@ -461,6 +463,21 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=Tr
             " (a listing reads at most this many messages per conversation)."
         ),
     ] = 100
+    search_max_limit: Annotated[
+        Annotated[int, Meta(ge=1, le=100)],
+        _doc("Most results one `message.search` page returns, whatever its `limit`."),
+    ] = 50
+    search_relevance_window: Annotated[
+        Annotated[int, Meta(ge=100, le=1_000_000)],
+        _doc("A `message.search` by relevance ranks the newest this many matches (bounds its work); 100-1000000."),
+    ] = 1000
+    postgres_search_config: Annotated[
+        Annotated[str, Meta(pattern=r"^[a-z_][a-z0-9_]*(?![\s\S])", max_length=63)],
+        _doc(
+            "PostgreSQL text search configuration of message search (`simple`: every language, no stemming;"
+            " `english`, `french`, ...: stemming and stop words). Run `hubbub reindex` after changing it."
+        ),
+    ] = "simple"
     max_status_chars: Annotated[
         Annotated[int, Meta(ge=1, le=256)], _doc("Longest profile status text (`too_large` beyond); at most 256.")
     ] = 100

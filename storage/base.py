@@ -20,11 +20,13 @@ from hubbub.storage.records import (
     Head,
     Membership,
     MemberState,
+    MessageQuery,
     MessageRecord,
     NewMessage,
     ProfileUpdate,
     ReadMark,
     Role,
+    SearchHit,
     SearchPosition,
     Standing,
     Unread,
@@ -262,3 +264,11 @@ class MessageLog(Protocol):
         mention when its current state mentions ``user_id`` or everyone. Each
         count stops at ``cap`` (a range read of at most ``cap`` counting
         messages per conversation). A position of None counts nothing (only the head)."""
+
+    async def search(self, query: MessageQuery) -> list[SearchHit]:
+        """The first ``query.limit`` messages of ``query.conversation_ids`` whose
+        current text matches every term and the filters, tombstones never, in
+        ``query.order``: ``newest`` by ts descending (a store orders equal ts
+        its own stable way), after ``query.after``; ``relevance``: the newest
+        ``query.window`` matches, best first, after ``query.offset``. InvalidPosition for an ``after`` it never
+        returned. An edit or delete changes what is found as it is stored."""

@@ -64,6 +64,8 @@ class StorageConfig(Struct, kw_only=True, frozen=True):
     mongo_write_concern: str
     mongo_change_lease_seconds: float
     """How long a MongoDB change in flight holds back the change feed's horizon (docs/messages.md)."""
+    postgres_search_config: str
+    """The text search configuration PostgreSQL indexes and searches messages with (docs/storage.md, Search)."""
     storage_timeout_seconds: float
 
     @property

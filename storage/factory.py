@@ -56,6 +56,7 @@ async def _open(config: StorageConfig, closers: list[Callable[[], Awaitable[None
     directory: Directory | None = None
     messages: MessageLog | None = None
     pool_readers: list[PoolReader] = []
+    postgres_pools = None
 
     if "sqlite" in config.backends:
         from hubbub.storage.sqlite import open_sqlite
@@ -71,7 +72,7 @@ async def _open(config: StorageConfig, closers: list[Callable[[], Awaitable[None
         from hubbub.storage.postgres import PostgresDirectory, PostgresMessageLog, PostgresPools, migrate
 
         if config.auto_migrate:
-            await migrate(config.postgres_dsn, timeout=max(timeout, 30.0))
+            await migrate(config.postgres_dsn, timeout=max(timeout, 30.0), search_config=config.postgres_search_config)
         pools = await PostgresPools.open(
             config.postgres_dsn,
             config.postgres_replica_dsn or None,
@@ -83,13 +84,15 @@ async def _open(config: StorageConfig, closers: list[Callable[[], Awaitable[None
         )
         closers.append(pools.close)
         pool_readers.append(pools.usage)
+        postgres_pools = pools
         if accounts_backend == "postgres":
             directory = PostgresDirectory(pools)
         if messages_backend == "postgres":
-            messages = PostgresMessageLog(pools)
+            messages = PostgresMessageLog(pools, search_config=config.postgres_search_config)
 
     if messages_backend == "mongo":
         from hubbub.storage.mongo import MongoMessageLog
+        from hubbub.storage.search_index import IndexedMessageLog, PostgresSearchIndex
 
         mongo = await MongoMessageLog.open(
             config.mongo_url,
@@ -100,7 +103,11 @@ async def _open(config: StorageConfig, closers: list[Callable[[], Awaitable[None
         )
         if mongo.pool_events is not None:
             pool_readers.append(mongo.pool_events.usage)
+        # The search index lives beside the directory, in PostgreSQL (docs/storage.md, Search);
+        # with a SQLite directory there is none, and MongoMessageLog.search scans.
         messages = mongo
+        if postgres_pools is not None:
+            messages = IndexedMessageLog(mongo, PostgresSearchIndex(postgres_pools, config.postgres_search_config))
 
     if directory is None or messages is None:  # every backend of the Literals is opened above
         raise RuntimeError(f"no store opened for {accounts_backend} accounts and {messages_backend} messages")

@@ -32,7 +32,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import msgspec
@@ -42,11 +42,21 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 from pymongo.write_concern import WriteConcern
 
+from hubbub.protocol.search import matches, relevance
 from hubbub.storage.base import HistoryOrder, MessageChange, MessageLog
 from hubbub.storage.batching import GroupCommit, Stored, by_conversation
 from hubbub.storage.errors import StoreUnavailable
 from hubbub.storage.mongo_pools import MongoPoolEvents
-from hubbub.storage.records import Appended, ChangesPage, Head, MessageRecord, NewMessage, Unread
+from hubbub.storage.records import (
+    Appended,
+    ChangesPage,
+    Head,
+    MessageQuery,
+    MessageRecord,
+    NewMessage,
+    SearchHit,
+    Unread,
+)
 from hubbub.storage.rows import (
     message_document,
     message_from_document,
@@ -54,6 +64,7 @@ from hubbub.storage.rows import (
     new_message_record,
     seq_range,
 )
+from hubbub.storage.search_sql import parse_ts_position, ts_position
 from hubbub.storage.threads import with_reply
 
 Document = dict[str, Any]
@@ -171,6 +182,9 @@ class MongoMessageLog:
         so that a change is retried only because of another instance."""
         self.pool_events: MongoPoolEvents | None = None
         """The client's connection-pool events, counted (hubbub_pool_*), when ``open`` made the client."""
+        self.after_batch: Callable[[Sequence[Appended]], Awaitable[None]] | None = None
+        """Called with a batch's stored messages (duplicates too) before they are
+        acknowledged; what it raises fails the batch (storage/search_index.py)."""
 
     @classmethod
     async def open(
@@ -356,11 +370,15 @@ class MongoMessageLog:
     async def _store_batch(self, batch: list[NewMessage]) -> list[Stored | BaseException]:
         """One conversation's messages in order: one read for earlier copies of
         resent ones, one allocation for all their seqs and revs, one ordered
-        insert, the allocation's release; then each new reply's root update."""
+        insert, the allocation's release; then each new reply's root update;
+        then ``after_batch`` (the search index) before any is acknowledged."""
         try:
-            return await self._append_batch(batch)
+            outcomes = await self._append_batch(batch)
         except PyMongoError as exc:
             raise _unavailable(exc) from exc
+        if self.after_batch is not None:
+            await self.after_batch([o for o in outcomes if isinstance(o, Appended)])
+        return outcomes
 
     async def _append_batch(self, batch: list[NewMessage]) -> list[Stored | BaseException]:
         cid = batch[0].conversation_id
@@ -602,6 +620,75 @@ class MongoMessageLog:
             result[conversation_id] = Unread(head=head, unread_count=unread, mention_count=mentioned)
         return result
 
+    # Search: the index is PostgreSQL's (storage/search_index.py); these are its reads here.
+
+    async def get_messages(self, keys: Sequence[tuple[int, str]]) -> dict[str, MessageRecord]:
+        """The messages of (conversation id, message id) ``keys`` that exist, by id: one query."""
+        if not keys:
+            return {}
+        query = {"conversation_id": {"$in": sorted({c for c, _ in keys})}, "_id": {"$in": [i for _, i in keys]}}
+        try:
+            return {str(d["_id"]): message_from_document(d) async for d in self.messages.find(query)}
+        except PyMongoError as exc:
+            raise _unavailable(exc) from exc
+
+    async def all_messages(self, batch: int) -> AsyncIterator[list[MessageRecord]]:
+        """Every message, ``batch`` at a time, in (conversation, seq) order (``hubbub reindex``)."""
+        try:
+            cursor = self.messages.find({}).sort([("conversation_id", 1), ("seq", 1)]).batch_size(batch)
+            records: list[MessageRecord] = []
+            async for doc in cursor:
+                records.append(message_from_document(doc))
+                if len(records) >= batch:
+                    yield records
+                    records = []
+            if records:
+                yield records
+        except PyMongoError as exc:
+            raise _unavailable(exc) from exc
+
+    async def search(self, query: MessageQuery) -> list[SearchHit]:
+        """Search without an index: the conversations' messages newest first,
+        each checked with protocol.search.matches, until a page is found (or
+        ``SCAN_LIMIT`` messages were read). Only for the SQLite-directory
+        topology, which has no PostgreSQL to keep the index in; with a
+        PostgreSQL directory storage.search_index.IndexedMessageLog searches
+        its index instead (docs/storage.md, Search)."""
+        after = None if query.after is None else parse_ts_position(query.after)
+        filters: Document = {"conversation_id": {"$in": sorted(set(query.conversation_ids))}, "deleted": {"$ne": True}}
+        ts_range: Document = {}
+        if query.after_ts is not None:
+            ts_range["$gte"] = query.after_ts
+        if query.before_ts is not None:
+            ts_range["$lt"] = query.before_ts
+        if ts_range:
+            filters["ts"] = ts_range
+        if query.sender_id is not None:
+            filters["sender_id"] = query.sender_id
+        if query.threads_only:
+            filters["thread_root_id"] = {"$type": "string"}
+        order = [("ts", pymongo.DESCENDING), ("conversation_id", pymongo.DESCENDING), ("seq", pymongo.DESCENDING)]
+        found: list[tuple[float, SearchHit]] = []
+        try:
+            cursor = self.messages.find(filters).sort(order).limit(SCAN_LIMIT)
+            async for doc in cursor:
+                record = message_from_document(doc)
+                position = (record.ts, record.conversation_id, record.seq)
+                if after is not None and position >= after:
+                    continue
+                if not matches(record.text, query.terms):
+                    continue
+                hit = SearchHit(record=record, position=ts_position(*position))
+                found.append((relevance(record.text, query.terms), hit))
+                if len(found) >= (query.limit if query.order == "newest" else query.window):
+                    break
+        except PyMongoError as exc:
+            raise _unavailable(exc) from exc
+        if query.order == "newest":
+            return [hit for _, hit in found]
+        found.sort(key=lambda scored: -scored[0])  # stable: newest first among equals
+        return [hit for _, hit in found[query.offset : query.offset + query.limit]]
+
 
 def _unread_pipeline(conversation_id: int, read_seq: int, user_id: int, cap: int) -> list[Document]:
     """One conversation's unread and mention counts as one document (none when nothing counts).
@@ -629,6 +716,9 @@ def _unread_pipeline(conversation_id: int, read_seq: int, user_id: int, cap: int
         {"$project": {"_id": 0, "unread_of": {"$literal": conversation_id}, "unread": 1, "mentioned": 1}},
     ]
 
+
+SCAN_LIMIT = 100_000
+"""Most messages one index-less MongoDB search reads (newest first); older ones are not found by it."""
 
 # mypy proves the backend implements its interface (storage/base.py).
 _messages: type[MessageLog] = MongoMessageLog

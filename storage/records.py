@@ -6,6 +6,8 @@ from typing import Literal
 
 from msgspec import Struct
 
+from hubbub.protocol.search import Term
+
 MentionAll = Literal["channel", "here"]
 """A channel-wide mention: ``@channel`` (every member) or ``@here`` (every member online)."""
 
@@ -240,3 +242,40 @@ class ChangesPage(Struct, kw_only=True, frozen=True):
     """Every change up to this revision is stored and visible: a reader that
     has applied every change up to here has missed nothing. Every message of
     the page has ``rev <= horizon``."""
+
+
+SearchOrder = Literal["newest", "relevance"]
+
+
+class MessageQuery(Struct, kw_only=True, frozen=True):
+    """A ``message.search`` as a store runs it (``MessageLog.search``)."""
+
+    terms: tuple[Term, ...]
+    """Every term must match (protocol.search: words, prefixes, phrases; normalised)."""
+    conversation_ids: tuple[int, ...]
+    """Only these conversations: the caller's at the time of the search (never empty)."""
+    sender_id: int | None = None
+    after_ts: int | None = None
+    """Only messages with ``ts >= after_ts``."""
+    before_ts: int | None = None
+    """Only messages with ``ts < before_ts``."""
+    threads_only: bool = False
+    """Only thread replies."""
+    order: SearchOrder = "newest"
+    after: str | None = None
+    """For ``newest``: a ``SearchHit.position`` this store returned; only the hits after it."""
+    offset: int = 0
+    """For ``relevance``: how many of the best hits to skip."""
+    window: int = 1000
+    """For ``relevance``: only the newest ``window`` matches are ranked (the work of a ranking is bounded)."""
+    limit: int = 20
+
+
+class SearchHit(Struct, kw_only=True, frozen=True):
+    record: MessageRecord
+    position: str
+    """Where the hit stands in ``newest`` order, opaque and store-specific: ``MessageQuery.after`` of the next page."""
+
+
+class InvalidPosition(ValueError):
+    """A ``MessageQuery.after`` that is no position of this store (a forged or foreign cursor)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -24,6 +25,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from hubbub.protocol.search import index_text
 from hubbub.storage.base import AdminCheck, Directory, HistoryOrder, MessageChange, MessageLog
 from hubbub.storage.batching import GroupCommit, one_group
 from hubbub.storage.errors import Conflict, StoreUnavailable
@@ -35,11 +37,13 @@ from hubbub.storage.records import (
     Head,
     Membership,
     MemberState,
+    MessageQuery,
     MessageRecord,
     NewMessage,
     ProfileUpdate,
     ReadMark,
     Role,
+    SearchHit,
     SearchPosition,
     Unread,
     UserRecord,
@@ -50,6 +54,8 @@ from hubbub.storage.rows import (
     MEMBERSHIP_COLUMNS,
     MESSAGE_COLUMNS,
     MESSAGE_STATE_COLUMNS,
+    NO_SEQ_ABOVE,
+    NO_SEQ_BELOW,
     STANDING_SQL,
     USER_COLUMNS,
     channel_assignments,
@@ -70,6 +76,7 @@ from hubbub.storage.rows import (
     standing,
     user_record,
 )
+from hubbub.storage.search_sql import SQLITE_ROWID_TS_SHIFT, fts5_match, sqlite_position, sqlite_rowid_base
 from hubbub.storage.threads import with_reply
 
 T = TypeVar("T")
@@ -97,6 +104,30 @@ its owner if still a member, else its earliest member (by joined_at, then
 user id); a channel nobody is left in has no owner. Channels get an empty
 purpose, are not archived and let anyone invite (today's behaviour); DMs get
 no name. PostgreSQL's is migrations/postgres/0007_roles.sql."""
+
+
+SEARCH_MIGRATION = """
+    ALTER TABLE messages ADD COLUMN search_rowid INTEGER;
+    UPDATE messages SET search_rowid = numbered.rowid_ FROM (
+        SELECT conversation_id AS cid, seq AS seq_,
+            (min(max(ts, 0), 4398046511103) << 20) + row_number() OVER (
+                PARTITION BY min(max(ts, 0), 4398046511103) ORDER BY conversation_id, seq) - 1 AS rowid_
+        FROM messages) AS numbered
+        WHERE messages.conversation_id = numbered.cid AND messages.seq = numbered.seq_;
+    CREATE UNIQUE INDEX messages_search_rowid ON messages(search_rowid);
+    CREATE VIRTUAL TABLE message_search USING fts5(text, content='', tokenize='unicode61 remove_diacritics 2');
+    INSERT INTO message_search (rowid, text)
+        SELECT search_rowid, hubbub_index_text(text) FROM messages WHERE deleted = 0 AND text != ''
+"""
+"""The search index (docs/storage.md, Search): a contentless FTS5 table of
+every message not deleted, its words as protocol.search cuts them
+(``hubbub_index_text``), under the message's ``search_rowid``: the ts
+shifted left 20 bits plus a counter within the millisecond
+(storage.search_sql), so the index's rowid order is ts order and a
+``newest`` search reads it backwards, stopping after a page. Contentless:
+the text is kept once, in ``messages``; an edit or delete removes the old
+words with FTS5's ``delete`` command, which needs them, read from the row in
+the same transaction."""
 
 # Each entry migrates the schema from version i to i+1 (PRAGMA user_version).
 MIGRATIONS: tuple[str, ...] = (
@@ -204,6 +235,8 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE deleted = 0 AND (thread_root_id IS NULL OR also_in_channel = 1);
     """,
     ROLES_MIGRATION,
+    # Message search (issue 15): SEARCH_MIGRATION, kept whole in one place for renumbering.
+    SEARCH_MIGRATION,
 )
 
 
@@ -268,6 +301,8 @@ class SqliteDatabase:
             conn.execute("PRAGMA secure_delete=ON")
             # The profiles migration fills search_name with Python's lowercasing (storage.rows.search_key).
             conn.create_function("hubbub_lower", 1, search_key, deterministic=True)
+            # The search migration indexes existing messages' words as new ones are (protocol.search).
+            conn.create_function("hubbub_index_text", 1, index_text, deterministic=True)
             # BEGIN IMMEDIATE takes the write lock before reading the version, so
             # processes starting at once on one file migrate it exactly once.
             conn.execute("BEGIN IMMEDIATE")
@@ -792,6 +827,9 @@ class SqliteMessageLog:
             return {}
         return await self.db.run(functools.partial(_unread, user_id=user_id, positions=positions, cap=cap))
 
+    async def search(self, query: MessageQuery) -> list[SearchHit]:
+        return await self.db.run(functools.partial(_search, query=query))
+
 
 UNREAD_SQL = (
     "SELECT count(*), coalesce(sum(mentioned), 0) FROM ("
@@ -901,6 +939,8 @@ def _change_one(
         return current, False
     stored = msgspec.structs.replace(changed, rev=_next_rev(c, conversation_id))
     _store_state(c, stored)
+    if (stored.text, stored.deleted) != (current.text, current.deleted):
+        _reindex(c, current, stored)
     return stored, True
 
 
@@ -936,12 +976,15 @@ def _append_one(c: sqlite3.Connection, m: NewMessage) -> Appended:
         (m.conversation_id,),
     ).fetchone()
     record = new_message_record(m, seq, rev)
-    c.execute(f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES ({_MESSAGE_MARKS})", message_values(record))
+    search_rowid = _next_search_rowid(c, m.ts)
+    c.execute(_INSERT_MESSAGE_SQL, (*message_values(record), search_rowid))
+    c.execute("INSERT INTO message_search (rowid, text) VALUES (?, ?)", (search_rowid, index_text(record.text)))
     root = None if m.thread_root_id is None else _add_reply_to_root(c, m.thread_root_id, record)
     return Appended(record=record, duplicate=False, root=root)
 
 
 _MESSAGE_MARKS = ", ".join("?" * len(MESSAGE_COLUMNS.split(",")))
+_INSERT_MESSAGE_SQL = f"INSERT INTO messages ({MESSAGE_COLUMNS}, search_rowid) VALUES ({_MESSAGE_MARKS}, ?)"
 
 
 def _add_reply_to_root(c: sqlite3.Connection, root_id: str, reply: MessageRecord) -> MessageRecord | None:
@@ -953,6 +996,105 @@ def _add_reply_to_root(c: sqlite3.Connection, root_id: str, reply: MessageRecord
     root = msgspec.structs.replace(with_reply(message_record(row), reply), rev=_next_rev(c, reply.conversation_id))
     _store_state(c, root)
     return root
+
+
+# -- message search (SEARCH_MIGRATION) -----------------------------------------
+
+
+def _next_search_rowid(c: sqlite3.Connection, ts: int) -> int:
+    """A new message's search rowid: the next free one of its millisecond (one index probe)."""
+    base = sqlite_rowid_base(ts)
+    row = c.execute(
+        "SELECT max(search_rowid) FROM messages WHERE search_rowid >= ? AND search_rowid < ?",
+        (base, base + (1 << SQLITE_ROWID_TS_SHIFT)),
+    ).fetchone()
+    return base if row[0] is None else int(row[0]) + 1
+
+
+def _reindex(c: sqlite3.Connection, before: MessageRecord, after: MessageRecord) -> None:
+    """Replace a changed message's words in the index (in the change's transaction):
+    the old ones out (FTS5 ``delete`` takes exactly what was indexed), the new ones
+    in unless it is now a tombstone."""
+    (search_rowid,) = c.execute(
+        "SELECT search_rowid FROM messages WHERE conversation_id = ? AND seq = ?", (after.conversation_id, after.seq)
+    ).fetchone()
+    if not before.deleted:
+        c.execute(
+            "INSERT INTO message_search (message_search, rowid, text) VALUES ('delete', ?, ?)",
+            (search_rowid, index_text(before.text)),
+        )
+    if not after.deleted:
+        c.execute("INSERT INTO message_search (rowid, text) VALUES (?, ?)", (search_rowid, index_text(after.text)))
+
+
+_SEARCH_FILTERS = (
+    " WHERE message_search MATCH :match AND message_search.rowid >= :low AND message_search.rowid < :high"
+    " AND m.conversation_id IN (SELECT value FROM json_each(:conversations)) AND m.deleted = 0"
+    " AND m.ts >= :after_ts AND m.ts < :before_ts AND (:sender IS NULL OR m.sender_id = :sender)"
+    " AND (:threads_only = 0 OR m.thread_root_id IS NOT NULL)"
+)
+_SEARCH_COLUMNS = (
+    f"SELECT {', '.join(f'm.{c.strip()}' for c in MESSAGE_COLUMNS.split(','))}, message_search.rowid AS hit"
+)
+_SEARCH_TABLES = (
+    " FROM message_search CROSS JOIN messages AS m INDEXED BY messages_search_rowid"
+    " ON m.search_rowid = message_search.rowid"
+)
+_SEARCH_FROM = _SEARCH_COLUMNS + _SEARCH_TABLES
+SEARCH_NEWEST_SQL = f"{_SEARCH_FROM}{_SEARCH_FILTERS} ORDER BY message_search.rowid DESC LIMIT :limit"
+"""``newest``: the index read backwards from the cursor (or the date range's
+end), each hit joined to its row by ``messages_search_rowid`` and filtered
+(membership, sender, thread), until a page is found."""
+SEARCH_RELEVANCE_SQL = (
+    f"SELECT * FROM ({_SEARCH_COLUMNS}, message_search.rank AS score{_SEARCH_TABLES}{_SEARCH_FILTERS}"
+    " ORDER BY message_search.rowid DESC LIMIT :window) ORDER BY score, hit DESC LIMIT :limit OFFSET :offset"
+)
+"""``relevance``: the newest ``window`` matches (read as ``newest`` reads them),
+by FTS5's bm25 rank (fewer, rarer words in a shorter text first), then newest."""
+
+
+def _search(c: sqlite3.Connection, query: MessageQuery) -> list[SearchHit]:
+    low = sqlite_rowid_base(query.after_ts) if query.after_ts is not None else 0
+    high = sqlite_rowid_base(query.before_ts) if query.before_ts is not None else NO_SEQ_ABOVE
+    if query.order == "newest" and query.after is not None:
+        high = min(high, sqlite_position(query.after))
+    params = {
+        "match": fts5_match(query.terms),
+        "low": low,
+        "high": high,
+        "conversations": json.dumps(sorted(set(query.conversation_ids))),
+        "after_ts": NO_SEQ_BELOW if query.after_ts is None else query.after_ts,
+        "before_ts": NO_SEQ_ABOVE if query.before_ts is None else query.before_ts,
+        "sender": query.sender_id,
+        "threads_only": int(query.threads_only),
+        "limit": query.limit,
+        "offset": query.offset,
+        "window": query.window,
+    }
+    sql = SEARCH_NEWEST_SQL if query.order == "newest" else SEARCH_RELEVANCE_SQL
+    rows = c.execute(sql, params).fetchall()
+    return [SearchHit(record=message_record(r), position=str(r[_WIDTH])) for r in rows]
+
+
+_WIDTH = len(MESSAGE_COLUMNS.split(","))
+"""How many columns a message row has; a statement's other columns come after them."""
+
+
+async def reindex_sqlite(db: SqliteDatabase) -> int:
+    """Rebuild the search index from ``messages`` (``hubbub reindex``); how many messages it holds now."""
+
+    def rebuild(c: sqlite3.Connection) -> int:
+        c.execute("INSERT INTO message_search (message_search) VALUES ('delete-all')")
+        cur = c.execute(
+            "INSERT INTO message_search (rowid, text)"
+            " SELECT search_rowid, hubbub_index_text(text) FROM messages WHERE deleted = 0"
+        )
+        count: int = cur.rowcount
+        # One segment: the deleted messages' words, still in older segments, are gone from the file.
+        c.execute("INSERT INTO message_search (message_search) VALUES ('optimize')")
+        return count
+
+    return await db.transaction(rebuild)
 
 
 # mypy proves each backend implements its interface (storage/base.py).

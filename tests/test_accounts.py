@@ -145,6 +145,7 @@ NEEDS_AUTH: dict[str, dict[str, Any]] = {
     "message.unpin": {"conversation_id": 1, "message_id": "m1"},
     "conversation.pins": {"conversation_id": 1},
     "message.changes": {"conversation_id": 1, "after_rev": 0},
+    "message.search": {"query": "hello"},
     "user.update": {"display_name": "Someone"},
     "user.get": {"user_ids": [1]},
     "user.search": {"query": "ex"},

@@ -88,7 +88,7 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "before": st.none() | st.integers(min_value=0, max_value=10),
     "after": st.none() | st.integers(min_value=0, max_value=10),
     "limit": st.integers(min_value=1, max_value=100),
-    "order": st.sampled_from(["asc", "desc"]),
+    "order": st.sampled_from(["asc", "desc", "newest", "relevance"]),
     "thread_root_id": st.none() | st.text(single_line, min_size=1, max_size=10),
     "also_in_channel": st.booleans(),
     "include_replies": st.booleans(),
@@ -113,6 +113,10 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "archived": st.none() | st.booleans(),
     "invite_policy": st.none() | st.sampled_from(["anyone", "admins"]),
     "role": st.sampled_from(["owner", "admin", "member"]),
+    "sender_id": st.none() | object_id,
+    "after_ts": st.none() | st.integers(min_value=0, max_value=2**53),
+    "before_ts": st.none() | st.integers(min_value=0, max_value=2**53),
+    "threads_only": st.booleans(),
 }
 # ...and values at or past the schema's edges.
 edge_id = st.sampled_from([-1, 0, 2**53, 2**53 + 1, 2**63, 2**64])
@@ -158,6 +162,10 @@ EDGE: dict[str, st.SearchStrategy[Any]] = {
     "archived": st.sampled_from([0, 1, "true"]),
     "invite_policy": st.sampled_from(["", "nobody", "Admins", 1]),
     "role": st.sampled_from(["", "king", "Owner", None, 1]),
+    "sender_id": edge_id,
+    "after_ts": edge_id,
+    "before_ts": edge_id,
+    "threads_only": st.sampled_from([0, 1, "true", None]),
 }
 assert set(VALID) == set(EDGE) == set(FIELD_NAMES), "add the new request fields to VALID and EDGE"
 

@@ -65,6 +65,8 @@ LIMIT_SETTINGS = (
     "max_avatar_url_chars",
     "user_search_max_limit",
     "unread_count_cap",
+    "search_max_limit",
+    "search_relevance_window",
 )
 """Settings that PROTOCOL.md's limits table must list, with env var and default."""
 

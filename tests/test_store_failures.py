@@ -50,6 +50,9 @@ async def outage_checks(server: RunningServer, client: Client, conversation_id: 
     with pytest.raises(ServerError) as failed:
         await client.call("message.history", conversation_id=conversation_id)
     assert failed.value.code == "unavailable"
+    with pytest.raises(ServerError) as failed:
+        await client.call("message.search", query="outage")
+    assert failed.value.code == "unavailable", "a search of a store that is down: unavailable, not internal"
     started = time.monotonic()
     status, body = await asyncio.to_thread(http_get, server.http_url + "/readyz")
     assert status == 503

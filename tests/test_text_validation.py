@@ -58,6 +58,7 @@ VALID_REQUESTS: dict[str, dict[str, Any]] = {
         "avatar_url": "https://cdn.example.org/alice.png",
     },
     "user.search": {"query": "ali", "cursor": "alice"},
+    "message.search": {"query": '"release notes" depl*', "cursor": "n1853108427402772480"},
     "password.change": {"old_password": "correct horse", "new_password": "staple battery"},
     "channel.update": {"channel_id": 1, "name": "nl123", "topic": "Company-wide chatter", "purpose": "Announcements"},
     "dm.rename": {"conversation_id": 1, "name": "Launch crew"},

@@ -22,6 +22,7 @@ from hubbub.server.handlers import (
     profiles,
     reactions,
     read_state,
+    search,
     system,
     typing_indicator,
 )
@@ -59,6 +60,7 @@ HANDLERS: dict[str, Handler] = {
     "message.unpin": pins.unpin,
     "conversation.pins": pins.list_,
     "message.changes": messages.changes,
+    "message.search": search.search,
     "presence.query": presence.query,
     "typing": typing_indicator.typing,
     "user.update": profiles.update,

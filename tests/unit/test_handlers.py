@@ -67,7 +67,13 @@ class FakeContext:
         self.typing_max_members = 3
         self.profile_limits = ProfilesConfig(max_status_chars=10, max_avatar_url_chars=40, user_search_max_limit=3)
         self.message_limits = MessagesConfig(
-            edit_window_seconds=60.0, max_reaction_emojis=3, max_reactions_per_user=2, max_pins=2, unread_count_cap=5
+            edit_window_seconds=60.0,
+            max_reaction_emojis=3,
+            max_reactions_per_user=2,
+            max_pins=2,
+            search_max_limit=3,
+            search_relevance_window=100,
+            unread_count_cap=5,
         )
 
     @property

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import msgspec
 
+from hubbub.protocol.search import index_text
 from hubbub.storage.records import ConversationRecord, MessageRecord, NewMessage, Reaction, UserRecord
 from hubbub.storage.rows import (
     CONVERSATION_COLUMNS,
@@ -100,6 +101,7 @@ def sqlite_schema(tmp_path: Path) -> sqlite3.Connection:
     """A connection to a database of SQLite's whole schema (every migration)."""
     conn = sqlite3.connect(tmp_path / "schema.db")
     conn.create_function("hubbub_lower", 1, search_key)  # as SqliteDatabase registers it for the migrations
+    conn.create_function("hubbub_index_text", 1, index_text)
     for script in MIGRATIONS:
         conn.executescript(script)
     return conn
