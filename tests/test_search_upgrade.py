@@ -127,7 +127,8 @@ async def release_postgres() -> AsyncIterator[str]:
 
 async def test_postgres_upgrade_indexes_existing_messages(release_postgres: str) -> None:
     applied = await migrate(release_postgres)
-    assert applied[0] == "0008_message_search", applied
+    assert applied == [v for v, _ in migrations() if v not in RELEASED_POSTGRES], applied
+    assert "0008_message_search" in applied
     assert await migrate(release_postgres) == []
     pools = await PostgresPools.open(release_postgres, None, min_size=1, max_size=2, timeout=10)
     log = PostgresMessageLog(pools)
