@@ -127,6 +127,7 @@ class App:
             passwords=passwords,
             tokens=Tokens(secret, s.tokens.jwt_issuer, s.tokens.jwt_audience, s.tokens.jwt_ttl_seconds),
             metrics=self.metrics,
+            presence_batch_seconds=s.presence.presence_batch_seconds,
         )
         await services.start()
         self._keepalive = Keepalive(

@@ -48,6 +48,7 @@ class Services:
         passwords: Passwords,
         tokens: Tokens,
         metrics: Metrics,
+        presence_batch_seconds: float = 0.0,
     ) -> None:
         self.limits = limits
         """What one client may do (dispatch and sessions read it)."""
@@ -68,7 +69,7 @@ class Services:
         self.tokens = tokens
         self.metrics = metrics
         self.presence = presence
-        self.registry = Registry(broker, metrics)
+        self.registry = Registry(broker, metrics, presence_batch_seconds=presence_batch_seconds)
         self.catchup = Catchup(messages, self.registry, metrics)
         self.registry.tell_unrouted(self.catchup)
         self.publisher = Publisher(messages, broker, metrics)
@@ -97,6 +98,7 @@ class Services:
         await on_offline(self, user_id)
 
     async def close(self) -> None:
+        self.registry.presence.close()
         await self.presence.close()
         await self.broker.close()
         await self.catchup.close()
