@@ -28,6 +28,7 @@ from hubbub.server.connection import LOGGER, Connection
 from hubbub.server.guarded import guarded
 from hubbub.server.http import ProcessRequest, make_process_request
 from hubbub.server.keepalive import Keepalive
+from hubbub.server.lookups import coalesced
 from hubbub.server.loop_lag import LoopLagMonitor
 from hubbub.server.metrics import Metrics
 from hubbub.server.presence import LocalPresence, PresenceTracker
@@ -120,7 +121,7 @@ class App:
             typing=s.typing,
             message_limits=s.messages,
             profile_limits=s.profiles,
-            directory=guarded(directory, self.metrics, timeout),
+            directory=coalesced(guarded(directory, self.metrics, timeout)),
             messages=guarded(messages, self.metrics, timeout),
             broker=broker,
             presence=presence,
