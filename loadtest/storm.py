@@ -43,7 +43,7 @@ from hubbub.loadtest.report import Progress, summarize_ns
 from hubbub.loadtest.safety import SETUP_TIMEOUT_S
 from hubbub.loadtest.scenarios import ConnSpec, Plan, Room, Scenario
 from hubbub.loadtest.servers import Servers
-from hubbub.loadtest.targets import CALL_TIMEOUT_S, Target, error_code
+from hubbub.loadtest.targets import CALL_TIMEOUT_S, SetupError, Target, error_code
 
 QUIET_CPU = 0.1
 """Servers below this many cores are quiet again (after the drop, before the storm)."""
@@ -74,8 +74,9 @@ _listing = msgspec.json.Decoder(_Listing)
 _page = msgspec.json.Decoder(_Page)
 
 
-class StormError(RuntimeError):
-    """A reconnecting client could not get ready or catch up (counted by kind)."""
+class StormError(SetupError):
+    """A send before the storm was refused (the run fails), or a reconnecting client
+    could not catch up (counted by kind)."""
 
 
 class Storm:
