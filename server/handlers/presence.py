@@ -3,8 +3,10 @@
 Who hears a change: every member of every conversation the user belongs to
 (DMs, and channels of at most ``presence_max_members`` members), each
 connection once. This needs no subscription from clients, at the cost of one
-event per connection sharing such a conversation per change; PROTOCOL.md
-spells the cost out.
+entry per connection sharing such a conversation per change; PROTOCOL.md
+spells the cost out. Each change is published once (a ``presence`` broker
+event); every instance's registry coalesces them per connection into
+``presence.batch`` frames (server/presence_batch.py).
 """
 
 from __future__ import annotations
