@@ -33,6 +33,7 @@ from hubbub.loadtest.safety import (
 )
 from hubbub.loadtest.scenarios import BENCHMARK_TABLE, SCENARIOS, Scenario
 from hubbub.loadtest.servers import ServerOptions, ServerUnavailable, kill_all_now
+from hubbub.loadtest.storm import storm_ok, storm_table
 from hubbub.loadtest.targets import TARGETS, SetupError
 
 SCENARIO_FLAGS = (
@@ -51,6 +52,7 @@ SCENARIO_FLAGS = (
     "instances",
     "rss_interval",
     "warmup",
+    "gap_messages",
 )
 
 
@@ -128,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between RSS readings of each server during the run; > 0 makes it a soak (soak: 5)",
     )
     soak.add_argument("--warmup", type=float, help="seconds of the run left out of the RSS slope (soak: 60)")
+    load.add_argument(
+        "--gap-messages",
+        type=int,
+        help="storm: messages per room seen before the drop and sent while all are away (default 10)",
+    )
     load.add_argument("--drain-timeout", type=float, default=10.0, help="wait for late acks/deliveries (s)")
 
     changes = parser.add_argument_group(
@@ -370,19 +377,26 @@ def _run_scenario(
         return 130 if interrupted else 1
     print()
     print(f"scenario {scenario.name}: {_describe(scenario)}")
-    print(table(results))
+    print(storm_table(results) if scenario.storm else table(results))
     if args.json:
         path = json_path(args.json, scenario.name.split()[0], several)
         write_json(path, document)
         print(f"JSON report written to {path}")
-        if not args.no_plot:
+        if not args.no_plot and not scenario.storm:
             print(write_plot(path.with_suffix(".png"), results, f"scenario {scenario.name}: {_describe(scenario)}"))
     if interrupted:
         return 130
+    if scenario.storm:
+        return 0 if all(storm_ok(r) for r in results) else 1
     return 0 if all(r.get("error") is None for r in results) else 1
 
 
 def _describe(s: Scenario) -> str:
+    if s.storm:
+        return (
+            f"{s.subscribers} clients in {s.rooms} rooms dropped at once and reconnecting at once, "
+            f"{s.gap_messages} messages per room to catch up, {s.instances} instance(s)"
+        )
     parts = []
     if s.subscribers:
         parts.append(f"{s.subscribers} subscribers in {s.rooms} room{'s' if s.rooms != 1 else ''}")

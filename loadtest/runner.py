@@ -31,6 +31,7 @@ from hubbub.loadtest.report import Progress, summarize_ns
 from hubbub.loadtest.safety import SETUP_TIMEOUT_S
 from hubbub.loadtest.scenarios import ConnSpec, Plan, Scenario, build_plan
 from hubbub.loadtest.servers import ServerOptions, Servers, started_servers
+from hubbub.loadtest.storm import Storm
 from hubbub.loadtest.targets import CALL_TIMEOUT_S, SetupInfo, Target, make_target
 
 LAG_PROBE_S = 0.005
@@ -522,6 +523,10 @@ async def run_target(scenario: Scenario, options: RunOptions) -> dict[str, Any]:
             servers.pids.extend(p for p in options.server_pids if p not in servers.pids)
         target = make_target(options.target, servers.urls)
         plan = build_plan(scenario, servers.urls, run_id)
+        if scenario.storm:
+            storm = Storm(scenario, target, plan, options.progress)
+            stack.callback(storm.close_all)
+            return await storm.execute(servers)
         run = Run(scenario, target, plan, options)
         return await run.execute(servers)
     raise AssertionError("unreachable")

@@ -43,6 +43,10 @@ class Scenario:
     """Soak: seconds between RSS readings of each server process during the run (0: none)."""
     warmup: float = 0.0
     """Soak: seconds at the start of the run left out of the RSS slope."""
+    storm: bool = False
+    """The reconnect storm instead of a send run (loadtest/storm.py)."""
+    gap_messages: int = 10
+    """Storm: messages per room seen live before the drop, and as many sent while everyone is away."""
     description: str = ""
 
     @property
@@ -82,6 +86,8 @@ class Scenario:
             raise ValueError("--size must be between 20 and 3900 bytes")
         if self.duration <= 0:
             raise ValueError("--duration must be positive")
+        if self.gap_messages < 0:
+            raise ValueError("--gap-messages must not be negative")
         if self.instances < 1:
             raise ValueError("--instances must be at least 1")
         if self.rss_interval < 0 or self.warmup < 0:
@@ -144,6 +150,16 @@ SCENARIOS: dict[str, Scenario] = {
         warmup=60.0,
         description="2000 subscribers in 125 rooms of 16 over 2 instances + Redis, 200 msg/s for 30 min: "
         "RSS slope per instance",
+    ),
+    "storm": Scenario(
+        name="storm",
+        subscribers=10000,
+        rooms=200,
+        publishers=5,
+        storm=True,
+        gap_messages=10,
+        description="10000 clients in 200 rooms of 50 dropped at once and reconnecting at once: "
+        "time until all are authenticated, and until each has caught up every conversation",
     ),
 }
 

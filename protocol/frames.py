@@ -853,7 +853,17 @@ class ConversationRemoved(ServerFrame, tag="conversation.removed"):
 
 
 class PresenceChanged(ServerFrame, tag="presence"):
+    """One user's change as it travels between instances (the broker's payload);
+    clients receive it inside a ``presence.batch``, never alone."""
+
     presence: Presence
+
+
+class PresenceBatch(ServerFrame, tag="presence.batch"):
+    """Presence changes of users who share a conversation with you, coalesced
+    over ``presence_batch_seconds``: in the order they happened, each once."""
+
+    presence: list[Presence]
 
 
 class UserTyping(ServerFrame, tag="typing"):
@@ -902,7 +912,7 @@ AnyEvent = (
     | DmUpdated
     | ConversationAdded
     | ConversationRemoved
-    | PresenceChanged
+    | PresenceBatch
     | UserTyping
     | UserUpdated
     | ConversationRead
@@ -923,7 +933,7 @@ EVENT_TYPES: tuple[type[ServerFrame], ...] = (
     DmUpdated,
     ConversationAdded,
     ConversationRemoved,
-    PresenceChanged,
+    PresenceBatch,
     UserTyping,
     UserUpdated,
     ConversationRead,

@@ -29,6 +29,7 @@ from hubbub.server.connection import LOGGER, Connection
 from hubbub.server.guarded import guarded
 from hubbub.server.http import ProcessRequest, make_process_request
 from hubbub.server.keepalive import Keepalive
+from hubbub.server.lookups import coalesced
 from hubbub.server.loop_lag import LoopLagMonitor
 from hubbub.server.metrics import Metrics
 from hubbub.server.presence import LocalPresence, PresenceTracker
@@ -124,7 +125,7 @@ class App:
             typing=s.typing,
             message_limits=s.messages,
             profile_limits=s.profiles,
-            directory=guarded(directory, self.metrics, timeout),
+            directory=coalesced(guarded(directory, self.metrics, timeout)),
             messages=guarded(messages, self.metrics, timeout),
             broker=broker,
             presence=presence,
@@ -132,6 +133,7 @@ class App:
             tokens=Tokens(secret, s.tokens.jwt_issuer, s.tokens.jwt_audience, s.tokens.jwt_ttl_seconds),
             metrics=self.metrics,
             instance_id=self.instance_id,
+            presence_batch_seconds=s.presence.presence_batch_seconds,
         )
         await services.start()
         self._keepalive = Keepalive(

@@ -196,6 +196,7 @@ class PresenceConfig(msgspec.Struct, kw_only=True, frozen=True):
     presence_max_members: int
     presence_heartbeat_seconds: float
     presence_ttl_seconds: float
+    presence_batch_seconds: float
 
     def check(self, name: SettingNamer) -> None:
         if self.presence_ttl_seconds <= self.presence_heartbeat_seconds:
@@ -428,6 +429,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=Tr
         _doc("Presence events go through conversations of at most this many members (larger: presence.query)."),
     ] = 200
     presence_heartbeat_seconds: Annotated[PositiveFloat, _doc("How often an instance renews its presence.")] = 10.0
+    presence_batch_seconds: Annotated[
+        Annotated[float, Meta(ge=0, le=5)],
+        _doc("Presence changes heard by a connection within this window go out as one `presence.batch` (0: at once)."),
+    ] = 0.1
     presence_ttl_seconds: Annotated[
         PositiveFloat, _doc("An instance silent this long is dead: its users go offline everywhere.")
     ] = 30.0

@@ -35,6 +35,7 @@ import msgspec
 from hubbub.protocol.codec import websocket_text_frame
 from hubbub.server.broker import SESSIONS_ENDED, Broker, Event, SessionsEnded
 from hubbub.server.metrics import Metrics
+from hubbub.server.presence_batch import PRESENCE_CHANGE, PresenceCoalescer, change_item
 
 
 class Sender(Protocol):
@@ -68,9 +69,11 @@ class UnroutedListener(Protocol):
 
 
 class Registry:
-    def __init__(self, broker: Broker, metrics: Metrics) -> None:
+    def __init__(self, broker: Broker, metrics: Metrics, *, presence_batch_seconds: float = 0.0) -> None:
         self._broker = broker
         self._metrics = metrics
+        self.presence = PresenceCoalescer(presence_batch_seconds, metrics)
+        """Presence changes wait here, per connection, to go out as one ``presence.batch``."""
         self.by_user: dict[int, set[Recipient]] = {}
         self.by_conversation: dict[int, dict[Recipient, Sender]] = {}
         """Each conversation's local recipients, with their writers."""
@@ -105,6 +108,7 @@ class Registry:
         if devices is None or recipient not in devices:
             return
         devices.discard(recipient)
+        self.presence.discard(recipient)
         if not devices:
             del self.by_user[recipient.user_id]
             self._broker.unwatch(users=(recipient.user_id,))
@@ -171,6 +175,9 @@ class Registry:
             for uid in event.users:
                 members.update((recipient, recipient.outbound) for recipient in self.by_user.get(uid, ()))
         if not members:
+            return
+        if event.frame_type == PRESENCE_CHANGE:
+            self.presence.add(members, change_item(event.payload))
             return
         frame = websocket_text_frame(event.payload)
         count = 0

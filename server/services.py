@@ -50,6 +50,7 @@ class Services:
         tokens: Tokens,
         metrics: Metrics,
         instance_id: str = "",
+        presence_batch_seconds: float = 0.0,
     ) -> None:
         self.limits = limits
         """What one client may do (dispatch and sessions read it)."""
@@ -72,7 +73,7 @@ class Services:
         self.instance_id = instance_id
         """This process among the instances (App.instance_id): on its spans (server/tracing.py)."""
         self.presence = presence
-        self.registry = Registry(broker, metrics)
+        self.registry = Registry(broker, metrics, presence_batch_seconds=presence_batch_seconds)
         self.archived_channels = ArchivedChannels()
         """Which channels are archived, as this instance knows (message.send's check)."""
         self.catchup = Catchup(messages, self.registry, metrics, self.archived_channels)
@@ -103,6 +104,7 @@ class Services:
         await on_offline(self, user_id)
 
     async def close(self) -> None:
+        self.registry.presence.close()
         await self.presence.close()
         await self.broker.close()
         await self.catchup.close()

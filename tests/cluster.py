@@ -33,6 +33,7 @@ from hubbub.protocol import frames
 from hubbub.protocol.client import Client, open_client
 from tests.backends import truncate_postgres
 from tests.conftest import TEST_SETTINGS, http_get, unique_name
+from tests.helpers import presence_changes
 from tests.processes import ServerProcess, running_server, settings_env
 from tests.redis_server import PrivateRedis
 
@@ -209,7 +210,7 @@ class Peer:
 
     def presence_of(self, user_id: int) -> list[str]:
         """The statuses of ``user_id`` in the presence events received, in order."""
-        return [e.presence.status for e in self.find(frames.PresenceChanged, lambda e: e.presence.user_id == user_id)]
+        return [change.status for change in presence_changes(self.events, user_id)]
 
 
 # -- the cluster --------------------------------------------------------------

@@ -42,3 +42,27 @@ async def closed_with(client: Client, timeout: float = 5) -> int | None:
     """Wait until the server closes the connection; its close code."""
     await asyncio.wait_for(client.ws.wait_closed(), timeout)
     return client.ws.close_code
+
+
+# -- presence (server/presence_batch.py: changes arrive as presence.batch frames) --
+
+
+def presence_changes(events: list[frames.ServerFrame], user_id: int | None = None) -> list[frames.Presence]:
+    """The presence changes in these events, in order (of ``user_id`` when given)."""
+    return [
+        change
+        for event in events
+        if isinstance(event, frames.PresenceBatch)
+        for change in event.presence
+        if user_id is None or change.user_id == user_id
+    ]
+
+
+async def next_presence_of(client: Client, user_id: int, timeout: float = 10) -> frames.Presence:
+    """The first change of ``user_id`` in the next batches (skipping other events and users)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            batch: frames.PresenceBatch = await client.next_event(frames.PresenceBatch)
+            found = [change for change in batch.presence if change.user_id == user_id]
+            if found:
+                return found[0]

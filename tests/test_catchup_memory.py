@@ -21,7 +21,7 @@ from hubbub.protocol.client import Client
 from hubbub.server.app import App
 from hubbub.server.catchup import SEEN_WINDOW, Catchup
 from tests.conftest import ServerFactory
-from tests.helpers import uid
+from tests.helpers import next_presence_of, uid
 
 MESSAGES = SEEN_WINDOW + SEEN_WINDOW // 2
 """Past one window, so the remembered seqs have slid along."""
@@ -114,10 +114,8 @@ async def test_state_goes_with_the_last_member_disconnecting(make_server: Server
 
     await alice.close()
     # The server unregisters a connection before announcing its user offline.
-    while True:
-        event = await carol.next_event(frames.PresenceChanged)
-        if event.presence.user_id == uid(alice) and event.presence.status == "offline":
-            break
+    while (await next_presence_of(carol, uid(alice))).status != "offline":
+        pass
     assert not routed(server.app, channel.id)
 
     # Back again: the conversation is caught up afresh and delivers as before.

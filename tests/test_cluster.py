@@ -20,6 +20,7 @@ from websockets.exceptions import ConnectionClosed
 from hubbub.protocol import frames
 from hubbub.protocol.client import ServerError
 from tests.cluster import HEARTBEAT_SECONDS, TTL_SECONDS, WAIT, Cluster, Peer, create_channel, full_history, send_many
+from tests.helpers import presence_changes
 from tests.redis_server import PrivateRedis
 
 pytest_plugins = ["tests.cluster"]  # its fixtures: cluster, private_cluster, private_redis
@@ -185,8 +186,8 @@ async def test_presence_with_devices_on_different_instances(cluster: Cluster) ->
     assert watcher.presence_of(uid) == ["offline", "online", "offline"]
     answers = await asyncio.gather(*(p.call("presence.query", user_ids=[uid]) for p in observers))
     assert {answer.presence[0].status for answer in answers} == {"offline"}
-    offline = watcher.find(frames.PresenceChanged, lambda e: e.presence.user_id == uid)[-1]
-    assert {answer.presence[0].last_seen for answer in answers} == {offline.presence.last_seen}
+    offline = presence_changes(watcher.events, uid)[-1]
+    assert {answer.presence[0].last_seen for answer in answers} == {offline.last_seen}
 
 
 async def test_typing_reaches_the_other_members_on_every_instance_and_not_the_typists_devices(

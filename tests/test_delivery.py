@@ -12,6 +12,7 @@ from hubbub.protocol import frames
 from hubbub.protocol.client import Client
 from hubbub.protocol.errors import CloseCode
 from tests.conftest import RunningServer, ServerFactory, http_get, unique_name
+from tests.helpers import next_presence_of
 
 SLOW_METRIC = "hubbub_slow_consumer_disconnects_total"
 
@@ -134,12 +135,8 @@ async def test_slow_consumer_that_never_reads_again_is_dropped(make_server: Serv
     await wait_for_metric(server, SLOW_METRIC, 1)
 
     # Its peers hear that it went offline: the server let go of the connection.
-    async with asyncio.timeout(10):
-        while True:
-            event = await watcher.next_event(frames.PresenceChanged)
-            if event.presence.user_id == uid(stuck):
-                break
-    assert event.presence.status == "offline"
+    change = await next_presence_of(watcher, uid(stuck))
+    assert change.status == "offline"
     assert stuck_session not in server.app.sessions
     presence = await watcher.call("presence.query", user_ids=[uid(stuck)])
     assert presence.presence[0].status == "offline"

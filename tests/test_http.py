@@ -8,10 +8,10 @@ import threading
 
 import pytest
 
-from hubbub.protocol import frames
 from hubbub.protocol.client import ServerError
 from hubbub.storage.sqlite import SqliteDatabase, SqliteDirectory
 from tests.conftest import RunningServer, ServerFactory, http_get, unique_name
+from tests.helpers import next_presence_of
 
 
 async def get(server: RunningServer, path: str) -> tuple[int, str]:
@@ -83,11 +83,8 @@ async def test_metrics_after_traffic(server: RunningServer) -> None:
     # Once alice hears bob went offline, the server has torn his connection down.
     assert bob.user is not None
     await bob.close()
-    while True:
-        event = await alice.next_event(frames.PresenceChanged)
-        if event.presence.user_id == bob.user.id:
-            break
-    assert event.presence.status == "offline"
+    change = await next_presence_of(alice, bob.user.id)
+    assert change.status == "offline"
     status, body = await get(server, "/metrics")
     assert sample(body, "hubbub_connections") == 1
     assert sample(body, "hubbub_authenticated_connections") == 1

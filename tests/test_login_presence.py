@@ -7,21 +7,17 @@ from typing import Any
 
 import pytest
 
-from hubbub.protocol import frames
 from hubbub.protocol.client import Client
 from hubbub.storage.errors import StoreUnavailable
 from tests.conftest import RunningServer, unique_name
-from tests.helpers import assert_serving, uid
+from tests.helpers import assert_serving, next_presence_of, uid
 
 PASSWORD = "correct horse"
 
 
 async def presence_of(client: Client, user_id: int) -> str:
     """The status of the next presence event about ``user_id`` (a client hears its own too)."""
-    while True:
-        event: frames.PresenceChanged = await client.next_event(frames.PresenceChanged)
-        if event.presence.user_id == user_id:
-            return event.presence.status
+    return (await next_presence_of(client, user_id)).status
 
 
 async def test_login_succeeds_when_presence_store_fails(server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,6 +11,7 @@ import pytest
 from hubbub.protocol import frames
 from hubbub.protocol.client import Client, ServerError
 from tests.conftest import RunningServer, ServerFactory, unique_name
+from tests.helpers import next_presence_of, presence_changes
 
 pytestmark = pytest.mark.all_backends
 
@@ -25,8 +26,16 @@ def token(client: Client) -> str:
     return client.token
 
 
-async def settled_events(client: Client) -> list[frames.ServerFrame]:
-    """Every event queued to ``client`` before its own ping was answered."""
+def flush_presence(server: RunningServer) -> None:
+    """Write the presence changes still waiting out their batch window now, so
+    that what a client has not heard by its next reply, it was never sent."""
+    assert server.app.services is not None
+    server.app.services.registry.presence.flush()
+
+
+async def settled_events(server: RunningServer, client: Client) -> list[frames.ServerFrame]:
+    """Every event queued to ``client`` (pending presence included) before its own ping was answered."""
+    flush_presence(server)
     await client.call("ping")
     return client.drain_events()
 
@@ -43,16 +52,7 @@ async def events_until(client: Client, match: Callable[[frames.ServerFrame], boo
 
 
 def presence_of(events: list[frames.ServerFrame], user_id: int) -> list[frames.Presence]:
-    return [e.presence for e in events if isinstance(e, frames.PresenceChanged) and e.presence.user_id == user_id]
-
-
-async def next_presence_of(client: Client, user_id: int) -> frames.Presence:
-    async with asyncio.timeout(10):
-        while True:
-            event = await client.next_event(frames.PresenceChanged)
-            if event.presence.user_id == user_id:
-                presence: frames.Presence = event.presence
-                return presence
+    return presence_changes(events, user_id)
 
 
 async def query(client: Client, *user_ids: int) -> list[frames.Presence]:
@@ -96,11 +96,11 @@ async def test_online_until_the_last_device_closes(server: RunningServer) -> Non
 
     phone = await connect_as(server, alice)
     await phone.call("ping")
-    assert presence_of(await settled_events(bob), uid(alice)) == []  # still the same online
+    assert presence_of(await settled_events(server, bob), uid(alice)) == []  # still the same online
 
     await laptop.close()
     await sessions_gone(server, uid(alice), remaining=1)
-    assert presence_of(await settled_events(bob), uid(alice)) == []
+    assert presence_of(await settled_events(server, bob), uid(alice)) == []
     (status,) = await query(bob, uid(alice))
     assert status.status == "online"
     # The remaining device still works and still receives.
@@ -130,9 +130,10 @@ async def test_presence_reaches_only_those_sharing_a_conversation(server: Runnin
     side = (await dm_peer.call("channel.create", name=unique_name("side"))).conversation.id
     await stranger.call("channel.join", channel_id=side)
     for client in (dm_peer, channel_peer, stranger):
-        await settled_events(client)
+        await settled_events(server, client)
 
     async def stranger_heard_nothing_of_alice(text: str) -> None:
+        flush_presence(server)
         await dm_peer.call("message.send", conversation_id=side, text=text, client_msg_id=text)
         events = await events_until(stranger, lambda e: isinstance(e, frames.MessageNew) and e.message.text == text)
         assert presence_of(events, uid(alice)) == []
@@ -168,13 +169,14 @@ async def test_presence_skips_conversations_above_the_member_cap(make_server: Se
     for member in crowd:
         await member.call("channel.join", channel_id=big)  # 4 members: above the cap
     for client in (friend, *crowd):
-        await settled_events(client)
+        await settled_events(server, client)
 
     alice_token = token(alice)
     await alice.close()
     presence = await next_presence_of(friend, uid(alice))
     assert presence.status == "offline"
     # The crowd hears nothing of it: the big channel's next message comes first.
+    flush_presence(server)
     await crowd[0].call("message.send", conversation_id=big, text="marker", client_msg_id="marker")
     for member in crowd:
         events = await events_until(member, lambda e: isinstance(e, frames.MessageNew) and e.message.text == "marker")

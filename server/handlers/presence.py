@@ -3,17 +3,21 @@
 Who hears a change: every member of every conversation the user belongs to
 (DMs, and channels of at most ``presence_max_members`` members), each
 connection once. This needs no subscription from clients, at the cost of one
-event per connection sharing such a conversation per change; PROTOCOL.md
-spells the cost out.
+entry per connection sharing such a conversation per change; PROTOCOL.md
+spells the cost out. Each change is published once (a ``presence`` broker
+event); every instance's registry coalesces them per connection into
+``presence.batch`` frames (server/presence_batch.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from hubbub.protocol import frames
+from hubbub.protocol import codec, frames
+from hubbub.server.broker import Event
 from hubbub.server.clock import now_ms
 from hubbub.server.handlers.context import Caller, Context
+from hubbub.server.presence_batch import PRESENCE_CHANGE
 
 
 async def query(ctx: Context, caller: Caller, req: frames.PresenceQuery) -> frames.PresenceList:
@@ -61,7 +65,9 @@ async def _audience(ctx: Context, conversation_ids: Sequence[int]) -> tuple[int,
 
 
 def _announce(ctx: Context, user_id: int, conversation_ids: Sequence[int], status: str, ts: int) -> None:
-    event = frames.PresenceChanged(
+    change = frames.PresenceChanged(
         presence=frames.Presence(user_id=user_id, status="online" if status == "online" else "offline", last_seen=ts)
     )
-    ctx.publisher.publish(event, conversations=conversation_ids, users=(user_id,))
+    # Not a client frame: each instance's registry batches these into presence.batch per connection.
+    event = Event(codec.encode(change), PRESENCE_CHANGE, tuple(conversation_ids), (user_id,))
+    ctx.publisher.publish_event(event)

@@ -152,7 +152,7 @@ def test_conversations_and_users_together_reach_each_connection_once() -> None:
     registry.add(alice, [10, 20])
     registry.add(bob, [20])
     registry.add(carol, [30])
-    registry.deliver(event(b"{}", conversations=[10, 20], users=[1, 2, 3], event_type="presence"))
+    registry.deliver(event(b"{}", conversations=[10, 20], users=[1, 2, 3], event_type="user.updated"))
     assert len(alice.frames) == 1  # member of both conversations and addressed as a user
     assert len(bob.frames) == 1
     assert len(carol.frames) == 1  # addressed as a user only

@@ -1,0 +1,123 @@
+"""Directory reads by key coalesced across connections: one store call for
+the keys many requests ask at about the same time.
+
+In a reconnect storm every client's ``auth`` reads its user (the token
+generation is in the row) and every first connection's presence reads the
+member counts of its conversations: thousands of one-row queries, each a
+thread hop on SQLite or a pool connection on PostgreSQL, where a pool of 10
+saturated and ``auth`` timed out at the store (issue 13). Here a lookup
+asked while its kind's previous batch is in flight waits and goes with the
+next batch, as one ``get_users`` / ``member_counts`` call; a lone lookup
+waits for nothing (a batch of one, on the next loop turn). A batch is read
+after every lookup in it was asked, so nothing reads older data than it
+would alone. A failing batch fails its lookups with the store's own error
+(``StoreUnavailable`` answers ``unavailable``), and the next batch goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
+from typing import Any, Generic, TypeVar, cast
+
+from hubbub.storage.base import Directory
+from hubbub.storage.records import UserRecord
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+LOOKUP_BATCH_MAX = 500
+"""Keys per store call: bounds one query's size (and SQLite's bound parameters)."""
+
+
+class KeyedLookup(Generic[K, V]):
+    def __init__(
+        self, fetch: Callable[[list[K]], Awaitable[Mapping[K, V]]], *, max_batch: int = LOOKUP_BATCH_MAX
+    ) -> None:
+        self._fetch = fetch
+        self.max_batch = max_batch
+        self._waiting: dict[K, list[asyncio.Future[V | None]]] = {}
+        self._flusher: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
+        self.batches = 0
+        """Store calls made (the tests count them)."""
+
+    async def get(self, key: K) -> V | None:
+        return (await self.get_many((key,))).get(key)
+
+    async def get_many(self, keys: Sequence[K]) -> dict[K, V]:
+        """The value of each key that has one (absent keys are left out)."""
+        futures = [(key, self._enqueue(key)) for key in dict.fromkeys(keys)]
+        found: dict[K, V] = {}
+        for key, future in futures:
+            value = await future
+            if value is not None:
+                found[key] = value
+        return found
+
+    def _enqueue(self, key: K) -> asyncio.Future[V | None]:
+        future: asyncio.Future[V | None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(key, []).append(future)
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        return future
+
+    async def _flush(self) -> None:
+        try:
+            while self._waiting:
+                keys = list(self._waiting)[: self.max_batch]
+                batch = {key: self._waiting.pop(key) for key in keys}
+                self.batches += 1
+                try:
+                    values = await self._fetch(keys)
+                except asyncio.CancelledError:
+                    self._cancel(batch)
+                    raise
+                except Exception as exc:
+                    for futures in batch.values():
+                        for future in futures:
+                            if not future.done():
+                                future.set_exception(exc)
+                    continue
+                for key, futures in batch.items():
+                    value = values.get(key)
+                    for future in futures:
+                        if not future.done():
+                            future.set_result(value)
+        except asyncio.CancelledError:
+            self._cancel(self._waiting)
+            self._waiting = {}
+            raise
+        finally:
+            self._flusher = None
+
+    @staticmethod
+    def _cancel(batch: Mapping[Any, list[asyncio.Future[Any]]]) -> None:
+        for futures in batch.values():
+            for future in futures:
+                future.cancel()
+
+
+class CoalescedReads:
+    """The directory, with ``get_user`` and ``member_counts`` coalesced; every other call passes through."""
+
+    def __init__(self, directory: Directory) -> None:
+        self._directory = directory
+        self.users: KeyedLookup[int, UserRecord] = KeyedLookup(self._users)
+        self.member_counts_lookup: KeyedLookup[int, int] = KeyedLookup(self._directory.member_counts)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._directory, name)
+
+    async def _users(self, user_ids: list[int]) -> dict[int, UserRecord]:
+        return {user.id: user for user in await self._directory.get_users(user_ids)}
+
+    async def get_user(self, user_id: int) -> UserRecord | None:
+        return await self.users.get(user_id)
+
+    async def member_counts(self, conversation_ids: Sequence[int]) -> dict[int, int]:
+        return await self.member_counts_lookup.get_many(conversation_ids)
+
+
+def coalesced(directory: Directory) -> Directory:
+    """``directory`` with its per-key reads coalesced across concurrent callers."""
+    return cast(Directory, CoalescedReads(directory))

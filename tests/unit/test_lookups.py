@@ -1,0 +1,94 @@
+"""server.lookups.KeyedLookup: concurrent reads by key coalesced into one store call each batch."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from hubbub.server.lookups import KeyedLookup
+from hubbub.storage.errors import StoreUnavailable
+
+
+class FakeStore:
+    """Squares of the keys it is asked for (negative keys do not exist); one call at a time, released by the test."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[int]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.fail_next = False
+
+    async def fetch(self, keys: list[int]) -> dict[int, int]:
+        self.calls.append(list(keys))
+        await self.gate.wait()
+        if self.fail_next:
+            self.fail_next = False
+            raise StoreUnavailable("fake", "store down")
+        return {k: k * k for k in keys if k >= 0}
+
+
+async def test_a_lone_lookup_is_a_batch_of_one_and_absent_keys_are_none() -> None:
+    store = FakeStore()
+    lookup = KeyedLookup(store.fetch)
+    assert await lookup.get(3) == 9
+    assert await lookup.get(-1) is None
+    assert await lookup.get_many([2, -5, 2]) == {2: 4}
+    assert store.calls == [[3], [-1], [2, -5]]
+
+
+async def test_lookups_asked_while_a_batch_is_in_flight_go_together_in_the_next() -> None:
+    store = FakeStore()
+    store.gate.clear()
+    lookup = KeyedLookup(store.fetch)
+    first = asyncio.ensure_future(lookup.get(1))
+    while not store.calls:  # noqa: ASYNC110 - the fake store records the call on its own task
+        await asyncio.sleep(0)
+    waiting = [asyncio.ensure_future(lookup.get(k)) for k in (2, 3, 2, 4)]
+    many = asyncio.ensure_future(lookup.get_many([4, 5]))
+    await asyncio.sleep(0)
+    store.gate.set()
+    assert await first == 1
+    assert [await w for w in waiting] == [4, 9, 4, 16]
+    assert await many == {4: 16, 5: 25}
+    assert store.calls == [[1], [2, 3, 4, 5]]  # 1,000 auths at once: two store calls, not 1,000
+    assert lookup.batches == 2
+
+
+async def test_a_failed_batch_fails_its_lookups_only_and_the_next_goes_on() -> None:
+    store = FakeStore()
+    store.gate.clear()
+    store.fail_next = True
+    lookup = KeyedLookup(store.fetch)
+    doomed = [asyncio.ensure_future(lookup.get(k)) for k in (1, 2)]
+    while not store.calls:  # noqa: ASYNC110 - as above
+        await asyncio.sleep(0)
+    later = asyncio.ensure_future(lookup.get(3))
+    await asyncio.sleep(0)
+    store.gate.set()
+    for task in doomed:
+        with pytest.raises(StoreUnavailable):
+            await task
+    assert await later == 9
+    assert store.calls == [[1, 2], [3]]
+
+
+async def test_batches_are_bounded() -> None:
+    store = FakeStore()
+    lookup = KeyedLookup(store.fetch, max_batch=2)
+    assert await asyncio.gather(*(lookup.get(k) for k in range(5))) == [0, 1, 4, 9, 16]
+    assert store.calls == [[0, 1], [2, 3], [4]]
+
+
+async def test_a_caller_that_gives_up_does_not_disturb_the_others() -> None:
+    store = FakeStore()
+    store.gate.clear()
+    lookup = KeyedLookup(store.fetch)
+    impatient = asyncio.ensure_future(lookup.get(7))
+    patient = asyncio.ensure_future(lookup.get(7))
+    while not store.calls:  # noqa: ASYNC110 - as above
+        await asyncio.sleep(0)
+    impatient.cancel()
+    store.gate.set()
+    assert await patient == 49
+    assert impatient.cancelled()
