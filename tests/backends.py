@@ -15,6 +15,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Collection
 from pathlib import Path
 
 import asyncpg
@@ -51,6 +52,22 @@ async def create_postgres_database(admin_dsn: str = ADMIN_DSN) -> str:
     finally:
         await conn.close()
     return dsn_for(name, admin_dsn)
+
+
+async def apply_released_migrations(conn: asyncpg.Connection, released: Collection[str]) -> None:
+    """Apply only the PostgreSQL migrations named in ``released``, each recorded in
+    schema_migrations as ``storage.postgres.migrate`` records it: a database as
+    that release left it, for the upgrade tests."""
+    from hubbub.storage.postgres import migrations
+
+    await conn.execute(
+        "CREATE TABLE schema_migrations (version TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+    )
+    for version, sql in migrations():
+        if version in released:
+            async with conn.transaction():
+                await conn.execute(sql)
+                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
 
 
 async def drop_postgres_database(dsn: str, admin_dsn: str = ADMIN_DSN) -> None:

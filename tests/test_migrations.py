@@ -14,7 +14,7 @@ import pytest
 from hubbub.storage.postgres import PostgresMessageLog, PostgresPools, migrate, migrations
 from hubbub.storage.records import Head, MessageRecord, NewMessage, Reaction
 from hubbub.storage.rows import CONVERSATION_FIELDS, MESSAGE_COLUMNS, USER_COLUMNS
-from tests.backends import create_postgres_database, drop_postgres_database
+from tests.backends import apply_released_migrations, create_postgres_database, drop_postgres_database
 from tests.processes import settings_env
 
 
@@ -111,15 +111,7 @@ async def migrate_like_the_release(dsn: str) -> None:
     """Apply only the released migrations, recorded in schema_migrations as migrate() records them."""
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute(
-            "CREATE TABLE schema_migrations (version TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-        )
-        for version, sql in migrations():
-            if version not in RELEASED:
-                continue
-            async with conn.transaction():
-                await conn.execute(sql)
-                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+        await apply_released_migrations(conn, RELEASED)
     finally:
         await conn.close()
 

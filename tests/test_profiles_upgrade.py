@@ -18,7 +18,7 @@ from hubbub.storage.base import Directory
 from hubbub.storage.postgres import PostgresDirectory, PostgresPools, migrate, migrations
 from hubbub.storage.records import ProfileUpdate, UserRecord
 from hubbub.storage.sqlite import MIGRATIONS, open_sqlite
-from tests.backends import create_postgres_database, drop_postgres_database
+from tests.backends import apply_released_migrations, create_postgres_database, drop_postgres_database
 
 NOW = 1_700_000_000_000
 OLD_USERS = [(1, "alice", "Alice", "hash$a"), (2, "elodie", "Élodie Ünal", "hash$e")]
@@ -96,13 +96,7 @@ async def release_postgres() -> AsyncIterator[str]:
     dsn = await create_postgres_database()
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute(
-            "CREATE TABLE schema_migrations (version TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-        )
-        for version, sql in migrations():
-            if version in RELEASED_POSTGRES:
-                await conn.execute(sql)
-                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+        await apply_released_migrations(conn, RELEASED_POSTGRES)
         await conn.executemany(
             "INSERT INTO users (id, username, display_name, password_hash, created_at, last_seen_at)"
             " VALUES ($1, $2, $3, $4, $5, $6)",

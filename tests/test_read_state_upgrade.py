@@ -20,7 +20,7 @@ from hubbub.storage.base import Directory, MessageLog
 from hubbub.storage.postgres import PostgresDirectory, PostgresMessageLog, PostgresPools, migrate, migrations
 from hubbub.storage.records import MemberState, NewMessage
 from hubbub.storage.sqlite import MIGRATIONS, open_sqlite
-from tests.backends import create_postgres_database, drop_postgres_database
+from tests.backends import apply_released_migrations, create_postgres_database, drop_postgres_database
 
 NOW = 1_700_000_000_000
 RELEASED_SQLITE_VERSION = 3
@@ -110,13 +110,7 @@ async def release_postgres() -> AsyncIterator[str]:
     dsn = await create_postgres_database()
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute(
-            "CREATE TABLE schema_migrations (version TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-        )
-        for version, sql in migrations():
-            if version in RELEASED_POSTGRES:
-                await conn.execute(sql)
-                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+        await apply_released_migrations(conn, RELEASED_POSTGRES)
         await conn.executemany(
             "INSERT INTO users (id, username, display_name, password_hash, created_at) VALUES ($1, $2, $3, 'h', $4)",
             [(uid, name, name.title(), NOW) for uid, name in USERS],

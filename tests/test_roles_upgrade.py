@@ -21,7 +21,7 @@ from hubbub.storage.base import Directory
 from hubbub.storage.postgres import PostgresDirectory, PostgresPools, migrate, migrations
 from hubbub.storage.records import ConversationRecord
 from hubbub.storage.sqlite import MIGRATIONS, ROLES_MIGRATION, open_sqlite
-from tests.backends import create_postgres_database, drop_postgres_database
+from tests.backends import apply_released_migrations, create_postgres_database, drop_postgres_database
 
 NOW = 1_700_000_000_000
 USERS = [(1, "alice"), (2, "bob"), (3, "carol")]
@@ -134,14 +134,7 @@ async def release_postgres() -> AsyncIterator[str]:
     users, conversations, memberships = release_rows()
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute(
-            "CREATE TABLE schema_migrations (version TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-        )
-        for version, sql in migrations():
-            if version == ROLES_POSTGRES:
-                break
-            await conn.execute(sql)
-            await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+        await apply_released_migrations(conn, [v for v, _ in migrations() if v < ROLES_POSTGRES])
         await conn.executemany(
             "INSERT INTO users (id, username, display_name, password_hash, created_at, last_seen_at)"
             " VALUES ($1, $2, $3, $4, $5, $6)",

@@ -21,7 +21,7 @@ from hubbub.storage.postgres import PostgresMessageLog, PostgresPools, migrate, 
 from hubbub.storage.records import MessageQuery, NewMessage
 from hubbub.storage.rows import search_key
 from hubbub.storage.sqlite import MIGRATIONS, open_sqlite, reindex_sqlite
-from tests.backends import create_postgres_database, drop_postgres_database
+from tests.backends import apply_released_migrations, create_postgres_database, drop_postgres_database
 
 NOW = 1_700_000_000_000
 ROOM = 1
@@ -104,13 +104,7 @@ async def release_postgres() -> AsyncIterator[str]:
     dsn = await create_postgres_database()
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute(
-            "CREATE TABLE schema_migrations (version TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-        )
-        for version, sql in migrations():
-            if version in RELEASED_POSTGRES:
-                await conn.execute(sql)
-                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+        await apply_released_migrations(conn, RELEASED_POSTGRES)
         await conn.executemany(
             "INSERT INTO messages (conversation_id, seq, id, sender_id, text, client_msg_id, ts, rev, deleted)"
             " VALUES ($1, $2, $3, 1, $4, $5, $6, $7, $8)",
