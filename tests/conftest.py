@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import msgspec
 import pytest
+import pytest_asyncio
 
 from hubbub.protocol.client import Client, open_client
 from hubbub.server.app import App
@@ -149,8 +150,8 @@ async def settings_for_backend(backend: str, request: pytest.FixtureRequest) -> 
 async def app_on_backend(
     backend: str, request: pytest.FixtureRequest, data_dir: Path, overrides: dict[str, Any]
 ) -> AsyncIterator[App]:
-    """A started App on ``backend`` with ``overrides``: the one server a test
-    module shares (tests/test_message_changes.py, tests/test_profiles.py)."""
+    """A started App on ``backend`` with ``overrides`` (``module_app`` and
+    tests that need a server of their own on a given store)."""
     async with settings_for_backend(backend, request) as values:
         settings = msgspec.convert({**TEST_SETTINGS, **values, **overrides, "data_dir": str(data_dir)}, Settings)
         app = App(settings)
@@ -159,6 +160,33 @@ async def app_on_backend(
             yield app
         finally:
             await app.stop()
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def module_backend(request: pytest.FixtureRequest) -> str:
+    """The store combination a module-shared server runs on (one per param)."""
+    return str(request.param)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def module_app(
+    module_backend: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[App]:
+    """One started App shared by a module's tests on ``module_backend``, with
+    the module's own ``LIMITS`` setting overrides (if it has any). Starting a
+    server per test would cost more than the tests on it."""
+    limits: dict[str, Any] = getattr(request.module, "LIMITS", {})
+    data_dir = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
+    async with app_on_backend(module_backend, request, data_dir, limits) as app:
+        yield app
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def shared_server(module_app: App) -> AsyncIterator[RunningServer]:
+    """The module's shared server, with the clients of one test (closed at its
+    end). Tests on it make their own users and conversations: others share it."""
+    async with AsyncExitStack() as stack:
+        yield RunningServer(module_app, stack)
 
 
 @pytest.fixture

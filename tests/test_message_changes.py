@@ -6,20 +6,15 @@ and conversations), with small limits so that each one can be reached."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from hubbub.protocol import frames
 from hubbub.protocol.client import Client
-from hubbub.server.app import App
 from hubbub.server.clock import now_ms
 from hubbub.storage.records import NewMessage
-from tests.backends import BACKENDS
-from tests.conftest import RunningServer, app_on_backend, unique_name
+from tests.conftest import RunningServer, unique_name
 from tests.helpers import expect_error, settled_events, uid
 
 # One worker runs the whole module (make test: --dist loadgroup), so each server starts once.
@@ -36,27 +31,6 @@ THUMBS_UP = "\N{THUMBS UP SIGN}"
 TADA = "\N{PARTY POPPER}"
 HEART = "\N{HEAVY BLACK HEART}\N{VARIATION SELECTOR-16}"
 EYES = "\N{EYES}"
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def store(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def shared_app(
-    store: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[App]:
-    """One server for the module's tests on ``store``."""
-    async with app_on_backend(store, request, tmp_path_factory.mktemp("message-changes"), LIMITS) as app:
-        yield app
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def server(shared_app: App) -> AsyncIterator[RunningServer]:
-    """The shared server, with the clients of one test (closed at its end)."""
-    async with AsyncExitStack() as stack:
-        yield RunningServer(shared_app, stack)
 
 
 # -- helpers ----------------------------------------------------------------------
@@ -87,9 +61,9 @@ async def channel_with(owner: Client, *members: Client, private: bool = False) -
     return cid
 
 
-async def users(server: RunningServer, count: int) -> list[Client]:
+async def users(shared_server: RunningServer, count: int) -> list[Client]:
     """``count`` newly registered users, each on a connection of their own."""
-    return list(await asyncio.gather(*(server.user() for _ in range(count))))
+    return list(await asyncio.gather(*(shared_server.user() for _ in range(count))))
 
 
 async def timeline(client: Client, cid: int, **fields: Any) -> list[frames.Message]:
@@ -125,8 +99,8 @@ async def last_rev(client: Client, cid: int) -> int:
 # -- threads ----------------------------------------------------------------------
 
 
-async def test_a_reply_counts_on_its_root_and_a_reply_to_a_reply_joins_the_root(server: RunningServer) -> None:
-    alice, bob, carol = await users(server, 3)
+async def test_a_reply_counts_on_its_root_and_a_reply_to_a_reply_joins_the_root(shared_server: RunningServer) -> None:
+    alice, bob, carol = await users(shared_server, 3)
     cid = await channel_with(alice, bob, carol)
     root = await send(alice, cid, "root")
     await quiet(alice, bob, carol)
@@ -152,8 +126,8 @@ async def test_a_reply_counts_on_its_root_and_a_reply_to_a_reply_joins_the_root(
     assert thread.next_cursor is None
 
 
-async def test_replies_leave_the_main_timeline_unless_also_in_channel(server: RunningServer) -> None:
-    (alice,) = await users(server, 1)
+async def test_replies_leave_the_main_timeline_unless_also_in_channel(shared_server: RunningServer) -> None:
+    (alice,) = await users(shared_server, 1)
     cid = await channel_with(alice)
     root = await send(alice, cid, "root")
     hidden = await send(alice, cid, "in the thread only", thread_root_id=root.id)
@@ -171,8 +145,8 @@ async def test_replies_leave_the_main_timeline_unless_also_in_channel(server: Ru
     )
 
 
-async def test_thread_history_pages_by_seq_both_ways(server: RunningServer) -> None:
-    (alice,) = await users(server, 1)
+async def test_thread_history_pages_by_seq_both_ways(shared_server: RunningServer) -> None:
+    (alice,) = await users(shared_server, 1)
     cid = await channel_with(alice)
     root = await send(alice, cid, "root")
     await send(alice, cid, "not in the thread")
@@ -197,8 +171,8 @@ async def test_thread_history_pages_by_seq_both_ways(server: RunningServer) -> N
     assert await pages("desc", "before") == [ids[4:2:-1], ids[2:0:-1], ids[:1]]
 
 
-async def test_a_root_of_another_conversation_or_unknown_is_not_found(server: RunningServer) -> None:
-    (alice,) = await users(server, 1)
+async def test_a_root_of_another_conversation_or_unknown_is_not_found(shared_server: RunningServer) -> None:
+    (alice,) = await users(shared_server, 1)
     cid, other = await channel_with(alice), await channel_with(alice)
     elsewhere = await send(alice, other, "in the other room")
     for root_id in (elsewhere.id, "no-such-message"):
@@ -209,8 +183,8 @@ async def test_a_root_of_another_conversation_or_unknown_is_not_found(server: Ru
     assert await timeline(alice, cid) == []
 
 
-async def test_a_deleted_root_takes_no_reply(server: RunningServer) -> None:
-    (alice,) = await users(server, 1)
+async def test_a_deleted_root_takes_no_reply(shared_server: RunningServer) -> None:
+    (alice,) = await users(shared_server, 1)
     cid = await channel_with(alice)
     root = await send(alice, cid, "root")
     reply = await send(alice, cid, "reply", thread_root_id=root.id)
@@ -225,8 +199,8 @@ async def test_a_deleted_root_takes_no_reply(server: RunningServer) -> None:
 # -- edits --------------------------------------------------------------------------
 
 
-async def test_its_author_edits_a_message_and_every_member_sees_it(server: RunningServer) -> None:
-    alice, bob = await users(server, 2)
+async def test_its_author_edits_a_message_and_every_member_sees_it(shared_server: RunningServer) -> None:
+    alice, bob = await users(shared_server, 2)
     cid = await channel_with(alice, bob)
     original = await send(alice, cid, "helo")
     await quiet(alice, bob)
@@ -255,12 +229,12 @@ async def test_its_author_edits_a_message_and_every_member_sees_it(server: Runni
     assert await stored(bob, original) == edited
 
 
-async def test_the_edit_window_closes_and_a_tombstone_takes_no_edit(server: RunningServer) -> None:
-    (alice,) = await users(server, 1)
+async def test_the_edit_window_closes_and_a_tombstone_takes_no_edit(shared_server: RunningServer) -> None:
+    (alice,) = await users(shared_server, 1)
     cid = await channel_with(alice)
     # Sent two minutes ago (edit_window_seconds is 60): stored as a send would store it.
-    assert server.app.services is not None
-    old = await server.app.services.messages.append(
+    assert shared_server.app.services is not None
+    old = await shared_server.app.services.messages.append(
         NewMessage(conversation_id=cid, sender_id=uid(alice), text="old", client_msg_id="old", ts=now_ms() - 120_000)
     )
     error = await expect_error(
@@ -273,8 +247,8 @@ async def test_the_edit_window_closes_and_a_tombstone_takes_no_edit(server: Runn
     await expect_error(alice, "conflict", "message.edit", conversation_id=cid, message_id=fresh.id, text="new")
 
 
-async def test_an_edit_resolves_its_mentions_again(server: RunningServer) -> None:
-    alice, bob, carol = await users(server, 3)
+async def test_an_edit_resolves_its_mentions_again(shared_server: RunningServer) -> None:
+    alice, bob, carol = await users(shared_server, 3)
     cid = await channel_with(alice, bob, carol)
     message = await send(alice, cid, f"hi @{bob.user.username if bob.user else ''}")
     assert message.mentions == [uid(bob)]
@@ -288,8 +262,8 @@ async def test_an_edit_resolves_its_mentions_again(server: RunningServer) -> Non
 # -- deletes ------------------------------------------------------------------------
 
 
-async def test_a_delete_leaves_a_tombstone_in_place(server: RunningServer) -> None:
-    alice, bob = await users(server, 2)
+async def test_a_delete_leaves_a_tombstone_in_place(shared_server: RunningServer) -> None:
+    alice, bob = await users(shared_server, 2)
     cid = await channel_with(alice, bob)
     before = await send(alice, cid, "before")
     message = await send(bob, cid, f"hi @{alice.user.username if alice.user else ''}")
@@ -327,8 +301,8 @@ async def test_a_delete_leaves_a_tombstone_in_place(server: RunningServer) -> No
         await expect_error(alice, "conflict", op, conversation_id=cid, message_id=message.id, **fields)
 
 
-async def test_who_may_delete_a_message(server: RunningServer) -> None:
-    creator, bob, carol = await users(server, 3)
+async def test_who_may_delete_a_message(shared_server: RunningServer) -> None:
+    creator, bob, carol = await users(shared_server, 3)
     cid = await channel_with(creator, bob, carol)
     by_bob = await send(bob, cid, "bob's")
     error = await expect_error(carol, "forbidden", "message.delete", conversation_id=cid, message_id=by_bob.id)
@@ -342,8 +316,8 @@ async def test_who_may_delete_a_message(server: RunningServer) -> None:
     assert (await change(bob, "message.delete", in_dm)).deleted
 
 
-async def test_deleting_a_reply_lowers_its_roots_count(server: RunningServer) -> None:
-    alice, bob = await users(server, 2)
+async def test_deleting_a_reply_lowers_its_roots_count(shared_server: RunningServer) -> None:
+    alice, bob = await users(shared_server, 2)
     cid = await channel_with(alice, bob)
     root = await send(alice, cid, "root")
     first = await send(bob, cid, "first", thread_root_id=root.id)
@@ -368,8 +342,8 @@ async def test_deleting_a_reply_lowers_its_roots_count(server: RunningServer) ->
 # -- reactions ----------------------------------------------------------------------
 
 
-async def test_reactions_add_and_remove(server: RunningServer) -> None:
-    alice, bob, carol = await users(server, 3)
+async def test_reactions_add_and_remove(shared_server: RunningServer) -> None:
+    alice, bob, carol = await users(shared_server, 3)
     cid = await channel_with(alice, bob, carol)
     message = await send(carol, cid, "react to me")
     await quiet(alice, bob, carol)
@@ -417,8 +391,8 @@ async def test_reactions_add_and_remove(server: RunningServer) -> None:
     await expect_error(alice, "not_found", "reaction.add", conversation_id=cid, message_id="nope", emoji=THUMBS_UP)
 
 
-async def test_reaction_limits(server: RunningServer) -> None:
-    alice, bob, carol = await users(server, 3)
+async def test_reaction_limits(shared_server: RunningServer) -> None:
+    alice, bob, carol = await users(shared_server, 3)
     cid = await channel_with(alice, bob, carol)
     message = await send(alice, cid, "limits")
     await change(alice, "reaction.add", message, emoji=THUMBS_UP)
@@ -432,8 +406,8 @@ async def test_reaction_limits(server: RunningServer) -> None:
     assert [(r.emoji, r.count) for r in joined.reactions] == [(THUMBS_UP, 1), (TADA, 2), (HEART, 1)]
 
 
-async def test_twenty_connections_reacting_at_once_all_count(server: RunningServer) -> None:
-    reactors = await users(server, 20)
+async def test_twenty_connections_reacting_at_once_all_count(shared_server: RunningServer) -> None:
+    reactors = await users(shared_server, 20)
     cid = await channel_with(reactors[0], *reactors[1:])
     message = await send(reactors[0], cid, "popular")
     outcomes = await asyncio.gather(*(change(r, "reaction.add", message, emoji=THUMBS_UP) for r in reactors))
@@ -448,8 +422,8 @@ async def test_twenty_connections_reacting_at_once_all_count(server: RunningServ
 # -- mentions -----------------------------------------------------------------------
 
 
-async def test_mentions_resolve_members_only(server: RunningServer) -> None:
-    alice, bob, outsider = await users(server, 3)
+async def test_mentions_resolve_members_only(shared_server: RunningServer) -> None:
+    alice, bob, outsider = await users(shared_server, 3)
     cid = await channel_with(alice, bob)
     assert bob.user is not None and outsider.user is not None and alice.user is not None
     text = f"@{bob.user.username.upper()} and @{outsider.user.username}, @nobody-at-all. @here"
@@ -462,17 +436,17 @@ async def test_mentions_resolve_members_only(server: RunningServer) -> None:
     assert (await send(alice, cid, "mail me at a@b.co")).mentions == []
 
 
-async def test_reserved_words_are_no_usernames(server: RunningServer) -> None:
+async def test_reserved_words_are_no_usernames(shared_server: RunningServer) -> None:
     for word in ("channel", "here", "everyone"):
-        client = await server.client()
+        client = await shared_server.client()
         await expect_error(client, "conflict", "register", username=word, password="correct horse", display_name="x")
 
 
 # -- pins ---------------------------------------------------------------------------
 
 
-async def test_pins(server: RunningServer) -> None:
-    alice, bob = await users(server, 2)
+async def test_pins(shared_server: RunningServer) -> None:
+    alice, bob = await users(shared_server, 2)
     cid = await channel_with(alice, bob)
     first, second, third, fourth = [await send(alice, cid, f"message {i}") for i in range(4)]
     await quiet(alice, bob)
@@ -507,10 +481,10 @@ async def test_pins(server: RunningServer) -> None:
 # -- who receives what, who may ask --------------------------------------------------
 
 
-async def test_events_reach_every_connection_of_every_member_and_no_one_else(server: RunningServer) -> None:
-    alice, bob, outsider = await users(server, 3)
+async def test_events_reach_every_connection_of_every_member_and_no_one_else(shared_server: RunningServer) -> None:
+    alice, bob, outsider = await users(shared_server, 3)
     assert alice.user is not None
-    alice_phone = await server.client()
+    alice_phone = await shared_server.client()
     await alice_phone.login(alice.user.username, "correct horse")
     cid = await channel_with(alice, bob)
     message = await send(bob, cid, "hi")
@@ -536,8 +510,8 @@ async def test_events_reach_every_connection_of_every_member_and_no_one_else(ser
     assert await updates(outsider) == []
 
 
-async def test_non_members_of_a_private_channel_are_told_it_does_not_exist(server: RunningServer) -> None:
-    alice, outsider = await users(server, 2)
+async def test_non_members_of_a_private_channel_are_told_it_does_not_exist(shared_server: RunningServer) -> None:
+    alice, outsider = await users(shared_server, 2)
     cid = await channel_with(alice, private=True)
     message = await send(alice, cid, "secret")
     target = {"conversation_id": cid, "message_id": message.id}
@@ -562,8 +536,8 @@ async def test_non_members_of_a_private_channel_are_told_it_does_not_exist(serve
 # -- the change feed ----------------------------------------------------------------
 
 
-async def test_changes_page_oldest_change_first_up_to_the_horizon(server: RunningServer) -> None:
-    alice, bob = await users(server, 2)
+async def test_changes_page_oldest_change_first_up_to_the_horizon(shared_server: RunningServer) -> None:
+    alice, bob = await users(shared_server, 2)
     cid = await channel_with(alice, bob)
     first, second, third = [await send(alice, cid, f"message {i}") for i in range(3)]
     await change(alice, "message.edit", first, text="first, edited")
@@ -600,8 +574,8 @@ async def test_changes_page_oldest_change_first_up_to_the_horizon(server: Runnin
     assert await feed(bob, 0, 100) == ([everything[1], everything[2], later[0]], synced_again)
 
 
-async def test_conversations_carry_their_last_rev(server: RunningServer) -> None:
-    alice, bob = await users(server, 2)
+async def test_conversations_carry_their_last_rev(shared_server: RunningServer) -> None:
+    alice, bob = await users(shared_server, 2)
     cid = await channel_with(alice)
     assert await last_rev(alice, cid) == 0
     message = await send(alice, cid, "one")

@@ -9,21 +9,16 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from typing import Any
 
 import jwt
 import pytest
-import pytest_asyncio
 
 from hubbub.protocol import frames
 from hubbub.protocol.client import Client
 from hubbub.protocol.errors import CloseCode, ErrorCode
-from hubbub.server.app import App
 from hubbub.server.clock import now_ms
-from tests.backends import BACKENDS
-from tests.conftest import TEST_SETTINGS, RunningServer, app_on_backend, unique_name
+from tests.conftest import TEST_SETTINGS, RunningServer, unique_name
 from tests.helpers import assert_serving, closed_with, expect_error, settled_events, uid
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.xdist_group("profiles")]
@@ -33,40 +28,20 @@ PASSWORD = "correct horse"
 CALENDAR = "\N{SPIRAL CALENDAR PAD}\N{VARIATION SELECTOR-16}"
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
-def store(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def shared_app(
-    store: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[App]:
-    """One server for the module's tests on ``store``."""
-    async with app_on_backend(store, request, tmp_path_factory.mktemp("profiles"), LIMITS) as app:
-        yield app
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def server(shared_app: App) -> AsyncIterator[RunningServer]:
-    async with AsyncExitStack() as stack:
-        yield RunningServer(shared_app, stack)
-
-
 def prefix() -> str:
     """A name prefix nobody else in the shared server has."""
     return f"p{uuid.uuid4().hex[:8]}"
 
 
-async def device(server: RunningServer, token: str) -> Client:
+async def device(shared_server: RunningServer, token: str) -> Client:
     """Another connection of the user of ``token``."""
-    client = await server.client()
+    client = await shared_server.client()
     await client.auth(token)
     return client
 
 
-async def register(server: RunningServer, username: str, display_name: str | None = None) -> tuple[Client, str]:
-    client = await server.client()
+async def register(shared_server: RunningServer, username: str, display_name: str | None = None) -> tuple[Client, str]:
+    client = await shared_server.client()
     session = await client.register(username, PASSWORD, display_name)
     return client, session.token
 
@@ -81,11 +56,11 @@ async def get_user(client: Client, user_id: int) -> frames.User:
 
 
 async def test_update_changes_the_profile_and_tells_everyone_who_shares_a_conversation_once(
-    server: RunningServer,
+    shared_server: RunningServer,
 ) -> None:
-    alice, alice_token = await register(server, unique_name("alice"))
-    alice_phone = await device(server, alice_token)
-    bob, carol, stranger = await server.user(), await server.user(), await server.user()
+    alice, alice_token = await register(shared_server, unique_name("alice"))
+    alice_phone = await device(shared_server, alice_token)
+    bob, carol, stranger = await shared_server.user(), await shared_server.user(), await shared_server.user()
     room: frames.ConversationResult = await alice.call("channel.create", name=unique_name("room"))
     await bob.call("channel.join", channel_id=room.conversation.id)
     await alice.call("dm.open", user_ids=[uid(bob)])  # bob shares two conversations with alice
@@ -119,8 +94,8 @@ async def test_update_changes_the_profile_and_tells_everyone_who_shares_a_conver
     assert await get_user(stranger, user.id) == user
 
 
-async def test_update_changes_only_the_fields_given_and_an_empty_status_clears_it(server: RunningServer) -> None:
-    alice = await server.user()
+async def test_update_changes_only_the_fields_given_and_an_empty_status_clears_it(shared_server: RunningServer) -> None:
+    alice = await shared_server.user()
     await alice.call("user.update", status_text="lunch", status_emoji="🍜", time_zone="Asia/Tokyo")
     renamed: frames.UserResult = await alice.call("user.update", display_name="New Name")
     assert (renamed.user.status_text, renamed.user.status_emoji, renamed.user.time_zone) == (
@@ -136,9 +111,9 @@ async def test_update_changes_only_the_fields_given_and_an_empty_status_clears_i
     )
 
 
-async def test_an_expired_status_reads_as_none(server: RunningServer) -> None:
-    alice = await server.user()
-    reader = await server.user()
+async def test_an_expired_status_reads_as_none(shared_server: RunningServer) -> None:
+    alice = await shared_server.user()
+    reader = await shared_server.user()
     expires = now_ms() + 300
     result: frames.UserResult = await alice.call("user.update", status_text="brb", status_expires_at=expires)
     assert result.user.status_text == "brb"
@@ -170,9 +145,11 @@ async def test_an_expired_status_reads_as_none(server: RunningServer) -> None:
         ({"searchable": "no"}, ErrorCode.BAD_REQUEST),
     ],
 )
-async def test_bad_profile_fields_change_nothing(server: RunningServer, fields: dict[str, Any], code: str) -> None:
-    alice = await server.user()
-    watcher = await server.user()
+async def test_bad_profile_fields_change_nothing(
+    shared_server: RunningServer, fields: dict[str, Any], code: str
+) -> None:
+    alice = await shared_server.user()
+    watcher = await shared_server.user()
     await alice.call("dm.open", user_ids=[uid(watcher)])
     await settled_events(watcher)
     before = await get_user(alice, uid(alice))
@@ -185,8 +162,8 @@ async def test_bad_profile_fields_change_nothing(server: RunningServer, fields: 
 # -- user.get ---------------------------------------------------------------------
 
 
-async def test_get_reads_up_to_100_users_and_leaves_out_missing_ones(server: RunningServer) -> None:
-    alice, bob = await server.user(), await server.user()
+async def test_get_reads_up_to_100_users_and_leaves_out_missing_ones(shared_server: RunningServer) -> None:
+    alice, bob = await shared_server.user(), await shared_server.user()
     await bob.call("user.update", searchable=False)
     found: frames.UserList = await alice.call("user.get", user_ids=[uid(bob), 2**50, uid(alice)])
     assert [u.id for u in found.users] == sorted([uid(alice), uid(bob)])
@@ -199,12 +176,14 @@ async def test_get_reads_up_to_100_users_and_leaves_out_missing_ones(server: Run
 # -- user.search ------------------------------------------------------------------
 
 
-async def test_search_by_username_or_display_name_prefix_paged_without_hidden_users(server: RunningServer) -> None:
+async def test_search_by_username_or_display_name_prefix_paged_without_hidden_users(
+    shared_server: RunningServer,
+) -> None:
     p = prefix()
-    searcher = await server.user()
-    by_name = [(await register(server, f"{p}-{n}"))[0] for n in range(4)]
-    by_display, _ = await register(server, f"z{p}", f"{p.upper()} Display")
-    hidden, _ = await register(server, f"{p}-hidden")
+    searcher = await shared_server.user()
+    by_name = [(await register(shared_server, f"{p}-{n}"))[0] for n in range(4)]
+    by_display, _ = await register(shared_server, f"z{p}", f"{p.upper()} Display")
+    hidden, _ = await register(shared_server, f"{p}-hidden")
     await hidden.call("user.update", searchable=False)
     expected = sorted([uid(c) for c in [*by_name, by_display]], key=lambda i: i)
     pages: list[list[int]] = []
@@ -225,8 +204,8 @@ async def test_search_by_username_or_display_name_prefix_paged_without_hidden_us
     assert [u.id for u in one.users] == [uid(by_display)] and one.next_cursor is None
 
 
-async def test_search_errors(server: RunningServer) -> None:
-    searcher = await server.user()
+async def test_search_errors(shared_server: RunningServer) -> None:
+    searcher = await shared_server.user()
     await expect_error(searcher, ErrorCode.BAD_REQUEST, "user.search", query="")
     await expect_error(searcher, ErrorCode.BAD_REQUEST, "user.search", query="a", limit=101)
     await expect_error(searcher, ErrorCode.BAD_REQUEST, "user.search", query="a", limit=0)
@@ -238,10 +217,10 @@ async def test_search_errors(server: RunningServer) -> None:
 # -- password.change and session.end_all -------------------------------------------
 
 
-async def test_password_change_logs_out_every_other_session(server: RunningServer) -> None:
+async def test_password_change_logs_out_every_other_session(shared_server: RunningServer) -> None:
     name = unique_name("pw")
-    alice, token = await register(server, name)
-    phone, laptop = await device(server, token), await device(server, token)
+    alice, token = await register(shared_server, name)
+    phone, laptop = await device(shared_server, token), await device(shared_server, token)
     await expect_error(alice, ErrorCode.UNAUTHORIZED, "password.change", old_password="wrong one", new_password="n" * 8)
     await assert_serving(phone)  # a wrong old password changes nothing
     await expect_error(alice, ErrorCode.BAD_REQUEST, "password.change", old_password=PASSWORD, new_password="short")
@@ -252,31 +231,33 @@ async def test_password_change_logs_out_every_other_session(server: RunningServe
     await assert_serving(alice)  # the connection that changed it stays
     assert (await alice.call("me")).user.id == session.user.id
 
-    stale = await server.client()
+    stale = await shared_server.client()
     await expect_error(stale, ErrorCode.UNAUTHORIZED, "auth", token=token)
-    await (await server.client()).auth(session.token)
-    await expect_error(await server.client(), ErrorCode.UNAUTHORIZED, "login", username=name, password=PASSWORD)
-    await (await server.client()).login(name, "new horse!")
+    await (await shared_server.client()).auth(session.token)
+    await expect_error(await shared_server.client(), ErrorCode.UNAUTHORIZED, "login", username=name, password=PASSWORD)
+    await (await shared_server.client()).login(name, "new horse!")
 
 
-async def test_end_all_closes_every_connection_after_its_reply(server: RunningServer) -> None:
-    alice, token = await register(server, unique_name("out"))
-    phone = await device(server, token)
+async def test_end_all_closes_every_connection_after_its_reply(shared_server: RunningServer) -> None:
+    alice, token = await register(shared_server, unique_name("out"))
+    phone = await device(shared_server, token)
     assert await alice.call("session.end_all") == frames.Empty()
     assert await closed_with(alice) == CloseCode.SESSION_ENDED
     assert await closed_with(phone) == CloseCode.SESSION_ENDED
-    await expect_error(await server.client(), ErrorCode.UNAUTHORIZED, "auth", token=token)
-    fresh = await server.client()
+    await expect_error(await shared_server.client(), ErrorCode.UNAUTHORIZED, "auth", token=token)
+    fresh = await shared_server.client()
     await fresh.login(alice.user.username if alice.user else "", PASSWORD)  # the password still works
     await assert_serving(fresh)
 
 
-async def test_a_token_issued_before_generations_authenticates_until_the_first_change(server: RunningServer) -> None:
+async def test_a_token_issued_before_generations_authenticates_until_the_first_change(
+    shared_server: RunningServer,
+) -> None:
     """Tokens of the release before profiles carry no ``gen`` claim: they are of generation 0."""
-    alice, _ = await register(server, unique_name("old"))
+    alice, _ = await register(shared_server, unique_name("old"))
     now = int(time.time())
     claims = {"sub": str(uid(alice)), "iat": now, "exp": now + 600, "iss": "hubbub", "aud": "hubbub"}
     old_token = jwt.encode(claims, TEST_SETTINGS["jwt_secret"], algorithm="HS256")
-    await (await server.client()).auth(old_token)
+    await (await shared_server.client()).auth(old_token)
     await alice.call("password.change", old_password=PASSWORD, new_password="another horse")
-    await expect_error(await server.client(), ErrorCode.UNAUTHORIZED, "auth", token=old_token)
+    await expect_error(await shared_server.client(), ErrorCode.UNAUTHORIZED, "auth", token=old_token)

@@ -1,6 +1,6 @@
 """Read state and unread counts (issue 12), end to end: conversation.mark_read,
 conversation.mute, their events to the user's other connections, and the
-read state every listing carries, over real sockets against one real server
+read state every listing carries, over real sockets against one real shared_server
 per store combination (shared by the module's tests: each makes its own
 users and conversations), with a small unread cap so that it can be reached.
 Two instances: tests/test_read_state_cluster.py."""
@@ -8,19 +8,14 @@ Two instances: tests/test_read_state_cluster.py."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from hubbub.protocol import frames
 from hubbub.protocol.client import Client
 from hubbub.protocol.errors import ErrorCode
-from hubbub.server.app import App
-from tests.backends import BACKENDS
-from tests.conftest import RunningServer, app_on_backend, unique_name
+from tests.conftest import RunningServer, unique_name
 from tests.helpers import assert_serving, expect_error, settled_events, uid
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.xdist_group("read_state")]
@@ -30,31 +25,11 @@ LIMITS: dict[str, Any] = {"unread_count_cap": CAP}
 PASSWORD = "correct horse"
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
-def store(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def shared_app(
-    store: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[App]:
-    """One server for the module's tests on ``store``."""
-    async with app_on_backend(store, request, tmp_path_factory.mktemp("read_state"), LIMITS) as app:
-        yield app
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def server(shared_app: App) -> AsyncIterator[RunningServer]:
-    async with AsyncExitStack() as stack:
-        yield RunningServer(shared_app, stack)
-
-
-async def with_device(server: RunningServer) -> tuple[Client, Client]:
+async def with_device(shared_server: RunningServer) -> tuple[Client, Client]:
     """A new user's two connections (say, laptop and phone)."""
-    laptop = await server.client()
+    laptop = await shared_server.client()
     session = await laptop.register(unique_name("reader"), PASSWORD)
-    phone = await server.client()
+    phone = await shared_server.client()
     await phone.auth(session.token)
     return laptop, phone
 
@@ -94,8 +69,8 @@ def read_events(events: list[frames.ServerFrame]) -> list[frames.ConversationRea
 # -- where read positions start, and what the listings carry -------------------------------
 
 
-async def test_the_creator_starts_at_zero_and_sees_what_others_send(server: RunningServer) -> None:
-    alice, bob = await server.user(), await server.user()
+async def test_the_creator_starts_at_zero_and_sees_what_others_send(shared_server: RunningServer) -> None:
+    alice, bob = await shared_server.user(), await shared_server.user()
     created: frames.ConversationResult = await alice.call("channel.create", name=unique_name("room"))
     assert counts(created.conversation) == (0, 0, 0, False)
     room = created.conversation.id
@@ -109,8 +84,8 @@ async def test_the_creator_starts_at_zero_and_sees_what_others_send(server: Runn
     assert view.last_seq == 4 and view.member
 
 
-async def test_a_joiner_starts_at_the_head(server: RunningServer) -> None:
-    alice, carol = await server.user(), await server.user()
+async def test_a_joiner_starts_at_the_head(shared_server: RunningServer) -> None:
+    alice, carol = await shared_server.user(), await shared_server.user()
     room = await new_channel(alice)
     for n in range(3):
         await send(alice, room, f"before {n}")
@@ -122,8 +97,8 @@ async def test_a_joiner_starts_at_the_head(server: RunningServer) -> None:
     assert counts(await channel_of(carol, room)) == (3, 1, 0, False)
 
 
-async def test_an_invitee_starts_at_the_head_in_conversation_added(server: RunningServer) -> None:
-    alice, dave = await server.user(), await server.user()
+async def test_an_invitee_starts_at_the_head_in_conversation_added(shared_server: RunningServer) -> None:
+    alice, dave = await shared_server.user(), await shared_server.user()
     room = await new_channel(alice, private=True)
     await send(alice, room, "secret history")
     await settled_events(dave)
@@ -133,16 +108,16 @@ async def test_an_invitee_starts_at_the_head_in_conversation_added(server: Runni
     assert counts(await channel_of(dave, room)) == (1, 0, 0, False)
 
 
-async def test_public_channels_of_others_carry_no_read_state(server: RunningServer) -> None:
-    alice, stranger = await server.user(), await server.user()
+async def test_public_channels_of_others_carry_no_read_state(shared_server: RunningServer) -> None:
+    alice, stranger = await shared_server.user(), await shared_server.user()
     room = await new_channel(alice)
     await send(alice, room, "hello")
     view = await channel_of(stranger, room)
     assert not view.member and view.last_seq == 1 and counts(view) == (0, 0, 0, False)
 
 
-async def test_dms_carry_read_state(server: RunningServer) -> None:
-    alice, bob = await server.user(), await server.user()
+async def test_dms_carry_read_state(shared_server: RunningServer) -> None:
+    alice, bob = await shared_server.user(), await shared_server.user()
     opened: frames.ConversationResult = await alice.call("dm.open", user_ids=[uid(bob)])
     dm = opened.conversation.id
     assert counts(opened.conversation) == (0, 0, 0, False)
@@ -156,8 +131,8 @@ async def test_dms_carry_read_state(server: RunningServer) -> None:
     assert counts(await dm_of(bob, dm)) == (0, 0, 0, False)  # his own messages
 
 
-async def test_counts_saturate_at_the_cap(server: RunningServer) -> None:
-    alice, bob = await server.user(), await server.user()
+async def test_counts_saturate_at_the_cap(shared_server: RunningServer) -> None:
+    alice, bob = await shared_server.user(), await shared_server.user()
     room = await new_channel(alice)
     await bob.call("channel.join", channel_id=room)
     for n in range(CAP + 3):
@@ -171,8 +146,8 @@ async def test_counts_saturate_at_the_cap(server: RunningServer) -> None:
 # -- what counts --------------------------------------------------------------------------
 
 
-async def test_thread_replies_count_only_when_also_in_the_channel(server: RunningServer) -> None:
-    alice, bob = await server.user(), await server.user()
+async def test_thread_replies_count_only_when_also_in_the_channel(shared_server: RunningServer) -> None:
+    alice, bob = await shared_server.user(), await shared_server.user()
     room = await new_channel(alice)
     await bob.call("channel.join", channel_id=room)
     root = await send(alice, room, "a question")
@@ -182,8 +157,8 @@ async def test_thread_replies_count_only_when_also_in_the_channel(server: Runnin
     assert counts(await channel_of(alice, room)) == (0, 1, 0, False)
 
 
-async def test_an_edit_adding_a_mention_counts_and_a_delete_uncounts(server: RunningServer) -> None:
-    alice, bob = await server.user(), await server.user()
+async def test_an_edit_adding_a_mention_counts_and_a_delete_uncounts(shared_server: RunningServer) -> None:
+    alice, bob = await shared_server.user(), await shared_server.user()
     room = await new_channel(alice)
     await bob.call("channel.join", channel_id=room)
     first = await send(bob, room, "hello")
@@ -198,8 +173,8 @@ async def test_an_edit_adding_a_mention_counts_and_a_delete_uncounts(server: Run
     assert counts(await channel_of(alice, room)) == (0, 0, 0, False)
 
 
-async def test_channel_and_here_mentions_count(server: RunningServer) -> None:
-    alice, bob = await server.user(), await server.user()
+async def test_channel_and_here_mentions_count(shared_server: RunningServer) -> None:
+    alice, bob = await shared_server.user(), await shared_server.user()
     room = await new_channel(alice)
     await bob.call("channel.join", channel_id=room)
     await send(bob, room, "@channel meeting")
@@ -211,9 +186,9 @@ async def test_channel_and_here_mentions_count(server: RunningServer) -> None:
 # -- conversation.mark_read ---------------------------------------------------------------
 
 
-async def test_mark_read_moves_forward_and_tells_every_device(server: RunningServer) -> None:
-    laptop, phone = await with_device(server)
-    bob = await server.user()
+async def test_mark_read_moves_forward_and_tells_every_device(shared_server: RunningServer) -> None:
+    laptop, phone = await with_device(shared_server)
+    bob = await shared_server.user()
     room = await new_channel(bob)
     await laptop.call("channel.join", channel_id=room)
     for n in range(4):
@@ -245,16 +220,16 @@ async def test_mark_read_moves_forward_and_tells_every_device(server: RunningSer
     assert counts(await channel_of(laptop, room)) == (4, 0, 0, False)
 
 
-async def test_mark_read_of_an_empty_conversation_stays_at_zero(server: RunningServer) -> None:
-    alice = await server.user()
+async def test_mark_read_of_an_empty_conversation_stays_at_zero(shared_server: RunningServer) -> None:
+    alice = await shared_server.user()
     room = await new_channel(alice)
     marked: frames.ReadState = await alice.call("conversation.mark_read", conversation_id=room, seq=10)
     assert marked == frames.ReadState(conversation_id=room, read_seq=0, unread_count=0, mention_count=0)
     assert read_events(await settled_events(alice)) == []
 
 
-async def test_mark_read_and_mute_refuse_what_the_caller_may_not_see(server: RunningServer) -> None:
-    alice, stranger = await server.user(), await server.user()
+async def test_mark_read_and_mute_refuse_what_the_caller_may_not_see(shared_server: RunningServer) -> None:
+    alice, stranger = await shared_server.user(), await shared_server.user()
     public, private = await new_channel(alice), await new_channel(alice, private=True)
     await send(alice, public, "hello")
     for op, fields in (("conversation.mark_read", {"seq": 1}), ("conversation.mute", {"muted": True})):
@@ -271,8 +246,8 @@ async def test_mark_read_and_mute_refuse_what_the_caller_may_not_see(server: Run
     await assert_serving(stranger)
 
 
-async def test_a_left_channel_is_not_found(server: RunningServer) -> None:
-    alice, bob = await server.user(), await server.user()
+async def test_a_left_channel_is_not_found(shared_server: RunningServer) -> None:
+    alice, bob = await shared_server.user(), await shared_server.user()
     room = await new_channel(alice, private=True)
     await alice.call("channel.invite", channel_id=room, user_id=uid(bob))
     await bob.call("channel.leave", channel_id=room)
@@ -283,9 +258,9 @@ async def test_a_left_channel_is_not_found(server: RunningServer) -> None:
 # -- conversation.mute --------------------------------------------------------------------
 
 
-async def test_mute_is_stored_announced_and_still_delivers(server: RunningServer) -> None:
-    laptop, phone = await with_device(server)
-    bob = await server.user()
+async def test_mute_is_stored_announced_and_still_delivers(shared_server: RunningServer) -> None:
+    laptop, phone = await with_device(shared_server)
+    bob = await shared_server.user()
     room = await new_channel(bob)
     await laptop.call("channel.join", channel_id=room)
     await settled_events(phone)
@@ -313,9 +288,9 @@ async def test_mute_is_stored_announced_and_still_delivers(server: RunningServer
 # -- concurrency --------------------------------------------------------------------------
 
 
-async def test_marks_racing_sends_keep_counts_exact(server: RunningServer) -> None:
-    reader, other_device = await with_device(server)
-    writer = await server.user()
+async def test_marks_racing_sends_keep_counts_exact(shared_server: RunningServer) -> None:
+    reader, other_device = await with_device(shared_server)
+    writer = await shared_server.user()
     room = await new_channel(writer)
     await reader.call("channel.join", channel_id=room)
     total = 30
@@ -342,9 +317,9 @@ async def test_marks_racing_sends_keep_counts_exact(server: RunningServer) -> No
     assert counts(await channel_of(reader, room)) == (total, 0, 0, False)
 
 
-async def test_two_racing_marks_leave_the_furthest(server: RunningServer) -> None:
-    laptop, phone = await with_device(server)
-    writer = await server.user()
+async def test_two_racing_marks_leave_the_furthest(shared_server: RunningServer) -> None:
+    laptop, phone = await with_device(shared_server)
+    writer = await shared_server.user()
     room = await new_channel(writer)
     await laptop.call("channel.join", channel_id=room)
     for n in range(10):

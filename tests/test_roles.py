@@ -9,48 +9,23 @@ its own users and channels). Two instances: tests/test_roles_cluster.py."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 
 import pytest
-import pytest_asyncio
 
 from hubbub.protocol import frames
 from hubbub.protocol.client import Client, ServerError
 from hubbub.protocol.errors import ErrorCode
-from hubbub.server.app import App
-from tests.backends import BACKENDS
-from tests.conftest import RunningServer, app_on_backend, unique_name
+from tests.conftest import RunningServer, unique_name
 from tests.helpers import expect_error, settled_events, uid
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.xdist_group("roles")]
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
-def store(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def shared_app(
-    store: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[App]:
-    """One server for the module's tests on ``store``."""
-    async with app_on_backend(store, request, tmp_path_factory.mktemp("roles"), {}) as app:
-        yield app
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def server(shared_app: App) -> AsyncIterator[RunningServer]:
-    async with AsyncExitStack() as stack:
-        yield RunningServer(shared_app, stack)
-
-
 async def channel_with(
-    server: RunningServer, members: int, *, private: bool = False
+    shared_server: RunningServer, members: int, *, private: bool = False
 ) -> tuple[frames.Conversation, list[Client]]:
     """A new channel created by the first of ``members`` new users, the others invited; events settled."""
-    clients = [await server.user() for _ in range(members)]
+    clients = [await shared_server.user() for _ in range(members)]
     owner = clients[0]
     channel = (await owner.call("channel.create", name=unique_name("room"), private=private)).conversation
     for other in clients[1:]:
@@ -80,14 +55,14 @@ async def view_of(client: Client, channel_id: int, **options: bool) -> frames.Co
 # -- roles in the views --------------------------------------------------------------
 
 
-async def test_the_creator_is_owner_and_views_carry_the_callers_role(server: RunningServer) -> None:
-    alice = await server.user()
+async def test_the_creator_is_owner_and_views_carry_the_callers_role(shared_server: RunningServer) -> None:
+    alice = await shared_server.user()
     created = (await alice.call("channel.create", name=unique_name("room"), topic="t")).conversation
     assert (created.role, created.purpose, created.archived, created.invite_policy) == ("owner", "", False, "anyone")
     added = await alice.next_event(frames.ConversationAdded)
     assert added.conversation.role == "owner"
 
-    bob = await server.user()
+    bob = await shared_server.user()
     outsider_view = await view_of(bob, created.id)
     assert outsider_view is not None and outsider_view.member is False and outsider_view.role is None
     joined = (await bob.call("channel.join", channel_id=created.id)).conversation
@@ -107,8 +82,8 @@ async def test_the_creator_is_owner_and_views_carry_the_callers_role(server: Run
 # -- channel.update --------------------------------------------------------------------
 
 
-async def test_owners_and_admins_update_a_channel_and_members_hear_of_it(server: RunningServer) -> None:
-    channel, (alice, bob, carol) = await channel_with(server, 3)
+async def test_owners_and_admins_update_a_channel_and_members_hear_of_it(shared_server: RunningServer) -> None:
+    channel, (alice, bob, carol) = await channel_with(shared_server, 3)
     await alice.call("channel.set_role", channel_id=channel.id, user_id=uid(bob), role="admin")
     await settled_events(carol)
     new_name = unique_name("renamed")
@@ -130,15 +105,15 @@ async def test_owners_and_admins_update_a_channel_and_members_hear_of_it(server:
     assert not [e for e in await settled_events(carol) if isinstance(e, frames.ChannelUpdated)]
 
 
-async def test_bad_channel_updates_change_nothing(server: RunningServer) -> None:
-    channel, (alice, bob) = await channel_with(server, 2)
+async def test_bad_channel_updates_change_nothing(shared_server: RunningServer) -> None:
+    channel, (alice, bob) = await channel_with(shared_server, 2)
     other = (await alice.call("channel.create", name=unique_name("taken"))).conversation
     await expect_error(alice, ErrorCode.CONFLICT, "channel.update", channel_id=channel.id, name=other.name, topic="x")
     await expect_error(bob, ErrorCode.FORBIDDEN, "channel.update", channel_id=channel.id, topic="mine now")
     await expect_error(alice, ErrorCode.BAD_REQUEST, "channel.update", channel_id=channel.id)
     await expect_error(alice, ErrorCode.BAD_REQUEST, "channel.update", channel_id=channel.id, invite_policy="nobody")
     await expect_error(alice, ErrorCode.BAD_REQUEST, "channel.update", channel_id=channel.id, name="Bad Name")
-    outsider = await server.user()
+    outsider = await shared_server.user()
     await expect_error(outsider, ErrorCode.FORBIDDEN, "channel.update", channel_id=channel.id, topic="x")
     dm = (await alice.call("dm.open", user_ids=[uid(bob)])).conversation
     await expect_error(alice, ErrorCode.NOT_FOUND, "channel.update", channel_id=dm.id, topic="x")
@@ -150,8 +125,8 @@ async def test_bad_channel_updates_change_nothing(server: RunningServer) -> None
 # -- channel.set_role --------------------------------------------------------------------
 
 
-async def test_promote_and_demote(server: RunningServer) -> None:
-    channel, (alice, bob, carol, dave) = await channel_with(server, 4)
+async def test_promote_and_demote(shared_server: RunningServer) -> None:
+    channel, (alice, bob, carol, dave) = await channel_with(shared_server, 4)
     await alice.call("channel.set_role", channel_id=channel.id, user_id=uid(bob), role="admin")
     for member in (alice, bob, carol, dave):
         event = await member.next_event(frames.MemberRoleChanged)
@@ -176,8 +151,8 @@ async def test_promote_and_demote(server: RunningServer) -> None:
     assert not [e for e in await settled_events(dave) if isinstance(e, frames.MemberRoleChanged)]
 
 
-async def test_role_change_errors(server: RunningServer) -> None:
-    channel, (alice, bob, carol) = await channel_with(server, 3)
+async def test_role_change_errors(shared_server: RunningServer) -> None:
+    channel, (alice, bob, carol) = await channel_with(shared_server, 3)
     await alice.call("channel.set_role", channel_id=channel.id, user_id=uid(bob), role="admin")
     fields = {"channel_id": channel.id}
     error = await expect_error(
@@ -189,14 +164,14 @@ async def test_role_change_errors(server: RunningServer) -> None:
     await expect_error(alice, ErrorCode.BAD_REQUEST, "channel.set_role", **fields, user_id=uid(carol), role="king")
     last = await expect_error(alice, ErrorCode.CONFLICT, "channel.set_role", **fields, user_id=uid(alice), role="admin")
     assert "last owner" in last.message
-    stranger = await server.user()
+    stranger = await shared_server.user()
     await expect_error(alice, ErrorCode.NOT_FOUND, "channel.set_role", **fields, user_id=uid(stranger), role="admin")
     await expect_error(alice, ErrorCode.NOT_FOUND, "channel.set_role", **fields, user_id=2**40, role="admin")
     assert await roles(alice, channel.id) == {uid(alice): "owner", uid(bob): "admin", uid(carol): "member"}
 
 
-async def test_the_last_owner_hands_over_before_leaving(server: RunningServer) -> None:
-    channel, (alice, bob) = await channel_with(server, 2)
+async def test_the_last_owner_hands_over_before_leaving(shared_server: RunningServer) -> None:
+    channel, (alice, bob) = await channel_with(shared_server, 2)
     error = await expect_error(alice, ErrorCode.CONFLICT, "channel.leave", channel_id=channel.id)
     assert "last owner" in error.message
     await alice.call("channel.set_role", channel_id=channel.id, user_id=uid(bob), role="owner")
@@ -211,9 +186,9 @@ async def test_the_last_owner_hands_over_before_leaving(server: RunningServer) -
 # -- channel.kick ---------------------------------------------------------------------------
 
 
-async def test_an_admin_kicks_a_member_who_stops_receiving_the_channel(server: RunningServer) -> None:
-    channel, (alice, bob, carol) = await channel_with(server, 3)
-    carol_phone = await server.client()
+async def test_an_admin_kicks_a_member_who_stops_receiving_the_channel(shared_server: RunningServer) -> None:
+    channel, (alice, bob, carol) = await channel_with(shared_server, 3)
+    carol_phone = await shared_server.client()
     assert carol.token is not None
     await carol_phone.auth(carol.token)
     await alice.call("channel.set_role", channel_id=channel.id, user_id=uid(bob), role="admin")
@@ -240,25 +215,25 @@ async def test_an_admin_kicks_a_member_who_stops_receiving_the_channel(server: R
     assert listed is not None and listed.member is False
 
 
-async def test_kick_errors(server: RunningServer) -> None:
-    channel, (alice, bob, carol) = await channel_with(server, 3)
+async def test_kick_errors(shared_server: RunningServer) -> None:
+    channel, (alice, bob, carol) = await channel_with(shared_server, 3)
     await alice.call("channel.set_role", channel_id=channel.id, user_id=uid(bob), role="admin")
     fields = {"channel_id": channel.id}
     error = await expect_error(bob, ErrorCode.FORBIDDEN, "channel.kick", **fields, user_id=uid(alice))
     assert error.message == "only an owner may remove an owner"
     await expect_error(carol, ErrorCode.FORBIDDEN, "channel.kick", **fields, user_id=uid(bob))
     await expect_error(alice, ErrorCode.CONFLICT, "channel.kick", **fields, user_id=uid(alice))
-    stranger = await server.user()
+    stranger = await shared_server.user()
     await expect_error(alice, ErrorCode.NOT_FOUND, "channel.kick", **fields, user_id=uid(stranger))
     await expect_error(stranger, ErrorCode.FORBIDDEN, "channel.kick", **fields, user_id=uid(carol))
     assert set(await roles(alice, channel.id)) == {uid(alice), uid(bob), uid(carol)}
 
 
-async def test_a_kick_racing_the_kicked_members_send(server: RunningServer) -> None:
+async def test_a_kick_racing_the_kicked_members_send(shared_server: RunningServer) -> None:
     """Either the send was stored (and is in history) or it was refused; after
     conversation.removed the kicked member receives nothing of the channel."""
     for _ in range(3):
-        channel, (alice, bob) = await channel_with(server, 2)
+        channel, (alice, bob) = await channel_with(shared_server, 2)
         send_task = asyncio.ensure_future(send(bob, channel.id, "racing"))
         kick = alice.call("channel.kick", channel_id=channel.id, user_id=uid(bob))
         await kick
@@ -278,8 +253,8 @@ async def test_a_kick_racing_the_kicked_members_send(server: RunningServer) -> N
 # -- archived channels ----------------------------------------------------------------------
 
 
-async def test_an_archived_channel_is_read_only_and_hidden_from_browsing(server: RunningServer) -> None:
-    channel, (alice, bob) = await channel_with(server, 2)
+async def test_an_archived_channel_is_read_only_and_hidden_from_browsing(shared_server: RunningServer) -> None:
+    channel, (alice, bob) = await channel_with(shared_server, 2)
     message = await send(bob, channel.id, "before")
     await alice.call("reaction.add", conversation_id=channel.id, message_id=message.id, emoji="👍")
     await alice.call("message.pin", conversation_id=channel.id, message_id=message.id)
@@ -308,7 +283,7 @@ async def test_an_archived_channel_is_read_only_and_hidden_from_browsing(server:
     # Members keep it, marked; browsing hides it unless asked.
     mine = await view_of(bob, cid)
     assert mine is not None and mine.archived and mine.member
-    carol = await server.user()
+    carol = await shared_server.user()
     assert await view_of(carol, cid) is None
     shown = await view_of(carol, cid, include_archived=True)
     assert shown is not None and shown.archived and not shown.member
@@ -323,8 +298,8 @@ async def test_an_archived_channel_is_read_only_and_hidden_from_browsing(server:
     assert await view_of(carol, cid) is not None
 
 
-async def test_owners_and_admins_delete_anyones_message_members_do_not(server: RunningServer) -> None:
-    channel, (alice, bob, carol) = await channel_with(server, 3)
+async def test_owners_and_admins_delete_anyones_message_members_do_not(shared_server: RunningServer) -> None:
+    channel, (alice, bob, carol) = await channel_with(shared_server, 3)
     await alice.call("channel.set_role", channel_id=channel.id, user_id=uid(bob), role="admin")
     first, second = await send(carol, channel.id, "one"), await send(carol, channel.id, "two")
     by_alice = await send(alice, channel.id, "three")
@@ -337,9 +312,9 @@ async def test_owners_and_admins_delete_anyones_message_members_do_not(server: R
 # -- invite policy ----------------------------------------------------------------------------
 
 
-async def test_a_private_channel_where_only_admins_invite(server: RunningServer) -> None:
-    channel, (alice, bob, carol) = await channel_with(server, 3, private=True)
-    dave = await server.user()
+async def test_a_private_channel_where_only_admins_invite(shared_server: RunningServer) -> None:
+    channel, (alice, bob, carol) = await channel_with(shared_server, 3, private=True)
+    dave = await shared_server.user()
     updated = (await alice.call("channel.update", channel_id=channel.id, invite_policy="admins")).conversation
     assert updated.invite_policy == "admins"
     error = await expect_error(carol, ErrorCode.FORBIDDEN, "channel.invite", channel_id=channel.id, user_id=uid(dave))
@@ -348,16 +323,16 @@ async def test_a_private_channel_where_only_admins_invite(server: RunningServer)
     await bob.call("channel.invite", channel_id=channel.id, user_id=uid(dave))
     assert (await roles(alice, channel.id))[uid(dave)] == "member"
     await alice.call("channel.update", channel_id=channel.id, invite_policy="anyone")
-    erin = await server.user()
+    erin = await shared_server.user()
     await carol.call("channel.invite", channel_id=channel.id, user_id=uid(erin))
 
 
 # -- no leak of private channels --------------------------------------------------------------
 
 
-async def test_non_members_learn_nothing_of_a_private_channel(server: RunningServer) -> None:
-    channel, (alice, bob) = await channel_with(server, 2, private=True)
-    outsider = await server.user()
+async def test_non_members_learn_nothing_of_a_private_channel(shared_server: RunningServer) -> None:
+    channel, (alice, bob) = await channel_with(shared_server, 2, private=True)
+    outsider = await shared_server.user()
     cid = channel.id
     for op, fields in (
         ("channel.members", {}),
@@ -376,10 +351,10 @@ async def test_non_members_learn_nothing_of_a_private_channel(server: RunningSer
 # -- group DMs -------------------------------------------------------------------------------
 
 
-async def test_any_participant_renames_a_group_dm(server: RunningServer) -> None:
-    alice = await server.user()
-    bob = await server.user()
-    carol = await server.user()
+async def test_any_participant_renames_a_group_dm(shared_server: RunningServer) -> None:
+    alice = await shared_server.user()
+    bob = await shared_server.user()
+    carol = await shared_server.user()
     dm = (await alice.call("dm.open", user_ids=[uid(bob), uid(carol)])).conversation
     for client in (alice, bob, carol):
         await settled_events(client)
@@ -394,12 +369,12 @@ async def test_any_participant_renames_a_group_dm(server: RunningServer) -> None
     assert cleared.name is None
 
 
-async def test_dm_rename_errors(server: RunningServer) -> None:
-    alice = await server.user()
-    bob = await server.user()
+async def test_dm_rename_errors(shared_server: RunningServer) -> None:
+    alice = await shared_server.user()
+    bob = await shared_server.user()
     pair = (await alice.call("dm.open", user_ids=[uid(bob)])).conversation
     await expect_error(alice, ErrorCode.FORBIDDEN, "dm.rename", conversation_id=pair.id, name="us")
-    outsider = await server.user()
+    outsider = await shared_server.user()
     await expect_error(outsider, ErrorCode.NOT_FOUND, "dm.rename", conversation_id=pair.id, name="them")
     channel = (await alice.call("channel.create", name=unique_name("room"))).conversation
     await expect_error(alice, ErrorCode.NOT_FOUND, "dm.rename", conversation_id=channel.id, name="x")

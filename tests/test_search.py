@@ -7,18 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from hubbub.protocol import frames
 from hubbub.protocol.client import Client
-from hubbub.server.app import App
-from tests.backends import BACKENDS
-from tests.conftest import RunningServer, app_on_backend, unique_name
+from tests.conftest import RunningServer, unique_name
 from tests.helpers import expect_error, uid
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.xdist_group("search")]
@@ -36,25 +31,6 @@ def word() -> str:
         letters += chr(ord("a") + r)
         if n == 0:
             return "zq" + letters + "x"
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def store(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def shared_app(
-    store: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[App]:
-    async with app_on_backend(store, request, tmp_path_factory.mktemp("search"), LIMITS) as app:
-        yield app
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def server(shared_app: App) -> AsyncIterator[RunningServer]:
-    async with AsyncExitStack() as stack:
-        yield RunningServer(shared_app, stack)
 
 
 async def send(client: Client, cid: int, text: str, **fields: Any) -> frames.Message:
@@ -83,8 +59,8 @@ async def channel(owner: Client, *members: Client, private: bool = False) -> int
     return cid
 
 
-async def test_finds_words_newest_first_with_highlights(server: RunningServer) -> None:
-    alice = await server.user()
+async def test_finds_words_newest_first_with_highlights(shared_server: RunningServer) -> None:
+    alice = await shared_server.user()
     cid = await channel(alice)
     w = word()
     await send(alice, cid, f"first {w} here")
@@ -99,8 +75,8 @@ async def test_finds_words_newest_first_with_highlights(server: RunningServer) -
     assert page.next_cursor is None
 
 
-async def test_query_syntax_words_phrases_prefixes_and_diacritics(server: RunningServer) -> None:
-    alice = await server.user()
+async def test_query_syntax_words_phrases_prefixes_and_diacritics(shared_server: RunningServer) -> None:
+    alice = await shared_server.user()
     cid = await channel(alice)
     w = word()
     await send(alice, cid, f"{w} release notes are out")
@@ -124,8 +100,8 @@ async def test_query_syntax_words_phrases_prefixes_and_diacritics(server: Runnin
         assert isinstance(await search(alice, query), frames.SearchPage), query
 
 
-async def test_bad_queries_are_bad_requests(server: RunningServer) -> None:
-    alice = await server.user()
+async def test_bad_queries_are_bad_requests(shared_server: RunningServer) -> None:
+    alice = await shared_server.user()
     await send(alice, await channel(alice), "hello there")  # a conversation to search: the store sees the cursor
     for query in ("", "   ", "!!! ---", '""', "a*", "*", "x" * 257):
         await expect_error(alice, "bad_request", "message.search", query=query)
@@ -141,12 +117,12 @@ async def test_bad_queries_are_bad_requests(server: RunningServer) -> None:
         alice, "bad_request", "message.search", query="hello", order="relevance", cursor="r100"
     )  # the window
     await expect_error(alice, "bad_request", "message.search", query="hello", unknown=1)
-    anonymous = await server.client()
+    anonymous = await shared_server.client()
     await expect_error(anonymous, "unauthorized", "message.search", query="hello")
 
 
-async def test_only_the_callers_conversations_at_the_time_of_the_search(server: RunningServer) -> None:
-    alice, bob, carol = await asyncio.gather(server.user(), server.user(), server.user())
+async def test_only_the_callers_conversations_at_the_time_of_the_search(shared_server: RunningServer) -> None:
+    alice, bob, carol = await asyncio.gather(shared_server.user(), shared_server.user(), shared_server.user())
     w = word()
     public = await channel(alice, bob)
     private = await channel(alice, private=True)
@@ -166,12 +142,12 @@ async def test_only_the_callers_conversations_at_the_time_of_the_search(server: 
     assert await found_texts(bob, w) == []
     await expect_error(bob, "forbidden", "message.search", query=w, conversation_id=public)
     # A user with no conversation at all finds nothing.
-    loner = await server.user()
+    loner = await shared_server.user()
     assert await found_texts(loner, w) == []
 
 
-async def test_deleted_never_found_edited_only_by_new_text(server: RunningServer) -> None:
-    alice = await server.user()
+async def test_deleted_never_found_edited_only_by_new_text(shared_server: RunningServer) -> None:
+    alice = await shared_server.user()
     cid = await channel(alice)
     old, new, gone = word(), word(), word()
     edited = await send(alice, cid, f"{old} wording")
@@ -189,8 +165,8 @@ async def test_deleted_never_found_edited_only_by_new_text(server: RunningServer
     assert hit.message.my_reactions == ["\N{THUMBS UP SIGN}"]
 
 
-async def test_paging_with_the_cursor(server: RunningServer) -> None:
-    alice = await server.user()
+async def test_paging_with_the_cursor(shared_server: RunningServer) -> None:
+    alice = await shared_server.user()
     cid = await channel(alice)
     w = word()
     sent = [await send(alice, cid, f"{w} number {n}") for n in range(7)]
@@ -220,8 +196,8 @@ async def test_paging_with_the_cursor(server: RunningServer) -> None:
     assert sorted(ranked) == sorted(m.id for m in sent) and len(ranked) == 7
 
 
-async def test_relevance_puts_the_best_match_first(server: RunningServer) -> None:
-    alice = await server.user()
+async def test_relevance_puts_the_best_match_first(shared_server: RunningServer) -> None:
+    alice = await shared_server.user()
     cid = await channel(alice)
     w, v = word(), word()
     await send(alice, cid, f"{w} {v} {v} {v}")
@@ -233,8 +209,8 @@ async def test_relevance_puts_the_best_match_first(server: RunningServer) -> Non
     assert ranked[0] == f"{w} {v} {v} {v}"
 
 
-async def test_filters_conversation_sender_dates_threads(server: RunningServer) -> None:
-    alice, bob = await asyncio.gather(server.user(), server.user())
+async def test_filters_conversation_sender_dates_threads(shared_server: RunningServer) -> None:
+    alice, bob = await asyncio.gather(shared_server.user(), shared_server.user())
     one = await channel(alice, bob)
     two = await channel(alice, bob)
     w = word()
