@@ -273,6 +273,7 @@ async def test_an_archived_channel_is_read_only_and_hidden_from_browsing(shared_
         ("reaction.remove", {"message_id": mid, "emoji": "👍"}),
         ("message.pin", {"message_id": mid}),
         ("message.unpin", {"message_id": mid}),
+        ("typing", {}),
     ):
         error = await expect_error(bob, ErrorCode.ARCHIVED, op, conversation_id=cid, **fields)
         assert "archived" in error.message

@@ -12,9 +12,11 @@ own connections (``except_user``): nobody needs to see their own typing.
 
 Three rules, in this order:
 
-1. membership, as for every conversation request (server/handlers/access.py):
+1. membership and writability, as for message.send (server/handlers/access.py):
    ``not_found`` for a conversation that does not exist or is private and
-   not the caller's, ``forbidden`` for a public channel they have not joined;
+   not the caller's, ``forbidden`` for a public channel they have not joined,
+   ``archived`` for an archived channel (nobody can send there, so nobody
+   is shown typing there either);
 2. the connection's own token bucket (``typing_per_second``,
    ``typing_burst``): a request beyond it is answered like any other and
    announced to nobody. It is a UI hint that the next renewal repeats, so
@@ -27,7 +29,7 @@ Three rules, in this order:
 from __future__ import annotations
 
 from hubbub.protocol import frames
-from hubbub.server.handlers.access import require_member
+from hubbub.server.handlers.access import require_writable
 from hubbub.server.handlers.context import Caller, Context
 
 _DONE = frames.Empty()
@@ -35,7 +37,7 @@ _DONE = frames.Empty()
 
 async def typing(ctx: Context, caller: Caller, req: frames.Typing) -> frames.Empty:
     cid = req.conversation_id
-    await require_member(ctx, caller, cid)
+    await require_writable(ctx, caller, cid)
     if not caller.typing_limit.take():
         return _DONE  # too often on this connection: dropped, see the module's rule 2
     counts = await ctx.directory.member_counts([cid])
