@@ -116,6 +116,21 @@ async def test_the_background_task_purges_by_itself(make_server: ServerFactory) 
     assert metrics.get_sample_value("hubbub_retention_backlog_conversations") == 0
 
 
+async def test_the_servers_retention_applies_to_dms(make_server: ServerFactory) -> None:
+    """DMs have no override (channel.update is for channels): the server's retention is theirs."""
+    server = await make_server(retention_max_messages=2, retention_interval_seconds=3600.0)
+    alice, bob = await server.user(), await server.user()
+    assert bob.user is not None
+    dm: frames.Conversation = (await alice.call("dm.open", user_ids=[bob.user.id])).conversation
+    assert dm.retention == frames.Retention(effective_max_messages=2)
+    sent = await send_many(alice, dm.id, 5)
+    assert await purge_of(server.app).run_once() == 3
+    page: frames.HistoryPage = await bob.call("message.history", conversation_id=dm.id, order="asc")
+    assert ([m.id for m in page.messages], page.oldest_seq) == ([m.id for m in sent[3:]], 4)
+    listed: list[frames.Conversation] = (await bob.call("dm.list")).conversations
+    assert [(c.oldest_seq, c.unread_count) for c in listed if c.id == dm.id] == [(4, 2)]
+
+
 async def test_a_failing_pass_is_retried_at_the_next_interval(make_server: ServerFactory) -> None:
     server = await make_server(retention_max_messages=2, retention_interval_seconds=0.05)
     task = purge_of(server.app)
