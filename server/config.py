@@ -778,9 +778,16 @@ def _shown(choice: object) -> str:
     return "(empty)" if choice == "" else str(choice)
 
 
+@functools.cache
+def _setting_hints() -> dict[str, Any]:
+    """Every setting's annotation, evaluated once: evaluating them all per setting made
+    ``hubbub serve``'s flags (``add_flags``) quadratic in the number of settings."""
+    return typing.get_type_hints(Settings, include_extras=True)
+
+
 def setting_choices(field: str) -> tuple[object, ...] | None:
     """The valid values of an enum (Literal) setting, in declaration order; None for the others."""
-    hint = typing.get_type_hints(Settings, include_extras=True)[field]
+    hint = _setting_hints()[field]
     while typing.get_origin(hint) is Annotated:
         hint = typing.get_args(hint)[0]
     return typing.get_args(hint) if typing.get_origin(hint) is Literal else None
