@@ -110,6 +110,8 @@ Role = Literal["owner", "admin", "member"]
 InvitePolicy = Literal["anyone", "admins"]
 """Who may invite to a channel: any member, or only its owners and admins."""
 Purpose = Annotated[str, Meta(max_length=250, pattern=SINGLE_LINE_PATTERN)]
+RetentionValue = Annotated[int, Meta(ge=0, le=2**31 - 1)]
+"""A channel's retention override (days or messages); 0 removes it. The server's bounds apply (PROTOCOL.md)."""
 DmName = Annotated[str, Meta(min_length=1, max_length=80, pattern=SINGLE_LINE_PATTERN)]
 MAX_MESSAGE_SEARCH_QUERY_CHARS = 256
 """Longest ``message.search`` query."""
@@ -163,6 +165,19 @@ class User(Struct, kw_only=True, omit_defaults=True):
     """False: the user is left out of ``user.search`` (still readable with ``user.get``)."""
 
 
+class Retention(Struct, kw_only=True, omit_defaults=True):
+    """Which messages of a conversation the server keeps (PROTOCOL.md, Retention); a field left out: no limit."""
+
+    max_age_days: int | None = None
+    """The channel's own override of the age limit; null: it follows the server's."""
+    max_messages: int | None = None
+    """The channel's own override of the message count; null: it follows the server's."""
+    effective_max_age_days: int | None = None
+    """What applies: messages older than this many days are purged; null: kept whatever their age."""
+    effective_max_messages: int | None = None
+    """What applies: only the newest this many messages are kept; null: however many."""
+
+
 class Conversation(Struct, kw_only=True):
     """A channel or a direct-message conversation."""
 
@@ -199,6 +214,11 @@ class Conversation(Struct, kw_only=True):
     role: Role | None = None
     """The caller's role in a channel they are a member of, in replies; null
     for DMs, non-members and in events to every member (``channel.updated``)."""
+    # Retention (issue 15).
+    oldest_seq: Seq = 1
+    """The oldest seq retention kept: every message below it was purged (1 when none was); do not fetch below it."""
+    retention: Retention | None = None
+    """The conversation's retention, its override and what applies."""
 
 
 class Member(User, kw_only=True, omit_defaults=True):
@@ -344,6 +364,10 @@ class ChannelUpdate(Request, tag="channel.update"):
     purpose: Purpose | None = None
     archived: bool | None = None
     invite_policy: InvitePolicy | None = None
+    retention_max_age_days: RetentionValue | None = None
+    """Purge messages older than this many days (0: follow the server's again), within the server's bounds."""
+    retention_max_messages: RetentionValue | None = None
+    """Keep only the newest this many messages (0: follow the server's again), within the server's bounds."""
 
 
 class ChannelKick(Request, tag="channel.kick"):
@@ -624,6 +648,8 @@ class HistoryPage(Struct, kw_only=True):
     next_cursor: Seq | None
     """Pass as ``before`` (order desc) or ``after`` (order asc) for the next page;
     null when this page reached the end of the requested range."""
+    oldest_seq: Seq = 1
+    """Every message below this seq was purged by retention (1 when none was): not a gap to fill."""
 
 
 class ThreadPage(Struct, kw_only=True):
@@ -650,6 +676,8 @@ class ChangesPage(Struct, kw_only=True):
     """Pass as ``after_rev`` for the next page; null on the last page."""
     rev: Rev
     """On the last page: the revision you are now synced to; store it (§9)."""
+    oldest_seq: Seq = 1
+    """Every message below this seq was purged by retention (1 when none was): drop your copies of them."""
 
 
 class SearchHit(Struct, kw_only=True):

@@ -33,6 +33,9 @@ from hubbub.server.lookups import coalesced
 from hubbub.server.loop_lag import LoopLagMonitor
 from hubbub.server.metrics import Metrics
 from hubbub.server.presence import LocalPresence, PresenceTracker
+from hubbub.server.retention import RetentionPurge
+from hubbub.server.retention_lock import NoLock, PostgresAdvisoryLock, PurgeLock, RedisLock
+from hubbub.server.retention_policy import RetentionPolicy
 from hubbub.server.services import Services
 from hubbub.server.session import Session
 from hubbub.server.startup import EXIT_CODE, StartupFailure, check_redis, explain
@@ -78,6 +81,8 @@ class App:
         self._stores: Stores | None = None
         self._keepalive: Keepalive | None = None
         self._loop_lag: LoopLagMonitor | None = None
+        self.retention: RetentionPurge | None = None
+        """The retention purge (server/retention.py), once started."""
         self._redis: redis.Redis | RedisCluster | None = None
         self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._inflight: set[asyncio.Task[None]] = set()
@@ -134,8 +139,13 @@ class App:
             metrics=self.metrics,
             instance_id=self.instance_id,
             presence_batch_seconds=s.presence.presence_batch_seconds,
+            retention=RetentionPolicy(s.retention),
         )
         await services.start()
+        self.retention = RetentionPurge(
+            services.directory, services.messages, services.retention, s.retention, self._purge_lock(), self.metrics
+        )
+        self.retention.start()
         self._keepalive = Keepalive(
             lambda: [session.conn for session in self.sessions],
             s.connection.ping_interval_seconds,
@@ -168,6 +178,17 @@ class App:
             instance=self.instance_id,
             routing=("redis-cluster" if s.redis.redis_cluster else "redis") if s.redis.redis_url else "in-process",
         )
+
+    def _purge_lock(self) -> PurgeLock:
+        """One purging instance at a time: PostgreSQL's advisory lock when the
+        directory is there, else Redis's when configured, else none (server/retention_lock.py)."""
+        s = self.settings
+        stores = self._stores
+        if stores is not None and stores.postgres_pools is not None and stores.directory.name == "postgres":
+            return PostgresAdvisoryLock(stores.postgres_pools.primary, s.storage.storage_timeout_seconds)
+        if self._redis is not None:
+            return RedisLock(self._redis, f"{s.redis.redis_prefix}:retention:lock", s.retention.retention_lock_seconds)
+        return NoLock()
 
     def _routing(self) -> tuple[Broker, PresenceTracker]:
         """In-process routing alone, or Redis routing and presence across instances."""
@@ -245,6 +266,9 @@ class App:
 
     async def stop(self, code: int = CloseCode.GOING_AWAY, reason: str = "server shutting down") -> None:
         """Stop accepting, close every connection with ``code``, wait for handlers, close stores."""
+        if self.retention is not None:
+            await self._bounded("retention", self.retention.stop())
+            self.retention = None
         if self._keepalive is not None:
             await self._keepalive.stop()
         if self._loop_lag is not None:

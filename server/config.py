@@ -227,6 +227,29 @@ class MessagesConfig(msgspec.Struct, kw_only=True, frozen=True):
     search_relevance_window: int
 
 
+class RetentionConfig(msgspec.Struct, kw_only=True, frozen=True):
+    """Retention (issue 15): the server's own, the bounds of a channel's override, and the purge's pace."""
+
+    retention_max_age_days: int
+    retention_max_messages: int
+    retention_override_min_age_days: int
+    retention_override_max_age_days: int
+    retention_override_min_messages: int
+    retention_override_max_messages: int
+    retention_interval_seconds: float
+    retention_batch_size: int
+    retention_lock_seconds: float
+
+    def check(self, name: SettingNamer) -> None:
+        pairs = (
+            ("retention_override_min_age_days", "retention_override_max_age_days"),
+            ("retention_override_min_messages", "retention_override_max_messages"),
+        )
+        for low, high in pairs:
+            if getattr(self, low) > getattr(self, high):
+                raise ConfigError(f"{name(low)} must be at most {name(high)}")
+
+
 class ProfilesConfig(msgspec.Struct, kw_only=True, frozen=True):
     """Profiles and the directory: field lengths below the schema's caps, the largest search page."""
 
@@ -258,6 +281,7 @@ GROUPS: dict[str, type[msgspec.Struct]] = {
     "typing": TypingConfig,
     "messages": MessagesConfig,
     "profiles": ProfilesConfig,
+    "retention": RetentionConfig,
     "process": ProcessConfig,
 }
 """Each ``Settings`` attribute that is a component's config, and its type."""
@@ -483,6 +507,40 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=Tr
             " `english`, `french`, ...: stemming and stop words). Run `hubbub reindex` after changing it."
         ),
     ] = "simple"
+    retention_max_age_days: Annotated[
+        Annotated[int, Meta(ge=0)],
+        _doc("Messages older than this many days are purged, in every conversation without an override; 0: kept."),
+    ] = 0
+    retention_max_messages: Annotated[
+        Annotated[int, Meta(ge=0)],
+        _doc("Only the newest this many messages of each conversation without an override are kept; 0: all."),
+    ] = 0
+    retention_override_min_age_days: Annotated[
+        Positive, _doc("Shortest `retention_max_age_days` a channel admin may set on a channel (`bad_request` below).")
+    ] = 1
+    retention_override_max_age_days: Annotated[
+        Positive, _doc("Longest `retention_max_age_days` a channel admin may set on a channel (`bad_request` above).")
+    ] = 3650
+    retention_override_min_messages: Annotated[
+        Positive, _doc("Fewest `retention_max_messages` a channel admin may set on a channel (`bad_request` below).")
+    ] = 100
+    retention_override_max_messages: Annotated[
+        Positive, _doc("Most `retention_max_messages` a channel admin may set on a channel (`bad_request` above).")
+    ] = 10_000_000
+    retention_interval_seconds: Annotated[
+        PositiveFloat, _doc("How often the retention purge runs (one instance of a cluster at a time).")
+    ] = 300.0
+    retention_batch_size: Annotated[
+        Annotated[int, Meta(ge=1, le=10_000)],
+        _doc("Most messages one purge step removes (one short store transaction); 1-10000."),
+    ] = 500
+    retention_lock_seconds: Annotated[
+        PositiveFloat,
+        _doc(
+            "Lifetime of the Redis purge lock (`SET NX PX`); a purge pass stops after half of it"
+            " and the next interval goes on."
+        ),
+    ] = 60.0
     max_status_chars: Annotated[
         Annotated[int, Meta(ge=1, le=256)], _doc("Longest profile status text (`too_large` beyond); at most 256.")
     ] = 100
@@ -541,6 +599,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=Tr
     @functools.cached_property
     def profiles(self) -> ProfilesConfig:
         return _group(self, ProfilesConfig)
+
+    @functools.cached_property
+    def retention(self) -> RetentionConfig:
+        return _group(self, RetentionConfig)
 
     @functools.cached_property
     def process(self) -> ProcessConfig:
@@ -667,7 +729,7 @@ def load_settings(environ: Mapping[str, str], flags: Mapping[str, str | None] | 
         return source.get(field, env_name(field))
 
     # Each group's own rules, then the profile's, which span groups.
-    for group in (settings.tokens, settings.http, settings.presence, settings.redis):
+    for group in (settings.tokens, settings.http, settings.presence, settings.redis, settings.retention):
         group.check(named)
     try:
         settings.storage.check()
@@ -716,9 +778,16 @@ def _shown(choice: object) -> str:
     return "(empty)" if choice == "" else str(choice)
 
 
+@functools.cache
+def _setting_hints() -> dict[str, Any]:
+    """Every setting's annotation, evaluated once: evaluating them all per setting made
+    ``hubbub serve``'s flags (``add_flags``) quadratic in the number of settings."""
+    return typing.get_type_hints(Settings, include_extras=True)
+
+
 def setting_choices(field: str) -> tuple[object, ...] | None:
     """The valid values of an enum (Literal) setting, in declaration order; None for the others."""
-    hint = typing.get_type_hints(Settings, include_extras=True)[field]
+    hint = _setting_hints()[field]
     while typing.get_origin(hint) is Annotated:
         hint = typing.get_args(hint)[0]
     return typing.get_args(hint) if typing.get_origin(hint) is Literal else None

@@ -63,6 +63,7 @@ BACKGROUND_TASKS = (
     "catchup_resync",
     "group_commit",
     "event_loop_lag",
+    "retention_purge",
 )
 """The ``task`` label values of hubbub_task_failures_total (storage/supervision.py);
 each series exists from start-up, at 0, so alerts on its increase work at once."""
@@ -179,6 +180,21 @@ class Metrics:
             "hubbub_event_loop_lag_seconds",
             "How much later than asked a timer of the event loop fired (server/loop_lag.py).",
             buckets=LOOP_LAG_BUCKETS,
+            registry=r,
+        )
+
+        self.retention_purged = Counter(
+            "hubbub_retention_purged_messages", "Messages removed by the retention purge.", registry=r
+        )
+        self.retention_purge_seconds = Histogram(
+            "hubbub_retention_purge_seconds",
+            "Duration of one retention purge pass over every conversation (this instance held the lock).",
+            buckets=(0.01, 0.05, 0.25, 1, 5, 15, 60, 300),
+            registry=r,
+        )
+        self.retention_backlog = Gauge(
+            "hubbub_retention_backlog_conversations",
+            "Conversations the current or last retention pass has still to purge (0 once a pass finished all).",
             registry=r,
         )
 

@@ -29,6 +29,7 @@ from hubbub.server.presence import PresenceTracker
 from hubbub.server.publisher import Publisher
 from hubbub.server.ratelimit import FailureWindow
 from hubbub.server.registry import Registry
+from hubbub.server.retention_policy import RetentionPolicy, default_policy
 from hubbub.storage.base import Directory, MessageLog
 
 
@@ -51,6 +52,7 @@ class Services:
         metrics: Metrics,
         instance_id: str = "",
         presence_batch_seconds: float = 0.0,
+        retention: RetentionPolicy | None = None,
     ) -> None:
         self.limits = limits
         """What one client may do (dispatch and sessions read it)."""
@@ -64,6 +66,8 @@ class Services:
         self.profile_limits = profile_limits
         """Profile field lengths and the largest user.search page (the profile handlers read it)."""
         """What may be done to a sent message (the change handlers read it)."""
+        self.retention = retention or default_policy()
+        """Which retention applies to a conversation; the bounds of a channel's override."""
         self.directory = directory
         self.messages = messages
         self.broker = broker

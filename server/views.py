@@ -10,6 +10,7 @@ import msgspec
 from hubbub.protocol import frames
 from hubbub.protocol.frames import REACTION_USERS_SHOWN
 from hubbub.server.clock import now_ms
+from hubbub.server.retention_policy import RetentionPolicy
 from hubbub.storage.base import Directory, MessageLog
 from hubbub.storage.records import (
     ConversationRecord,
@@ -102,6 +103,7 @@ async def conversation_views(
     *,
     viewer: int,
     cap: int,
+    retention: RetentionPolicy,
 ) -> list[frames.Conversation]:
     """Views as ``viewer`` sees them: last_seq, last_rev and, for the
     conversations of ``states`` (theirs), their read state and unread counts;
@@ -116,20 +118,23 @@ async def conversation_views(
     dm_ids = [r.id for r in records if r.kind == "dm"]
     dm_members = await directory.members_of_many(dm_ids) if dm_ids else {}
     return [
-        _conversation_view(r, unread.get(r.id, _EMPTY), states.get(r.id), dm_members.get(r.id, [])) for r in records
+        _conversation_view(r, unread.get(r.id, _EMPTY), states.get(r.id), dm_members.get(r.id, []), retention)
+        for r in records
     ]
 
 
-async def shared_view(directory: Directory, messages: MessageLog, record: ConversationRecord) -> frames.Conversation:
+async def shared_view(
+    directory: Directory, messages: MessageLog, record: ConversationRecord, retention: RetentionPolicy
+) -> frames.Conversation:
     """The conversation as every member sees it, without anyone's own state
     (role, read state): for events to all its members (``channel.updated``, ``dm.updated``)."""
     heads = await messages.heads([record.id])
     dm_members = await directory.members_of_many([record.id]) if record.kind == "dm" else {}
-    view = _conversation_view(record, _EMPTY, None, dm_members.get(record.id, []))
+    view = _conversation_view(record, _EMPTY, None, dm_members.get(record.id, []), retention)
     view.member = True
     head = heads.get(record.id)
     if head is not None:
-        view.last_seq, view.last_rev = head.last_seq, head.last_rev
+        view.last_seq, view.last_rev, view.oldest_seq = head.last_seq, head.last_rev, head.oldest_seq
     return view
 
 
@@ -147,7 +152,7 @@ _EMPTY = Unread(head=Head(last_seq=0, last_rev=0), unread_count=0, mention_count
 
 
 def _conversation_view(
-    r: ConversationRecord, unread: Unread, state: MemberState | None, dm_members: list[int]
+    r: ConversationRecord, unread: Unread, state: MemberState | None, dm_members: list[int], retention: RetentionPolicy
 ) -> frames.Conversation:
     head = unread.head
     view = frames.Conversation(
@@ -165,6 +170,8 @@ def _conversation_view(
         purpose=r.purpose,
         archived=r.archived,
         invite_policy=r.invite_policy,
+        oldest_seq=head.oldest_seq,
+        retention=retention.view(r),
     )
     if state is not None:
         view.read_seq = head.last_seq if state.read_seq is None else min(state.read_seq, head.last_seq)
@@ -184,8 +191,11 @@ async def conversation_view(
     *,
     viewer: int,
     cap: int,
+    retention: RetentionPolicy,
 ) -> frames.Conversation:
     """One conversation as ``viewer`` sees it, with their ``state`` in it (None: not a member)."""
     states = {} if state is None else {record.id: state}
-    (view,) = await conversation_views(directory, messages, [record], states, viewer=viewer, cap=cap)
+    (view,) = await conversation_views(
+        directory, messages, [record], states, viewer=viewer, cap=cap, retention=retention
+    )
     return view

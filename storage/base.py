@@ -24,6 +24,7 @@ from hubbub.storage.records import (
     MessageRecord,
     NewMessage,
     ProfileUpdate,
+    PurgeResult,
     ReadMark,
     Role,
     SearchHit,
@@ -171,6 +172,13 @@ class Directory(Protocol):
     async def rename_dm(self, conversation_id: int, name: str | None) -> ConversationRecord | None:
         """Name a DM (None: no name); the DM as stored, None when no such DM."""
 
+    async def conversations_after(
+        self, after_id: int, limit: int, *, overridden_only: bool
+    ) -> list[ConversationRecord]:
+        """Conversations (channels and DMs) with an id above ``after_id``, the
+        first ``limit`` in id order (the retention purge pages through them);
+        with ``overridden_only``, only channels with a retention override."""
+
 
 HistoryOrder = Literal["desc", "asc"]
 
@@ -272,3 +280,18 @@ class MessageLog(Protocol):
         its own stable way), after ``query.after``; ``relevance``: the newest
         ``query.window`` matches, best first, after ``query.offset``. InvalidPosition for an ``after`` it never
         returned. An edit or delete changes what is found as it is stored."""
+
+    async def purge(
+        self, conversation_id: int, *, before_ts: int | None, keep_last: int | None, limit: int
+    ) -> PurgeResult:
+        """Remove the conversation's expired messages, oldest first, at most ``limit`` (retention, issue 15).
+
+        A message is expired when its ts is below ``before_ts`` or when at least
+        ``keep_last`` messages have a higher seq (None: that rule is off). Only
+        a prefix of seqs goes: the oldest message that is not expired stops the
+        purge (a ts out of order, from clock skew between instances, only delays
+        its successors). So a thread's root, older than its replies, always goes
+        first; replies of a purged root stay (the root's counts go with it).
+        The search index forgets the purged messages in the same step, and the
+        conversation's ``Head.oldest_seq`` rises above them; seqs are never
+        reused (the counters stay)."""

@@ -12,6 +12,7 @@ from hubbub.storage.config import StorageConfig
 
 if TYPE_CHECKING:  # the module imports the drivers, and a SQLite server needs none
     from hubbub.storage.pool_usage import PoolReader
+    from hubbub.storage.postgres import PostgresPools
 
 
 class Stores:
@@ -23,12 +24,15 @@ class Stores:
         messages: MessageLog,
         closers: list[Callable[[], Awaitable[None]]],
         pool_readers: Sequence[PoolReader] = (),
+        postgres_pools: PostgresPools | None = None,
     ):
         self.directory = directory
         self.messages = messages
         self._closers = closers
         self.pool_readers = pool_readers
         """The connection pools' usage of the backends that pool (hubbub_pool_*)."""
+        self.postgres_pools = postgres_pools
+        """PostgreSQL's pools when a store is there (the retention purge's advisory lock)."""
 
     async def close(self) -> None:
         await self.messages.close()
@@ -111,4 +115,4 @@ async def _open(config: StorageConfig, closers: list[Callable[[], Awaitable[None
 
     if directory is None or messages is None:  # every backend of the Literals is opened above
         raise RuntimeError(f"no store opened for {accounts_backend} accounts and {messages_backend} messages")
-    return Stores(directory, messages, closers, pool_readers)
+    return Stores(directory, messages, closers, pool_readers, postgres_pools)

@@ -54,10 +54,12 @@ from hubbub.storage.records import (
     MessageQuery,
     MessageRecord,
     NewMessage,
+    PurgeResult,
     SearchHit,
     Unread,
 )
 from hubbub.storage.rows import (
+    expired_prefix,
     message_document,
     message_from_document,
     message_state_document,
@@ -558,10 +560,12 @@ class MongoMessageLog:
         if counter is None:
             return ChangesPage(messages=[], horizon=0)
         horizon = horizon_of(counter, self._now_ms())
+        oldest = _oldest_seq(counter)
         if horizon <= after_rev:
-            return ChangesPage(messages=[], horizon=horizon)
+            return ChangesPage(messages=[], horizon=horizon, oldest_seq=oldest)
         query: Document = {"conversation_id": conversation_id, "rev": {"$gt": after_rev, "$lte": horizon}}
-        return ChangesPage(messages=await self._find(query, [("rev", pymongo.ASCENDING)], limit), horizon=horizon)
+        found = await self._find(query, [("rev", pymongo.ASCENDING)], limit)
+        return ChangesPage(messages=found, horizon=horizon, oldest_seq=oldest)
 
     async def _find(self, query: Document, sort: list[tuple[str, int]], limit: int) -> list[MessageRecord]:
         try:
@@ -578,7 +582,7 @@ class MongoMessageLog:
             counters = [d async for d in self.counters.find({"_id": {"$in": ids}, "seq": {"$gt": 0}})]
         except PyMongoError as exc:
             raise _unavailable(exc) from exc
-        return {int(d["_id"]): Head(last_seq=int(d["seq"]), last_rev=_counter_rev(d)) for d in counters}
+        return {int(d["_id"]): _head(d) for d in counters}
 
     async def unread(self, user_id: int, positions: Mapping[int, int | None], cap: int) -> dict[int, Unread]:
         """One aggregate: the counters, then one ``$unionWith`` per conversation
@@ -589,7 +593,7 @@ class MongoMessageLog:
             return {}
         pipeline: list[Document] = [
             {"$match": {"_id": {"$in": ids}, "seq": {"$gt": 0}}},
-            {"$project": {"seq": 1, "rev": 1}},
+            {"$project": {"seq": 1, "rev": 1, "purged_seq": 1}},
         ]
         for conversation_id in ids:
             read_seq = positions[conversation_id]
@@ -612,13 +616,45 @@ class MongoMessageLog:
             if "seq" not in d:
                 continue
             conversation_id = int(d["_id"])
-            head = Head(last_seq=int(d["seq"]), last_rev=_counter_rev(d))
+            head = _head(d)
             read_seq = positions[conversation_id]
             unread, mentioned = counts.get(conversation_id, (0, 0))
             if read_seq is None or read_seq >= head.last_seq:  # a message past the head read: not yet counted
                 unread = mentioned = 0
             result[conversation_id] = Unread(head=head, unread_count=unread, mention_count=mentioned)
         return result
+
+    # Retention.
+
+    async def purge(
+        self, conversation_id: int, *, before_ts: int | None, keep_last: int | None, limit: int
+    ) -> PurgeResult:
+        """The expired prefix removed with one ``delete_many``, then the counter's
+        ``purged_seq`` raised (``$max``: a purge racing another never lowers it).
+        Seqs may have gaps here, so the count rule finds the ``keep_last``-th
+        newest message in the ``history`` index (a skip of ``keep_last`` entries)."""
+        try:
+            counter = await self.counters.find_one({"_id": conversation_id})
+            if counter is None:
+                return PurgeResult(purged=0, oldest_seq=1, more=False)
+            below = 0
+            if keep_last is not None:
+                kept = await self.messages.find_one(
+                    {"conversation_id": conversation_id}, {"seq": 1}, sort=[("seq", -1)], skip=keep_last - 1
+                )
+                below = 0 if kept is None else int(kept["seq"])
+            cursor = self.messages.find({"conversation_id": conversation_id}, {"seq": 1, "ts": 1})
+            docs = [d async for d in cursor.sort([("seq", pymongo.ASCENDING)]).limit(limit + 1)]
+            expired = expired_prefix([(int(d["seq"]), int(d["ts"])) for d in docs], below, before_ts)
+            gone = min(expired, limit)
+            if gone == 0:
+                return PurgeResult(purged=0, oldest_seq=_oldest_seq(counter), more=False)
+            last = int(docs[gone - 1]["seq"])
+            await self.messages.delete_many({"conversation_id": conversation_id, "seq": {"$lte": last}})
+            await self.counters.update_one({"_id": conversation_id}, {"$max": {"purged_seq": last}})
+        except PyMongoError as exc:
+            raise _unavailable(exc) from exc
+        return PurgeResult(purged=gone, oldest_seq=last + 1, more=expired > limit)
 
     # Search: the index is PostgreSQL's (storage/search_index.py); these are its reads here.
 
@@ -688,6 +724,15 @@ class MongoMessageLog:
             return [hit for _, hit in found]
         found.sort(key=lambda scored: -scored[0])  # stable: newest first among equals
         return [hit for _, hit in found[query.offset : query.offset + query.limit]]
+
+
+def _oldest_seq(counter: Document) -> int:
+    """The oldest retained seq: one above the last the purge removed (a counter from before retention has none)."""
+    return int(counter.get("purged_seq") or 0) + 1
+
+
+def _head(counter: Document) -> Head:
+    return Head(last_seq=int(counter["seq"]), last_rev=_counter_rev(counter), oldest_seq=_oldest_seq(counter))
 
 
 def _unread_pipeline(conversation_id: int, read_seq: int, user_id: int, cap: int) -> list[Document]:

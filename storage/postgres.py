@@ -37,6 +37,7 @@ from hubbub.storage.records import (
     MessageRecord,
     NewMessage,
     ProfileUpdate,
+    PurgeResult,
     ReadMark,
     Role,
     SearchHit,
@@ -56,7 +57,9 @@ from hubbub.storage.rows import (
     USER_COLUMNS,
     channel_assignments,
     conversation_record,
+    count_below,
     dm_key,
+    expired_prefix,
     history_sql,
     ids_json,
     member_state,
@@ -700,6 +703,23 @@ class PostgresDirectory:
         )
         return conversation_record(row) if row else None
 
+    async def conversations_after(
+        self, after_id: int, limit: int, *, overridden_only: bool
+    ) -> list[ConversationRecord]:
+        where = "c.id > $1" + (_OVERRIDDEN if overridden_only else "")
+        rows = await self._primary(
+            lambda c: c.fetch(
+                f"SELECT {CONVERSATION_COLUMNS} FROM conversations c WHERE {where} ORDER BY c.id LIMIT $2",
+                after_id,
+                limit,
+            )
+        )
+        return [conversation_record(r) for r in rows]
+
+
+_OVERRIDDEN = " AND (c.retention_max_age_days > 0 OR c.retention_max_messages > 0)"
+"""The channels with a retention override (the partial index conversations_retention, migration 0009)."""
+
 
 MARK_READ_SQL = (
     "UPDATE memberships SET read_seq = GREATEST($3, COALESCE(read_seq, $4))"
@@ -855,7 +875,12 @@ class PostgresMessageLog:
         # The horizon is on every row (one without a message when nothing
         # changed), NULL when the conversation has no counter row yet.
         horizon = rows[0][_WIDTH] if rows else None
-        return ChangesPage(messages=[message_record(r) for r in rows if r[0] is not None], horizon=horizon or 0)
+        purged = rows[0][_WIDTH + 1] if rows else None
+        return ChangesPage(
+            messages=[message_record(r) for r in rows if r[0] is not None],
+            horizon=horizon or 0,
+            oldest_seq=(purged or 0) + 1,
+        )
 
     async def heads(self, conversation_ids: Sequence[int]) -> dict[int, Head]:
         ids = sorted(set(conversation_ids))
@@ -864,13 +889,16 @@ class PostgresMessageLog:
         rows = await _run(
             self.pools.primary,
             lambda c: c.fetch(
-                "SELECT conversation_id, last_seq, last_rev FROM conversation_seq"
+                "SELECT conversation_id, last_seq, last_rev, purged_seq FROM conversation_seq"
                 " WHERE conversation_id = ANY($1::bigint[])",
                 ids,
             ),
             retry=True,
         )
-        return {r["conversation_id"]: Head(last_seq=r["last_seq"], last_rev=r["last_rev"]) for r in rows}
+        return {
+            r["conversation_id"]: Head(last_seq=r["last_seq"], last_rev=r["last_rev"], oldest_seq=r["purged_seq"] + 1)
+            for r in rows
+        }
 
     async def unread(self, user_id: int, positions: Mapping[int, int | None], cap: int) -> dict[int, Unread]:
         ids = sorted(positions)
@@ -882,7 +910,10 @@ class PostgresMessageLog:
             retry=True,
         )
         return {
-            r[0]: Unread(head=Head(last_seq=r[1], last_rev=r[2]), unread_count=r[3], mention_count=r[4]) for r in rows
+            r[0]: Unread(
+                head=Head(last_seq=r[1], last_rev=r[2], oldest_seq=r[5] + 1), unread_count=r[3], mention_count=r[4]
+            )
+            for r in rows
         }
 
     async def search(self, query: MessageQuery) -> list[SearchHit]:
@@ -890,9 +921,20 @@ class PostgresMessageLog:
         rows = await _run(self.pools.primary, functools.partial(fetch_search, sql=sql, args=args), retry=True)
         return [SearchHit(record=message_record(r), position=ts_position(r[6], r[0], r[1])) for r in rows]
 
+    async def purge(
+        self, conversation_id: int, *, before_ts: int | None, keep_last: int | None, limit: int
+    ) -> PurgeResult:
+        return await _run(
+            self.pools.primary,
+            functools.partial(
+                _purge, conversation_id=conversation_id, before_ts=before_ts, keep_last=keep_last, limit=limit
+            ),
+            retry=False,
+        )
+
 
 UNREAD_SQL = (
-    "SELECT h.conversation_id, h.last_seq, h.last_rev, coalesce(u.unread, 0), coalesce(u.mentioned, 0)"
+    "SELECT h.conversation_id, h.last_seq, h.last_rev, coalesce(u.unread, 0), coalesce(u.mentioned, 0), h.purged_seq"
     " FROM unnest($1::bigint[], $2::bigint[]) AS p(id, read_seq)"
     " JOIN conversation_seq h ON h.conversation_id = p.id"
     " LEFT JOIN LATERAL (SELECT count(*) AS unread, count(*) FILTER (WHERE t.mentioned) AS mentioned FROM ("
@@ -930,8 +972,9 @@ _PINS_SQL = (
 # (the counter row lock orders them). The one-row base keeps the horizon when
 # no message changed.
 _CHANGES_SQL = (
-    "SELECT m.*, h.horizon FROM"
-    " (SELECT (SELECT last_rev FROM conversation_seq WHERE conversation_id = $1) AS horizon) AS h"
+    "SELECT m.*, h.horizon, h.purged FROM"
+    " (SELECT s.last_rev AS horizon, s.purged_seq AS purged FROM (SELECT 1) AS one"
+    "  LEFT JOIN conversation_seq s ON s.conversation_id = $1) AS h"
     f" LEFT JOIN LATERAL (SELECT {MESSAGE_COLUMNS} FROM messages"
     "  WHERE conversation_id = $1 AND rev > $2 ORDER BY rev LIMIT $3) AS m ON true"
     " ORDER BY m.rev"
@@ -1033,9 +1076,41 @@ async def _change_message(
             stored = await c.fetchrow(_STORE_CHANGE_SQL, conversation_id, message_id, *values, words, search_config)
     except _RollBack as rolled_back:
         return rolled_back.outcome
-    if stored is None:  # the row was read under the counter lock, and messages are never deleted
+    if stored is None:  # the row was read under the counter lock, which the purge takes too
         raise RuntimeError(f"message {message_id!r} of conversation {conversation_id} vanished during a change")
     return message_record(stored), True
+
+
+# -- retention (migration 0009) --------------------------------------------------
+
+
+async def _purge(
+    c: Conn, *, conversation_id: int, before_ts: int | None, keep_last: int | None, limit: int
+) -> PurgeResult:
+    """MessageLog.purge in one transaction: the counter row locked first (the one
+    lock order: an append or change of the conversation waits for this short
+    transaction, and one in flight is waited for), the expired prefix's rows
+    deleted (their search vectors with them), ``purged_seq`` raised."""
+    async with c.transaction():
+        head = await c.fetchrow(
+            "SELECT last_seq, purged_seq FROM conversation_seq WHERE conversation_id = $1 FOR UPDATE",
+            conversation_id,
+        )
+        if head is None:
+            return PurgeResult(purged=0, oldest_seq=1, more=False)
+        rows = await c.fetch(
+            "SELECT seq, ts FROM messages WHERE conversation_id = $1 ORDER BY seq LIMIT $2", conversation_id, limit + 1
+        )
+        # Gapless, and only the purge removes rows: the stored seqs are purged_seq+1 .. last_seq.
+        below = count_below(head["last_seq"], keep_last)
+        expired = expired_prefix([(r["seq"], r["ts"]) for r in rows], below, before_ts)
+        gone = min(expired, limit)
+        if gone == 0:
+            return PurgeResult(purged=0, oldest_seq=head["purged_seq"] + 1, more=False)
+        last = rows[gone - 1]["seq"]
+        await c.execute("DELETE FROM messages WHERE conversation_id = $1 AND seq <= $2", conversation_id, last)
+        await c.execute("UPDATE conversation_seq SET purged_seq = $2 WHERE conversation_id = $1", conversation_id, last)
+    return PurgeResult(purged=gone, oldest_seq=last + 1, more=expired > limit)
 
 
 # -- message search (migration 0006) --------------------------------------------

@@ -82,6 +82,11 @@ class ConversationRecord(Struct, kw_only=True, frozen=True):
     archived: bool = False
     """Read-only: no message, reaction or pin changes; hidden from browsing."""
     invite_policy: InvitePolicy = "anyone"
+    # Retention (issue 15): a channel's own override of the server's retention; 0 follows the server's.
+    retention_max_age_days: int = 0
+    """Messages older than this many days are purged; 0: the server's ``HUBBUB_RETENTION_MAX_AGE_DAYS``."""
+    retention_max_messages: int = 0
+    """Only the newest this many messages are kept; 0: the server's ``HUBBUB_RETENTION_MAX_MESSAGES``."""
 
 
 class Standing(Struct, kw_only=True, frozen=True):
@@ -106,9 +111,23 @@ class ChannelEdit(Struct, kw_only=True, frozen=True):
     purpose: str | None = None
     archived: bool | None = None
     invite_policy: InvitePolicy | None = None
+    retention_max_age_days: int | None = None
+    """0 removes the channel's override (the server's retention applies again)."""
+    retention_max_messages: int | None = None
 
     def is_empty(self) -> bool:
-        return all(v is None for v in (self.name, self.topic, self.purpose, self.archived, self.invite_policy))
+        return all(
+            v is None
+            for v in (
+                self.name,
+                self.topic,
+                self.purpose,
+                self.archived,
+                self.invite_policy,
+                self.retention_max_age_days,
+                self.retention_max_messages,
+            )
+        )
 
 
 class MemberState(Struct, kw_only=True, frozen=True):
@@ -222,6 +241,8 @@ class Head(Struct, kw_only=True, frozen=True):
     """The newest message's seq."""
     last_rev: int
     """The newest change's revision."""
+    oldest_seq: int = 1
+    """The oldest seq retention may have left: every message below it was purged (1 when none was)."""
 
 
 class Unread(Struct, kw_only=True, frozen=True):
@@ -242,6 +263,19 @@ class ChangesPage(Struct, kw_only=True, frozen=True):
     """Every change up to this revision is stored and visible: a reader that
     has applied every change up to here has missed nothing. Every message of
     the page has ``rev <= horizon``."""
+    oldest_seq: int = 1
+    """Every message below this seq was purged by retention (1 when none was): ``Head.oldest_seq``."""
+
+
+class PurgeResult(Struct, kw_only=True, frozen=True):
+    """The outcome of ``MessageLog.purge``."""
+
+    purged: int
+    """How many messages this call removed."""
+    oldest_seq: int
+    """The conversation's ``Head.oldest_seq`` after it."""
+    more: bool
+    """True when expired messages remain (the call stopped at its limit): call again."""
 
 
 SearchOrder = Literal["newest", "relevance"]

@@ -46,7 +46,8 @@ USER_COLUMNS = (
     " status_text, status_emoji, status_expires_at, time_zone, avatar_url, searchable, token_generation"
 )
 CONVERSATION_FIELDS = (
-    "id, kind, name, topic, private, created_by, created_at, purpose, archived, invite_policy, dm_name"
+    "id, kind, name, topic, private, created_by, created_at, purpose, archived, invite_policy, dm_name,"
+    " retention_max_age_days, retention_max_messages"
 )
 CONVERSATION_COLUMNS = ", ".join(f"c.{field}" for field in CONVERSATION_FIELDS.split(", "))
 """``CONVERSATION_FIELDS`` qualified for queries that alias ``conversations`` as ``c``."""
@@ -158,6 +159,8 @@ def conversation_record(row: Row) -> ConversationRecord:
         purpose=row[7],
         archived=bool(row[8]),
         invite_policy=row[9],
+        retention_max_age_days=row[11],
+        retention_max_messages=row[12],
     )
 
 
@@ -179,7 +182,15 @@ def standing(row: Row) -> Standing:
 def channel_assignments(update: ChannelEdit) -> list[tuple[str, Any]]:
     """(column, value) of every conversations column ``update`` changes, for both SQL backends."""
     pairs: list[tuple[str, Any]] = []
-    for column in ("name", "topic", "purpose", "archived", "invite_policy"):
+    for column in (
+        "name",
+        "topic",
+        "purpose",
+        "archived",
+        "invite_policy",
+        "retention_max_age_days",
+        "retention_max_messages",
+    ):
         value = getattr(update, column)
         if value is not None:
             pairs.append((column, value))
@@ -414,3 +425,25 @@ def history_sql(
 def dm_key(member_ids: Sequence[int]) -> str:
     """The identity of a DM (its ``dm_key`` column): its sorted, distinct member ids."""
     return ",".join(str(i) for i in sorted(set(member_ids)))
+
+
+# -- retention (MessageLog.purge) ----------------------------------------------
+
+
+def count_below(last_seq: int, keep_last: int | None) -> int:
+    """The seq below which a gapless log's messages are expired by count: the
+    newest ``keep_last`` are seqs ``last_seq - keep_last + 1 .. last_seq``
+    (every seq from the oldest retained up is stored). 0 when the rule is off."""
+    return 0 if keep_last is None else max(0, last_seq - keep_last + 1)
+
+
+def expired_prefix(messages: Sequence[tuple[int, int]], below_seq: int, before_ts: int | None) -> int:
+    """How many of ``messages`` ((seq, ts), oldest seq first) from the first
+    on are expired: seq below ``below_seq`` or ts below ``before_ts``. The
+    first one that is not stops the count (MessageLog.purge removes a prefix)."""
+    n = 0
+    for seq, ts in messages:
+        if not (seq < below_seq or (before_ts is not None and ts < before_ts)):
+            break
+        n += 1
+    return n

@@ -41,6 +41,7 @@ from hubbub.storage.records import (
     MessageQuery,
     MessageRecord,
     NewMessage,
+    PurgeResult,
     SearchHit,
     Unread,
 )
@@ -97,6 +98,16 @@ class PostgresSearchIndex:
 
         if records:
             await _run(self.pools.primary, write, retry=False)
+
+    async def forget_below(self, conversation_id: int, oldest_seq: int) -> None:
+        """Remove the rows of the conversation's messages below ``oldest_seq`` (purged by retention)."""
+        await _run(
+            self.pools.primary,
+            lambda c: c.execute(
+                "DELETE FROM message_search WHERE conversation_id = $1 AND seq < $2", conversation_id, oldest_seq
+            ),
+            retry=False,
+        )
 
     async def find(self, query: MessageQuery) -> list[Record]:
         """Index rows of the hits: conversation_id, seq, id, sender_id, ts, edited_ts."""
@@ -197,6 +208,18 @@ class IndexedMessageLog:
             last = rows[-1]
             query = _after(query, ts_position(last["ts"], last["conversation_id"], last["seq"]))
         return hits[: query.limit]
+
+    async def purge(
+        self, conversation_id: int, *, before_ts: int | None, keep_last: int | None, limit: int
+    ) -> PurgeResult:
+        """MongoDB first, then the index's rows below the new oldest seq: if that
+        write fails, a search drops the stale rows' hits (their messages are gone
+        from MongoDB), and the next purge of the conversation removes them,
+        since it forgets below the oldest seq whenever one was ever purged."""
+        result = await self.log.purge(conversation_id, before_ts=before_ts, keep_last=keep_last, limit=limit)
+        if result.oldest_seq > 1:
+            await self.index.forget_below(conversation_id, result.oldest_seq)
+        return result
 
 
 def _after(query: MessageQuery, position: str) -> MessageQuery:

@@ -41,6 +41,7 @@ from hubbub.storage.records import (
     MessageRecord,
     NewMessage,
     ProfileUpdate,
+    PurgeResult,
     ReadMark,
     Role,
     SearchHit,
@@ -60,7 +61,9 @@ from hubbub.storage.rows import (
     USER_COLUMNS,
     channel_assignments,
     conversation_record,
+    count_below,
     dm_key,
+    expired_prefix,
     history_sql,
     member_state,
     membership_record,
@@ -128,6 +131,19 @@ shifted left 20 bits plus a counter within the millisecond
 the text is kept once, in ``messages``; an edit or delete removes the old
 words with FTS5's ``delete`` command, which needs them, read from the row in
 the same transaction."""
+
+RETENTION_MIGRATION = """
+    ALTER TABLE conversations ADD COLUMN retention_max_age_days INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE conversations ADD COLUMN retention_max_messages INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX conversations_retention ON conversations(id)
+        WHERE retention_max_age_days > 0 OR retention_max_messages > 0;
+    ALTER TABLE conversation_seq ADD COLUMN purged_seq INTEGER NOT NULL DEFAULT 0
+"""
+"""Retention (issue 15), self-contained so it can be renumbered: no channel
+has an override (0 follows the server's settings), and no conversation has had
+a message purged (``purged_seq`` 0: the oldest retained seq is 1). The
+partial index lists the channels with an override, which the purge reads when
+the server's own retention is off. PostgreSQL's is migrations/postgres/0009_retention.sql."""
 
 # Each entry migrates the schema from version i to i+1 (PRAGMA user_version).
 MIGRATIONS: tuple[str, ...] = (
@@ -237,6 +253,8 @@ MIGRATIONS: tuple[str, ...] = (
     ROLES_MIGRATION,
     # Message search (issue 15): SEARCH_MIGRATION, kept whole in one place for renumbering.
     SEARCH_MIGRATION,
+    # Retention (issue 15): RETENTION_MIGRATION, kept whole in one place for renumbering.
+    RETENTION_MIGRATION,
 )
 
 
@@ -735,6 +753,22 @@ class SqliteDirectory:
         )
         return conversation_record(row) if row else None
 
+    async def conversations_after(
+        self, after_id: int, limit: int, *, overridden_only: bool
+    ) -> list[ConversationRecord]:
+        where = "c.id > ?" + (_OVERRIDDEN if overridden_only else "")
+        rows = await self.db.run(
+            lambda c: c.execute(
+                f"SELECT {CONVERSATION_COLUMNS} FROM conversations c WHERE {where} ORDER BY c.id LIMIT ?",
+                (after_id, limit),
+            ).fetchall()
+        )
+        return [conversation_record(r) for r in rows]
+
+
+_OVERRIDDEN = " AND (c.retention_max_age_days > 0 OR c.retention_max_messages > 0)"
+"""The channels with a retention override (the partial index conversations_retention)."""
+
 
 def _checked(
     c: sqlite3.Connection, conversation_id: int, actor_id: int, user_id: int, check: AdminCheck
@@ -817,10 +851,14 @@ class SqliteMessageLog:
 
     async def heads(self, conversation_ids: Sequence[int]) -> dict[int, Head]:
         rows = await self.db.fetch_for_ids(
-            "SELECT conversation_id, last_seq, last_rev FROM conversation_seq WHERE conversation_id IN ({ids})",
+            "SELECT conversation_id, last_seq, last_rev, purged_seq FROM conversation_seq"
+            " WHERE conversation_id IN ({ids})",
             conversation_ids,
         )
-        return {conversation_id: Head(last_seq=seq, last_rev=rev) for conversation_id, seq, rev in rows}
+        return {
+            conversation_id: Head(last_seq=seq, last_rev=rev, oldest_seq=purged + 1)
+            for conversation_id, seq, rev, purged in rows
+        }
 
     async def unread(self, user_id: int, positions: Mapping[int, int | None], cap: int) -> dict[int, Unread]:
         if not positions:
@@ -829,6 +867,17 @@ class SqliteMessageLog:
 
     async def search(self, query: MessageQuery) -> list[SearchHit]:
         return await self.db.run(functools.partial(_search, query=query))
+
+    async def purge(
+        self, conversation_id: int, *, before_ts: int | None, keep_last: int | None, limit: int
+    ) -> PurgeResult:
+        # One short write transaction per batch: appends and changes queue
+        # behind it on the one writer for as long as ``limit`` rows take.
+        return await self.db.transaction(
+            functools.partial(
+                _purge, conversation_id=conversation_id, before_ts=before_ts, keep_last=keep_last, limit=limit
+            )
+        )
 
 
 UNREAD_SQL = (
@@ -852,12 +901,12 @@ def _unread(c: sqlite3.Connection, user_id: int, positions: Mapping[int, int | N
     c.execute("BEGIN")
     try:
         heads = c.execute(
-            "SELECT conversation_id, last_seq, last_rev FROM conversation_seq"
+            "SELECT conversation_id, last_seq, last_rev, purged_seq FROM conversation_seq"
             f" WHERE conversation_id IN ({','.join('?' * len(ids))})",
             ids,
         ).fetchall()
         result: dict[int, Unread] = {}
-        for conversation_id, last_seq, last_rev in heads:
+        for conversation_id, last_seq, last_rev, purged_seq in heads:
             read_seq = positions[conversation_id]
             unread = mentioned = 0
             if read_seq is not None and read_seq < last_seq:  # nothing to count at the head: no read
@@ -870,7 +919,9 @@ def _unread(c: sqlite3.Connection, user_id: int, positions: Mapping[int, int | N
                 }
                 unread, mentioned = c.execute(UNREAD_SQL, params).fetchone()
             result[conversation_id] = Unread(
-                head=Head(last_seq=last_seq, last_rev=last_rev), unread_count=unread, mention_count=mentioned
+                head=Head(last_seq=last_seq, last_rev=last_rev, oldest_seq=purged_seq + 1),
+                unread_count=unread,
+                mention_count=mentioned,
             )
     finally:
         c.execute("COMMIT")
@@ -951,11 +1002,15 @@ def _changes(c: sqlite3.Connection, conversation_id: int, after_rev: int, limit:
     try:
         rows = c.execute(CHANGES_SQL, (conversation_id, after_rev, limit)).fetchall()
         head = c.execute(
-            "SELECT last_rev FROM conversation_seq WHERE conversation_id = ?", (conversation_id,)
+            "SELECT last_rev, purged_seq FROM conversation_seq WHERE conversation_id = ?", (conversation_id,)
         ).fetchone()
     finally:
         c.execute("COMMIT")
-    return ChangesPage(messages=[message_record(r) for r in rows], horizon=head[0] if head else 0)
+    return ChangesPage(
+        messages=[message_record(r) for r in rows],
+        horizon=head[0] if head else 0,
+        oldest_seq=head[1] + 1 if head else 1,
+    )
 
 
 def _append_batch(c: sqlite3.Connection, batch: list[NewMessage]) -> list[Appended]:
@@ -996,6 +1051,40 @@ def _add_reply_to_root(c: sqlite3.Connection, root_id: str, reply: MessageRecord
     root = msgspec.structs.replace(with_reply(message_record(row), reply), rev=_next_rev(c, reply.conversation_id))
     _store_state(c, root)
     return root
+
+
+# -- retention (RETENTION_MIGRATION) --------------------------------------------
+
+
+def _purge(
+    c: sqlite3.Connection, conversation_id: int, before_ts: int | None, keep_last: int | None, limit: int
+) -> PurgeResult:
+    """MessageLog.purge in the caller's write transaction: the expired prefix's
+    words out of the index (FTS5 ``delete`` takes what was indexed), its rows
+    out, the counter's ``purged_seq`` up to its last seq."""
+    head = c.execute(
+        "SELECT last_seq, purged_seq FROM conversation_seq WHERE conversation_id = ?", (conversation_id,)
+    ).fetchone()
+    if head is None:
+        return PurgeResult(purged=0, oldest_seq=1, more=False)
+    last_seq, purged_seq = head
+    rows = c.execute(
+        "SELECT seq, ts, search_rowid, text, deleted FROM messages WHERE conversation_id = ? ORDER BY seq LIMIT ?",
+        (conversation_id, limit + 1),
+    ).fetchall()
+    # Gapless, and only the purge removes rows: the stored seqs are purged_seq+1 .. last_seq.
+    expired = expired_prefix([(seq, ts) for seq, ts, *_ in rows], count_below(last_seq, keep_last), before_ts)
+    gone = rows[: min(expired, limit)]
+    if not gone:
+        return PurgeResult(purged=0, oldest_seq=purged_seq + 1, more=False)
+    c.executemany(
+        "INSERT INTO message_search (message_search, rowid, text) VALUES ('delete', ?, ?)",
+        [(rowid, index_text(text)) for _, _, rowid, text, deleted in gone if not deleted and rowid is not None],
+    )
+    last = gone[-1][0]
+    c.execute("DELETE FROM messages WHERE conversation_id = ? AND seq <= ?", (conversation_id, last))
+    c.execute("UPDATE conversation_seq SET purged_seq = ? WHERE conversation_id = ?", (last, conversation_id))
+    return PurgeResult(purged=len(gone), oldest_seq=last + 1, more=expired > limit)
 
 
 # -- message search (SEARCH_MIGRATION) -----------------------------------------

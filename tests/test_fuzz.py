@@ -117,6 +117,8 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "after_ts": st.none() | st.integers(min_value=0, max_value=2**53),
     "before_ts": st.none() | st.integers(min_value=0, max_value=2**53),
     "threads_only": st.booleans(),
+    "retention_max_age_days": st.none() | st.integers(min_value=0, max_value=5000),
+    "retention_max_messages": st.none() | st.integers(min_value=0, max_value=20_000_000),
 }
 # ...and values at or past the schema's edges.
 edge_id = st.sampled_from([-1, 0, 2**53, 2**53 + 1, 2**63, 2**64])
@@ -166,6 +168,8 @@ EDGE: dict[str, st.SearchStrategy[Any]] = {
     "after_ts": edge_id,
     "before_ts": edge_id,
     "threads_only": st.sampled_from([0, 1, "true", None]),
+    "retention_max_age_days": st.sampled_from([-1, 2**31, 2**53, "7", 1.5]),
+    "retention_max_messages": st.sampled_from([-1, 2**31, 2**63, "100", 0.5]),
 }
 assert set(VALID) == set(EDGE) == set(FIELD_NAMES), "add the new request fields to VALID and EDGE"
 

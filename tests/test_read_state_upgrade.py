@@ -15,6 +15,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from hubbub.server.retention_policy import default_policy
 from hubbub.server.views import conversation_views
 from hubbub.storage.base import Directory, MessageLog
 from hubbub.storage.postgres import PostgresDirectory, PostgresMessageLog, PostgresPools, migrate, migrations
@@ -42,6 +43,7 @@ async def listing_of(directory: Directory, messages: MessageLog, user_id: int) -
         {m.conversation.id: m.state for m in mine},
         viewer=user_id,
         cap=CAP,
+        retention=default_policy(),
     )
     return view.read_seq, view.unread_count
 

@@ -49,6 +49,7 @@ async def list_(ctx: Context, caller: Caller, req: frames.ChannelList) -> frames
         {m.conversation.id: m.state for m in mine},
         viewer=caller.user_id,
         cap=ctx.message_limits.unread_count_cap,
+        retention=ctx.retention,
     )
     return frames.ConversationList(conversations=views)
 
@@ -57,7 +58,13 @@ async def _view(
     ctx: Context, record: ConversationRecord, state: MemberState | None, *, viewer: int
 ) -> frames.Conversation:
     return await conversation_view(
-        ctx.directory, ctx.messages, record, state, viewer=viewer, cap=ctx.message_limits.unread_count_cap
+        ctx.directory,
+        ctx.messages,
+        record,
+        state,
+        viewer=viewer,
+        cap=ctx.message_limits.unread_count_cap,
+        retention=ctx.retention,
     )
 
 
@@ -139,10 +146,21 @@ async def members(ctx: Context, caller: Caller, req: frames.ChannelMembers) -> f
 async def update(ctx: Context, caller: Caller, req: frames.ChannelUpdate) -> frames.ConversationResult:
     record = await _channel(ctx, caller, req.channel_id, require_member=True)
     edit = ChannelEdit(
-        name=req.name, topic=req.topic, purpose=req.purpose, archived=req.archived, invite_policy=req.invite_policy
+        name=req.name,
+        topic=req.topic,
+        purpose=req.purpose,
+        archived=req.archived,
+        invite_policy=req.invite_policy,
+        retention_max_age_days=req.retention_max_age_days,
+        retention_max_messages=req.retention_max_messages,
     )
     if edit.is_empty():
-        raise ApiError(ErrorCode.BAD_REQUEST, "name at least one of name, topic, purpose, archived, invite_policy")
+        raise ApiError(
+            ErrorCode.BAD_REQUEST,
+            "name at least one of name, topic, purpose, archived, invite_policy,"
+            " retention_max_age_days, retention_max_messages",
+        )
+    ctx.retention.check_override(edit)
     try:
         updated = await ctx.directory.update_channel(record.id, caller.user_id, edit, update_check(edit))
     except Conflict:
@@ -150,7 +168,7 @@ async def update(ctx: Context, caller: Caller, req: frames.ChannelUpdate) -> fra
     if updated is None:
         raise not_found("channel")
     if updated != record:
-        event_view = await shared_view(ctx.directory, ctx.messages, updated)
+        event_view = await shared_view(ctx.directory, ctx.messages, updated, ctx.retention)
         ctx.publisher.publish(
             frames.ChannelUpdated(conversation=event_view, by=caller.user_id), conversations=(record.id,)
         )

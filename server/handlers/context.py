@@ -19,6 +19,7 @@ from hubbub.server.config import MessagesConfig, ProfilesConfig
 from hubbub.server.presence import PresenceTracker
 from hubbub.server.publisher import Publisher
 from hubbub.server.ratelimit import FailureWindow, TokenBucket
+from hubbub.server.retention_policy import RetentionPolicy
 from hubbub.server.send_order import SendOrder
 from hubbub.storage.base import Directory, MessageLog
 from hubbub.storage.records import UserRecord
@@ -72,6 +73,10 @@ class Context(Protocol):
     @property
     def profile_limits(self) -> ProfilesConfig:
         """Profile field lengths and the largest ``user.search`` page."""
+
+    @property
+    def retention(self) -> RetentionPolicy:
+        """Which retention applies to a conversation, and the bounds of a channel's override."""
 
     @property
     def archived_channels(self) -> ArchivedChannels:

@@ -25,7 +25,9 @@ async def open_(ctx: Context, caller: Caller, req: frames.DmOpen) -> frames.Conv
     # A new DM starts read at 0 for everyone (it is empty); an existing one shows the caller's state.
     state = MemberState(read_seq=0) if created else await ctx.directory.member_state(record.id, caller.user_id)
     cap = ctx.message_limits.unread_count_cap
-    view = await conversation_view(ctx.directory, ctx.messages, record, state, viewer=caller.user_id, cap=cap)
+    view = await conversation_view(
+        ctx.directory, ctx.messages, record, state, viewer=caller.user_id, cap=cap, retention=ctx.retention
+    )
     if created:
         ctx.publisher.publish_membership(
             MembershipChange(record.id, tuple(members), joined=True, since_seq=view.last_seq),
@@ -43,6 +45,7 @@ async def list_(ctx: Context, caller: Caller, req: frames.DmList) -> frames.Conv
         {m.conversation.id: m.state for m in dms},
         viewer=caller.user_id,
         cap=ctx.message_limits.unread_count_cap,
+        retention=ctx.retention,
     )
     return frames.ConversationList(conversations=views)
 
@@ -56,9 +59,11 @@ async def rename(ctx: Context, caller: Caller, req: frames.DmRename) -> frames.C
     if renamed is None:  # conversations are never deleted
         raise not_found("dm")
     if renamed != record:
-        event_view = await shared_view(ctx.directory, ctx.messages, renamed)
+        event_view = await shared_view(ctx.directory, ctx.messages, renamed, ctx.retention)
         ctx.publisher.publish(frames.DmUpdated(conversation=event_view, by=caller.user_id), conversations=(record.id,))
     state = await ctx.directory.member_state(record.id, caller.user_id)
     cap = ctx.message_limits.unread_count_cap
-    view = await conversation_view(ctx.directory, ctx.messages, renamed, state, viewer=caller.user_id, cap=cap)
+    view = await conversation_view(
+        ctx.directory, ctx.messages, renamed, state, viewer=caller.user_id, cap=cap, retention=ctx.retention
+    )
     return frames.ConversationResult(conversation=view)

@@ -11,6 +11,8 @@ event through ``ctx.publisher``. Replies to requests carry the caller's
 
 from __future__ import annotations
 
+import asyncio
+
 from hubbub.protocol import frames
 from hubbub.protocol.errors import ErrorCode
 from hubbub.protocol.mentions import parse
@@ -114,20 +116,26 @@ def result(record: MessageRecord, caller: Caller) -> frames.MessageResult:
 
 async def history(ctx: Context, caller: Caller, req: frames.MessageHistory) -> frames.HistoryPage:
     await require_member(ctx, caller, req.conversation_id)
-    # One extra row tells whether another page follows.
-    records = await ctx.messages.history(
-        req.conversation_id,
-        before=req.before,
-        after=req.after,
-        limit=req.limit + 1,
-        order=req.order,
-        include_replies=req.include_replies,
+    # One extra row tells whether another page follows. The head, read beside
+    # it, says where retention's purge stopped (oldest_seq).
+    records, heads = await asyncio.gather(
+        ctx.messages.history(
+            req.conversation_id,
+            before=req.before,
+            after=req.after,
+            limit=req.limit + 1,
+            order=req.order,
+            include_replies=req.include_replies,
+        ),
+        ctx.messages.heads([req.conversation_id]),
     )
     more = len(records) > req.limit
     page = records[: req.limit]
+    head = heads.get(req.conversation_id)
     return frames.HistoryPage(
         messages=[message_view(r, caller.user_id) for r in page],
         next_cursor=page[-1].seq if more else None,
+        oldest_seq=1 if head is None else head.oldest_seq,
     )
 
 
@@ -194,6 +202,7 @@ async def changes(ctx: Context, caller: Caller, req: frames.MessageChanges) -> f
     found = await ctx.messages.changes(req.conversation_id, after_rev=req.after_rev, limit=req.limit + 1)
     page = found.messages[: req.limit]
     views = [message_view(r, caller.user_id) for r in page]
+    oldest = found.oldest_seq
     if len(found.messages) > req.limit:
-        return frames.ChangesPage(messages=views, next_cursor=page[-1].rev, rev=page[-1].rev)
-    return frames.ChangesPage(messages=views, next_cursor=None, rev=found.horizon)
+        return frames.ChangesPage(messages=views, next_cursor=page[-1].rev, rev=page[-1].rev, oldest_seq=oldest)
+    return frames.ChangesPage(messages=views, next_cursor=None, rev=found.horizon, oldest_seq=oldest)

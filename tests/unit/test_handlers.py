@@ -25,6 +25,7 @@ from hubbub.server.metrics import Metrics
 from hubbub.server.presence import LocalPresence, PresenceTracker
 from hubbub.server.publisher import Publisher
 from hubbub.server.ratelimit import FailureWindow, TokenBucket
+from hubbub.server.retention_policy import default_policy
 from hubbub.server.send_order import SendOrder
 from hubbub.storage.records import Head, NewMessage, UserRecord
 from hubbub.storage.sqlite import SqliteDirectory, SqliteMessageLog, open_sqlite
@@ -63,6 +64,7 @@ class FakeContext:
         self.login_failures_by_address = FailureWindow(5, 60.0)
         self.max_message_chars = 20
         self.archived_channels = ArchivedChannels()
+        self.retention = default_policy()
         self.presence_max_members = 2
         self.typing_ttl_ms = 5000
         self.typing_max_members = 3

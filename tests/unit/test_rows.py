@@ -198,8 +198,9 @@ def test_positional_mappers_read_rows_in_column_list_order() -> None:
         searchable=False,  # SQLite's 0/1 is a bool
         token_generation=3,
     )
-    channel = conversation_record((4, "channel", "general", "", 0, 1, 10, "", 0, "anyone", None))
+    channel = conversation_record((4, "channel", "general", "", 0, 1, 10, "", 0, "anyone", None, 30, 500))
     assert channel.private is False and channel.name == "general"  # SQLite's 0/1 is a bool
+    assert (channel.retention_max_age_days, channel.retention_max_messages) == (30, 500)
     assert message_record(message_values(MESSAGE)) == MESSAGE
 
 
