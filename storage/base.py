@@ -80,6 +80,18 @@ class Directory(Protocol):
     async def contacts_of(self, user_id: int) -> list[int]:
         """The user and everyone who shares a conversation with them, each once, in id order."""
 
+    # -- administration (``hubbub admin``, server/admin/) ----------------------
+
+    async def list_users(self, *, after_id: int, limit: int) -> list[UserRecord]:
+        """Every user (searchable or not) with an id above ``after_id``, the first ``limit`` in id order."""
+
+    async def list_channels(self, *, after_id: int, limit: int) -> list[ConversationRecord]:
+        """Every channel (private and archived too; no DM) with an id above
+        ``after_id``, the first ``limit`` in id order."""
+
+    async def channel_by_name(self, name: str) -> ConversationRecord | None:
+        """The channel of this name (names are unique among channels), archived or not."""
+
     async def set_password(self, user_id: int, password_hash: str) -> UserRecord | None:
         """Store a new password hash and raise the token generation (one write); None when no such user."""
 

@@ -362,6 +362,33 @@ class PostgresDirectory:
         rows = await self._replica(lambda c: c.fetch(SEARCH_USERS_SQL, low, high, key, username, limit, start))
         return [user_record(r) for r in rows]
 
+    # The primary for administration: an operator acts on what was just written.
+
+    async def list_users(self, *, after_id: int, limit: int) -> list[UserRecord]:
+        rows = await self._primary(
+            lambda c: c.fetch(f"SELECT {USER_COLUMNS} FROM users WHERE id > $1 ORDER BY id LIMIT $2", after_id, limit)
+        )
+        return [user_record(r) for r in rows]
+
+    async def list_channels(self, *, after_id: int, limit: int) -> list[ConversationRecord]:
+        rows = await self._primary(
+            lambda c: c.fetch(
+                f"SELECT {CONVERSATION_COLUMNS} FROM conversations c"
+                " WHERE c.kind = 'channel' AND c.id > $1 ORDER BY c.id LIMIT $2",
+                after_id,
+                limit,
+            )
+        )
+        return [conversation_record(r) for r in rows]
+
+    async def channel_by_name(self, name: str) -> ConversationRecord | None:
+        row = await self._primary(
+            lambda c: c.fetchrow(
+                f"SELECT {CONVERSATION_COLUMNS} FROM conversations c WHERE c.kind = 'channel' AND c.name = $1", name
+            )
+        )
+        return conversation_record(row) if row else None
+
     async def contacts_of(self, user_id: int) -> list[int]:
         rows = await self._primary(
             lambda c: c.fetch(

@@ -449,6 +449,32 @@ class SqliteDirectory:
         rows = await self.db.run(lambda c: c.execute(SEARCH_USERS_SQL, params).fetchall())
         return [user_record(r) for r in rows]
 
+    async def list_users(self, *, after_id: int, limit: int) -> list[UserRecord]:
+        rows = await self.db.run(
+            lambda c: c.execute(
+                f"SELECT {USER_COLUMNS} FROM users WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
+            ).fetchall()
+        )
+        return [user_record(r) for r in rows]
+
+    async def list_channels(self, *, after_id: int, limit: int) -> list[ConversationRecord]:
+        rows = await self.db.run(
+            lambda c: c.execute(
+                f"SELECT {CONVERSATION_COLUMNS} FROM conversations c"
+                " WHERE c.kind = 'channel' AND c.id > ? ORDER BY c.id LIMIT ?",
+                (after_id, limit),
+            ).fetchall()
+        )
+        return [conversation_record(r) for r in rows]
+
+    async def channel_by_name(self, name: str) -> ConversationRecord | None:
+        row = await self.db.run(
+            lambda c: c.execute(
+                f"SELECT {CONVERSATION_COLUMNS} FROM conversations c WHERE c.kind = 'channel' AND c.name = ?", (name,)
+            ).fetchone()
+        )
+        return conversation_record(row) if row else None
+
     async def contacts_of(self, user_id: int) -> list[int]:
         rows = await self.db.run(
             lambda c: c.execute(
