@@ -10,10 +10,11 @@ tests/test_message_changes_contract.py.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from hubbub.storage.records import (
     Appended,
+    AuditEntry,
     ChangesPage,
     ChannelEdit,
     ConversationRecord,
@@ -31,6 +32,7 @@ from hubbub.storage.records import (
     Standing,
     Unread,
     UserRecord,
+    WorkspaceRole,
 )
 
 AdminCheck = Callable[[ConversationRecord, Standing], None]
@@ -183,6 +185,58 @@ class Directory(Protocol):
     async def rename_dm(self, conversation_id: int, name: str | None) -> ConversationRecord | None:
         """Name a DM (None: no name); the DM as stored, None when no such DM."""
 
+    # -- administration (issue 15): accounts and the audit log ----------------
+    # Called by the server (admin.* frames) and by ``hubbub admin`` with no
+    # server running; servers notice a disabling through ``disabled_since``.
+
+    async def set_disabled(self, user_id: int, disabled: bool, now: int) -> UserRecord | None:
+        """Disable (``disabled_at`` = ``now``, and the token generation raised, so no
+        token issued before authenticates again) or re-enable (``disabled_at`` None) a
+        user; one that already is as asked is left as it is (a disabled one keeps its
+        first ``disabled_at``). A deleted account stays disabled. The user as stored,
+        None when no such user."""
+
+    async def disabled_since(self, ts: int, limit: int = 1000) -> list[UserRecord]:
+        """Users disabled at or after ``ts`` (ms) and still disabled, in ``disabled_at``
+        order, the first ``limit`` of them: what a server polls to close their
+        connections when the disabling was done elsewhere (the command line)."""
+
+    async def set_workspace_role(
+        self, user_id: int, role: WorkspaceRole, *, keep_an_admin: bool = False
+    ) -> UserRecord | None:
+        """Give the user ``role`` in the workspace; the user as stored, None when no
+        such user (or a deleted one). With ``keep_an_admin``, LastAdmin (nothing
+        changed) when that would leave no active (not disabled) admin, checked in
+        the transaction of the change, serialised with every other such change."""
+
+    async def workspace_admins(self) -> list[UserRecord]:
+        """Every user whose workspace role is ``admin``, disabled ones too, in id order."""
+
+    async def tombstone_user(self, now: int) -> UserRecord:
+        """The one user deleted accounts' messages are attributed to (username
+        ``deleted-user``, storage.rows.TOMBSTONE_USERNAME), created on first use: it
+        cannot log in, is not searchable, and is a member of nothing. Conflict when a
+        live account holds that username (registration refuses it since issue 15)."""
+
+    async def delete_user(self, user_id: int, now: int) -> UserRecord | None:
+        """Delete an account, in one transaction: its row stays as a tombstone (other
+        rows refer to its id: channels it created, reactions, pins) with its profile
+        gone: username ``deleted-<id>`` (the old one is free), display name
+        ``Deleted user``, status, time zone and avatar cleared, not searchable, a
+        password nothing verifies against, the token generation raised (every session
+        ends), disabled, a member of the workspace, ``deleted_at`` = ``now``. Every
+        membership is removed; in a channel where it was the only owner, the
+        remaining member who joined first (an admin before a member) becomes owner.
+        Its messages are not touched: ``MessageLog.reattribute`` moves them
+        (storage/accounts.py does both). Deleting a deleted account changes nothing.
+        The row as stored, None when no such user."""
+
+    async def record_audit(self, actor_id: int | None, action: str, target: Mapping[str, Any], now: int) -> AuditEntry:
+        """Append an entry to the audit log: ``actor_id`` None is the command line."""
+
+    async def audit_entries(self, after_id: int, limit: int) -> list[AuditEntry]:
+        """The audit log's entries with an id above ``after_id``, oldest first, the first ``limit`` of them."""
+
 
 HistoryOrder = Literal["desc", "asc"]
 
@@ -284,3 +338,11 @@ class MessageLog(Protocol):
         its own stable way), after ``query.after``; ``relevance``: the newest
         ``query.window`` matches, best first, after ``query.offset``. InvalidPosition for an ``after`` it never
         returned. An edit or delete changes what is found as it is stored."""
+
+    async def reattribute(self, sender_id: int, to_id: int, limit: int) -> int:
+        """Attribute up to ``limit`` of ``sender_id``'s messages to ``to_id``
+        (account deletion, issue 15), tombstones too; how many it moved (0: none
+        is left). Each moved message's ``client_msg_id`` becomes its own id, so
+        it stays unique per (conversation, sender) under the new sender; nothing
+        else changes and no revision is used (docs/operations.md, deleting an
+        account). One bounded transaction per call: call until it returns 0."""
