@@ -99,8 +99,8 @@ async def test_users_list_pages_and_find(env: dict[str, str], directory: Directo
     rest = await run_admin(env, "users", "list", "--after", str(users[1].id))
     assert rest.code == 0, rest
     header, *rows = rest.stdout.splitlines()
-    assert header.split() == ["ID", "USERNAME", "DISPLAY_NAME", "LAST_SEEN_AT"]
-    assert [row.split()[:2] for row in rows] == [[str(users[2].id), "admin-list-2"]]
+    assert header.split() == ["ID", "USERNAME", "DISPLAY_NAME", "WORKSPACE_ROLE", "DISABLED_AT", "LAST_SEEN_AT"]
+    assert [row.split() for row in rows] == [[str(users[2].id), "admin-list-2", "Display", "Name", "member", "-", "-"]]
     found = await run_admin(env, "users", "find", "ADMIN-LIST-1", "--json")
     assert found.code == 0, found
     assert [row["id"] for row in found.json_lines()] == [users[1].id]
@@ -123,7 +123,7 @@ async def test_reset_password_from_stdin_and_generated(env: dict[str, str], dire
     assert stored is not None and stored.token_generation == user.token_generation + 1  # sessions ended
     assert await passwords.verify(stored.password_hash, "new secret 1")
     [action] = ran.logged("admin_action")
-    assert action["actor"] == "cli" and action["action"] == "reset_password" and action["user_id"] == user.id
+    assert action["actor"] == "cli" and action["action"] == "user.reset_password" and action["user_id"] == user.id
     assert "new secret 1" not in "\n".join([*ran.stderr, ran.stdout])
 
     generated = await run_admin(env, "users", "reset-password", f"id:{user.id}", "--json")
@@ -136,6 +136,70 @@ async def test_reset_password_from_stdin_and_generated(env: dict[str, str], dire
     refused(
         await run_admin(env, "users", "reset-password", "admin-reset", "--password-stdin", stdin="short\n"), "refused"
     )
+
+
+async def test_disable_enable_and_workspace_admins_are_audited(env: dict[str, str], directory: Directory) -> None:
+    user = await new_user(directory, "admin-disable")
+    disabled = await run_admin(env, "users", "disable", "admin-disable")
+    assert disabled.code == 0, disabled
+    assert disabled.stdout.strip() == f"admin-disable (id {user.id}) is disabled"
+    stored = await directory.get_user(user.id)
+    assert stored is not None and stored.disabled_at is not None
+    assert stored.token_generation > user.token_generation  # every session ended
+    again = await run_admin(env, "users", "disable", f"id:{user.id}", "--json")
+    assert again.json_lines()[0]["changed"] is False
+    enabled = await run_admin(env, "users", "enable", "admin-disable")
+    assert enabled.code == 0, enabled
+    stored = await directory.get_user(user.id)
+    assert stored is not None and stored.disabled_at is None
+
+    made = await run_admin(env, "users", "set-admin", "admin-disable", "--json")
+    assert made.code == 0 and made.json_lines()[0]["workspace_role"] == "admin", made
+    assert [u.id for u in await directory.workspace_admins()] == [user.id]
+    unmade = await run_admin(env, "users", "unset-admin", "admin-disable")
+    assert unmade.code == 0, unmade
+    assert await directory.workspace_admins() == []
+
+    audit = await run_admin(env, "audit", "list", "--json")
+    assert audit.code == 0, audit
+    entries = audit.json_lines()
+    assert [(e["actor"], e["action"], e["target"]["user_id"]) for e in entries] == [
+        ("cli", action, user.id)
+        for action in ("user.disable", "user.disable", "user.enable", "user.set_admin", "user.unset_admin")
+    ]
+    assert [e["target"]["changed"] for e in entries] == [True, False, True, True, True]
+    # Each entry's JSON log line names it.
+    [logged] = unmade.logged("admin_action")
+    assert (logged["action"], logged["audit_id"]) == ("user.unset_admin", entries[-1]["id"])
+    page = await run_admin(env, "audit", "list", "--after", str(entries[1]["id"]), "--limit", "1", "--json")
+    assert [e["id"] for e in page.json_lines()] == [entries[2]["id"]]
+
+
+async def test_delete_asks_for_yes_then_attributes_messages_to_the_tombstone(
+    env: dict[str, str], stores: Stores
+) -> None:
+    directory, log = stores.directory, stores.messages
+    alice, bob = await new_user(directory, "admin-delete-a"), await new_user(directory, "admin-delete-b")
+    room = await new_channel(directory, alice)
+    await directory.add_member(room.id, bob.id, NOW)
+    for n in range(3):
+        await log.append(
+            NewMessage(conversation_id=room.id, sender_id=bob.id, text=f"m{n}", client_msg_id=f"d{n}", ts=NOW)
+        )
+    refused(await run_admin(env, "users", "delete", "admin-delete-b"), "--yes")
+    assert await directory.get_user_by_username("admin-delete-b") is not None
+    deleted = await run_admin(env, "users", "delete", "admin-delete-b", "--yes", "--json")
+    assert deleted.code == 0, deleted
+    [result] = deleted.json_lines()
+    assert result["messages_moved"] == 3
+    assert await directory.get_user_by_username("admin-delete-b") is None  # the name is free
+    stored = await directory.get_user(bob.id)
+    assert stored is not None and stored.deleted_at is not None and stored.display_name == "Deleted user"
+    history = await log.history(room.id, before=None, after=0, limit=10, order="asc")
+    assert {m.sender_id for m in history} == {result["tombstone_id"]}
+    assert await directory.member_ids(room.id) == [alice.id]
+    # A deleted account takes no other command.
+    refused(await run_admin(env, "users", "disable", f"id:{bob.id}"), "deleted")
 
 
 # -- channels -------------------------------------------------------------------
@@ -170,7 +234,7 @@ async def test_channels_list_archive_and_transfer_owner(env: dict[str, str], dir
     assert moved.code == 0, moved
     assert await directory.member_roles(room.id) == {alice.id: "admin", bob.id: "owner"}
     [action] = moved.logged("admin_action")
-    assert action["action"] == "transfer_owner" and action["owner_id"] == bob.id
+    assert action["action"] == "channel.transfer_owner" and action["owner_id"] == bob.id
 
 
 async def _archived(directory: Directory, channel: ConversationRecord) -> bool:

@@ -1,7 +1,7 @@
 """``hubbub admin <group> <command>``: administration on the configured
 stores, without a running server (docs/operations.md, Administration).
 
-One module per group (users, channels, conversations); server/admin/common.py
+One module per group (users, channels, conversations, audit); server/admin/common.py
 holds what they share. Each group module has ``register(commands, parents)``,
 which adds its commands, each with ``handler`` (its body) set as a default.
 """
@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from hubbub.server import logs
-from hubbub.server.admin import channels, conversations, users
+from hubbub.server.admin import audit, channels, conversations, users
 from hubbub.server.admin.common import EXIT_OK, EXIT_USAGE, Admin, AdminError
 from hubbub.server.config import SETTING_NAMES, Settings, add_flags
 from hubbub.server.errors import ApiError
@@ -25,6 +25,7 @@ GROUPS = {
     "users": (users, "Accounts: list, find, disable, reset passwords, workspace admins, delete."),
     "channels": (channels, "Channels: list with member counts, archive, transfer ownership."),
     "conversations": (conversations, "Export a conversation as JSON Lines, import one back."),
+    "audit": (audit, "The audit log: what admins and admin commands did."),
 }
 
 

@@ -62,6 +62,7 @@ async def list_channels(admin: Admin, args: argparse.Namespace) -> None:
     counts = await admin.stores.directory.member_counts([c.id for c in channels])
     rows = [channel_row(c, counts.get(c.id, 0)) for c in channels]
     admin.table(rows, ("id", "name", "private", "archived", "members"))
+    await admin.record("channel.list", after=args.after, count=len(rows))
     if not admin.json and len(channels) == args.limit:
         print(f"(more: --after {channels[-1].id})", file=admin.out)
 
@@ -79,8 +80,7 @@ async def set_archived(admin: Admin, args: argparse.Namespace) -> None:
         raise AdminError(f"no such conversation: {args.channel}")
     changed = channel.archived != args.archived
     action = "archive" if args.archived else "unarchive"
-    if changed:
-        await admin.record(action, conversation_id=channel.id, name=channel.name)
+    await admin.record(f"channel.{action}", conversation_id=channel.id, name=channel.name, changed=changed)
     state = "archived" if args.archived else "not archived"
     admin.document(
         {"id": channel.id, "name": channel.name, "archived": updated.archived, "changed": changed},
@@ -107,7 +107,7 @@ async def transfer_owner(admin: Admin, args: argparse.Namespace) -> None:
     for uid in demoted:
         await directory.set_role(channel.id, user.id, uid, "admin", set_role_check("admin"))
     await admin.record(
-        "transfer_owner", conversation_id=channel.id, name=channel.name, owner_id=user.id, demoted=demoted
+        "channel.transfer_owner", conversation_id=channel.id, name=channel.name, owner_id=user.id, demoted=demoted
     )
     admin.document(
         {"id": channel.id, "name": channel.name, "owner": user.id, "demoted_to_admin": demoted},

@@ -22,6 +22,7 @@ from typing import Any, TextIO
 import orjson
 
 from hubbub.server import logs
+from hubbub.server.clock import now_ms
 from hubbub.server.config import Settings
 from hubbub.storage.factory import Stores
 from hubbub.storage.records import ConversationRecord, UserRecord
@@ -61,6 +62,13 @@ class Admin:
             raise AdminError(f"no such user: {name}")
         return user
 
+    async def live_user(self, name: str) -> UserRecord:
+        """A user a command changes: not a deleted account's tombstone."""
+        user = await self.user(name)
+        if user.deleted_at is not None:
+            raise AdminError(f"{name} is a deleted account")
+        return user
+
     async def conversation(self, name: str) -> ConversationRecord:
         """The conversation a command line names: a channel name (``#`` optional), or ``id:<n>`` (DMs too)."""
         conversation_id = _id_of(name)
@@ -98,9 +106,11 @@ class Admin:
 
     # -- recording ----------------------------------------------------------
 
-    async def record(self, action: str, **details: Any) -> None:
-        """What a changing command did: a JSON log line (``admin_action``) with who, what and when."""
-        logs.info("admin_action", actor=ACTOR, command=self.command, action=action, **details)
+    async def record(self, action: str, **target: Any) -> None:
+        """What a command did: an audit log entry (actor None: the command line)
+        and a JSON log line (``admin_action``) with who, what and when."""
+        entry = await self.stores.directory.record_audit(None, action, target, now_ms())
+        logs.info("admin_action", actor=ACTOR, command=self.command, action=action, audit_id=entry.id, **target)
 
 
 def _id_of(name: str) -> int | None:
@@ -134,4 +144,7 @@ def user_row(user: UserRecord) -> dict[str, Any]:
         "created_at": user.created_at,
         "last_seen_at": user.last_seen_at,
         "searchable": user.searchable,
+        "workspace_role": user.workspace_role,
+        "disabled_at": user.disabled_at,
+        "deleted_at": user.deleted_at,
     }

@@ -208,7 +208,9 @@ async def export_conversation(admin: Admin, args: argparse.Namespace) -> None:
         sys.stdout.flush()
     else:
         _write_file(Path(args.output), lines)
-    await admin.record("export", conversation_id=conversation.id, messages=len(lines) - 1, output=args.output or "-")
+    await admin.record(
+        "conversation.export", conversation_id=conversation.id, messages=len(lines) - 1, output=args.output or "-"
+    )
     if args.output is not None:
         admin.document(
             {"conversation_id": conversation.id, "messages": len(lines) - 1, "output": args.output},
@@ -346,7 +348,7 @@ async def import_conversation(admin: Admin, args: argparse.Namespace) -> None:
         await directory.remove_member(conversation.id, creator)
     if exported.archived:
         await directory.update_channel(conversation.id, creator, ChannelEdit(archived=True), _operator)
-    await admin.record("import", conversation_id=conversation.id, messages=count, source=args.file)
+    await admin.record("conversation.import", conversation_id=conversation.id, messages=count, source=args.file)
     admin.document(
         {"conversation_id": conversation.id, "kind": conversation.kind, "name": conversation.name, "messages": count},
         f"imported {count} messages into conversation {conversation.id}"
