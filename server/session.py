@@ -231,6 +231,7 @@ class Session:
         """Make this connection the user's: route their conversations here."""
         if self.user is not None:
             if self.user.id == user.id:
+                self.user = user  # as stored now: a workspace role changed since applies from here
                 return
             raise ApiError(ErrorCode.FORBIDDEN, "this connection is authenticated as another user")
         self._check_connection_limit(user.id)
