@@ -1,4 +1,4 @@
-"""Account deletion across both stores (issue 15), for the server and ``hubbub admin``.
+"""Account deletion across both stores (issue 15), for ``hubbub admin``.
 
 The directory and the message log may be different databases (PostgreSQL and
 MongoDB), so deleting an account is not one transaction: the directory's part
