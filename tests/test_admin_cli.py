@@ -122,8 +122,9 @@ async def test_reset_password_from_stdin_and_generated(env: dict[str, str], dire
     stored = await directory.get_user(user.id)
     assert stored is not None and stored.token_generation == user.token_generation + 1  # sessions ended
     assert await passwords.verify(stored.password_hash, "new secret 1")
-    [action] = ran.logged("admin_action")
-    assert action["actor"] == "cli" and action["action"] == "user.reset_password" and action["user_id"] == user.id
+    [action] = ran.logged("audit")
+    assert action["actor_id"] is None and action["action"] == "user.reset_password"
+    assert action["target"] == {"user_id": user.id, "generated": False}
     assert "new secret 1" not in "\n".join([*ran.stderr, ran.stdout])
 
     generated = await run_admin(env, "users", "reset-password", f"id:{user.id}", "--json")
@@ -165,12 +166,23 @@ async def test_disable_enable_and_workspace_admins_are_audited(env: dict[str, st
     entries = audit.json_lines()
     assert [(e["actor"], e["action"], e["target"]["user_id"]) for e in entries] == [
         ("cli", action, user.id)
-        for action in ("user.disable", "user.disable", "user.enable", "user.set_admin", "user.unset_admin")
+        for action in (
+            "user.disable",
+            "user.disable",
+            "user.enable",
+            "user.set_workspace_role",
+            "user.set_workspace_role",
+        )
     ]
     assert [e["target"]["changed"] for e in entries] == [True, False, True, True, True]
-    # Each entry's JSON log line names it.
-    [logged] = unmade.logged("admin_action")
-    assert (logged["action"], logged["audit_id"]) == ("user.unset_admin", entries[-1]["id"])
+    assert [e["target"]["role"] for e in entries[3:]] == ["admin", "member"]
+    # Each entry has its JSON log line.
+    [logged] = unmade.logged("audit")
+    assert (logged["actor_id"], logged["action"], logged["target"]) == (
+        None,
+        entries[-1]["action"],
+        entries[-1]["target"],
+    )
     page = await run_admin(env, "audit", "list", "--after", str(entries[1]["id"]), "--limit", "1", "--json")
     assert [e["id"] for e in page.json_lines()] == [entries[2]["id"]]
 
@@ -233,8 +245,9 @@ async def test_channels_list_archive_and_transfer_owner(env: dict[str, str], dir
     moved = await run_admin(env, "channels", "transfer-owner", str(room.name), bob.username)
     assert moved.code == 0, moved
     assert await directory.member_roles(room.id) == {alice.id: "admin", bob.id: "owner"}
-    [action] = moved.logged("admin_action")
-    assert action["action"] == "channel.transfer_owner" and action["owner_id"] == bob.id
+    [action] = moved.logged("audit")
+    assert action["action"] == "channel.transfer_owner"
+    assert action["target"] == {"channel_id": room.id, "user_id": bob.id, "demoted": [alice.id]}
 
 
 async def _archived(directory: Directory, channel: ConversationRecord) -> bool:

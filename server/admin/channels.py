@@ -80,7 +80,7 @@ async def set_archived(admin: Admin, args: argparse.Namespace) -> None:
         raise AdminError(f"no such conversation: {args.channel}")
     changed = channel.archived != args.archived
     action = "archive" if args.archived else "unarchive"
-    await admin.record(f"channel.{action}", conversation_id=channel.id, name=channel.name, changed=changed)
+    await admin.record(f"channel.{action}", channel_id=channel.id, changed=changed)
     state = "archived" if args.archived else "not archived"
     admin.document(
         {"id": channel.id, "name": channel.name, "archived": updated.archived, "changed": changed},
@@ -106,9 +106,7 @@ async def transfer_owner(admin: Admin, args: argparse.Namespace) -> None:
     demoted = [uid for uid in owners if uid != user.id]
     for uid in demoted:
         await directory.set_role(channel.id, user.id, uid, "admin", set_role_check("admin"))
-    await admin.record(
-        "channel.transfer_owner", conversation_id=channel.id, name=channel.name, owner_id=user.id, demoted=demoted
-    )
+    await admin.record("channel.transfer_owner", channel_id=channel.id, user_id=user.id, demoted=demoted)
     admin.document(
         {"id": channel.id, "name": channel.name, "owner": user.id, "demoted_to_admin": demoted},
         f"{user.username} owns #{channel.name} (id {channel.id}); now admins: {demoted or 'nobody'}",

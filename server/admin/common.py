@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 import orjson
 
-from hubbub.server import logs
+from hubbub.server.audit import audit
 from hubbub.server.clock import now_ms
 from hubbub.server.config import Settings
 from hubbub.storage.factory import Stores
@@ -29,8 +29,6 @@ from hubbub.storage.records import ConversationRecord, UserRecord
 
 EXIT_OK = 0
 EXIT_USAGE = 2
-ACTOR = "cli"
-"""Who an admin command acts as, in its audit entry and log line."""
 
 
 class AdminError(Exception):
@@ -107,10 +105,9 @@ class Admin:
     # -- recording ----------------------------------------------------------
 
     async def record(self, action: str, **target: Any) -> None:
-        """What a command did: an audit log entry (actor None: the command line)
-        and a JSON log line (``admin_action``) with who, what and when."""
-        entry = await self.stores.directory.record_audit(None, action, target, now_ms())
-        logs.info("admin_action", actor=ACTOR, command=self.command, action=action, audit_id=entry.id, **target)
+        """What a command did: an audit log entry with the command line as its
+        actor (None), and its JSON log line (``audit``), as server/audit.py writes them."""
+        await audit(self.stores.directory, None, action, target, now_ms())
 
 
 def _id_of(name: str) -> int | None:

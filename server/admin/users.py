@@ -128,7 +128,7 @@ async def reset_password(admin: Admin, args: argparse.Namespace) -> None:
     updated = await admin.stores.directory.set_password(user.id, await passwords.hash(password))
     if updated is None:
         raise AdminError(f"no such user: {args.user}")  # deleted meanwhile
-    await admin.record("user.reset_password", user_id=user.id, username=user.username, generated=generated)
+    await admin.record("user.reset_password", user_id=user.id, generated=generated)
     result: dict[str, Any] = {"id": user.id, "username": user.username, "token_generation": updated.token_generation}
     if generated:
         result["password"] = password
@@ -143,7 +143,7 @@ async def set_disabled(admin: Admin, args: argparse.Namespace) -> None:
         raise AdminError(f"no such user: {args.user}")
     changed = (user.disabled_at is None) == args.disabled
     action = "user.disable" if args.disabled else "user.enable"
-    await admin.record(action, user_id=user.id, username=user.username, changed=changed)
+    await admin.record(action, user_id=user.id, changed=changed)
     state = "disabled" if args.disabled else "enabled"
     admin.document(
         {**user_row(updated), "changed": changed},
@@ -159,8 +159,7 @@ async def set_workspace_role(admin: Admin, args: argparse.Namespace) -> None:
     if updated is None:
         raise AdminError(f"no such user: {args.user}")
     changed = user.workspace_role != args.role
-    action = "user.set_admin" if args.role == "admin" else "user.unset_admin"
-    await admin.record(action, user_id=user.id, username=user.username, changed=changed)
+    await admin.record("user.set_workspace_role", user_id=user.id, role=args.role, changed=changed)
     admin.document(
         {**user_row(updated), "changed": changed},
         f"{user.username} (id {user.id}) is a workspace {args.role}" + ("" if changed else " (it already was)"),
@@ -180,7 +179,6 @@ async def delete_user(admin: Admin, args: argparse.Namespace) -> None:
     await admin.record(
         "user.delete",
         user_id=user.id,
-        username=user.username,
         tombstone_id=deleted.tombstone.id,
         messages_moved=deleted.messages_moved,
     )
