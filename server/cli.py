@@ -45,8 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("settings", help="Print every setting with its default as a Markdown table.")
     from hubbub.server import admin
 
-    admin.add_parser(commands, _Parser)
-    args = parser.parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    admin.add_parser(commands, _Parser, full=arguments[:1] == ["admin"])
+    args = parser.parse_args(arguments)
     if args.command == "settings":
         print(settings_markdown(), end="")
         return 0

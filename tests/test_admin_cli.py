@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from hubbub.protocol.client import ServerError
 from hubbub.server import message_changes
 from hubbub.server.auth import Passwords
 from hubbub.server.config import Settings
@@ -25,11 +26,16 @@ from hubbub.storage.factory import Stores
 from hubbub.storage.records import ConversationRecord, NewMessage, UserRecord
 from tests import storage_contract
 from tests.backends import free_port
-from tests.conftest import TEST_SETTINGS
+from tests.conftest import TEST_SETTINGS, ServerFactory
+from tests.helpers import assert_serving, closed_with
 from tests.processes import parse_log, settings_env
 from tests.storage_contract import NOW, new_channel, new_user
 
-pytestmark = pytest.mark.all_backends
+# Each command is a process of its own (a second idle, far more on a loaded machine), and tests run several.
+pytestmark = [pytest.mark.all_backends, pytest.mark.timeout(300)]
+
+ACCOUNT_DISABLED_CLOSE = 4004
+"""The close code of a disabled user's connections (PROTOCOL.md)."""
 
 stores, directory, messages = storage_contract.stores, storage_contract.directory, storage_contract.messages
 
@@ -139,7 +145,7 @@ async def test_reset_password_from_stdin_and_generated(env: dict[str, str], dire
     )
 
 
-async def test_disable_enable_and_workspace_admins_are_audited(env: dict[str, str], directory: Directory) -> None:
+async def test_disable_and_enable_are_audited(env: dict[str, str], directory: Directory) -> None:
     user = await new_user(directory, "admin-disable")
     disabled = await run_admin(env, "users", "disable", "admin-disable")
     assert disabled.code == 0, disabled
@@ -154,37 +160,37 @@ async def test_disable_enable_and_workspace_admins_are_audited(env: dict[str, st
     stored = await directory.get_user(user.id)
     assert stored is not None and stored.disabled_at is None
 
-    made = await run_admin(env, "users", "set-admin", "admin-disable", "--json")
-    assert made.code == 0 and made.json_lines()[0]["workspace_role"] == "admin", made
-    assert [u.id for u in await directory.workspace_admins()] == [user.id]
-    unmade = await run_admin(env, "users", "unset-admin", "admin-disable")
-    assert unmade.code == 0, unmade
-    assert await directory.workspace_admins() == []
-
     audit = await run_admin(env, "audit", "list", "--json")
     assert audit.code == 0, audit
     entries = audit.json_lines()
-    assert [(e["actor"], e["action"], e["target"]["user_id"]) for e in entries] == [
-        ("cli", action, user.id)
-        for action in (
-            "user.disable",
-            "user.disable",
-            "user.enable",
-            "user.set_workspace_role",
-            "user.set_workspace_role",
-        )
+    assert [(e["actor"], e["action"], e["target"]) for e in entries] == [
+        ("cli", "user.disable", {"user_id": user.id, "changed": True}),
+        ("cli", "user.disable", {"user_id": user.id, "changed": False}),
+        ("cli", "user.enable", {"user_id": user.id, "changed": True}),
     ]
-    assert [e["target"]["changed"] for e in entries] == [True, False, True, True, True]
-    assert [e["target"]["role"] for e in entries[3:]] == ["admin", "member"]
     # Each entry has its JSON log line.
-    [logged] = unmade.logged("audit")
-    assert (logged["actor_id"], logged["action"], logged["target"]) == (
-        None,
-        entries[-1]["action"],
-        entries[-1]["target"],
-    )
-    page = await run_admin(env, "audit", "list", "--after", str(entries[1]["id"]), "--limit", "1", "--json")
-    assert [e["id"] for e in page.json_lines()] == [entries[2]["id"]]
+    [logged] = enabled.logged("audit")
+    assert (logged["actor_id"], logged["action"], logged["target"]) == (None, "user.enable", entries[-1]["target"])
+
+
+async def test_workspace_admins_and_audit_paging(env: dict[str, str], directory: Directory) -> None:
+    user = await new_user(directory, "admin-role")
+    made = await run_admin(env, "users", "set-admin", "admin-role", "--json")
+    assert made.code == 0 and made.json_lines()[0]["workspace_role"] == "admin", made
+    assert [u.id for u in await directory.workspace_admins()] == [user.id]
+    unmade = await run_admin(env, "users", "unset-admin", "admin-role")
+    assert unmade.code == 0, unmade
+    assert await directory.workspace_admins() == []
+    entries = await directory.audit_entries(0, 10)
+    assert [(e.actor_id, e.action, e.target["role"]) for e in entries] == [
+        (None, "user.set_workspace_role", "admin"),
+        (None, "user.set_workspace_role", "member"),
+    ]
+    page = await run_admin(env, "audit", "list", "--after", str(entries[0].id), "--limit", "1")
+    assert page.code == 0, page
+    header, row = page.stdout.splitlines()
+    assert header.split() == ["ID", "TS", "ACTOR", "ACTION", "TARGET"]
+    assert row.split()[0] == str(entries[1].id) and row.split()[2:4] == ["cli", "user.set_workspace_role"]
 
 
 async def test_delete_asks_for_yes_then_attributes_messages_to_the_tombstone(
@@ -212,6 +218,24 @@ async def test_delete_asks_for_yes_then_attributes_messages_to_the_tombstone(
     assert await directory.member_ids(room.id) == [alice.id]
     # A deleted account takes no other command.
     refused(await run_admin(env, "users", "disable", f"id:{bob.id}"), "deleted")
+
+
+async def test_disable_on_the_command_line_closes_a_live_connection(
+    env: dict[str, str], make_server: ServerFactory, tmp_path: Path
+) -> None:
+    """A server running on the same stores closes the disabled user's
+    connection with 4004 within its account check, and refuses their login."""
+    server = await make_server(data_dir=tmp_path / "data", account_check_seconds=0.2)
+    client = await server.user("admin-live", password="correct horse")
+    bystander = await server.user("admin-live-other")
+    disabled = await run_admin(env, "users", "disable", "admin-live")
+    assert disabled.code == 0, disabled
+    assert await closed_with(client, timeout=10) == ACCOUNT_DISABLED_CLOSE
+    await assert_serving(bystander)
+    again = await server.client()
+    with pytest.raises(ServerError) as refused_login:
+        await again.login("admin-live", "correct horse")
+    assert refused_login.value.code == "account_disabled"
 
 
 # -- channels -------------------------------------------------------------------

@@ -9,13 +9,12 @@ which adds its commands, each with ``handler`` (its body) set as a default.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable
 from typing import Any
 
 from hubbub.server import logs
 from hubbub.server.admin import audit, channels, conversations, users
 from hubbub.server.admin.common import EXIT_OK, EXIT_USAGE, Admin, AdminError
-from hubbub.server.config import SETTING_NAMES, Settings, add_flags
+from hubbub.server.config import Settings, describe_settings
 from hubbub.server.errors import ApiError
 from hubbub.server.startup import EXIT_CODE, explain
 from hubbub.storage.errors import Conflict
@@ -29,38 +28,32 @@ GROUPS = {
 }
 
 
-class _Usage(argparse.HelpFormatter):
-    """A usage line without the hundred setting flags (``--help`` still lists them, in their own group)."""
-
-    def add_usage(
-        self,
-        usage: str | None,
-        actions: Iterable[argparse.Action],
-        groups: Iterable[argparse._MutuallyExclusiveGroup],
-        prefix: str | None = None,
-    ) -> None:
-        shown = [action for action in actions if action.dest not in SETTING_NAMES]
-        super().add_usage(usage, [*shown, _SETTINGS], groups, prefix)
+SETTINGS_EPILOG = (
+    "Settings: as for `hubbub serve`, from HUBBUB_* variables or the same flags "
+    "(--data-dir, --postgres-dsn, --mongo-url, ...; `hubbub settings` lists every one)."
+)
 
 
-_SETTINGS = argparse.Action(["--SETTING"], dest="setting", metavar="VALUE", nargs="*")
-"""Stands for the setting flags in usage lines."""
-
-
-def add_parser(commands: Any, parser_class: type[argparse.ArgumentParser]) -> None:
-    """Add ``admin`` and its groups to the ``hubbub`` subcommands ``commands``."""
+def add_parser(commands: Any, parser_class: type[argparse.ArgumentParser], *, full: bool = True) -> None:
+    """Add ``admin`` and its groups to the ``hubbub`` subcommands ``commands``;
+    with ``full`` False only ``admin`` itself (its commands cost 0.1 s to build,
+    which ``hubbub serve`` need not pay)."""
     admin = commands.add_parser(
         "admin", help="Administer users, channels and conversations on the configured stores, then exit."
     )
+    if not full:
+        return
 
     def leaf_parser(**kwargs: Any) -> argparse.ArgumentParser:
-        return parser_class(formatter_class=_Usage, **kwargs)
+        return parser_class(epilog=SETTINGS_EPILOG, **kwargs)
 
     groups = admin.add_subparsers(dest="admin_group", required=True, parser_class=parser_class)
-    # Every command takes --json and the settings `hubbub serve` takes (as flags or HUBBUB_*).
+    # Every command takes --json and every setting flag of `hubbub serve`; the
+    # hundred setting flags are left out of each command's --help (the epilog points at them).
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="Print JSON for scripts (docs/operations.md).")
-    add_flags(common.add_argument_group("settings (as for `hubbub serve`)"))  # type: ignore[arg-type]
+    for _env, flag, _default, _description in describe_settings():
+        common.add_argument(flag, dest=flag[2:].replace("-", "_"), default=None, help=argparse.SUPPRESS)
     for name, (module, description) in GROUPS.items():
         group = groups.add_parser(name, help=description, description=description)
         module.register(group.add_subparsers(dest="admin_command", required=True, parser_class=leaf_parser), common)
