@@ -188,7 +188,8 @@ async def test_workspace_admins_and_audit_paging(env: dict[str, str], directory:
     ]
     page = await run_admin(env, "audit", "list", "--after", str(entries[0].id), "--limit", "1")
     assert page.code == 0, page
-    header, row = page.stdout.splitlines()
+    header, row, more = page.stdout.splitlines()
+    assert more == f"(more: --after {entries[1].id})"
     assert header.split() == ["ID", "TS", "ACTOR", "ACTION", "TARGET"]
     assert row.split()[0] == str(entries[1].id) and row.split()[2:4] == ["cli", "user.set_workspace_role"]
 
