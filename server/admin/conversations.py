@@ -9,9 +9,10 @@ reply names its root by the root's seq (``thread_root_seq``), so the
 structure survives the new message ids an import gets.
 
 Import recreates the conversation as a new one through the stores'
-interfaces: members, then every message appended in the same order (same
-ts, client_msg_id, thread, mentions), then each message's state as
-exported (edit time, tombstone, reactions, pin, thread counters), then the
+interfaces: every message appended in the same order (same ts,
+client_msg_id, thread, mentions), then each message's state as exported
+(edit time, tombstone, reactions, pin, thread counters), then the members
+with their roles and mutes (the imported history counts as read), then the
 archived flag. It reads and checks the whole file, and that every username
 exists, before it writes anything.
 """
