@@ -163,6 +163,8 @@ class User(Struct, kw_only=True, omit_defaults=True):
     avatar_url: str = ""
     searchable: bool = True
     """False: the user is left out of ``user.search`` (still readable with ``user.get``)."""
+    workspace_role: WorkspaceRole = "member"
+    """``admin``: a workspace admin (issue 15); left out for members."""
 
 
 class Conversation(Struct, kw_only=True):

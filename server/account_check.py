@@ -70,16 +70,20 @@ class AccountCheck:
             logs.warning("account_check_unavailable", error=exc.detail)
 
     async def check_once(self) -> int:
-        """Close the local connections of accounts disabled lately; how many users had some."""
+        """Close the local connections of accounts disabled lately; how many users had some to close."""
         started = self._clock()
         since = self._checked_from - self._lookback_ms
         closed = 0
+        seen: set[int] = set()  # a page starts at the last one's time, so its users may come twice
         while True:
             users = await self._directory.disabled_since(since, CHECK_PAGE)
             for user in users:
-                if self._registry.end_sessions(user.id, user.token_generation, disabled=True):
+                if user.id in seen:
+                    continue
+                seen.add(user.id)
+                if count := self._registry.end_sessions(user.id, user.token_generation, disabled=True):
                     closed += 1
-                    logs.info("disabled_user_closed", user_id=user.id, disabled_at=user.disabled_at)
+                    logs.info("disabled_user_closed", user_id=user.id, connections=count, disabled_at=user.disabled_at)
             if len(users) < CHECK_PAGE:
                 break
             last = users[-1].disabled_at

@@ -52,9 +52,9 @@ class Recipient(Protocol):
     conversations: set[int]
     """The conversations routed to this connection; only the registry changes it."""
 
-    def end_session_before(self, generation: int, *, disabled: bool = False) -> None:
+    def end_session_before(self, generation: int, *, disabled: bool = False) -> bool:
         """Close the connection (``CloseCode.SESSION_ENDED``; ``ACCOUNT_DISABLED`` when
-        ``disabled``) if its session is of an older token generation."""
+        ``disabled``) if its session is of an older token generation; whether it did."""
 
     @property
     def outbound(self) -> Sender:
@@ -202,12 +202,10 @@ class Registry:
 
     def end_sessions(self, user_id: int, generation: int, *, disabled: bool = False) -> int:
         """Close this instance's connections of ``user_id`` whose session is of a
-        generation below ``generation``; how many it found (server/account_check.py)."""
+        generation below ``generation``; how many it closed (server/account_check.py)."""
         # A copy: a connection that closes may leave the registry before this loop ends.
         recipients = list(self.by_user.get(user_id, ()))
-        for recipient in recipients:
-            recipient.end_session_before(generation, disabled=disabled)
-        return len(recipients)
+        return sum(recipient.end_session_before(generation, disabled=disabled) for recipient in recipients)
 
     def _count(self, event: Event, count: int) -> None:
         if count:

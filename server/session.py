@@ -106,9 +106,9 @@ class Session:
         if self.user is not None and self.user.id == user.id:
             self.user = user
 
-    def end_session_before(self, generation: int, *, disabled: bool = False) -> None:
+    def end_session_before(self, generation: int, *, disabled: bool = False) -> bool:
         if self.user is None or self.user.token_generation >= generation:
-            return
+            return False
         code, reason = (
             (CloseCode.ACCOUNT_DISABLED, "account disabled")
             if disabled
@@ -120,6 +120,7 @@ class Session:
         # On the next loop turn: when this connection made the request that ended
         # its sessions (session.end_all), its reply is queued by then, and goes first.
         asyncio.get_running_loop().call_soon(self.conn.close, code, reason)
+        return True
 
     @property
     def outbound(self) -> Connection:

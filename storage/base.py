@@ -229,7 +229,8 @@ class Directory(Protocol):
         remaining member who joined first (an admin before a member) becomes owner.
         Its messages are not touched: ``MessageLog.reattribute`` moves them
         (storage/accounts.py does both). Deleting a deleted account changes nothing.
-        The row as stored, None when no such user."""
+        The row as stored, None when no such user; Conflict (nothing changed) when
+        another account holds ``deleted-<id>`` (registered before issue 15 reserved it)."""
 
     async def record_audit(self, actor_id: int | None, action: str, target: Mapping[str, Any], now: int) -> AuditEntry:
         """Append an entry to the audit log: ``actor_id`` None is the command line."""

@@ -65,6 +65,7 @@ from hubbub.storage.rows import (
     channel_assignments,
     conversation_record,
     deleted_user_values,
+    deleted_username,
     dm_key,
     history_sql,
     ids_json,
@@ -831,7 +832,10 @@ class PostgresDirectory:
                 await c.execute(_DELETE_USER_SQL, *deleted_user_values(user_id, now))
                 return await c.fetchrow(_GET_USER_SQL, user_id)
 
-        row = await self._primary(delete, write=True)
+        try:
+            row = await self._primary(delete, write=True)
+        except asyncpg.UniqueViolationError:  # an account from before issue 15 registered as deleted-<id>
+            raise Conflict(f"username {deleted_username(user_id)!r} is taken") from None
         return user_record(row) if row else None
 
     async def record_audit(self, actor_id: int | None, action: str, target: Mapping[str, Any], now: int) -> AuditEntry:

@@ -70,6 +70,7 @@ from hubbub.storage.rows import (
     channel_assignments,
     conversation_record,
     deleted_user_values,
+    deleted_username,
     dm_key,
     history_sql,
     member_state,
@@ -873,7 +874,10 @@ class SqliteDirectory:
             c.execute(_DELETE_USER_SQL, deleted_user_values(user_id, now))
             return _user(c, user_id)
 
-        return await self.db.transaction(delete)
+        try:
+            return await self.db.transaction(delete)
+        except sqlite3.IntegrityError:  # an account from before issue 15 registered as deleted-<id>
+            raise Conflict(f"username {deleted_username(user_id)!r} is taken") from None
 
     async def record_audit(self, actor_id: int | None, action: str, target: Mapping[str, Any], now: int) -> AuditEntry:
         row = await self.db.transaction(

@@ -172,6 +172,8 @@ async def test_admins_make_admins_and_the_last_active_admin_stays(shared_server:
 
     promoted: frames.AccountResult = await boss.call("admin.set_workspace_role", user_id=uid(bob), role="admin")
     assert promoted.account.workspace_role == "admin"
+    seen: frames.UserList = await boss.call("user.get", user_ids=[uid(bob), uid(boss)])
+    assert {u.id: u.workspace_role for u in seen.users} == {uid(bob): "admin", uid(boss): "admin"}
     # Bob's admin.* requests see it at once.
     carol = await shared_server.user()
     await bob.call("admin.disable_user", user_id=uid(carol))

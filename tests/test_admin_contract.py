@@ -176,6 +176,16 @@ async def test_deleting_a_user_leaves_a_tombstone_row_and_frees_the_name(directo
     assert await directory.delete_user(10**9, NOW) is None
 
 
+async def test_a_live_account_holding_the_deleted_name_is_a_conflict(directory: Directory) -> None:
+    alice = await new_user(directory)
+    await directory.create_user(deleted_username(alice.id), "Someone", "hash$x", NOW)
+    room = await new_channel(directory, alice)
+    with pytest.raises(Conflict):
+        await directory.delete_user(alice.id, NOW)
+    assert await directory.get_user(alice.id) == alice
+    assert await directory.member_ids(room.id) == [alice.id]
+
+
 async def test_a_co_owner_keeps_the_channel_and_an_admin_goes_before_a_member(directory: Directory) -> None:
     alice, bob, carol, dave = [await new_user(directory) for _ in range(4)]
     shared = await new_channel(directory, alice)
