@@ -26,6 +26,8 @@ class ErrorCode(enum.StrEnum):
     """Too many requests, failed logins or connections; retry later."""
     TOO_LARGE = "too_large"
     """The frame or a field in it is over its documented limit."""
+    ACCOUNT_DISABLED = "account_disabled"
+    """The account is disabled by a workspace admin: no login or token authenticates until it is re-enabled."""
     ARCHIVED = "archived"
     """The channel is archived, so read-only: unarchive it first (``channel.update``)."""
     UNAVAILABLE = "unavailable"
@@ -56,5 +58,7 @@ class CloseCode(enum.IntEnum):
     """The connection did not authenticate within the auth timeout."""
     SESSION_ENDED = 4003
     """The user changed their password or logged out everywhere: authenticate again (login)."""
+    ACCOUNT_DISABLED = 4004
+    """A workspace admin disabled the account: do not reconnect; logins answer ``account_disabled``."""
     SLOW_CONSUMER = 4008
     """The client read too slowly and its outbound buffer overflowed."""

@@ -107,6 +107,8 @@ OldPassword = Annotated[str, Meta(min_length=1, max_length=256, pattern=PASSWORD
 """The current password, as it was set (any length a password could have)."""
 Role = Literal["owner", "admin", "member"]
 """A channel member's role; DMs have none."""
+WorkspaceRole = Literal["member", "admin"]
+"""A user's role in the workspace: admins administer every channel and the accounts (issue 15)."""
 InvitePolicy = Literal["anyone", "admins"]
 """Who may invite to a channel: any member, or only its owners and admins."""
 Purpose = Annotated[str, Meta(max_length=250, pattern=SINGLE_LINE_PATTERN)]
@@ -163,6 +165,8 @@ class User(Struct, kw_only=True, omit_defaults=True):
     avatar_url: str = ""
     searchable: bool = True
     """False: the user is left out of ``user.search`` (still readable with ``user.get``)."""
+    workspace_role: WorkspaceRole = "member"
+    """``admin``: a workspace admin (issue 15); left out for members."""
 
 
 class Retention(Struct, kw_only=True, omit_defaults=True):
@@ -542,6 +546,25 @@ class SessionEndAll(Request, tag="session.end_all"):
     """Log out everywhere: every token of the caller stops working and every connection closes."""
 
 
+class AdminDisableUser(Request, tag="admin.disable_user"):
+    """Workspace admins disable an account: its connections close (4004) on every instance, logins are refused."""
+
+    user_id: ObjectId
+
+
+class AdminEnableUser(Request, tag="admin.enable_user"):
+    """Workspace admins re-enable a disabled account: its user may log in again."""
+
+    user_id: ObjectId
+
+
+class AdminSetWorkspaceRole(Request, tag="admin.set_workspace_role"):
+    """Workspace admins make a user a workspace admin or a member again (never the last active admin)."""
+
+    user_id: ObjectId
+    role: WorkspaceRole
+
+
 class ConversationMarkRead(Request, tag="conversation.mark_read"):
     """The caller has read the conversation up to ``seq``: the read position only moves forward."""
 
@@ -596,6 +619,9 @@ AnyRequest = (
     | SessionEndAll
     | ConversationMarkRead
     | ConversationMute
+    | AdminDisableUser
+    | AdminEnableUser
+    | AdminSetWorkspaceRole
 )
 
 # ---------------------------------------------------------------------------
@@ -720,6 +746,19 @@ class MuteState(Struct, kw_only=True):
     muted: bool
 
 
+class Account(Struct, kw_only=True):
+    """A user's account as a workspace admin sees it (the admin.* results)."""
+
+    user_id: int
+    disabled_at: Timestamp | None
+    """When it was disabled; null: active."""
+    workspace_role: WorkspaceRole
+
+
+class AccountResult(Struct, kw_only=True):
+    account: Account
+
+
 RESULT_TYPES: dict[str, type[Struct]] = {
     "ping": Pong,
     "register": Session,
@@ -759,6 +798,9 @@ RESULT_TYPES: dict[str, type[Struct]] = {
     "session.end_all": Empty,
     "conversation.mark_read": ReadState,
     "conversation.mute": MuteState,
+    "admin.disable_user": AccountResult,
+    "admin.enable_user": AccountResult,
+    "admin.set_workspace_role": AccountResult,
 }
 """The result type of every request type."""
 

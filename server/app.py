@@ -22,6 +22,7 @@ from websockets.typing import Subprotocol
 from hubbub.protocol.errors import CloseCode
 from hubbub.protocol.frames import PROTOCOL_VERSION
 from hubbub.server import logs, tracing
+from hubbub.server.account_check import AccountCheck
 from hubbub.server.auth import Passwords, Tokens, load_or_create_dev_secret
 from hubbub.server.broker import Broker, InProcessBroker
 from hubbub.server.config import ConnectionConfig, Settings
@@ -83,6 +84,7 @@ class App:
         self._loop_lag: LoopLagMonitor | None = None
         self.retention: RetentionPurge | None = None
         """The retention purge (server/retention.py), once started."""
+        self._account_check: AccountCheck | None = None
         self._redis: redis.Redis | RedisCluster | None = None
         self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._inflight: set[asyncio.Task[None]] = set()
@@ -155,6 +157,14 @@ class App:
         self._keepalive.start()
         self._loop_lag = LoopLagMonitor(self.metrics.event_loop_lag, self.metrics.task_failed)
         self._loop_lag.start()
+        self._account_check = AccountCheck(
+            services.directory,
+            services.registry,
+            interval=s.admin.account_check_seconds,
+            lookback=s.admin.account_check_lookback_seconds,
+            on_failure=self.metrics.task_failed,
+        )
+        self._account_check.start()
         http = s.http
         self._origins = http.origins
         self._respond = make_process_request(services, http, lambda: len(self.sessions))
@@ -273,6 +283,8 @@ class App:
             await self._keepalive.stop()
         if self._loop_lag is not None:
             await self._loop_lag.stop()
+        if self._account_check is not None:
+            await self._account_check.stop()
         self.serving = False
         if self.server is not None:
             self.server.close()

@@ -97,12 +97,15 @@ class SessionsEnded(Struct, frozen=True):
     user_id: int
     generation: int
     """Connections whose session is of an older generation are closed (``CloseCode.SESSION_ENDED``)."""
+    disabled: bool = False
+    """The account was disabled (issue 15): closed with ``CloseCode.ACCOUNT_DISABLED`` instead.
+    Last, with a default: an instance that does not know it closes them all the same (4003)."""
 
 
-def sessions_ended_event(user_id: int, generation: int) -> Event:
+def sessions_ended_event(user_id: int, generation: int, *, disabled: bool = False) -> Event:
     """The event that closes ``user_id``'s connections of generations below ``generation``
     on every instance: addressed to the user's topic like any event to their devices."""
-    return Event(codec.encode(SessionsEnded(user_id, generation)), SESSIONS_ENDED, users=(user_id,))
+    return Event(codec.encode(SessionsEnded(user_id, generation, disabled)), SESSIONS_ENDED, users=(user_id,))
 
 
 def event_of(

@@ -14,6 +14,8 @@ check raises ApiError to refuse, and then nothing is stored.
 
 from __future__ import annotations
 
+import msgspec
+
 from hubbub.protocol.errors import ErrorCode
 from hubbub.server.errors import ApiError, not_found
 from hubbub.storage.base import AdminCheck
@@ -33,6 +35,17 @@ def administers(role: Role | None) -> bool:
 def require_admin(standing: Standing) -> None:
     if not administers(standing.actor):
         raise ApiError(ErrorCode.FORBIDDEN, "only the channel's owners and admins may do this")
+
+
+def as_workspace_admin(check: AdminCheck) -> AdminCheck:
+    """``check`` for a workspace admin (issue 15): they stand as an owner of every
+    channel, member or not, so they may do what an owner may, and the owners'
+    own rules (never the last owner) still hold."""
+
+    def checked(channel: ConversationRecord, standing: Standing) -> None:
+        check(channel, msgspec.structs.replace(standing, actor="owner"))
+
+    return checked
 
 
 def refuse_archived(channel: ConversationRecord) -> None:

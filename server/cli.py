@@ -1,4 +1,5 @@
-"""The ``hubbub`` command: ``hubbub serve`` (and ``python -m hubbub.server``).
+"""The ``hubbub`` command: ``hubbub serve`` (and ``python -m hubbub.server``),
+``migrate``, ``reindex``, ``settings`` and ``admin`` (server/admin/).
 
 Whatever goes wrong, stderr gets JSON lines only (server/logs.py): an invalid
 setting or flag is one ``invalid_settings`` / ``invalid_command_line`` line,
@@ -42,7 +43,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     add_flags(reindex_parser)
     commands.add_parser("settings", help="Print every setting with its default as a Markdown table.")
-    args = parser.parse_args(argv)
+    from hubbub.server import admin
+
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    admin.add_parser(commands, _Parser, full=arguments[:1] == ["admin"])
+    args = parser.parse_args(arguments)
     if args.command == "settings":
         print(settings_markdown(), end="")
         return 0
@@ -55,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(settings.process.log_level)
     if args.command == "migrate":
         return uvloop.run(migrate(settings))
+    if args.command == "admin":
+        return uvloop.run(admin.run(args, settings))
     if args.command == "reindex":
         from hubbub.server.reindex import reindex
 

@@ -258,6 +258,13 @@ class ProfilesConfig(msgspec.Struct, kw_only=True, frozen=True):
     user_search_max_limit: int
 
 
+class AdminConfig(msgspec.Struct, kw_only=True, frozen=True):
+    """Administration (issue 15): how soon a server notices an account disabled elsewhere."""
+
+    account_check_seconds: float
+    account_check_lookback_seconds: float
+
+
 class ProcessConfig(msgspec.Struct, kw_only=True, frozen=True):
     """The process as a whole: its files, logs, profile and shutdown."""
 
@@ -282,6 +289,7 @@ GROUPS: dict[str, type[msgspec.Struct]] = {
     "messages": MessagesConfig,
     "profiles": ProfilesConfig,
     "retention": RetentionConfig,
+    "admin": AdminConfig,
     "process": ProcessConfig,
 }
 """Each ``Settings`` attribute that is a component's config, and its type."""
@@ -457,6 +465,14 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=Tr
         Annotated[float, Meta(ge=0, le=5)],
         _doc("Presence changes heard by a connection within this window go out as one `presence.batch` (0: at once)."),
     ] = 0.1
+    account_check_seconds: Annotated[
+        PositiveFloat,
+        _doc("How often each server looks for accounts disabled elsewhere (`hubbub admin`) to close their sockets."),
+    ] = 2.0
+    account_check_lookback_seconds: Annotated[
+        PositiveFloat,
+        _doc("How far before its last check each check looks back: covers clocks apart and slow commits."),
+    ] = 60.0
     presence_ttl_seconds: Annotated[
         PositiveFloat, _doc("An instance silent this long is dead: its users go offline everywhere.")
     ] = 30.0
@@ -603,6 +619,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=Tr
     @functools.cached_property
     def retention(self) -> RetentionConfig:
         return _group(self, RetentionConfig)
+
+    @functools.cached_property
+    def admin(self) -> AdminConfig:
+        return _group(self, AdminConfig)
 
     @functools.cached_property
     def process(self) -> ProcessConfig:

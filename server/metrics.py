@@ -64,6 +64,7 @@ BACKGROUND_TASKS = (
     "group_commit",
     "event_loop_lag",
     "retention_purge",
+    "account_check",
 )
 """The ``task`` label values of hubbub_task_failures_total (storage/supervision.py);
 each series exists from start-up, at 0, so alerts on its increase work at once."""

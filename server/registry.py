@@ -52,8 +52,9 @@ class Recipient(Protocol):
     conversations: set[int]
     """The conversations routed to this connection; only the registry changes it."""
 
-    def end_session_before(self, generation: int) -> None:
-        """Close the connection (``CloseCode.SESSION_ENDED``) if its session is of an older token generation."""
+    def end_session_before(self, generation: int, *, disabled: bool = False) -> bool:
+        """Close the connection (``CloseCode.SESSION_ENDED``; ``ACCOUNT_DISABLED`` when
+        ``disabled``) if its session is of an older token generation; whether it did."""
 
     @property
     def outbound(self) -> Sender:
@@ -197,9 +198,14 @@ class Registry:
         self._count(event, count)
 
     def _end_sessions(self, ended: SessionsEnded) -> None:
+        self.end_sessions(ended.user_id, ended.generation, disabled=ended.disabled)
+
+    def end_sessions(self, user_id: int, generation: int, *, disabled: bool = False) -> int:
+        """Close this instance's connections of ``user_id`` whose session is of a
+        generation below ``generation``; how many it closed (server/account_check.py)."""
         # A copy: a connection that closes may leave the registry before this loop ends.
-        for recipient in list(self.by_user.get(ended.user_id, ())):
-            recipient.end_session_before(ended.generation)
+        recipients = list(self.by_user.get(user_id, ()))
+        return sum(recipient.end_session_before(generation, disabled=disabled) for recipient in recipients)
 
     def _count(self, event: Event, count: int) -> None:
         if count:

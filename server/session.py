@@ -106,12 +106,21 @@ class Session:
         if self.user is not None and self.user.id == user.id:
             self.user = user
 
-    def end_session_before(self, generation: int) -> None:
+    def end_session_before(self, generation: int, *, disabled: bool = False) -> bool:
         if self.user is None or self.user.token_generation >= generation:
-            return
+            return False
+        code, reason = (
+            (CloseCode.ACCOUNT_DISABLED, "account disabled")
+            if disabled
+            else (
+                CloseCode.SESSION_ENDED,
+                "session ended",
+            )
+        )
         # On the next loop turn: when this connection made the request that ended
         # its sessions (session.end_all), its reply is queued by then, and goes first.
-        asyncio.get_running_loop().call_soon(self.conn.close, CloseCode.SESSION_ENDED, "session ended")
+        asyncio.get_running_loop().call_soon(self.conn.close, code, reason)
+        return True
 
     @property
     def outbound(self) -> Connection:
@@ -223,6 +232,7 @@ class Session:
         """Make this connection the user's: route their conversations here."""
         if self.user is not None:
             if self.user.id == user.id:
+                self.user = user  # as stored now: a workspace role changed since applies from here
                 return
             raise ApiError(ErrorCode.FORBIDDEN, "this connection is authenticated as another user")
         self._check_connection_limit(user.id)

@@ -33,6 +33,8 @@ def user_view(u: UserRecord, now: int | None = None) -> frames.User:
         view.avatar_url = u.avatar_url
     if not u.searchable:
         view.searchable = False
+    if u.workspace_role != "member":
+        view.workspace_role = u.workspace_role
     if (u.status_text or u.status_emoji) and not _expired(u.status_expires_at, now):
         view.status_text, view.status_emoji, view.status_expires_at = u.status_text, u.status_emoji, u.status_expires_at
     return view

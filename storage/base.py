@@ -10,10 +10,11 @@ tests/test_message_changes_contract.py.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from hubbub.storage.records import (
     Appended,
+    AuditEntry,
     ChangesPage,
     ChannelEdit,
     ConversationRecord,
@@ -32,6 +33,7 @@ from hubbub.storage.records import (
     Standing,
     Unread,
     UserRecord,
+    WorkspaceRole,
 )
 
 AdminCheck = Callable[[ConversationRecord, Standing], None]
@@ -80,6 +82,18 @@ class Directory(Protocol):
 
     async def contacts_of(self, user_id: int) -> list[int]:
         """The user and everyone who shares a conversation with them, each once, in id order."""
+
+    # -- administration (``hubbub admin``, server/admin/) ----------------------
+
+    async def list_users(self, *, after_id: int, limit: int) -> list[UserRecord]:
+        """Every user (searchable or not) with an id above ``after_id``, the first ``limit`` in id order."""
+
+    async def list_channels(self, *, after_id: int, limit: int) -> list[ConversationRecord]:
+        """Every channel (private and archived too; no DM) with an id above
+        ``after_id``, the first ``limit`` in id order."""
+
+    async def channel_by_name(self, name: str) -> ConversationRecord | None:
+        """The channel of this name (names are unique among channels), archived or not."""
 
     async def set_password(self, user_id: int, password_hash: str) -> UserRecord | None:
         """Store a new password hash and raise the token generation (one write); None when no such user."""
@@ -178,6 +192,59 @@ class Directory(Protocol):
         """Conversations (channels and DMs) with an id above ``after_id``, the
         first ``limit`` in id order (the retention purge pages through them);
         with ``overridden_only``, only channels with a retention override."""
+
+    # -- administration (issue 15): accounts and the audit log ----------------
+    # Called by the server (admin.* frames) and by ``hubbub admin`` with no
+    # server running; servers notice a disabling through ``disabled_since``.
+
+    async def set_disabled(self, user_id: int, disabled: bool, now: int) -> UserRecord | None:
+        """Disable (``disabled_at`` = ``now``, and the token generation raised, so no
+        token issued before authenticates again) or re-enable (``disabled_at`` None) a
+        user; one that already is as asked is left as it is (a disabled one keeps its
+        first ``disabled_at``). A deleted account stays disabled. The user as stored,
+        None when no such user."""
+
+    async def disabled_since(self, ts: int, limit: int = 1000) -> list[UserRecord]:
+        """Users disabled at or after ``ts`` (ms) and still disabled, in ``disabled_at``
+        order, the first ``limit`` of them: what a server polls to close their
+        connections when the disabling was done elsewhere (the command line)."""
+
+    async def set_workspace_role(
+        self, user_id: int, role: WorkspaceRole, *, keep_an_admin: bool = False
+    ) -> UserRecord | None:
+        """Give the user ``role`` in the workspace; the user as stored, None when no
+        such user (or a deleted one). With ``keep_an_admin``, LastAdmin (nothing
+        changed) when that would leave no active (not disabled) admin, checked in
+        the transaction of the change, serialised with every other such change."""
+
+    async def workspace_admins(self) -> list[UserRecord]:
+        """Every user whose workspace role is ``admin``, disabled ones too, in id order."""
+
+    async def tombstone_user(self, now: int) -> UserRecord:
+        """The one user deleted accounts' messages are attributed to (username
+        ``deleted-user``, storage.rows.TOMBSTONE_USERNAME), created on first use: it
+        cannot log in, is not searchable, and is a member of nothing. Conflict when a
+        live account holds that username (registration refuses it since issue 15)."""
+
+    async def delete_user(self, user_id: int, now: int) -> UserRecord | None:
+        """Delete an account, in one transaction: its row stays as a tombstone (other
+        rows refer to its id: channels it created, reactions, pins) with its profile
+        gone: username ``deleted-<id>`` (the old one is free), display name
+        ``Deleted user``, status, time zone and avatar cleared, not searchable, a
+        password nothing verifies against, the token generation raised (every session
+        ends), disabled, a member of the workspace, ``deleted_at`` = ``now``. Every
+        membership is removed; in a channel where it was the only owner, the
+        remaining member who joined first (an admin before a member) becomes owner.
+        Its messages are not touched: ``MessageLog.reattribute`` moves them
+        (storage/accounts.py does both). Deleting a deleted account changes nothing.
+        The row as stored, None when no such user; Conflict (nothing changed) when
+        another account holds ``deleted-<id>`` (registered before issue 15 reserved it)."""
+
+    async def record_audit(self, actor_id: int | None, action: str, target: Mapping[str, Any], now: int) -> AuditEntry:
+        """Append an entry to the audit log: ``actor_id`` None is the command line."""
+
+    async def audit_entries(self, after_id: int, limit: int) -> list[AuditEntry]:
+        """The audit log's entries with an id above ``after_id``, oldest first, the first ``limit`` of them."""
 
 
 HistoryOrder = Literal["desc", "asc"]
@@ -295,3 +362,11 @@ class MessageLog(Protocol):
         The search index forgets the purged messages in the same step, and the
         conversation's ``Head.oldest_seq`` rises above them; seqs are never
         reused (the counters stay)."""
+
+    async def reattribute(self, sender_id: int, to_id: int, limit: int) -> int:
+        """Attribute up to ``limit`` of ``sender_id``'s messages to ``to_id``
+        (account deletion, issue 15), tombstones too; how many it moved (0: none
+        is left). Each moved message's ``client_msg_id`` becomes its own id, so
+        it stays unique per (conversation, sender) under the new sender; nothing
+        else changes and no revision is used (docs/operations.md, deleting an
+        account). One bounded transaction per call: call until it returns 0."""

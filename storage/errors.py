@@ -65,3 +65,7 @@ def describe(exc: BaseException) -> str:
         return exc.detail or type(exc).__name__
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class LastAdmin(Conflict):
+    """The change would leave the workspace without an active admin (Directory.set_workspace_role)."""

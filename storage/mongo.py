@@ -683,6 +683,36 @@ class MongoMessageLog:
         except PyMongoError as exc:
             raise _unavailable(exc) from exc
 
+    # Account deletion (issue 15): a sender's messages moved to the tombstone user.
+
+    async def sender_messages(self, sender_id: int, limit: int) -> list[tuple[int, int, str]]:
+        """(conversation id, seq, id) of up to ``limit`` of ``sender_id``'s messages.
+        No index leads with sender_id (one would cost every send): a scan, an
+        admin's one-off cost (docs/operations.md)."""
+        try:
+            cursor = self.messages.find({"sender_id": sender_id}, {"conversation_id": 1, "seq": 1}).limit(limit)
+            return [(int(d["conversation_id"]), int(d["seq"]), str(d["_id"])) async for d in cursor]
+        except PyMongoError as exc:
+            raise _unavailable(exc) from exc
+
+    async def move_messages(self, message_ids: Sequence[str], sender_id: int, to_id: int) -> int:
+        """Attribute those of ``message_ids`` still sent by ``sender_id`` to ``to_id``
+        (``client_msg_id`` becomes the message id); how many it moved."""
+        if not message_ids:
+            return 0
+        try:
+            result = await self.messages.update_many(
+                {"_id": {"$in": list(message_ids)}, "sender_id": sender_id},
+                [{"$set": {"sender_id": to_id, "client_msg_id": "$_id"}}],
+            )
+        except PyMongoError as exc:
+            raise _unavailable(exc) from exc
+        return int(result.modified_count)
+
+    async def reattribute(self, sender_id: int, to_id: int, limit: int) -> int:
+        found = await self.sender_messages(sender_id, limit)
+        return await self.move_messages([message_id for _, _, message_id in found], sender_id, to_id)
+
     async def search(self, query: MessageQuery) -> list[SearchHit]:
         """Search without an index: the conversations' messages newest first,
         each checked with protocol.search.matches, until a page is found (or

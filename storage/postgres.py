@@ -22,11 +22,12 @@ from asyncpg.pool import PoolConnectionProxy
 from hubbub.protocol.search import index_text
 from hubbub.storage.base import AdminCheck, Directory, HistoryOrder, MessageChange, MessageLog
 from hubbub.storage.batching import GroupCommit, Stored, by_conversation
-from hubbub.storage.errors import Conflict, StoreUnavailable, describe
+from hubbub.storage.errors import Conflict, LastAdmin, StoreUnavailable, describe
 from hubbub.storage.pool_usage import PoolUsage, asyncpg_usage, counted_acquire
 from hubbub.storage.records import (
     REPLIERS_KEPT,
     Appended,
+    AuditEntry,
     ChangesPage,
     ChannelEdit,
     ConversationRecord,
@@ -44,20 +45,29 @@ from hubbub.storage.records import (
     SearchPosition,
     Unread,
     UserRecord,
+    WorkspaceRole,
 )
 from hubbub.storage.replica import ReplicaRoute
 from hubbub.storage.rows import (
     CONVERSATION_COLUMNS,
+    DELETE_USER_SQL,
+    HAND_OVER_OWNERSHIP_SQL,
     MEMBERSHIP_COLUMNS,
     MESSAGE_COLUMNS,
     MESSAGE_STATE_COLUMNS,
     NO_SEQ_ABOVE,
     NO_SEQ_BELOW,
     STANDING_SQL,
+    TOMBSTONE_SQL,
+    TOMBSTONE_USERNAME,
     USER_COLUMNS,
+    audit_record,
+    audit_target,
     channel_assignments,
     conversation_record,
     count_below,
+    deleted_user_values,
+    deleted_username,
     dm_key,
     expired_prefix,
     history_sql,
@@ -73,6 +83,7 @@ from hubbub.storage.rows import (
     search_key,
     seq_range,
     standing,
+    tombstone_values,
     user_record,
 )
 from hubbub.storage.search_sql import parse_ts_position, ts_position, tsquery
@@ -364,6 +375,33 @@ class PostgresDirectory:
         start = max(low, key)
         rows = await self._replica(lambda c: c.fetch(SEARCH_USERS_SQL, low, high, key, username, limit, start))
         return [user_record(r) for r in rows]
+
+    # The primary for administration: an operator acts on what was just written.
+
+    async def list_users(self, *, after_id: int, limit: int) -> list[UserRecord]:
+        rows = await self._primary(
+            lambda c: c.fetch(f"SELECT {USER_COLUMNS} FROM users WHERE id > $1 ORDER BY id LIMIT $2", after_id, limit)
+        )
+        return [user_record(r) for r in rows]
+
+    async def list_channels(self, *, after_id: int, limit: int) -> list[ConversationRecord]:
+        rows = await self._primary(
+            lambda c: c.fetch(
+                f"SELECT {CONVERSATION_COLUMNS} FROM conversations c"
+                " WHERE c.kind = 'channel' AND c.id > $1 ORDER BY c.id LIMIT $2",
+                after_id,
+                limit,
+            )
+        )
+        return [conversation_record(r) for r in rows]
+
+    async def channel_by_name(self, name: str) -> ConversationRecord | None:
+        row = await self._primary(
+            lambda c: c.fetchrow(
+                f"SELECT {CONVERSATION_COLUMNS} FROM conversations c WHERE c.kind = 'channel' AND c.name = $1", name
+            )
+        )
+        return conversation_record(row) if row else None
 
     async def contacts_of(self, user_id: int) -> list[int]:
         rows = await self._primary(
@@ -716,9 +754,143 @@ class PostgresDirectory:
         )
         return [conversation_record(r) for r in rows]
 
+    # -- administration (issue 15) --------------------------------------------
+
+    async def set_disabled(self, user_id: int, disabled: bool, now: int) -> UserRecord | None:
+        async def set_(c: Conn) -> Record | None:
+            async with c.transaction():
+                if disabled:
+                    await c.execute(
+                        "UPDATE users SET disabled_at = coalesce(disabled_at, $2),"
+                        " token_generation = token_generation + (disabled_at IS NULL)::int WHERE id = $1",
+                        user_id,
+                        now,
+                    )
+                else:
+                    await c.execute("UPDATE users SET disabled_at = NULL WHERE id = $1 AND deleted_at IS NULL", user_id)
+                return await c.fetchrow(_GET_USER_SQL, user_id)
+
+        row = await self._primary(set_, write=True)
+        return user_record(row) if row else None
+
+    async def disabled_since(self, ts: int, limit: int = 1000) -> list[UserRecord]:
+        rows = await self._primary(
+            lambda c: c.fetch(
+                f"SELECT {USER_COLUMNS} FROM users WHERE disabled_at >= $1 ORDER BY disabled_at, id LIMIT $2",
+                ts,
+                limit,
+            )
+        )
+        return [user_record(r) for r in rows]
+
+    async def set_workspace_role(
+        self, user_id: int, role: WorkspaceRole, *, keep_an_admin: bool = False
+    ) -> UserRecord | None:
+        async def set_(c: Conn) -> Record | None:
+            async with c.transaction():
+                # Every workspace role change takes this lock first, so two admins
+                # demoting each other at once cannot both pass the count.
+                await c.execute("SELECT pg_advisory_xact_lock($1)", WORKSPACE_ROLE_LOCK_ID)
+                row = await c.fetchrow(_GET_USER_SQL + " FOR UPDATE", user_id)
+                if row is None or row["deleted_at"] is not None:
+                    return None
+                if keep_an_admin and role != "admin" and row["workspace_role"] == "admin":
+                    others = await c.fetchval(
+                        "SELECT count(*) FROM users WHERE workspace_role = 'admin' AND id <> $1"
+                        " AND disabled_at IS NULL",
+                        user_id,
+                    )
+                    if others == 0:
+                        raise LastAdmin(f"user {user_id} is the workspace's last active admin")
+                return await c.fetchrow(
+                    f"UPDATE users SET workspace_role = $2 WHERE id = $1 RETURNING {USER_COLUMNS}", user_id, role
+                )
+
+        row = await self._primary(set_, write=True)
+        return user_record(row) if row else None
+
+    async def workspace_admins(self) -> list[UserRecord]:
+        rows = await self._primary(
+            lambda c: c.fetch(f"SELECT {USER_COLUMNS} FROM users WHERE workspace_role = 'admin' ORDER BY id")
+        )
+        return [user_record(r) for r in rows]
+
+    async def tombstone_user(self, now: int) -> UserRecord:
+        async def get_or_create(c: Conn) -> Record | None:
+            async with c.transaction():
+                await c.execute(_TOMBSTONE_SQL, *tombstone_values(now))
+                return await c.fetchrow(f"SELECT {USER_COLUMNS} FROM users WHERE username = $1", TOMBSTONE_USERNAME)
+
+        row = await self._primary(get_or_create, write=True)
+        if row is None:
+            raise RuntimeError("the tombstone user was neither created nor found")
+        user = user_record(row)
+        if user.deleted_at is None:
+            raise Conflict(f"username {TOMBSTONE_USERNAME!r} is held by a live account ({user.id})")
+        return user
+
+    async def delete_user(self, user_id: int, now: int) -> UserRecord | None:
+        async def delete(c: Conn) -> Record | None:
+            async with c.transaction():
+                row = await c.fetchrow(_GET_USER_SQL + " FOR UPDATE", user_id)
+                if row is None or row["deleted_at"] is not None:
+                    return row
+                # The channels' rows first, in id order, as every channel
+                # administration change locks them (_checked): the ownership
+                # hand-over sees, and is seen by, every such change.
+                await c.execute(
+                    "SELECT 1 FROM conversations WHERE id IN (SELECT conversation_id FROM memberships"
+                    " WHERE user_id = $1) ORDER BY id FOR NO KEY UPDATE",
+                    user_id,
+                )
+                await c.execute(_HAND_OVER_OWNERSHIP_SQL, user_id)
+                await c.execute("DELETE FROM memberships WHERE user_id = $1", user_id)
+                await c.execute(_DELETE_USER_SQL, *deleted_user_values(user_id, now))
+                return await c.fetchrow(_GET_USER_SQL, user_id)
+
+        try:
+            row = await self._primary(delete, write=True)
+        except asyncpg.UniqueViolationError:  # an account from before issue 15 registered as deleted-<id>
+            raise Conflict(f"username {deleted_username(user_id)!r} is taken") from None
+        return user_record(row) if row else None
+
+    async def record_audit(self, actor_id: int | None, action: str, target: Mapping[str, Any], now: int) -> AuditEntry:
+        row = await self._primary(
+            lambda c: c.fetchrow(
+                "INSERT INTO audit_log (ts, actor_id, action, target) VALUES ($1, $2, $3, $4::jsonb)"
+                " RETURNING id, ts, actor_id, action, target::text",
+                now,
+                actor_id,
+                action,
+                audit_target(target),
+            ),
+            write=True,
+        )
+        if row is None:
+            raise RuntimeError("INSERT INTO audit_log ... RETURNING gave no row")
+        return audit_record(row)
+
+    async def audit_entries(self, after_id: int, limit: int) -> list[AuditEntry]:
+        rows = await self._primary(
+            lambda c: c.fetch(
+                "SELECT id, ts, actor_id, action, target::text FROM audit_log WHERE id > $1 ORDER BY id LIMIT $2",
+                after_id,
+                limit,
+            )
+        )
+        return [audit_record(r) for r in rows]
+
 
 _OVERRIDDEN = " AND (c.retention_max_age_days > 0 OR c.retention_max_messages > 0)"
 """The channels with a retention override (the partial index conversations_retention, migration 0009)."""
+
+
+WORKSPACE_ROLE_LOCK_ID = 0x48554243
+"""The transaction advisory lock serialising workspace role changes (the last-admin rule)."""
+_GET_USER_SQL = f"SELECT {USER_COLUMNS} FROM users WHERE id = $1"
+_TOMBSTONE_SQL = TOMBSTONE_SQL.format("$1", "$2", "$3", "$4", "$5")
+_HAND_OVER_OWNERSHIP_SQL = HAND_OVER_OWNERSHIP_SQL.format("$1")
+_DELETE_USER_SQL = DELETE_USER_SQL.format("$1", "$2", "$3", "$4", "$5", "$6")
 
 
 MARK_READ_SQL = (
@@ -915,6 +1087,22 @@ class PostgresMessageLog:
             )
             for r in rows
         }
+
+    async def reattribute(self, sender_id: int, to_id: int, limit: int) -> int:
+        # No index leads with sender_id (one would cost every send): each call
+        # scans for its batch, an admin's one-off cost (docs/operations.md).
+        status = await _run(
+            self.pools.primary,
+            lambda c: c.execute(
+                "UPDATE messages SET sender_id = $2, client_msg_id = id WHERE (conversation_id, seq) IN"
+                " (SELECT conversation_id, seq FROM messages WHERE sender_id = $1 LIMIT $3)",
+                sender_id,
+                to_id,
+                limit,
+            ),
+            retry=False,
+        )
+        return int(status.split()[-1])
 
     async def search(self, query: MessageQuery) -> list[SearchHit]:
         sql, args = search_statement(query, self.search_config, "messages")

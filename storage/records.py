@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from msgspec import Struct
 
@@ -10,6 +10,11 @@ from hubbub.protocol.search import Term
 
 MentionAll = Literal["channel", "here"]
 """A channel-wide mention: ``@channel`` (every member) or ``@here`` (every member online)."""
+
+
+WorkspaceRole = Literal["member", "admin"]
+"""A user's role in the workspace (issue 15): admins administer every channel and the accounts."""
+WORKSPACE_ROLES: tuple[WorkspaceRole, ...] = ("member", "admin")
 
 
 class UserRecord(Struct, kw_only=True, frozen=True):
@@ -33,6 +38,14 @@ class UserRecord(Struct, kw_only=True, frozen=True):
     token_generation: int = 0
     """Tokens issued under an older generation no longer authenticate: a
     password change or "log out everywhere" raises it (server/auth.py)."""
+    # Administration (issue 15); the defaults are what the migration gives existing rows.
+    disabled_at: int | None = None
+    """When an admin disabled the account (ms); None: active. A disabled user
+    cannot log in or authenticate, and their connections are closed."""
+    workspace_role: WorkspaceRole = "member"
+    """``admin``: a workspace admin (docs/operations.md, Administration)."""
+    deleted_at: int | None = None
+    """When the account was deleted (ms): the row is a tombstone (``Directory.delete_user``)."""
 
 
 class Status(Struct, kw_only=True, frozen=True):
@@ -313,3 +326,18 @@ class SearchHit(Struct, kw_only=True, frozen=True):
 
 class InvalidPosition(ValueError):
     """A ``MessageQuery.after`` that is no position of this store (a forged or foreign cursor)."""
+
+
+class AuditEntry(Struct, kw_only=True, frozen=True):
+    """One row of the audit log (issue 15): who did what to what, and when."""
+
+    id: int
+    """Increasing in the order entries were recorded: ``Directory.audit_entries`` pages by it."""
+    ts: int
+    """When (ms)."""
+    actor_id: int | None
+    """The workspace admin who did it; None: the command line (``hubbub admin``)."""
+    action: str
+    """What, e.g. ``user.disable`` (docs/operations.md lists them)."""
+    target: dict[str, Any]
+    """What it was done to and with, e.g. ``{"user_id": 7}``: a JSON object."""

@@ -12,13 +12,14 @@ here too, beside the others.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import msgspec
 
 from hubbub.storage.base import HistoryOrder
 from hubbub.storage.records import (
+    AuditEntry,
     ChannelEdit,
     ConversationRecord,
     Membership,
@@ -43,7 +44,8 @@ class Row(Protocol):
 
 USER_COLUMNS = (
     "id, username, display_name, password_hash, created_at, last_seen_at,"
-    " status_text, status_emoji, status_expires_at, time_zone, avatar_url, searchable, token_generation"
+    " status_text, status_emoji, status_expires_at, time_zone, avatar_url, searchable, token_generation,"
+    " disabled_at, workspace_role, deleted_at"
 )
 CONVERSATION_FIELDS = (
     "id, kind, name, topic, private, created_by, created_at, purpose, archived, invite_policy, dm_name,"
@@ -86,7 +88,79 @@ def user_record(row: Row) -> UserRecord:
         avatar_url=row[10],
         searchable=bool(row[11]),
         token_generation=row[12],
+        disabled_at=row[13],
+        workspace_role=row[14],
+        deleted_at=row[15],
     )
+
+
+AUDIT_COLUMNS = "id, ts, actor_id, action, target"
+"""An audit log row (``audit_record``); ``target`` is JSON text (SQLite) or jsonb read as text (PostgreSQL)."""
+
+
+def audit_record(row: Row) -> AuditEntry:
+    """A row of ``AUDIT_COLUMNS``."""
+    target = msgspec.json.decode(row[4])
+    return AuditEntry(id=row[0], ts=row[1], actor_id=row[2], action=row[3], target=target)
+
+
+def audit_target(target: Mapping[str, Any]) -> str:
+    """An audit entry's target as the JSON text both SQL backends store."""
+    return msgspec.json.encode(dict(target)).decode()
+
+
+TOMBSTONE_USERNAME = "deleted-user"
+"""The one user every deleted account's messages are attributed to (Directory.tombstone_user)."""
+DELETED_DISPLAY_NAME = "Deleted user"
+"""The display name of a deleted account's row and of the tombstone user."""
+UNUSABLE_PASSWORD_HASH = "!"
+"""No password verifies against it: argon2 refuses it as a hash (server/auth.py)."""
+RESERVED_USERNAME_PREFIX = "deleted-"
+"""Usernames of deleted accounts (``deleted-<id>``) and the tombstone user: never registered."""
+
+
+def deleted_username(user_id: int) -> str:
+    """The username a deleted account's row keeps, freeing its own."""
+    return f"{RESERVED_USERNAME_PREFIX}{user_id}"
+
+
+TOMBSTONE_SQL = (
+    "INSERT INTO users (username, display_name, search_name, password_hash, created_at, searchable,"
+    " disabled_at, deleted_at) VALUES ({0}, {1}, {2}, {3}, {4}, FALSE, {4}, {4}) ON CONFLICT (username) DO NOTHING"
+)
+"""Create the tombstone user unless its username is taken (``tombstone_values``: $1..$5)."""
+
+
+def tombstone_values(now: int) -> tuple[str, str, str, str, int]:
+    return TOMBSTONE_USERNAME, DELETED_DISPLAY_NAME, search_key(DELETED_DISPLAY_NAME), UNUSABLE_PASSWORD_HASH, now
+
+
+HAND_OVER_OWNERSHIP_SQL = (
+    "UPDATE memberships SET role = 'owner' WHERE (conversation_id, user_id) IN ("
+    " SELECT m.conversation_id, (SELECT o.user_id FROM memberships o"
+    "  WHERE o.conversation_id = m.conversation_id AND o.user_id <> {0}"
+    "  ORDER BY o.role = 'admin' DESC, o.joined_at, o.user_id LIMIT 1)"
+    " FROM memberships m JOIN conversations c ON c.id = m.conversation_id"
+    " WHERE m.user_id = {0} AND m.role = 'owner' AND c.kind = 'channel' AND NOT EXISTS ("
+    "  SELECT 1 FROM memberships x WHERE x.conversation_id = m.conversation_id AND x.role = 'owner'"
+    "  AND x.user_id <> {0}))"
+)
+"""Before user {0} leaves every channel (Directory.delete_user): where they are the
+only owner, the remaining member who joined first, an admin before a member, becomes
+owner (as the roles migration chose owners), so no channel with members is left
+without one."""
+DELETE_USER_SQL = (
+    "UPDATE users SET username = {1}, display_name = {2}, search_name = {3}, password_hash = {4},"
+    " status_text = '', status_emoji = '', status_expires_at = NULL, time_zone = '', avatar_url = '',"
+    " searchable = FALSE, token_generation = token_generation + 1, disabled_at = coalesce(disabled_at, {5}),"
+    " workspace_role = 'member', deleted_at = {5} WHERE id = {0}"
+)
+"""Make user {0}'s row a deleted account's tombstone (``deleted_user_values``: $1..$6)."""
+
+
+def deleted_user_values(user_id: int, now: int) -> tuple[int, str, str, str, str, int]:
+    name = DELETED_DISPLAY_NAME
+    return user_id, deleted_username(user_id), name, search_key(name), UNUSABLE_PASSWORD_HASH, now
 
 
 def search_key(display_name: str) -> str:

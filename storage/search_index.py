@@ -109,6 +109,21 @@ class PostgresSearchIndex:
             retry=False,
         )
 
+    async def move(self, keys: Sequence[tuple[int, int]], to_id: int) -> None:
+        """Index rows of these (conversation id, seq) get sender ``to_id`` (account deletion)."""
+        if keys:
+            await _run(
+                self.pools.primary,
+                lambda c: c.execute(
+                    "UPDATE message_search SET sender_id = $3 WHERE (conversation_id, seq) IN"
+                    " (SELECT * FROM unnest($1::bigint[], $2::bigint[]))",
+                    [k[0] for k in keys],
+                    [k[1] for k in keys],
+                    to_id,
+                ),
+                retry=False,
+            )
+
     async def find(self, query: MessageQuery) -> list[Record]:
         """Index rows of the hits: conversation_id, seq, id, sender_id, ts, edited_ts."""
         sql, args = search_statement(query, self.search_config, "message_search")
@@ -190,6 +205,13 @@ class IndexedMessageLog:
 
     async def unread(self, user_id: int, positions: Mapping[int, int | None], cap: int) -> dict[int, Unread]:
         return await self.log.unread(user_id, positions, cap)
+
+    async def reattribute(self, sender_id: int, to_id: int, limit: int) -> int:
+        # The index first: should MongoDB's write fail after it, the messages are
+        # still the sender's, and the next call moves both again.
+        found = await self.log.sender_messages(sender_id, limit)
+        await self.index.move([(cid, seq) for cid, seq, _ in found], to_id)
+        return await self.log.move_messages([message_id for _, _, message_id in found], sender_id, to_id)
 
     async def search(self, query: MessageQuery) -> list[SearchHit]:
         hits: list[SearchHit] = []

@@ -28,9 +28,10 @@ import msgspec
 from hubbub.protocol.search import index_text
 from hubbub.storage.base import AdminCheck, Directory, HistoryOrder, MessageChange, MessageLog
 from hubbub.storage.batching import GroupCommit, one_group
-from hubbub.storage.errors import Conflict, StoreUnavailable
+from hubbub.storage.errors import Conflict, LastAdmin, StoreUnavailable
 from hubbub.storage.records import (
     Appended,
+    AuditEntry,
     ChangesPage,
     ChannelEdit,
     ConversationRecord,
@@ -48,20 +49,30 @@ from hubbub.storage.records import (
     SearchPosition,
     Unread,
     UserRecord,
+    WorkspaceRole,
 )
 from hubbub.storage.rows import (
+    AUDIT_COLUMNS,
     CONVERSATION_COLUMNS,
     CONVERSATION_FIELDS,
+    DELETE_USER_SQL,
+    HAND_OVER_OWNERSHIP_SQL,
     MEMBERSHIP_COLUMNS,
     MESSAGE_COLUMNS,
     MESSAGE_STATE_COLUMNS,
     NO_SEQ_ABOVE,
     NO_SEQ_BELOW,
     STANDING_SQL,
+    TOMBSTONE_SQL,
+    TOMBSTONE_USERNAME,
     USER_COLUMNS,
+    audit_record,
+    audit_target,
     channel_assignments,
     conversation_record,
     count_below,
+    deleted_user_values,
+    deleted_username,
     dm_key,
     expired_prefix,
     history_sql,
@@ -77,6 +88,7 @@ from hubbub.storage.rows import (
     search_key,
     seq_range,
     standing,
+    tombstone_values,
     user_record,
 )
 from hubbub.storage.search_sql import SQLITE_ROWID_TS_SHIFT, fts5_match, sqlite_position, sqlite_rowid_base
@@ -144,6 +156,27 @@ has an override (0 follows the server's settings), and no conversation has had
 a message purged (``purged_seq`` 0: the oldest retained seq is 1). The
 partial index lists the channels with an override, which the purge reads when
 the server's own retention is off. PostgreSQL's is migrations/postgres/0009_retention.sql."""
+ADMIN_MIGRATION = """
+    ALTER TABLE users ADD COLUMN disabled_at INTEGER;
+    ALTER TABLE users ADD COLUMN workspace_role TEXT NOT NULL DEFAULT 'member'
+        CHECK (workspace_role IN ('member', 'admin'));
+    ALTER TABLE users ADD COLUMN deleted_at INTEGER;
+    CREATE INDEX users_disabled ON users(disabled_at) WHERE disabled_at IS NOT NULL;
+    CREATE INDEX users_workspace_admins ON users(id) WHERE workspace_role = 'admin';
+    CREATE TABLE audit_log (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts INTEGER NOT NULL,
+        actor_id INTEGER,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL
+    )
+"""
+"""Administration (issue 15), self-contained so it can be renumbered: every
+existing user is active (``disabled_at`` NULL), a workspace member and not
+deleted; the audit log starts empty. ``users_disabled`` serves the servers'
+poll (Directory.disabled_since), ``users_workspace_admins`` the last-admin
+check. AUTOINCREMENT: an entry's id is never reused, so paging by it is
+stable. PostgreSQL's is migrations/postgres/0010_administration.sql."""
 
 # Each entry migrates the schema from version i to i+1 (PRAGMA user_version).
 MIGRATIONS: tuple[str, ...] = (
@@ -255,6 +288,8 @@ MIGRATIONS: tuple[str, ...] = (
     SEARCH_MIGRATION,
     # Retention (issue 15): RETENTION_MIGRATION, kept whole in one place for renumbering.
     RETENTION_MIGRATION,
+    # Administration (issue 15): ADMIN_MIGRATION, kept whole in one place for renumbering.
+    ADMIN_MIGRATION,
 )
 
 
@@ -466,6 +501,32 @@ class SqliteDirectory:
             params.update(start=max(low, after.key), key=after.key, username=after.username)
         rows = await self.db.run(lambda c: c.execute(SEARCH_USERS_SQL, params).fetchall())
         return [user_record(r) for r in rows]
+
+    async def list_users(self, *, after_id: int, limit: int) -> list[UserRecord]:
+        rows = await self.db.run(
+            lambda c: c.execute(
+                f"SELECT {USER_COLUMNS} FROM users WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
+            ).fetchall()
+        )
+        return [user_record(r) for r in rows]
+
+    async def list_channels(self, *, after_id: int, limit: int) -> list[ConversationRecord]:
+        rows = await self.db.run(
+            lambda c: c.execute(
+                f"SELECT {CONVERSATION_COLUMNS} FROM conversations c"
+                " WHERE c.kind = 'channel' AND c.id > ? ORDER BY c.id LIMIT ?",
+                (after_id, limit),
+            ).fetchall()
+        )
+        return [conversation_record(r) for r in rows]
+
+    async def channel_by_name(self, name: str) -> ConversationRecord | None:
+        row = await self.db.run(
+            lambda c: c.execute(
+                f"SELECT {CONVERSATION_COLUMNS} FROM conversations c WHERE c.kind = 'channel' AND c.name = ?", (name,)
+            ).fetchone()
+        )
+        return conversation_record(row) if row else None
 
     async def contacts_of(self, user_id: int) -> list[int]:
         rows = await self.db.run(
@@ -765,9 +826,118 @@ class SqliteDirectory:
         )
         return [conversation_record(r) for r in rows]
 
+    # -- administration (issue 15) --------------------------------------------
+
+    async def set_disabled(self, user_id: int, disabled: bool, now: int) -> UserRecord | None:
+        if disabled:
+            sql = (
+                "UPDATE users SET disabled_at = coalesce(disabled_at, :now),"
+                " token_generation = token_generation + (disabled_at IS NULL) WHERE id = :id"
+            )
+        else:
+            sql = "UPDATE users SET disabled_at = NULL WHERE id = :id AND deleted_at IS NULL"
+
+        def set_(c: sqlite3.Connection) -> UserRecord | None:
+            c.execute(sql, {"id": user_id, "now": now})
+            return _user(c, user_id)
+
+        return await self.db.transaction(set_)
+
+    async def disabled_since(self, ts: int, limit: int = 1000) -> list[UserRecord]:
+        rows = await self.db.run(
+            lambda c: c.execute(
+                f"SELECT {USER_COLUMNS} FROM users INDEXED BY users_disabled"
+                " WHERE disabled_at >= ? ORDER BY disabled_at, id LIMIT ?",
+                (ts, limit),
+            ).fetchall()
+        )
+        return [user_record(r) for r in rows]
+
+    async def set_workspace_role(
+        self, user_id: int, role: WorkspaceRole, *, keep_an_admin: bool = False
+    ) -> UserRecord | None:
+        def set_(c: sqlite3.Connection) -> UserRecord | None:
+            # BEGIN IMMEDIATE: the one writer, so no other change slips between the count and the update.
+            user = _user(c, user_id)
+            if user is None or user.deleted_at is not None:
+                return None
+            if keep_an_admin and role != "admin" and user.workspace_role == "admin":
+                (others,) = c.execute(
+                    "SELECT count(*) FROM users INDEXED BY users_workspace_admins"
+                    " WHERE workspace_role = 'admin' AND id != ? AND disabled_at IS NULL",
+                    (user_id,),
+                ).fetchone()
+                if others == 0:
+                    raise LastAdmin(f"user {user_id} is the workspace's last active admin")
+            c.execute("UPDATE users SET workspace_role = ? WHERE id = ?", (role, user_id))
+            return _user(c, user_id)
+
+        return await self.db.transaction(set_)
+
+    async def workspace_admins(self) -> list[UserRecord]:
+        rows = await self.db.run(
+            lambda c: c.execute(
+                f"SELECT {USER_COLUMNS} FROM users WHERE workspace_role = 'admin' ORDER BY id"
+            ).fetchall()
+        )
+        return [user_record(r) for r in rows]
+
+    async def tombstone_user(self, now: int) -> UserRecord:
+        def get_or_create(c: sqlite3.Connection) -> UserRecord:
+            c.execute(_INSERT_TOMBSTONE_SQL, tombstone_values(now))
+            row = c.execute(f"SELECT {USER_COLUMNS} FROM users WHERE username = ?", (TOMBSTONE_USERNAME,)).fetchone()
+            return user_record(row)
+
+        user = await self.db.transaction(get_or_create)
+        if user.deleted_at is None:
+            raise Conflict(f"username {TOMBSTONE_USERNAME!r} is held by a live account ({user.id})")
+        return user
+
+    async def delete_user(self, user_id: int, now: int) -> UserRecord | None:
+        def delete(c: sqlite3.Connection) -> UserRecord | None:
+            user = _user(c, user_id)
+            if user is None or user.deleted_at is not None:
+                return user
+            c.execute(_HAND_OVER_OWNERSHIP_SQL, (user_id,))
+            c.execute("DELETE FROM memberships WHERE user_id = ?", (user_id,))
+            c.execute(_DELETE_USER_SQL, deleted_user_values(user_id, now))
+            return _user(c, user_id)
+
+        try:
+            return await self.db.transaction(delete)
+        except sqlite3.IntegrityError:  # an account from before issue 15 registered as deleted-<id>
+            raise Conflict(f"username {deleted_username(user_id)!r} is taken") from None
+
+    async def record_audit(self, actor_id: int | None, action: str, target: Mapping[str, Any], now: int) -> AuditEntry:
+        row = await self.db.transaction(
+            lambda c: c.execute(
+                f"INSERT INTO audit_log (ts, actor_id, action, target) VALUES (?, ?, ?, ?) RETURNING {AUDIT_COLUMNS}",
+                (now, actor_id, action, audit_target(target)),
+            ).fetchone()
+        )
+        return audit_record(row)
+
+    async def audit_entries(self, after_id: int, limit: int) -> list[AuditEntry]:
+        rows = await self.db.run(
+            lambda c: c.execute(
+                f"SELECT {AUDIT_COLUMNS} FROM audit_log WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
+            ).fetchall()
+        )
+        return [audit_record(r) for r in rows]
+
 
 _OVERRIDDEN = " AND (c.retention_max_age_days > 0 OR c.retention_max_messages > 0)"
 """The channels with a retention override (the partial index conversations_retention)."""
+
+
+def _user(c: sqlite3.Connection, user_id: int) -> UserRecord | None:
+    row = c.execute(f"SELECT {USER_COLUMNS} FROM users WHERE id = ?", (user_id,)).fetchone()
+    return user_record(row) if row else None
+
+
+_INSERT_TOMBSTONE_SQL = TOMBSTONE_SQL.format("?1", "?2", "?3", "?4", "?5")
+_HAND_OVER_OWNERSHIP_SQL = HAND_OVER_OWNERSHIP_SQL.format("?1")
+_DELETE_USER_SQL = DELETE_USER_SQL.format("?1", "?2", "?3", "?4", "?5", "?6")
 
 
 def _checked(
@@ -878,6 +1048,19 @@ class SqliteMessageLog:
                 _purge, conversation_id=conversation_id, before_ts=before_ts, keep_last=keep_last, limit=limit
             )
         )
+
+    async def reattribute(self, sender_id: int, to_id: int, limit: int) -> int:
+        # No index leads with sender_id (one would cost every send): each call
+        # scans for its batch, an admin's one-off cost (docs/operations.md).
+        cur = await self.db.transaction(
+            lambda c: c.execute(
+                "UPDATE messages SET sender_id = :to, client_msg_id = id WHERE (conversation_id, seq) IN"
+                " (SELECT conversation_id, seq FROM messages WHERE sender_id = :sender LIMIT :limit)",
+                {"to": to_id, "sender": sender_id, "limit": limit},
+            )
+        )
+        moved: int = cur.rowcount
+        return moved
 
 
 UNREAD_SQL = (

@@ -153,6 +153,9 @@ NEEDS_AUTH: dict[str, dict[str, Any]] = {
     "session.end_all": {},
     "conversation.mark_read": {"conversation_id": 1, "seq": 0},
     "conversation.mute": {"conversation_id": 1, "muted": True},
+    "admin.disable_user": {"user_id": 1},
+    "admin.enable_user": {"user_id": 1},
+    "admin.set_workspace_role": {"user_id": 1, "role": "admin"},
 }
 
 

@@ -28,6 +28,7 @@ import redis.asyncio as redis
 import hubbub.storage.sqlite
 from hubbub.protocol import frames
 from hubbub.protocol.client import Client, ServerError
+from hubbub.protocol.errors import CloseCode
 from hubbub.server import logs
 from hubbub.server.app import App
 from hubbub.storage.records import NewMessage
@@ -450,6 +451,26 @@ async def test_group_commit_survives_a_failing_batch(
     await assert_batch_failure_answers_unavailable_then_recovers(
         server, lambda: failures(server.app, "group_commit"), json_log, 4.0
     )
+
+
+# -- the account check (server/account_check.py) -----------------------------------
+
+
+async def test_the_account_check_survives_a_failing_check(
+    make_server: ServerFactory, json_log: JsonLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = await make_server(account_check_seconds=0.05)
+    services = server.app.services
+    assert services is not None
+    calls = fail_once(services.registry, "end_sessions", monkeypatch)
+    first = await server.user()
+    await services.directory.set_disabled(uid(first), True, int(time.time() * 1000))
+    # The failed check is retried from where the last good one started: the user is still found.
+    await asyncio.wait_for(first.ws.wait_closed(), WAIT)
+    assert first.ws.close_code == CloseCode.ACCOUNT_DISABLED
+    assert calls[0] >= 2
+    assert failures(server.app, "account_check") >= 1
+    json_log.assert_one_json_line_per_failure("account_check")
 
 
 # -- broker health on a single instance -------------------------------------------

@@ -17,7 +17,7 @@ import pytest
 
 from hubbub.storage.base import Directory, MessageLog
 from hubbub.storage.errors import Conflict
-from hubbub.storage.records import Head
+from hubbub.storage.records import ChannelEdit, Head, ProfileUpdate
 from tests import storage_contract
 from tests.storage_contract import NOW, fill, new_channel, new_message, new_user
 
@@ -132,6 +132,38 @@ async def test_conversations_of(directory: Directory) -> None:
     assert theirs.id in of_bob and dm.id in of_bob and mine.id not in of_bob
     nobody = await new_user(directory)
     assert await directory.conversations_of(nobody.id) == []
+
+
+# -- administration (hubbub admin) ----------------------------------------------
+
+
+async def test_list_users_pages_every_user_in_id_order(directory: Directory) -> None:
+    users = [await new_user(directory) for _ in range(5)]
+    await directory.update_profile(users[1].id, ProfileUpdate(searchable=False))  # listed all the same
+    first = await directory.list_users(after_id=0, limit=3)
+    assert [u.id for u in first] == [u.id for u in users[:3]]
+    assert first[1].searchable is False
+    rest = await directory.list_users(after_id=first[-1].id, limit=3)
+    assert [u.id for u in rest] == [u.id for u in users[3:]]
+    assert await directory.list_users(after_id=users[-1].id, limit=3) == []
+
+
+async def test_list_channels_and_channel_by_name(directory: Directory) -> None:
+    alice, bob = await new_user(directory), await new_user(directory)
+    public = await new_channel(directory, alice)
+    private = await new_channel(directory, alice, private=True)
+    archived = await new_channel(directory, alice)
+    await directory.update_channel(archived.id, alice.id, ChannelEdit(archived=True), lambda channel, standing: None)
+    await directory.open_dm([alice.id, bob.id], alice.id, NOW)  # never listed as a channel
+    listed = await directory.list_channels(after_id=0, limit=10)
+    assert [c.id for c in listed] == [public.id, private.id, archived.id]
+    assert [c.archived for c in listed] == [False, False, True]
+    assert [c.id for c in await directory.list_channels(after_id=public.id, limit=1)] == [private.id]
+    assert public.name and archived.name
+    assert await directory.channel_by_name(public.name) == public
+    found = await directory.channel_by_name(archived.name)
+    assert found is not None and found.archived
+    assert await directory.channel_by_name("no-such-channel") is None
 
 
 # -- memberships ----------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any
 from hubbub.protocol import frames
 from hubbub.server.handlers import (
     accounts,
+    admin,
     channels,
     dms,
     messages,
@@ -70,6 +71,9 @@ HANDLERS: dict[str, Handler] = {
     "session.end_all": profiles.end_all,
     "conversation.mark_read": read_state.mark_read,
     "conversation.mute": read_state.mute,
+    "admin.disable_user": admin.disable_user,
+    "admin.enable_user": admin.enable_user,
+    "admin.set_workspace_role": admin.set_workspace_role,
 }
 
 

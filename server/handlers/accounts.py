@@ -13,6 +13,7 @@ from hubbub.server.handlers.context import Caller, Context
 from hubbub.server.views import user_view
 from hubbub.storage.errors import Conflict
 from hubbub.storage.records import UserRecord
+from hubbub.storage.rows import RESERVED_USERNAME_PREFIX
 
 
 async def _start_session(ctx: Context, caller: Caller, user: UserRecord) -> frames.Session:
@@ -26,6 +27,8 @@ async def register(ctx: Context, caller: Caller, req: frames.Register) -> frames
         raise ApiError(ErrorCode.FORBIDDEN, "this connection is already authenticated")
     if req.username in RESERVED_MENTIONS:  # @channel, @here, @everyone mean everyone, never one user
         raise ApiError(ErrorCode.CONFLICT, f"username {req.username!r} is reserved")
+    if req.username.startswith(RESERVED_USERNAME_PREFIX):  # deleted accounts' and their tombstone's names
+        raise ApiError(ErrorCode.CONFLICT, f"usernames starting with {RESERVED_USERNAME_PREFIX!r} are reserved")
     password_hash = await ctx.passwords.hash(req.password)
     try:
         user = await ctx.directory.create_user(req.username, req.display_name, password_hash, now_ms())
@@ -47,7 +50,14 @@ async def login(ctx: Context, caller: Caller, req: frames.Login) -> frames.Sessi
         logs.info("login_failed", conn_id=caller.conn_id, address=caller.address)
         raise ApiError(ErrorCode.UNAUTHORIZED, "wrong username or password")
     by_name.clear(req.username)
+    # Told only to whoever knows the password: the account's state is not public.
+    _refuse_disabled(user)
     return await _start_session(ctx, caller, user)
+
+
+def _refuse_disabled(user: UserRecord) -> None:
+    if user.disabled_at is not None:
+        raise ApiError(ErrorCode.ACCOUNT_DISABLED, "this account is disabled")
 
 
 async def auth(ctx: Context, caller: Caller, req: frames.Auth) -> frames.Session:
@@ -56,8 +66,10 @@ async def auth(ctx: Context, caller: Caller, req: frames.Auth) -> frames.Session
     except InvalidToken as exc:
         raise ApiError(ErrorCode.UNAUTHORIZED, f"invalid token: {exc}") from None
     user = await ctx.directory.get_user(user_id)  # the one store read: the generation is in the row
-    if user is None:
+    if user is None or user.deleted_at is not None:
         raise ApiError(ErrorCode.UNAUTHORIZED, "invalid token: no such user")
+    # Before the generation: disabling raised it, and "disabled" is what the client must show.
+    _refuse_disabled(user)
     if generation != user.token_generation:
         raise ApiError(ErrorCode.UNAUTHORIZED, "invalid token: the session ended (password changed or logged out)")
     return await _start_session(ctx, caller, user)

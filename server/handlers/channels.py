@@ -1,13 +1,19 @@
 """channel.create, channel.list, channel.join, channel.invite, channel.leave, channel.members;
 channel.update, channel.kick, channel.set_role (administration, issue 12: the
-rules are server/channel_roles.py, checked by the store inside the change)."""
+rules are server/channel_roles.py, checked by the store inside the change).
+A workspace admin (issue 15) administers every channel as its owner would,
+member or not, and each such change is written to the audit log."""
 
 from __future__ import annotations
 
+import msgspec
+
 from hubbub.protocol import frames
 from hubbub.protocol.errors import ErrorCode
+from hubbub.server.audit import audit
 from hubbub.server.broker import MembershipChange
 from hubbub.server.channel_roles import (
+    as_workspace_admin,
     check_invite,
     kick_check,
     leave_check,
@@ -18,8 +24,10 @@ from hubbub.server.channel_roles import (
 from hubbub.server.clock import now_ms
 from hubbub.server.errors import ApiError, not_found
 from hubbub.server.handlers.access import visible_conversation
+from hubbub.server.handlers.admin import workspace_admin
 from hubbub.server.handlers.context import Caller, Context
 from hubbub.server.views import conversation_view, conversation_views, member_view, shared_view, user_view
+from hubbub.storage.base import AdminCheck
 from hubbub.storage.errors import Conflict
 from hubbub.storage.records import ChannelEdit, ConversationRecord, MemberState, Role, UserRecord
 
@@ -137,14 +145,36 @@ def announce_removed(ctx: Context, conversation_id: int, user_id: int, event: fr
 
 
 async def members(ctx: Context, caller: Caller, req: frames.ChannelMembers) -> frames.Members:
-    record = await _channel(ctx, caller, req.channel_id, require_member=False)
+    try:
+        record = await _channel(ctx, caller, req.channel_id, require_member=False)
+    except ApiError:
+        # A private channel a workspace admin is not in: they administer it, so they see who is.
+        record, by_admin = await _administered(ctx, caller, req.channel_id)
+        if not by_admin:
+            raise
     roles = await ctx.directory.member_roles(record.id)
     users = await ctx.directory.get_users(list(roles))
     return frames.Members(members=[member_view(u, roles[u.id]) for u in users])
 
 
+async def _administered(ctx: Context, caller: Caller, channel_id: int) -> tuple[ConversationRecord, bool]:
+    """The channel a request administers, and whether the caller does it as a
+    workspace admin (any channel, member or not: as an owner, audited) rather
+    than as a member."""
+    if caller.user is not None and caller.user.workspace_role == "admin" and await workspace_admin(ctx, caller):
+        record = await ctx.directory.get_conversation(channel_id)
+        if record is None or record.kind != "channel":
+            raise not_found("channel")
+        return record, True
+    return await _channel(ctx, caller, channel_id, require_member=True), False
+
+
+def _as(by_admin: bool, check: AdminCheck) -> AdminCheck:
+    return as_workspace_admin(check) if by_admin else check
+
+
 async def update(ctx: Context, caller: Caller, req: frames.ChannelUpdate) -> frames.ConversationResult:
-    record = await _channel(ctx, caller, req.channel_id, require_member=True)
+    record, by_admin = await _administered(ctx, caller, req.channel_id)
     edit = ChannelEdit(
         name=req.name,
         topic=req.topic,
@@ -162,11 +192,14 @@ async def update(ctx: Context, caller: Caller, req: frames.ChannelUpdate) -> fra
         )
     ctx.retention.check_override(edit)
     try:
-        updated = await ctx.directory.update_channel(record.id, caller.user_id, edit, update_check(edit))
+        updated = await ctx.directory.update_channel(record.id, caller.user_id, edit, _as(by_admin, update_check(edit)))
     except Conflict:
         raise ApiError(ErrorCode.CONFLICT, f"channel name {req.name!r} is taken") from None
     if updated is None:
         raise not_found("channel")
+    if by_admin:
+        changed = {k: v for k, v in msgspec.structs.asdict(edit).items() if v is not None}
+        await audit(ctx.directory, caller.user_id, "channel.update", {"channel_id": record.id, **changed}, now_ms())
     if updated != record:
         event_view = await shared_view(ctx.directory, ctx.messages, updated, ctx.retention)
         ctx.publisher.publish(
@@ -177,16 +210,23 @@ async def update(ctx: Context, caller: Caller, req: frames.ChannelUpdate) -> fra
 
 
 async def kick(ctx: Context, caller: Caller, req: frames.ChannelKick) -> frames.Empty:
-    record = await _channel(ctx, caller, req.channel_id, require_member=True)
-    if await ctx.directory.remove_member_as(record.id, caller.user_id, req.user_id, kick_check()):
+    record, by_admin = await _administered(ctx, caller, req.channel_id)
+    if await ctx.directory.remove_member_as(record.id, caller.user_id, req.user_id, _as(by_admin, kick_check())):
+        if by_admin:
+            target = {"channel_id": record.id, "user_id": req.user_id}
+            await audit(ctx.directory, caller.user_id, "channel.kick", target, now_ms())
         removed = frames.MemberRemoved(conversation_id=record.id, user_id=req.user_id, by=caller.user_id)
         announce_removed(ctx, record.id, req.user_id, removed)
     return frames.Empty()
 
 
 async def set_role(ctx: Context, caller: Caller, req: frames.ChannelSetRole) -> frames.Empty:
-    record = await _channel(ctx, caller, req.channel_id, require_member=True)
-    if await ctx.directory.set_role(record.id, caller.user_id, req.user_id, req.role, set_role_check(req.role)):
+    record, by_admin = await _administered(ctx, caller, req.channel_id)
+    check = _as(by_admin, set_role_check(req.role))
+    if await ctx.directory.set_role(record.id, caller.user_id, req.user_id, req.role, check):
+        if by_admin:
+            target = {"channel_id": record.id, "user_id": req.user_id, "role": req.role}
+            await audit(ctx.directory, caller.user_id, "channel.set_role", target, now_ms())
         event = frames.MemberRoleChanged(
             conversation_id=record.id, user_id=req.user_id, role=req.role, by=caller.user_id
         )

@@ -176,3 +176,26 @@ def test_only_a_group_dm_is_renamed() -> None:
     with pytest.raises(ApiError) as info:
         rules.check_dm_rename(2)
     assert info.value.code == ErrorCode.FORBIDDEN
+
+
+# -- workspace admins (issue 15) -------------------------------------------------------
+
+
+@pytest.mark.parametrize("actor", [None, "member", "admin"])
+def test_a_workspace_admin_stands_as_an_owner(actor: Role | None) -> None:
+    # What a plain member or an outsider is refused, a workspace admin may.
+    edit = ChannelEdit(topic="t")
+    rules.as_workspace_admin(rules.update_check(edit))(CHANNEL, standing(actor))
+    rules.as_workspace_admin(rules.set_role_check("owner"))(CHANNEL, standing(actor, "owner", owners=2))
+    rules.as_workspace_admin(rules.kick_check())(CHANNEL, standing(actor, "owner", owners=2))
+    if actor != "admin":
+        refused(rules.update_check(edit), standing(actor), "forbidden")
+
+
+def test_a_workspace_admin_keeps_the_owners_rules() -> None:
+    last = standing(None, "owner", owners=1)
+    assert refused(rules.as_workspace_admin(rules.kick_check()), last, "conflict") == rules.LAST_OWNER
+    refused(rules.as_workspace_admin(rules.set_role_check("member")), last, "conflict")
+    refused(rules.as_workspace_admin(rules.set_role_check("member")), standing(None, None), "not_found")
+    unarchive_not = ChannelEdit(topic="t")
+    refused(rules.as_workspace_admin(rules.update_check(unarchive_not)), standing(None), "archived", ARCHIVED)

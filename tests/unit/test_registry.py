@@ -21,7 +21,7 @@ class FakeConnection:
     def send_frame(self, frame: bytes) -> None:
         self.frames.append(frame)
 
-    def end_session_before(self, generation: int) -> None:
+    def end_session_before(self, generation: int, *, disabled: bool = False) -> bool:
         raise AssertionError("no test here ends sessions")
 
     @property

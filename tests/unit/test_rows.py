@@ -18,6 +18,8 @@ from hubbub.storage.rows import (
     NO_SEQ_ABOVE,
     NO_SEQ_BELOW,
     USER_COLUMNS,
+    audit_record,
+    audit_target,
     conversation_record,
     dm_key,
     history_sql,
@@ -182,7 +184,9 @@ def test_a_new_message_record_carries_what_it_was_sent_with() -> None:
 
 
 def test_positional_mappers_read_rows_in_column_list_order() -> None:
-    user = user_record((1, "alice", "Alice", "hash", 10, None, "away", "🌴", 20, "UTC", "https://a/b", 0, 3))
+    user = user_record(
+        (1, "alice", "Alice", "hash", 10, None, "away", "🌴", 20, "UTC", "https://a/b", 0, 3, 30, "admin", None)
+    )
     assert user == UserRecord(
         id=1,
         username="alice",
@@ -197,6 +201,9 @@ def test_positional_mappers_read_rows_in_column_list_order() -> None:
         avatar_url="https://a/b",
         searchable=False,  # SQLite's 0/1 is a bool
         token_generation=3,
+        disabled_at=30,
+        workspace_role="admin",
+        deleted_at=None,
     )
     channel = conversation_record((4, "channel", "general", "", 0, 1, 10, "", 0, "anyone", None, 30, 500))
     assert channel.private is False and channel.name == "general"  # SQLite's 0/1 is a bool
@@ -249,3 +256,9 @@ def where(sql: str) -> str:
 def test_a_dm_key_is_its_sorted_distinct_members() -> None:
     assert dm_key([3, 1, 3, 2]) == "1,2,3"
     assert dm_key([5]) == "5"
+
+
+def test_audit_targets_round_trip_as_json_objects() -> None:
+    target = {"user_id": 7, "fields": ["topic"], "note": "née"}
+    entry = audit_record((3, 10, None, "channel.update", audit_target(target)))
+    assert (entry.id, entry.ts, entry.actor_id, entry.action, entry.target) == (3, 10, None, "channel.update", target)
