@@ -985,8 +985,10 @@ async def _append_batches(c: Conn, messages: list[NewMessage], search_config: st
     order = [i for cid in sorted(groups) for i in groups[cid]]
     ordered = [messages[i] for i in order]
     try:
-        if len(groups) == 1:
-            stored: list[Stored | BaseException] = list(await _append_batch(c, ordered, search_config))
+        if not any(m.thread_root_id for m in ordered):
+            stored: list[Stored | BaseException] = list(await _append_set(c, ordered, search_config))
+        elif len(groups) == 1:
+            stored = list(await _append_batch(c, ordered, search_config))
         else:
             stored = list(await _append_many(c, ordered, search_config))
     except _ISOLATED_ERRORS:
@@ -997,6 +999,32 @@ async def _append_batches(c: Conn, messages: list[NewMessage], search_config: st
     for i, outcome in zip(order, stored, strict=True):
         outcomes[i] = outcome
     return [o for o in outcomes if o is not None]
+
+
+_APPEND_SET_SQL = (
+    f"SELECT {_APPENDED_COLUMNS}, a.duplicate, a.is_root"
+    " FROM hubbub_append_many($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::regconfig) AS a"
+)
+"""A flush without replies, any number of conversations, set-based (migration 0009)."""
+
+
+async def _append_set(c: Conn, ordered: list[NewMessage], search_config: str) -> list[Stored]:
+    """``_APPEND_SET_SQL`` over ``ordered`` (no replies): one row per message, in order."""
+    ids, senders, texts, client_msg_ids, ts, _roots, also, mentions, mention_all = _message_arguments(ordered)
+    arguments = (
+        [m.conversation_id for m in ordered],
+        ids,
+        senders,
+        texts,
+        client_msg_ids,
+        ts,
+        also,
+        mentions,
+        mention_all,
+        [index_text(m.text) for m in ordered],
+        search_config,
+    )
+    return _appended(await c.fetch(_APPEND_SET_SQL, *arguments))
 
 
 async def _append_many(c: Conn, ordered: list[NewMessage], search_config: str) -> list[Stored]:

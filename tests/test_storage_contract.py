@@ -343,6 +343,56 @@ async def test_ordered_appends_keep_submission_order(directory: Directory, messa
         assert [m.client_msg_id for m in history] == ["first", *(f"o-{n}" for n in range(120))]
 
 
+async def test_appends_to_many_conversations_at_once_keep_each_ones_order(
+    directory: Directory, messages: MessageLog
+) -> None:
+    """Group commit across conversations: a burst into 30 conversations (flushes
+    spanning conversations, several in flight) keeps each conversation's order,
+    seqs from 1 (gapless stores: exactly 1..n), and stores each message once."""
+    alice, bob = await new_user(directory), await new_user(directory)
+    channels = [await new_channel(directory, alice) for _ in range(30)]
+    sends = [new_message(channels[n % 30], (alice, bob)[n % 2], f"m-{n}") for n in range(600)]
+    results = await asyncio.gather(*(messages.append(m) for m in sends))
+    assert not any(appended.duplicate for appended in results)
+    for k, channel in enumerate(channels):
+        mine = [appended.record for appended in results if appended.record.conversation_id == channel.id]
+        assert [m.client_msg_id for m in mine] == [f"m-{n}" for n in range(k, 600, 30)]
+        seqs = [m.seq for m in mine]
+        assert seqs == sorted(seqs) and len(set(seqs)) == 20
+        if messages.gapless:
+            assert seqs == list(range(1, 21))
+        history = await messages.history(channel.id, before=None, after=None, limit=50, order="asc")
+        assert [m.client_msg_id for m in history] == [m.client_msg_id for m in mine]
+
+
+async def test_resends_in_a_burst_across_conversations(directory: Directory, messages: MessageLog) -> None:
+    """Idempotency across a flush of several conversations: the same client_msg_id
+    in two conversations is two messages; a resend in the same burst, or of a
+    message stored earlier, is a duplicate of it, whatever the other conversations do."""
+    alice = await new_user(directory)
+    one = await new_channel(directory, alice)
+    two = await new_channel(directory, alice)
+    three = await new_channel(directory, alice)
+    earlier = await messages.append(new_message(three, alice, "old"))
+    burst = [
+        new_message(one, alice, "same"),
+        new_message(two, alice, "same"),
+        new_message(one, alice, "same"),
+        new_message(three, alice, "old"),
+        new_message(two, alice, "other"),
+    ]
+    first_one, first_two, again_one, old_again, other = await asyncio.gather(*(messages.append(m) for m in burst))
+    assert (first_one.duplicate, first_two.duplicate, other.duplicate) == (False, False, False)
+    assert first_one.record.conversation_id == one.id and first_two.record.conversation_id == two.id
+    assert (again_one.duplicate, again_one.record) == (True, first_one.record)
+    assert (old_again.duplicate, old_again.record) == (True, earlier.record)
+    assert other.record.seq > first_two.record.seq
+    if messages.gapless:
+        assert (first_one.record.seq, first_two.record.seq, other.record.seq) == (1, 1, 2)
+    history = await messages.history(three.id, before=None, after=None, limit=10, order="asc")
+    assert history == [earlier.record]
+
+
 async def test_concurrent_duplicates_store_once(directory: Directory, messages: MessageLog) -> None:
     alice = await new_user(directory)
     channel = await new_channel(directory, alice)
