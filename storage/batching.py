@@ -15,7 +15,9 @@ whose batch is being stored wait and go in a later batch, so concurrent
 appends of one key are stored in the order they were submitted (which is
 what lets a connection pipeline its sends: ``MessageLog.ordered_appends``).
 Up to ``max_flights`` batches are in flight at once, each with other keys
-(PostgreSQL: on other pooled connections); SQLite keeps one. A lone append
+(PostgreSQL: on other pooled connections): a burst of more than
+``max_batch`` is stored as several batches side by side. SQLite, with one
+key, has one in flight. A lone append
 waits for nothing: a flight takes it on the event loop's next turn, with
 whatever else was submitted in that turn.
 
@@ -90,12 +92,18 @@ class GroupCommit:
         self._pending.setdefault(key, []).append((message, future))
         # A busy key is taken by a flight when its batch is done; a starting
         # flight takes this one; otherwise a new flight, if one may start.
-        if key not in self._busy and not self._starting and len(self._flights) < self.max_flights:
-            self._starting += 1
-            task = loop.create_task(self._fly())
-            self._flights.add(task)
-            task.add_done_callback(self._flights.discard)
+        if key not in self._busy:
+            self._launch()
         return await future
+
+    def _launch(self) -> None:
+        """A new flight, unless one is starting (it will take what waits) or the most are in flight."""
+        if self._starting or len(self._flights) >= self.max_flights:
+            return
+        self._starting += 1
+        task = asyncio.get_running_loop().create_task(self._fly())
+        self._flights.add(task)
+        task.add_done_callback(self._flights.discard)
 
     async def close(self) -> None:
         """Wait for the batches being stored."""
@@ -129,6 +137,8 @@ class GroupCommit:
                 first = False
             if not batch:
                 return
+            if any(key not in self._busy for key in self._pending):
+                self._launch()  # more than one batch waits (a burst over max_batch): store them side by side
             try:
                 await self._store_one(batch)
             finally:

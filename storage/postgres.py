@@ -757,7 +757,7 @@ class PostgresMessageLog:
     gapless = True
     ordered_appends = True
 
-    def __init__(self, pools: PostgresPools, max_batch: int = 1024, *, search_config: str = "simple") -> None:
+    def __init__(self, pools: PostgresPools, max_batch: int = 256, *, search_config: str = "simple") -> None:
         self.pools = pools
         self.search_config = search_config
         """The text search configuration of ``messages.search`` (migration 0006)."""
@@ -964,11 +964,13 @@ so counter rows are locked in ascending conversation id: two instances'
 flushes wait for each other, never deadlock. One statement is one implicit
 transaction: it commits whole or not at all."""
 
-APPEND_FLIGHTS = 2
+APPEND_FLIGHTS = 4
 """Flushes of the PostgreSQL group commit in flight at once, each on its own
 pooled connection and with other conversations (storage/batching.py): while
-one commits, the next is being sent, so the pool's other connections serve
-everything else."""
+one commits the next is being stored, and a burst of more than a batch (256
+messages) is stored by several server processes side by side rather than by
+one statement after another. Four of the pool's ten (by default) at most, so
+the others serve everything else."""
 
 _ISOLATED_ERRORS: tuple[type[BaseException], ...] = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 """Errors a statement raises because of the data of some message in it: the

@@ -358,3 +358,22 @@ async def test_a_failing_flush_fails_exactly_its_appends_across_conversations() 
     assert all(isinstance(o, StoreUnavailable) for o in outcomes)
     served = await asyncio.gather(*later)
     assert [(o.record.conversation_id, o.record.seq) for o in served] == [(1, 1), (4, 1)]
+
+
+async def test_a_burst_over_max_batch_is_stored_in_batches_side_by_side() -> None:
+    store = FakeStore(hold=True)
+    batches = GroupCommit("fake", store, max_batch=4, max_flights=3)
+    tasks = submit(batches, *(new(cid, f"m{cid}-{k}") for k in range(2) for cid in range(5)))
+    await store.wait_started(3)  # three flights at once, none waiting for another
+    assert store.batches == [
+        ["m0-0", "m0-1", "m1-0", "m1-1"],
+        ["m2-0", "m2-1", "m3-0", "m3-1"],
+        ["m4-0", "m4-1"],
+    ]
+    for _ in range(3):
+        store.release()
+    results = await asyncio.gather(*tasks)
+    assert [(r.conversation_id, r.seq) for r in (o.record for o in results)] == [
+        (cid, k + 1) for k in range(2) for cid in range(5)
+    ]
+    await batches.close()
