@@ -171,7 +171,7 @@ class MongoMessageLog:
         self.client = client
         self.change_lease_seconds = change_lease_seconds
         self._clock = clock
-        self._batches = GroupCommit(self.name, self._store_batch, key=by_conversation, max_batch=1024)
+        self._batches = GroupCommit(self.name, self._store_batch, key=by_conversation)
         db = client.get_database(database, write_concern=write_concern)
         self.messages: AsyncCollection[Document] = db.messages
         self.counters: AsyncCollection[Document] = db.counters

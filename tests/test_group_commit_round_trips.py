@@ -118,8 +118,9 @@ async def test_postgres_a_flush_is_one_statement_whatever_the_conversations(post
         per_flush: dict[tuple[int, int], list[str]] = {}
         for size in SIZES:
             ids = conversations(size)
-            # A conversation's first message (its counter created), then three more each.
-            for per_conversation, first_seq, tag in ((1, 1, "a"), (3, 2, "b")):
+            # A conversation's first message (its counter created), then two more each
+            # (at most 200 messages: one batch).
+            for per_conversation, first_seq, tag in ((1, 1, "a"), (2, 2, "b")):
                 messages = burst(ids, per_conversation, tag)
                 flushes, statements.queries = log._batches.flushes, []
                 results = await asyncio.gather(*(log.append(m) for m in messages))
@@ -189,7 +190,7 @@ async def test_mongo_round_trips_per_flush_do_not_grow_with_conversations(
         for size in SIZES:
             ids = conversations(size)
             # Counters new (this process has not seen them), then known.
-            for per_conversation, first_seq, tag, seen in ((1, 1, "a", first), (3, 2, "b", later)):
+            for per_conversation, first_seq, tag, seen in ((1, 1, "a", first), (2, 2, "b", later)):
                 messages = burst(ids, per_conversation, tag)
                 flushes, commands.names, statements.queries = mongo._batches.flushes, [], []
                 results = await asyncio.gather(*(log.append(m) for m in messages))
