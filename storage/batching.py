@@ -106,8 +106,9 @@ class GroupCommit:
         task.add_done_callback(self._flights.discard)
 
     async def close(self) -> None:
-        """Wait for the batches being stored."""
-        await asyncio.gather(*self._flights, return_exceptions=True)
+        """Wait for the batches being stored (and the flights they started)."""
+        while self._flights:
+            await asyncio.gather(*self._flights, return_exceptions=True)
 
     def _take(self) -> tuple[list[_Waiting], list[Hashable]]:
         """The next batch: what waits, oldest key first, skipping busy keys, up to ``max_batch``."""

@@ -747,10 +747,11 @@ class PostgresMessageLog:
     next, each conversation's appends in submission order. So concurrent
     appends keep their order (a connection's sends can be pipelined), and a
     flush of any number of conversations is one statement, one transaction,
-    one commit: ``_APPEND_BATCHES_SQL`` calls the ``hubbub_append_batch``
-    function (migration 0008) once per conversation, in ascending
-    conversation id (the lock order of counter rows across conversations),
-    replies and their roots' updates included.
+    one commit: ``hubbub_append_many`` (migration 0009, set-based) when it
+    holds no reply, else ``_APPEND_BATCHES_SQL``, the ``hubbub_append_batch``
+    function (migration 0008) once per conversation, replies and their roots'
+    updates included. Both lock the counter rows in ascending conversation id
+    (the lock order across conversations) before touching a message.
     """
 
     name = "postgres"
