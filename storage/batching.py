@@ -1,19 +1,30 @@
 """Group commit: the one batching of message appends, for every message log.
 
-Appends are grouped by a key: PostgreSQL and MongoDB key them by
-conversation (``by_conversation``), SQLite, whose one file serialises every
-write anyway, puts them all under one key (``one_group``). Appends of one
-key that arrive while its previous batch is being stored wait and go
-together in the next batch, in submission order. A key has one batch in
-flight at a time, so concurrent appends are stored in the order they were
-submitted (which is what lets a connection pipeline its sends:
-``MessageLog.ordered_appends``), and a busy key pays one commit (or round
-trip) per batch instead of one per message. A lone append waits for
-nothing: it is a batch of one at once.
+Appends are grouped by a key, and a key's appends are stored in submission
+order: PostgreSQL and MongoDB key them by conversation
+(``by_conversation``), SQLite, whose one file serialises every write anyway,
+puts them all under one key (``one_group``). A batch (one flush) takes what
+is waiting, **across keys**, oldest key first, up to ``max_batch`` messages,
+and is stored by one call of the store's ``store_batch``: one transaction
+(PostgreSQL, SQLite), one ``insert_many`` (MongoDB), whatever the number of
+conversations in it. So 100 busy conversations cost one commit per flush, not
+100.
 
-A batch that fails fails its waiting appends (they answer ``unavailable``)
-and the flusher goes on with the next batch; a failure other than the store
-being unavailable is also logged and counted (storage/supervision.py).
+Order: a key is in at most one batch in flight at a time. Appends of a key
+whose batch is being stored wait and go in a later batch, so concurrent
+appends of one key are stored in the order they were submitted (which is
+what lets a connection pipeline its sends: ``MessageLog.ordered_appends``).
+Up to ``max_flights`` batches are in flight at once, each with other keys
+(PostgreSQL: on other pooled connections): a burst of more than
+``max_batch`` is stored as several batches side by side. SQLite, with one
+key, has one in flight. A lone append
+waits for nothing: a flight takes it on the event loop's next turn, with
+whatever else was submitted in that turn.
+
+A batch that fails fails its waiting appends (they answer ``unavailable``),
+exactly those, and the flight goes on with the next batch; a failure other
+than the store being unavailable is also logged and counted
+(storage/supervision.py).
 """
 
 from __future__ import annotations
@@ -29,73 +40,126 @@ Stored = Appended
 """An append's outcome (storage.records.Appended)."""
 
 StoreBatch = Callable[[list[NewMessage]], Awaitable[Sequence[Stored | BaseException]]]
-"""Stores one batch in order; one outcome or error per message. Raising fails the whole batch."""
+"""Stores one batch, each key's messages in order; one outcome or error per
+message. Raising fails the whole batch. A batch may hold several keys."""
 
 GroupKey = Callable[[NewMessage], Hashable]
-"""The group of an append: appends of one group are batched together, in order."""
+"""The key of an append: appends of one key are stored in submission order, one batch of them at a time."""
+
+_Waiting = tuple[NewMessage, "asyncio.Future[Stored]"]
 
 
 def by_conversation(message: NewMessage) -> Hashable:
-    """One group per conversation: a batch never spans two conversations."""
+    """One key per conversation: a conversation's appends keep their order."""
     return message.conversation_id
 
 
 def one_group(message: NewMessage) -> Hashable:
-    """Every append in one group: a batch takes whatever queued meanwhile."""
+    """Every append under one key: one batch in flight, all appends in submission order."""
     return None
 
 
 class GroupCommit:
     def __init__(
-        self, store: str, store_batch: StoreBatch, *, key: GroupKey = by_conversation, max_batch: int = 256
+        self,
+        store: str,
+        store_batch: StoreBatch,
+        *,
+        key: GroupKey = by_conversation,
+        max_batch: int = 256,
+        max_flights: int = 2,
     ) -> None:
         self._store = store
         self._store_batch = store_batch
         self._key = key
         self.max_batch = max_batch
-        self._pending: dict[Hashable, list[tuple[NewMessage, asyncio.Future[Stored]]]] = {}
-        self._flushers: dict[Hashable, asyncio.Task[None]] = {}
+        self.max_flights = max_flights
+        self._pending: dict[Hashable, list[_Waiting]] = {}
+        """The appends not yet taken, per key; the dict's order is the order keys started waiting."""
+        self._busy: set[Hashable] = set()
+        """Keys with a batch in flight: none of their appends is taken until it is stored."""
+        self._flights: set[asyncio.Task[None]] = set()
+        self._starting = 0
+        """Flights created that have not taken their first batch yet: they will take what waits now."""
         self._on_failure = supervision.current_hook()
+        self.flushes = 0
+        """Batches stored (or failed) so far: what the round-trip tests divide by."""
 
     async def append(self, message: NewMessage) -> Stored:
         key = self._key(message)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Stored] = loop.create_future()
-        pending = self._pending.get(key)
-        if pending is None:
-            self._pending[key] = [(message, future)]
-        else:
-            pending.append((message, future))
-        if key not in self._flushers:
-            self._flushers[key] = loop.create_task(self._flush(key))
+        self._pending.setdefault(key, []).append((message, future))
+        # A busy key is taken by a flight when its batch is done; a starting
+        # flight takes this one; otherwise a new flight, if one may start.
+        if key not in self._busy:
+            self._launch()
         return await future
 
-    async def close(self) -> None:
-        """Wait for the batches being stored."""
-        await asyncio.gather(*self._flushers.values(), return_exceptions=True)
+    def _launch(self) -> None:
+        """A new flight, unless one is starting (it will take what waits) or the most are in flight."""
+        if self._starting or len(self._flights) >= self.max_flights:
+            return
+        self._starting += 1
+        task = asyncio.get_running_loop().create_task(self._fly())
+        self._flights.add(task)
+        task.add_done_callback(self._flights.discard)
 
-    async def _flush(self, key: Hashable) -> None:
+    async def close(self) -> None:
+        """Wait for the batches being stored (and the flights they started)."""
+        while self._flights:
+            await asyncio.gather(*self._flights, return_exceptions=True)
+
+    def _take(self) -> tuple[list[_Waiting], list[Hashable]]:
+        """The next batch: what waits, oldest key first, skipping busy keys, up to ``max_batch``."""
+        batch: list[_Waiting] = []
+        keys: list[Hashable] = []
+        for key in list(self._pending):
+            if key in self._busy:
+                continue
+            waiting = self._pending.pop(key)
+            room = self.max_batch - len(batch)
+            batch.extend(waiting[:room])
+            keys.append(key)
+            if len(waiting) > room:
+                self._pending[key] = waiting[room:]  # the rest waits for this batch, at the back
+                break
+            if len(batch) >= self.max_batch:
+                break
+        self._busy.update(keys)
+        return batch, keys
+
+    async def _fly(self) -> None:
+        first = True
+        while True:
+            batch, keys = self._take()
+            if first:
+                self._starting -= 1
+                first = False
+            if not batch:
+                return
+            if any(key not in self._busy for key in self._pending):
+                self._launch()  # more than one batch waits (a burst over max_batch): store them side by side
+            try:
+                await self._store_one(batch)
+            finally:
+                self._busy.difference_update(keys)
+                self.flushes += 1
+
+    async def _store_one(self, batch: list[_Waiting]) -> None:
         try:
-            while pending := self._pending.get(key):
-                batch = pending[: self.max_batch]
-                del pending[: self.max_batch]
-                try:
-                    outcomes = await self._store_batch([m for m, _ in batch])
-                    if len(outcomes) != len(batch):
-                        raise ValueError(f"{len(outcomes)} outcomes for a batch of {len(batch)}")
-                    for (_, future), outcome in zip(batch, outcomes, strict=True):
-                        if future.done():
-                            continue  # its caller gave up (timed out)
-                        if isinstance(outcome, BaseException):
-                            future.set_exception(outcome)
-                        else:
-                            future.set_result(outcome)
-                except Exception as exc:
-                    fail_batch(self._store, [f for _, f in batch], exc, self._on_failure)
-        finally:
-            del self._flushers[key]
-            if not self._pending.get(key):
-                self._pending.pop(key, None)
+            outcomes = await self._store_batch([m for m, _ in batch])
+            if len(outcomes) != len(batch):
+                raise ValueError(f"{len(outcomes)} outcomes for a batch of {len(batch)}")
+            for (_, future), outcome in zip(batch, outcomes, strict=True):
+                if future.done():
+                    continue  # its caller gave up (timed out)
+                if isinstance(outcome, BaseException):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
+        except Exception as exc:
+            fail_batch(self._store, [f for _, f in batch], exc, self._on_failure)
 
 
 def fail_batch(

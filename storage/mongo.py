@@ -16,10 +16,13 @@ rev allocated for a write that then fails is never used: both counters are
 strictly increasing with rare gaps, and clients treat a gap-fill that
 returns nothing as complete.
 
-Appends are group-committed per conversation (storage/batching.py): a batch
-is one read for earlier copies of resent messages, one compare-and-set
-reserving all its seqs and revs, one ordered ``insert_many`` and the removal
-of its pending entry; each new reply then updates its root as a change.
+Appends are group-committed across conversations (storage/batching.py),
+and a flush costs the same round trips whatever the number of conversations
+in it: one read for earlier copies of resent messages, one ``bulk_write`` of
+compare-and-sets reserving every conversation's seqs and revs (plus one read
+of the counters this process has not seen yet), one unordered
+``insert_many`` and one ``bulk_write`` removing the pending entries; each
+new reply then updates its root as a change.
 A change (``change_message``) is four round trips: read the message,
 allocate a rev, write the new state filtered on the rev read, remove the
 pending entry.
@@ -37,7 +40,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 import pymongo
-from pymongo import AsyncMongoClient, ReturnDocument
+from pymongo import AsyncMongoClient, ReturnDocument, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 from pymongo.write_concern import WriteConcern
@@ -157,7 +160,7 @@ def horizon_of(counter: Document, now_ms: int) -> int:
 class MongoMessageLog:
     name = "mongo"
     gapless = False
-    ordered_appends = True  # group-committed per conversation (storage/batching.py)
+    ordered_appends = True  # group-committed, each conversation in order (storage/batching.py)
 
     def __init__(
         self,
@@ -291,6 +294,95 @@ class MongoMessageLog:
                 self._forget_counter(conversation_id)  # another instance allocated: read again
         raise StoreUnavailable("mongo", f"could not allocate a revision for conversation {conversation_id}")
 
+    async def allocate_many(self, counts: Mapping[int, int]) -> dict[int, Allocation]:
+        """``allocate`` for several conversations at once, ``counts[c]`` seqs and
+        as many revs each, in one ``bulk_write`` of compare-and-sets (and one read
+        of the counters not seen yet): round trips that do not grow with the number
+        of conversations. A compare-and-set that finds its counter moved (another
+        instance allocated) is an upsert that collides with the existing counter
+        (E11000 at its index), so each conversation's outcome is known; those are
+        read again and retried. Raises PyMongoError."""
+        ids = sorted(counts)
+        async with contextlib.AsyncExitStack() as held:
+            for conversation_id in ids:  # ascending: the one order these locks are taken in
+                await held.enter_async_context(self._allocating.hold(conversation_id))
+            allocations: dict[int, Allocation] = {}
+            todo = ids
+            for _ in range(ALLOCATION_ATTEMPTS):
+                seen = await self._counters_of(todo)
+                plans = [self._plan(seen[c], counts[c], counts[c]) for c in todo]
+                ops = [
+                    UpdateOne(_counter_filter(seen[c]), update, upsert=True)
+                    for c, (_, update, _) in zip(todo, plans, strict=True)
+                ]
+                missed: set[int] = set()
+                try:
+                    await self.counters.bulk_write(ops, ordered=False)
+                except BulkWriteError as exc:
+                    errors = exc.details.get("writeErrors", [])
+                    if exc.details.get("writeConcernErrors") or any(e.get("code") != 11000 for e in errors):
+                        for c in todo:
+                            self._forget_counter(c)  # written or not: read again next time
+                        raise
+                    missed = {todo[int(e["index"])] for e in errors}
+                except BaseException:
+                    for c in todo:
+                        self._forget_counter(c)
+                    raise
+                for c, (allocation, _, after) in zip(todo, plans, strict=True):
+                    if c in missed:
+                        self._forget_counter(c)  # another instance allocated: read again
+                    else:
+                        self._remember_counter(after)
+                        allocations[c] = allocation
+                todo = [c for c in todo if c in missed]
+                if not todo:
+                    return allocations
+            await self.release_many(list(allocations.values()))
+        raise StoreUnavailable("mongo", f"could not allocate seqs for conversations {todo}")
+
+    async def _counters_of(self, ids: Sequence[int]) -> dict[int, Document]:
+        """The counters as last seen, those not seen read in one query; a
+        conversation without one yet as a counter at zero (the upsert of its
+        first compare-and-set creates it)."""
+        seen = {c: self._counters_seen[c] for c in ids if c in self._counters_seen}
+        unseen = [c for c in ids if c not in seen]
+        if unseen:
+            found = {int(d["_id"]): d async for d in self.counters.find({"_id": {"$in": unseen}})}
+            for c in unseen:
+                seen[c] = found.get(c) or {"_id": c, "seq": 0, "rev": 0, "pending": {}}
+        return seen
+
+    def _plan(self, seen: Document, seqs: int, revs: int) -> tuple[Allocation, Document, Document]:
+        """A compare-and-set's allocation, update and the counter after it, from ``seen``.
+
+        The counter after it is exact in what a compare-and-set filters on
+        (``seq``, ``rev``): another writer changes those only by a compare-and-set,
+        which the next one's filter would meet. Its ``pending`` may still list an
+        entry another instance has released since: removing it again is a no-op."""
+        now = self._now_ms()
+        seq, rev = int(seen["seq"]), _counter_rev(seen)
+        allocation = Allocation(int(seen["_id"]), seq + 1, seqs, rev + 1, revs)
+        lease_end = now + int(self.change_lease_seconds * 1000)
+        update: Document = {"$set": {"seq": seq + seqs, "rev": rev + revs, allocation.pending_field: lease_end}}
+        pending = _pending(seen)
+        expired = {f"pending.{first}": "" for first, end in pending.items() if end <= now}
+        if expired:
+            update["$unset"] = expired
+        kept = {first: end for first, end in pending.items() if end > now}
+        after = {"_id": seen["_id"], "seq": seq + seqs, "rev": rev + revs, "pending": {**kept, str(rev + 1): lease_end}}
+        return allocation, update, after
+
+    async def release_many(self, allocations: Sequence[Allocation]) -> None:
+        """``release`` of several allocations in one ``bulk_write``; never raises."""
+        if not allocations:
+            return
+        ops = [UpdateOne({"_id": a.conversation_id}, {"$unset": {a.pending_field: ""}}) for a in allocations]
+        try:
+            await self.counters.bulk_write(ops, ordered=False)
+        except PyMongoError as exc:
+            log.warning("pending entries of %s conversations left to their lease: %s", len(allocations), exc)
+
     async def _compare_and_set(self, seen: Document, seqs: int, revs: int) -> tuple[Allocation, Document | None]:
         """One attempt: the allocation, and the counter after it (None when ``seen`` was stale).
         Pending entries whose lease ended are removed in the same update."""
@@ -383,21 +475,25 @@ class MongoMessageLog:
         return outcomes
 
     async def _append_batch(self, batch: list[NewMessage]) -> list[Stored | BaseException]:
-        cid = batch[0].conversation_id
         # Every field of the idempotency index, and its partial filter ($type), so
-        # the server reads that index; without them it walked the conversation.
+        # the server reads that index; without them it walked the conversations.
+        # Across conversations the query is a superset (any of the senders with
+        # any of the ids): only exact (conversation, sender, id) matches count.
         query = {
-            "conversation_id": cid,
+            "conversation_id": {"$in": sorted({m.conversation_id for m in batch})},
             "sender_id": {"$in": sorted({m.sender_id for m in batch})},
             "client_msg_id": {"$in": sorted({m.client_msg_id for m in batch}), "$type": "string"},
         }
-        originals = {(int(d["sender_id"]), d["client_msg_id"]): d async for d in self.messages.find(query)}
+        originals = {
+            (int(d["conversation_id"]), int(d["sender_id"]), d["client_msg_id"]): d
+            async for d in self.messages.find(query)
+        }
         outcomes: list[Stored | BaseException | None] = [None] * len(batch)
         fresh: list[int] = []  # indexes of the messages to store
-        first_copy: dict[tuple[int, str], int] = {}
+        first_copy: dict[tuple[int, int, str], int] = {}
         resends: list[tuple[int, int]] = []  # (index, index of its first copy in this batch)
         for i, m in enumerate(batch):
-            key = (m.sender_id, m.client_msg_id)
+            key = (m.conversation_id, m.sender_id, m.client_msg_id)
             if key in originals:
                 outcomes[i] = Appended(record=message_from_document(originals[key]), duplicate=True)
             elif key in first_copy:
@@ -406,7 +502,7 @@ class MongoMessageLog:
                 first_copy[key] = i
                 fresh.append(i)
         if fresh:
-            inserted = await self._insert_fresh(cid, [batch[i] for i in fresh])
+            inserted = await self._insert_fresh([batch[i] for i in fresh])
             for i, outcome in zip(fresh, inserted, strict=True):
                 outcomes[i] = await self._update_root(outcome)
         for i, first in resends:
@@ -417,31 +513,40 @@ class MongoMessageLog:
             raise RuntimeError(f"{len(batch) - len(stored_or_failed)} of {len(batch)} messages got no outcome")
         return stored_or_failed
 
-    async def _insert_fresh(self, cid: int, fresh: list[NewMessage]) -> list[Stored | BaseException]:
-        """Store messages not stored before, each with its own seq and rev of one allocation."""
-        allocation = await self.allocate(cid, seqs=len(fresh), revs=len(fresh))
+    async def _insert_fresh(self, fresh: list[NewMessage]) -> list[Stored | BaseException]:
+        """Store messages not stored before, each with its own seq and rev of its
+        conversation's allocation (one allocation per conversation, all in one
+        round trip), in one unordered insert: a message that fails it (typically
+        a resend stored meanwhile through another instance) does not stop the
+        others, and is then tried alone."""
+        counts: dict[int, int] = {}
+        for m in fresh:
+            counts[m.conversation_id] = counts.get(m.conversation_id, 0) + 1
+        allocations = await self.allocate_many(counts)
         try:
-            records = [
-                new_message_record(m, allocation.first_seq + k, allocation.first_rev + k) for k, m in enumerate(fresh)
-            ]
+            used = dict.fromkeys(counts, 0)
+            records: list[MessageRecord] = []
+            for m in fresh:
+                allocation, k = allocations[m.conversation_id], used[m.conversation_id]
+                used[m.conversation_id] = k + 1
+                records.append(new_message_record(m, allocation.first_seq + k, allocation.first_rev + k))
             docs = [message_document(record) for record in records]
+            failed: set[int] = set()
             try:
-                await self.messages.insert_many(docs, ordered=True)
-                stored = len(docs)
+                await self.messages.insert_many(docs, ordered=False)
             except BulkWriteError as exc:
                 if exc.details.get("writeConcernErrors"):
                     raise  # written, but not as durably as asked: not acknowledged
-                stored = int(exc.details.get("nInserted", 0))
-            outcomes: list[Stored | BaseException] = [
-                Appended(record=record, duplicate=False) for record in records[:stored]
-            ]
-            # The rest one at a time: an ordered insert stops at its first error,
-            # typically a resend stored meanwhile through another instance.
-            for m, record, doc in zip(fresh[stored:], records[stored:], docs[stored:], strict=True):
-                outcomes.append(await self._insert_one(m, record, doc))
+                failed = {int(e["index"]) for e in exc.details.get("writeErrors", [])}
+            outcomes: list[Stored | BaseException] = []
+            for i, (m, record, doc) in enumerate(zip(fresh, records, docs, strict=True)):
+                if i in failed:
+                    outcomes.append(await self._insert_one(m, record, doc))
+                else:
+                    outcomes.append(Appended(record=record, duplicate=False))
             return outcomes
         finally:
-            await self.release(allocation)
+            await self.release_many(list(allocations.values()))
 
     async def _insert_one(self, m: NewMessage, record: MessageRecord, doc: Document) -> Stored | BaseException:
         try:

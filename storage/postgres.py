@@ -934,13 +934,16 @@ class PostgresMessageLog:
     instance, so seqs are gapless, revisions commit in increasing order (the
     horizon of ``changes`` is the counter as one snapshot sees it) and the
     one lock order rules out deadlocks (docs/messages.md).
-    Within this process, appends to one conversation are group-committed:
-    those that arrive while a commit is in flight go together in the next
-    transaction, in submission order. So concurrent appends keep their order
-    (a connection's sends can be pipelined) and a busy conversation pays one
-    commit per batch, not per message. A batch is one round trip, replies
-    and their roots' updates included: the ``hubbub_append_batch`` function
-    (migration 0004) stores it in order.
+    Within this process, appends are group-committed across conversations
+    (storage/batching.py): what waits while a flush is in flight goes in the
+    next, each conversation's appends in submission order. So concurrent
+    appends keep their order (a connection's sends can be pipelined), and a
+    flush of any number of conversations is one statement, one transaction,
+    one commit: ``hubbub_append_many`` (migration 0009, set-based) when it
+    holds no reply, else ``_APPEND_BATCHES_SQL``, the ``hubbub_append_batch``
+    function (migration 0008) once per conversation, replies and their roots'
+    updates included. Both lock the counter rows in ascending conversation id
+    (the lock order across conversations) before touching a message.
     """
 
     name = "postgres"
@@ -951,7 +954,9 @@ class PostgresMessageLog:
         self.pools = pools
         self.search_config = search_config
         """The text search configuration of ``messages.search`` (migration 0006)."""
-        self._batches = GroupCommit(self.name, self._store_batch, key=by_conversation, max_batch=max_batch)
+        self._batches = GroupCommit(
+            self.name, self._store_batch, key=by_conversation, max_batch=max_batch, max_flights=APPEND_FLIGHTS
+        )
 
     async def ping(self) -> None:
         await _run(self.pools.primary, lambda c: c.fetchval("SELECT 1"), retry=True)
@@ -964,36 +969,13 @@ class PostgresMessageLog:
         return await self._batches.append(message)
 
     async def _store_batch(self, batch: list[NewMessage]) -> list[Stored | BaseException]:
-        try:
-            stored = await _run(
-                self.pools.primary,
-                functools.partial(_append_batch, messages=batch, search_config=self.search_config),
-                retry=False,
-            )
-            return list(stored)
-        except asyncpg.UniqueViolationError:
-            # Not a resend (the function meets those with ON CONFLICT, behind
-            # the counter lock of any instance): a fresh id taken already.
-            # The batch rolled back whole (counters included); one at a
-            # time, each with new ids.
-            outcomes: list[Stored | BaseException] = []
-            for m in batch:
-                try:
-                    outcomes.append(await self._append_alone(m))
-                except Exception as exc:
-                    outcomes.append(exc)
-            return outcomes
-
-    async def _append_alone(self, m: NewMessage) -> Appended:
-        for _ in range(3):
-            try:
-                (result,) = await _run(
-                    self.pools.primary, lambda c: _append_batch(c, [m], self.search_config), retry=False
-                )
-            except asyncpg.UniqueViolationError:
-                continue  # another id taken: the next try draws new ones
-            return result
-        raise StoreUnavailable("postgres", "append kept conflicting")
+        """One flush, whatever the number of conversations in it: one statement
+        (one transaction, one commit) on one pooled connection."""
+        return await _run(
+            self.pools.primary,
+            functools.partial(_append_batches, messages=batch, search_config=self.search_config),
+            retry=False,
+        )
 
     async def get_message(self, conversation_id: int, message_id: str) -> MessageRecord | None:
         row = await _run(
@@ -1195,13 +1177,154 @@ async def _append_batch(c: Conn, messages: list[NewMessage], search_config: str)
     return _appended(await c.fetch(_APPEND_BATCH_SQL, *arguments))
 
 
+_SLICED = (
+    "($4::text[])[g.lo:g.hi], ($5::bigint[])[g.lo:g.hi], ($6::text[])[g.lo:g.hi], ($7::text[])[g.lo:g.hi],"
+    " ($8::bigint[])[g.lo:g.hi], ($9::text[])[g.lo:g.hi], ($10::boolean[])[g.lo:g.hi], ($11::text[])[g.lo:g.hi],"
+    " ($12::text[])[g.lo:g.hi], $13::integer, ($14::text[])[g.lo:g.hi], $15::regconfig"
+)
+_APPEND_BATCHES_SQL = (
+    f"SELECT {_APPENDED_COLUMNS}, a.duplicate, a.is_root"
+    " FROM unnest($1::bigint[], $2::integer[], $3::integer[]) WITH ORDINALITY AS g(cid, lo, hi, n)"
+    f" CROSS JOIN LATERAL hubbub_append_batch(g.cid, {_SLICED}) WITH ORDINALITY AS a(duplicate, is_root, message, k)"
+    " ORDER BY g.n, a.k"
+)
+"""One flush of several conversations in one statement: ``$1`` the conversations
+in ascending id, ``$2``/``$3`` where each one's messages are in the flat arrays
+(1-based, inclusive), then ``hubbub_append_batch``'s arguments over all
+messages. The function runs once per conversation, in the order of ``$1``,
+so counter rows are locked in ascending conversation id: two instances'
+flushes wait for each other, never deadlock. One statement is one implicit
+transaction: it commits whole or not at all."""
+
+APPEND_FLIGHTS = 4
+"""Flushes of the PostgreSQL group commit in flight at once, each on its own
+pooled connection and with other conversations (storage/batching.py): while
+one commits the next is being stored, and a burst of more than a batch (256
+messages) is stored by several server processes side by side rather than by
+one statement after another. Four of the pool's ten (by default) at most, so
+the others serve everything else."""
+
+_ISOLATED_ERRORS: tuple[type[BaseException], ...] = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+"""Errors a statement raises because of the data of some message in it: the
+statement rolled back (the server refused it), so the flush is redone one
+conversation at a time, and only that conversation's sends fail."""
+
+
+async def _append_batches(c: Conn, messages: list[NewMessage], search_config: str) -> list[Stored | BaseException]:
+    """Store a flush of any number of conversations in one statement, each
+    conversation's messages in order; the outcomes in the order of ``messages``."""
+    groups: dict[int, list[int]] = {}
+    for i, m in enumerate(messages):
+        groups.setdefault(m.conversation_id, []).append(i)
+    order = [i for cid in sorted(groups) for i in groups[cid]]
+    ordered = [messages[i] for i in order]
+    try:
+        if not any(m.thread_root_id for m in ordered):
+            stored: list[Stored | BaseException] = list(await _append_set(c, ordered, search_config))
+        elif len(groups) == 1:
+            stored = list(await _append_batch(c, ordered, search_config))
+        else:
+            stored = list(await _append_many(c, ordered, search_config))
+    except _ISOLATED_ERRORS:
+        stored = []
+        for cid in sorted(groups):
+            stored.extend(await _append_conversation(c, [messages[i] for i in groups[cid]], search_config))
+    outcomes: list[Stored | BaseException | None] = [None] * len(messages)
+    for i, outcome in zip(order, stored, strict=True):
+        outcomes[i] = outcome
+    return [o for o in outcomes if o is not None]
+
+
+_APPEND_SET_SQL = (
+    f"SELECT {_APPENDED_COLUMNS}, a.duplicate, a.is_root"
+    " FROM hubbub_append_many($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::regconfig) AS a"
+)
+"""A flush without replies, any number of conversations, set-based (migration 0009)."""
+
+
+async def _append_set(c: Conn, ordered: list[NewMessage], search_config: str) -> list[Stored]:
+    """``_APPEND_SET_SQL`` over ``ordered`` (no replies): one row per message, in order."""
+    ids, senders, texts, client_msg_ids, ts, _roots, also, mentions, mention_all = _message_arguments(ordered)
+    arguments = (
+        [m.conversation_id for m in ordered],
+        ids,
+        senders,
+        texts,
+        client_msg_ids,
+        ts,
+        also,
+        mentions,
+        mention_all,
+        [index_text(m.text) for m in ordered],
+        search_config,
+    )
+    return _appended(await c.fetch(_APPEND_SET_SQL, *arguments))
+
+
+async def _append_many(c: Conn, ordered: list[NewMessage], search_config: str) -> list[Stored]:
+    """``_APPEND_BATCHES_SQL`` over ``ordered``: sorted by conversation, each conversation's in submission order."""
+    cids: list[int] = []
+    lo: list[int] = []
+    hi: list[int] = []
+    for position, m in enumerate(ordered, start=1):
+        if cids and cids[-1] == m.conversation_id:
+            hi[-1] = position
+        else:
+            cids.append(m.conversation_id)
+            lo.append(position)
+            hi.append(position)
+    arguments = (
+        cids,
+        lo,
+        hi,
+        *_message_arguments(ordered),
+        REPLIERS_KEPT,
+        [index_text(m.text) for m in ordered],
+        search_config,
+    )
+    return _appended(await c.fetch(_APPEND_BATCHES_SQL, *arguments))
+
+
+async def _append_conversation(c: Conn, messages: list[NewMessage], search_config: str) -> list[Stored | BaseException]:
+    """One conversation's messages when the flush they were in was refused: in one
+    statement, or, if that is refused too, one at a time, each refusal that
+    message's outcome (``unavailable``, as every refused statement is)."""
+    try:
+        return list(await _append_batch(c, messages, search_config))
+    except _ISOLATED_ERRORS:
+        pass
+    outcomes: list[Stored | BaseException] = []
+    for m in messages:
+        outcomes.append(await _append_alone(c, m, search_config))
+    return outcomes
+
+
+async def _append_alone(c: Conn, m: NewMessage, search_config: str) -> Stored | BaseException:
+    for _ in range(3):
+        try:
+            (result,) = await _append_batch(c, [m], search_config)
+        except asyncpg.UniqueViolationError:
+            # Not a resend (the function meets those with ON CONFLICT, behind
+            # the counter lock of any instance): a fresh id taken already. The
+            # statement rolled back (counter included); the next try draws new ids.
+            continue
+        except _ISOLATED_ERRORS as exc:
+            return StoreUnavailable("postgres", describe(exc))
+        return result
+    return StoreUnavailable("postgres", "append kept conflicting")
+
+
 def _append_batch_arguments(messages: list[NewMessage]) -> tuple[object, ...]:
     """The arguments of ``_APPEND_BATCH_SQL`` storing ``messages`` under fresh ids."""
     cid = messages[0].conversation_id
     if any(m.conversation_id != cid for m in messages):
         raise ValueError(f"a batch of conversation {cid} holds messages of another conversation")
+    return (cid, *_message_arguments(messages), REPLIERS_KEPT)
+
+
+def _message_arguments(messages: list[NewMessage]) -> tuple[list[Any], ...]:
+    """The per-message arrays of ``hubbub_append_batch``, with fresh ids."""
     return (
-        cid,
         [new_message_id() for _ in messages],
         [m.sender_id for m in messages],
         [m.text for m in messages],
@@ -1211,7 +1334,6 @@ def _append_batch_arguments(messages: list[NewMessage]) -> tuple[object, ...]:
         [m.also_in_channel for m in messages],
         [ids_json(m.mentions) for m in messages],
         [m.mention_all for m in messages],
-        REPLIERS_KEPT,
     )
 
 

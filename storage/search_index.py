@@ -59,9 +59,16 @@ _UPSERT_SQL = (
     " WHERE coalesce(excluded.edited_ts, 0) >= coalesce(message_search.edited_ts, 0)"
 )
 """Rows for messages not deleted; an older state (a late resend's) never replaces a newer edit's."""
-_DELETE_SQL = (
-    "DELETE FROM message_search WHERE (conversation_id, seq) IN (SELECT * FROM unnest($1::bigint[], $2::bigint[]))"
+
+
+_STORE_SQL = (
+    "WITH gone AS (DELETE FROM message_search WHERE (conversation_id, seq) IN"
+    " (SELECT * FROM unnest($10::bigint[], $11::bigint[]))) " + _UPSERT_SQL
 )
+"""``store`` in one statement (one round trip, one transaction: a group commit's
+flush writes its index rows in one, whatever the number of conversations):
+the rows of tombstones removed, the others upserted. The two sets are disjoint
+(one row per message), so no row is touched twice."""
 
 
 class PostgresSearchIndex:
@@ -79,22 +86,20 @@ class PostgresSearchIndex:
         gone = [r for r in latest if r.deleted]
 
         async def write(c: Conn) -> None:
-            async with c.transaction():
-                if live:
-                    await c.execute(
-                        _UPSERT_SQL,
-                        self.search_config,
-                        [r.conversation_id for r in live],
-                        [r.seq for r in live],
-                        [r.id for r in live],
-                        [r.sender_id for r in live],
-                        [r.ts for r in live],
-                        [r.thread_root_id is not None for r in live],
-                        [r.edited_ts for r in live],
-                        [index_text(r.text) for r in live],
-                    )
-                if gone:
-                    await c.execute(_DELETE_SQL, [r.conversation_id for r in gone], [r.seq for r in gone])
+            await c.execute(
+                _STORE_SQL,
+                self.search_config,
+                [r.conversation_id for r in live],
+                [r.seq for r in live],
+                [r.id for r in live],
+                [r.sender_id for r in live],
+                [r.ts for r in live],
+                [r.thread_root_id is not None for r in live],
+                [r.edited_ts for r in live],
+                [index_text(r.text) for r in live],
+                [r.conversation_id for r in gone],
+                [r.seq for r in gone],
+            )
 
         if records:
             await _run(self.pools.primary, write, retry=False)

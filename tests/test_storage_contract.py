@@ -375,6 +375,85 @@ async def test_ordered_appends_keep_submission_order(directory: Directory, messa
         assert [m.client_msg_id for m in history] == ["first", *(f"o-{n}" for n in range(120))]
 
 
+async def test_appends_to_many_conversations_at_once_keep_each_ones_order(
+    directory: Directory, messages: MessageLog
+) -> None:
+    """Group commit across conversations: a burst into 30 conversations (flushes
+    spanning conversations, more than one batch, several in flight) keeps each
+    conversation's order, seqs from 1 (gapless stores: exactly 1..n), and
+    stores each message once."""
+    alice, bob = await new_user(directory), await new_user(directory)
+    channels = [await new_channel(directory, alice) for _ in range(30)]
+    sends = [new_message(channels[n % 30], (alice, bob)[n % 2], f"m-{n}") for n in range(300)]
+    results = await asyncio.gather(*(messages.append(m) for m in sends))
+    assert not any(appended.duplicate for appended in results)
+    for k, channel in enumerate(channels):
+        mine = [appended.record for appended in results if appended.record.conversation_id == channel.id]
+        assert [m.client_msg_id for m in mine] == [f"m-{n}" for n in range(k, 300, 30)]
+        seqs = [m.seq for m in mine]
+        assert seqs == sorted(seqs) and len(set(seqs)) == 10
+        if messages.gapless:
+            assert seqs == list(range(1, 11))
+        history = await messages.history(channel.id, before=None, after=None, limit=50, order="asc")
+        assert [m.client_msg_id for m in history] == [m.client_msg_id for m in mine]
+
+
+async def test_resends_in_a_burst_across_conversations(directory: Directory, messages: MessageLog) -> None:
+    """Idempotency across a flush of several conversations: the same client_msg_id
+    in two conversations is two messages; a resend in the same burst, or of a
+    message stored earlier, is a duplicate of it, whatever the other conversations do."""
+    alice = await new_user(directory)
+    one = await new_channel(directory, alice)
+    two = await new_channel(directory, alice)
+    three = await new_channel(directory, alice)
+    earlier = await messages.append(new_message(three, alice, "old"))
+    burst = [
+        new_message(one, alice, "same"),
+        new_message(two, alice, "same"),
+        new_message(one, alice, "same"),
+        new_message(three, alice, "old"),
+        new_message(two, alice, "other"),
+    ]
+    first_one, first_two, again_one, old_again, other = await asyncio.gather(*(messages.append(m) for m in burst))
+    assert (first_one.duplicate, first_two.duplicate, other.duplicate) == (False, False, False)
+    assert first_one.record.conversation_id == one.id and first_two.record.conversation_id == two.id
+    assert (again_one.duplicate, again_one.record) == (True, first_one.record)
+    assert (old_again.duplicate, old_again.record) == (True, earlier.record)
+    assert other.record.seq > first_two.record.seq
+    if messages.gapless:
+        assert (first_one.record.seq, first_two.record.seq, other.record.seq) == (1, 1, 2)
+    history = await messages.history(three.id, before=None, after=None, limit=10, order="asc")
+    assert history == [earlier.record]
+
+
+async def test_replies_in_a_burst_across_conversations_update_each_root(
+    directory: Directory, messages: MessageLog
+) -> None:
+    """A flush holding replies of several conversations (on PostgreSQL the
+    per-conversation function in one statement): each reply updates its own
+    root, in order, and plain messages between them keep their seqs."""
+    alice, bob = await new_user(directory), await new_user(directory)
+    channels = [await new_channel(directory, alice) for _ in range(4)]
+    roots = [(await messages.append(new_message(c, alice, f"root-{c.id}"))).record for c in channels]
+    sends = [
+        new_message(c, (alice, bob)[k % 2], f"r-{c.id}-{k}", thread_root_id=root.id if k % 2 == 0 else None)
+        for k in range(4)
+        for c, root in zip(channels, roots, strict=True)
+    ]
+    results = await asyncio.gather(*(messages.append(m) for m in sends))
+    for c, root in zip(channels, roots, strict=True):
+        mine = [r for r in results if r.record.conversation_id == c.id]
+        assert [r.record.client_msg_id for r in mine] == [f"r-{c.id}-{k}" for k in range(4)]
+        seqs = [r.record.seq for r in mine]
+        assert seqs == sorted(seqs) and seqs[0] > root.seq
+        if messages.gapless:
+            assert seqs == [2, 3, 4, 5]
+        replies = [r for r in mine if r.record.thread_root_id is not None]
+        assert [r.root.reply_count for r in replies if r.root is not None] == [1, 2]
+        stored_root = await messages.get_message(c.id, root.id)
+        assert stored_root is not None and stored_root.reply_count == 2
+
+
 async def test_concurrent_duplicates_store_once(directory: Directory, messages: MessageLog) -> None:
     alice = await new_user(directory)
     channel = await new_channel(directory, alice)

@@ -277,3 +277,103 @@ async def test_a_batch_with_an_outcome_missing_fails_whole_and_the_next_is_serve
         await broken.append(new(1, "a"))
     record = (await batches.append(new(1, "b"))).record
     assert record.seq == 2  # the short batch was stored; its waiter was told it may not have been
+
+
+async def test_a_flush_takes_every_conversation_waiting_each_in_submission_order() -> None:
+    """Across conversations: what queued during a flush goes together in the next,
+    whatever the conversations, each conversation's appends in submission order."""
+    store = FakeStore(hold=True)
+    batches = GroupCommit("fake", store, max_flights=1)
+    first = submit(batches, new(1, "a"))
+    await store.wait_started(1)
+    waiting = submit(batches, new(2, "b"), new(1, "c"), new(3, "d"), new(2, "e"))
+    await next_turn()
+    assert len(store.batches) == 1  # one flight: the others wait for it
+    store.release()
+    await store.wait_started(2)
+    store.release()
+    results = await asyncio.gather(*first, *waiting)
+    assert store.batches == [["a"], ["b", "e", "c", "d"]]  # oldest conversation first, each in order
+    assert [(r.conversation_id, r.seq) for r in (o.record for o in results)] == [(1, 1), (2, 1), (1, 2), (3, 1), (2, 2)]
+    await batches.close()
+
+
+async def test_a_burst_into_many_conversations_is_one_flush() -> None:
+    store = FakeStore()
+    batches = GroupCommit("fake", store)
+    results = await asyncio.gather(*submit(batches, *(new(cid, f"m{cid}") for cid in range(100))))
+    assert store.batches == [[f"m{cid}" for cid in range(100)]]
+    assert batches.flushes == 1
+    assert [o.record.conversation_id for o in results] == list(range(100))
+
+
+async def test_a_conversation_in_flight_waits_while_a_second_flight_takes_the_others() -> None:
+    """At most one batch per conversation in flight (its order), up to max_flights
+    batches at once: the second flight takes the other conversations, and the busy
+    conversation's appends go in the first batch after its own is stored."""
+    store = FakeStore(hold=True)
+    batches = GroupCommit("fake", store, max_flights=2)
+    first = submit(batches, new(1, "a"))
+    await store.wait_started(1)
+    second = submit(batches, new(1, "b"), new(2, "c"), new(3, "d"))
+    await store.wait_started(2)
+    assert store.batches == [["a"], ["c", "d"]]
+    third = submit(batches, new(4, "e"))
+    await next_turn()
+    assert len(store.batches) == 2  # both flights busy: conversation 4 waits
+    store.release()  # "a" stored: its flight takes conversation 1's "b" and conversation 4's "e"
+    await store.wait_started(3)
+    assert store.batches[2] == ["b", "e"]
+    store.release()
+    store.release()
+    results = await asyncio.gather(*first, *second, *third)
+    assert [(r.conversation_id, r.seq) for r in (o.record for o in results)] == [(1, 1), (1, 2), (2, 1), (3, 1), (4, 1)]
+    await batches.close()
+
+
+async def test_max_batch_spans_conversations_and_the_rest_waits_in_order() -> None:
+    store = FakeStore(hold=True)
+    batches = GroupCommit("fake", store, max_batch=3, max_flights=1)
+    tasks = submit(batches, new(1, "a"), new(1, "b"), new(2, "c"), new(2, "d"), new(3, "e"))
+    for count in (1, 2):
+        await store.wait_started(count)
+        store.release()
+    results = await asyncio.gather(*tasks)
+    assert store.batches == [["a", "b", "c"], ["e", "d"]]
+    assert [(r.conversation_id, r.seq) for r in (o.record for o in results)] == [(1, 1), (1, 2), (2, 1), (2, 2), (3, 1)]
+
+
+async def test_a_failing_flush_fails_exactly_its_appends_across_conversations() -> None:
+    store = FakeStore(hold=True)
+    batches = GroupCommit("fake", store, max_flights=1)
+    failing = submit(batches, new(1, "a"), new(2, "b"), new(3, "c"))
+    await store.wait_started(1)
+    later = submit(batches, new(1, "d"), new(4, "e"))
+    await next_turn()
+    store.fail_next = ConnectionResetError("connection lost")
+    store.release()
+    await store.wait_started(2)
+    store.release()
+    outcomes = await asyncio.gather(*failing, return_exceptions=True)
+    assert all(isinstance(o, StoreUnavailable) for o in outcomes)
+    served = await asyncio.gather(*later)
+    assert [(o.record.conversation_id, o.record.seq) for o in served] == [(1, 1), (4, 1)]
+
+
+async def test_a_burst_over_max_batch_is_stored_in_batches_side_by_side() -> None:
+    store = FakeStore(hold=True)
+    batches = GroupCommit("fake", store, max_batch=4, max_flights=3)
+    tasks = submit(batches, *(new(cid, f"m{cid}-{k}") for k in range(2) for cid in range(5)))
+    await store.wait_started(3)  # three flights at once, none waiting for another
+    assert store.batches == [
+        ["m0-0", "m0-1", "m1-0", "m1-1"],
+        ["m2-0", "m2-1", "m3-0", "m3-1"],
+        ["m4-0", "m4-1"],
+    ]
+    for _ in range(3):
+        store.release()
+    results = await asyncio.gather(*tasks)
+    assert [(r.conversation_id, r.seq) for r in (o.record for o in results)] == [
+        (cid, k + 1) for k in range(2) for cid in range(5)
+    ]
+    await batches.close()
