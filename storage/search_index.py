@@ -49,18 +49,21 @@ from hubbub.storage.search_sql import ts_position
 MAX_SEARCH_ROUNDS = 4
 """Index reads one ``newest`` search makes at most when stale rows were dropped from a page."""
 
-_UPSERT_SQL = (
-    "INSERT INTO message_search (conversation_id, seq, id, sender_id, ts, is_reply, edited_ts, search)"
+_STORE_SQL = (
+    "WITH gone AS (DELETE FROM message_search"
+    " WHERE (conversation_id, seq) IN (SELECT * FROM unnest($10::bigint[], $11::bigint[])))"
+    " INSERT INTO message_search (conversation_id, seq, id, sender_id, ts, is_reply, edited_ts, search)"
     " SELECT b.cid, b.seq, b.id, b.sender, b.ts, b.reply, b.edited, to_tsvector($1::regconfig, b.words)"
     " FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::bigint[], $6::bigint[], $7::bool[], $8::bigint[],"
     " $9::text[]) AS b(cid, seq, id, sender, ts, reply, edited, words)"
     " ON CONFLICT (conversation_id, seq) DO UPDATE SET edited_ts = excluded.edited_ts, search = excluded.search"
     " WHERE coalesce(excluded.edited_ts, 0) >= coalesce(message_search.edited_ts, 0)"
 )
-"""Rows for messages not deleted; an older state (a late resend's) never replaces a newer edit's."""
-_DELETE_SQL = (
-    "DELETE FROM message_search WHERE (conversation_id, seq) IN (SELECT * FROM unnest($1::bigint[], $2::bigint[]))"
-)
+"""A batch's index write in one statement, so one round trip (it is atomic on
+its own: no BEGIN and COMMIT around it): rows for the messages not deleted,
+where an older state (a late resend's) never replaces a newer edit's, and no
+row for the tombstones ($10, $11). The two sets never share a message, so
+the insert and the delete, which see the same snapshot, never meet."""
 
 
 class PostgresSearchIndex:
@@ -78,22 +81,20 @@ class PostgresSearchIndex:
         gone = [r for r in latest if r.deleted]
 
         async def write(c: Conn) -> None:
-            async with c.transaction():
-                if live:
-                    await c.execute(
-                        _UPSERT_SQL,
-                        self.search_config,
-                        [r.conversation_id for r in live],
-                        [r.seq for r in live],
-                        [r.id for r in live],
-                        [r.sender_id for r in live],
-                        [r.ts for r in live],
-                        [r.thread_root_id is not None for r in live],
-                        [r.edited_ts for r in live],
-                        [index_text(r.text) for r in live],
-                    )
-                if gone:
-                    await c.execute(_DELETE_SQL, [r.conversation_id for r in gone], [r.seq for r in gone])
+            await c.execute(
+                _STORE_SQL,
+                self.search_config,
+                [r.conversation_id for r in live],
+                [r.seq for r in live],
+                [r.id for r in live],
+                [r.sender_id for r in live],
+                [r.ts for r in live],
+                [r.thread_root_id is not None for r in live],
+                [r.edited_ts for r in live],
+                [index_text(r.text) for r in live],
+                [r.conversation_id for r in gone],
+                [r.seq for r in gone],
+            )
 
         if records:
             await _run(self.pools.primary, write, retry=False)
