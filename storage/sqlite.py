@@ -965,7 +965,8 @@ def _changes(c: sqlite3.Connection, conversation_id: int, after_rev: int, limit:
 
 def _append_batch(c: sqlite3.Connection, batch: list[NewMessage]) -> list[Appended]:
     indexed: list[tuple[int, str]] = []
-    outcomes = [_append_one(c, m, indexed) for m in batch]
+    last_rowids: dict[int, int] = {}
+    outcomes = [_append_one(c, m, indexed, last_rowids) for m in batch]
     # The batch's words go into the index last, in one statement. FTS5 writes
     # its pending words out as a new segment whenever a later statement of
     # the transaction opens a statement savepoint (any INSERT or UPDATE of an
@@ -981,9 +982,12 @@ def _append_batch(c: sqlite3.Connection, batch: list[NewMessage]) -> list[Append
 _INDEX_MESSAGE_SQL = "INSERT INTO message_search (rowid, text) VALUES (?, ?)"
 
 
-def _append_one(c: sqlite3.Connection, m: NewMessage, indexed: list[tuple[int, str]]) -> Appended:
+def _append_one(
+    c: sqlite3.Connection, m: NewMessage, indexed: list[tuple[int, str]], last_rowids: dict[int, int]
+) -> Appended:
     """Store ``m`` unless it is a resend; its index entry (search rowid, words)
-    goes onto ``indexed``, which the caller writes after the batch's rows."""
+    goes onto ``indexed``, which the caller writes after the batch's rows;
+    ``last_rowids`` is the batch's ``_next_search_rowid`` memory."""
     row = c.execute(
         f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND sender_id = ? AND client_msg_id = ?",
         (m.conversation_id, m.sender_id, m.client_msg_id),
@@ -997,7 +1001,7 @@ def _append_one(c: sqlite3.Connection, m: NewMessage, indexed: list[tuple[int, s
         (m.conversation_id,),
     ).fetchone()
     record = new_message_record(m, seq, rev)
-    search_rowid = _next_search_rowid(c, m.ts)
+    search_rowid = _next_search_rowid(c, m.ts, last_rowids)
     c.execute(_INSERT_MESSAGE_SQL, (*message_values(record), search_rowid))
     indexed.append((search_rowid, fts5_text(record.text)))
     root = None if m.thread_root_id is None else _add_reply_to_root(c, m.thread_root_id, record)
@@ -1022,14 +1026,25 @@ def _add_reply_to_root(c: sqlite3.Connection, root_id: str, reply: MessageRecord
 # -- message search (SEARCH_MIGRATION) -----------------------------------------
 
 
-def _next_search_rowid(c: sqlite3.Connection, ts: int) -> int:
-    """A new message's search rowid: the next free one of its millisecond (one index probe)."""
+def _next_search_rowid(c: sqlite3.Connection, ts: int, last_rowids: dict[int, int]) -> int:
+    """A new message's search rowid: the next free one of its millisecond.
+
+    One index probe for the first message of a millisecond in the batch; the
+    batch's later ones of that millisecond follow from ``last_rowids`` (the
+    rowid the batch last took per millisecond): the batch holds the write
+    lock, so nobody else takes one meanwhile."""
     base = sqlite_rowid_base(ts)
-    row = c.execute(
-        "SELECT max(search_rowid) FROM messages WHERE search_rowid >= ? AND search_rowid < ?",
-        (base, base + (1 << SQLITE_ROWID_TS_SHIFT)),
-    ).fetchone()
-    return base if row[0] is None else int(row[0]) + 1
+    last = last_rowids.get(base)
+    if last is None:
+        row = c.execute(
+            "SELECT max(search_rowid) FROM messages WHERE search_rowid >= ? AND search_rowid < ?",
+            (base, base + (1 << SQLITE_ROWID_TS_SHIFT)),
+        ).fetchone()
+        rowid = base if row[0] is None else int(row[0]) + 1
+    else:
+        rowid = last + 1
+    last_rowids[base] = rowid
+    return rowid
 
 
 def _reindex(c: sqlite3.Connection, before: MessageRecord, after: MessageRecord) -> None:
