@@ -127,7 +127,8 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main() -> None:
-    print(json.dumps(run(arguments())))
+    with tempfile.TemporaryDirectory(prefix="hubbub-appendbench-") as directory:
+        print(json.dumps(run(arguments(), Path(directory))))
 
 
 if __name__ == "__main__":
