@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import bisect
 import itertools
 import random
 import sqlite3
@@ -40,6 +39,7 @@ from pathlib import Path
 
 import asyncpg
 
+from hubbub.loadtest.wordgen import texts, vocabulary
 from hubbub.protocol.search import parse
 from hubbub.storage.base import MessageLog
 from hubbub.storage.postgres import PostgresMessageLog, PostgresPools, migrate
@@ -50,33 +50,9 @@ from hubbub.storage.sqlite import SqliteDatabase, open_sqlite
 
 PAGE = 21
 """What the handler asks the store for at the default limit of 20: one more, to know whether a page follows."""
-VOCABULARY = 20_000
-SYLLABLES = [a + b for a in "bcdfghjklmnprstvz" for b in "aeiou"]
 START_TS = 1_700_000_000_000
 CHUNK = 50_000
 ORDERS: tuple[SearchOrder, ...] = ("newest", "relevance")
-
-
-def vocabulary(seed: int) -> list[str]:
-    """``VOCABULARY`` distinct lowercase words, in Zipf rank order."""
-    rng = random.Random(seed)
-    words: list[str] = []
-    seen: set[str] = set()
-    while len(words) < VOCABULARY:
-        word = "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 4)))
-        if word not in seen:
-            seen.add(word)
-            words.append(word)
-    return words
-
-
-def texts(count: int, words: list[str], seed: int) -> Iterator[str]:
-    rng = random.Random(seed)
-    cumulative = list(itertools.accumulate(1.0 / rank for rank in range(1, len(words) + 1)))
-    total = cumulative[-1]
-    for _ in range(count):
-        n = rng.randint(6, 16)
-        yield " ".join(words[bisect.bisect(cumulative, rng.random() * total)] for _ in range(n))
 
 
 def queries(words: list[str], sample: list[str], count: int, seed: int) -> dict[str, list[str]]:

@@ -939,7 +939,7 @@ class PostgresMessageLog:
     next, each conversation's appends in submission order. So concurrent
     appends keep their order (a connection's sends can be pipelined), and a
     flush of any number of conversations is one statement, one transaction,
-    one commit: ``hubbub_append_many`` (migration 0009, set-based) when it
+    one commit: ``hubbub_append_many`` (migration 0011, set-based) when it
     holds no reply, else ``_APPEND_BATCHES_SQL``, the ``hubbub_append_batch``
     function (migration 0008) once per conversation, replies and their roots'
     updates included. Both lock the counter rows in ascending conversation id
@@ -1239,7 +1239,7 @@ _APPEND_SET_SQL = (
     f"SELECT {_APPENDED_COLUMNS}, a.duplicate, a.is_root"
     " FROM hubbub_append_many($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::regconfig) AS a"
 )
-"""A flush without replies, any number of conversations, set-based (migration 0009)."""
+"""A flush without replies, any number of conversations, set-based (migration 0011)."""
 
 
 async def _append_set(c: Conn, ordered: list[NewMessage], search_config: str) -> list[Stored]:

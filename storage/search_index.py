@@ -50,25 +50,21 @@ from hubbub.storage.search_sql import ts_position
 MAX_SEARCH_ROUNDS = 4
 """Index reads one ``newest`` search makes at most when stale rows were dropped from a page."""
 
-_UPSERT_SQL = (
-    "INSERT INTO message_search (conversation_id, seq, id, sender_id, ts, is_reply, edited_ts, search)"
+_STORE_SQL = (
+    "WITH gone AS (DELETE FROM message_search"
+    " WHERE (conversation_id, seq) IN (SELECT * FROM unnest($10::bigint[], $11::bigint[])))"
+    " INSERT INTO message_search (conversation_id, seq, id, sender_id, ts, is_reply, edited_ts, search)"
     " SELECT b.cid, b.seq, b.id, b.sender, b.ts, b.reply, b.edited, to_tsvector($1::regconfig, b.words)"
     " FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::bigint[], $6::bigint[], $7::bool[], $8::bigint[],"
     " $9::text[]) AS b(cid, seq, id, sender, ts, reply, edited, words)"
     " ON CONFLICT (conversation_id, seq) DO UPDATE SET edited_ts = excluded.edited_ts, search = excluded.search"
     " WHERE coalesce(excluded.edited_ts, 0) >= coalesce(message_search.edited_ts, 0)"
 )
-"""Rows for messages not deleted; an older state (a late resend's) never replaces a newer edit's."""
-
-
-_STORE_SQL = (
-    "WITH gone AS (DELETE FROM message_search WHERE (conversation_id, seq) IN"
-    " (SELECT * FROM unnest($10::bigint[], $11::bigint[]))) " + _UPSERT_SQL
-)
-"""``store`` in one statement (one round trip, one transaction: a group commit's
-flush writes its index rows in one, whatever the number of conversations):
-the rows of tombstones removed, the others upserted. The two sets are disjoint
-(one row per message), so no row is touched twice."""
+"""A batch's index write in one statement, so one round trip (it is atomic on
+its own: no BEGIN and COMMIT around it): rows for the messages not deleted,
+where an older state (a late resend's) never replaces a newer edit's, and no
+row for the tombstones ($10, $11). The two sets never share a message, so
+the insert and the delete, which see the same snapshot, never meet."""
 
 
 class PostgresSearchIndex:

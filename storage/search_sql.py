@@ -8,7 +8,7 @@ syntax as an operator.
 
 from __future__ import annotations
 
-from hubbub.protocol.search import Term
+from hubbub.protocol.search import Term, index_text
 from hubbub.storage.records import InvalidPosition
 
 SQLITE_ROWID_TS_SHIFT = 20
@@ -26,6 +26,19 @@ def fts5_match(terms: tuple[Term, ...]) -> str:
         phrase = '"' + " ".join(term.words) + '"'
         parts.append(phrase + "*" if term.prefix else phrase)
     return " ".join(parts)
+
+
+def fts5_text(text: str) -> str:
+    """What SQLite's FTS5 table is given for a message's text: ASCII text as it
+    is, other text as ``index_text`` cuts it. On ASCII the table's tokenizer
+    (``unicode61``) cuts and folds exactly as protocol.search does (letters and
+    digits, lowercased; ``_`` and the rest separate words), so the index holds
+    the same words at the same positions without the Python pass over every
+    message sent (tests/unit/test_search_text.py checks it word for word).
+    Every write of the index goes through here, so an FTS5 ``delete`` is given
+    what its insert was; text indexed as ``index_text(text)`` before holds the
+    same tokens, so either deletes it."""
+    return text if text.isascii() else index_text(text)
 
 
 def tsquery(terms: tuple[Term, ...]) -> str:

@@ -1,4 +1,4 @@
-"""Upgrading a PostgreSQL message log to migration 0009 (hubbub_append_many, the
+"""Upgrading a PostgreSQL message log to migration NNNN_append_many (hubbub_append_many, the
 group commit across conversations): messages the release stored (through its
 per-conversation hubbub_append_batch) are continued gapless, a resend of one is
 its duplicate, and an instance still on the release (a rolling deploy) keeps
@@ -16,7 +16,9 @@ from hubbub.storage.postgres import Conn, PostgresMessageLog, PostgresPools, mig
 from hubbub.storage.records import NewMessage
 from tests.backends import apply_released_migrations, create_postgres_database, drop_postgres_database
 
-RELEASED = tuple(v for v, _ in migrations() if v < "0009")
+APPEND_MANY = next(v for v, _ in migrations() if v.endswith("_append_many"))
+"""The migration under test, found by name so renumbering changes no test."""
+RELEASED = tuple(v for v, _ in migrations() if v < APPEND_MANY)
 ROOMS = (1, 2, 3)
 OLD_SQL = (
     "SELECT (a.message).seq FROM hubbub_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'simple') AS a"
@@ -67,7 +69,7 @@ async def release_postgres() -> AsyncIterator[str]:
 
 
 async def test_postgres_upgrade_to_append_many(release_postgres: str) -> None:
-    assert await migrate(release_postgres) == ["0009_append_many"]
+    assert await migrate(release_postgres) == [APPEND_MANY]
     assert await migrate(release_postgres) == []
     pools = await PostgresPools.open(release_postgres, None, min_size=1, max_size=4, timeout=10)
     log = PostgresMessageLog(pools)

@@ -276,7 +276,7 @@ async def test_a_batch_is_one_statement_with_or_without_replies(dsn: str) -> Non
         statements.clear()
         # Appended together: one batch (the flusher starts after every one queued).
         plain = await asyncio.gather(*(log.append(message(f"p{n}")) for n in range(10)))
-        # No reply in it: the set-based function (migration 0009).
+        # No reply in it: the set-based function (migration 0011).
         assert [s.split(" FROM ")[-1].split("(")[0] for s in pools_statements(statements)] == ["hubbub_append_many"]
         statements.clear()
         replies = await asyncio.gather(*(log.append(message(f"r{n}", root=root.id)) for n in range(10)))

@@ -3,6 +3,9 @@ into each engine's syntax (storage/search_sql.py), without a store."""
 
 from __future__ import annotations
 
+import random
+import sqlite3
+
 import pytest
 
 from hubbub.protocol.search import (
@@ -21,6 +24,7 @@ from hubbub.storage.records import InvalidPosition
 from hubbub.storage.search_sql import (
     SQLITE_MAX_TS,
     fts5_match,
+    fts5_text,
     parse_ts_position,
     sqlite_position,
     sqlite_rowid_base,
@@ -120,3 +124,45 @@ def test_sqlite_rowids_keep_time_order() -> None:
     assert sqlite_rowid_base(1) - sqlite_rowid_base(0) == 1 << 20
     assert sqlite_rowid_base(-5) == 0
     assert sqlite_rowid_base(SQLITE_MAX_TS + 10) == sqlite_rowid_base(SQLITE_MAX_TS) < 2**63
+
+
+def _fts5_tokens(conn: sqlite3.Connection, text: str) -> list[tuple[str, int]]:
+    """The (word, position) entries SQLite's FTS5 table (SEARCH_MIGRATION's tokenizer) makes of ``text``."""
+    conn.execute("DELETE FROM t")
+    conn.execute("INSERT INTO t (rowid, text) VALUES (1, ?)", (text,))
+    return conn.execute("SELECT term, offset FROM v ORDER BY offset").fetchall()
+
+
+ASCII_SAMPLES = [
+    "Hello, World! x_y 42",
+    "MiXeD-case_words and 3.14 -- e-mail: a.b@c.d",
+    "tabs\tand\nnew\rlines\x00nul\x1fctl\x7fdel",
+    "punctuation!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~end",
+    "",
+    "   ",
+    "CamelCase ALLCAPS lower 007 0x1F",
+]
+
+
+@pytest.mark.parametrize("text", [*ASCII_SAMPLES, "".join(chr(n) for n in range(128)) * 2])
+def test_fts5_is_given_ascii_text_as_is_and_indexes_the_same_words(text: str) -> None:
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE VIRTUAL TABLE t USING fts5(text, tokenize='unicode61 remove_diacritics 2')")
+    conn.execute("CREATE VIRTUAL TABLE v USING fts5vocab(t, instance)")
+    assert fts5_text(text) == text
+    assert _fts5_tokens(conn, text) == _fts5_tokens(conn, index_text(text))
+    assert [word for word, _ in _fts5_tokens(conn, text)] == index_text(text).split()
+
+
+def test_fts5_is_given_other_text_cut_by_index_text() -> None:
+    assert fts5_text("Déjà VU, straße") == index_text("Déjà VU, straße") == "deja vu strasse"
+
+
+def test_fts5_indexes_random_ascii_text_as_index_text_cuts_it() -> None:
+    rng = random.Random(15)
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE VIRTUAL TABLE t USING fts5(text, tokenize='unicode61 remove_diacritics 2')")
+    conn.execute("CREATE VIRTUAL TABLE v USING fts5vocab(t, instance)")
+    for _ in range(300):
+        text = "".join(chr(rng.randrange(128)) for _ in range(rng.randrange(1, 80)))
+        assert _fts5_tokens(conn, text) == _fts5_tokens(conn, index_text(text)), repr(text)
