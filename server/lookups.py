@@ -26,8 +26,13 @@ waited its turn under load: the calls made for ``auth`` and for disconnects
 ``lookup_batch_timeout_seconds`` instead, and on PostgreSQL they run on the
 lookup lane (storage/postgres.py ``PostgresPools``), not behind the requests
 waiting for the primary pool. A store that refuses connections still fails a
-batch at once. ``get_user`` and ``member_counts`` batches keep the ordinary
-bound: ordinary requests (invites, typing) wait on them.
+batch at once. ``get_user``, ``public_channels`` and ``member_counts``
+batches keep the ordinary bound: ordinary requests (invites, ``channel.list``,
+typing) wait on them, and a request waiting on ``get_user`` or
+``public_channels`` waits no longer than its own store budget
+(server/guarded.py ``within_request_budget``) although another task makes
+the batch. Every ``channel.list`` of a storm's catch-up reads the same public
+channels: one read for all that ask together.
 """
 
 from __future__ import annotations
@@ -36,8 +41,9 @@ import asyncio
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Any, Generic, TypeVar, cast
 
+from hubbub.server.guarded import within_request_budget
 from hubbub.storage.base import Directory
-from hubbub.storage.records import UserRecord, UserSession
+from hubbub.storage.records import ConversationRecord, UserRecord, UserSession
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -174,8 +180,8 @@ class KeyedWrites(Generic[K, V]):
 
 
 class CoalescedReads:
-    """The directory, with ``get_user``, ``member_counts``, ``sessions_of`` and
-    ``set_last_seen`` coalesced; every other call passes through.
+    """The directory, with ``get_user``, ``member_counts``, ``public_channels``,
+    ``sessions_of`` and ``set_last_seen`` coalesced; every other call passes through.
 
     ``batches`` is the directory the ``sessions_of`` and ``set_last_seen_many``
     batches are made on: the same store under ``lookup_batch_timeout_seconds``
@@ -186,6 +192,8 @@ class CoalescedReads:
         batched = batches or directory
         self.users: KeyedLookup[int, UserRecord] = KeyedLookup(self._users)
         self.member_counts_lookup: KeyedLookup[int, int] = KeyedLookup(self._directory.member_counts)
+        self.public: KeyedLookup[int, list[ConversationRecord]] = KeyedLookup(self._public_channels)
+        """One key: every ``channel.list`` of a storm's catch-up reads the same list of public channels."""
         self.sessions: KeyedLookup[int, UserSession] = KeyedLookup(batched.sessions_of)
         self.last_seen: KeyedWrites[int, int] = KeyedWrites(batched.set_last_seen_many)
 
@@ -195,8 +203,15 @@ class CoalescedReads:
     async def _users(self, user_ids: list[int]) -> dict[int, UserRecord]:
         return {user.id: user for user in await self._directory.get_users(user_ids)}
 
+    async def _public_channels(self, _keys: list[int]) -> dict[int, list[ConversationRecord]]:
+        return {0: await self._directory.public_channels()}
+
+    async def public_channels(self) -> list[ConversationRecord]:
+        found = await within_request_budget(self.public.get(0), self._directory.name, "public_channels")
+        return list(found or ())  # a list of each caller's own: callers may change theirs
+
     async def get_user(self, user_id: int) -> UserRecord | None:
-        return await self.users.get(user_id)
+        return await within_request_budget(self.users.get(user_id), self._directory.name, "get_user")
 
     async def member_counts(self, conversation_ids: Sequence[int]) -> dict[int, int]:
         return await self.member_counts_lookup.get_many(conversation_ids)
