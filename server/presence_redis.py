@@ -201,14 +201,22 @@ class RedisPresence:
 
     async def _announce_offline(self, user_ids: list[int]) -> None:
         """Each user's offline announcement on its own: one failing (the database
-        down while last-seen is stored) is reported and the others still go."""
-        for uid in user_ids:
-            if self._on_expired is None or uid in self._local.counts:
-                continue  # back online here meanwhile
+        down while last-seen is stored) is reported and the others still go.
+        All at once: their last-seen writes and reads are batched together
+        (server/lookups.py), a dead instance's thousands of users a few calls."""
+        on_expired = self._on_expired
+        if on_expired is None:
+            return
+
+        async def announce(uid: int) -> None:
+            if uid in self._local.counts:
+                return  # back online here meanwhile
             try:
-                await self._on_expired(uid)
+                await on_expired(uid)
             except Exception as exc:
                 report("presence_offline", exc, self._on_failure, user_id=uid)
+
+        await asyncio.gather(*(announce(uid) for uid in user_ids))
 
     async def online(self, user_ids: Iterable[int]) -> set[int]:
         ids = list(dict.fromkeys(user_ids))
