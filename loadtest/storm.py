@@ -49,6 +49,9 @@ QUIET_CPU = 0.1
 """Servers below this many cores are quiet again (after the drop, before the storm)."""
 QUIET_TIMEOUT_S = 60.0
 HISTORY_PAGE = 100
+SETUP_SEND_ATTEMPTS = 5
+"""A set-up send (before the drop, or while all are away) answered ``unavailable`` is sent again, this often at most."""
+SETUP_SEND_RETRY_S = 1.0
 
 
 class _Listed(msgspec.Struct):
@@ -123,10 +126,16 @@ class Storm:
 
         async def room_sends(conn: Conn, spec: ConnSpec, room: Room) -> None:
             for _ in range(self.s.gap_messages):
-                request_id = conn.next_id()
-                text = stamp_text(time.monotonic_ns(), self.s.size)
-                payload = self.target.encode_send(request_id, room, spec.index, 0, text)
-                ok, body = await conn.call(payload, request_id, CALL_TIMEOUT_S)
+                for attempt in range(SETUP_SEND_ATTEMPTS):
+                    request_id = conn.next_id()
+                    text = stamp_text(time.monotonic_ns(), self.s.size)
+                    payload = self.target.encode_send(request_id, room, spec.index, 0, text)
+                    ok, body = await conn.call(payload, request_id, CALL_TIMEOUT_S)
+                    # Not the storm: a store that is slow while 10,000 connections
+                    # settle says `unavailable`, and a client sends again, as here.
+                    if ok or error_code(body) != "unavailable" or attempt + 1 == SETUP_SEND_ATTEMPTS:
+                        break
+                    await asyncio.sleep(SETUP_SEND_RETRY_S)
                 if not ok:
                     raise StormError(f"send refused: {error_code(body)}")
                 ref = self.target.ack_ref(body)

@@ -156,6 +156,24 @@ async def _call(conn: Conn, what: str, template: bytes, *args: bytes | int) -> b
     return body
 
 
+SETUP_ATTEMPTS = 5
+"""A set-up request that may be repeated (a join) and is answered ``unavailable`` is sent again, this often at most."""
+
+
+async def _retried_call(conn: Conn, what: str, template: bytes, *args: bytes | int) -> bytes:
+    """``_call``, sent again a second later while the answer is ``unavailable`` (a store busy with
+    thousands of registrations on a loaded machine): for set-up requests that are safe to repeat."""
+    for attempt in range(SETUP_ATTEMPTS):
+        request_id = conn.next_id()
+        ok, body = await conn.call(template % (request_id, *args), request_id, CALL_TIMEOUT_S)
+        if ok:
+            return body
+        if error_code(body) != "unavailable" or attempt + 1 == SETUP_ATTEMPTS:
+            raise SetupError(f"{what}: {error_code(body)}: {body.decode(errors='replace')[:200]}")
+        await asyncio.sleep(1.0)
+    raise AssertionError("unreachable")
+
+
 class HubbubTarget(Target):
     name = "hubbub"
     subprotocol = frames.PROTOCOL_VERSION
@@ -195,7 +213,7 @@ class HubbubTarget(Target):
                     )
                     user.token = _session_decoder.decode(body).token
                     for k in user.rooms:
-                        await _call(
+                        await _retried_call(
                             conn,
                             f"channel.join {plan.rooms[k].name}",
                             b'{"type":"channel.join","id":%d,"channel_id":%d}',

@@ -132,7 +132,10 @@ class App:
             typing=s.typing,
             message_limits=s.messages,
             profile_limits=s.profiles,
-            directory=coalesced(guarded(directory, self.metrics, timeout)),
+            directory=coalesced(
+                guarded(directory, self.metrics, timeout),
+                batches=guarded(directory, self.metrics, s.storage.lookup_batch_timeout_seconds),
+            ),
             messages=guarded(messages, self.metrics, timeout),
             broker=broker,
             presence=presence,

@@ -387,6 +387,14 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=Tr
         PositiveFloat,
         _doc("Longest a request waits on the stores, all its calls and retries together, before `unavailable`."),
     ] = 5.0
+    lookup_batch_timeout_seconds: Annotated[
+        PositiveFloat,
+        _doc(
+            "Longest a batch of `auth` lookups or disconnect writes (one store call for hundreds of"
+            " connections) waits on the store before all in it fail `unavailable`; a refused connection fails"
+            " it at once."
+        ),
+    ] = 20.0
     readyz_timeout_seconds: Annotated[
         PositiveFloat, _doc("Longest wait of `/readyz` on the stores; one silent that long is reported failing (503).")
     ] = 1.0
@@ -423,6 +431,13 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=Tr
     ] = 5.0
     postgres_pool_min: Annotated[Annotated[int, Meta(ge=0)], _doc("Connections kept open per pool.")] = 1
     postgres_pool_max: Annotated[Positive, _doc("Most connections per pool.")] = 10
+    postgres_lookup_pool_max: Annotated[
+        Annotated[int, Meta(ge=0)],
+        _doc(
+            "Connections of the lookup lane: a pool of its own for `auth`'s batched reads and disconnects'"
+            " batched writes, so they never queue behind requests (0: they use the primary pool)."
+        ),
+    ] = 2
     auto_migrate: Annotated[
         bool, _doc("Apply pending PostgreSQL migrations at start-up (safe with many instances).")
     ] = True

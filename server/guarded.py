@@ -56,6 +56,21 @@ def _time_left(timeout: float) -> float:
     return min(timeout, budget[1] - asyncio.get_running_loop().time())
 
 
+async def within_request_budget(awaitable: Awaitable[T], store: str, op: str) -> T:
+    """``awaitable`` bounded by what the current task's request has left of its
+    store budget; unbounded outside a request. For a call that waits on a
+    batch made by another task (server/lookups.py), which the budget, being
+    the request task's, does not bound."""
+    budget = _request_deadline.get()
+    if budget is None or budget[0] is not asyncio.current_task():
+        return await awaitable
+    try:
+        async with asyncio.timeout(budget[1] - asyncio.get_running_loop().time()):
+            return await awaitable
+    except TimeoutError:
+        raise StoreUnavailable(store, f"{op} timed out: the request's store budget is spent") from None
+
+
 class _Guarded:
     def __init__(self, store: Any, metrics: Metrics, timeout: float) -> None:
         self._store = store

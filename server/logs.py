@@ -35,8 +35,16 @@ LIBRARY_LEVEL = logging.WARNING
 _FOREIGN_EVENTS = {"py.warnings": "python_warning"}
 
 
+_second: tuple[int, str] = (-1, "")
+"""The last whole second formatted, and its text: a storm logs thousands of lines in each."""
+
+
 def _time(record: logging.LogRecord) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+    global _second
+    whole = int(record.created)
+    if _second[0] != whole:
+        _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{_second[1]}.{int(record.msecs):03d}Z"
 
 
 class JsonFormatter(logging.Formatter):
@@ -124,9 +132,18 @@ def configure(level: str) -> None:
     threading.excepthook = _uncaught_in_thread
 
 
+_SOURCE = "(hubbub)"
+"""The ``pathname`` of Hubbub's own records: the JSON line has no file or line field."""
+
+
 def log(level: int, event: str, **fields: Any) -> None:
     if _logger.isEnabledFor(level):
-        _logger.log(level, event, extra={"fields": fields})
+        # The record is made here rather than by Logger.log, which first walks
+        # the stack to find the caller's file and line (findCaller), fields no
+        # line shows: a reconnect storm logs connect, auth and disconnect for
+        # every connection, and logging was 4-13% of its samples (BENCHMARKS.md).
+        # The handlers, filters and levels are logging's own, as before.
+        _logger.handle(_logger.makeRecord(LOGGER_NAME, level, _SOURCE, 0, event, (), None, extra={"fields": fields}))
 
 
 def info(event: str, **fields: Any) -> None:

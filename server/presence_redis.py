@@ -8,7 +8,9 @@ Keys (``{prefix}`` is HUBBUB_REDIS_PREFIX):
 
 A user is online while any instance listing them is live. Redis is touched
 only when a user's first local connection opens or the last one closes, plus
-one heartbeat per instance. An instance that dies without cleaning up (kill
+one heartbeat per instance; first connections opening together are recorded
+in one pipeline (``connected`` batches them, as server/lookups.py does), so a
+reconnect storm costs a few round trips, not one per user. An instance that dies without cleaning up (kill
 -9) stops heartbeating; within the TTL another instance notices its expired
 score, takes a short lock so only one does the work, removes it from its
 users' sets, and announces offline every user left with no live instance. A user whose
@@ -47,6 +49,7 @@ import redis.asyncio as redis
 from redis.asyncio.cluster import RedisCluster
 
 from hubbub.server import logs
+from hubbub.server.lookups import KeyedLookup
 from hubbub.server.presence import ExpiredHandler, LocalCounts, PresenceTracker
 from hubbub.server.redis_client import REDIS_FAULTS
 from hubbub.storage.supervision import FailureHook, report, supervise
@@ -83,6 +86,7 @@ class RedisPresence:
         self._pending: set[asyncio.Task[None]] = set()
         self._tokens = itertools.count(1)
         self._on_failure = on_failure
+        self._connects: KeyedLookup[int, bool] = KeyedLookup(self._record_connects)
 
     def _instances_key(self) -> str:
         return f"{self._prefix}:instances"
@@ -128,18 +132,30 @@ class RedisPresence:
     async def connected(self, user_id: int) -> bool:
         if not self._local.add(user_id):
             return False
+        # Batched with the other users whose first connection here opened
+        # meanwhile (server/lookups.py): a reconnect storm of N users is a few
+        # pipelines, not N round trips (issue 13).
+        return await self._connects.get(user_id) is not False
+
+    async def _record_connects(self, user_ids: list[int]) -> dict[int, bool]:
+        """Record the users as connected here; for each, True when no other live instance has them."""
         try:
-            async with self._gate, self._redis.pipeline(transaction=False) as pipe:
-                pipe.sadd(self._user_instances_key(user_id), self.instance_id)
-                pipe.sadd(self._instance_users_key(self.instance_id), user_id)
-                pipe.smembers(self._user_instances_key(user_id))
-                *_, instances = await pipe.execute()
-            others = {i.decode() for i in instances} - {self.instance_id}
             async with self._gate:
-                return not await self._live(others)
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.sadd(self._instance_users_key(self.instance_id), *user_ids)
+                    for uid in user_ids:
+                        pipe.sadd(self._user_instances_key(uid), self.instance_id)
+                        pipe.smembers(self._user_instances_key(uid))
+                    results = await pipe.execute()
+                others = {
+                    uid: {i.decode() for i in instances} - {self.instance_id}
+                    for uid, instances in zip(user_ids, results[2::2], strict=True)
+                }
+                live = await self._live(set().union(*others.values()))
         except REDIS_FAULTS as exc:
-            logs.warning("presence_unavailable", error=str(exc))
-            return True
+            logs.warning("presence_unavailable", error=str(exc), users=len(user_ids))
+            return dict.fromkeys(user_ids, True)
+        return {uid: not (instances & live) for uid, instances in others.items()}
 
     async def disconnected(self, user_id: int) -> bool:
         """Always False here: offline is announced by a deferred check instead.
@@ -185,14 +201,22 @@ class RedisPresence:
 
     async def _announce_offline(self, user_ids: list[int]) -> None:
         """Each user's offline announcement on its own: one failing (the database
-        down while last-seen is stored) is reported and the others still go."""
-        for uid in user_ids:
-            if self._on_expired is None or uid in self._local.counts:
-                continue  # back online here meanwhile
+        down while last-seen is stored) is reported and the others still go.
+        All at once: their last-seen writes and reads are batched together
+        (server/lookups.py), a dead instance's thousands of users a few calls."""
+        on_expired = self._on_expired
+        if on_expired is None:
+            return
+
+        async def announce(uid: int) -> None:
+            if uid in self._local.counts:
+                return  # back online here meanwhile
             try:
-                await self._on_expired(uid)
+                await on_expired(uid)
             except Exception as exc:
                 report("presence_offline", exc, self._on_failure, user_id=uid)
+
+        await asyncio.gather(*(announce(uid) for uid in user_ids))
 
     async def online(self, user_ids: Iterable[int]) -> set[int]:
         ids = list(dict.fromkeys(user_ids))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib.metadata import version
 from typing import TYPE_CHECKING
 
@@ -228,16 +228,21 @@ class Session:
         if self.services.registry.connections_of(user_id) >= limit:
             raise ApiError(ErrorCode.RATE_LIMITED, f"at most {limit} connections per user")
 
-    async def authenticate(self, user: UserRecord) -> None:
-        """Make this connection the user's: route their conversations here."""
+    async def authenticate(self, user: UserRecord, conversation_ids: Sequence[int] | None = None) -> None:
+        """Make this connection the user's: route their conversations here
+        (``conversation_ids`` when the caller read them with the user, as ``auth``
+        does; otherwise read here, in a batch with other connections')."""
         if self.user is not None:
             if self.user.id == user.id:
                 self.user = user  # as stored now: a workspace role changed since applies from here
                 return
             raise ApiError(ErrorCode.FORBIDDEN, "this connection is authenticated as another user")
         self._check_connection_limit(user.id)
-        conversation_ids = [c.id for c in await self.services.directory.conversations_of(user.id)]
-        # Checked again: other connections of the user may have authenticated during the await.
+        if conversation_ids is None:
+            found = (await self.services.directory.sessions_of([user.id])).get(user.id)
+            conversation_ids = found.conversation_ids if found is not None else ()
+        conversation_ids = list(conversation_ids)
+        # Checked again: other connections of the user may have authenticated during an await.
         self._check_connection_limit(user.id)
         self.user = user
         self.user_id = user.id

@@ -33,6 +33,7 @@ from hubbub.storage.records import (
     Standing,
     Unread,
     UserRecord,
+    UserSession,
     WorkspaceRole,
 )
 
@@ -66,6 +67,15 @@ class Directory(Protocol):
         """The users that exist among ``user_ids``, in id order."""
 
     async def set_last_seen(self, user_id: int, ts: int) -> None: ...
+
+    async def set_last_seen_many(self, seen: Mapping[int, int]) -> None:
+        """Each user's ``last_seen_at`` (user id -> ms) in one write: the users a
+        reconnect storm's disconnects took offline together (server/lookups.py)."""
+
+    async def sessions_of(self, user_ids: Sequence[int]) -> dict[int, UserSession]:
+        """Each existing user among ``user_ids`` with the ids of their conversations,
+        in one read: ``auth``'s token check and membership load (server/lookups.py
+        batches thousands of them into one call in a reconnect storm)."""
 
     async def update_profile(self, user_id: int, update: ProfileUpdate) -> UserRecord | None:
         """Change the fields ``update`` sets, the others as they are; the user as stored, None when none."""

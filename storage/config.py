@@ -58,6 +58,8 @@ class StorageConfig(Struct, kw_only=True, frozen=True):
     postgres_replica_retry_seconds: float
     postgres_pool_min: int
     postgres_pool_max: int
+    postgres_lookup_pool_max: int
+    """The lookup lane's connections (storage/postgres.py ``PostgresPools``; 0: none, the primary pool's)."""
     auto_migrate: bool
     mongo_url: str
     mongo_database: str
@@ -67,6 +69,8 @@ class StorageConfig(Struct, kw_only=True, frozen=True):
     postgres_search_config: str
     """The text search configuration PostgreSQL indexes and searches messages with (docs/storage.md, Search)."""
     storage_timeout_seconds: float
+    lookup_batch_timeout_seconds: float
+    """Bounds the batched ``auth`` and disconnect calls of server/lookups.py instead of ``storage_timeout_seconds``."""
 
     @property
     def resolved_accounts_backend(self) -> AccountsBackend:

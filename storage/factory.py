@@ -83,6 +83,7 @@ async def _open(config: StorageConfig, closers: list[Callable[[], Awaitable[None
             min_size=config.postgres_pool_min,
             max_size=config.postgres_pool_max,
             timeout=timeout,
+            lookup_max=config.postgres_lookup_pool_max,
             replica_timeout=config.postgres_replica_timeout_seconds,
             replica_retry=config.postgres_replica_retry_seconds,
         )

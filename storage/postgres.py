@@ -45,6 +45,7 @@ from hubbub.storage.records import (
     SearchPosition,
     Unread,
     UserRecord,
+    UserSession,
     WorkspaceRole,
 )
 from hubbub.storage.replica import ReplicaRoute
@@ -154,16 +155,44 @@ async def migrate(dsn: str, timeout: float = 30.0, search_config: str = "simple"
     return applied_now
 
 
+async def keep_session(conn: object) -> None:
+    """The pools' ``reset``: nothing beyond what asyncpg always does on release
+    (roll back a transaction left open, drop listener callbacks).
+
+    asyncpg's default reset is a second round trip after every query
+    (``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``):
+    17% of the server's samples in a reconnect storm (BENCHMARKS.md). It undoes
+    session state, and no pooled connection here makes any: settings are
+    ``SET LOCAL`` inside a transaction (``fetch_search``), the advisory lock is
+    taken on ``migrate``'s own connection, cursors live inside transactions,
+    nothing LISTENs. Code that changes session state on a pooled connection
+    must undo it itself (tests/test_postgres_pools.py checks the release)."""
+
+
 class PostgresPools:
     """The primary pool and, when configured, a read-replica pool with the
-    route that sends reads to the primary while the replica fails."""
+    route that sends reads to the primary while the replica fails, and the
+    lookup lane: a small pool of the primary for the batched reads and writes
+    of server/lookups.py only.
+
+    The lane exists so that ``auth`` never queues behind the requests it
+    precedes: in a reconnect storm thousands of catch-up requests wait for the
+    primary pool, and a batch of 500 authentications waiting behind them timed
+    out all 500 at once (issue 13). There is at most one batch in flight per
+    kind of lookup, so a pool of two rarely waits."""
 
     def __init__(
-        self, primary: asyncpg.Pool, replica: asyncpg.Pool | None, replica_route: ReplicaRoute | None = None
+        self,
+        primary: asyncpg.Pool,
+        replica: asyncpg.Pool | None,
+        replica_route: ReplicaRoute | None = None,
+        *,
+        lookups: asyncpg.Pool | None = None,
     ) -> None:
         self.primary = primary
         self.replica = replica or primary
         self.replica_route = replica_route if replica is not None else None
+        self.lookups = lookups or primary
 
     @classmethod
     async def open(
@@ -176,13 +205,17 @@ class PostgresPools:
         timeout: float,
         replica_timeout: float = 1.0,
         replica_retry: float = 5.0,
+        lookup_max: int = 0,
     ) -> PostgresPools:
-        async def create(target: str) -> asyncpg.Pool:
+        """``lookup_max``: the lookup lane's size (0: no lane, the lookups share the primary pool)."""
+
+        async def create(target: str, min_size: int = min_size, max_size: int = max_size) -> asyncpg.Pool:
             try:
                 pool = await asyncpg.create_pool(
                     target,
                     min_size=min_size,
                     max_size=max_size,
+                    reset=keep_session,
                     timeout=timeout,
                     command_timeout=timeout,
                     max_inactive_connection_lifetime=300,
@@ -198,24 +231,34 @@ class PostgresPools:
             return pool
 
         primary = await create(dsn)
-        if not replica_dsn:
-            return cls(primary, None)
+        opened = [primary]
         try:
+            lookups = await create(dsn, min(min_size, lookup_max), lookup_max) if lookup_max else None
+            if lookups is not None:
+                opened.append(lookups)
+            if not replica_dsn:
+                return cls(primary, None, lookups=lookups)
+            # start-up fails naming the replica (server/startup.py): leave nothing open
             replica = await create(replica_dsn)
         except BaseException:
-            await primary.close()  # start-up fails naming the replica (server/startup.py): leave nothing open
+            for pool in opened:
+                await pool.close()
             raise
         route = ReplicaRoute("postgres", timeout_seconds=replica_timeout, retry_seconds=replica_retry)
-        return cls(primary, replica, route)
+        return cls(primary, replica, route, lookups=lookups)
 
     async def close(self) -> None:
         if self.replica is not self.primary:
             await self.replica.close()
+        if self.lookups is not self.primary:
+            await self.lookups.close()
         await self.primary.close()
 
     def usage(self) -> list[PoolUsage]:
-        """Both pools' usage, for hubbub_pool_* (one when there is no replica)."""
+        """Every pool's usage, for hubbub_pool_* (``primary``, and ``lookups``, ``replica`` when open)."""
         usage = [asyncpg_usage(self.primary, "primary")]
+        if self.lookups is not self.primary:
+            usage.append(asyncpg_usage(self.lookups, "lookups"))
         if self.replica is not self.primary:
             usage.append(asyncpg_usage(self.replica, "replica"))
         return usage
@@ -294,6 +337,10 @@ class PostgresDirectory:
     async def _primary(self, fn: Callable[[Conn], Awaitable[T]], *, write: bool = False) -> T:
         return await _run(self.pools.primary, fn, retry=not write)
 
+    async def _lane(self, fn: Callable[[Conn], Awaitable[T]], *, write: bool = False) -> T:
+        """On the lookup lane (``PostgresPools.lookups``): the batched calls of server/lookups.py."""
+        return await _run(self.pools.lookups, fn, retry=not write)
+
     async def _replica(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
         """A read that tolerates lag: on the replica, or the primary while the replica fails (storage/replica.py)."""
         pools = self.pools
@@ -354,6 +401,35 @@ class PostgresDirectory:
         await self._primary(
             lambda c: c.execute("UPDATE users SET last_seen_at = $1 WHERE id = $2", ts, user_id), write=True
         )
+
+    async def set_last_seen_many(self, seen: Mapping[int, int]) -> None:
+        if not seen:
+            return
+        ids = sorted(seen)  # one lock order for every batch
+        await self._lane(
+            lambda c: c.execute(
+                "UPDATE users SET last_seen_at = v.ts FROM unnest($1::bigint[], $2::bigint[]) AS v(id, ts)"
+                " WHERE users.id = v.id",
+                ids,
+                [seen[i] for i in ids],
+            ),
+            write=True,
+        )
+
+    async def sessions_of(self, user_ids: Sequence[int]) -> dict[int, UserSession]:
+        ids = sorted(set(user_ids))
+        if not ids:
+            return {}
+        # One statement, one round trip: the users and (memberships_by_user, index
+        # only) their conversations. The primary: a raised token generation must count.
+        rows = await self._lane(
+            lambda c: c.fetch(
+                f"SELECT {USER_COLUMNS}, ARRAY(SELECT m.conversation_id FROM memberships m"
+                " WHERE m.user_id = users.id ORDER BY m.conversation_id) FROM users WHERE id = ANY($1::bigint[])",
+                ids,
+            )
+        )
+        return {r[0]: UserSession(user=user_record(r), conversation_ids=tuple(r[-1])) for r in rows}
 
     async def update_profile(self, user_id: int, update: ProfileUpdate) -> UserRecord | None:
         pairs = profile_assignments(update)
@@ -537,7 +613,8 @@ class PostgresDirectory:
         ids = sorted(set(conversation_ids))
         if not ids:
             return {}
-        rows = await self._primary(
+        # The lane: the server asks only through server/lookups.py's batches (presence, typing).
+        rows = await self._lane(
             lambda c: c.fetch(
                 "SELECT conversation_id, count(*) AS members FROM memberships"
                 " WHERE conversation_id = ANY($1::bigint[]) GROUP BY conversation_id",

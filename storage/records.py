@@ -143,6 +143,15 @@ class ChannelEdit(Struct, kw_only=True, frozen=True):
         )
 
 
+class UserSession(Struct, kw_only=True, frozen=True):
+    """What authenticating a user needs, read together (``Directory.sessions_of``)."""
+
+    user: UserRecord
+    """The record as stored: its ``token_generation`` decides whether a token still authenticates."""
+    conversation_ids: tuple[int, ...]
+    """Every channel and DM the user is a member of, in id order: routed to the new connection."""
+
+
 class MemberState(Struct, kw_only=True, frozen=True):
     """A member's own state in one conversation: read position, mute and role (issue 12)."""
 

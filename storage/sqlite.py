@@ -48,6 +48,7 @@ from hubbub.storage.records import (
     SearchPosition,
     Unread,
     UserRecord,
+    UserSession,
     WorkspaceRole,
 )
 from hubbub.storage.rows import (
@@ -485,6 +486,41 @@ class SqliteDirectory:
 
     async def set_last_seen(self, user_id: int, ts: int) -> None:
         await self.db.run(lambda c: c.execute("UPDATE users SET last_seen_at = ? WHERE id = ?", (ts, user_id)))
+
+    async def set_last_seen_many(self, seen: Mapping[int, int]) -> None:
+        if not seen:
+            return
+        rows = sorted((ts, user_id) for user_id, ts in seen.items())
+        # One transaction: one commit (one fsync) for the whole batch, not one per user.
+        await self.db.transaction(lambda c: c.executemany("UPDATE users SET last_seen_at = ? WHERE id = ?", rows))
+
+    async def sessions_of(self, user_ids: Sequence[int]) -> dict[int, UserSession]:
+        distinct = sorted(set(user_ids))
+        if not distinct:
+            return {}
+        marks = ",".join("?" * len(distinct))
+
+        def read(c: sqlite3.Connection) -> dict[int, UserSession]:
+            # Both reads on one thread hop, in one read transaction: the user and
+            # their memberships as of one moment.
+            c.execute("BEGIN")
+            try:
+                users = c.execute(f"SELECT {USER_COLUMNS} FROM users WHERE id IN ({marks})", distinct).fetchall()
+                conversations: dict[int, list[int]] = {}
+                for user_id, conversation_id in c.execute(
+                    f"SELECT user_id, conversation_id FROM memberships WHERE user_id IN ({marks})"
+                    " ORDER BY user_id, conversation_id",
+                    distinct,
+                ):
+                    conversations.setdefault(user_id, []).append(conversation_id)
+            finally:
+                c.execute("COMMIT")
+            return {
+                row[0]: UserSession(user=user_record(row), conversation_ids=tuple(conversations.get(row[0], ())))
+                for row in users
+            }
+
+        return await self.db.run(read)
 
     async def update_profile(self, user_id: int, update: ProfileUpdate) -> UserRecord | None:
         pairs = profile_assignments(update)

@@ -67,3 +67,28 @@ async def test_a_burst_of_connects_and_disconnects_reaches_redis(presence: Redis
     members = await asyncio.gather(*(redis.smembers(key(u)) for u in USERS))
     assert all(m == set() for m in members), "every disconnect recorded in Redis"
     assert await presence.online(USERS) == set()
+
+
+async def test_a_burst_of_connects_is_a_few_batched_round_trips_and_knows_who_is_online_elsewhere(
+    presence: RedisPresence,
+) -> None:
+    # A second live instance of the same deployment, where some users already are.
+    other = RedisPresence(presence._redis, presence._prefix, "instance-b", heartbeat_seconds=30, ttl_seconds=90)
+
+    async def never(user_id: int) -> None:
+        raise AssertionError(f"nobody expires here ({user_id})")
+
+    await other.start(never)
+    try:
+        elsewhere = set(range(1, 51))
+        assert all(await asyncio.gather(*(other.connected(u) for u in elsewhere)))
+        came_online = await asyncio.gather(*(presence.connected(u) for u in USERS))
+        assert {u for u, came in zip(USERS, came_online, strict=True) if not came} == elsewhere
+        # 400 first connections: each batch one pipeline (and one ZMSCORE), not 400 round trips.
+        assert presence._connects.batches <= 3, presence._connects.batches
+        assert await presence._redis.smembers(presence._instance_users_key("instance-a")) == {
+            str(u).encode() for u in USERS
+        }
+        assert await presence.online(USERS) == set(USERS)
+    finally:
+        await other.close()

@@ -76,6 +76,41 @@ async def test_set_last_seen(directory: Directory) -> None:
     assert again.last_seen_at == NOW + 99
 
 
+async def test_set_last_seen_many_writes_each_user_and_no_other(directory: Directory) -> None:
+    alice, bob, carol = [await new_user(directory) for _ in range(3)]
+    await directory.set_last_seen_many({alice.id: NOW + 1, bob.id: NOW + 2, 987654321: NOW + 3})
+    by_id = {u.id: u for u in await directory.get_users([alice.id, bob.id, carol.id])}
+    assert by_id[alice.id].last_seen_at == NOW + 1
+    assert by_id[bob.id].last_seen_at == NOW + 2
+    assert by_id[carol.id].last_seen_at is None  # not in the batch: untouched
+    await directory.set_last_seen_many({})
+    await directory.set_last_seen_many({bob.id: NOW + 7})
+    assert (await directory.get_users([bob.id]))[0].last_seen_at == NOW + 7
+
+
+async def test_sessions_of_reads_users_with_their_conversation_ids(directory: Directory) -> None:
+    alice, bob, loner = [await new_user(directory) for _ in range(3)]
+    first = await new_channel(directory, alice)
+    second = await new_channel(directory, bob)
+    await directory.add_member(second.id, alice.id, NOW)
+    dm, _ = await directory.open_dm([alice.id, bob.id], alice.id, NOW)
+    missing = 987654321
+    sessions = await directory.sessions_of([bob.id, alice.id, loner.id, missing, alice.id])
+    assert set(sessions) == {alice.id, bob.id, loner.id}  # absent users are left out
+    assert sessions[alice.id].user == await directory.get_user(alice.id)
+    assert sessions[alice.id].conversation_ids == tuple(sorted((first.id, second.id, dm.id)))
+    assert sessions[bob.id].conversation_ids == tuple(sorted((second.id, dm.id)))
+    assert sessions[loner.id].conversation_ids == ()
+    # The same as the conversations each is a member of, read on its own.
+    for user_id, found in sessions.items():
+        assert found.conversation_ids == tuple(c.id for c in await directory.conversations_of(user_id))
+    ended = await directory.end_sessions(alice.id)
+    assert ended is not None
+    again = await directory.sessions_of([alice.id])
+    assert again[alice.id].user.token_generation == ended.token_generation  # the generation as stored now
+    assert await directory.sessions_of([]) == {}
+
+
 # -- channels -------------------------------------------------------------------
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from hubbub.protocol import frames
 from hubbub.protocol.errors import ErrorCode
 from hubbub.protocol.mentions import RESERVED_MENTIONS
@@ -16,8 +18,10 @@ from hubbub.storage.records import UserRecord
 from hubbub.storage.rows import RESERVED_USERNAME_PREFIX
 
 
-async def _start_session(ctx: Context, caller: Caller, user: UserRecord) -> frames.Session:
-    await caller.authenticate(user)
+async def _start_session(
+    ctx: Context, caller: Caller, user: UserRecord, conversation_ids: Sequence[int] | None = None
+) -> frames.Session:
+    await caller.authenticate(user, conversation_ids)
     token, expires_at = ctx.tokens.issue(user.id, generation=user.token_generation)
     return frames.Session(user=user_view(user), token=token, expires_at=expires_at)
 
@@ -35,7 +39,7 @@ async def register(ctx: Context, caller: Caller, req: frames.Register) -> frames
     except Conflict:
         raise ApiError(ErrorCode.CONFLICT, f"username {req.username!r} is taken") from None
     logs.info("register", conn_id=caller.conn_id, user_id=user.id)
-    return await _start_session(ctx, caller, user)
+    return await _start_session(ctx, caller, user, ())  # a new account is in no conversation yet
 
 
 async def login(ctx: Context, caller: Caller, req: frames.Login) -> frames.Session:
@@ -65,14 +69,17 @@ async def auth(ctx: Context, caller: Caller, req: frames.Auth) -> frames.Session
         user_id, generation = ctx.tokens.verify_session(req.token)
     except InvalidToken as exc:
         raise ApiError(ErrorCode.UNAUTHORIZED, f"invalid token: {exc}") from None
-    user = await ctx.directory.get_user(user_id)  # the one store read: the generation is in the row
-    if user is None or user.deleted_at is not None:
+    # The one store read, batched with the storm's other auths (server/lookups.py):
+    # the token generation is in the user's row, and their conversations come with it.
+    found = (await ctx.directory.sessions_of([user_id])).get(user_id)
+    if found is None or found.user.deleted_at is not None:
         raise ApiError(ErrorCode.UNAUTHORIZED, "invalid token: no such user")
+    user = found.user
     # Before the generation: disabling raised it, and "disabled" is what the client must show.
     _refuse_disabled(user)
     if generation != user.token_generation:
         raise ApiError(ErrorCode.UNAUTHORIZED, "invalid token: the session ended (password changed or logged out)")
-    return await _start_session(ctx, caller, user)
+    return await _start_session(ctx, caller, user, found.conversation_ids)
 
 
 async def me(ctx: Context, caller: Caller, req: frames.Me) -> frames.UserResult:

@@ -11,6 +11,7 @@ depends on nothing else, so it can be driven without a transport
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from hubbub.server.archived import ArchivedChannels
@@ -112,7 +113,7 @@ class Caller(Protocol):
     def send_order(self) -> SendOrder:
         """The turns that keep this connection's pipelined sends in request order."""
 
-    async def authenticate(self, user: UserRecord) -> None:
+    async def authenticate(self, user: UserRecord, conversation_ids: Sequence[int] | None = None) -> None:
         """Make the connection the user's (routing, presence); raises ApiError when it may not."""
 
     def refresh_user(self, user: UserRecord) -> None:

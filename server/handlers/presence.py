@@ -45,8 +45,11 @@ async def on_offline(ctx: Context, user_id: int) -> None:
     """The user's last connection anywhere closed, or their instance died
     (called by the session, or by the presence tracker for a dead instance)."""
     now = now_ms()
+    # Both batched with the other users going offline now (server/lookups.py):
+    # a storm's disconnects are one write and one read per batch, not two each.
     await ctx.directory.set_last_seen(user_id, now)
-    conversation_ids = [c.id for c in await ctx.directory.conversations_of(user_id)]
+    found = (await ctx.directory.sessions_of([user_id])).get(user_id)
+    conversation_ids = found.conversation_ids if found is not None else ()
     _announce(ctx, user_id, await _audience(ctx, conversation_ids), "offline", now)
 
 

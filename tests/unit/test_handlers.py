@@ -5,7 +5,7 @@ which order, is asserted."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,7 +97,7 @@ class FakeCaller:
     def user_id(self) -> int:
         return self.user.id if self.user is not None else 0
 
-    async def authenticate(self, user: UserRecord) -> None:
+    async def authenticate(self, user: UserRecord, conversation_ids: Sequence[int] | None = None) -> None:
         raise AssertionError("no handler tested here authenticates")
 
     def refresh_user(self, user: UserRecord) -> None:

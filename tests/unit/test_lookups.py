@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from hubbub.server.lookups import KeyedLookup
+from hubbub.server.lookups import KeyedLookup, KeyedWrites
 from hubbub.storage.errors import StoreUnavailable
 
 
@@ -92,3 +92,61 @@ async def test_a_caller_that_gives_up_does_not_disturb_the_others() -> None:
     store.gate.set()
     assert await patient == 49
     assert impatient.cancelled()
+
+
+class FakeWrites:
+    """Records each batch written; one at a time, released by the test."""
+
+    def __init__(self) -> None:
+        self.batches: list[dict[int, int]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.fail_next = False
+
+    async def write(self, batch: dict[int, int]) -> None:
+        self.batches.append(dict(batch))
+        await self.gate.wait()
+        if self.fail_next:
+            self.fail_next = False
+            raise StoreUnavailable("fake", "store down")
+
+
+async def test_writes_asked_while_one_is_in_flight_are_one_batch_and_the_later_value_wins() -> None:
+    store = FakeWrites()
+    store.gate.clear()
+    writes: KeyedWrites[int, int] = KeyedWrites(store.write)
+    first = asyncio.ensure_future(writes.put(1, 10))
+    while not store.batches:  # noqa: ASYNC110 - the fake store records the call on its own task
+        await asyncio.sleep(0)
+    later = [asyncio.ensure_future(writes.put(k, v)) for k, v in ((2, 20), (3, 30), (2, 21), (1, 11))]
+    await asyncio.sleep(0)
+    assert not any(w.done() for w in [first, *later])  # nobody is answered before their batch is written
+    store.gate.set()
+    await asyncio.gather(first, *later)
+    assert store.batches == [{1: 10}, {2: 21, 3: 30, 1: 11}]  # 1,000 disconnects: two writes, not 1,000
+    assert writes.batches == 2
+
+
+async def test_a_failed_write_fails_its_batch_only() -> None:
+    store = FakeWrites()
+    store.gate.clear()
+    store.fail_next = True
+    writes: KeyedWrites[int, int] = KeyedWrites(store.write)
+    doomed = [asyncio.ensure_future(writes.put(k, k)) for k in (1, 2)]
+    while not store.batches:  # noqa: ASYNC110 - as above
+        await asyncio.sleep(0)
+    later = asyncio.ensure_future(writes.put(3, 3))
+    await asyncio.sleep(0)
+    store.gate.set()
+    for task in doomed:
+        with pytest.raises(StoreUnavailable):
+            await task
+    await later
+    assert store.batches == [{1: 1, 2: 2}, {3: 3}]
+
+
+async def test_write_batches_are_bounded() -> None:
+    store = FakeWrites()
+    writes: KeyedWrites[int, int] = KeyedWrites(store.write, max_batch=2)
+    await asyncio.gather(*(writes.put(k, k) for k in range(5)))
+    assert store.batches == [{0: 0, 1: 1}, {2: 2, 3: 3}, {4: 4}]
