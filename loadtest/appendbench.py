@@ -57,11 +57,13 @@ def run(args: argparse.Namespace, directory: Path | None = None) -> dict[str, ob
     asyncio.run(db.open())
     conn = db._conn
     assert conn is not None
+    # --no-index also skips cutting the words (the store module's functions,
+    # put back before returning: the tool runs inside test processes too).
+    originals = {name: getattr(store, name) for name in ("index_text", "fts5_text") if hasattr(store, name)}
     if args.no_index:
         _no_index(conn)
-        for name in ("index_text", "fts5_text"):
-            if hasattr(store, name):
-                setattr(store, name, lambda text: "")
+        for name in originals:
+            setattr(store, name, lambda text: "")
     elif args.fts5 or args.automerge:
         options = "".join(f", {option}" for option in args.fts5)
         conn.execute("DROP TABLE message_search")
@@ -72,7 +74,16 @@ def run(args: argparse.Namespace, directory: Path | None = None) -> dict[str, ob
         if args.automerge:
             conn.execute("INSERT INTO message_search (message_search, rank) VALUES ('automerge', ?)", (args.automerge,))
     conn.execute("PRAGMA wal_autocheckpoint=0")
-    wal = Path(f"{path}-wal")
+    try:
+        return _measure(args, db, conn, Path(f"{path}-wal"))
+    finally:
+        for name, function in originals.items():
+            setattr(store, name, function)
+
+
+def _measure(
+    args: argparse.Namespace, db: store.SqliteDatabase, conn: sqlite3.Connection, wal: Path
+) -> dict[str, object]:
     words = texts((args.warmup + args.batches) * args.size, vocabulary(args.seed), args.seed)
     work: list[float] = []
     commit: list[float] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hubbub.loadtest.appendbench import arguments, run
+from hubbub.storage import sqlite
 
 
 def test_appendbench_reports_per_batch_and_the_index_adds_to_the_wal(tmp_path: Path) -> None:
@@ -25,3 +26,11 @@ def test_appendbench_reports_per_batch_and_the_index_adds_to_the_wal(tmp_path: P
     wal_indexed, wal_unindexed = indexed["wal_kib_per_batch"], unindexed["wal_kib_per_batch"]
     assert isinstance(wal_indexed, float) and isinstance(wal_unindexed, float)
     assert wal_indexed > wal_unindexed, "the FTS5 segment is written by each commit"
+
+
+def test_appendbench_without_the_index_leaves_the_store_as_it_found_it(tmp_path: Path) -> None:
+    """--no-index stubs the store's word cutting for its run only: tests share the process."""
+    before = vars(sqlite)["fts5_text"]
+    run(arguments(["--batches", "2", "--warmup", "0", "--size", "2", "--no-index"]), tmp_path)
+    assert vars(sqlite)["fts5_text"] is before
+    assert vars(sqlite)["fts5_text"]("hello world") == "hello world"
