@@ -167,19 +167,20 @@ class Connection(asyncio.Protocol):
     # Slots: thousands of idle connections each carry one of these.
     __slots__ = (
         "_closing",
-        "_flush_scheduled",
         "_flusher",
         "_fragments",
         "_fragments_text",
         "_handshake_task",
         "_host",
         "_limit",
+        "_open",
         "_out",
         "_out_bytes",
         "_ping_payload",
         "_ping_sent",
         "_reading_paused",
         "_timer",
+        "_writing_paused",
         "close_timeout",
         "protocol",
         "session",
@@ -204,9 +205,15 @@ class Connection(asyncio.Protocol):
         self._limit = config.outbound_buffer_bytes
         self._out: list[bytes] = []
         self._out_bytes = 0
-        self._flush_scheduled = False
         self._closing = False
         """A close started here, or the connection is lost: frames are dropped."""
+        self._open = False
+        """``protocol.state is State.OPEN``, copied after every protocol call that can change
+        it (``_send_protocol_output``, ``connection_lost``): ``flush`` reads it once per
+        delivery, where websockets' ``state`` property was a Python call each time."""
+        self._writing_paused = False
+        """The transport's buffer went past ``outbound_buffer_bytes`` (``pause_writing``) and
+        has not drained since: only then can ``flush`` find a slow consumer."""
         self._reading_paused = False
         """The client asked for reading to stop (its backlog); the handshake pauses it too."""
         self._ping_payload: bytes | None = None
@@ -216,6 +223,9 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's does not subclass asyncio's
+        # pause_writing comes (within write(), synchronously) once the transport holds more
+        # than the limit: the one case in which flush must look at the buffer's size.
+        self.transport.set_write_buffer_limits(high=self._limit)
         size = self._host.connection_config.socket_send_buffer_bytes
         if size:
             # Bounds what the kernel holds for a slow reader beyond outbound_buffer_bytes
@@ -281,9 +291,16 @@ class Connection(asyncio.Protocol):
         self._send_protocol_output()
         return None  # the transport closes itself
 
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
         self.protocol.receive_eof()  # idempotent; the protocol is now CLOSED
+        self._open = False
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -303,33 +320,33 @@ class Connection(asyncio.Protocol):
         """
         if self._closing:
             return
-        if self._out_bytes > self._limit:
+        out = self._out
+        if not out:
+            # The turn's first frame (an empty list is a flushed one): the flush is due.
+            self._flusher.add(self)
+        elif self._out_bytes > self._limit:
             self._slow_consumer()
             return
-        self._out.append(frame)
+        out.append(frame)
         self._out_bytes += len(frame)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._flusher.add(self)
 
     def flush(self) -> None:
         """Write everything queued in one transport.write (server/outbound.py
         calls it once per loop turn; ``_send_protocol_output`` before its own writes)."""
-        self._flush_scheduled = False
+        out = self._out
         transport = self.transport
-        if self._closing or not self._out or transport is None:
+        if not out or self._closing or transport is None:
             return
-        if self.protocol.state is not State.OPEN:
+        if not self._open:
             # Closing handshake started: data frames may no longer follow.
-            self._out.clear()
+            out.clear()
             self._out_bytes = 0
             return
-        out = self._out
         written = self._out_bytes
         transport.write(out[0] if len(out) == 1 else b"".join(out))
         self._out = []
         self._out_bytes = 0
-        if transport.get_write_buffer_size() - written > self._limit:
+        if self._writing_paused and transport.get_write_buffer_size() - written > self._limit:
             # More than the limit is still unsent from earlier turns: the client is not reading.
             self._slow_consumer()
 
@@ -407,6 +424,8 @@ class Connection(asyncio.Protocol):
 
     def _send_protocol_output(self) -> None:
         """Write what the protocol produced (handshake response, pong, ping, close, EOF)."""
+        # Every call that can change the protocol's state is followed by this one.
+        self._open = self.protocol.state is State.OPEN
         writes = self.protocol.data_to_send()
         if not writes or self.transport is None:
             return
