@@ -69,6 +69,16 @@ LOGGER = logging.getLogger("websockets.server")
 
 _ping_numbers = itertools.count(1)
 
+# The enum members the per-frame paths compare with, looked up once: on Python 3.11 each
+# ``State.OPEN`` is a class attribute lookup through EnumType costing several times a
+# global's (BENCHMARKS.md, "Per delivery").
+_CONNECTING = State.CONNECTING
+_OPEN = State.OPEN
+_TEXT = Opcode.TEXT
+_BINARY = Opcode.BINARY
+_CONT = Opcode.CONT
+_PONG = Opcode.PONG
+
 
 class Client(Protocol):
     """What a connection tells the client on top of it (server/session.py)."""
@@ -239,7 +249,7 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         protocol = self.protocol
-        if protocol.state is State.CONNECTING:
+        if not self._open and protocol.state is _CONNECTING:
             self._handshake_data(data)
             return
         protocol.receive_data(data)
@@ -425,7 +435,7 @@ class Connection(asyncio.Protocol):
     def _send_protocol_output(self) -> None:
         """Write what the protocol produced (handshake response, pong, ping, close, EOF)."""
         # Every call that can change the protocol's state is followed by this one.
-        self._open = self.protocol.state is State.OPEN
+        self._open = self.protocol.state is _OPEN
         writes = self.protocol.data_to_send()
         if not writes or self.transport is None:
             return
@@ -446,13 +456,13 @@ class Connection(asyncio.Protocol):
     def _frame(self, frame: Frame) -> None:
         opcode = frame.opcode
         data = cast(bytes, frame.data)  # received frames carry bytes
-        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+        if opcode is _TEXT or opcode is _BINARY:
             if not frame.fin:
                 self._fragments = [data]
-                self._fragments_text = opcode is Opcode.TEXT
+                self._fragments_text = opcode is _TEXT
                 return
-            self._message(data, opcode is Opcode.TEXT)
-        elif opcode is Opcode.CONT:
+            self._message(data, opcode is _TEXT)
+        elif opcode is _CONT:
             fragments = self._fragments
             if fragments is None:
                 raise RuntimeError("a continuation frame with nothing to continue")  # websockets rejects it first
@@ -460,11 +470,11 @@ class Connection(asyncio.Protocol):
             if frame.fin:
                 self._fragments = None
                 self._message(b"".join(fragments), self._fragments_text)
-        elif opcode is Opcode.PONG and data == self._ping_payload:
+        elif opcode is _PONG and data == self._ping_payload:
             self._ping_payload = None
 
     def _message(self, data: bytes, text: bool) -> None:
-        if self.session is None or self.protocol.state is not State.OPEN:
+        if self.session is None or not self._open:
             return
         if not text:
             self.session.received(data)
