@@ -69,6 +69,16 @@ LOGGER = logging.getLogger("websockets.server")
 
 _ping_numbers = itertools.count(1)
 
+# The enum members the per-frame paths compare with, looked up once: on Python 3.11 each
+# ``State.OPEN`` is a class attribute lookup through EnumType costing several times a
+# global's (BENCHMARKS.md, "Per delivery").
+_CONNECTING = State.CONNECTING
+_OPEN = State.OPEN
+_TEXT = Opcode.TEXT
+_BINARY = Opcode.BINARY
+_CONT = Opcode.CONT
+_PONG = Opcode.PONG
+
 
 class Client(Protocol):
     """What a connection tells the client on top of it (server/session.py)."""
@@ -167,19 +177,20 @@ class Connection(asyncio.Protocol):
     # Slots: thousands of idle connections each carry one of these.
     __slots__ = (
         "_closing",
-        "_flush_scheduled",
         "_flusher",
         "_fragments",
         "_fragments_text",
         "_handshake_task",
         "_host",
         "_limit",
+        "_open",
         "_out",
         "_out_bytes",
         "_ping_payload",
         "_ping_sent",
         "_reading_paused",
         "_timer",
+        "_writing_paused",
         "close_timeout",
         "protocol",
         "session",
@@ -204,9 +215,15 @@ class Connection(asyncio.Protocol):
         self._limit = config.outbound_buffer_bytes
         self._out: list[bytes] = []
         self._out_bytes = 0
-        self._flush_scheduled = False
         self._closing = False
         """A close started here, or the connection is lost: frames are dropped."""
+        self._open = False
+        """``protocol.state is State.OPEN``, copied after every protocol call that can change
+        it (``_send_protocol_output``, ``connection_lost``): ``flush`` reads it once per
+        delivery, where websockets' ``state`` property was a Python call each time."""
+        self._writing_paused = False
+        """The transport's buffer went past ``outbound_buffer_bytes`` (``pause_writing``) and
+        has not drained since: only then can ``flush`` find a slow consumer."""
         self._reading_paused = False
         """The client asked for reading to stop (its backlog); the handshake pauses it too."""
         self._ping_payload: bytes | None = None
@@ -216,6 +233,9 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's does not subclass asyncio's
+        # pause_writing comes (within write(), synchronously) once the transport holds more
+        # than the limit: the one case in which flush must look at the buffer's size.
+        self.transport.set_write_buffer_limits(high=self._limit)
         size = self._host.connection_config.socket_send_buffer_bytes
         if size:
             # Bounds what the kernel holds for a slow reader beyond outbound_buffer_bytes
@@ -229,7 +249,7 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         protocol = self.protocol
-        if protocol.state is State.CONNECTING:
+        if not self._open and protocol.state is _CONNECTING:
             self._handshake_data(data)
             return
         protocol.receive_data(data)
@@ -281,9 +301,16 @@ class Connection(asyncio.Protocol):
         self._send_protocol_output()
         return None  # the transport closes itself
 
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
         self.protocol.receive_eof()  # idempotent; the protocol is now CLOSED
+        self._open = False
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -303,33 +330,33 @@ class Connection(asyncio.Protocol):
         """
         if self._closing:
             return
-        if self._out_bytes > self._limit:
+        out = self._out
+        if not out:
+            # The turn's first frame (an empty list is a flushed one): the flush is due.
+            self._flusher.add(self)
+        elif self._out_bytes > self._limit:
             self._slow_consumer()
             return
-        self._out.append(frame)
+        out.append(frame)
         self._out_bytes += len(frame)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._flusher.add(self)
 
     def flush(self) -> None:
         """Write everything queued in one transport.write (server/outbound.py
         calls it once per loop turn; ``_send_protocol_output`` before its own writes)."""
-        self._flush_scheduled = False
+        out = self._out
         transport = self.transport
-        if self._closing or not self._out or transport is None:
+        if not out or self._closing or transport is None:
             return
-        if self.protocol.state is not State.OPEN:
+        if not self._open:
             # Closing handshake started: data frames may no longer follow.
-            self._out.clear()
+            out.clear()
             self._out_bytes = 0
             return
-        out = self._out
         written = self._out_bytes
         transport.write(out[0] if len(out) == 1 else b"".join(out))
         self._out = []
         self._out_bytes = 0
-        if transport.get_write_buffer_size() - written > self._limit:
+        if self._writing_paused and transport.get_write_buffer_size() - written > self._limit:
             # More than the limit is still unsent from earlier turns: the client is not reading.
             self._slow_consumer()
 
@@ -407,6 +434,8 @@ class Connection(asyncio.Protocol):
 
     def _send_protocol_output(self) -> None:
         """Write what the protocol produced (handshake response, pong, ping, close, EOF)."""
+        # Every call that can change the protocol's state is followed by this one.
+        self._open = self.protocol.state is _OPEN
         writes = self.protocol.data_to_send()
         if not writes or self.transport is None:
             return
@@ -427,13 +456,13 @@ class Connection(asyncio.Protocol):
     def _frame(self, frame: Frame) -> None:
         opcode = frame.opcode
         data = cast(bytes, frame.data)  # received frames carry bytes
-        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+        if opcode is _TEXT or opcode is _BINARY:
             if not frame.fin:
                 self._fragments = [data]
-                self._fragments_text = opcode is Opcode.TEXT
+                self._fragments_text = opcode is _TEXT
                 return
-            self._message(data, opcode is Opcode.TEXT)
-        elif opcode is Opcode.CONT:
+            self._message(data, opcode is _TEXT)
+        elif opcode is _CONT:
             fragments = self._fragments
             if fragments is None:
                 raise RuntimeError("a continuation frame with nothing to continue")  # websockets rejects it first
@@ -441,11 +470,11 @@ class Connection(asyncio.Protocol):
             if frame.fin:
                 self._fragments = None
                 self._message(b"".join(fragments), self._fragments_text)
-        elif opcode is Opcode.PONG and data == self._ping_payload:
+        elif opcode is _PONG and data == self._ping_payload:
             self._ping_payload = None
 
     def _message(self, data: bytes, text: bool) -> None:
-        if self.session is None or self.protocol.state is not State.OPEN:
+        if self.session is None or not self._open:
             return
         if not text:
             self.session.received(data)

@@ -181,9 +181,9 @@ class Registry:
             self.presence.add(members, change_item(event.payload))
             return
         frame = websocket_text_frame(event.payload)
-        count = 0
         if event.except_user:
             # Not the hot path (typing): the recipient is looked at, to leave one user out.
+            count = 0
             for recipient, sender in members.items():
                 if recipient.user_id != event.except_user:
                     sender.send_frame(frame)
@@ -191,11 +191,11 @@ class Registry:
             self._count(event, count)
             return
         # send_frame never touches the registry (a slow consumer is unregistered
-        # later, when its connection is finished), so iterating the live set is safe.
+        # later, when its connection is finished), so iterating the live set is safe,
+        # and every member is sent the frame: counted once, not once per member.
         for sender in members.values():
             sender.send_frame(frame)
-            count += 1
-        self._count(event, count)
+        self._count(event, len(members))
 
     def _end_sessions(self, ended: SessionsEnded) -> None:
         self.end_sessions(ended.user_id, ended.generation, disabled=ended.disabled)

@@ -36,9 +36,20 @@ class FakeTransport:
         self.closing = False
         self.buffered = 0
         """What get_write_buffer_size reports: the bytes the kernel did not take."""
+        self.protocol: Connection | None = None
+        """Told of flow control (pause_writing) as asyncio's transports tell theirs."""
+        self.high = 64 * 1024
+        self.writing_paused = False
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self.high = 64 * 1024 if high is None else high
 
     def write(self, data: bytes) -> None:
         self.writes.append(data)
+        # As asyncio's and uvloop's transports do, within write(): past the high-water mark, pause.
+        if self.buffered > self.high and not self.writing_paused and self.protocol is not None:
+            self.writing_paused = True
+            self.protocol.pause_writing()
 
     def get_write_buffer_size(self) -> int:
         return self.buffered
@@ -117,6 +128,7 @@ class Peer:
     def __init__(self, connection: Connection, transport: FakeTransport) -> None:
         self.connection = connection
         self.transport = transport
+        transport.protocol = connection
         self.protocol = ClientProtocol(parse_uri("ws://127.0.0.1/"))
         self._read = 0
 
@@ -217,6 +229,37 @@ async def test_what_earlier_turns_left_unsent_counts_against_the_outbound_buffer
     await settle()
     assert [f.opcode for f in peer.frames()] == [Opcode.TEXT, Opcode.CLOSE]
     assert peer.protocol.close_rcvd is not None and peer.protocol.close_rcvd.code == CloseCode.SLOW_CONSUMER
+
+
+async def test_the_buffer_is_looked_at_only_once_the_transport_paused_writing() -> None:
+    """flush asks the transport for its buffer's size only after pause_writing: the
+    transport's high-water mark is the outbound limit, so below it nobody can be slow."""
+    connection, transport, peer, _host = await open_connection(outbound_buffer_bytes=1000)
+    assert transport.high == 1000
+    asked: list[int] = []
+    size = transport.get_write_buffer_size
+
+    def counted() -> int:
+        asked.append(size())
+        return asked[-1]
+
+    transport.get_write_buffer_size = counted  # type: ignore[method-assign]
+    transport.buffered = 1000  # at the limit, not past it: no pause
+    connection.send_frame(text(b"a"))
+    await settle()
+    assert asked == []
+    transport.buffered = 1900  # past the limit: paused, and the size is looked at (900 from this turn's write)
+    connection.send_frame(text(b"b" * 900))
+    await settle()
+    assert asked == [1900]
+    assert [f.opcode for f in peer.frames()] == [Opcode.TEXT, Opcode.TEXT]  # 1,000 unsent before: not cut
+    connection.resume_writing()  # drained
+    transport.writing_paused = False
+    transport.buffered = 0
+    connection.send_frame(text(b"c"))
+    await settle()
+    assert asked == [1900]
+    assert [f.opcode for f in peer.frames()] == [Opcode.TEXT]
 
 
 async def test_keepalive_pings_and_closes_1011_when_a_ping_goes_unanswered() -> None:
