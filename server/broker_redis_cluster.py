@@ -64,7 +64,7 @@ from redis.exceptions import RedisError
 
 from hubbub.server import logs
 from hubbub.server.broker import Broker, BrokerEventHandler
-from hubbub.server.broker_redis import Envelope, RedisBroker, _encoder, _quietly, next_message
+from hubbub.server.broker_redis import Envelope, RedisBroker, _encoder, _quietly
 from hubbub.server.config import RedisConfig
 from hubbub.server.metrics import Metrics
 from hubbub.server.redis_client import REDIS_FAULTS, cluster_client, shard_subscriber_client
@@ -343,7 +343,7 @@ class RedisClusterBroker(RedisBroker):
                 while shard.pubsub is pubsub:
                     if shard.confirming and time.monotonic() > confirm_by:
                         raise redis.TimeoutError(f"{len(shard.confirming)} SSUBSCRIBE not confirmed")
-                    message = await next_message(pubsub, timeout=0.2 if shard.confirming else 1.0)
+                    message = await pubsub.get_message(timeout=0.2 if shard.confirming else 1.0)
                     if message is None:
                         continue
                     if message.get("type") == "ssubscribe" and shard.confirming:
