@@ -163,8 +163,10 @@ async def keep_session(conn: object) -> None:
     (``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``):
     17% of the server's samples in a reconnect storm (BENCHMARKS.md). It undoes
     session state, and no pooled connection here makes any: settings are
-    ``SET LOCAL`` inside a transaction (``fetch_search``), the advisory lock is
-    taken on ``migrate``'s own connection, cursors live inside transactions,
+    ``SET LOCAL`` inside a transaction (``fetch_search``), the migration's
+    advisory lock is taken on ``migrate``'s own connection, retention's purge
+    lock (server/retention_lock.py) is unlocked before its pooled connection
+    goes back, or that connection is terminated, cursors live inside transactions,
     nothing LISTENs. Code that changes session state on a pooled connection
     must undo it itself (tests/test_postgres_pools.py checks the release)."""
 
