@@ -10,12 +10,13 @@ it: these tests never skip.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from pathlib import Path
 
 import asyncpg
@@ -68,6 +69,28 @@ async def apply_released_migrations(conn: asyncpg.Connection, released: Collecti
             async with conn.transaction():
                 await conn.execute(sql)
                 await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+
+
+@contextlib.asynccontextmanager
+async def released_postgres_database(
+    released: Collection[str], seed: Callable[[asyncpg.Connection], Awaitable[None]] | None = None
+) -> AsyncIterator[str]:
+    """A fresh database as the release that applied the migrations ``released``
+    left it (``apply_released_migrations``), with the rows ``seed`` writes on its
+    own connection (closed before the test runs); dropped after. The upgrade
+    tests' one "database of the release before" fixture."""
+    dsn = await create_postgres_database()
+    try:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await apply_released_migrations(conn, released)
+            if seed is not None:
+                await seed(conn)
+        finally:
+            await conn.close()
+        yield dsn
+    finally:
+        await drop_postgres_database(dsn)
 
 
 async def drop_postgres_database(dsn: str, admin_dsn: str = ADMIN_DSN) -> None:

@@ -20,7 +20,7 @@ from hubbub.storage.base import Directory
 from hubbub.storage.postgres import PostgresDirectory, PostgresPools, migrate, migrations
 from hubbub.storage.records import UserRecord
 from hubbub.storage.sqlite import ADMIN_MIGRATION, MIGRATIONS, open_sqlite
-from tests.backends import apply_released_migrations, create_postgres_database, drop_postgres_database
+from tests.backends import released_postgres_database
 
 NOW = 1_700_000_000_000
 # (id, username, status_text, searchable, token_generation)
@@ -111,17 +111,12 @@ async def test_sqlite_upgrade_makes_every_user_an_active_member(tmp_path: Path) 
 @pytest.fixture
 async def release_postgres() -> AsyncIterator[str]:
     """A database migrated up to the migration before administration, with its users."""
-    dsn = await create_postgres_database()
-    conn = await asyncpg.connect(dsn)
-    try:
-        await apply_released_migrations(conn, [v for v, _ in migrations() if v < ADMIN_POSTGRES])
+
+    async def seed(conn: asyncpg.Connection) -> None:
         await conn.executemany(_INSERT.format(", ".join(f"${n}" for n in range(1, 10))), release_rows())
-    finally:
-        await conn.close()
-    try:
+
+    async with released_postgres_database([v for v, _ in migrations() if v < ADMIN_POSTGRES], seed) as dsn:
         yield dsn
-    finally:
-        await drop_postgres_database(dsn)
 
 
 async def test_postgres_upgrade_makes_every_user_an_active_member(release_postgres: str) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from hubbub.storage.postgres import Conn, PostgresMessageLog, PostgresPools, migrate, migrations
 from hubbub.storage.records import NewMessage
-from tests.backends import apply_released_migrations, create_postgres_database, drop_postgres_database
+from tests.backends import released_postgres_database
 
 APPEND_MANY = next(v for v, _ in migrations() if v.endswith("_append_many"))
 """The migration under test, found by name so renumbering changes no test."""
@@ -54,18 +54,12 @@ def new(room: int, client_msg_id: str) -> NewMessage:
 
 @pytest.fixture
 async def release_postgres() -> AsyncIterator[str]:
-    dsn = await create_postgres_database()
-    conn = await asyncpg.connect(dsn)
-    try:
-        await apply_released_migrations(conn, RELEASED)
+    async def seed(conn: asyncpg.Connection) -> None:
         for room in ROOMS:
             assert await old_append(conn, room, ["a", "b"]) == [1, 2]
-    finally:
-        await conn.close()
-    try:
+
+    async with released_postgres_database(RELEASED, seed) as dsn:
         yield dsn
-    finally:
-        await drop_postgres_database(dsn)
 
 
 async def test_postgres_upgrade_to_append_many(release_postgres: str) -> None:

@@ -18,7 +18,7 @@ from hubbub.storage.base import Directory
 from hubbub.storage.postgres import PostgresDirectory, PostgresPools, migrate, migrations
 from hubbub.storage.records import ProfileUpdate, UserRecord
 from hubbub.storage.sqlite import MIGRATIONS, open_sqlite
-from tests.backends import apply_released_migrations, create_postgres_database, drop_postgres_database
+from tests.backends import released_postgres_database
 
 NOW = 1_700_000_000_000
 OLD_USERS = [(1, "alice", "Alice", "hash$a"), (2, "elodie", "Élodie Ünal", "hash$e")]
@@ -93,10 +93,8 @@ async def test_sqlite_upgrade_gives_existing_users_an_empty_profile(tmp_path: Pa
 @pytest.fixture
 async def release_postgres() -> AsyncIterator[str]:
     """A database migrated as the release migrates it, with the release's users."""
-    dsn = await create_postgres_database()
-    conn = await asyncpg.connect(dsn)
-    try:
-        await apply_released_migrations(conn, RELEASED_POSTGRES)
+
+    async def seed(conn: asyncpg.Connection) -> None:
         await conn.executemany(
             "INSERT INTO users (id, username, display_name, password_hash, created_at, last_seen_at)"
             " VALUES ($1, $2, $3, $4, $5, $6)",
@@ -108,12 +106,9 @@ async def release_postgres() -> AsyncIterator[str]:
             NOW,
         )
         await conn.executemany("INSERT INTO memberships VALUES (1, $1, $2)", [(1, NOW), (2, NOW)])
-    finally:
-        await conn.close()
-    try:
+
+    async with released_postgres_database(RELEASED_POSTGRES, seed) as dsn:
         yield dsn
-    finally:
-        await drop_postgres_database(dsn)
 
 
 async def test_postgres_upgrade_gives_existing_users_an_empty_profile(release_postgres: str) -> None:

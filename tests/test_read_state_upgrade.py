@@ -21,7 +21,7 @@ from hubbub.storage.base import Directory, MessageLog
 from hubbub.storage.postgres import PostgresDirectory, PostgresMessageLog, PostgresPools, migrate, migrations
 from hubbub.storage.records import MemberState, NewMessage
 from hubbub.storage.sqlite import MIGRATIONS, open_sqlite
-from tests.backends import apply_released_migrations, create_postgres_database, drop_postgres_database
+from tests.backends import released_postgres_database
 
 NOW = 1_700_000_000_000
 RELEASED_SQLITE_VERSION = 3
@@ -109,10 +109,8 @@ async def test_sqlite_upgrade_lists_existing_memberships_as_read(tmp_path: Path)
 @pytest.fixture
 async def release_postgres() -> AsyncIterator[str]:
     """A database migrated as the release migrates it, with the release's data."""
-    dsn = await create_postgres_database()
-    conn = await asyncpg.connect(dsn)
-    try:
-        await apply_released_migrations(conn, RELEASED_POSTGRES)
+
+    async def seed(conn: asyncpg.Connection) -> None:
         await conn.executemany(
             "INSERT INTO users (id, username, display_name, password_hash, created_at) VALUES ($1, $2, $3, 'h', $4)",
             [(uid, name, name.title(), NOW) for uid, name in USERS],
@@ -133,12 +131,9 @@ async def release_postgres() -> AsyncIterator[str]:
         # Ids are the release's own: new rows take the next ones.
         for table in ("users", "conversations"):
             await conn.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), 10)")
-    finally:
-        await conn.close()
-    try:
+
+    async with released_postgres_database(RELEASED_POSTGRES, seed) as dsn:
         yield dsn
-    finally:
-        await drop_postgres_database(dsn)
 
 
 async def test_postgres_upgrade_lists_existing_memberships_as_read(release_postgres: str) -> None:

@@ -20,7 +20,7 @@ from hubbub.storage.postgres import PostgresDirectory, PostgresMessageLog, Postg
 from hubbub.storage.records import MessageQuery
 from hubbub.storage.rows import search_key
 from hubbub.storage.sqlite import MIGRATIONS, RETENTION_MIGRATION, open_sqlite
-from tests.backends import apply_released_migrations, create_postgres_database, drop_postgres_database
+from tests.backends import released_postgres_database
 
 NOW = 1_700_000_000_000
 ROOM = 1
@@ -96,10 +96,7 @@ async def test_sqlite_upgrade(tmp_path: Path) -> None:
 
 @pytest.fixture
 async def release_postgres() -> AsyncIterator[str]:
-    dsn = await create_postgres_database()
-    conn = await asyncpg.connect(dsn)
-    try:
-        await apply_released_migrations(conn, RELEASED_POSTGRES)
+    async def seed(conn: asyncpg.Connection) -> None:
         await conn.execute(
             "INSERT INTO users (id, username, display_name, password_hash, created_at) VALUES (1, 'alice', 'A', 'h', 0)"
         )
@@ -116,12 +113,9 @@ async def release_postgres() -> AsyncIterator[str]:
             ],
         )
         await conn.execute("INSERT INTO conversation_seq (conversation_id, last_seq, last_rev) VALUES (1, 4, 4)")
-    finally:
-        await conn.close()
-    try:
+
+    async with released_postgres_database(RELEASED_POSTGRES, seed) as dsn:
         yield dsn
-    finally:
-        await drop_postgres_database(dsn)
 
 
 async def test_postgres_upgrade(release_postgres: str) -> None:

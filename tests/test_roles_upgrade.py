@@ -21,7 +21,7 @@ from hubbub.storage.base import Directory
 from hubbub.storage.postgres import PostgresDirectory, PostgresPools, migrate, migrations
 from hubbub.storage.records import ConversationRecord
 from hubbub.storage.sqlite import MIGRATIONS, ROLES_MIGRATION, open_sqlite
-from tests.backends import apply_released_migrations, create_postgres_database, drop_postgres_database
+from tests.backends import released_postgres_database
 
 NOW = 1_700_000_000_000
 USERS = [(1, "alice"), (2, "bob"), (3, "carol")]
@@ -130,11 +130,9 @@ async def test_sqlite_upgrade_gives_each_channel_an_owner(tmp_path: Path) -> Non
 @pytest.fixture
 async def release_postgres() -> AsyncIterator[str]:
     """A database migrated up to the migration before roles, with its rows."""
-    dsn = await create_postgres_database()
-    users, conversations, memberships = release_rows()
-    conn = await asyncpg.connect(dsn)
-    try:
-        await apply_released_migrations(conn, [v for v, _ in migrations() if v < ROLES_POSTGRES])
+
+    async def seed(conn: asyncpg.Connection) -> None:
+        users, conversations, memberships = release_rows()
         await conn.executemany(
             "INSERT INTO users (id, username, display_name, password_hash, created_at, last_seen_at)"
             " VALUES ($1, $2, $3, $4, $5, $6)",
@@ -148,12 +146,9 @@ async def release_postgres() -> AsyncIterator[str]:
         await conn.executemany(
             "INSERT INTO memberships (conversation_id, user_id, joined_at) VALUES ($1, $2, $3)", memberships
         )
-    finally:
-        await conn.close()
-    try:
+
+    async with released_postgres_database([v for v, _ in migrations() if v < ROLES_POSTGRES], seed) as dsn:
         yield dsn
-    finally:
-        await drop_postgres_database(dsn)
 
 
 async def test_postgres_upgrade_gives_each_channel_an_owner(release_postgres: str) -> None:

@@ -21,7 +21,7 @@ from hubbub.storage.postgres import PostgresMessageLog, PostgresPools, migrate, 
 from hubbub.storage.records import MessageQuery, NewMessage
 from hubbub.storage.rows import search_key
 from hubbub.storage.sqlite import MIGRATIONS, open_sqlite, reindex_sqlite
-from tests.backends import apply_released_migrations, create_postgres_database, drop_postgres_database
+from tests.backends import released_postgres_database
 
 NOW = 1_700_000_000_000
 ROOM = 1
@@ -101,22 +101,16 @@ async def test_sqlite_upgrade_indexes_existing_messages(tmp_path: Path) -> None:
 
 @pytest.fixture
 async def release_postgres() -> AsyncIterator[str]:
-    dsn = await create_postgres_database()
-    conn = await asyncpg.connect(dsn)
-    try:
-        await apply_released_migrations(conn, RELEASED_POSTGRES)
+    async def seed(conn: asyncpg.Connection) -> None:
         await conn.executemany(
             "INSERT INTO messages (conversation_id, seq, id, sender_id, text, client_msg_id, ts, rev, deleted)"
             " VALUES ($1, $2, $3, 1, $4, $5, $6, $7, $8)",
             [(ROOM, seq, mid, text, f"c-{mid}", NOW + seq, seq, deleted) for seq, mid, text, deleted in OLD_MESSAGES],
         )
         await conn.execute("INSERT INTO conversation_seq (conversation_id, last_seq, last_rev) VALUES (1, 4, 4)")
-    finally:
-        await conn.close()
-    try:
+
+    async with released_postgres_database(RELEASED_POSTGRES, seed) as dsn:
         yield dsn
-    finally:
-        await drop_postgres_database(dsn)
 
 
 async def test_postgres_upgrade_indexes_existing_messages(release_postgres: str) -> None:
