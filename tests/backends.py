@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sqlite3
 import subprocess
 import time
 import uuid
@@ -69,6 +70,27 @@ async def apply_released_migrations(conn: asyncpg.Connection, released: Collecti
             async with conn.transaction():
                 await conn.execute(sql)
                 await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+
+
+def write_released_sqlite(path: Path, version: int, seed: Callable[[sqlite3.Connection], None]) -> None:
+    """A SQLite file as the release of schema ``version`` left it (its first
+    ``version`` migrations, ``user_version`` set), with the rows ``seed`` writes:
+    the upgrade tests' SQLite twin of ``released_postgres_database``. The
+    migrations get the functions the store registers for them (storage/sqlite.py)."""
+    from hubbub.storage.rows import search_key
+    from hubbub.storage.search_sql import fts5_text
+    from hubbub.storage.sqlite import MIGRATIONS
+
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.create_function("hubbub_lower", 1, search_key, deterministic=True)
+    conn.create_function("hubbub_index_text", 1, fts5_text, deterministic=True)
+    try:
+        for script in MIGRATIONS[:version]:
+            conn.executescript(script)
+        conn.execute(f"PRAGMA user_version={version}")
+        seed(conn)
+    finally:
+        conn.close()
 
 
 @contextlib.asynccontextmanager

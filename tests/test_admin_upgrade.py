@@ -15,12 +15,11 @@ from typing import Any
 import asyncpg
 import pytest
 
-from hubbub.protocol.search import index_text
 from hubbub.storage.base import Directory
 from hubbub.storage.postgres import PostgresDirectory, PostgresPools, migrate, migrations
 from hubbub.storage.records import UserRecord
 from hubbub.storage.sqlite import ADMIN_MIGRATION, MIGRATIONS, open_sqlite
-from tests.backends import released_postgres_database
+from tests.backends import released_postgres_database, write_released_sqlite
 
 NOW = 1_700_000_000_000
 # (id, username, status_text, searchable, token_generation)
@@ -78,16 +77,10 @@ async def check_upgraded(directory: Directory) -> None:
 
 
 def write_release_sqlite(path: Path) -> None:
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.create_function("hubbub_lower", 1, str.lower)  # the profiles migration's function
-    conn.create_function("hubbub_index_text", 1, index_text)  # the search migration's
-    try:
-        for script in MIGRATIONS[:ADMIN_SQLITE_VERSION]:
-            conn.executescript(script)
-        conn.execute(f"PRAGMA user_version={ADMIN_SQLITE_VERSION}")
+    def seed(conn: sqlite3.Connection) -> None:
         conn.executemany(_INSERT.format(", ".join("?" * 9)), release_rows())
-    finally:
-        conn.close()
+
+    write_released_sqlite(path, ADMIN_SQLITE_VERSION, seed)
 
 
 async def test_sqlite_upgrade_makes_every_user_an_active_member(tmp_path: Path) -> None:

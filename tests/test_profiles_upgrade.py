@@ -18,7 +18,7 @@ from hubbub.storage.base import Directory
 from hubbub.storage.postgres import PostgresDirectory, PostgresPools, migrate, migrations
 from hubbub.storage.records import ProfileUpdate, UserRecord
 from hubbub.storage.sqlite import MIGRATIONS, open_sqlite
-from tests.backends import released_postgres_database
+from tests.backends import released_postgres_database, write_released_sqlite
 
 NOW = 1_700_000_000_000
 OLD_USERS = [(1, "alice", "Alice", "hash$a"), (2, "elodie", "Élodie Ünal", "hash$e")]
@@ -53,11 +53,7 @@ async def check_upgraded(directory: Directory) -> None:
 
 
 def write_release_sqlite(path: Path) -> None:
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        for script in MIGRATIONS[:RELEASED_SQLITE_VERSION]:  # the release's schema, as it created it
-            conn.executescript(script)
-        conn.execute(f"PRAGMA user_version={RELEASED_SQLITE_VERSION}")
+    def seed(conn: sqlite3.Connection) -> None:
         conn.executemany(
             "INSERT INTO users (id, username, display_name, password_hash, created_at, last_seen_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
@@ -69,8 +65,8 @@ def write_release_sqlite(path: Path) -> None:
             (NOW,),
         )
         conn.executemany("INSERT INTO memberships VALUES (1, ?, ?)", [(1, NOW), (2, NOW)])
-    finally:
-        conn.close()
+
+    write_released_sqlite(path, RELEASED_SQLITE_VERSION, seed)
 
 
 async def test_sqlite_upgrade_gives_existing_users_an_empty_profile(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from hubbub.storage.base import Directory, MessageLog
 from hubbub.storage.postgres import PostgresDirectory, PostgresMessageLog, PostgresPools, migrate, migrations
 from hubbub.storage.records import MemberState, NewMessage
 from hubbub.storage.sqlite import MIGRATIONS, open_sqlite
-from tests.backends import released_postgres_database
+from tests.backends import released_postgres_database, write_released_sqlite
 
 NOW = 1_700_000_000_000
 RELEASED_SQLITE_VERSION = 3
@@ -61,12 +61,7 @@ async def check_upgraded(directory: Directory, messages: MessageLog) -> None:
 
 
 def write_release_sqlite(path: Path) -> None:
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.create_function("hubbub_lower", 1, str.lower, deterministic=True)  # the release's profiles migration
-    try:
-        for script in MIGRATIONS[:RELEASED_SQLITE_VERSION]:  # the release's schema, as it created it
-            conn.executescript(script)
-        conn.execute(f"PRAGMA user_version={RELEASED_SQLITE_VERSION}")
+    def seed(conn: sqlite3.Connection) -> None:
         conn.executemany(
             "INSERT INTO users (id, username, display_name, password_hash, created_at) VALUES (?, ?, ?, 'h', ?)",
             [(uid, name, name.title(), NOW) for uid, name in USERS],
@@ -83,8 +78,8 @@ def write_release_sqlite(path: Path) -> None:
             MESSAGES,
         )
         conn.execute("INSERT INTO conversation_seq VALUES (?, 3, 3)", (CHANNEL,))
-    finally:
-        conn.close()
+
+    write_released_sqlite(path, RELEASED_SQLITE_VERSION, seed)
 
 
 async def test_sqlite_upgrade_lists_existing_memberships_as_read(tmp_path: Path) -> None:

@@ -18,9 +18,8 @@ from hubbub.protocol.search import index_text, parse
 from hubbub.storage.base import Directory, MessageLog
 from hubbub.storage.postgres import PostgresDirectory, PostgresMessageLog, PostgresPools, migrate, migrations
 from hubbub.storage.records import MessageQuery
-from hubbub.storage.rows import search_key
 from hubbub.storage.sqlite import MIGRATIONS, RETENTION_MIGRATION, open_sqlite
-from tests.backends import released_postgres_database
+from tests.backends import released_postgres_database, write_released_sqlite
 
 NOW = 1_700_000_000_000
 ROOM = 1
@@ -48,13 +47,7 @@ async def check_upgraded(directory: Directory, log: MessageLog) -> None:
 
 
 def write_release_sqlite(path: Path) -> None:
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.create_function("hubbub_lower", 1, search_key)
-    conn.create_function("hubbub_index_text", 1, index_text)
-    try:
-        for script in MIGRATIONS[:RELEASED_SQLITE_VERSION]:
-            conn.executescript(script)
-        conn.execute(f"PRAGMA user_version={RELEASED_SQLITE_VERSION}")
+    def seed(conn: sqlite3.Connection) -> None:
         conn.execute(
             "INSERT INTO users (id, username, display_name, password_hash, created_at) VALUES (1, 'alice', 'A', 'h', 0)"
         )
@@ -71,8 +64,8 @@ def write_release_sqlite(path: Path) -> None:
             )
             conn.execute("INSERT INTO message_search (rowid, text) VALUES (?, ?)", (rowid, index_text(text)))
         conn.execute("INSERT INTO conversation_seq (conversation_id, last_seq, last_rev) VALUES (1, 4, 4)")
-    finally:
-        conn.close()
+
+    write_released_sqlite(path, RELEASED_SQLITE_VERSION, seed)
 
 
 async def test_sqlite_upgrade(tmp_path: Path) -> None:

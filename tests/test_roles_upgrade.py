@@ -21,7 +21,7 @@ from hubbub.storage.base import Directory
 from hubbub.storage.postgres import PostgresDirectory, PostgresPools, migrate, migrations
 from hubbub.storage.records import ConversationRecord
 from hubbub.storage.sqlite import MIGRATIONS, ROLES_MIGRATION, open_sqlite
-from tests.backends import released_postgres_database
+from tests.backends import released_postgres_database, write_released_sqlite
 
 NOW = 1_700_000_000_000
 USERS = [(1, "alice"), (2, "bob"), (3, "carol")]
@@ -88,13 +88,8 @@ def release_rows() -> tuple[list[Sequence[Any]], list[Sequence[Any]], list[Seque
 
 
 def write_release_sqlite(path: Path) -> None:
-    users, conversations, memberships = release_rows()
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.create_function("hubbub_lower", 1, str.lower)  # the profiles migration's function
-    try:
-        for script in MIGRATIONS[:ROLES_SQLITE_VERSION]:
-            conn.executescript(script)
-        conn.execute(f"PRAGMA user_version={ROLES_SQLITE_VERSION}")
+    def seed(conn: sqlite3.Connection) -> None:
+        users, conversations, memberships = release_rows()
         conn.executemany(
             "INSERT INTO users (id, username, display_name, password_hash, created_at, last_seen_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
@@ -106,8 +101,8 @@ def write_release_sqlite(path: Path) -> None:
             conversations,
         )
         conn.executemany("INSERT INTO memberships (conversation_id, user_id, joined_at) VALUES (?, ?, ?)", memberships)
-    finally:
-        conn.close()
+
+    write_released_sqlite(path, ROLES_SQLITE_VERSION, seed)
 
 
 async def test_sqlite_upgrade_gives_each_channel_an_owner(tmp_path: Path) -> None:

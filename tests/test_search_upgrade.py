@@ -19,9 +19,8 @@ from hubbub.protocol.search import parse
 from hubbub.storage.base import MessageLog
 from hubbub.storage.postgres import PostgresMessageLog, PostgresPools, migrate, migrations
 from hubbub.storage.records import MessageQuery, NewMessage
-from hubbub.storage.rows import search_key
 from hubbub.storage.sqlite import MIGRATIONS, open_sqlite, reindex_sqlite
-from tests.backends import released_postgres_database
+from tests.backends import released_postgres_database, write_released_sqlite
 
 NOW = 1_700_000_000_000
 ROOM = 1
@@ -52,12 +51,7 @@ async def check_upgraded(log: MessageLog) -> None:
 
 
 def write_release_sqlite(path: Path) -> None:
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.create_function("hubbub_lower", 1, search_key)
-    try:
-        for script in MIGRATIONS[:RELEASED_SQLITE_VERSION]:
-            conn.executescript(script)
-        conn.execute(f"PRAGMA user_version={RELEASED_SQLITE_VERSION}")
+    def seed(conn: sqlite3.Connection) -> None:
         conn.execute(
             "INSERT INTO users (id, username, display_name, password_hash, created_at) VALUES (1, 'alice', 'A', 'h', 0)"
         )
@@ -74,8 +68,8 @@ def write_release_sqlite(path: Path) -> None:
             ],
         )
         conn.execute("INSERT INTO conversation_seq (conversation_id, last_seq, last_rev) VALUES (1, 4, 4)")
-    finally:
-        conn.close()
+
+    write_released_sqlite(path, RELEASED_SQLITE_VERSION, seed)
 
 
 async def test_sqlite_upgrade_indexes_existing_messages(tmp_path: Path) -> None:
