@@ -23,7 +23,7 @@ from hubbub.server.clock import now_ms
 from hubbub.server.registry import Registry
 from hubbub.storage.base import Directory
 from hubbub.storage.errors import StoreUnavailable
-from hubbub.storage.supervision import FailureHook, supervise
+from hubbub.storage.supervision import FailureHook, SupervisedTask
 
 CHECK_PAGE = 500
 """Users read per query while a check pages through those disabled since."""
@@ -44,23 +44,16 @@ class AccountCheck:
         self._registry = registry
         self._interval = interval
         self._lookback_ms = int(lookback * 1000)
-        self._on_failure = on_failure
         self._clock = clock
         self._checked_from = clock()
         """When the last successful check started (ms): the next one reads from there, less the lookback."""
-        self._task: asyncio.Task[None] | None = None
+        self._task = SupervisedTask("account_check", self._iteration, on_failure)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._task.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-
-    async def _run(self) -> None:
-        await supervise("account_check", self._iteration, self._on_failure)
+        await self._task.stop()
 
     async def _iteration(self) -> None:
         await asyncio.sleep(self._interval)

@@ -18,7 +18,7 @@ import asyncio
 from collections.abc import Callable, Collection
 from typing import Protocol
 
-from hubbub.storage.supervision import FailureHook, report, supervise
+from hubbub.storage.supervision import FailureHook, SupervisedTask, report
 
 PINGS_PER_TURN = 256
 """Connections pinged before yielding to the event loop."""
@@ -42,18 +42,13 @@ class Keepalive:
         self._interval = interval
         self._timeout = timeout
         self._on_failure = on_failure
-        self._task: asyncio.Task[None] | None = None
+        self._task = SupervisedTask("keepalive", self._round, on_failure)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._task.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    async def _run(self) -> None:
-        await supervise("keepalive", self._round, self._on_failure)
+        await self._task.stop()
 
     async def _round(self) -> None:
         await asyncio.sleep(self._interval)

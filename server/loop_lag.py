@@ -15,7 +15,7 @@ import asyncio
 
 from prometheus_client import Histogram
 
-from hubbub.storage.supervision import FailureHook, supervise
+from hubbub.storage.supervision import FailureHook, SupervisedTask
 
 # A module constant, not a HUBBUB_* setting: the measurement costs one timer
 # per interval whatever its value, and 0.5 s catches every stall long enough
@@ -29,21 +29,14 @@ class LoopLagMonitor:
         self, histogram: Histogram, on_failure: FailureHook | None = None, interval: float = LOOP_LAG_INTERVAL_SECONDS
     ) -> None:
         self._histogram = histogram
-        self._on_failure = on_failure
         self._interval = interval
-        self._task: asyncio.Task[None] | None = None
+        self._task = SupervisedTask("event_loop_lag", self.measure_once, on_failure)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._task.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-
-    async def _run(self) -> None:
-        await supervise("event_loop_lag", self.measure_once, self._on_failure)
+        await self._task.stop()
 
     async def measure_once(self) -> None:
         """Sleep one interval and observe how late the loop woke up."""

@@ -24,7 +24,6 @@ task goes on. Metrics: ``hubbub_retention_purged_messages_total``,
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 
@@ -36,7 +35,7 @@ from hubbub.server.retention_lock import PurgeLock
 from hubbub.server.retention_policy import RetentionPolicy
 from hubbub.storage.base import Directory, MessageLog
 from hubbub.storage.errors import StoreUnavailable
-from hubbub.storage.supervision import supervise
+from hubbub.storage.supervision import SupervisedTask
 
 PAGE = 200
 """Conversations read from the directory at a time."""
@@ -62,21 +61,15 @@ class RetentionPurge:
         self._clock = clock
         self._resume_after = 0
         """The id of the last conversation a pass finished: a pass cut short resumes after it."""
-        self._task: asyncio.Task[None] | None = None
+        self._task = SupervisedTask("retention_purge", self._interval, metrics.task_failed)
 
     # -- the background task ----------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(
-            supervise("retention_purge", self._interval, self.metrics.task_failed)
-        )
+        self._task.start()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._task.stop()
 
     async def _interval(self) -> None:
         await asyncio.sleep(self.config.retention_interval_seconds)

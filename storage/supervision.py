@@ -108,3 +108,24 @@ def cancel_swallowed() -> bool:
     or a shutdown waiting for it waits forever."""
     current = asyncio.current_task()
     return current is not None and current.cancelling() > 0
+
+
+class SupervisedTask:
+    """One long-lived task running ``supervise(name, iteration, hook)``, started
+    and stopped by its owner (the keepalive, the loop-lag monitor, the account
+    check, the retention purge): the one start and stop they share."""
+
+    def __init__(self, name: str, iteration: Callable[[], Awaitable[None]], hook: FailureHook | None) -> None:
+        self._name = name
+        self._iteration = iteration
+        self._hook = hook
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(supervise(self._name, self._iteration, self._hook))
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
