@@ -14,7 +14,13 @@ Zipf frequencies from the search benchmark's vocabulary. Prints, per batch:
   and mean, ms);
 - ``wal``: KiB the batch added to the write-ahead log, which is the pages
   the commit writes and syncs (checkpoints are off during the run, so this
-  is exact and the same on every run of the same revision).
+  is exact and the same on every run of the same revision);
+- ``index``: for a store that indexes in a deferred index transaction
+  (storage/sqlite_index.py), that transaction run after every
+  ``--index-every`` batches (default: as often as the store's
+  ``sqlite_index_max_pending`` default makes it under a continuous load),
+  its CPU and WAL per batch of appends (0 for a store that indexes in the
+  batch's own commit).
 
 ``--no-index`` replaces the FTS5 table by a view whose inserts do nothing
 (and the words are not cut), so the difference is what indexing costs.
@@ -81,6 +87,17 @@ def run(args: argparse.Namespace, directory: Path | None = None) -> dict[str, ob
             setattr(store, name, function)
 
 
+def _index_every(args: argparse.Namespace) -> int:
+    """Batches between two index transactions; 0 when the store has none (or --no-index)."""
+    if args.no_index or not hasattr(store, "index_transaction"):
+        return 0
+    if args.index_every:
+        return int(args.index_every)
+    from hubbub.storage.sqlite_index import INDEX_MAX_PENDING
+
+    return max(1, -(-INDEX_MAX_PENDING // args.size))
+
+
 def _measure(
     args: argparse.Namespace, db: store.SqliteDatabase, conn: sqlite3.Connection, wal: Path
 ) -> dict[str, object]:
@@ -88,6 +105,9 @@ def _measure(
     work: list[float] = []
     commit: list[float] = []
     wal_bytes: list[int] = []
+    index_cpu = 0.0
+    index_bytes = 0
+    every = _index_every(args)
     n = 0
     for number in range(args.warmup + args.batches):
         batch = []
@@ -114,6 +134,14 @@ def _measure(
             work.append((worked - cpu) * 1e3)
             commit.append((committed - wall) * 1e3)
             wal_bytes.append(wal.stat().st_size - before)
+        last = number == args.warmup + args.batches - 1
+        if every and ((number + 1) % every == 0 or number + 1 == args.warmup or last):
+            before = wal.stat().st_size
+            cpu = time.thread_time()
+            store.index_transaction(conn)
+            if number >= args.warmup:
+                index_cpu += time.thread_time() - cpu
+                index_bytes += wal.stat().st_size - before
     asyncio.run(db.close())
     return {
         "work_ms_median": round(statistics.median(work), 3),
@@ -121,6 +149,9 @@ def _measure(
         "commit_ms_median": round(statistics.median(commit), 3),
         "commit_ms_mean": round(statistics.fmean(commit), 3),
         "wal_kib_per_batch": round(statistics.fmean(wal_bytes) / 1024, 2),
+        "index_every": every,
+        "index_ms_per_batch": round(index_cpu * 1e3 / args.batches, 3),
+        "index_wal_kib_per_batch": round(index_bytes / 1024 / args.batches, 2),
     }
 
 
@@ -134,6 +165,9 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-index", action="store_true", help="no FTS5 insert (the cost without search)")
     parser.add_argument("--fts5", action="append", default=[], help="an FTS5 option, e.g. columnsize=0 (repeatable)")
     parser.add_argument("--automerge", type=int, default=0, help="the FTS5 table's automerge (default: FTS5's, 4)")
+    parser.add_argument(
+        "--index-every", type=int, default=0, help="batches per deferred index transaction (default: the store's bound)"
+    )
     return parser.parse_args(argv)
 
 

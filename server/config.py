@@ -41,6 +41,7 @@ from hubbub.storage.config import (
     SettingNamer,
     StorageConfig,
 )
+from hubbub.storage.sqlite_index import INDEX_IDLE_SECONDS, INDEX_MAX_PENDING
 
 ENV_PREFIX = "HUBBUB_"
 
@@ -538,6 +539,20 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=Tr
             " `english`, `french`, ...: stemming and stop words). Run `hubbub reindex` after changing it."
         ),
     ] = "simple"
+    sqlite_index_idle_seconds: Annotated[
+        Annotated[float, Meta(gt=0, le=60)],
+        _doc(
+            "SQLite: a sent message's search entry is written once no send was stored this long"
+            " (many sends in one index transaction, off the acknowledgement; a search sees every"
+            " acknowledged message at once)."
+        ),
+    ] = INDEX_IDLE_SECONDS
+    sqlite_index_max_pending: Annotated[
+        Annotated[int, Meta(ge=1, le=1_000_000)],
+        _doc(
+            "SQLite: the search entries are written at once, idle or not, when this many sent messages wait for them."
+        ),
+    ] = INDEX_MAX_PENDING
     retention_max_age_days: Annotated[
         Annotated[int, Meta(ge=0)],
         _doc("Messages older than this many days are purged, in every conversation without an override; 0: kept."),

@@ -68,6 +68,10 @@ class StorageConfig(Struct, kw_only=True, frozen=True):
     """How long a MongoDB change in flight holds back the change feed's horizon (docs/messages.md)."""
     postgres_search_config: str
     """The text search configuration PostgreSQL indexes and searches messages with (docs/storage.md, Search)."""
+    sqlite_index_idle_seconds: float
+    """SQLite's index transaction runs once no batch was stored this long (storage/sqlite_index.py)."""
+    sqlite_index_max_pending: int
+    """... or at once when this many messages wait for it."""
     storage_timeout_seconds: float
     lookup_batch_timeout_seconds: float
     """Bounds the batched ``auth`` and disconnect calls of server/lookups.py instead of ``storage_timeout_seconds``."""

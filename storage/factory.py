@@ -65,7 +65,12 @@ async def _open(config: StorageConfig, closers: list[Callable[[], Awaitable[None
     if "sqlite" in config.backends:
         from hubbub.storage.sqlite import open_sqlite
 
-        db, sqlite_directory, sqlite_messages = await open_sqlite(Path(config.data_dir) / "hubbub.db", timeout)
+        db, sqlite_directory, sqlite_messages = await open_sqlite(
+            Path(config.data_dir) / "hubbub.db",
+            timeout,
+            index_idle_seconds=config.sqlite_index_idle_seconds,
+            index_max_pending=config.sqlite_index_max_pending,
+        )
         closers.append(db.close)
         if accounts_backend == "sqlite":
             directory = sqlite_directory

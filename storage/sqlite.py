@@ -98,6 +98,15 @@ from hubbub.storage.search_sql import (
     sqlite_position,
     sqlite_rowid_base,
 )
+from hubbub.storage.sqlite_index import (
+    INDEX_IDLE_SECONDS,
+    INDEX_MAX_PENDING,
+    INDEX_MESSAGE_SQL,
+    UNINDEX_MESSAGE_SQL,
+    DeferredIndex,
+    index_transaction,
+    watermark,
+)
 from hubbub.storage.threads import with_reply
 
 T = TypeVar("T")
@@ -183,6 +192,15 @@ deleted; the audit log starts empty. ``users_disabled`` serves the servers'
 poll (Directory.disabled_since), ``users_workspace_admins`` the last-admin
 check. AUTOINCREMENT: an entry's id is never reused, so paging by it is
 stable. PostgreSQL's is migrations/postgres/0010_administration.sql."""
+
+INDEX_WATERMARK_MIGRATION = """
+    CREATE TABLE search_indexed (id INTEGER PRIMARY KEY CHECK (id = 0), through INTEGER NOT NULL);
+    INSERT INTO search_indexed (id, through) SELECT 0, coalesce(max(search_rowid), 0) FROM messages
+"""
+"""The deferred search index (storage/sqlite_index.py), self-contained so it can
+be renumbered: one row, the largest search rowid the FTS5 index covers. Every
+message stored before it was indexed by its own append, so the watermark
+starts at the largest rowid stored (0 in an empty file)."""
 
 # Each entry migrates the schema from version i to i+1 (PRAGMA user_version).
 MIGRATIONS: tuple[str, ...] = (
@@ -296,6 +314,8 @@ MIGRATIONS: tuple[str, ...] = (
     RETENTION_MIGRATION,
     # Administration (issue 15): ADMIN_MIGRATION, kept whole in one place for renumbering.
     ADMIN_MIGRATION,
+    # The deferred search index: INDEX_WATERMARK_MIGRATION, kept whole in one place for renumbering.
+    INDEX_WATERMARK_MIGRATION,
 )
 
 
@@ -433,11 +453,24 @@ class SqliteDatabase:
         self._executor.shutdown(wait=True)
 
 
-async def open_sqlite(path: Path, busy_timeout: float) -> tuple[SqliteDatabase, SqliteDirectory, SqliteMessageLog]:
-    """Open (creating and migrating) the embedded database and both stores on it."""
+async def open_sqlite(
+    path: Path,
+    busy_timeout: float,
+    *,
+    index_idle_seconds: float = INDEX_IDLE_SECONDS,
+    index_max_pending: int = INDEX_MAX_PENDING,
+) -> tuple[SqliteDatabase, SqliteDirectory, SqliteMessageLog]:
+    """Open (creating and migrating) the embedded database and both stores on it,
+    and index the messages a crash left unindexed (storage/sqlite_index.py)."""
     db = SqliteDatabase(path, busy_timeout)
     await db.open()
-    return db, SqliteDirectory(db), SqliteMessageLog(db)
+    try:
+        await db.run(index_transaction)
+    except BaseException:
+        await db.close()
+        raise
+    log = SqliteMessageLog(db, index_idle_seconds=index_idle_seconds, index_max_pending=index_max_pending)
+    return db, SqliteDirectory(db), log
 
 
 class SqliteDirectory:
@@ -1002,23 +1035,35 @@ class SqliteMessageLog:
     gapless = True
     ordered_appends = True
 
-    def __init__(self, db: SqliteDatabase, max_batch: int = 256) -> None:
+    def __init__(
+        self,
+        db: SqliteDatabase,
+        max_batch: int = 256,
+        *,
+        index_idle_seconds: float = INDEX_IDLE_SECONDS,
+        index_max_pending: int = INDEX_MAX_PENDING,
+    ) -> None:
         self.db = db
         # One group: the file's one writer commits whatever queued meanwhile, every conversation together.
         self._batches = GroupCommit(self.name, self._store_batch, key=one_group, max_batch=max_batch)
+        self.index = DeferredIndex(db.run, idle=index_idle_seconds, max_pending=index_max_pending)
+        """The search index's transactions, off the send path (storage/sqlite_index.py)."""
 
     async def ping(self) -> None:
         await self.db.ping()
 
     async def close(self) -> None:
         await self._batches.close()
+        await self.index.close()
 
     async def append(self, message: NewMessage) -> Appended:
         return await self._batches.append(message)
 
     async def _store_batch(self, batch: list[NewMessage]) -> list[Appended]:
-        """The whole batch in one transaction: one fsync for all of it."""
-        return await self.db.transaction(functools.partial(_append_batch, batch=batch))
+        """The whole batch in one transaction: one fsync for all of it; its index entries later."""
+        outcomes = await self.db.transaction(functools.partial(_append_batch, batch=batch))
+        self.index.added(sum(1 for o in outcomes if not o.duplicate))
+        return outcomes
 
     async def get_message(self, conversation_id: int, message_id: str) -> MessageRecord | None:
         row = await self.db.run(lambda c: _message_row(c, conversation_id, message_id))
@@ -1077,7 +1122,9 @@ class SqliteMessageLog:
         return await self.db.run(functools.partial(_unread, user_id=user_id, positions=positions, cap=cap))
 
     async def search(self, query: MessageQuery) -> list[SearchHit]:
-        return await self.db.run(functools.partial(_search, query=query))
+        # Read your writes: the messages acknowledged before the search are
+        # indexed first (a search is rare; the index transaction is cheap).
+        return await self.db.run(functools.partial(_index_and_search, query=query))
 
     async def purge(
         self, conversation_id: int, *, before_ts: int | None, keep_last: int | None, limit: int
@@ -1241,26 +1288,25 @@ def _append_batch(c: sqlite3.Connection, batch: list[NewMessage]) -> list[Append
     indexed: list[tuple[int, str]] = []
     last_rowids: dict[int, int] = {}
     outcomes = [_append_one(c, m, indexed, last_rowids) for m in batch]
-    # The batch's words go into the index last, in one statement. FTS5 writes
-    # its pending words out as a new segment whenever a later statement of
-    # the transaction opens a statement savepoint (any INSERT or UPDATE of an
-    # ordinary table that may abort does), so an insert per message between
-    # the row writes made a segment per message, merged again at every commit:
-    # 2.5 ms of CPU per batch of 27 instead of 0.3 ms (BENCHMARKS.md, The send
-    # path with indexing on). Written here, the batch is one segment.
-    # In rowid order: a rowid below the previous one makes FTS5 write a segment too.
-    c.executemany(_INDEX_MESSAGE_SQL, sorted(indexed))
+    # The index transaction indexes the batch later (storage/sqlite_index.py),
+    # except a message at or below the watermark (an imported old message, a
+    # clock stepped back), which it would never reach: that one now.
+    through = watermark(c)
+    now = sorted((rowid, fts5_text(text)) for rowid, text in indexed if rowid <= through)
+    if now:
+        # Last, in one statement, in rowid order: FTS5 writes its pending words
+        # out as a new segment whenever a later statement of the transaction
+        # opens a statement savepoint (any INSERT or UPDATE of an ordinary
+        # table that may abort does) or a rowid is below the previous one.
+        c.executemany(INDEX_MESSAGE_SQL, now)
     return outcomes
-
-
-_INDEX_MESSAGE_SQL = "INSERT INTO message_search (rowid, text) VALUES (?, ?)"
 
 
 def _append_one(
     c: sqlite3.Connection, m: NewMessage, indexed: list[tuple[int, str]], last_rowids: dict[int, int]
 ) -> Appended:
-    """Store ``m`` unless it is a resend; its index entry (search rowid, words)
-    goes onto ``indexed``, which the caller writes after the batch's rows;
+    """Store ``m`` unless it is a resend; its index entry (search rowid, text)
+    goes onto ``indexed``, which the caller indexes after the batch's rows or leaves to the index transaction;
     ``last_rowids`` is the batch's ``_next_search_rowid`` memory."""
     row = c.execute(
         f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND sender_id = ? AND client_msg_id = ?",
@@ -1277,7 +1323,7 @@ def _append_one(
     record = new_message_record(m, seq, rev)
     search_rowid = _next_search_rowid(c, m.ts, last_rowids)
     c.execute(_INSERT_MESSAGE_SQL, (*message_values(record), search_rowid))
-    indexed.append((search_rowid, fts5_text(record.text)))
+    indexed.append((search_rowid, record.text))
     root = None if m.thread_root_id is None else _add_reply_to_root(c, m.thread_root_id, record)
     return Appended(record=record, duplicate=False, root=root)
 
@@ -1304,8 +1350,9 @@ def _purge(
     c: sqlite3.Connection, conversation_id: int, before_ts: int | None, keep_last: int | None, limit: int
 ) -> PurgeResult:
     """MessageLog.purge in the caller's write transaction: the expired prefix's
-    words out of the index (FTS5 ``delete`` takes what was indexed), its rows
-    out, the counter's ``purged_seq`` up to its last seq."""
+    words out of the index (FTS5 ``delete`` takes what was indexed; a message
+    above the watermark was not), its rows out, the counter's ``purged_seq`` up
+    to its last seq."""
     head = c.execute(
         "SELECT last_seq, purged_seq FROM conversation_seq WHERE conversation_id = ?", (conversation_id,)
     ).fetchone()
@@ -1321,9 +1368,10 @@ def _purge(
     gone = rows[: min(expired, limit)]
     if not gone:
         return PurgeResult(purged=0, oldest_seq=purged_seq + 1, more=False)
+    through = watermark(c)
     c.executemany(
-        "INSERT INTO message_search (message_search, rowid, text) VALUES ('delete', ?, ?)",
-        [(rowid, fts5_text(text)) for _, _, rowid, text, deleted in gone if not deleted and rowid is not None],
+        UNINDEX_MESSAGE_SQL,
+        [(rowid, fts5_text(text)) for _, _, rowid, text, deleted in gone if not deleted and rowid <= through],
     )
     last = gone[-1][0]
     c.execute("DELETE FROM messages WHERE conversation_id = ? AND seq <= ?", (conversation_id, last))
@@ -1358,17 +1406,17 @@ def _next_search_rowid(c: sqlite3.Connection, ts: int, last_rowids: dict[int, in
 def _reindex(c: sqlite3.Connection, before: MessageRecord, after: MessageRecord) -> None:
     """Replace a changed message's words in the index (in the change's transaction):
     the old ones out (FTS5 ``delete`` takes exactly what was indexed), the new ones
-    in unless it is now a tombstone."""
+    in unless it is now a tombstone. A message above the watermark is not in the
+    index yet: the index transaction will read it as it is then."""
     (search_rowid,) = c.execute(
         "SELECT search_rowid FROM messages WHERE conversation_id = ? AND seq = ?", (after.conversation_id, after.seq)
     ).fetchone()
+    if search_rowid > watermark(c):
+        return
     if not before.deleted:
-        c.execute(
-            "INSERT INTO message_search (message_search, rowid, text) VALUES ('delete', ?, ?)",
-            (search_rowid, fts5_text(before.text)),
-        )
+        c.execute(UNINDEX_MESSAGE_SQL, (search_rowid, fts5_text(before.text)))
     if not after.deleted:
-        c.execute(_INDEX_MESSAGE_SQL, (search_rowid, fts5_text(after.text)))
+        c.execute(INDEX_MESSAGE_SQL, (search_rowid, fts5_text(after.text)))
 
 
 _SEARCH_FILTERS = (
@@ -1395,6 +1443,12 @@ SEARCH_RELEVANCE_SQL = (
 )
 """``relevance``: the newest ``window`` matches (read as ``newest`` reads them),
 by FTS5's bm25 rank (fewer, rarer words in a shorter text first), then newest."""
+
+
+def _index_and_search(c: sqlite3.Connection, query: MessageQuery) -> list[SearchHit]:
+    """The index transaction when messages wait for it (any process's), then the search."""
+    index_transaction(c)
+    return _search(c, query)
 
 
 def _search(c: sqlite3.Connection, query: MessageQuery) -> list[SearchHit]:
@@ -1434,6 +1488,8 @@ async def reindex_sqlite(db: SqliteDatabase) -> int:
             " SELECT search_rowid, hubbub_index_text(text) FROM messages WHERE deleted = 0"
         )
         count: int = cur.rowcount
+        # Every stored message is indexed now (storage/sqlite_index.py).
+        c.execute("UPDATE search_indexed SET through = (SELECT coalesce(max(search_rowid), 0) FROM messages)")
         # One segment: the deleted messages' words, still in older segments, are gone from the file.
         c.execute("INSERT INTO message_search (message_search) VALUES ('optimize')")
         return count

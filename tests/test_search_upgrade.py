@@ -147,6 +147,9 @@ async def test_sqlite_reindex_takes_a_deleted_messages_words_out_of_the_file(tmp
         sent = await log.append(
             NewMessage(conversation_id=room.id, sender_id=alice.id, text=secret, client_msg_id="s", ts=NOW + 99)
         )
+        # Found (so indexed: a search runs the index transaction first), then deleted.
+        found = await log.search(MessageQuery(terms=tuple(parse(secret)), conversation_ids=(room.id,), limit=5))
+        assert [h.record.id for h in found] == [sent.record.id]
         await log.change_message(room.id, sent.record.id, lambda m: msgspec.structs.replace(m, text="", deleted=True))
         await db.run(lambda c: c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone())
         assert files_hold(tmp_path, secret), "the words stay until a merge"
