@@ -1124,6 +1124,7 @@ class SqliteMessageLog:
     async def search(self, query: MessageQuery) -> list[SearchHit]:
         # Read your writes: the messages acknowledged before the search are
         # indexed first (a search is rare; the index transaction is cheap).
+        self.index.caught_up()
         return await self.db.run(functools.partial(_index_and_search, query=query))
 
     async def purge(

@@ -124,26 +124,38 @@ class DeferredIndex:
         self._flight: asyncio.Task[None] | None = None
         self._on_failure = supervision.current_hook()
         self._failures = 0
+        self._settled = asyncio.Event()
+        self._settled.set()
+
+    async def settled(self) -> None:
+        """Return once nothing of this process waits for the index transaction (tests await it)."""
+        await self._settled.wait()
 
     def added(self, count: int) -> None:
         """A batch stored ``count`` messages not yet indexed (on the event loop)."""
         if count <= 0:
             return
         self.pending += count
+        self._settled.clear()
         if self.pending >= self.max_pending:
             self._start()
         else:
             self._arm(self.idle)
 
+    def caught_up(self) -> None:
+        """An index transaction of someone else's (a search's, queued now on the
+        database thread after every batch stored so far) will index what waits."""
+        self.pending = 0
+        if self._flight is None:
+            self._disarm()
+            self._settled.set()
+
     def _arm(self, delay: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        self._disarm()
         self._timer = asyncio.get_running_loop().call_later(delay, self._start)
 
     def _start(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._disarm()
         if self._flight is None:  # one at a time; a running one re-arms when more came meanwhile
             self._flight = asyncio.get_running_loop().create_task(self._index())
 
@@ -169,19 +181,23 @@ class DeferredIndex:
             self._start()
         elif self.pending and self._timer is None:
             self._arm(self.idle)
+        elif not self.pending:
+            self._settled.set()
 
-    async def close(self) -> None:
-        """Index what is pending now (a clean shutdown leaves no tail)."""
+    def _disarm(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    async def close(self) -> None:
+        """Index what is pending now (a clean shutdown leaves no tail)."""
+        self._disarm()
         if self._flight is not None:
             await asyncio.gather(self._flight, return_exceptions=True)
-        if self._timer is not None:  # a failed flight re-armed itself
-            self._timer.cancel()
-            self._timer = None
+        self._disarm()  # a failed flight re-armed itself
         try:
             await self._run(index_transaction)
         except Exception as exc:  # the next open indexes the tail
             supervision.report("search_index", exc, self._on_failure)
         self.pending = 0
+        self._settled.set()

@@ -1,8 +1,10 @@
-"""The embedded store's search index costs one FTS5 segment per group commit,
-not one per message (storage/sqlite.py ``_append_batch``; BENCHMARKS.md, The
-send path with indexing on): FTS5 writes its pending words out whenever a
-later statement of the transaction opens a statement savepoint, so the
-batch's index entries are written after all of its rows."""
+"""The embedded store's search index costs one FTS5 segment per index
+transaction, not one per message (storage/sqlite_index.py ``index_tail``;
+BENCHMARKS.md, The send path with indexing on): FTS5 writes its pending words
+out whenever a later statement of the transaction opens a statement
+savepoint, or a rowid is below the previous one, so the entries are written
+last, in rowid order. The group commit's batch writes none
+(tests/test_sqlite_deferred_index.py counts many batches to one segment)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from hubbub.protocol.search import parse
 from hubbub.storage.records import MessageQuery, NewMessage
 from hubbub.storage.search_sql import SQLITE_ROWID_TS_SHIFT
 from hubbub.storage.sqlite import _append_batch, open_sqlite
+from hubbub.storage.sqlite_index import index_transaction
 
 NOW = 1_800_000_000_000
 
@@ -36,6 +39,8 @@ async def test_a_batch_of_appends_is_one_index_segment_and_all_found(tmp_path: P
         ]
         outcomes = await db.transaction(functools.partial(_append_batch, batch=batch))
         assert [o.duplicate for o in outcomes] == [False] * 10
+        assert await db.run(segments) == 0, "the batch's commit writes no index (storage/sqlite_index.py)"
+        assert await db.run(index_transaction) == 10
         assert await db.run(segments) == 1
         query = MessageQuery(terms=tuple(parse("common")), conversation_ids=(1, 2), limit=20)
         hits = await log.search(query)
