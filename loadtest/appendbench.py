@@ -90,11 +90,9 @@ def run(args: argparse.Namespace, directory: Path | None = None) -> dict[str, ob
 
 def _index_transaction() -> Callable[[sqlite3.Connection], int] | None:
     """The store's deferred index transaction; None for a revision that indexes in the batch's commit."""
-    try:
-        from hubbub.storage.sqlite_index import index_transaction
-    except ImportError:
-        return None
-    return index_transaction
+    # The store module's own name for it (a module of the tree measured, not this one's).
+    found: Callable[[sqlite3.Connection], int] | None = getattr(store, "index_transaction", None)
+    return found
 
 
 def _index_every(args: argparse.Namespace) -> int:
@@ -103,9 +101,8 @@ def _index_every(args: argparse.Namespace) -> int:
         return 0
     if args.index_every:
         return int(args.index_every)
-    from hubbub.storage.sqlite_index import INDEX_MAX_PENDING
-
-    return max(1, -(-INDEX_MAX_PENDING // int(args.size)))
+    most: int = getattr(store, "INDEX_MAX_PENDING")  # noqa: B009 (the measured tree's, as above)
+    return max(1, -(-most // int(args.size)))
 
 
 def _measure(
