@@ -1287,8 +1287,8 @@ def _changes(c: sqlite3.Connection, conversation_id: int, after_rev: int, limit:
 
 def _append_batch(c: sqlite3.Connection, batch: list[NewMessage]) -> list[Appended]:
     indexed: list[tuple[int, str]] = []
-    last_rowids: dict[int, int] = {}
-    outcomes = [_append_one(c, m, indexed, last_rowids) for m in batch]
+    rowids = _BatchRowids(c)
+    outcomes = [_append_one(c, m, indexed, rowids) for m in batch]
     # The index transaction indexes the batch later (storage/sqlite_index.py),
     # except a message at or below the watermark (an imported old message, a
     # clock stepped back), which it would never reach: that one now.
@@ -1303,12 +1303,10 @@ def _append_batch(c: sqlite3.Connection, batch: list[NewMessage]) -> list[Append
     return outcomes
 
 
-def _append_one(
-    c: sqlite3.Connection, m: NewMessage, indexed: list[tuple[int, str]], last_rowids: dict[int, int]
-) -> Appended:
+def _append_one(c: sqlite3.Connection, m: NewMessage, indexed: list[tuple[int, str]], rowids: _BatchRowids) -> Appended:
     """Store ``m`` unless it is a resend; its index entry (search rowid, text)
     goes onto ``indexed``, which the caller indexes after the batch's rows or leaves to the index transaction;
-    ``last_rowids`` is the batch's ``_next_search_rowid`` memory."""
+    ``rowids`` is the batch's ``_next_search_rowid`` memory."""
     row = c.execute(
         f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND sender_id = ? AND client_msg_id = ?",
         (m.conversation_id, m.sender_id, m.client_msg_id),
@@ -1322,7 +1320,7 @@ def _append_one(
         (m.conversation_id,),
     ).fetchone()
     record = new_message_record(m, seq, rev)
-    search_rowid = _next_search_rowid(c, m.ts, last_rowids)
+    search_rowid = _next_search_rowid(c, m.ts, rowids)
     c.execute(_INSERT_MESSAGE_SQL, (*message_values(record), search_rowid))
     indexed.append((search_rowid, record.text))
     root = None if m.thread_root_id is None else _add_reply_to_root(c, m.thread_root_id, record)
@@ -1383,24 +1381,39 @@ def _purge(
 # -- message search (SEARCH_MIGRATION) -----------------------------------------
 
 
-def _next_search_rowid(c: sqlite3.Connection, ts: int, last_rowids: dict[int, int]) -> int:
+class _BatchRowids:
+    """A batch's memory for ``_next_search_rowid``: the largest search rowid
+    stored before the batch, and the rowid the batch last took per millisecond.
+    The batch holds the write lock, so nobody else takes one meanwhile."""
+
+    __slots__ = ("last", "top")
+
+    def __init__(self, c: sqlite3.Connection) -> None:
+        (top,) = c.execute("SELECT max(search_rowid) FROM messages").fetchone()
+        self.top: int = -1 if top is None else int(top)
+        self.last: dict[int, int] = {}
+
+
+def _next_search_rowid(c: sqlite3.Connection, ts: int, rowids: _BatchRowids) -> int:
     """A new message's search rowid: the next free one of its millisecond.
 
-    One index probe for the first message of a millisecond in the batch; the
-    batch's later ones of that millisecond follow from ``last_rowids`` (the
-    rowid the batch last took per millisecond): the batch holds the write
-    lock, so nobody else takes one meanwhile."""
+    A millisecond after every stored rowid (time moving on: nearly every
+    message) starts at its base without a probe; an index probe for the first
+    message of an older millisecond in the batch; the batch's later ones of a
+    millisecond follow from ``rowids.last``."""
     base = sqlite_rowid_base(ts)
-    last = last_rowids.get(base)
-    if last is None:
+    last = rowids.last.get(base)
+    if last is not None:
+        rowid = last + 1
+    elif base > rowids.top:
+        rowid = base
+    else:
         row = c.execute(
             "SELECT max(search_rowid) FROM messages WHERE search_rowid >= ? AND search_rowid < ?",
             (base, base + (1 << SQLITE_ROWID_TS_SHIFT)),
         ).fetchone()
         rowid = base if row[0] is None else int(row[0]) + 1
-    else:
-        rowid = last + 1
-    last_rowids[base] = rowid
+    rowids.last[base] = rowid
     return rowid
 
 
