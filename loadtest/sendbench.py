@@ -50,7 +50,12 @@ async def run(url: str, senders: int, per_round: int, rounds: int) -> dict[str, 
     tag = secrets.token_hex(3)
     async with _clients(url, senders * 2) as clients:
         pubs, subs = clients[:senders], clients[senders:]
-        await asyncio.gather(*(c.register(f"s{tag}{i}", "sendbench pw", None) for i, c in enumerate(clients)))
+        await asyncio.gather(
+            *(
+                c.call("register", timeout=SLOW, username=f"s{tag}{i}", password="sendbench pw", display_name=None)
+                for i, c in enumerate(clients)
+            )
+        )
         rooms: list[int] = []
         for i, (pub, sub) in enumerate(zip(pubs, subs, strict=True)):
             created = await pub.call("channel.create", timeout=SLOW, name=f"bench-{tag}-{i}")
