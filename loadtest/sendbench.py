@@ -52,7 +52,7 @@ async def run(url: str, senders: int, per_round: int, rounds: int) -> dict[str, 
         pubs, subs = clients[:senders], clients[senders:]
         await asyncio.gather(
             *(
-                c.call("register", timeout=SLOW, username=f"s{tag}{i}", password="sendbench pw", display_name=None)
+                c.call("register", timeout=SLOW, username=f"s{tag}{i}", password="sendbench pw", display_name=f"s{i}")
                 for i, c in enumerate(clients)
             )
         )
