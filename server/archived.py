@@ -12,8 +12,8 @@ changed:
   instance with members of it as soon as the event arrives;
 - when the broker says events may have been missed (a resync) or the
   channel's last local member goes (no more of its events come here);
-- and in any case ``ARCHIVED_KNOWN_MS`` after it was read, which bounds what
-  a lost event could cost.
+- and in any case ``archived_known_seconds`` (a setting, 1 s by default)
+  after it was read, which bounds what a lost event could cost.
 
 So a send racing an archive made on another instance may still be stored
 until that instance hears of it (as a send racing a kick is, until the
@@ -29,8 +29,11 @@ from hubbub.server.clock import now_ms
 from hubbub.storage.records import ConversationRecord
 
 ARCHIVED_KNOWN_MS = 1000
-"""How long an entry is trusted without news (ms): a module constant, not a
-setting; a store read per channel and second per instance costs nothing."""
+"""How long an entry is trusted without news (ms) by default
+(``archived_known_seconds``): a store read per channel and second per
+instance costs little; a setting so that a benchmark counting instructions
+per send (loadtest/sendbench.py, whose rounds take longer than a second under
+callgrind) does not count a store read per send that a real run does not make."""
 PRUNE_AT = 10_000
 """Entries past which learning a new one first drops the expired ones."""
 

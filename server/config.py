@@ -216,9 +216,11 @@ class TypingConfig(msgspec.Struct, kw_only=True, frozen=True):
 
 
 class MessagesConfig(msgspec.Struct, kw_only=True, frozen=True):
-    """What may be done to a message after it is sent: edit window, reaction and pin limits."""
+    """What may be done to a message after it is sent: edit window, reaction and pin limits;
+    and how long a send trusts what it knows of a channel's archived state."""
 
     edit_window_seconds: float
+    archived_known_seconds: float
     max_reaction_emojis: int
     max_reactions_per_user: int
     max_pins: int
@@ -510,6 +512,13 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=Tr
         Annotated[float, Meta(ge=0)],
         _doc("How long after sending its author may edit a message (`forbidden` after); 0: no limit."),
     ] = 0.0
+    archived_known_seconds: Annotated[
+        PositiveFloat,
+        _doc(
+            "How long message.send trusts a channel's archived state once read, without another store read"
+            " (a channel.updated through this instance drops it at once)."
+        ),
+    ] = 1.0
     max_reaction_emojis: Annotated[
         Positive, _doc("Distinct emojis one message may carry (`too_large` for one more).")
     ] = 50

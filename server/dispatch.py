@@ -279,17 +279,19 @@ class Dispatcher:
             payload = self._error_payload(request.id, ErrorCode.INTERNAL, "internal error")
         latency = time.perf_counter() - start
         services.metrics.request_latency_by[op].observe(latency)
-        logs.log(
-            logging.INFO if failure else logging.DEBUG,
-            "request_failed" if failure else "request",
-            op=op,
-            request_id=request.id,
-            conn_id=caller.conn_id,
-            user_id=caller.user_id or None,
-            conversation_id=_conversation_of(request),
-            code=failure.value if failure else None,
-            latency_ms=round(latency * 1000, 3),
-        )
+        level = logging.INFO if failure else logging.DEBUG
+        if logs.enabled(level):  # the fields are built only for a line that is written
+            logs.log(
+                level,
+                "request_failed" if failure else "request",
+                op=op,
+                request_id=request.id,
+                conn_id=caller.conn_id,
+                user_id=caller.user_id or None,
+                conversation_id=_conversation_of(request),
+                code=failure.value if failure else None,
+                latency_ms=round(latency * 1000, 3),
+            )
         return payload, failure
 
     async def _execute_into(self, op: str, request: AnyRequest, slot: list[bytes], pipeline: _Pipeline) -> None:

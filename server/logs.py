@@ -136,6 +136,12 @@ _SOURCE = "(hubbub)"
 """The ``pathname`` of Hubbub's own records: the JSON line has no file or line field."""
 
 
+def enabled(level: int) -> bool:
+    """Whether a line of ``level`` would be logged: a caller whose fields cost
+    something to compute (a line per request) asks first."""
+    return _logger.isEnabledFor(level)
+
+
 def log(level: int, event: str, **fields: Any) -> None:
     if _logger.isEnabledFor(level):
         # The record is made here rather than by Logger.log, which first walks

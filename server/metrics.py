@@ -7,8 +7,11 @@ one process, as the tests do.
 from __future__ import annotations
 
 import platform
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
-from typing import Generic, TypeVar
+from itertools import accumulate
+from typing import Generic, TypeVar, cast
 
 from prometheus_client import (
     CollectorRegistry,
@@ -21,8 +24,13 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from hubbub.server.pool_metrics import PoolCollector
+
+_go_float = cast(Callable[[float], str], floatToGoString)
+"""prometheus_client's bucket bound format ("1.0", "0.005"), typed: it is unannotated."""
 
 # Every counter and histogram would also be exposed as a `_created` gauge (its
 # creation time), doubling the series Prometheus stores for nothing a rule or
@@ -49,6 +57,106 @@ class ByLabel(Generic[M]):
         if child is None:
             child = self._children[value] = self._metric.labels(value)
         return child
+
+
+class LoopCounter:
+    """One series of a counter that only the event loop's thread changes: a
+    float bumped in place. prometheus_client's ``Counter.inc`` checks the
+    metric and takes a lock on every call, about ten times the cost, and the
+    send path bumps a handful of counters per message (BENCHMARKS.md, "The
+    send path's CPU")."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1) -> None:
+        self.value += amount
+
+
+class LoopHistogram:
+    """One series of a histogram that only the event loop's thread changes:
+    per-bucket counts (not cumulative) and a sum, the bucket found by bisection."""
+
+    __slots__ = ("_bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self._bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        """Observations per bucket: ``counts[i]`` those <= ``bounds[i]`` and above the bound before; the last, +Inf."""
+        self.sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        self.counts[bisect_left(self._bounds, amount)] += 1
+        self.sum += amount
+
+
+S = TypeVar("S", LoopCounter, LoopHistogram)
+
+
+class LoopFamily(Generic[S]):
+    """A counter or histogram of ``LoopCounter``/``LoopHistogram`` series, by
+    label values, exposed as prometheus_client would expose the same metric
+    (``LoopCollector``). ``family["x"]`` is a one-label family's series, as
+    ``ByLabel``; ``labels(...)`` takes every label's value."""
+
+    __slots__ = ("_make", "doc", "kind", "labelnames", "name", "series")
+
+    def __init__(self, kind: str, name: str, doc: str, labelnames: tuple[str, ...], make: Callable[[], S]) -> None:
+        self.kind = kind
+        self.name = name
+        self.doc = doc
+        self.labelnames = labelnames
+        self._make: Callable[[], S] = make
+        self.series: dict[tuple[str, ...], S] = {}
+
+    def labels(self, *values: str) -> S:
+        child = self.series.get(values)
+        if child is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name}: {len(self.labelnames)} label values expected, got {values!r}")
+            child = self.series[values] = self._make()
+        return child
+
+    def __getitem__(self, value: str) -> S:
+        return self.labels(value)
+
+
+class LoopCollector:
+    """The ``LoopFamily`` metrics of a registry, collected at scrape time."""
+
+    def __init__(self) -> None:
+        self.families: list[LoopFamily[LoopCounter] | LoopFamily[LoopHistogram]] = []
+
+    def counter(self, name: str, doc: str, labelnames: tuple[str, ...] = ()) -> LoopFamily[LoopCounter]:
+        family = LoopFamily("counter", name, doc, labelnames, LoopCounter)
+        self.families.append(family)
+        return family
+
+    def histogram(
+        self, name: str, doc: str, labelnames: tuple[str, ...], buckets: tuple[float, ...]
+    ) -> LoopFamily[LoopHistogram]:
+        family = LoopFamily("histogram", name, doc, labelnames, lambda: LoopHistogram(buckets))
+        self.families.append(family)
+        return family
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.families:
+            labels = list(family.labelnames)
+            if family.kind == "counter":
+                counters = CounterMetricFamily(family.name, family.doc, labels=labels)
+                for values, child in list(family.series.items()):
+                    counters.add_metric(list(values), cast(LoopCounter, child).value)
+                yield counters
+            else:
+                histograms = HistogramMetricFamily(family.name, family.doc, labels=labels)
+                for values, child in list(family.series.items()):
+                    series = cast(LoopHistogram, child)
+                    cumulative = list(accumulate(series.counts))
+                    bounds = [_go_float(b) for b in series._bounds] + ["+Inf"]
+                    histograms.add_metric(list(values), list(zip(bounds, cumulative, strict=True)), series.sum)
+                yield histograms
 
 
 BACKGROUND_TASKS = (
@@ -112,23 +220,22 @@ class Metrics:
         add_standard_collectors(r)
         self.connections = Gauge("hubbub_connections", "Open WebSocket connections.", registry=r)
         self.authenticated = Gauge("hubbub_authenticated_connections", "Authenticated connections.", registry=r)
-        self.frames_in = Counter("hubbub_frames_in", "Client frames received, by request type.", ["type"], registry=r)
-        self.frames_out = Counter("hubbub_frames_out", "Frames sent, by frame type.", ["type"], registry=r)
-        self.request_latency = Histogram(
-            "hubbub_request_seconds", "Request handling time, by op.", ["op"], buckets=LATENCY_BUCKETS, registry=r
+        # What every request or message changes (a handful per send): series
+        # bumped without a lock by the event loop, the one thread that changes them.
+        loop = self.loop_metrics = LoopCollector()
+        r.register(loop)
+        self.frames_in_by = loop.counter("hubbub_frames_in", "Client frames received, by request type.", ("type",))
+        self.frames_out_by = loop.counter("hubbub_frames_out", "Frames sent, by frame type.", ("type",))
+        self.request_latency_by = loop.histogram(
+            "hubbub_request_seconds", "Request handling time, by op.", ("op",), LATENCY_BUCKETS
         )
-        self.errors = Counter("hubbub_errors", "Error replies, by code.", ["code"], registry=r)
-        self.frames_in_by = ByLabel(self.frames_in)
-        self.frames_out_by = ByLabel(self.frames_out)
-        self.request_latency_by = ByLabel(self.request_latency)
-        self.errors_by = ByLabel(self.errors)
-        self.messages_stored = Counter("hubbub_messages_stored", "Messages stored and acknowledged.", registry=r)
-        self.messages_received = Counter(
+        self.errors_by = loop.counter("hubbub_errors", "Error replies, by code.", ("code",))
+        self.messages_stored = loop.counter("hubbub_messages_stored", "Messages stored and acknowledged.").labels()
+        self.messages_received = loop.counter(
             "hubbub_messages_received",
             "New messages delivered to this instance's connections, each once however many recipients.",
-            registry=r,
-        )
-        self.deliveries = Counter("hubbub_deliveries", "Event frames queued to local connections.", registry=r)
+        ).labels()
+        self.deliveries = loop.counter("hubbub_deliveries", "Event frames queued to local connections.").labels()
         self.slow_consumers = Counter(
             "hubbub_slow_consumer_disconnects", "Connections closed because their buffer overflowed.", registry=r
         )
@@ -140,12 +247,8 @@ class Metrics:
             registry=r,
         )
         self.handshakes_refused_by = ByLabel(self.handshakes_refused)
-        self.storage_latency = Histogram(
-            "hubbub_storage_seconds",
-            "Store call time, by store and op.",
-            ["store", "op"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+        self.storage_latency = loop.histogram(
+            "hubbub_storage_seconds", "Store call time, by store and op.", ("store", "op"), LATENCY_BUCKETS
         )
         self.gap_filled = Counter(
             "hubbub_gap_filled_messages",

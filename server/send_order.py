@@ -26,6 +26,10 @@ class SendTurn:
         self._before = before
         self._mine = mine
 
+    def ready(self) -> bool:
+        """Whether every earlier send was handed over already: then ``wait`` need not be awaited."""
+        return self._before is None or self._before.done()
+
     async def wait(self) -> None:
         """Return once every earlier send of the connection was handed to the log or gave up."""
         if self._before is not None and not self._before.done():

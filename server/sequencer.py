@@ -21,16 +21,19 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from hubbub.server.broker import MESSAGE_NEW, Broker, Event
 
 
-@dataclass
 class _Conversation:
-    in_flight: set[int] = field(default_factory=set)
-    # (seq, barrier ticket, payload, what follows it): publishable once no ticket <= barrier is in flight.
-    held: list[tuple[int, int, bytes, Sequence[Event]]] = field(default_factory=list)
+    # Slots and a plain __init__ (not a dataclass with default factories): one
+    # is made and dropped per send into a conversation with nothing in flight.
+    __slots__ = ("held", "in_flight")
+
+    def __init__(self) -> None:
+        self.in_flight: set[int] = set()
+        # (seq, barrier ticket, payload, what follows it): publishable once no ticket <= barrier is in flight.
+        self.held: list[tuple[int, int, bytes, Sequence[Event]]] = []
 
 
 class Sequencer:
@@ -44,7 +47,10 @@ class Sequencer:
     def begin(self, conversation_id: int) -> int:
         """Call before the append; returns its ticket."""
         ticket = next(self._tickets)
-        self._conversations.setdefault(conversation_id, _Conversation()).in_flight.add(ticket)
+        state = self._conversations.get(conversation_id)
+        if state is None:
+            state = self._conversations[conversation_id] = _Conversation()
+        state.in_flight.add(ticket)
         return ticket
 
     def abort(self, conversation_id: int, ticket: int) -> None:

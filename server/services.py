@@ -78,7 +78,7 @@ class Services:
         """This process among the instances (App.instance_id): on its spans (server/tracing.py)."""
         self.presence = presence
         self.registry = Registry(broker, metrics, presence_batch_seconds=presence_batch_seconds)
-        self.archived_channels = ArchivedChannels()
+        self.archived_channels = ArchivedChannels(round(message_limits.archived_known_seconds * 1000))
         """Which channels are archived, as this instance knows (message.send's check)."""
         self.catchup = Catchup(messages, self.registry, metrics, self.archived_channels)
         self.registry.tell_unrouted(self.catchup)

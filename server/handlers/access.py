@@ -69,6 +69,13 @@ async def writable_conversation(ctx: Context, caller: Caller, conversation_id: i
     return record
 
 
+def writable_known(ctx: Context, caller: Caller, conversation_id: int) -> bool:
+    """True when this instance knows, without a store read, that the caller may
+    write to the conversation (routed here, known not archived): message.send's
+    hot path checks this first and awaits ``require_writable`` only when not."""
+    return routed_here(caller, conversation_id) and ctx.archived_channels.archived(conversation_id) is False
+
+
 async def require_writable(ctx: Context, caller: Caller, conversation_id: int) -> None:
     """As ``writable_conversation``, for message.send: a routed conversation's
     archived state comes from what this instance knows (server/archived.py),

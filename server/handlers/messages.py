@@ -15,12 +15,12 @@ import asyncio
 
 from hubbub.protocol import frames
 from hubbub.protocol.errors import ErrorCode
-from hubbub.protocol.mentions import parse
+from hubbub.protocol.mentions import Mentions, parse
 from hubbub.server import message_changes
 from hubbub.server.channel_roles import administers
 from hubbub.server.clock import now_ms
 from hubbub.server.errors import ApiError, not_found
-from hubbub.server.handlers.access import require_member, require_writable, writable_conversation
+from hubbub.server.handlers.access import require_member, require_writable, writable_conversation, writable_known
 from hubbub.server.handlers.context import Caller, Context
 from hubbub.server.send_order import SendTurn
 from hubbub.server.views import message_view
@@ -42,10 +42,16 @@ async def send(ctx: Context, caller: Caller, req: frames.MessageSend) -> frames.
 
 async def _send_in_turn(ctx: Context, caller: Caller, req: frames.MessageSend, turn: SendTurn) -> frames.SendAck:
     cid = req.conversation_id
-    await require_writable(ctx, caller, cid)
+    # The common send (a routed channel known not archived, no @name, its turn
+    # already come) awaits nothing before the append: each check that needs no
+    # await is made here, not in a coroutine of its own.
+    if not writable_known(ctx, caller, cid):
+        await require_writable(ctx, caller, cid)
     root_id = None if req.thread_root_id is None else await thread_root_for_reply(ctx, cid, req.thread_root_id)
-    mentions, mention_all = await resolve_mentions(ctx, cid, req.text)
-    await turn.wait()
+    found = parse(req.text)
+    mentions, mention_all = (await mentioned_members(ctx, cid, found)) if found.usernames else ((), found.all)
+    if not turn.ready():
+        await turn.wait()
     turn.release()  # the next send resumes only after this one is handed to the log, below
     message, duplicate = await ctx.publisher.send_message(
         NewMessage(
@@ -84,7 +90,13 @@ async def thread_root_for_reply(ctx: Context, conversation_id: int, named_id: st
 async def resolve_mentions(ctx: Context, conversation_id: int, text: str) -> tuple[tuple[int, ...], MentionAll | None]:
     """The members ``text`` mentions (in order of first mention; a name of no
     member is no mention, so nothing leaks) and its @channel / @here."""
-    found = parse(text)
+    return await mentioned_members(ctx, conversation_id, parse(text))
+
+
+async def mentioned_members(
+    ctx: Context, conversation_id: int, found: Mentions
+) -> tuple[tuple[int, ...], MentionAll | None]:
+    """``resolve_mentions`` of text already parsed."""
     if not found.usernames:
         return (), found.all
     members = await ctx.directory.members_by_username(conversation_id, found.usernames)

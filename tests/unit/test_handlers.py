@@ -71,6 +71,7 @@ class FakeContext:
         self.profile_limits = ProfilesConfig(max_status_chars=10, max_avatar_url_chars=40, user_search_max_limit=3)
         self.message_limits = MessagesConfig(
             edit_window_seconds=60.0,
+            archived_known_seconds=1.0,
             max_reaction_emojis=3,
             max_reactions_per_user=2,
             max_pins=2,
