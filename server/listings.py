@@ -8,13 +8,16 @@ non-member views 10,000 times (issue 13). Here the channels and their heads
 are one ``KeyedLookup`` batch (server/lookups.py) for all requests asking
 together, read after each of them asked (so no request sees older data than it
 would alone), and a public channel's view for a non-member, which is the same
-for everybody, is built once per batch. Only what is the caller's own (their
+for everybody, is built and encoded to JSON once per batch: each reply
+embeds those bytes (``EncodedConversationList``). Only what is the caller's own (their
 memberships, read state, unread counts) is read and viewed per request, and
 that is batched across requests too (server/lookups.py ``CoalescedReads``,
 ``CoalescedLog``).
 """
 
 from __future__ import annotations
+
+import msgspec
 
 from hubbub.protocol import frames
 from hubbub.server.lookups import KeyedLookup, answered
@@ -25,15 +28,22 @@ from hubbub.storage.records import ConversationRecord, UnreadAsk
 
 
 class PublicListing:
-    """The public channels (archived ones too) as one read saw them, with their views for a non-member."""
+    """The public channels (archived ones too) as one read saw them, with their views for a non-member, encoded."""
 
-    __slots__ = ("channels", "views")
+    __slots__ = ("channels", "encoded")
 
-    def __init__(self, channels: list[ConversationRecord], views: dict[int, frames.Conversation]) -> None:
+    def __init__(self, channels: list[ConversationRecord], encoded: dict[int, msgspec.Raw]) -> None:
         self.channels = channels
-        """By name, then id (the store's order)."""
-        self.views = views
-        """Channel id -> the channel as a non-member sees it (shared by every reply: not to be changed)."""
+        self.encoded = encoded
+        """Channel id -> the channel as a non-member sees it, as JSON: encoded once for every reply."""
+
+
+class EncodedConversationList(msgspec.Struct, kw_only=True):
+    """``channel.list``'s reply as it is encoded: a ``frames.ConversationList``
+    (the same JSON, PROTOCOL.md) whose non-member public channels are the
+    listing's pre-encoded views (``msgspec.Raw`` is written as it is)."""
+
+    conversations: list[frames.Conversation | msgspec.Raw]
 
 
 class PublicChannels:
@@ -62,4 +72,9 @@ class PublicChannels:
         # the head), so on PostgreSQL from the lookup lane, not the primary pool.
         ask = UnreadAsk(user_id=0, positions=tuple((c.id, None) for c in channels))
         heads = (await self._messages.unread_many([ask], 0)).get(ask, {})
-        return {0: PublicListing(channels, shared_views(channels, heads, self._retention))}
+        views = shared_views(channels, heads, self._retention)
+        return {0: PublicListing(channels, {c_id: msgspec.Raw(_encode(view)) for c_id, view in views.items()})}
+
+
+_encode = msgspec.json.Encoder().encode
+"""As protocol/codec.py encodes every frame (the same JSON as the view encoded in place)."""

@@ -26,6 +26,7 @@ from hubbub.server.errors import ApiError, not_found
 from hubbub.server.handlers.access import visible_conversation
 from hubbub.server.handlers.admin import workspace_admin
 from hubbub.server.handlers.context import Caller, Context
+from hubbub.server.listings import EncodedConversationList
 from hubbub.server.views import conversation_view, conversation_views, member_view, shared_view, user_view
 from hubbub.storage.base import AdminCheck
 from hubbub.storage.errors import Conflict
@@ -43,7 +44,8 @@ async def create(ctx: Context, caller: Caller, req: frames.ChannelCreate) -> fra
     return frames.ConversationResult(conversation=view)
 
 
-async def list_(ctx: Context, caller: Caller, req: frames.ChannelList) -> frames.ConversationList:
+async def list_(ctx: Context, caller: Caller, req: frames.ChannelList) -> EncodedConversationList:
+    """A ``frames.ConversationList`` on the wire (server/listings.py)."""
     mine = [m for m in await ctx.directory.memberships_of(caller.user_id) if m.conversation.kind == "channel"]
     # The public channels a non-member sees are the same for everybody: read and
     # viewed once for all the requests asking together (server/listings.py).
@@ -59,11 +61,11 @@ async def list_(ctx: Context, caller: Caller, req: frames.ChannelList) -> frames
     )
     # Archived channels are hidden from browsing unless asked for; members keep theirs.
     records = {c.id: c for c in listing.channels if req.include_archived or not c.archived}
-    views = {c_id: listing.views[c_id] for c_id in records}
+    items: dict[int, frames.Conversation | msgspec.Raw] = {c_id: listing.encoded[c_id] for c_id in records}
     records.update((m.conversation.id, m.conversation) for m in mine)
-    views.update((view.id, view) for view in own)
+    items.update((view.id, view) for view in own)
     ordered = sorted(records.values(), key=lambda c: (c.name or "", c.id))
-    return frames.ConversationList(conversations=[views[c.id] for c in ordered])
+    return EncodedConversationList(conversations=[items[c.id] for c in ordered])
 
 
 async def _view(
