@@ -71,31 +71,24 @@ async def within_request_budget(awaitable: Awaitable[T], store: str, op: str) ->
         raise StoreUnavailable(store, f"{op} timed out: the request's store budget is spent") from None
 
 
-async def after_turn_within_request_budget(turn: Awaitable[None], answer: asyncio.Future[T], store: str, op: str) -> T:
-    """``answer`` (a batch's answer for the current request, server/lookups.py)
-    bounded by the request's store budget, which stops while ``turn`` is
-    pending: the wait for the batch that reads it to start, behind earlier
-    batches of the same reads. The request's deadline moves by that wait, for
-    this call and the ones after it, so a request is never refused for having
-    queued behind reads identical to its own; once its batch runs, the store's
-    slowness counts as always. Unbounded outside a request (the batch itself is
-    bounded by ``lookup_batch_timeout_seconds``)."""
+def request_deadline() -> float | None:
+    """The loop time the current task's request store budget ends; None outside a request."""
     budget = _request_deadline.get()
-    try:
-        if budget is None or budget[0] is not asyncio.current_task():
-            return await answer
-        loop = asyncio.get_running_loop()
-        queued_at = loop.time()
-        await asyncio.shield(turn)  # shared by every caller of the key: one's cancellation is not theirs
-        deadline = budget[1] + (loop.time() - queued_at)
+    if budget is None or budget[0] is not asyncio.current_task():
+        return None
+    return budget[1]
+
+
+def move_request_deadline(deadline: float) -> None:
+    """Move the current task's request budget to end at ``deadline`` (server/lookups.py
+    ``answered``: the time a read waited behind batches that kept moving is not the store's)."""
+    budget = _request_deadline.get()
+    if budget is not None and budget[0] is asyncio.current_task():
         _request_deadline.set((budget[0], deadline))
-        try:
-            async with asyncio.timeout_at(deadline):
-                return await answer
-        except TimeoutError:
-            raise StoreUnavailable(store, f"{op} timed out: the request's store budget is spent") from None
-    finally:
-        answer.cancel()  # no-op once answered; else the batch leaves it be
+
+
+def budget_spent(store: str, op: str) -> StoreUnavailable:
+    return StoreUnavailable(store, f"{op} timed out: the request's store budget is spent")
 
 
 class _Guarded:

@@ -39,10 +39,11 @@ one statement per batch for up to 500 requests, the public channels with
 their heads one read for all (server/listings.py), and equal ``history`` and
 ``heads`` reads one read each (``CoalescedLog``). Those batches are bounded by
 ``lookup_batch_timeout_seconds`` (on PostgreSQL on the lookup lane), and the
-requests waiting on them by their own store budget only from the moment their
-batch starts (``answered``): no request is refused because it waited in a
-queue of reads identical to its own, and a slow store still answers
-``unavailable`` within ``storage_timeout_seconds`` of the batch starting.
+requests waiting on them by their own store budget less the time they queued
+behind earlier batches that kept being answered (``answered``): no request is
+refused because it waited in a queue of reads identical to its own, and a
+frozen or slow store still answers ``unavailable`` within
+``storage_timeout_seconds``.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Any, Generic, NamedTuple, TypeVar, cast
 
-from hubbub.server.guarded import after_turn_within_request_budget, within_request_budget
+from hubbub.server.guarded import budget_spent, move_request_deadline, request_deadline, within_request_budget
 from hubbub.storage.base import Directory, HistoryOrder, MessageLog
 from hubbub.storage.records import (
     Head,
@@ -79,6 +80,8 @@ class KeyedLookup(Generic[K, V]):
         self._waiting: dict[K, list[asyncio.Future[V | None]]] = {}
         self._turns: dict[K, asyncio.Future[None]] = {}
         """Per waiting key asked with ``ask``: resolved when the batch that reads it starts."""
+        self.last_finished = 0.0
+        """Loop time the latest batch was answered (``answered`` reads it); a failed one is no progress."""
         self._flusher: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
         self.batches = 0
         """Store calls made (the tests count them)."""
@@ -98,7 +101,7 @@ class KeyedLookup(Generic[K, V]):
 
     def ask(self, key: K) -> tuple[asyncio.Future[None], asyncio.Future[V | None]]:
         """The key's turn (done when the batch that reads it starts) and its answer:
-        what ``answered`` bounds by the request's budget from the turn on."""
+        what ``answered`` waits on within the request's budget."""
         answer = self._enqueue(key)
         turn = self._turns.get(key)
         if turn is None:
@@ -134,6 +137,7 @@ class KeyedLookup(Generic[K, V]):
                             if not future.done():
                                 future.set_exception(exc)
                     continue
+                self._finish()
                 for key, futures in batch.items():
                     value = values.get(key)
                     for future in futures:
@@ -152,6 +156,9 @@ class KeyedLookup(Generic[K, V]):
             raise
         finally:
             self._flusher = None
+
+    def _finish(self) -> None:
+        self.last_finished = asyncio.get_running_loop().time()
 
     @staticmethod
     def _cancel(batch: Mapping[Any, list[asyncio.Future[Any]]]) -> None:
@@ -172,12 +179,39 @@ class Failed:
 
 async def answered(lookup: KeyedLookup[K, V], key: K, store: str, op: str) -> V | None:
     """``lookup``'s value for ``key``, waited for within the current request's
-    store budget, which does not run while the key waits for its batch to start
-    (server/guarded.py ``after_turn_within_request_budget``): in a storm a
-    request queues behind batches of reads identical to its own, and is not
-    refused for that; a slow store still answers ``unavailable`` in time."""
+    store budget, which does not run while the key queues behind earlier batches
+    of the lookup that keep being answered: each time one is, the time since
+    the last one (or since the key was asked) is given back, so what counts is
+    only the time the queue stood still (or failed) and the key's own batch. In a storm a
+    request queues behind batches of reads identical to its own and is not
+    refused for that; a frozen or slow store still answers ``unavailable``
+    within the budget, since then no batch finishes. Unbounded outside a
+    request (the batches themselves are bounded by their store's timeout)."""
     turn, answer = lookup.ask(key)
-    return await after_turn_within_request_budget(turn, answer, store, op)
+    deadline = request_deadline()
+    try:
+        if deadline is None:
+            return await answer
+        loop = asyncio.get_running_loop()
+        mark = loop.time()
+        while True:
+            # Woken by the turn, or when the budget would be spent: not by every batch before it.
+            await asyncio.wait((turn,), timeout=max(0.0, deadline - loop.time()))
+            if lookup.last_finished > mark:  # the queue moved: its wait until then was not the store's
+                deadline += lookup.last_finished - mark
+                mark = lookup.last_finished
+            if turn.done():
+                break
+            if loop.time() >= deadline:
+                raise budget_spent(store, op)
+        move_request_deadline(deadline)
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await answer
+        except TimeoutError:
+            raise budget_spent(store, op) from None
+    finally:
+        answer.cancel()  # no-op once answered; else its batch leaves it be
 
 
 class KeyedWrites(Generic[K, V]):
@@ -252,9 +286,9 @@ class CoalescedLog:
     ones concurrently, each a call of its own under the ordinary bound, as a gap
     fill's are). ``unread_many``, one statement for hundreds of users, is made on
     ``batches``, bounded by ``lookup_batch_timeout_seconds`` (on PostgreSQL on the
-    lookup lane). A request's store budget does not run while its read waits for
-    its batch to start (``answered``): it is never refused for having queued
-    behind reads identical to its own."""
+    lookup lane). A request's store budget does not count the time its read
+    queued behind earlier batches that kept being answered (``answered``): it is
+    never refused for having waited behind reads identical to its own."""
 
     def __init__(self, messages: MessageLog, batches: MessageLog | None = None) -> None:
         self._messages = messages
