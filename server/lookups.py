@@ -26,7 +26,7 @@ waited its turn under load: the calls made for ``auth`` and for disconnects
 ``lookup_batch_timeout_seconds`` instead, and on PostgreSQL they run on the
 lookup lane (storage/postgres.py ``PostgresPools``), not behind the requests
 waiting for the primary pool. A store that refuses connections still fails a
-batch at once. ``get_user``, ``public_channels`` and ``member_counts``
+batch at once. ``get_user`` and ``member_counts``
 batches keep the ordinary bound: ordinary requests (invites, typing) wait on
 them, and a request waiting on ``get_user`` waits no longer than its own store
 budget (server/guarded.py ``within_request_budget``) although another task
