@@ -30,7 +30,8 @@ from hubbub.server.connection import LOGGER, Connection
 from hubbub.server.guarded import guarded
 from hubbub.server.http import ProcessRequest, make_process_request
 from hubbub.server.keepalive import Keepalive
-from hubbub.server.lookups import coalesced
+from hubbub.server.listings import PublicChannels
+from hubbub.server.lookups import coalesced, coalesced_log
 from hubbub.server.loop_lag import LoopLagMonitor
 from hubbub.server.metrics import Metrics
 from hubbub.server.presence import LocalPresence, PresenceTracker
@@ -125,6 +126,12 @@ class App:
         broker, presence = self._routing()
         broker = tracing.traced(broker, self.instance_id)
         timeout = s.storage.storage_timeout_seconds
+        # The batches of server/lookups.py and server/listings.py serve hundreds of
+        # requests each: bounded by lookup_batch_timeout_seconds, not one request's.
+        batch_timeout = s.storage.lookup_batch_timeout_seconds
+        batch_directory = guarded(directory, self.metrics, batch_timeout)
+        batch_messages = guarded(messages, self.metrics, batch_timeout)
+        retention = RetentionPolicy(s.retention)
         services = self.services = Services(
             limits=s.limits,
             trusted_proxies=s.http.proxy_networks,
@@ -132,11 +139,8 @@ class App:
             typing=s.typing,
             message_limits=s.messages,
             profile_limits=s.profiles,
-            directory=coalesced(
-                guarded(directory, self.metrics, timeout),
-                batches=guarded(directory, self.metrics, s.storage.lookup_batch_timeout_seconds),
-            ),
-            messages=guarded(messages, self.metrics, timeout),
+            directory=coalesced(guarded(directory, self.metrics, timeout), batches=batch_directory),
+            messages=coalesced_log(guarded(messages, self.metrics, timeout), batches=batch_messages),
             broker=broker,
             presence=presence,
             passwords=passwords,
@@ -144,7 +148,8 @@ class App:
             metrics=self.metrics,
             instance_id=self.instance_id,
             presence_batch_seconds=s.presence.presence_batch_seconds,
-            retention=RetentionPolicy(s.retention),
+            retention=retention,
+            public_channels=PublicChannels(batch_directory, batch_messages, retention),
         )
         await services.start()
         self.retention = RetentionPurge(

@@ -393,9 +393,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=Tr
     lookup_batch_timeout_seconds: Annotated[
         PositiveFloat,
         _doc(
-            "Longest a batch of `auth` lookups or disconnect writes (one store call for hundreds of"
-            " connections) waits on the store before all in it fail `unavailable`; a refused connection fails"
-            " it at once."
+            "Longest a batch of `auth` lookups, catch-up listings (memberships, unread counts, public channels)"
+            " or disconnect writes (one store call for hundreds of connections) waits on the store before all"
+            " in it fail `unavailable`; a refused connection fails it at once."
         ),
     ] = 20.0
     readyz_timeout_seconds: Annotated[
@@ -437,8 +437,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=Tr
     postgres_lookup_pool_max: Annotated[
         Annotated[int, Meta(ge=0)],
         _doc(
-            "Connections of the lookup lane: a pool of its own for `auth`'s batched reads and disconnects'"
-            " batched writes, so they never queue behind requests (0: they use the primary pool)."
+            "Connections of the lookup lane: a pool of its own for the batched reads of `auth` and of the"
+            " catch-up listings and disconnects' batched writes, so they never queue behind requests"
+            " (0: they use the primary pool)."
         ),
     ] = 2
     auto_migrate: Annotated[

@@ -79,6 +79,26 @@ async def within_request_budget(awaitable: Awaitable[T], store: str, op: str) ->
         raise StoreUnavailable(store, f"{op} timed out: the request's store budget is spent") from None
 
 
+def request_deadline() -> float | None:
+    """The loop time the current task's request store budget ends; None outside a request."""
+    budget = _request_deadline.get()
+    if budget is None or budget[0] is not asyncio.current_task():
+        return None
+    return budget[1]
+
+
+def move_request_deadline(deadline: float) -> None:
+    """Move the current task's request budget to end at ``deadline`` (server/lookups.py
+    ``answered``: the time a read waited behind batches that kept moving is not the store's)."""
+    budget = _request_deadline.get()
+    if budget is not None and budget[0] is asyncio.current_task():
+        _request_deadline.set((budget[0], deadline))
+
+
+def budget_spent(store: str, op: str) -> StoreUnavailable:
+    return StoreUnavailable(store, f"{op} timed out: the request's store budget is spent")
+
+
 class _Guarded:
     def __init__(self, store: Any, metrics: Metrics, timeout: float) -> None:
         self._store = store

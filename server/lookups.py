@@ -26,24 +26,43 @@ waited its turn under load: the calls made for ``auth`` and for disconnects
 ``lookup_batch_timeout_seconds`` instead, and on PostgreSQL they run on the
 lookup lane (storage/postgres.py ``PostgresPools``), not behind the requests
 waiting for the primary pool. A store that refuses connections still fails a
-batch at once. ``get_user``, ``public_channels`` and ``member_counts``
-batches keep the ordinary bound: ordinary requests (invites, ``channel.list``,
-typing) wait on them, and a request waiting on ``get_user`` or
-``public_channels`` waits no longer than its own store budget
-(server/guarded.py ``within_request_budget``) although another task makes
-the batch. Every ``channel.list`` of a storm's catch-up reads the same public
-channels: one read for all that ask together.
+batch at once. ``get_user`` and ``member_counts``
+batches keep the ordinary bound: ordinary requests (invites, typing) wait on
+them, and a request waiting on ``get_user`` waits no longer than its own store
+budget (server/guarded.py ``within_request_budget``) although another task
+makes the batch.
+
+The catch-up after a reconnect (PROTOCOL.md §9: ``channel.list``,
+``dm.list``, ``message.history``) is coalesced the same way: each listing's
+memberships (``memberships_of_many``) and unread counts (``unread_many``) are
+one statement per batch for up to 500 requests, the public channels with
+their heads one read for all (server/listings.py), and equal ``history`` and
+``heads`` reads one read each (``CoalescedLog``). Those batches are bounded by
+``lookup_batch_timeout_seconds`` (on PostgreSQL on the lookup lane), and the
+requests waiting on them by their own store budget less the time they queued
+behind earlier batches that kept being answered (``answered``): no request is
+refused because it waited in a queue of reads identical to its own, and a
+frozen or slow store still answers ``unavailable`` within
+``storage_timeout_seconds``.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, NamedTuple, TypeVar, cast
 
-from hubbub.server.guarded import within_request_budget
-from hubbub.storage.base import Directory
-from hubbub.storage.records import ConversationRecord, UserRecord, UserSession
+from hubbub.server.guarded import budget_spent, move_request_deadline, request_deadline, within_request_budget
+from hubbub.storage.base import Directory, HistoryOrder, MessageLog
+from hubbub.storage.records import (
+    Head,
+    Membership,
+    MessageRecord,
+    Unread,
+    UnreadAsk,
+    UserRecord,
+    UserSession,
+)
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -54,11 +73,15 @@ LOOKUP_BATCH_MAX = 500
 
 class KeyedLookup(Generic[K, V]):
     def __init__(
-        self, fetch: Callable[[list[K]], Awaitable[Mapping[K, V]]], *, max_batch: int = LOOKUP_BATCH_MAX
+        self, fetch: Callable[[list[K]], Awaitable[Mapping[K, V | Failed]]], *, max_batch: int = LOOKUP_BATCH_MAX
     ) -> None:
         self._fetch = fetch
         self.max_batch = max_batch
         self._waiting: dict[K, list[asyncio.Future[V | None]]] = {}
+        self._turns: dict[K, asyncio.Future[None]] = {}
+        """Per waiting key asked with ``ask``: resolved when the batch that reads it starts."""
+        self.last_finished = 0.0
+        """Loop time the latest batch was answered (``answered`` reads it); a failed one is no progress."""
         self._flusher: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
         self.batches = 0
         """Store calls made (the tests count them)."""
@@ -76,6 +99,15 @@ class KeyedLookup(Generic[K, V]):
                 found[key] = value
         return found
 
+    def ask(self, key: K) -> tuple[asyncio.Future[None], asyncio.Future[V | None]]:
+        """The key's turn (done when the batch that reads it starts) and its answer:
+        what ``answered`` waits on within the request's budget."""
+        answer = self._enqueue(key)
+        turn = self._turns.get(key)
+        if turn is None:
+            turn = self._turns[key] = asyncio.get_running_loop().create_future()
+        return turn, answer
+
     def _enqueue(self, key: K) -> asyncio.Future[V | None]:
         future: asyncio.Future[V | None] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(key, []).append(future)
@@ -89,6 +121,11 @@ class KeyedLookup(Generic[K, V]):
                 keys = list(self._waiting)[: self.max_batch]
                 batch = {key: self._waiting.pop(key) for key in keys}
                 self.batches += 1
+                if self._turns:
+                    for key in keys:
+                        turn = self._turns.pop(key, None)
+                        if turn is not None and not turn.done():
+                            turn.set_result(None)
                 try:
                     values = await self._fetch(keys)
                 except asyncio.CancelledError:
@@ -100,23 +137,81 @@ class KeyedLookup(Generic[K, V]):
                             if not future.done():
                                 future.set_exception(exc)
                     continue
+                self._finish()
                 for key, futures in batch.items():
                     value = values.get(key)
                     for future in futures:
-                        if not future.done():
+                        if future.done():
+                            continue
+                        if isinstance(value, Failed):  # this key's read failed, not the batch
+                            future.set_exception(value.error)
+                        else:
                             future.set_result(value)
         except asyncio.CancelledError:
             self._cancel(self._waiting)
             self._waiting = {}
+            for turn in self._turns.values():
+                turn.cancel()
+            self._turns = {}
             raise
         finally:
             self._flusher = None
+
+    def _finish(self) -> None:
+        self.last_finished = asyncio.get_running_loop().time()
 
     @staticmethod
     def _cancel(batch: Mapping[Any, list[asyncio.Future[Any]]]) -> None:
         for futures in batch.values():
             for future in futures:
                 future.cancel()
+
+
+class Failed:
+    """A fetch's value for a key whose own read failed (the other keys of its batch
+    have theirs): its lookups raise ``error``."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+async def answered(lookup: KeyedLookup[K, V], key: K, store: str, op: str) -> V | None:
+    """``lookup``'s value for ``key``, waited for within the current request's
+    store budget, which does not run while the key queues behind earlier batches
+    of the lookup that keep being answered: each time one is, the time since
+    the last one (or since the key was asked) is given back, so what counts is
+    only the time the queue stood still (or failed) and the key's own batch. In a storm a
+    request queues behind batches of reads identical to its own and is not
+    refused for that; a frozen or slow store still answers ``unavailable``
+    within the budget, since then no batch finishes. Unbounded outside a
+    request (the batches themselves are bounded by their store's timeout)."""
+    turn, answer = lookup.ask(key)
+    deadline = request_deadline()
+    try:
+        if deadline is None:
+            return await answer
+        loop = asyncio.get_running_loop()
+        mark = loop.time()
+        while True:
+            # Woken by the turn, or when the budget would be spent: not by every batch before it.
+            await asyncio.wait((turn,), timeout=max(0.0, deadline - loop.time()))
+            if lookup.last_finished > mark:  # the queue moved: its wait until then was not the store's
+                deadline += lookup.last_finished - mark
+                mark = lookup.last_finished
+            if turn.done():
+                break
+            if loop.time() >= deadline:
+                raise budget_spent(store, op)
+        move_request_deadline(deadline)
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await answer
+        except TimeoutError:
+            raise budget_spent(store, op) from None
+    finally:
+        answer.cancel()  # no-op once answered; else its batch leaves it be
 
 
 class KeyedWrites(Generic[K, V]):
@@ -179,21 +274,121 @@ class KeyedWrites(Generic[K, V]):
                 future.cancel()
 
 
+class CoalescedLog:
+    """The message log, with ``unread``, ``heads`` and ``history`` coalesced
+    across concurrent requests; every other call passes through.
+
+    In a reconnect storm every client's catch-up asks the same things at once
+    (PROTOCOL.md §9): its listings' unread counts, then the history of its room
+    after the last seq it saw, which is the same page for every member of the
+    room. Here the ``unread`` asks of one batch are one ``unread_many`` call, the
+    heads one ``heads`` call, and equal ``history`` reads one read each (distinct
+    ones concurrently, each a call of its own under the ordinary bound, as a gap
+    fill's are). ``unread_many``, one statement for hundreds of users, is made on
+    ``batches``, bounded by ``lookup_batch_timeout_seconds`` (on PostgreSQL on the
+    lookup lane). A request's store budget does not count the time its read
+    queued behind earlier batches that kept being answered (``answered``): it is
+    never refused for having waited behind reads identical to its own."""
+
+    def __init__(self, messages: MessageLog, batches: MessageLog | None = None) -> None:
+        self._messages = messages
+        self._batches = batches or messages
+        self._unread: dict[int, KeyedLookup[UnreadAsk, dict[int, Unread]]] = {}
+        """By cap (one setting: one lookup)."""
+        self.heads_lookup: KeyedLookup[int, Head] = KeyedLookup(lambda ids: self._messages.heads(ids))
+        self.history_lookup: KeyedLookup[HistoryRead, list[MessageRecord]] = KeyedLookup(self._histories)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._messages, name)
+
+    def unread_lookup(self, cap: int) -> KeyedLookup[UnreadAsk, dict[int, Unread]]:
+        lookup = self._unread.get(cap)
+        if lookup is None:
+            lookup = self._unread[cap] = KeyedLookup(lambda asks: self._batches.unread_many(asks, cap))
+        return lookup
+
+    async def unread(self, user_id: int, positions: Mapping[int, int | None], cap: int) -> dict[int, Unread]:
+        if not positions:
+            return {}
+        ask = UnreadAsk(user_id=user_id, positions=tuple(sorted(positions.items())))
+        found = await answered(self.unread_lookup(cap), ask, self._messages.name, "unread")
+        return dict(found or {})  # each caller's own dict
+
+    async def heads(self, conversation_ids: Sequence[int]) -> dict[int, Head]:
+        found: dict[int, Head] = {}
+        for conversation_id in dict.fromkeys(conversation_ids):
+            head = await answered(self.heads_lookup, conversation_id, self._messages.name, "heads")
+            if head is not None:
+                found[conversation_id] = head
+        return found
+
+    async def history(
+        self,
+        conversation_id: int,
+        *,
+        before: int | None,
+        after: int | None,
+        limit: int,
+        order: HistoryOrder,
+        thread_root_id: str | None = None,
+        include_replies: bool = True,
+    ) -> list[MessageRecord]:
+        read = HistoryRead(conversation_id, before, after, limit, order, thread_root_id, include_replies)
+        found = await answered(self.history_lookup, read, self._messages.name, "history")
+        return list(found or ())  # records are frozen; the list is the caller's
+
+    async def _histories(self, reads: list[HistoryRead]) -> dict[HistoryRead, list[MessageRecord] | Failed]:
+        pages = await asyncio.gather(
+            *(
+                self._messages.history(
+                    r.conversation_id,
+                    before=r.before,
+                    after=r.after,
+                    limit=r.limit,
+                    order=r.order,
+                    thread_root_id=r.thread_root_id,
+                    include_replies=r.include_replies,
+                )
+                for r in reads
+            ),
+            return_exceptions=True,
+        )
+        found: dict[HistoryRead, list[MessageRecord] | Failed] = {}
+        for read, page in zip(reads, pages, strict=True):
+            if isinstance(page, asyncio.CancelledError):
+                raise page
+            found[read] = Failed(page) if isinstance(page, BaseException) else page
+        return found
+
+
+class HistoryRead(NamedTuple):
+    """One ``MessageLog.history`` read, as a key: equal reads asked together are read once."""
+
+    conversation_id: int
+    before: int | None
+    after: int | None
+    limit: int
+    order: HistoryOrder
+    thread_root_id: str | None
+    include_replies: bool
+
+
 class CoalescedReads:
-    """The directory, with ``get_user``, ``member_counts``, ``public_channels``,
+    """The directory, with ``get_user``, ``member_counts``, ``memberships_of``,
     ``sessions_of`` and ``set_last_seen`` coalesced; every other call passes through.
 
-    ``batches`` is the directory the ``sessions_of`` and ``set_last_seen_many``
-    batches are made on: the same store under ``lookup_batch_timeout_seconds``
+    ``batches`` is the directory the ``sessions_of``, ``memberships_of_many`` and
+    ``set_last_seen_many`` batches are made on: the same store under ``lookup_batch_timeout_seconds``
     (server/app.py); without it, ``directory``."""
 
     def __init__(self, directory: Directory, batches: Directory | None = None) -> None:
         self._directory = directory
-        batched = batches or directory
+        self._batches = batched = batches or directory
         self.users: KeyedLookup[int, UserRecord] = KeyedLookup(self._users)
         self.member_counts_lookup: KeyedLookup[int, int] = KeyedLookup(self._directory.member_counts)
-        self.public: KeyedLookup[int, list[ConversationRecord]] = KeyedLookup(self._public_channels)
-        """One key: every ``channel.list`` of a storm's catch-up reads the same list of public channels."""
+        # Looked up on each batch, not bound here: tests slow a store down by swapping its method.
+        self.memberships: KeyedLookup[int, list[Membership]] = KeyedLookup(lambda ids: batched.memberships_of_many(ids))
+        """``channel.list`` and ``dm.list`` (every client's catch-up in a storm)."""
         self.sessions: KeyedLookup[int, UserSession] = KeyedLookup(batched.sessions_of)
         self.last_seen: KeyedWrites[int, int] = KeyedWrites(batched.set_last_seen_many)
 
@@ -203,11 +398,8 @@ class CoalescedReads:
     async def _users(self, user_ids: list[int]) -> dict[int, UserRecord]:
         return {user.id: user for user in await self._directory.get_users(user_ids)}
 
-    async def _public_channels(self, _keys: list[int]) -> dict[int, list[ConversationRecord]]:
-        return {0: await self._directory.public_channels()}
-
-    async def public_channels(self) -> list[ConversationRecord]:
-        found = await within_request_budget(self.public.get(0), self._directory.name, "public_channels")
+    async def memberships_of(self, user_id: int) -> list[Membership]:
+        found = await answered(self.memberships, user_id, self._directory.name, "memberships_of")
         return list(found or ())  # a list of each caller's own: callers may change theirs
 
     async def get_user(self, user_id: int) -> UserRecord | None:
@@ -231,3 +423,9 @@ def coalesced(directory: Directory, batches: Directory | None = None) -> Directo
     """``directory`` with its per-key reads and ``set_last_seen`` coalesced across concurrent callers
     (``batches``: the directory those batches are made on, see ``CoalescedReads``)."""
     return cast(Directory, CoalescedReads(directory, batches))
+
+
+def coalesced_log(messages: MessageLog, batches: MessageLog | None = None) -> MessageLog:
+    """``messages`` with ``unread``, ``heads`` and ``history`` coalesced across concurrent
+    callers (``batches``: the log those batches are read from, see ``CoalescedLog``)."""
+    return cast(MessageLog, CoalescedLog(messages, batches))

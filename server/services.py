@@ -24,6 +24,7 @@ from hubbub.server.catchup import Catchup
 from hubbub.server.config import LimitsConfig, MessagesConfig, ProfilesConfig, TypingConfig
 from hubbub.server.handlers.context import Context
 from hubbub.server.handlers.presence import on_offline
+from hubbub.server.listings import PublicChannels
 from hubbub.server.metrics import Metrics
 from hubbub.server.presence import PresenceTracker
 from hubbub.server.publisher import Publisher
@@ -53,6 +54,7 @@ class Services:
         instance_id: str = "",
         presence_batch_seconds: float = 0.0,
         retention: RetentionPolicy | None = None,
+        public_channels: PublicChannels | None = None,
     ) -> None:
         self.limits = limits
         """What one client may do (dispatch and sessions read it)."""
@@ -70,6 +72,8 @@ class Services:
         """Which retention applies to a conversation; the bounds of a channel's override."""
         self.directory = directory
         self.messages = messages
+        self.public_channels = public_channels or PublicChannels(directory, messages, self.retention)
+        """channel.list's shared part (server/listings.py); server/app.py reads it from the batch-bounded stores."""
         self.broker = broker
         self.passwords = passwords
         self.tokens = tokens

@@ -125,6 +125,15 @@ async def conversation_views(
     ]
 
 
+def shared_views(
+    records: Sequence[ConversationRecord], heads: Mapping[int, Unread], retention: RetentionPolicy
+) -> dict[int, frames.Conversation]:
+    """Each of ``records`` (channels) as a non-member sees it, with its head from
+    ``heads`` (``MessageLog.unread`` without a position): the same for every
+    caller, so built once for all of them (server/listings.py)."""
+    return {r.id: _conversation_view(r, heads.get(r.id, _EMPTY), None, [], retention) for r in records}
+
+
 async def shared_view(
     directory: Directory, messages: MessageLog, record: ConversationRecord, retention: RetentionPolicy
 ) -> frames.Conversation:

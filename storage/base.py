@@ -32,6 +32,7 @@ from hubbub.storage.records import (
     SearchPosition,
     Standing,
     Unread,
+    UnreadAsk,
     UserRecord,
     UserSession,
     WorkspaceRole,
@@ -150,6 +151,11 @@ class Directory(Protocol):
 
     async def memberships_of(self, user_id: int) -> list[Membership]:
         """Every channel and DM the user is a member of, with their state in each (one query)."""
+
+    async def memberships_of_many(self, user_ids: Sequence[int]) -> dict[int, list[Membership]]:
+        """``memberships_of`` for each of ``user_ids`` in one statement (users with
+        none are absent): the catch-up ``channel.list`` / ``dm.list`` of a reconnect
+        storm, batched across requests by server/lookups.py."""
 
     async def member_state(self, conversation_id: int, user_id: int) -> MemberState | None:
         """The user's state in the conversation; None when not a member."""
@@ -349,6 +355,13 @@ class MessageLog(Protocol):
         mention when its current state mentions ``user_id`` or everyone. Each
         count stops at ``cap`` (a range read of at most ``cap`` counting
         messages per conversation). A position of None counts nothing (only the head)."""
+
+    async def unread_many(self, asks: Sequence[UnreadAsk], cap: int) -> dict[UnreadAsk, dict[int, Unread]]:
+        """``unread`` for each of ``asks`` (equal asks once), in one store round
+        trip: the listings of a reconnect storm's catch-up, batched across
+        requests by server/lookups.py. Each ask's answer is what ``unread`` of its
+        user and positions gives; an ask whose conversations have no message maps
+        to an empty dict."""
 
     async def search(self, query: MessageQuery) -> list[SearchHit]:
         """The first ``query.limit`` messages of ``query.conversation_ids`` whose

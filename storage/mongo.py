@@ -60,6 +60,7 @@ from hubbub.storage.records import (
     PurgeResult,
     SearchHit,
     Unread,
+    UnreadAsk,
 )
 from hubbub.storage.rows import (
     expired_prefix,
@@ -727,6 +728,47 @@ class MongoMessageLog:
             if read_seq is None or read_seq >= head.last_seq:  # a message past the head read: not yet counted
                 unread = mentioned = 0
             result[conversation_id] = Unread(head=head, unread_count=unread, mention_count=mentioned)
+        return result
+
+    async def unread_many(self, asks: Sequence[UnreadAsk], cap: int) -> dict[UnreadAsk, dict[int, Unread]]:
+        """``unread``'s aggregate for every ask at once: the counters of all their
+        conversations, then one ``$unionWith`` per (ask, conversation) with a read
+        position, its counts tagged with the ask's number."""
+        distinct = list(dict.fromkeys(asks))
+        result: dict[UnreadAsk, dict[int, Unread]] = {ask: {} for ask in distinct}
+        ids = sorted({conversation_id for ask in distinct for conversation_id, _ in ask.positions})
+        if not ids:
+            return result
+        pipeline: list[Document] = [
+            {"$match": {"_id": {"$in": ids}, "seq": {"$gt": 0}}},
+            {"$project": {"seq": 1, "rev": 1, "purged_seq": 1}},
+        ]
+        for n, ask in enumerate(distinct):
+            for conversation_id, read_seq in ask.positions:
+                if read_seq is not None:
+                    counting = _unread_pipeline(conversation_id, read_seq, ask.user_id, cap)
+                    counting[-1]["$project"]["ask_of"] = {"$literal": n}
+                    pipeline.append({"$unionWith": {"coll": self.messages.name, "pipeline": counting}})
+        try:
+            found = [d async for d in await self.counters.aggregate(pipeline)]
+        except PyMongoError as exc:
+            raise _unavailable(exc) from exc
+        heads = {int(d["_id"]): _head(d) for d in found if "seq" in d}
+        counts = {
+            (int(d["ask_of"]), int(d["unread_of"])): (int(d["unread"]), int(d["mentioned"]))
+            for d in found
+            if "unread_of" in d
+        }
+        for n, ask in enumerate(distinct):
+            answer = result[ask]
+            for conversation_id, read_seq in ask.positions:
+                head = heads.get(conversation_id)
+                if head is None:
+                    continue
+                unread, mentioned = counts.get((n, conversation_id), (0, 0))
+                if read_seq is None or read_seq >= head.last_seq:  # a message past the head read: not yet counted
+                    unread = mentioned = 0
+                answer[conversation_id] = Unread(head=head, unread_count=unread, mention_count=mentioned)
         return result
 
     # Retention.

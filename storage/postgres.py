@@ -44,6 +44,7 @@ from hubbub.storage.records import (
     SearchHit,
     SearchPosition,
     Unread,
+    UnreadAsk,
     UserRecord,
     UserSession,
     WorkspaceRole,
@@ -680,6 +681,23 @@ class PostgresDirectory:
         )
         return [membership_record(r) for r in rows]
 
+    async def memberships_of_many(self, user_ids: Sequence[int]) -> dict[int, list[Membership]]:
+        ids = sorted(set(user_ids))
+        if not ids:
+            return {}
+        # The lane: the server asks only through server/lookups.py's batches (a storm's catch-up).
+        rows = await self._lane(
+            lambda c: c.fetch(
+                f"SELECT {MEMBERSHIP_COLUMNS}, m.user_id FROM memberships m JOIN conversations c"
+                " ON c.id = m.conversation_id WHERE m.user_id = ANY($1::bigint[]) ORDER BY m.user_id, c.id",
+                ids,
+            )
+        )
+        found: dict[int, list[Membership]] = {}
+        for r in rows:
+            found.setdefault(r[-1], []).append(membership_record(r))
+        return found
+
     async def member_state(self, conversation_id: int, user_id: int) -> MemberState | None:
         row = await self._primary(
             lambda c: c.fetchrow(
@@ -1149,6 +1167,35 @@ class PostgresMessageLog:
             for r in rows
         }
 
+    async def unread_many(self, asks: Sequence[UnreadAsk], cap: int) -> dict[UnreadAsk, dict[int, Unread]]:
+        distinct = list(dict.fromkeys(asks))
+        numbers: list[int] = []
+        ids: list[int] = []
+        positions: list[int | None] = []
+        users: list[int] = []
+        needles: list[str] = []
+        for n, ask in enumerate(distinct):
+            for conversation_id, read_seq in ask.positions:
+                numbers.append(n)
+                ids.append(conversation_id)
+                positions.append(read_seq)
+                users.append(ask.user_id)
+                needles.append(mention_needle(ask.user_id))
+        result: dict[UnreadAsk, dict[int, Unread]] = {ask: {} for ask in distinct}
+        if not ids:
+            return result
+        # The lookup lane: the server asks only through server/lookups.py's batches.
+        rows = await _run(
+            self.pools.lookups,
+            lambda c: c.fetch(UNREAD_MANY_SQL, numbers, ids, positions, users, needles, cap),
+            retry=True,
+        )
+        for r in rows:
+            result[distinct[r[0]]][r[1]] = Unread(
+                head=Head(last_seq=r[2], last_rev=r[3], oldest_seq=r[6] + 1), unread_count=r[4], mention_count=r[5]
+            )
+        return result
+
     async def reattribute(self, sender_id: int, to_id: int, limit: int) -> int:
         # No index leads with sender_id (one would cost every send): each call
         # scans for its batch, an admin's one-off cost (docs/operations.md).
@@ -1200,6 +1247,24 @@ after the read position, at most ``$4`` rows of it (the cap; a mention found by 
 string search for ``$5``, storage.rows.mention_needle), in no particular
 order (a count needs none, and an ORDER BY made the planner sort a bitmap scan);
 an index-only scan once the table is vacuumed."""
+
+UNREAD_MANY_SQL = (
+    "SELECT p.ask, h.conversation_id, h.last_seq, h.last_rev, coalesce(u.unread, 0), coalesce(u.mentioned, 0),"
+    " h.purged_seq"
+    " FROM unnest($1::int[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[])"
+    " AS p(ask, id, read_seq, user_id, needle)"
+    " JOIN conversation_seq h ON h.conversation_id = p.id"
+    " LEFT JOIN LATERAL (SELECT count(*) AS unread, count(*) FILTER (WHERE t.mentioned) AS mentioned FROM ("
+    "  SELECT m.mention_all IS NOT NULL OR (m.mentions <> '[]'"
+    "   AND strpos(',' || btrim(m.mentions, '[]') || ',', p.needle) > 0) AS mentioned"
+    "  FROM messages m WHERE p.read_seq < h.last_seq AND m.conversation_id = p.id AND m.seq > p.read_seq"
+    "  AND m.sender_id <> p.user_id AND NOT m.deleted AND (m.thread_root_id IS NULL OR m.also_in_channel)"
+    "  LIMIT $6) t) u ON TRUE"
+)
+"""MessageLog.unread_many: ``UNREAD_SQL`` for many asks in one statement, each
+(ask number, conversation, read position, user, mention needle) a row of the
+unnest, so each counts its own user's unread tail (the same range of
+messages_unread as ``UNREAD_SQL``)."""
 
 
 _MARKS = ("$1", "$2", "$3", "$4")

@@ -277,6 +277,15 @@ class Unread(Struct, kw_only=True, frozen=True):
     """Those of them that mention the member (``@username``, ``@channel``, ``@here``)."""
 
 
+class UnreadAsk(Struct, kw_only=True, frozen=True):
+    """One ``MessageLog.unread`` question, as a value: a user and their read
+    position per conversation (None: only the head), in conversation id order.
+    Hashable, so equal asks made together are read once (``MessageLog.unread_many``)."""
+
+    user_id: int
+    positions: tuple[tuple[int, int | None], ...]
+
+
 class ChangesPage(Struct, kw_only=True, frozen=True):
     """Messages changed after a revision, oldest change first."""
 

@@ -44,6 +44,7 @@ from hubbub.storage.records import (
     PurgeResult,
     SearchHit,
     Unread,
+    UnreadAsk,
 )
 from hubbub.storage.search_sql import ts_position
 
@@ -206,6 +207,9 @@ class IndexedMessageLog:
 
     async def unread(self, user_id: int, positions: Mapping[int, int | None], cap: int) -> dict[int, Unread]:
         return await self.log.unread(user_id, positions, cap)
+
+    async def unread_many(self, asks: Sequence[UnreadAsk], cap: int) -> dict[UnreadAsk, dict[int, Unread]]:
+        return await self.log.unread_many(asks, cap)
 
     async def reattribute(self, sender_id: int, to_id: int, limit: int) -> int:
         # The index first: should MongoDB's write fail after it, the messages are

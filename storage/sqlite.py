@@ -47,6 +47,7 @@ from hubbub.storage.records import (
     SearchHit,
     SearchPosition,
     Unread,
+    UnreadAsk,
     UserRecord,
     UserSession,
     WorkspaceRole,
@@ -764,6 +765,17 @@ class SqliteDirectory:
         )
         return [membership_record(r) for r in rows]
 
+    async def memberships_of_many(self, user_ids: Sequence[int]) -> dict[int, list[Membership]]:
+        rows = await self.db.fetch_for_ids(
+            f"SELECT {MEMBERSHIP_COLUMNS}, m.user_id FROM memberships m"
+            " JOIN conversations c ON c.id = m.conversation_id WHERE m.user_id IN ({ids}) ORDER BY m.user_id, c.id",
+            user_ids,
+        )
+        found: dict[int, list[Membership]] = {}
+        for r in rows:
+            found.setdefault(r[-1], []).append(membership_record(r))
+        return found
+
     async def member_state(self, conversation_id: int, user_id: int) -> MemberState | None:
         row = await self.db.run(
             lambda c: c.execute(
@@ -1119,7 +1131,13 @@ class SqliteMessageLog:
     async def unread(self, user_id: int, positions: Mapping[int, int | None], cap: int) -> dict[int, Unread]:
         if not positions:
             return {}
-        return await self.db.run(functools.partial(_unread, user_id=user_id, positions=positions, cap=cap))
+        ask = UnreadAsk(user_id=user_id, positions=tuple(sorted(positions.items())))
+        return (await self.db.run(functools.partial(_unread, asks=[ask], cap=cap)))[ask]
+
+    async def unread_many(self, asks: Sequence[UnreadAsk], cap: int) -> dict[UnreadAsk, dict[int, Unread]]:
+        if not asks:
+            return {}
+        return await self.db.run(functools.partial(_unread, asks=list(dict.fromkeys(asks)), cap=cap))
 
     async def search(self, query: MessageQuery) -> list[SearchHit]:
         # Read your writes: the messages acknowledged before the search are
@@ -1167,37 +1185,48 @@ A mention is found by a string search (``:needle``, storage.rows.mention_needle)
 json_each per row made a 500-conversation count twice as slow."""
 
 
-def _unread(c: sqlite3.Connection, user_id: int, positions: Mapping[int, int | None], cap: int) -> dict[int, Unread]:
-    # One read transaction: the heads and the counts are one snapshot.
-    ids = sorted(positions)
+def _unread(c: sqlite3.Connection, asks: Sequence[UnreadAsk], cap: int) -> dict[UnreadAsk, dict[int, Unread]]:
+    """Every ask's heads and counts on one thread hop, in one read transaction:
+    the heads (one select for all the asks' conversations) and the counts are one snapshot."""
+    ids = sorted({conversation_id for ask in asks for conversation_id, _ in ask.positions})
     c.execute("BEGIN")
     try:
-        heads = c.execute(
-            "SELECT conversation_id, last_seq, last_rev, purged_seq FROM conversation_seq"
-            f" WHERE conversation_id IN ({','.join('?' * len(ids))})",
-            ids,
-        ).fetchall()
-        result: dict[int, Unread] = {}
-        for conversation_id, last_seq, last_rev, purged_seq in heads:
-            read_seq = positions[conversation_id]
-            unread = mentioned = 0
-            if read_seq is not None and read_seq < last_seq:  # nothing to count at the head: no read
-                params = {
-                    "user": user_id,
-                    "needle": mention_needle(user_id),
-                    "conversation": conversation_id,
-                    "read_seq": read_seq,
-                    "cap": cap,
-                }
-                unread, mentioned = c.execute(UNREAD_SQL, params).fetchone()
-            result[conversation_id] = Unread(
-                head=Head(last_seq=last_seq, last_rev=last_rev, oldest_seq=purged_seq + 1),
-                unread_count=unread,
-                mention_count=mentioned,
-            )
+        heads: dict[int, Head] = {}
+        for at in range(0, len(ids), SQLITE_IDS_PER_STATEMENT):
+            chunk = ids[at : at + SQLITE_IDS_PER_STATEMENT]
+            for conversation_id, last_seq, last_rev, purged_seq in c.execute(
+                "SELECT conversation_id, last_seq, last_rev, purged_seq FROM conversation_seq"
+                f" WHERE conversation_id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            ):
+                heads[conversation_id] = Head(last_seq=last_seq, last_rev=last_rev, oldest_seq=purged_seq + 1)
+        result: dict[UnreadAsk, dict[int, Unread]] = {}
+        for ask in asks:
+            user_id = ask.user_id
+            found: dict[int, Unread] = {}
+            for conversation_id, read_seq in ask.positions:
+                head = heads.get(conversation_id)
+                if head is None:
+                    continue
+                unread = mentioned = 0
+                if read_seq is not None and read_seq < head.last_seq:  # nothing to count at the head: no read
+                    params = {
+                        "user": user_id,
+                        "needle": mention_needle(user_id),
+                        "conversation": conversation_id,
+                        "read_seq": read_seq,
+                        "cap": cap,
+                    }
+                    unread, mentioned = c.execute(UNREAD_SQL, params).fetchone()
+                found[conversation_id] = Unread(head=head, unread_count=unread, mention_count=mentioned)
+            result[ask] = found
     finally:
         c.execute("COMMIT")
     return result
+
+
+SQLITE_IDS_PER_STATEMENT = 30_000
+"""Bound parameters per ``IN (...)`` of a batched read (SQLite's limit is 32,766 since 3.32)."""
 
 
 PINS_SQL = (

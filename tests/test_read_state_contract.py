@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from hubbub.storage.base import Directory, MessageLog
-from hubbub.storage.records import MemberState, MessageRecord
+from hubbub.storage.records import MemberState, MessageRecord, UnreadAsk
 from tests import storage_contract
 from tests.storage_contract import NOW, fill, new_channel, new_message, new_user
 
@@ -54,6 +54,19 @@ async def test_memberships_of_lists_each_conversation_with_its_state(directory: 
     assert [m.conversation.id for m in await directory.memberships_of(bob.id)] == [second.id, dm.id]
     nobody = await new_user(directory)
     assert await directory.memberships_of(nobody.id) == []
+
+
+async def test_memberships_of_many_is_memberships_of_for_each_user_in_one_call(directory: Directory) -> None:
+    alice, bob, carol = await new_user(directory), await new_user(directory), await new_user(directory)
+    first, second = await new_channel(directory, alice), await new_channel(directory, bob, private=True)
+    await directory.add_member(second.id, alice.id, NOW, read_seq=4)
+    await directory.open_dm([alice.id, bob.id], alice.id, NOW)
+    nobody = await new_user(directory)
+    found = await directory.memberships_of_many([carol.id, bob.id, alice.id, nobody.id, bob.id])
+    assert found == {alice.id: await directory.memberships_of(alice.id), bob.id: await directory.memberships_of(bob.id)}
+    assert [m.conversation.id for m in found[alice.id]] == sorted(m.conversation.id for m in found[alice.id])
+    assert first.id in {m.conversation.id for m in found[alice.id]}
+    assert await directory.memberships_of_many([]) == {}
 
 
 async def test_mark_read_only_moves_forward(directory: Directory) -> None:
@@ -178,6 +191,34 @@ async def test_unread_reads_every_conversation_at_once(directory: Directory, mes
     # No position: only the head.
     assert found[channels[2].id].head.last_seq == 3 and found[channels[2].id].unread_count == 0
     assert await messages.unread(alice.id, {}, CAP) == {}
+
+
+async def test_unread_many_answers_each_ask_as_unread_would(directory: Directory, messages: MessageLog) -> None:
+    alice, bob, carol = await new_user(directory), await new_user(directory), await new_user(directory)
+    channels = [await new_channel(directory, alice) for _ in range(3)]
+    for n, channel in enumerate(channels[:2]):
+        await fill(messages, channel, bob, n + 2)
+    mention = new_message(channels[0], carol, "hey alice")
+    await messages.append(msgspec.structs.replace(mention, mentions=(alice.id,)))  # channel 0: seqs 1-3
+    asks = [
+        UnreadAsk(user_id=alice.id, positions=((channels[0].id, 0), (channels[1].id, 1), (channels[2].id, 0))),
+        UnreadAsk(user_id=bob.id, positions=((channels[0].id, 0), (channels[1].id, None))),  # bob sent most of it
+        UnreadAsk(user_id=carol.id, positions=((channels[0].id, 3),)),  # at the head
+        UnreadAsk(user_id=carol.id, positions=((channels[2].id, 0),)),  # nothing in it: no head
+        UnreadAsk(user_id=alice.id, positions=()),
+    ]
+    found = await messages.unread_many([*asks, asks[0]], CAP)  # an ask twice: answered once
+    assert set(found) == set(asks)
+    for ask in asks:
+        assert found[ask] == await messages.unread(ask.user_id, dict(ask.positions), CAP), ask
+    assert (found[asks[0]][channels[0].id].unread_count, found[asks[0]][channels[0].id].mention_count) == (3, 1)
+    assert found[asks[1]][channels[0].id].unread_count == 1  # carol's mention of alice
+    assert found[asks[1]][channels[1].id].unread_count == 0  # no position: only the head
+    assert found[asks[1]][channels[1].id].head.last_seq == 3
+    assert found[asks[3]] == {} and found[asks[4]] == {}
+    capped = await messages.unread_many([asks[0]], 1)
+    assert capped[asks[0]][channels[0].id].unread_count == 1
+    assert await messages.unread_many([], CAP) == {}
 
 
 async def test_counts_are_exact_under_concurrent_sends(directory: Directory, messages: MessageLog) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from hubbub.storage.postgres import UNREAD_MANY_SQL as POSTGRES_UNREAD_MANY_SQL
 from hubbub.storage.postgres import UNREAD_SQL as POSTGRES_UNREAD_SQL
 from hubbub.storage.postgres import migrate
 from hubbub.storage.sqlite import UNREAD_SQL as SQLITE_UNREAD_SQL
@@ -91,4 +92,30 @@ async def test_postgres_counts_from_a_range_of_the_unread_index(seeded_postgres:
     # Only the conversations read short of their head read the index at all.
     assert {n["Actual Loops"] for n in on_messages} == {CONVERSATIONS // 2}
     assert any(n.get("One-Time Filter") == "(p.read_seq < h.last_seq)" for n in nodes)
+    assert all(n["Node Type"] != "Sort" for n in nodes)
+
+
+async def test_postgres_counts_many_users_from_ranges_of_the_unread_index(
+    seeded_postgres: asyncpg.Connection[Any],
+) -> None:
+    """unread_many (a storm's listings, one statement for many users): each ask's
+    conversations read the same index range as a single user's count."""
+    ids = list(range(1, CONVERSATIONS + 1))
+    users = [1, 2]
+    rows = [(n, i, MESSAGES_EACH if i % 2 else MESSAGES_EACH - 50, users[n]) for n in range(2) for i in ids]
+    raw = await seeded_postgres.fetchval(
+        "EXPLAIN (ANALYZE, FORMAT JSON) " + POSTGRES_UNREAD_MANY_SQL,
+        [r[0] for r in rows],
+        [r[1] for r in rows],
+        [r[2] for r in rows],
+        [r[3] for r in rows],
+        [f",{r[3]}," for r in rows],
+        100,
+    )
+    (explained,) = json.loads(raw)
+    nodes = _nodes(explained["Plan"])
+    on_messages = [n for n in nodes if n.get("Relation Name") == "messages"]
+    assert on_messages and all(n["Node Type"] == "Index Only Scan" for n in on_messages), on_messages
+    assert {n["Index Name"] for n in on_messages} == {"messages_unread"}
+    assert {n["Actual Loops"] for n in on_messages} == {len(users) * CONVERSATIONS // 2}
     assert all(n["Node Type"] != "Sort" for n in nodes)

@@ -26,6 +26,7 @@ from hubbub.server.errors import ApiError, not_found
 from hubbub.server.handlers.access import visible_conversation
 from hubbub.server.handlers.admin import workspace_admin
 from hubbub.server.handlers.context import Caller, Context
+from hubbub.server.listings import EncodedConversationList
 from hubbub.server.views import conversation_view, conversation_views, member_view, shared_view, user_view
 from hubbub.storage.base import AdminCheck
 from hubbub.storage.errors import Conflict
@@ -43,23 +44,28 @@ async def create(ctx: Context, caller: Caller, req: frames.ChannelCreate) -> fra
     return frames.ConversationResult(conversation=view)
 
 
-async def list_(ctx: Context, caller: Caller, req: frames.ChannelList) -> frames.ConversationList:
+async def list_(ctx: Context, caller: Caller, req: frames.ChannelList) -> EncodedConversationList:
+    """A ``frames.ConversationList`` on the wire (server/listings.py)."""
     mine = [m for m in await ctx.directory.memberships_of(caller.user_id) if m.conversation.kind == "channel"]
-    # Archived channels are hidden from browsing unless asked for; members keep theirs.
-    public = [c for c in await ctx.directory.public_channels() if req.include_archived or not c.archived]
-    records = {c.id: c for c in public}
-    records.update((m.conversation.id, m.conversation) for m in mine)
-    ordered = sorted(records.values(), key=lambda c: (c.name or "", c.id))
-    views = await conversation_views(
+    # The public channels a non-member sees are the same for everybody: read and
+    # viewed once for all the requests asking together (server/listings.py).
+    listing = await ctx.public_channels.listing()
+    own = await conversation_views(
         ctx.directory,
         ctx.messages,
-        ordered,
+        [m.conversation for m in mine],
         {m.conversation.id: m.state for m in mine},
         viewer=caller.user_id,
         cap=ctx.message_limits.unread_count_cap,
         retention=ctx.retention,
     )
-    return frames.ConversationList(conversations=views)
+    # Archived channels are hidden from browsing unless asked for; members keep theirs.
+    records = {c.id: c for c in listing.channels if req.include_archived or not c.archived}
+    items: dict[int, frames.Conversation | msgspec.Raw] = {c_id: listing.encoded[c_id] for c_id in records}
+    records.update((m.conversation.id, m.conversation) for m in mine)
+    items.update((view.id, view) for view in own)
+    ordered = sorted(records.values(), key=lambda c: (c.name or "", c.id))
+    return EncodedConversationList(conversations=[items[c.id] for c in ordered])
 
 
 async def _view(

@@ -17,6 +17,7 @@ from typing import Protocol
 from hubbub.server.archived import ArchivedChannels
 from hubbub.server.auth import Passwords, Tokens
 from hubbub.server.config import MessagesConfig, ProfilesConfig
+from hubbub.server.listings import PublicChannels
 from hubbub.server.presence import PresenceTracker
 from hubbub.server.publisher import Publisher
 from hubbub.server.ratelimit import FailureWindow, TokenBucket
@@ -32,6 +33,10 @@ class Context(Protocol):
 
     @property
     def messages(self) -> MessageLog: ...
+
+    @property
+    def public_channels(self) -> PublicChannels:
+        """The public channels with their views for a non-member, read once for the requests asking together."""
 
     @property
     def publisher(self) -> Publisher:

@@ -21,6 +21,7 @@ from hubbub.server.config import MessagesConfig, ProfilesConfig
 from hubbub.server.errors import ApiError
 from hubbub.server.handlers import channels, dms, messages, presence, typing_indicator
 from hubbub.server.handlers.context import Caller, Context
+from hubbub.server.listings import PublicChannels
 from hubbub.server.metrics import Metrics
 from hubbub.server.presence import LocalPresence, PresenceTracker
 from hubbub.server.publisher import Publisher
@@ -65,6 +66,7 @@ class FakeContext:
         self.max_message_chars = 20
         self.archived_channels = ArchivedChannels()
         self.retention = default_policy()
+        self.public_channels = PublicChannels(directory, messages, self.retention)
         self.presence_max_members = 2
         self.typing_ttl_ms = 5000
         self.typing_max_members = 3

@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from hubbub.server.lookups import KeyedLookup, KeyedWrites
+from hubbub.server.guarded import request_budget
+from hubbub.server.lookups import KeyedLookup, KeyedWrites, answered
 from hubbub.storage.errors import StoreUnavailable
 
 
@@ -150,3 +151,59 @@ async def test_write_batches_are_bounded() -> None:
     writes: KeyedWrites[int, int] = KeyedWrites(store.write, max_batch=2)
     await asyncio.gather(*(writes.put(k, k) for k in range(5)))
     assert store.batches == [{0: 0, 1: 1}, {2: 2, 3: 3}, {4: 4}]
+
+
+class TimedStore:
+    """Squares, each call taking ``latency`` seconds (a live but loaded store), or held by the test."""
+
+    def __init__(self, latency: float) -> None:
+        self.latency = latency
+        self.calls: list[list[int]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def fetch(self, keys: list[int]) -> dict[int, int]:
+        self.calls.append(list(keys))
+        await self.gate.wait()
+        await asyncio.sleep(self.latency)  # the store's own latency, not a wait for an event
+        return {k: k * k for k in keys}
+
+
+BUDGET = 0.5
+
+
+async def _answered_within_a_request(lookup: KeyedLookup[int, int], key: int) -> int | None:
+    with request_budget(BUDGET):
+        return await answered(lookup, key, "fake", "read")
+
+
+async def test_a_request_is_not_refused_for_queueing_behind_batches_that_keep_finishing() -> None:
+    store = TimedStore(latency=0.3)
+    lookup = KeyedLookup(store.fetch, max_batch=1)  # one key per batch: four batches before the request's
+    ahead = [asyncio.ensure_future(lookup.get(k)) for k in (1, 2, 3, 4)]
+    while len(store.calls) + len(lookup._waiting) < len(ahead):  # noqa: ASYNC110 - the lookups run on their own tasks
+        await asyncio.sleep(0)
+    started = asyncio.get_running_loop().time()
+    assert await _answered_within_a_request(lookup, 5) == 25
+    waited = asyncio.get_running_loop().time() - started
+    assert waited > 3 * BUDGET, waited  # queued far longer than its budget, and answered
+    assert [await a for a in ahead] == [1, 4, 9, 16]
+    assert store.calls == [[1], [2], [3], [4], [5]]
+
+
+async def test_a_request_behind_a_stalled_batch_is_refused_within_its_budget() -> None:
+    store = TimedStore(latency=0.0)
+    store.gate.clear()  # a frozen store: the batch in flight never finishes
+    lookup = KeyedLookup(store.fetch)
+    stuck = asyncio.ensure_future(lookup.get(1))
+    while not store.calls:  # noqa: ASYNC110 - the fake store records the call on its own task
+        await asyncio.sleep(0)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(StoreUnavailable, match="budget is spent"):
+        await _answered_within_a_request(lookup, 2)
+    assert asyncio.get_running_loop().time() - started < BUDGET + 0.3
+    with pytest.raises(StoreUnavailable, match="budget is spent"):  # its own batch stalled: refused too
+        await _answered_within_a_request(lookup, 1)
+    store.gate.set()
+    assert await stuck == 1
+    assert await lookup.get(2) == 4  # the refused key's batch still went on; the next reads again
