@@ -424,8 +424,8 @@ class RedisBroker:
             # The subscriber loop sees its connection replaced, reconnects and
             # resubscribes. Closing it also ends a read that waits, without a
             # timer, for the rest of a reply (next_message).
-            stalled = cast(Connection | None, self._pubsub.connection)  # redis-py annotates it None
-            self._pubsub = None
+            pubsub, self._pubsub = self._pubsub, None  # (the loop may have dropped it during the publish)
+            stalled = None if pubsub is None else cast(Connection | None, pubsub.connection)
             if stalled is not None:
                 await _quietly(stalled.disconnect(nowait=True))
         elif self._problem is not None and self._problem.startswith(("probe", "publishing")):
