@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
 import random
 import time
 from collections import OrderedDict
@@ -337,7 +338,12 @@ class RedisBroker:
                 attempt = 0
                 self._schedule_sync()  # interest that changed while subscribing
                 while self._pubsub is pubsub:
-                    message = await next_message(pubsub, timeout=1.0, ignore_subscribe_messages=True)
+                    try:
+                        message = await next_message(pubsub, timeout=1.0, ignore_subscribe_messages=True)
+                    except (RedisError, OSError):
+                        if self._pubsub is not pubsub:
+                            break  # the probe gave up on it and closed it
+                        raise
                     if message is not None:
                         try:
                             self._receive(message)
@@ -415,8 +421,13 @@ class RedisBroker:
         silent = time.monotonic() - self._last_probe_received
         if silent > 3 * self._health_interval:
             self._degraded(f"subscriber received nothing for {silent:.1f}s")
-            # The subscriber loop sees its connection replaced, reconnects and resubscribes.
-            self._pubsub = None
+            # The subscriber loop sees its connection replaced, reconnects and
+            # resubscribes. Closing it also ends a read that waits, without a
+            # timer, for the rest of a reply (next_message).
+            pubsub, self._pubsub = self._pubsub, None  # (the loop may have dropped it during the publish)
+            stalled = None if pubsub is None else cast(Connection | None, pubsub.connection)
+            if stalled is not None:
+                await _quietly(stalled.disconnect(nowait=True))
         elif self._problem is not None and self._problem.startswith(("probe", "publishing")):
             self._healthy()
 
@@ -447,7 +458,14 @@ async def next_message(
             ignore_subscribe_messages=ignore_subscribe_messages, timeout=timeout
         )
         return general
-    response = await conn.read_response(timeout=timeout, disconnect_on_error=False, push_request=True)
+    # A reply already (partly) buffered is read without arming a timer: the
+    # per-read asyncio.timeout was the largest cost left per message. Waiting
+    # for the rest of a partly received reply cannot hang the subscriber: a
+    # probe that hears nothing closes the connection (RedisBroker._probe_once).
+    buffered = await conn.can_read()
+    response = await conn.read_response(
+        timeout=math.inf if buffered else timeout, disconnect_on_error=False, push_request=True
+    )
     if response is None:
         return None  # nothing within the timeout
     if type(response) is list and len(response) == 3:

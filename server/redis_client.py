@@ -21,6 +21,14 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from hubbub.server.config import RedisConfig
 
+SUBSCRIBER_PROTOCOL = 2
+"""RESP2 on the broker's connections (redis-py 8 speaks RESP3 unless told). With
+hiredis, RESP3 hands every published message to redis-py's push-handling path
+(which logs it at debug level, building the string whatever the level); in
+RESP2 a published message is a plain array that hiredis parses and the
+subscriber reads directly (server/broker_redis.next_message). Pub/sub means the
+same in both: the same pushes, in the same order."""
+
 REDIS_FAULTS = (RedisError, RedisClusterException, OSError)
 """What Redis being unreachable or in transition raises: the cluster client's
 ``RedisClusterException`` (slots not covered mid-failover) is no RedisError."""
@@ -58,6 +66,7 @@ def subscriber_client(url: str, *, timeout: float) -> redis.Redis:
         # No silent reconnects inside redis-py: a reconnect must be seen by
         # the broker, because messages were lost and a resync is due.
         retry=Retry(NoBackoff(), 0),
+        protocol=SUBSCRIBER_PROTOCOL,
     )
 
 
@@ -107,4 +116,5 @@ def shard_subscriber_client(host: str, port: int, *, timeout: float) -> redis.Re
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),
+        protocol=SUBSCRIBER_PROTOCOL,
     )

@@ -6,6 +6,11 @@ While frozen, no byte moves in either direction and new connections are
 accepted but not connected onward, as when packets are silently dropped
 (TCP retransmits, nobody answers). Thawing delivers what was held, as TCP
 would once the network heals.
+
+``stall_midway(min_bytes)`` stalls one connection instead: the next chunk of
+at least ``min_bytes`` from the target reaches the client only in part, and
+that connection then forwards nothing more (a peer gone silent in the middle
+of a reply); every other connection goes on.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ class TcpFreezer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
         self._closing = False
+        self._stall_at: int | None = None
 
     async def __aenter__(self) -> TcpFreezer:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -54,6 +60,9 @@ class TcpFreezer:
     def thaw(self) -> None:
         self._flowing.set()
 
+    def stall_midway(self, min_bytes: int) -> None:
+        self._stall_at = min_bytes
+
     def _track(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
@@ -72,14 +81,20 @@ class TcpFreezer:
             return
         self._writers.add(up_writer)
         self._track(self._pump(reader, up_writer))
-        self._track(self._pump(up_reader, writer))
+        self._track(self._pump(up_reader, writer, from_target=True))
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, from_target: bool = False
+    ) -> None:
         try:
             while chunk := await reader.read(65536):
                 await self._flowing.wait()
                 if self._closing:
                     break
+                if from_target and self._stall_at is not None and len(chunk) >= self._stall_at:
+                    self._stall_at = None
+                    writer.write(chunk[: len(chunk) // 2])
+                    await asyncio.Future()  # silent from now on, until the freezer closes
                 writer.write(chunk)
                 await writer.drain()
         except OSError:

@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from redis._parsers.hiredis import _AsyncHiredisParser
 from redis.asyncio.cluster import RedisCluster
 
 from hubbub.protocol import frames
@@ -523,4 +524,29 @@ async def test_a_burst_of_presence_updates_waits_for_the_gate(redis_cluster: Red
         keys = [key async for key in client.scan_iter(match=f"*{prefix}*", count=1000)]
         if keys:
             await client.delete(*keys)
+        await client.aclose()
+
+
+async def test_the_cluster_client_parses_with_hiredis(redis_cluster: RedisClusterProcesses) -> None:
+    """hiredis (a dependency) is what the cluster client's node connections parse with too."""
+    await redis_cluster.wait_ok()
+    config = RedisConfig(
+        redis_url=redis_cluster.url,
+        redis_cluster=True,
+        redis_prefix="unused",
+        redis_pool_max=2,
+        broker_probe_seconds=5.0,
+        storage_timeout_seconds=10.0,
+    )
+    client = cluster_client(config)
+    try:
+        await client.ping(target_nodes=RedisCluster.ALL_NODES)
+        assert len(client.get_primaries()) == 3
+        for node in client.get_nodes():  # the masters, and the replicas it knows of (after a failover test)
+            connection = node.acquire_connection()
+            try:
+                assert isinstance(connection._parser, _AsyncHiredisParser), node.name
+            finally:
+                node.release(connection)
+    finally:
         await client.aclose()
