@@ -58,10 +58,10 @@ class request_budget:  # named as the function it replaced: ``with request_budge
 
 def _time_left(timeout: float) -> float:
     """``timeout``, or less when the current task's request has less of its budget left."""
-    budget = _request_deadline.get()
-    if budget is None or budget[0] is not asyncio.current_task():
+    deadline = request_deadline()
+    if deadline is None:
         return timeout
-    return min(timeout, budget[1] - asyncio.get_running_loop().time())
+    return min(timeout, deadline - asyncio.get_running_loop().time())
 
 
 async def within_request_budget(awaitable: Awaitable[T], store: str, op: str) -> T:
@@ -69,14 +69,14 @@ async def within_request_budget(awaitable: Awaitable[T], store: str, op: str) ->
     store budget; unbounded outside a request. For a call that waits on a
     batch made by another task (server/lookups.py), which the budget, being
     the request task's, does not bound."""
-    budget = _request_deadline.get()
-    if budget is None or budget[0] is not asyncio.current_task():
+    deadline = request_deadline()
+    if deadline is None:
         return await awaitable
     try:
-        async with asyncio.timeout(budget[1] - asyncio.get_running_loop().time()):
+        async with asyncio.timeout_at(deadline):
             return await awaitable
     except TimeoutError:
-        raise StoreUnavailable(store, f"{op} timed out: the request's store budget is spent") from None
+        raise budget_spent(store, op) from None
 
 
 def request_deadline() -> float | None:
@@ -96,6 +96,7 @@ def move_request_deadline(deadline: float) -> None:
 
 
 def budget_spent(store: str, op: str) -> StoreUnavailable:
+    """The error of a store call that outlived its request's budget (one wording for every such call)."""
     return StoreUnavailable(store, f"{op} timed out: the request's store budget is spent")
 
 
