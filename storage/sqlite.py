@@ -108,6 +108,7 @@ from hubbub.storage.sqlite_index import (
     index_transaction,
     watermark,
 )
+from hubbub.storage.sqlite_transactions import read_snapshot, write_transaction
 from hubbub.storage.threads import with_reply
 
 T = TypeVar("T")
@@ -385,18 +386,13 @@ class SqliteDatabase:
             conn.create_function("hubbub_index_text", 1, fts5_text, deterministic=True)
             # BEGIN IMMEDIATE takes the write lock before reading the version, so
             # processes starting at once on one file migrate it exactly once.
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with write_transaction(conn):
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
                 for target, script in enumerate(MIGRATIONS[version:], start=version + 1):
                     # One statement at a time: executescript() would commit the lock away.
                     for statement in filter(None, (part.strip() for part in script.split(";"))):
                         conn.execute(statement)
                     conn.execute(f"PRAGMA user_version={target}")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
         except BaseException:
             conn.close()
             raise
@@ -433,14 +429,8 @@ class SqliteDatabase:
         """Run ``fn`` inside BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
 
         def wrapped(conn: sqlite3.Connection) -> T:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(conn)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return result
+            with write_transaction(conn):
+                return fn(conn)
 
         return await self.run(wrapped)
 
@@ -537,8 +527,7 @@ class SqliteDirectory:
         def read(c: sqlite3.Connection) -> dict[int, UserSession]:
             # Both reads on one thread hop, in one read transaction: the user and
             # their memberships as of one moment.
-            c.execute("BEGIN")
-            try:
+            with read_snapshot(c):
                 users = c.execute(f"SELECT {USER_COLUMNS} FROM users WHERE id IN ({marks})", distinct).fetchall()
                 conversations: dict[int, list[int]] = {}
                 for user_id, conversation_id in c.execute(
@@ -547,8 +536,6 @@ class SqliteDirectory:
                     distinct,
                 ):
                     conversations.setdefault(user_id, []).append(conversation_id)
-            finally:
-                c.execute("COMMIT")
             return {
                 row[0]: UserSession(user=user_record(row), conversation_ids=tuple(conversations.get(row[0], ())))
                 for row in users
@@ -1189,8 +1176,7 @@ def _unread(c: sqlite3.Connection, asks: Sequence[UnreadAsk], cap: int) -> dict[
     """Every ask's heads and counts on one thread hop, in one read transaction:
     the heads (one select for all the asks' conversations) and the counts are one snapshot."""
     ids = sorted({conversation_id for ask in asks for conversation_id, _ in ask.positions})
-    c.execute("BEGIN")
-    try:
+    with read_snapshot(c):
         heads: dict[int, Head] = {}
         for at in range(0, len(ids), SQLITE_IDS_PER_STATEMENT):
             chunk = ids[at : at + SQLITE_IDS_PER_STATEMENT]
@@ -1220,8 +1206,6 @@ def _unread(c: sqlite3.Connection, asks: Sequence[UnreadAsk], cap: int) -> dict[
                     unread, mentioned = c.execute(UNREAD_SQL, params).fetchone()
                 found[conversation_id] = Unread(head=head, unread_count=unread, mention_count=mentioned)
             result[ask] = found
-    finally:
-        c.execute("COMMIT")
     return result
 
 
@@ -1299,14 +1283,11 @@ def _change_one(
 def _changes(c: sqlite3.Connection, conversation_id: int, after_rev: int, limit: int) -> ChangesPage:
     # One read transaction, so the horizon and the page are one snapshot even
     # when another process writes the file between the two reads.
-    c.execute("BEGIN")
-    try:
+    with read_snapshot(c):
         rows = c.execute(CHANGES_SQL, (conversation_id, after_rev, limit)).fetchall()
         head = c.execute(
             "SELECT last_rev, purged_seq FROM conversation_seq WHERE conversation_id = ?", (conversation_id,)
         ).fetchone()
-    finally:
-        c.execute("COMMIT")
     return ChangesPage(
         messages=[message_record(r) for r in rows],
         horizon=head[0] if head else 0,

@@ -39,6 +39,7 @@ from collections.abc import Awaitable, Callable
 from hubbub.storage import supervision
 from hubbub.storage.errors import StoreUnavailable
 from hubbub.storage.search_sql import fts5_text
+from hubbub.storage.sqlite_transactions import write_transaction
 
 INDEX_IDLE_SECONDS = 0.05
 """The index transaction runs once no batch was stored this long: the default of
@@ -95,13 +96,8 @@ def index_transaction(c: sqlite3.Connection) -> int:
         return 0
     c.execute("PRAGMA synchronous=NORMAL")
     try:
-        c.execute("BEGIN IMMEDIATE")
-        try:
+        with write_transaction(c):
             indexed = index_tail(c)
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
-        c.execute("COMMIT")
     finally:
         c.execute("PRAGMA synchronous=FULL")
     return indexed
