@@ -13,6 +13,18 @@ of message.new events from another instance id, in one pipeline::
     done
     # (totals of cgs-2300 - totals of cgs-300) / 2000 = instructions per envelope
 
+``send`` is the publishing side alone: a RedisBroker publishes N message.new
+events, ``PER_TURN`` per loop turn as a busy instance does, and each turn's
+batch is sent by calling the broker's ``_publish_once`` in step (its own
+publisher task is cancelled, so nothing spins while Redis answers), to a topic
+nobody reads::
+
+    for n in 300 2300; do
+      PYTHONHASHSEED=0 valgrind --tool=callgrind --callgrind-out-file=cgp-$n.out \
+        python -m hubbub.loadtest.subscriberbench send $n bench-$n
+    done
+    # (totals of cgp-2300 - totals of cgp-300) / 2000 = instructions per published envelope
+
 The key prefix (third argument) keeps the run's topics apart; Redis keeps
 nothing (pub/sub only).
 """
@@ -36,6 +48,8 @@ from hubbub.server.broker_redis import Envelope, RedisBroker, _encoder
 from hubbub.server.config import RedisConfig
 from hubbub.server.metrics import Metrics
 
+PER_TURN = 10
+"""Envelopes published per loop turn by ``send``."""
 REDIS_URL = os.environ.get("HUBBUB_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
@@ -107,15 +121,39 @@ async def publish(count: int, prefix: str) -> None:
         await client.aclose()
 
 
+async def send(count: int, prefix: str) -> int:
+    """Publish ``count`` envelopes through the broker's own publishing path; the number published."""
+    metrics = Metrics()
+    broker = RedisBroker(config(prefix), "sender", metrics)
+    await broker.start(Counting(count))
+    try:
+        # The bench drives the publisher itself, one batch per step.
+        broker._tasks[1].cancel()
+        while broker.status() is not None:  # noqa: ASYNC110  # no event says "subscribed"
+            await asyncio.sleep(0.05)
+        events = message_events(count, 100)
+        for start in range(0, count, PER_TURN):
+            for event in events[start : start + PER_TURN]:
+                broker.publish(event)
+            await broker._publish_once()
+    finally:
+        await broker.close()
+    return int(metrics.broker_published._value.get())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hubbub.loadtest.subscriberbench")
-    parser.add_argument("role", choices=["sub", "pub"])
+    parser.add_argument("role", choices=["sub", "pub", "send"])
     parser.add_argument("count", type=int)
     parser.add_argument("prefix", help="Redis key prefix of this run")
     args = parser.parse_args(argv)
     if args.role == "pub":
         uvloop.run(publish(args.count, args.prefix))
         return 0
+    if args.role == "send":
+        sent = uvloop.run(send(args.count, args.prefix))
+        print(f"published {sent}", file=sys.stderr)
+        return 0 if sent == args.count else 1
     seen = uvloop.run(subscribe(args.count, args.prefix))
     print(f"received {seen}", file=sys.stderr)
     return 0 if seen == args.count else 1

@@ -28,7 +28,7 @@ The path of one publish, by function call:
 
 Ordering decided here: **publish order is delivery order**, on this
 instance (synchronous) and on every other one (one publisher task, one
-pipeline per event-loop turn, Redis keeps a channel's order). That is what
+write per event-loop turn on one connection, Redis keeps a channel's order). That is what
 makes "membership change before the event that announces it" hold. Seq
 order across instances is not the broker's job: Catchup restores it.
 

@@ -16,7 +16,8 @@ instance, a number for de-duplication, and the body, an Event or a
 MembershipChange (server/broker.py). ``publish`` hands the body to this
 instance's BrokerEventHandler at once, then queues the envelope for every
 topic of its addressing; one publisher task sends the queue in order, one
-pipeline per event-loop turn, so envelopes leave in publish order. The
+write of packed commands per event-loop turn on one connection, so envelopes
+leave in publish order. The
 subscriber task decodes each envelope once and calls the handler's
 ``on_event`` / ``on_membership`` (skipping its own and repeats).
 
@@ -48,6 +49,7 @@ from typing import Any, cast
 
 import msgspec
 import redis.asyncio as redis
+from hiredis import pack_command
 from redis.asyncio.client import PubSub
 from redis.asyncio.connection import Connection
 from redis.exceptions import RedisError
@@ -56,7 +58,7 @@ from hubbub.server import logs, tracing
 from hubbub.server.broker import Broker, BrokerEventHandler, Event, MembershipChange
 from hubbub.server.config import RedisConfig
 from hubbub.server.metrics import Metrics
-from hubbub.server.redis_client import subscriber_client
+from hubbub.server.redis_client import publisher_connection, subscriber_client
 from hubbub.storage.supervision import backoff, report, supervise
 
 SUBSCRIBE_CHUNK = 1000
@@ -100,6 +102,8 @@ class RedisBroker:
         self._sync_scheduled = False
         self._outgoing: list[tuple[str, bytes]] = []
         self._outgoing_ready = asyncio.Event()
+        self._publisher: Connection | None = None
+        """The connection publishes are written on, made at the first (``_send``)."""
         self._problem: str | None = "starting"
         self._last_probe_received = time.monotonic()
         self._tasks: list[asyncio.Task[None]] = []
@@ -223,6 +227,9 @@ class RedisBroker:
         if self._pubsub is not None:
             await self._pubsub.aclose()  # type: ignore[no-untyped-call]
             self._pubsub = None
+        if self._publisher is not None:
+            await _quietly(self._publisher.disconnect())
+            self._publisher = None
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -277,24 +284,25 @@ class RedisBroker:
         await supervise("broker_publisher", self._publish_once, self._metrics.task_failed)
 
     async def _publish_once(self) -> None:
-        """Send queued publishes in order, all of one loop turn in one pipeline."""
+        """Send queued publishes in order, all of one loop turn in one write."""
         await self._outgoing_ready.wait()
         self._outgoing_ready.clear()
         batch, self._outgoing = self._outgoing, []
         if not batch or self._client is None:
             return
-        # Two attempts: a pooled connection left over from before a Redis restart
-        # fails once, and the retry gets a fresh one. Receivers drop an envelope
-        # they already had, so resending a partly sent batch is harmless.
+        # Packed by hiredis's packer (the one redis-py's synchronous client uses),
+        # once for both attempts: redis-py's asyncio Pipeline packed every command in
+        # Python and read every reply under a timer of its own (BENCHMARKS.md, "Two
+        # instances, third pass").
+        command = b"SPUBLISH" if self._sharded else b"PUBLISH"
+        # (hiredis's stub types the argument as a 1-tuple; it takes any length.)
+        packed = b"".join([pack_command((command, channel, payload)) for channel, payload in batch])  # type: ignore[arg-type]
+        # Two attempts: a connection left over from before a Redis restart fails
+        # once, and the retry connects again. Receivers drop an envelope they
+        # already had, so resending a partly sent batch is harmless.
         for attempt in (1, 2):
             try:
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for channel, payload in batch:
-                        if self._sharded:
-                            pipe.spublish(channel, payload)
-                        else:
-                            pipe.publish(channel, payload)
-                    await pipe.execute()
+                await self._send(packed, len(batch))
                 self._metrics.broker_published.inc(len(batch))
                 break
             except (RedisError, OSError) as exc:
@@ -306,6 +314,24 @@ class RedisBroker:
                 # next one goes out after the supervisor's pause.
                 self._metrics.broker_dropped.inc(len(batch))
                 raise
+
+    async def _send(self, packed: bytes, replies: int) -> None:
+        """Write a batch of packed commands on the publisher's connection and read
+        its ``replies``, all within one ``storage_timeout_seconds``."""
+        assert self._client is not None
+        conn = self._publisher
+        if conn is None:
+            conn = self._publisher = publisher_connection(self._client)
+        try:
+            async with asyncio.timeout(self._timeout):
+                await conn.send_packed_command(packed, check_health=False)
+                for _ in range(replies):
+                    await conn.read_response(disconnect_on_error=False)
+        except BaseException:
+            # Replies left unread would answer the next batch's commands: the
+            # next attempt starts on a new connection (send_packed_command connects).
+            await _quietly(conn.disconnect(nowait=True))
+            raise
 
     # -- receiving ----------------------------------------------------------
 

@@ -21,18 +21,24 @@ class Flushable(Protocol):
 
 class Flusher:
     def __init__(self) -> None:
-        self._pending: list[Flushable] = []
-        self._scheduled = False
+        self.pending: list[Flushable] = []
+        """The connections to flush at the end of this turn; its first entry schedules
+        the flush (``add``; ``Connection.send_frame`` does the same inline)."""
 
     def add(self, connection: Flushable) -> None:
-        self._pending.append(connection)
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._run)
+        pending = self.pending
+        if not pending:
+            self.schedule()
+        pending.append(connection)
+
+    def schedule(self) -> None:
+        """The flush of this turn's ``pending``: call when adding its first entry."""
+        asyncio.get_running_loop().call_soon(self._run)
 
     def _run(self) -> None:
-        pending, self._pending = self._pending, []
-        self._scheduled = False
+        # A connection queued during these flushes goes on the new list, and its
+        # first entry schedules the next turn's flush.
+        pending, self.pending = self.pending, []
         for connection in pending:
             connection.flush()
 

@@ -11,10 +11,11 @@ Redis gets its connections configured one way.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
@@ -68,6 +69,14 @@ def subscriber_client(url: str, *, timeout: float) -> redis.Redis:
         retry=Retry(NoBackoff(), 0),
         protocol=SUBSCRIBER_PROTOCOL,
     )
+
+
+def publisher_connection(client: redis.Redis) -> Connection:
+    """The broker's publishing connection: ``client``'s settings, but no timeout of
+    its own per read or write. The broker bounds each batch (its write and every
+    reply) with one timer; a timer per reply was most of a publish's cost."""
+    pool = client.connection_pool
+    return cast(Connection, pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None}))
 
 
 class CountingBlockingConnectionPool(redis.BlockingConnectionPool):

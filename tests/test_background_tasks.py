@@ -265,7 +265,7 @@ async def test_the_publisher_survives_a_failing_batch(
     a, b = await two_instances(make_server, tmp_path, redis_prefix)
     alice, bob, channel = await shared_channel(a, b)
     broker: Any = a.app.services.broker  # type: ignore[union-attr]
-    fail_once(broker._client, "pipeline", monkeypatch)
+    fail_once(broker, "_send", monkeypatch)
     await send(alice, channel, "dropped")
     await until(lambda: failures(a.app, "broker_publisher") == 1, "counted publisher failure")
     await send(alice, channel, "after")
