@@ -1062,8 +1062,8 @@ class PostgresMessageLog:
         """The pools are shared and closed by storage.factory.Stores; pending appends finish first."""
         await self._batches.close()
 
-    async def append(self, message: NewMessage) -> Appended:
-        return await self._batches.append(message)
+    async def append(self, message: NewMessage, deadline: float | None = None) -> Appended:
+        return await self._batches.append(message, deadline)
 
     async def _store_batch(self, batch: list[NewMessage]) -> list[Stored | BaseException]:
         """One flush, whatever the number of conversations in it: one statement

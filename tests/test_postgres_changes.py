@@ -259,7 +259,7 @@ async def test_appending_does_not_read_the_conversation_back(dsn: str) -> None:
 def appending_function(statement: str) -> str:
     """The one hubbub_append_* function ``statement`` calls."""
     (called,) = re.findall(r"hubbub_append_\w+", statement)
-    return called
+    return str(called)
 
 
 def pools_statements(statements: list[str]) -> list[str]:
