@@ -79,7 +79,7 @@ from hubbub.storage.rows import (
     mention_needle,
     message_record,
     message_state_values,
-    new_message_id,
+    new_message_ids,
     prefix_bounds,
     profile_assignments,
     search_key,
@@ -1463,7 +1463,7 @@ def _rows_json(messages: list[NewMessage], **groups: list[int]) -> str:
     return _encode_rows(
         {
             "c": [m.conversation_id for m in messages],
-            "id": [new_message_id() for _ in messages],
+            "id": new_message_ids(len(messages)),
             "sender": [m.sender_id for m in messages],
             "text": [m.text for m in messages],
             "cmid": [m.client_msg_id for m in messages],
