@@ -29,9 +29,11 @@ import argparse
 import asyncio
 import json
 import secrets
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from hubbub.loadtest.safety import check_loopback
@@ -45,7 +47,10 @@ SERVER_STORAGE_TIMEOUT = 300.0
 """The server's storage timeout (its Mongo change lease is set one second longer, as it must be)."""
 
 
-async def run(url: str, senders: int, per_round: int, rounds: int) -> dict[str, float]:
+async def run(
+    url: str, senders: int, per_round: int, rounds: int, mark: Callable[[str], None] | None = None
+) -> dict[str, float]:
+    """``mark("start")`` just before the first round, ``mark("end")`` after the last."""
     check_loopback(url)
     tag = secrets.token_hex(3)
     async with _clients(url, senders * 2) as clients:
@@ -59,12 +64,16 @@ async def run(url: str, senders: int, per_round: int, rounds: int) -> dict[str, 
             await sub.call("channel.join", timeout=SLOW, channel_id=created.conversation.id)
         for c in clients:
             c.drain_events()
+        if mark is not None:
+            mark("start")
         start = time.perf_counter()
         for r in range(rounds):
             await asyncio.gather(
                 *(_round(pub, sub, room, r, per_round) for pub, sub, room in zip(pubs, subs, rooms, strict=True))
             )
         elapsed = time.perf_counter() - start
+        if mark is not None:
+            mark("end")
     sends = senders * per_round * rounds
     return {"sends": sends, "seconds": elapsed, "sends_per_second": sends / elapsed if elapsed else 0.0}
 
@@ -113,8 +122,20 @@ class _clients:
             await context.__aexit__(None, None, None)  # type: ignore[attr-defined]
 
 
+def callgrind_marks(pid: int) -> Callable[[str], None]:
+    """Marks that zero a server's callgrind counters before the rounds and dump them
+    after: the dump counts the rounds alone, none of the set-up, whose batched
+    lookups coalesce differently with every run's timing (``callgrind_control``)."""
+
+    def mark(at: str) -> None:
+        option = "--zero" if at == "start" else "--dump=rounds"
+        subprocess.run(["callgrind_control", option, str(pid)], check=True, capture_output=True, timeout=SLOW)
+
+    return mark
+
+
 async def serve_and_run(
-    argv: list[str], extra_env: dict[str, str], senders: int, per_round: int, rounds: int
+    argv: list[str], extra_env: dict[str, str], senders: int, per_round: int, rounds: int, *, callgrind: bool = False
 ) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="hubbub-sendbench-") as tmp:
         env = hubbub_env(Path(tmp) / "data", ServerOptions(extra_env=extra_env))
@@ -127,7 +148,8 @@ async def serve_and_run(
         server = await ServerProcess.start("hubbub", argv, env, Path(tmp), None)
         try:
             port = await server.port(timeout=SLOW)
-            result = await run(f"ws://127.0.0.1:{port}/", senders, per_round, rounds)
+            mark = callgrind_marks(server.pid) if callgrind else None
+            result = await run(f"ws://127.0.0.1:{port}/", senders, per_round, rounds, mark)
         finally:
             code = await server.stop(grace=SLOW)
         result["server_exit"] = float(code if code is not None else -1)
@@ -149,12 +171,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--server-env", action="append", default=[], metavar="HUBBUB_NAME=VALUE", help="a setting of --serve's server"
     )
+    parser.add_argument(
+        "--callgrind-rounds",
+        action="store_true",
+        help="--serve's server runs under callgrind: zero its counters before the rounds, dump them after",
+    )
     args = parser.parse_args(args_in)
     if args.serve:
         if not server_argv:
             parser.error("--serve needs the server command after --")
         extra = dict(item.split("=", 1) for item in args.server_env)
-        result = asyncio.run(serve_and_run(server_argv, extra, args.senders, args.per_round, args.rounds))
+        result = asyncio.run(
+            serve_and_run(
+                server_argv, extra, args.senders, args.per_round, args.rounds, callgrind=args.callgrind_rounds
+            )
+        )
     else:
         if not args.url:
             parser.error("give --url or --serve")

@@ -56,6 +56,21 @@ class request_budget:  # named as the function it replaced: ``with request_budge
         _request_deadline.reset(self._token)
 
 
+_BOUNDED_BY_STORE = frozenset({"append"})
+"""Ops that take a ``deadline`` (a loop time) and stop waiting at it
+themselves: MessageLog.append, whose group commit bounds every waiting append
+with one timer (storage/batching.py) where an ``asyncio.timeout`` here was a
+timer, a context manager and five Python calls per send (BENCHMARKS.md,
+"The send path on PostgreSQL")."""
+
+
+def _deadline(timeout: float) -> float:
+    """The loop time ``timeout`` from now, or the current task's request budget's end when sooner."""
+    end = asyncio.get_running_loop().time() + timeout
+    budget = request_deadline()
+    return end if budget is None or budget > end else budget
+
+
 def _time_left(timeout: float) -> float:
     """``timeout``, or less when the current task's request has less of its budget left."""
     deadline = request_deadline()
@@ -115,6 +130,7 @@ class _Guarded:
         method = cast(Callable[..., Awaitable[Any]], attr)
         histogram = self._metrics.storage_latency.labels(self.name, op)
         errors = self._metrics.storage_errors.labels(self.name)
+        bounds_itself = op in _BOUNDED_BY_STORE
 
         @functools.wraps(attr)
         async def call(*args: Any, **kwargs: Any) -> Any:
@@ -123,6 +139,8 @@ class _Guarded:
             span = tracing.start_store_span(self.name, op) if tracing.enabled else None
             failure: str | None = None
             try:
+                if bounds_itself:  # its TimeoutError is met below, as the timeout's
+                    return await method(*args, deadline=_deadline(self._timeout), **kwargs)
                 async with asyncio.timeout(_time_left(self._timeout)):
                     return await method(*args, **kwargs)
             except (Conflict, StoreUnavailable) as exc:

@@ -291,8 +291,13 @@ class MessageLog(Protocol):
 
     async def close(self) -> None: ...
 
-    async def append(self, message: NewMessage) -> Appended:
+    async def append(self, message: NewMessage, deadline: float | None = None) -> Appended:
         """Store durably with the next seq and the next rev.
+
+        ``deadline``: the loop time the caller stops waiting, with TimeoutError
+        (the message may be stored all the same); None waits until it is stored.
+        The group commit bounds every waiting append with one timer
+        (storage/batching.py), cheaper than a timeout around each call.
 
         A duplicate is a message with the same (conversation, sender,
         client_msg_id) as one already stored: that original is returned and

@@ -21,6 +21,14 @@ key, has one in flight. A lone append
 waits for nothing: a flight takes it on the event loop's next turn, with
 whatever else was submitted in that turn.
 
+An append given a ``deadline`` (a loop time) stops waiting then, with
+TimeoutError, whether its batch is still waiting or being stored (its
+message may still be stored: a resend of it is a duplicate). One timer per
+group commit bounds every waiting append, at the earliest deadline, instead
+of an ``asyncio.timeout`` per append (BENCHMARKS.md, "The send path on
+PostgreSQL"): deadlines are kept in a heap, and the appends answered before
+theirs come are dropped from it as they reach its top.
+
 A batch that fails fails its waiting appends (they answer ``unavailable``),
 exactly those, and the flight goes on with the next batch; a failure other
 than the store being unavailable is also logged and counted
@@ -30,6 +38,8 @@ than the store being unavailable is also logged and counted
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 
 from hubbub.storage import supervision
@@ -47,6 +57,8 @@ GroupKey = Callable[[NewMessage], Hashable]
 """The key of an append: appends of one key are stored in submission order, one batch of them at a time."""
 
 _Waiting = tuple[NewMessage, "asyncio.Future[Stored]"]
+_Deadline = tuple[float, int, "asyncio.Future[Stored]"]
+"""(loop time, arrival number, the append's future): the arrival number orders equal deadlines."""
 
 
 def by_conversation(message: NewMessage) -> Hashable:
@@ -84,17 +96,53 @@ class GroupCommit:
         self._on_failure = supervision.current_hook()
         self.flushes = 0
         """Batches stored (or failed) so far: what the round-trip tests divide by."""
+        self._deadlines: list[_Deadline] = []
+        """The deadlines of appends that may still be waiting, a heap (the earliest first)."""
+        self._arrivals = itertools.count()
+        self._expiry: asyncio.TimerHandle | None = None
+        """The one timer: at the earliest deadline in the heap when it was set, or before."""
 
-    async def append(self, message: NewMessage) -> Stored:
+    async def append(self, message: NewMessage, deadline: float | None = None) -> Stored:
+        """``message`` stored; TimeoutError at ``deadline`` (a loop time) if it is not by then."""
         key = self._key(message)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Stored] = loop.create_future()
+        if deadline is not None:
+            if deadline <= loop.time():
+                raise TimeoutError
+            self._bound(loop, deadline, future)
         self._pending.setdefault(key, []).append((message, future))
         # A busy key is taken by a flight when its batch is done; a starting
         # flight takes this one; otherwise a new flight, if one may start.
         if key not in self._busy:
             self._launch()
         return await future
+
+    def _bound(self, loop: asyncio.AbstractEventLoop, deadline: float, future: asyncio.Future[Stored]) -> None:
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][2].done():  # answered: each is popped once
+            heapq.heappop(deadlines)
+        heapq.heappush(deadlines, (deadline, next(self._arrivals), future))
+        expiry = self._expiry
+        if expiry is None or deadline < expiry.when():
+            # Deadlines mostly come in order (a request's budget starts when it
+            # arrives): the timer is set again only for an earlier one.
+            if expiry is not None:
+                expiry.cancel()
+            self._expiry = loop.call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        """The timer: every append past its deadline answers TimeoutError; the timer is set for the next deadline."""
+        self._expiry = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        deadlines = self._deadlines
+        while deadlines and (deadlines[0][2].done() or deadlines[0][0] <= now):
+            _, _, future = heapq.heappop(deadlines)
+            if not future.done():
+                future.set_exception(TimeoutError())
+        if deadlines:
+            self._expiry = loop.call_at(deadlines[0][0], self._expire)
 
     def _launch(self) -> None:
         """A new flight, unless one is starting (it will take what waits) or the most are in flight."""
@@ -109,6 +157,9 @@ class GroupCommit:
         """Wait for the batches being stored (and the flights they started)."""
         while self._flights:
             await asyncio.gather(*self._flights, return_exceptions=True)
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
 
     def _take(self) -> tuple[list[_Waiting], list[Hashable]]:
         """The next batch: what waits, oldest key first, skipping busy keys, up to ``max_batch``."""
@@ -153,7 +204,7 @@ class GroupCommit:
                 raise ValueError(f"{len(outcomes)} outcomes for a batch of {len(batch)}")
             for (_, future), outcome in zip(batch, outcomes, strict=True):
                 if future.done():
-                    continue  # its caller gave up (timed out)
+                    continue  # its caller gave up (timed out, or cancelled)
                 if isinstance(outcome, BaseException):
                     future.set_exception(outcome)
                 else:

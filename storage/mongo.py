@@ -459,8 +459,8 @@ class MongoMessageLog:
             }
         )
 
-    async def append(self, message: NewMessage) -> Appended:
-        return await self._batches.append(message)
+    async def append(self, message: NewMessage, deadline: float | None = None) -> Appended:
+        return await self._batches.append(message, deadline)
 
     async def _store_batch(self, batch: list[NewMessage]) -> list[Stored | BaseException]:
         """One conversation's messages in order: one read for earlier copies of

@@ -79,7 +79,7 @@ from hubbub.storage.rows import (
     mention_needle,
     message_record,
     message_state_values,
-    new_message_id,
+    new_message_ids,
     prefix_bounds,
     profile_assignments,
     search_key,
@@ -1062,8 +1062,8 @@ class PostgresMessageLog:
         """The pools are shared and closed by storage.factory.Stores; pending appends finish first."""
         await self._batches.close()
 
-    async def append(self, message: NewMessage) -> Appended:
-        return await self._batches.append(message)
+    async def append(self, message: NewMessage, deadline: float | None = None) -> Appended:
+        return await self._batches.append(message, deadline)
 
     async def _store_batch(self, batch: list[NewMessage]) -> list[Stored | BaseException]:
         """One flush, whatever the number of conversations in it: one statement
@@ -1306,10 +1306,24 @@ _STORE_CHANGE_SQL = (
 _APPENDED_COLUMNS = ", ".join(f"(a.message).{column.strip()}" for column in MESSAGE_COLUMNS.split(","))
 
 
+_ROWS = (
+    "json_to_record($1::json) AS x(c bigint[], id text[], sender bigint[], text text[], cmid text[], ts bigint[],"
+    " root text[], also boolean[], mentions text[], mention_all text[], words text[],"
+    " gcid bigint[], lo integer[], hi integer[])"
+)
+"""A flush's messages as ``$1``, one JSON object of arrays (``_rows_json``),
+turned into the appending functions' array arguments by PostgreSQL. Not one
+array parameter each: asyncpg checks every element of an array parameter
+against ``collections.abc`` types in Python (16 ``ABCMeta.__instancecheck__``
+calls per message over the ten arrays), where msgspec encodes the object in C
+and ``json_to_record`` reads it once, a JSON array into each array column
+(BENCHMARKS.md, "The send path on PostgreSQL")."""
+
 _APPEND_BATCH_SQL = (
     # MESSAGE_COLUMNS' order, then whether it is a duplicate, then whether it is the previous reply's root.
-    f"SELECT {_APPENDED_COLUMNS}, a.duplicate, a.is_root"
-    " FROM hubbub_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::regconfig) AS a"
+    f"SELECT {_APPENDED_COLUMNS}, a.duplicate, a.is_root FROM {_ROWS}"
+    " CROSS JOIN LATERAL hubbub_append_batch($2, x.id, x.sender, x.text, x.cmid, x.ts, x.root, x.also, x.mentions,"
+    " x.mention_all, $3::integer, x.words, $4::regconfig) AS a"
 )
 
 
@@ -1317,28 +1331,31 @@ async def _append_batch(c: Conn, messages: list[NewMessage], search_config: str)
     """Store one conversation's ``messages`` in one statement, in order (see
     migrations 0004 and 0006); duplicates return their original, new replies their
     updated root."""
-    arguments = (*_append_batch_arguments(messages), [index_text(m.text) for m in messages], search_config)
-    return _appended(await c.fetch(_APPEND_BATCH_SQL, *arguments))
+    cid = messages[0].conversation_id
+    if any(m.conversation_id != cid for m in messages):
+        raise ValueError(f"a batch of conversation {cid} holds messages of another conversation")
+    rows = await c.fetch(_APPEND_BATCH_SQL, _rows_json(messages), cid, REPLIERS_KEPT, search_config)
+    return _appended(rows)
 
 
 _SLICED = (
-    "($4::text[])[g.lo:g.hi], ($5::bigint[])[g.lo:g.hi], ($6::text[])[g.lo:g.hi], ($7::text[])[g.lo:g.hi],"
-    " ($8::bigint[])[g.lo:g.hi], ($9::text[])[g.lo:g.hi], ($10::boolean[])[g.lo:g.hi], ($11::text[])[g.lo:g.hi],"
-    " ($12::text[])[g.lo:g.hi], $13::integer, ($14::text[])[g.lo:g.hi], $15::regconfig"
+    "x.id[g.lo:g.hi], x.sender[g.lo:g.hi], x.text[g.lo:g.hi], x.cmid[g.lo:g.hi], x.ts[g.lo:g.hi],"
+    " x.root[g.lo:g.hi], x.also[g.lo:g.hi], x.mentions[g.lo:g.hi], x.mention_all[g.lo:g.hi], $2::integer,"
+    " x.words[g.lo:g.hi], $3::regconfig"
 )
 _APPEND_BATCHES_SQL = (
-    f"SELECT {_APPENDED_COLUMNS}, a.duplicate, a.is_root"
-    " FROM unnest($1::bigint[], $2::integer[], $3::integer[]) WITH ORDINALITY AS g(cid, lo, hi, n)"
+    f"SELECT {_APPENDED_COLUMNS}, a.duplicate, a.is_root FROM {_ROWS}"
+    " CROSS JOIN LATERAL unnest(x.gcid, x.lo, x.hi) WITH ORDINALITY AS g(cid, lo, hi, n)"
     f" CROSS JOIN LATERAL hubbub_append_batch(g.cid, {_SLICED}) WITH ORDINALITY AS a(duplicate, is_root, message, k)"
     " ORDER BY g.n, a.k"
 )
-"""One flush of several conversations in one statement: ``$1`` the conversations
-in ascending id, ``$2``/``$3`` where each one's messages are in the flat arrays
-(1-based, inclusive), then ``hubbub_append_batch``'s arguments over all
-messages. The function runs once per conversation, in the order of ``$1``,
-so counter rows are locked in ascending conversation id: two instances'
-flushes wait for each other, never deadlock. One statement is one implicit
-transaction: it commits whole or not at all."""
+"""One flush of several conversations in one statement: ``gcid`` the
+conversations in ascending id, ``lo``/``hi`` where each one's messages are
+in the message arrays (1-based, inclusive), then ``hubbub_append_batch``'s
+arguments over all messages. The function runs once per conversation, in
+the order of ``gcid``, so counter rows are locked in ascending conversation
+id: two instances' flushes wait for each other, never deadlock. One statement
+is one implicit transaction: it commits whole or not at all."""
 
 APPEND_FLIGHTS = 4
 """Flushes of the PostgreSQL group commit in flight at once, each on its own
@@ -1380,29 +1397,16 @@ async def _append_batches(c: Conn, messages: list[NewMessage], search_config: st
 
 
 _APPEND_SET_SQL = (
-    f"SELECT {_APPENDED_COLUMNS}, a.duplicate, a.is_root"
-    " FROM hubbub_append_many($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::regconfig) AS a"
+    f"SELECT {_APPENDED_COLUMNS}, a.duplicate, a.is_root FROM {_ROWS}"
+    " CROSS JOIN LATERAL hubbub_append_many(x.c, x.id, x.sender, x.text, x.cmid, x.ts, x.also, x.mentions,"
+    " x.mention_all, x.words, $2::regconfig) AS a"
 )
 """A flush without replies, any number of conversations, set-based (migration 0011)."""
 
 
 async def _append_set(c: Conn, ordered: list[NewMessage], search_config: str) -> list[Stored]:
     """``_APPEND_SET_SQL`` over ``ordered`` (no replies): one row per message, in order."""
-    ids, senders, texts, client_msg_ids, ts, _roots, also, mentions, mention_all = _message_arguments(ordered)
-    arguments = (
-        [m.conversation_id for m in ordered],
-        ids,
-        senders,
-        texts,
-        client_msg_ids,
-        ts,
-        also,
-        mentions,
-        mention_all,
-        [index_text(m.text) for m in ordered],
-        search_config,
-    )
-    return _appended(await c.fetch(_APPEND_SET_SQL, *arguments))
+    return _appended(await c.fetch(_APPEND_SET_SQL, _rows_json(ordered), search_config))
 
 
 async def _append_many(c: Conn, ordered: list[NewMessage], search_config: str) -> list[Stored]:
@@ -1417,16 +1421,8 @@ async def _append_many(c: Conn, ordered: list[NewMessage], search_config: str) -
             cids.append(m.conversation_id)
             lo.append(position)
             hi.append(position)
-    arguments = (
-        cids,
-        lo,
-        hi,
-        *_message_arguments(ordered),
-        REPLIERS_KEPT,
-        [index_text(m.text) for m in ordered],
-        search_config,
-    )
-    return _appended(await c.fetch(_APPEND_BATCHES_SQL, *arguments))
+    rows_json = _rows_json(ordered, gcid=cids, lo=lo, hi=hi)
+    return _appended(await c.fetch(_APPEND_BATCHES_SQL, rows_json, REPLIERS_KEPT, search_config))
 
 
 async def _append_conversation(c: Conn, messages: list[NewMessage], search_config: str) -> list[Stored | BaseException]:
@@ -1458,27 +1454,29 @@ async def _append_alone(c: Conn, m: NewMessage, search_config: str) -> Stored | 
     return StoreUnavailable("postgres", "append kept conflicting")
 
 
-def _append_batch_arguments(messages: list[NewMessage]) -> tuple[object, ...]:
-    """The arguments of ``_APPEND_BATCH_SQL`` storing ``messages`` under fresh ids."""
-    cid = messages[0].conversation_id
-    if any(m.conversation_id != cid for m in messages):
-        raise ValueError(f"a batch of conversation {cid} holds messages of another conversation")
-    return (cid, *_message_arguments(messages), REPLIERS_KEPT)
+_encode_rows = msgspec.json.Encoder().encode
 
 
-def _message_arguments(messages: list[NewMessage]) -> tuple[list[Any], ...]:
-    """The per-message arrays of ``hubbub_append_batch``, with fresh ids."""
-    return (
-        [new_message_id() for _ in messages],
-        [m.sender_id for m in messages],
-        [m.text for m in messages],
-        [m.client_msg_id for m in messages],
-        [m.ts for m in messages],
-        [m.thread_root_id for m in messages],
-        [m.also_in_channel for m in messages],
-        [ids_json(m.mentions) for m in messages],
-        [m.mention_all for m in messages],
-    )
+def _rows_json(messages: list[NewMessage], **groups: list[int]) -> str:
+    """``_ROWS``'s JSON: each message's column, fresh ids, and ``groups``'
+    arrays (``gcid``, ``lo``, ``hi`` of ``_APPEND_BATCHES_SQL``) when given."""
+    return _encode_rows(
+        {
+            "c": [m.conversation_id for m in messages],
+            "id": new_message_ids(len(messages)),
+            "sender": [m.sender_id for m in messages],
+            "text": [m.text for m in messages],
+            "cmid": [m.client_msg_id for m in messages],
+            "ts": [m.ts for m in messages],
+            "root": [m.thread_root_id for m in messages],
+            "also": [m.also_in_channel for m in messages],
+            # Most messages mention nobody: their column without a call each.
+            "mentions": [ids_json(m.mentions) if m.mentions else "[]" for m in messages],
+            "mention_all": [m.mention_all for m in messages],
+            "words": [index_text(m.text) for m in messages],
+            **groups,
+        }
+    ).decode()
 
 
 def _appended(rows: Sequence[Record]) -> list[Stored]:

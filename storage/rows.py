@@ -11,7 +11,7 @@ here too, beside the others.
 
 from __future__ import annotations
 
-import uuid
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -291,7 +291,24 @@ def new_message_record(message: NewMessage, seq: int, rev: int, message_id: str 
 
 
 def new_message_id() -> str:
-    return uuid.uuid4().hex
+    return new_message_ids(1)[0]
+
+
+_VARIANT = "89ab89ab89ab89ab"
+"""A hex digit's RFC 4122 variant digit (10xx in binary, its two low bits kept)."""
+
+
+def new_message_ids(count: int) -> list[str]:
+    """``count`` fresh message ids: random (version 4) UUIDs in hex, as
+    ``uuid.uuid4().hex`` writes them, from one read of the OS's random source
+    for them all. A flush takes its ids here: ``uuid4()`` per message was a
+    ``getrandom`` call and a Python-level ``UUID`` each, 5 us (BENCHMARKS.md,
+    "The send path on PostgreSQL")."""
+    digits = os.urandom(16 * count).hex()
+    return [
+        f"{digits[i : i + 12]}4{digits[i + 13 : i + 16]}{_VARIANT[int(digits[i + 16], 16)]}{digits[i + 17 : i + 32]}"
+        for i in range(0, 32 * count, 32)
+    ]
 
 
 _ids_json = msgspec.json.Encoder()

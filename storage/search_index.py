@@ -153,8 +153,8 @@ class IndexedMessageLog:
     async def close(self) -> None:
         await self.log.close()
 
-    async def append(self, message: NewMessage) -> Appended:
-        return await self.log.append(message)
+    async def append(self, message: NewMessage, deadline: float | None = None) -> Appended:
+        return await self.log.append(message, deadline)
 
     async def get_message(self, conversation_id: int, message_id: str) -> MessageRecord | None:
         return await self.log.get_message(conversation_id, message_id)

@@ -1055,8 +1055,8 @@ class SqliteMessageLog:
         await self._batches.close()
         await self.index.close()
 
-    async def append(self, message: NewMessage) -> Appended:
-        return await self._batches.append(message)
+    async def append(self, message: NewMessage, deadline: float | None = None) -> Appended:
+        return await self._batches.append(message, deadline)
 
     async def _store_batch(self, batch: list[NewMessage]) -> list[Appended]:
         """The whole batch in one transaction: one fsync for all of it; its index entries later."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
@@ -21,10 +22,10 @@ from hubbub.storage.postgres import (
     _APPEND_BATCH_SQL,
     PostgresMessageLog,
     PostgresPools,
-    _append_batch_arguments,
+    _rows_json,
     migrate,
 )
-from hubbub.storage.records import Appended, MessageRecord, NewMessage, Reaction
+from hubbub.storage.records import REPLIERS_KEPT, Appended, MessageRecord, NewMessage, Reaction
 from hubbub.storage.threads import with_reply
 from tests.backends import truncate_postgres
 
@@ -239,8 +240,9 @@ async def test_appending_does_not_read_the_conversation_back(dsn: str) -> None:
         async with pool.acquire() as conn:
             explained = await conn.fetchval(
                 "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + _APPEND_BATCH_SQL,
-                *_append_batch_arguments(batch),
-                [m.text for m in batch],  # the search words (migration 0006)
+                _rows_json(batch),  # the messages, their search words (migration 0006) among them
+                CONVERSATION,
+                REPLIERS_KEPT,
                 "simple",
             )
         plan = json.loads(explained)[0]["Plan"]
@@ -252,6 +254,12 @@ async def test_appending_does_not_read_the_conversation_back(dsn: str) -> None:
     finally:
         await log.close()
         await pool.close()
+
+
+def appending_function(statement: str) -> str:
+    """The one hubbub_append_* function ``statement`` calls."""
+    (called,) = re.findall(r"hubbub_append_\w+", statement)
+    return str(called)
 
 
 def pools_statements(statements: list[str]) -> list[str]:
@@ -277,10 +285,10 @@ async def test_a_batch_is_one_statement_with_or_without_replies(dsn: str) -> Non
         # Appended together: one batch (the flusher starts after every one queued).
         plain = await asyncio.gather(*(log.append(message(f"p{n}")) for n in range(10)))
         # No reply in it: the set-based function (migration 0011).
-        assert [s.split(" FROM ")[-1].split("(")[0] for s in pools_statements(statements)] == ["hubbub_append_many"]
+        assert [appending_function(s) for s in pools_statements(statements)] == ["hubbub_append_many"]
         statements.clear()
         replies = await asyncio.gather(*(log.append(message(f"r{n}", root=root.id)) for n in range(10)))
-        assert [s.split(" FROM ")[-1].split("(")[0] for s in pools_statements(statements)] == ["hubbub_append_batch"]
+        assert [appending_function(s) for s in pools_statements(statements)] == ["hubbub_append_batch"]
         assert [o.record.seq for o in plain + replies] == list(range(2, 22))
         assert [o.root.reply_count for o in replies if o.root is not None] == list(range(1, 11))
     finally:

@@ -172,6 +172,8 @@ async def test_a_frozen_database_costs_a_request_at_most_the_storage_timeout(
         ("dm.list", {}),
         ("message.history", {"conversation_id": channel.id}),
         ("channel.create", {"name": "during"}),
+        # Bounded by the group commit's one timer (storage/batching.py), not a timeout of its own.
+        ("message.send", {"conversation_id": channel.id, "text": "frozen", "client_msg_id": "m2"}),
     ):
         code, waited = await timed(alice, op, **fields)
         assert code == "unavailable", op

@@ -377,3 +377,70 @@ async def test_a_burst_over_max_batch_is_stored_in_batches_side_by_side() -> Non
         (cid, k + 1) for k in range(2) for cid in range(5)
     ]
     await batches.close()
+
+
+def timers(loop: asyncio.AbstractEventLoop) -> int:
+    """Timers the loop has scheduled and not yet run or dropped (asyncio's own heap)."""
+    scheduled: list[asyncio.TimerHandle] = loop._scheduled  # type: ignore[attr-defined]
+    return sum(1 for handle in scheduled if not handle.cancelled())
+
+
+async def test_appends_past_their_deadline_answer_timeout_waiting_or_in_flight_with_one_timer() -> None:
+    """A deadline bounds an append whether its batch is being stored ("a") or
+    waits behind it ("b", same conversation); an append without one waits on.
+    The message of an append that timed out may be stored all the same."""
+    loop = asyncio.get_running_loop()
+    store = FakeStore(hold=True)
+    batches = GroupCommit("fake", store)
+    before = timers(loop)
+    deadline = loop.time() + 0.05
+    in_flight = asyncio.create_task(batches.append(new(1, "a"), deadline))
+    await store.wait_started(1)
+    waiting = asyncio.create_task(batches.append(new(1, "b"), deadline + 0.01))
+    patient = asyncio.create_task(batches.append(new(1, "c")))
+    await next_turn()
+    assert timers(loop) - before == 1, "one timer for every waiting append"
+    with pytest.raises(TimeoutError):
+        await in_flight
+    assert loop.time() >= deadline
+    with pytest.raises(TimeoutError):
+        await waiting
+    assert not patient.done()
+    store.release()
+    await store.wait_started(2)
+    assert store.batches == [["a"], ["b", "c"]]
+    store.release()
+    assert (await patient).record.seq == 3
+    await batches.close()
+    assert timers(loop) == before
+
+
+async def test_an_earlier_deadline_after_a_later_one_still_ends_at_its_own_time() -> None:
+    loop = asyncio.get_running_loop()
+    store = FakeStore(hold=True)
+    batches = GroupCommit("fake", store)
+    late = asyncio.create_task(batches.append(new(1, "late"), loop.time() + 60))
+    await store.wait_started(1)
+    soon = loop.time() + 0.05
+    early = asyncio.create_task(batches.append(new(2, "early"), soon))
+    with pytest.raises(TimeoutError):
+        await early
+    assert loop.time() >= soon
+    assert not late.done()
+    store.release()
+    await store.wait_started(2)
+    store.release()
+    assert (await late).record.client_msg_id == "late"
+    await batches.close()
+
+
+async def test_an_append_whose_deadline_has_passed_answers_at_once_and_stores_nothing() -> None:
+    loop = asyncio.get_running_loop()
+    store = FakeStore()
+    batches = GroupCommit("fake", store)
+    with pytest.raises(TimeoutError):
+        await batches.append(new(1, "late"), loop.time())
+    await next_turn()
+    assert store.batches == []
+    assert (await batches.append(new(1, "next"), loop.time() + 60)).record.seq == 1
+    await batches.close()
