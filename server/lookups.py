@@ -50,12 +50,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
-from typing import Any, Generic, NamedTuple, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
 from hubbub.server.guarded import budget_spent, move_request_deadline, request_deadline, within_request_budget
 from hubbub.storage.base import Directory, HistoryOrder, MessageLog
 from hubbub.storage.records import (
     Head,
+    HistoryRead,
     Membership,
     MessageRecord,
     Unread,
@@ -73,7 +74,7 @@ LOOKUP_BATCH_MAX = 500
 
 class KeyedLookup(Generic[K, V]):
     def __init__(
-        self, fetch: Callable[[list[K]], Awaitable[Mapping[K, V | Failed]]], *, max_batch: int = LOOKUP_BATCH_MAX
+        self, fetch: Callable[[list[K]], Awaitable[Mapping[K, V]]], *, max_batch: int = LOOKUP_BATCH_MAX
     ) -> None:
         self._fetch = fetch
         self.max_batch = max_batch
@@ -141,11 +142,7 @@ class KeyedLookup(Generic[K, V]):
                 for key, futures in batch.items():
                     value = values.get(key)
                     for future in futures:
-                        if future.done():
-                            continue
-                        if isinstance(value, Failed):  # this key's read failed, not the batch
-                            future.set_exception(value.error)
-                        else:
+                        if not future.done():
                             future.set_result(value)
         except asyncio.CancelledError:
             self._cancel(self._waiting)
@@ -165,16 +162,6 @@ class KeyedLookup(Generic[K, V]):
         for futures in batch.values():
             for future in futures:
                 future.cancel()
-
-
-class Failed:
-    """A fetch's value for a key whose own read failed (the other keys of its batch
-    have theirs): its lookups raise ``error``."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
 
 
 async def answered(lookup: KeyedLookup[K, V], key: K, store: str, op: str) -> V | None:
@@ -295,7 +282,8 @@ class CoalescedLog:
         self._batches = batches or messages
         self._unread: dict[int, KeyedLookup[UnreadAsk, dict[int, Unread]]] = {}
         """By cap (one setting: one lookup)."""
-        self.heads_lookup: KeyedLookup[int, Head] = KeyedLookup(lambda ids: self._messages.heads(ids))
+        # Looked up on each batch, not bound here: tests slow a store down by swapping its method.
+        self.heads_lookup: KeyedLookup[int, Head] = KeyedLookup(lambda ids: self._batches.heads(ids))
         self.history_lookup: KeyedLookup[HistoryRead, list[MessageRecord]] = KeyedLookup(self._histories)
 
     def __getattr__(self, name: str) -> Any:
@@ -333,44 +321,20 @@ class CoalescedLog:
         thread_root_id: str | None = None,
         include_replies: bool = True,
     ) -> list[MessageRecord]:
-        read = HistoryRead(conversation_id, before, after, limit, order, thread_root_id, include_replies)
+        read = HistoryRead(
+            conversation_id=conversation_id,
+            before=before,
+            after=after,
+            limit=limit,
+            order=order,
+            thread_root_id=thread_root_id,
+            include_replies=include_replies,
+        )
         found = await answered(self.history_lookup, read, self._messages.name, "history")
         return list(found or ())  # records are frozen; the list is the caller's
 
-    async def _histories(self, reads: list[HistoryRead]) -> dict[HistoryRead, list[MessageRecord] | Failed]:
-        pages = await asyncio.gather(
-            *(
-                self._messages.history(
-                    r.conversation_id,
-                    before=r.before,
-                    after=r.after,
-                    limit=r.limit,
-                    order=r.order,
-                    thread_root_id=r.thread_root_id,
-                    include_replies=r.include_replies,
-                )
-                for r in reads
-            ),
-            return_exceptions=True,
-        )
-        found: dict[HistoryRead, list[MessageRecord] | Failed] = {}
-        for read, page in zip(reads, pages, strict=True):
-            if isinstance(page, asyncio.CancelledError):
-                raise page
-            found[read] = Failed(page) if isinstance(page, BaseException) else page
-        return found
-
-
-class HistoryRead(NamedTuple):
-    """One ``MessageLog.history`` read, as a key: equal reads asked together are read once."""
-
-    conversation_id: int
-    before: int | None
-    after: int | None
-    limit: int
-    order: HistoryOrder
-    thread_root_id: str | None
-    include_replies: bool
+    async def _histories(self, reads: list[HistoryRead]) -> dict[HistoryRead, list[MessageRecord]]:
+        return await self._batches.history_many(reads)
 
 
 class CoalescedReads:
