@@ -72,17 +72,32 @@ LOOKUP_BATCH_MAX = 500
 """Keys per store call: bounds one query's size (and SQLite's bound parameters)."""
 
 
+class BatchProgress:
+    """When one store last answered a batch of server/lookups.py (loop time),
+    shared by every lookup whose batches that store reads: while it keeps
+    answering some, it is alive, and a request waiting on any of them is waiting
+    for the server's own queue, not for a dead store (``answered``)."""
+
+    __slots__ = ("last_finished",)
+
+    def __init__(self) -> None:
+        self.last_finished = 0.0
+        """A failed batch is no progress."""
+
+
 class KeyedLookup(Generic[K, V]):
     def __init__(
-        self, fetch: Callable[[list[K]], Awaitable[Mapping[K, V]]], *, max_batch: int = LOOKUP_BATCH_MAX
+        self,
+        fetch: Callable[[list[K]], Awaitable[Mapping[K, V]]],
+        *,
+        max_batch: int = LOOKUP_BATCH_MAX,
+        progress: BatchProgress | None = None,
     ) -> None:
         self._fetch = fetch
         self.max_batch = max_batch
         self._waiting: dict[K, list[asyncio.Future[V | None]]] = {}
-        self._turns: dict[K, asyncio.Future[None]] = {}
-        """Per waiting key asked with ``ask``: resolved when the batch that reads it starts."""
-        self.last_finished = 0.0
-        """Loop time the latest batch was answered (``answered`` reads it); a failed one is no progress."""
+        self.progress = progress or BatchProgress()
+        """Moved by every batch answered here (and, shared, by the other lookups of the store)."""
         self._flusher: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
         self.batches = 0
         """Store calls made (the tests count them)."""
@@ -100,14 +115,9 @@ class KeyedLookup(Generic[K, V]):
                 found[key] = value
         return found
 
-    def ask(self, key: K) -> tuple[asyncio.Future[None], asyncio.Future[V | None]]:
-        """The key's turn (done when the batch that reads it starts) and its answer:
-        what ``answered`` waits on within the request's budget."""
-        answer = self._enqueue(key)
-        turn = self._turns.get(key)
-        if turn is None:
-            turn = self._turns[key] = asyncio.get_running_loop().create_future()
-        return turn, answer
+    def ask(self, key: K) -> asyncio.Future[V | None]:
+        """The key's answer, which ``answered`` waits on within the request's budget."""
+        return self._enqueue(key)
 
     def _enqueue(self, key: K) -> asyncio.Future[V | None]:
         future: asyncio.Future[V | None] = asyncio.get_running_loop().create_future()
@@ -122,11 +132,6 @@ class KeyedLookup(Generic[K, V]):
                 keys = list(self._waiting)[: self.max_batch]
                 batch = {key: self._waiting.pop(key) for key in keys}
                 self.batches += 1
-                if self._turns:
-                    for key in keys:
-                        turn = self._turns.pop(key, None)
-                        if turn is not None and not turn.done():
-                            turn.set_result(None)
                 try:
                     values = await self._fetch(keys)
                 except asyncio.CancelledError:
@@ -147,15 +152,12 @@ class KeyedLookup(Generic[K, V]):
         except asyncio.CancelledError:
             self._cancel(self._waiting)
             self._waiting = {}
-            for turn in self._turns.values():
-                turn.cancel()
-            self._turns = {}
             raise
         finally:
             self._flusher = None
 
     def _finish(self) -> None:
-        self.last_finished = asyncio.get_running_loop().time()
+        self.progress.last_finished = asyncio.get_running_loop().time()
 
     @staticmethod
     def _cancel(batch: Mapping[Any, list[asyncio.Future[Any]]]) -> None:
@@ -166,37 +168,36 @@ class KeyedLookup(Generic[K, V]):
 
 async def answered(lookup: KeyedLookup[K, V], key: K, store: str, op: str) -> V | None:
     """``lookup``'s value for ``key``, waited for within the current request's
-    store budget, which does not run while the key queues behind earlier batches
-    of the lookup that keep being answered: each time one is, the time since
-    the last one (or since the key was asked) is given back, so what counts is
-    only the time the queue stood still (or failed) and the key's own batch. In a storm a
-    request queues behind batches of reads identical to its own and is not
-    refused for that; a frozen or slow store still answers ``unavailable``
-    within the budget, since then no batch finishes. Unbounded outside a
-    request (the batches themselves are bounded by their store's timeout)."""
-    turn, answer = lookup.ask(key)
+    store budget, which runs only while the store answers no batch: each time
+    one of its lookups' batches is answered (``BatchProgress``), the time since
+    the last one (or since the key was asked) is given back. So what counts is
+    only the time the store stood still (or failed). In a storm a request queues
+    behind batches of reads identical to its own, and its own batch may be slow
+    on a loaded server, and it is not refused for that while the store keeps
+    answering the others; a frozen store still answers ``unavailable`` within
+    the budget, since then no batch finishes (the batch itself is bounded by
+    ``lookup_batch_timeout_seconds``). Unbounded outside a request (the
+    batches themselves are bounded by their store's timeout)."""
+    answer = lookup.ask(key)
     deadline = request_deadline()
     try:
         if deadline is None:
             return await answer
         loop = asyncio.get_running_loop()
+        progress = lookup.progress
         mark = loop.time()
         while True:
-            # Woken by the turn, or when the budget would be spent: not by every batch before it.
-            await asyncio.wait((turn,), timeout=max(0.0, deadline - loop.time()))
-            if lookup.last_finished > mark:  # the queue moved: its wait until then was not the store's
-                deadline += lookup.last_finished - mark
-                mark = lookup.last_finished
-            if turn.done():
+            # Woken by the answer, or when the budget would be spent: not by every batch before it.
+            await asyncio.wait((answer,), timeout=max(0.0, deadline - loop.time()))
+            if answer.done():
                 break
-            if loop.time() >= deadline:
+            if progress.last_finished > mark:  # the store moved: its wait until then was not the store's
+                deadline += progress.last_finished - mark
+                mark = progress.last_finished
+            elif loop.time() >= deadline:
                 raise budget_spent(store, op)
         move_request_deadline(deadline)
-        try:
-            async with asyncio.timeout_at(deadline):
-                return await answer
-        except TimeoutError:
-            raise budget_spent(store, op) from None
+        return answer.result()
     finally:
         answer.cancel()  # no-op once answered; else its batch leaves it be
 
@@ -277,14 +278,19 @@ class CoalescedLog:
     queued behind earlier batches that kept being answered (``answered``): it is
     never refused for having waited behind reads identical to its own."""
 
-    def __init__(self, messages: MessageLog, batches: MessageLog | None = None) -> None:
+    def __init__(
+        self, messages: MessageLog, batches: MessageLog | None = None, progress: BatchProgress | None = None
+    ) -> None:
         self._messages = messages
         self._batches = batches or messages
+        self.progress = progress = progress or BatchProgress()
         self._unread: dict[int, KeyedLookup[UnreadAsk, dict[int, Unread]]] = {}
         """By cap (one setting: one lookup)."""
         # Looked up on each batch, not bound here: tests slow a store down by swapping its method.
-        self.heads_lookup: KeyedLookup[int, Head] = KeyedLookup(lambda ids: self._batches.heads(ids))
-        self.history_lookup: KeyedLookup[HistoryRead, list[MessageRecord]] = KeyedLookup(self._histories)
+        self.heads_lookup: KeyedLookup[int, Head] = KeyedLookup(lambda ids: self._batches.heads(ids), progress=progress)
+        self.history_lookup: KeyedLookup[HistoryRead, list[MessageRecord]] = KeyedLookup(
+            self._histories, progress=progress
+        )
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._messages, name)
@@ -292,7 +298,9 @@ class CoalescedLog:
     def unread_lookup(self, cap: int) -> KeyedLookup[UnreadAsk, dict[int, Unread]]:
         lookup = self._unread.get(cap)
         if lookup is None:
-            lookup = self._unread[cap] = KeyedLookup(lambda asks: self._batches.unread_many(asks, cap))
+            lookup = self._unread[cap] = KeyedLookup(
+                lambda asks: self._batches.unread_many(asks, cap), progress=self.progress
+            )
         return lookup
 
     async def unread(self, user_id: int, positions: Mapping[int, int | None], cap: int) -> dict[int, Unread]:
@@ -345,15 +353,20 @@ class CoalescedReads:
     ``set_last_seen_many`` batches are made on: the same store under ``lookup_batch_timeout_seconds``
     (server/app.py); without it, ``directory``."""
 
-    def __init__(self, directory: Directory, batches: Directory | None = None) -> None:
+    def __init__(
+        self, directory: Directory, batches: Directory | None = None, progress: BatchProgress | None = None
+    ) -> None:
         self._directory = directory
         self._batches = batched = batches or directory
-        self.users: KeyedLookup[int, UserRecord] = KeyedLookup(self._users)
-        self.member_counts_lookup: KeyedLookup[int, int] = KeyedLookup(self._directory.member_counts)
+        self.progress = progress = progress or BatchProgress()
+        self.users: KeyedLookup[int, UserRecord] = KeyedLookup(self._users, progress=progress)
+        self.member_counts_lookup: KeyedLookup[int, int] = KeyedLookup(self._directory.member_counts, progress=progress)
         # Looked up on each batch, not bound here: tests slow a store down by swapping its method.
-        self.memberships: KeyedLookup[int, list[Membership]] = KeyedLookup(lambda ids: batched.memberships_of_many(ids))
+        self.memberships: KeyedLookup[int, list[Membership]] = KeyedLookup(
+            lambda ids: batched.memberships_of_many(ids), progress=progress
+        )
         """``channel.list`` and ``dm.list`` (every client's catch-up in a storm)."""
-        self.sessions: KeyedLookup[int, UserSession] = KeyedLookup(batched.sessions_of)
+        self.sessions: KeyedLookup[int, UserSession] = KeyedLookup(batched.sessions_of, progress=progress)
         self.last_seen: KeyedWrites[int, int] = KeyedWrites(batched.set_last_seen_many)
 
     def __getattr__(self, name: str) -> Any:
@@ -383,13 +396,19 @@ class CoalescedReads:
         await self.last_seen.put(user_id, ts)
 
 
-def coalesced(directory: Directory, batches: Directory | None = None) -> Directory:
+def coalesced(
+    directory: Directory, batches: Directory | None = None, progress: BatchProgress | None = None
+) -> Directory:
     """``directory`` with its per-key reads and ``set_last_seen`` coalesced across concurrent callers
-    (``batches``: the directory those batches are made on, see ``CoalescedReads``)."""
-    return cast(Directory, CoalescedReads(directory, batches))
+    (``batches``: the directory those batches are made on, see ``CoalescedReads``; ``progress``:
+    its store's, shared with the other lookups of that store, see ``answered``)."""
+    return cast(Directory, CoalescedReads(directory, batches, progress))
 
 
-def coalesced_log(messages: MessageLog, batches: MessageLog | None = None) -> MessageLog:
+def coalesced_log(
+    messages: MessageLog, batches: MessageLog | None = None, progress: BatchProgress | None = None
+) -> MessageLog:
     """``messages`` with ``unread``, ``heads`` and ``history`` coalesced across concurrent
-    callers (``batches``: the log those batches are read from, see ``CoalescedLog``)."""
-    return cast(MessageLog, CoalescedLog(messages, batches))
+    callers (``batches``: the log those batches are read from, see ``CoalescedLog``;
+    ``progress`` as ``coalesced``'s)."""
+    return cast(MessageLog, CoalescedLog(messages, batches, progress))
