@@ -133,7 +133,8 @@ class App:
         batch_messages = guarded(messages, self.metrics, batch_timeout)
         # One per store (one when both are PostgreSQL): a request waiting on a batch is
         # refused only once its store answered none of its batches for its whole budget.
-        progress = {name: BatchProgress() for name in (directory.name, messages.name)}
+        self._loop_lag = LoopLagMonitor(self.metrics.event_loop_lag, self.metrics.task_failed)
+        progress = {name: BatchProgress(self._loop_lag) for name in (directory.name, messages.name)}
         retention = RetentionPolicy(s.retention)
         services = self.services = Services(
             limits=s.limits,
@@ -170,7 +171,6 @@ class App:
             self.metrics.task_failed,
         )
         self._keepalive.start()
-        self._loop_lag = LoopLagMonitor(self.metrics.event_loop_lag, self.metrics.task_failed)
         self._loop_lag.start()
         self._account_check = AccountCheck(
             services.directory,

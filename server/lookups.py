@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 from hubbub.server.guarded import budget_spent, move_request_deadline, request_deadline, within_request_budget
 from hubbub.storage.base import Directory, HistoryOrder, MessageLog
@@ -76,13 +76,21 @@ class BatchProgress:
     """When one store last answered a batch of server/lookups.py (loop time),
     shared by every lookup whose batches that store reads: while it keeps
     answering some, it is alive, and a request waiting on any of them is waiting
-    for the server's own queue, not for a dead store (``answered``)."""
+    for the server's own queue, not for a dead store (``answered``).
 
-    __slots__ = ("last_finished",)
+    ``stalls``: the server's loop-lag monitor, whose ``stalled()`` seconds (the
+    loop too busy to run anything on time) are not the store's either."""
 
-    def __init__(self) -> None:
+    __slots__ = ("last_finished", "stalls")
+
+    def __init__(self, stalls: Stalls | None = None) -> None:
         self.last_finished = 0.0
         """A failed batch is no progress."""
+        self.stalls = stalls
+
+
+class Stalls(Protocol):
+    def stalled(self) -> float: ...
 
 
 class KeyedLookup(Generic[K, V]):
@@ -185,7 +193,9 @@ async def answered(lookup: KeyedLookup[K, V], key: K, store: str, op: str) -> V 
             return await answer
         loop = asyncio.get_running_loop()
         progress = lookup.progress
+        stalls = progress.stalls
         mark = loop.time()
+        stalled = stalls.stalled() if stalls else 0.0
         while True:
             # Woken by the answer, or when the budget would be spent: not by every batch before it.
             await asyncio.wait((answer,), timeout=max(0.0, deadline - loop.time()))
@@ -194,6 +204,10 @@ async def answered(lookup: KeyedLookup[K, V], key: K, store: str, op: str) -> V 
             if progress.last_finished > mark:  # the store moved: its wait until then was not the store's
                 deadline += progress.last_finished - mark
                 mark = progress.last_finished
+                stalled = stalls.stalled() if stalls else 0.0  # stalls until now: counted in that (or dropped)
+            elif stalls and stalls.stalled() > stalled:  # the loop could not run: nor was that the store's
+                deadline += stalls.stalled() - stalled
+                stalled = stalls.stalled()
             elif loop.time() >= deadline:
                 raise budget_spent(store, op)
         move_request_deadline(deadline)

@@ -47,6 +47,7 @@ async def storm_server(make_server: ServerFactory, postgres_database: str) -> Ru
         postgres_dsn=postgres_database,
         postgres_lookup_pool_max=2,
         postgres_pool_max=POOL,
+        account_check_seconds=3600,  # its read of the primary every 2 s would be counted with the catch-up's
     )
 
 
