@@ -36,14 +36,15 @@ The catch-up after a reconnect (PROTOCOL.md §9: ``channel.list``,
 ``dm.list``, ``message.history``) is coalesced the same way: each listing's
 memberships (``memberships_of_many``) and unread counts (``unread_many``) are
 one statement per batch for up to 500 requests, the public channels with
-their heads one read for all (server/listings.py), and equal ``history`` and
-``heads`` reads one read each (``CoalescedLog``). Those batches are bounded by
-``lookup_batch_timeout_seconds`` (on PostgreSQL on the lookup lane), and the
-requests waiting on them by their own store budget less the time they queued
-behind earlier batches that kept being answered (``answered``): no request is
-refused because it waited in a queue of reads identical to its own, and a
-frozen or slow store still answers ``unavailable`` within
-``storage_timeout_seconds``.
+their heads one read for all (server/listings.py), and the ``history`` pages
+and ``heads`` of a batch one call each (``history_many``; equal reads once:
+``CoalescedLog``). Those batches are bounded by ``lookup_batch_timeout_seconds``
+(on PostgreSQL on the lookup lane, where a storm's catch-up makes all its
+calls), and the requests waiting on them by their own store budget, which runs
+only while the store answers none of its batches and the event loop is not
+stalled (``answered``): no request is refused because it queued behind other
+batches or because a loaded server was slow to run its own, and a frozen store
+still answers ``unavailable`` within ``storage_timeout_seconds``.
 """
 
 from __future__ import annotations
@@ -284,13 +285,12 @@ class CoalescedLog:
     (PROTOCOL.md §9): its listings' unread counts, then the history of its room
     after the last seq it saw, which is the same page for every member of the
     room. Here the ``unread`` asks of one batch are one ``unread_many`` call, the
-    heads one ``heads`` call, and equal ``history`` reads one read each (distinct
-    ones concurrently, each a call of its own under the ordinary bound, as a gap
-    fill's are). ``unread_many``, one statement for hundreds of users, is made on
+    heads one ``heads`` call, and the ``history`` reads one ``history_many`` call
+    (equal ones read once; a gap fill's go the same way). All three are made on
     ``batches``, bounded by ``lookup_batch_timeout_seconds`` (on PostgreSQL on the
-    lookup lane). A request's store budget does not count the time its read
-    queued behind earlier batches that kept being answered (``answered``): it is
-    never refused for having waited behind reads identical to its own."""
+    lookup lane). A request's store budget does not count the time its store kept
+    answering batches, nor the event loop's stalls (``answered``): it is never
+    refused for having waited behind other reads on a live store."""
 
     def __init__(
         self, messages: MessageLog, batches: MessageLog | None = None, progress: BatchProgress | None = None

@@ -183,7 +183,9 @@ class PostgresPools:
     precedes: in a reconnect storm thousands of catch-up requests wait for the
     primary pool, and a batch of 500 authentications waiting behind them timed
     out all 500 at once (issue 13). There is at most one batch in flight per
-    kind of lookup, so a pool of two rarely waits."""
+    kind of lookup (``auth``'s sessions, presence's member counts, the catch-up's
+    memberships, unread counts, public channels, heads and history pages), each
+    one short statement, so a batch waits on a pool of two for at most a few others."""
 
     def __init__(
         self,
