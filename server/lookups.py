@@ -91,7 +91,11 @@ class BatchProgress:
 
 
 class Stalls(Protocol):
-    def stalled(self) -> float: ...
+    """What ``answered`` reads of server/loop_lag.py ``LoopLagMonitor``."""
+
+    def stalled(self) -> float:
+        """Seconds the event loop could not run on time, summed, up to now."""
+        ...
 
 
 class KeyedLookup(Generic[K, V]):
