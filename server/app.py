@@ -31,7 +31,7 @@ from hubbub.server.guarded import guarded
 from hubbub.server.http import ProcessRequest, make_process_request
 from hubbub.server.keepalive import Keepalive
 from hubbub.server.listings import PublicChannels
-from hubbub.server.lookups import coalesced, coalesced_log
+from hubbub.server.lookups import BatchProgress, coalesced, coalesced_log
 from hubbub.server.loop_lag import LoopLagMonitor
 from hubbub.server.metrics import Metrics
 from hubbub.server.presence import LocalPresence, PresenceTracker
@@ -131,6 +131,10 @@ class App:
         batch_timeout = s.storage.lookup_batch_timeout_seconds
         batch_directory = guarded(directory, self.metrics, batch_timeout)
         batch_messages = guarded(messages, self.metrics, batch_timeout)
+        # One per store (one when both are PostgreSQL): a request waiting on a batch is
+        # refused only once its store answered none of its batches for its whole budget.
+        self._loop_lag = LoopLagMonitor(self.metrics.event_loop_lag, self.metrics.task_failed)
+        progress = {name: BatchProgress(self._loop_lag) for name in (directory.name, messages.name)}
         retention = RetentionPolicy(s.retention)
         services = self.services = Services(
             limits=s.limits,
@@ -139,8 +143,12 @@ class App:
             typing=s.typing,
             message_limits=s.messages,
             profile_limits=s.profiles,
-            directory=coalesced(guarded(directory, self.metrics, timeout), batches=batch_directory),
-            messages=coalesced_log(guarded(messages, self.metrics, timeout), batches=batch_messages),
+            directory=coalesced(
+                guarded(directory, self.metrics, timeout), batches=batch_directory, progress=progress[directory.name]
+            ),
+            messages=coalesced_log(
+                guarded(messages, self.metrics, timeout), batches=batch_messages, progress=progress[messages.name]
+            ),
             broker=broker,
             presence=presence,
             passwords=passwords,
@@ -149,7 +157,7 @@ class App:
             instance_id=self.instance_id,
             presence_batch_seconds=s.presence.presence_batch_seconds,
             retention=retention,
-            public_channels=PublicChannels(batch_directory, batch_messages, retention),
+            public_channels=PublicChannels(batch_directory, batch_messages, retention, progress[directory.name]),
         )
         await services.start()
         self.retention = RetentionPurge(
@@ -163,7 +171,6 @@ class App:
             self.metrics.task_failed,
         )
         self._keepalive.start()
-        self._loop_lag = LoopLagMonitor(self.metrics.event_loop_lag, self.metrics.task_failed)
         self._loop_lag.start()
         self._account_check = AccountCheck(
             services.directory,

@@ -393,7 +393,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=Tr
     lookup_batch_timeout_seconds: Annotated[
         PositiveFloat,
         _doc(
-            "Longest a batch of `auth` lookups, catch-up listings (memberships, unread counts, public channels)"
+            "Longest a batch of `auth` lookups, catch-up reads (memberships, unread counts, public channels,"
+            " history pages, heads)"
             " or disconnect writes (one store call for hundreds of connections) waits on the store before all"
             " in it fail `unavailable`; a refused connection fails it at once."
         ),
@@ -438,7 +439,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=Tr
         Annotated[int, Meta(ge=0)],
         _doc(
             "Connections of the lookup lane: a pool of its own for the batched reads of `auth` and of the"
-            " catch-up listings and disconnects' batched writes, so they never queue behind requests"
+            " catch-up (listings, history pages) and disconnects' batched writes, so they never queue behind requests"
             " (0: they use the primary pool)."
         ),
     ] = 2

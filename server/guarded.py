@@ -102,6 +102,26 @@ def request_deadline() -> float | None:
     return budget[1]
 
 
+def sharing_budget(awaitable: Awaitable[T]) -> Awaitable[T]:
+    """``awaitable``, to be awaited in a task of its own (``asyncio.gather``), with
+    the store budget of the request whose task calls this: a handler's concurrent
+    reads (``message.history``'s page and head) are bounded by it as its own
+    calls are, not left unbounded as a task the request starts is. Each gets its
+    own copy: a move of one's deadline (``answered``) is not the other's."""
+    deadline = request_deadline()
+    if deadline is None:
+        return awaitable
+    return _within(awaitable, deadline)
+
+
+async def _within(awaitable: Awaitable[T], deadline: float) -> T:
+    token = _request_deadline.set((asyncio.current_task(), deadline))
+    try:
+        return await awaitable
+    finally:
+        _request_deadline.reset(token)
+
+
 def move_request_deadline(deadline: float) -> None:
     """Move the current task's request budget to end at ``deadline`` (server/lookups.py
     ``answered``: the time a read waited behind batches that kept moving is not the store's)."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 import msgspec
 
 from hubbub.protocol import frames
-from hubbub.server.lookups import KeyedLookup, answered
+from hubbub.server.lookups import BatchProgress, KeyedLookup, answered
 from hubbub.server.retention_policy import RetentionPolicy
 from hubbub.server.views import shared_views
 from hubbub.storage.base import Directory, MessageLog
@@ -51,13 +51,19 @@ class PublicChannels:
 
     ``directory`` and ``messages`` are the stores the batches are read from
     (server/app.py: bounded by ``lookup_batch_timeout_seconds``; on PostgreSQL
-    the heads come from the lookup lane)."""
+    on the lookup lane); ``progress``: the directory store's (server/lookups.py ``answered``)."""
 
-    def __init__(self, directory: Directory, messages: MessageLog, retention: RetentionPolicy) -> None:
+    def __init__(
+        self,
+        directory: Directory,
+        messages: MessageLog,
+        retention: RetentionPolicy,
+        progress: BatchProgress | None = None,
+    ) -> None:
         self._directory = directory
         self._messages = messages
         self._retention = retention
-        self.lookup: KeyedLookup[int, PublicListing] = KeyedLookup(self._read)
+        self.lookup: KeyedLookup[int, PublicListing] = KeyedLookup(self._read, progress=progress)
         """One key (0): every request asks the same listing."""
 
     async def listing(self) -> PublicListing:

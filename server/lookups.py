@@ -36,26 +36,28 @@ The catch-up after a reconnect (PROTOCOL.md §9: ``channel.list``,
 ``dm.list``, ``message.history``) is coalesced the same way: each listing's
 memberships (``memberships_of_many``) and unread counts (``unread_many``) are
 one statement per batch for up to 500 requests, the public channels with
-their heads one read for all (server/listings.py), and equal ``history`` and
-``heads`` reads one read each (``CoalescedLog``). Those batches are bounded by
-``lookup_batch_timeout_seconds`` (on PostgreSQL on the lookup lane), and the
-requests waiting on them by their own store budget less the time they queued
-behind earlier batches that kept being answered (``answered``): no request is
-refused because it waited in a queue of reads identical to its own, and a
-frozen or slow store still answers ``unavailable`` within
-``storage_timeout_seconds``.
+their heads one read for all (server/listings.py), and the ``history`` pages
+and ``heads`` of a batch one call each (``history_many``; equal reads once:
+``CoalescedLog``). Those batches are bounded by ``lookup_batch_timeout_seconds``
+(on PostgreSQL on the lookup lane, where a storm's catch-up makes all its
+calls), and the requests waiting on them by their own store budget, which runs
+only while the store answers none of its batches and the event loop is not
+stalled (``answered``): no request is refused because it queued behind other
+batches or because a loaded server was slow to run its own, and a frozen store
+still answers ``unavailable`` within ``storage_timeout_seconds``.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
-from typing import Any, Generic, NamedTuple, TypeVar, cast
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 from hubbub.server.guarded import budget_spent, move_request_deadline, request_deadline, within_request_budget
 from hubbub.storage.base import Directory, HistoryOrder, MessageLog
 from hubbub.storage.records import (
     Head,
+    HistoryRead,
     Membership,
     MessageRecord,
     Unread,
@@ -71,17 +73,44 @@ LOOKUP_BATCH_MAX = 500
 """Keys per store call: bounds one query's size (and SQLite's bound parameters)."""
 
 
+class BatchProgress:
+    """When one store last answered a batch of server/lookups.py (loop time),
+    shared by every lookup whose batches that store reads: while it keeps
+    answering some, it is alive, and a request waiting on any of them is waiting
+    for the server's own queue, not for a dead store (``answered``).
+
+    ``stalls``: the server's loop-lag monitor, whose ``stalled()`` seconds (the
+    loop too busy to run anything on time) are not the store's either."""
+
+    __slots__ = ("last_finished", "stalls")
+
+    def __init__(self, stalls: Stalls | None = None) -> None:
+        self.last_finished = 0.0
+        """A failed batch is no progress."""
+        self.stalls = stalls
+
+
+class Stalls(Protocol):
+    """What ``answered`` reads of server/loop_lag.py ``LoopLagMonitor``."""
+
+    def stalled(self) -> float:
+        """Seconds the event loop could not run on time, summed, up to now."""
+        ...
+
+
 class KeyedLookup(Generic[K, V]):
     def __init__(
-        self, fetch: Callable[[list[K]], Awaitable[Mapping[K, V | Failed]]], *, max_batch: int = LOOKUP_BATCH_MAX
+        self,
+        fetch: Callable[[list[K]], Awaitable[Mapping[K, V]]],
+        *,
+        max_batch: int = LOOKUP_BATCH_MAX,
+        progress: BatchProgress | None = None,
     ) -> None:
         self._fetch = fetch
         self.max_batch = max_batch
         self._waiting: dict[K, list[asyncio.Future[V | None]]] = {}
-        self._turns: dict[K, asyncio.Future[None]] = {}
-        """Per waiting key asked with ``ask``: resolved when the batch that reads it starts."""
-        self.last_finished = 0.0
-        """Loop time the latest batch was answered (``answered`` reads it); a failed one is no progress."""
+        self.progress = progress or BatchProgress()
+        """Moved by every batch answered here (and, shared, by the other lookups of the store)."""
         self._flusher: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
         self.batches = 0
         """Store calls made (the tests count them)."""
@@ -99,14 +128,9 @@ class KeyedLookup(Generic[K, V]):
                 found[key] = value
         return found
 
-    def ask(self, key: K) -> tuple[asyncio.Future[None], asyncio.Future[V | None]]:
-        """The key's turn (done when the batch that reads it starts) and its answer:
-        what ``answered`` waits on within the request's budget."""
-        answer = self._enqueue(key)
-        turn = self._turns.get(key)
-        if turn is None:
-            turn = self._turns[key] = asyncio.get_running_loop().create_future()
-        return turn, answer
+    def ask(self, key: K) -> asyncio.Future[V | None]:
+        """The key's answer, which ``answered`` waits on within the request's budget."""
+        return self._enqueue(key)
 
     def _enqueue(self, key: K) -> asyncio.Future[V | None]:
         future: asyncio.Future[V | None] = asyncio.get_running_loop().create_future()
@@ -121,11 +145,6 @@ class KeyedLookup(Generic[K, V]):
                 keys = list(self._waiting)[: self.max_batch]
                 batch = {key: self._waiting.pop(key) for key in keys}
                 self.batches += 1
-                if self._turns:
-                    for key in keys:
-                        turn = self._turns.pop(key, None)
-                        if turn is not None and not turn.done():
-                            turn.set_result(None)
                 try:
                     values = await self._fetch(keys)
                 except asyncio.CancelledError:
@@ -141,24 +160,17 @@ class KeyedLookup(Generic[K, V]):
                 for key, futures in batch.items():
                     value = values.get(key)
                     for future in futures:
-                        if future.done():
-                            continue
-                        if isinstance(value, Failed):  # this key's read failed, not the batch
-                            future.set_exception(value.error)
-                        else:
+                        if not future.done():
                             future.set_result(value)
         except asyncio.CancelledError:
             self._cancel(self._waiting)
             self._waiting = {}
-            for turn in self._turns.values():
-                turn.cancel()
-            self._turns = {}
             raise
         finally:
             self._flusher = None
 
     def _finish(self) -> None:
-        self.last_finished = asyncio.get_running_loop().time()
+        self.progress.last_finished = asyncio.get_running_loop().time()
 
     @staticmethod
     def _cancel(batch: Mapping[Any, list[asyncio.Future[Any]]]) -> None:
@@ -167,49 +179,44 @@ class KeyedLookup(Generic[K, V]):
                 future.cancel()
 
 
-class Failed:
-    """A fetch's value for a key whose own read failed (the other keys of its batch
-    have theirs): its lookups raise ``error``."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
 async def answered(lookup: KeyedLookup[K, V], key: K, store: str, op: str) -> V | None:
     """``lookup``'s value for ``key``, waited for within the current request's
-    store budget, which does not run while the key queues behind earlier batches
-    of the lookup that keep being answered: each time one is, the time since
-    the last one (or since the key was asked) is given back, so what counts is
-    only the time the queue stood still (or failed) and the key's own batch. In a storm a
-    request queues behind batches of reads identical to its own and is not
-    refused for that; a frozen or slow store still answers ``unavailable``
-    within the budget, since then no batch finishes. Unbounded outside a
-    request (the batches themselves are bounded by their store's timeout)."""
-    turn, answer = lookup.ask(key)
+    store budget, which runs only while the store answers no batch: each time
+    one of its lookups' batches is answered (``BatchProgress``), the time since
+    the last one (or since the key was asked) is given back. So what counts is
+    only the time the store stood still (or failed). In a storm a request queues
+    behind batches of reads identical to its own, and its own batch may be slow
+    on a loaded server, and it is not refused for that while the store keeps
+    answering the others; a frozen store still answers ``unavailable`` within
+    the budget, since then no batch finishes (the batch itself is bounded by
+    ``lookup_batch_timeout_seconds``). Unbounded outside a request (the
+    batches themselves are bounded by their store's timeout)."""
+    answer = lookup.ask(key)
     deadline = request_deadline()
     try:
         if deadline is None:
             return await answer
         loop = asyncio.get_running_loop()
+        progress = lookup.progress
+        stalls = progress.stalls
         mark = loop.time()
+        stalled = stalls.stalled() if stalls else 0.0
         while True:
-            # Woken by the turn, or when the budget would be spent: not by every batch before it.
-            await asyncio.wait((turn,), timeout=max(0.0, deadline - loop.time()))
-            if lookup.last_finished > mark:  # the queue moved: its wait until then was not the store's
-                deadline += lookup.last_finished - mark
-                mark = lookup.last_finished
-            if turn.done():
+            # Woken by the answer, or when the budget would be spent: not by every batch before it.
+            await asyncio.wait((answer,), timeout=max(0.0, deadline - loop.time()))
+            if answer.done():
                 break
-            if loop.time() >= deadline:
+            if progress.last_finished > mark:  # the store moved: its wait until then was not the store's
+                deadline += progress.last_finished - mark
+                mark = progress.last_finished
+                stalled = stalls.stalled() if stalls else 0.0  # stalls until now: counted in that (or dropped)
+            elif stalls and stalls.stalled() > stalled:  # the loop could not run: nor was that the store's
+                deadline += stalls.stalled() - stalled
+                stalled = stalls.stalled()
+            elif loop.time() >= deadline:
                 raise budget_spent(store, op)
         move_request_deadline(deadline)
-        try:
-            async with asyncio.timeout_at(deadline):
-                return await answer
-        except TimeoutError:
-            raise budget_spent(store, op) from None
+        return answer.result()
     finally:
         answer.cancel()  # no-op once answered; else its batch leaves it be
 
@@ -282,21 +289,26 @@ class CoalescedLog:
     (PROTOCOL.md §9): its listings' unread counts, then the history of its room
     after the last seq it saw, which is the same page for every member of the
     room. Here the ``unread`` asks of one batch are one ``unread_many`` call, the
-    heads one ``heads`` call, and equal ``history`` reads one read each (distinct
-    ones concurrently, each a call of its own under the ordinary bound, as a gap
-    fill's are). ``unread_many``, one statement for hundreds of users, is made on
+    heads one ``heads`` call, and the ``history`` reads one ``history_many`` call
+    (equal ones read once; a gap fill's go the same way). All three are made on
     ``batches``, bounded by ``lookup_batch_timeout_seconds`` (on PostgreSQL on the
-    lookup lane). A request's store budget does not count the time its read
-    queued behind earlier batches that kept being answered (``answered``): it is
-    never refused for having waited behind reads identical to its own."""
+    lookup lane). A request's store budget does not count the time its store kept
+    answering batches, nor the event loop's stalls (``answered``): it is never
+    refused for having waited behind other reads on a live store."""
 
-    def __init__(self, messages: MessageLog, batches: MessageLog | None = None) -> None:
+    def __init__(
+        self, messages: MessageLog, batches: MessageLog | None = None, progress: BatchProgress | None = None
+    ) -> None:
         self._messages = messages
         self._batches = batches or messages
+        self.progress = progress = progress or BatchProgress()
         self._unread: dict[int, KeyedLookup[UnreadAsk, dict[int, Unread]]] = {}
         """By cap (one setting: one lookup)."""
-        self.heads_lookup: KeyedLookup[int, Head] = KeyedLookup(lambda ids: self._messages.heads(ids))
-        self.history_lookup: KeyedLookup[HistoryRead, list[MessageRecord]] = KeyedLookup(self._histories)
+        # Looked up on each batch, not bound here: tests slow a store down by swapping its method.
+        self.heads_lookup: KeyedLookup[int, Head] = KeyedLookup(lambda ids: self._batches.heads(ids), progress=progress)
+        self.history_lookup: KeyedLookup[HistoryRead, list[MessageRecord]] = KeyedLookup(
+            self._histories, progress=progress
+        )
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._messages, name)
@@ -304,7 +316,9 @@ class CoalescedLog:
     def unread_lookup(self, cap: int) -> KeyedLookup[UnreadAsk, dict[int, Unread]]:
         lookup = self._unread.get(cap)
         if lookup is None:
-            lookup = self._unread[cap] = KeyedLookup(lambda asks: self._batches.unread_many(asks, cap))
+            lookup = self._unread[cap] = KeyedLookup(
+                lambda asks: self._batches.unread_many(asks, cap), progress=self.progress
+            )
         return lookup
 
     async def unread(self, user_id: int, positions: Mapping[int, int | None], cap: int) -> dict[int, Unread]:
@@ -333,44 +347,20 @@ class CoalescedLog:
         thread_root_id: str | None = None,
         include_replies: bool = True,
     ) -> list[MessageRecord]:
-        read = HistoryRead(conversation_id, before, after, limit, order, thread_root_id, include_replies)
+        read = HistoryRead(
+            conversation_id=conversation_id,
+            before=before,
+            after=after,
+            limit=limit,
+            order=order,
+            thread_root_id=thread_root_id,
+            include_replies=include_replies,
+        )
         found = await answered(self.history_lookup, read, self._messages.name, "history")
         return list(found or ())  # records are frozen; the list is the caller's
 
-    async def _histories(self, reads: list[HistoryRead]) -> dict[HistoryRead, list[MessageRecord] | Failed]:
-        pages = await asyncio.gather(
-            *(
-                self._messages.history(
-                    r.conversation_id,
-                    before=r.before,
-                    after=r.after,
-                    limit=r.limit,
-                    order=r.order,
-                    thread_root_id=r.thread_root_id,
-                    include_replies=r.include_replies,
-                )
-                for r in reads
-            ),
-            return_exceptions=True,
-        )
-        found: dict[HistoryRead, list[MessageRecord] | Failed] = {}
-        for read, page in zip(reads, pages, strict=True):
-            if isinstance(page, asyncio.CancelledError):
-                raise page
-            found[read] = Failed(page) if isinstance(page, BaseException) else page
-        return found
-
-
-class HistoryRead(NamedTuple):
-    """One ``MessageLog.history`` read, as a key: equal reads asked together are read once."""
-
-    conversation_id: int
-    before: int | None
-    after: int | None
-    limit: int
-    order: HistoryOrder
-    thread_root_id: str | None
-    include_replies: bool
+    async def _histories(self, reads: list[HistoryRead]) -> dict[HistoryRead, list[MessageRecord]]:
+        return await self._batches.history_many(reads)
 
 
 class CoalescedReads:
@@ -381,15 +371,20 @@ class CoalescedReads:
     ``set_last_seen_many`` batches are made on: the same store under ``lookup_batch_timeout_seconds``
     (server/app.py); without it, ``directory``."""
 
-    def __init__(self, directory: Directory, batches: Directory | None = None) -> None:
+    def __init__(
+        self, directory: Directory, batches: Directory | None = None, progress: BatchProgress | None = None
+    ) -> None:
         self._directory = directory
         self._batches = batched = batches or directory
-        self.users: KeyedLookup[int, UserRecord] = KeyedLookup(self._users)
-        self.member_counts_lookup: KeyedLookup[int, int] = KeyedLookup(self._directory.member_counts)
+        self.progress = progress = progress or BatchProgress()
+        self.users: KeyedLookup[int, UserRecord] = KeyedLookup(self._users, progress=progress)
+        self.member_counts_lookup: KeyedLookup[int, int] = KeyedLookup(self._directory.member_counts, progress=progress)
         # Looked up on each batch, not bound here: tests slow a store down by swapping its method.
-        self.memberships: KeyedLookup[int, list[Membership]] = KeyedLookup(lambda ids: batched.memberships_of_many(ids))
+        self.memberships: KeyedLookup[int, list[Membership]] = KeyedLookup(
+            lambda ids: batched.memberships_of_many(ids), progress=progress
+        )
         """``channel.list`` and ``dm.list`` (every client's catch-up in a storm)."""
-        self.sessions: KeyedLookup[int, UserSession] = KeyedLookup(batched.sessions_of)
+        self.sessions: KeyedLookup[int, UserSession] = KeyedLookup(batched.sessions_of, progress=progress)
         self.last_seen: KeyedWrites[int, int] = KeyedWrites(batched.set_last_seen_many)
 
     def __getattr__(self, name: str) -> Any:
@@ -419,13 +414,19 @@ class CoalescedReads:
         await self.last_seen.put(user_id, ts)
 
 
-def coalesced(directory: Directory, batches: Directory | None = None) -> Directory:
+def coalesced(
+    directory: Directory, batches: Directory | None = None, progress: BatchProgress | None = None
+) -> Directory:
     """``directory`` with its per-key reads and ``set_last_seen`` coalesced across concurrent callers
-    (``batches``: the directory those batches are made on, see ``CoalescedReads``)."""
-    return cast(Directory, CoalescedReads(directory, batches))
+    (``batches``: the directory those batches are made on, see ``CoalescedReads``; ``progress``:
+    its store's, shared with the other lookups of that store, see ``answered``)."""
+    return cast(Directory, CoalescedReads(directory, batches, progress))
 
 
-def coalesced_log(messages: MessageLog, batches: MessageLog | None = None) -> MessageLog:
+def coalesced_log(
+    messages: MessageLog, batches: MessageLog | None = None, progress: BatchProgress | None = None
+) -> MessageLog:
     """``messages`` with ``unread``, ``heads`` and ``history`` coalesced across concurrent
-    callers (``batches``: the log those batches are read from, see ``CoalescedLog``)."""
-    return cast(MessageLog, CoalescedLog(messages, batches))
+    callers (``batches``: the log those batches are read from, see ``CoalescedLog``;
+    ``progress`` as ``coalesced``'s)."""
+    return cast(MessageLog, CoalescedLog(messages, batches, progress))

@@ -31,6 +31,16 @@ class LoopLagMonitor:
         self._histogram = histogram
         self._interval = interval
         self._task = SupervisedTask("event_loop_lag", self.measure_once, on_failure)
+        self._stalled = 0.0
+        self._due: float | None = None
+
+    def stalled(self) -> float:
+        """Seconds the loop has woken this timer late, summed, up to now (the lateness
+        of the timer due but not yet run included): time the server could not run
+        anything, given back to the requests waiting on a batch (server/lookups.py)."""
+        due = self._due
+        late = 0.0 if due is None else max(0.0, asyncio.get_running_loop().time() - due)
+        return self._stalled + late
 
     def start(self) -> None:
         self._task.start()
@@ -41,6 +51,11 @@ class LoopLagMonitor:
     async def measure_once(self) -> None:
         """Sleep one interval and observe how late the loop woke up."""
         loop = asyncio.get_running_loop()
-        asked = loop.time() + self._interval
-        await asyncio.sleep(self._interval)
-        self._histogram.observe(max(0.0, loop.time() - asked))
+        self._due = asked = loop.time() + self._interval
+        try:
+            await asyncio.sleep(self._interval)
+        finally:
+            self._due = None
+        late = max(0.0, loop.time() - asked)
+        self._stalled += late
+        self._histogram.observe(late)

@@ -10,7 +10,7 @@ tests/test_message_changes_contract.py.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from hubbub.storage.records import (
     Appended,
@@ -19,6 +19,7 @@ from hubbub.storage.records import (
     ChannelEdit,
     ConversationRecord,
     Head,
+    HistoryRead,
     Membership,
     MemberState,
     MessageQuery,
@@ -37,6 +38,7 @@ from hubbub.storage.records import (
     UserSession,
     WorkspaceRole,
 )
+from hubbub.storage.records import HistoryOrder as HistoryOrder  # where it was first defined; kept importable here
 
 AdminCheck = Callable[[ConversationRecord, Standing], None]
 """A rule of channel administration (server/channel_roles.py), called by the
@@ -263,8 +265,6 @@ class Directory(Protocol):
         """The audit log's entries with an id above ``after_id``, oldest first, the first ``limit`` of them."""
 
 
-HistoryOrder = Literal["desc", "asc"]
-
 MessageChange = Callable[[MessageRecord], MessageRecord | None]
 """A change to one message: given its current state, its new state, or None
 to leave it as it is (nothing stored, no revision used). It may raise to
@@ -338,6 +338,13 @@ class MessageLog(Protocol):
         Without ``include_replies``, only the main timeline: replies are left
         out unless ``also_in_channel``.
         """
+
+    async def history_many(self, reads: Sequence[HistoryRead]) -> dict[HistoryRead, list[MessageRecord]]:
+        """``history`` for each of ``reads`` (equal reads once) in one store call:
+        the catch-up of a reconnect storm, where every room's members ask their
+        room's page after the seq they saw last, batched across requests by
+        server/lookups.py. Each read's answer is what ``history`` with its
+        arguments gives (an empty list when nothing matches)."""
 
     async def pins(self, conversation_id: int, limit: int) -> list[MessageRecord]:
         """The conversation's pinned messages, the most recently pinned first."""

@@ -54,6 +54,7 @@ from hubbub.storage.records import (
     Appended,
     ChangesPage,
     Head,
+    HistoryRead,
     MessageQuery,
     MessageRecord,
     NewMessage,
@@ -641,15 +642,35 @@ class MongoMessageLog:
         thread_root_id: str | None = None,
         include_replies: bool = True,
     ) -> list[MessageRecord]:
-        after_seq, before_seq = seq_range(before, after)
-        query: Document = {"conversation_id": conversation_id, "seq": {"$gt": after_seq, "$lt": before_seq}}
-        if thread_root_id is not None:
-            query["thread_root_id"] = thread_root_id
-        elif not include_replies:
-            # None also matches documents written before threads existed (no field).
-            query["$or"] = [{"thread_root_id": None}, {"also_in_channel": True}]
-        direction = pymongo.DESCENDING if order == "desc" else pymongo.ASCENDING
-        return await self._find(query, [("seq", direction)], limit)
+        read = HistoryRead(
+            conversation_id=conversation_id,
+            before=before,
+            after=after,
+            limit=limit,
+            order=order,
+            thread_root_id=thread_root_id,
+            include_replies=include_replies,
+        )
+        return await self._find(_history_query(read), [("seq", _direction(read))], read.limit)
+
+    async def history_many(self, reads: Sequence[HistoryRead]) -> dict[HistoryRead, list[MessageRecord]]:
+        """One aggregate: the first read's range of the ``history`` index, then one
+        ``$unionWith`` per further read, each document tagged with its read's number."""
+        distinct = list(dict.fromkeys(reads))
+        if not distinct:
+            return {}
+        first, *rest = (_history_pipeline(n, read) for n, read in enumerate(distinct))
+        pipeline = [*first, *({"$unionWith": {"coll": self.messages.name, "pipeline": p}} for p in rest)]
+        try:
+            documents = [d async for d in await self.messages.aggregate(pipeline)]
+        except PyMongoError as exc:
+            raise _unavailable(exc) from exc
+        found: dict[HistoryRead, list[MessageRecord]] = {read: [] for read in distinct}
+        for d in documents:
+            found[distinct[int(d["read_of"])]].append(message_from_document(d))
+        for read, records in found.items():  # each read's documents in its order (the union's is no promise)
+            records.sort(key=lambda m: m.seq, reverse=read.order == "desc")
+        return found
 
     async def pins(self, conversation_id: int, limit: int) -> list[MessageRecord]:
         query: Document = {"conversation_id": conversation_id, "pinned_ts": {"$type": "number"}}
@@ -910,6 +931,32 @@ def _oldest_seq(counter: Document) -> int:
 
 def _head(counter: Document) -> Head:
     return Head(last_seq=int(counter["seq"]), last_rev=_counter_rev(counter), oldest_seq=_oldest_seq(counter))
+
+
+def _history_query(read: HistoryRead) -> Document:
+    """A ``history`` read's filter: a range of the ``history`` index (of the thread's, with a root)."""
+    after_seq, before_seq = seq_range(read.before, read.after)
+    query: Document = {"conversation_id": read.conversation_id, "seq": {"$gt": after_seq, "$lt": before_seq}}
+    if read.thread_root_id is not None:
+        query["thread_root_id"] = read.thread_root_id
+    elif not read.include_replies:
+        # None also matches documents written before threads existed (no field).
+        query["$or"] = [{"thread_root_id": None}, {"also_in_channel": True}]
+    return query
+
+
+def _direction(read: HistoryRead) -> int:
+    return pymongo.DESCENDING if read.order == "desc" else pymongo.ASCENDING
+
+
+def _history_pipeline(n: int, read: HistoryRead) -> list[Document]:
+    """A ``history`` read as stages of ``history_many``'s aggregate, its documents tagged ``read_of: n``."""
+    return [
+        {"$match": _history_query(read)},
+        {"$sort": {"seq": _direction(read)}},
+        {"$limit": read.limit},
+        {"$addFields": {"read_of": {"$literal": n}}},
+    ]
 
 
 def _unread_pipeline(conversation_id: int, read_seq: int, user_id: int, cap: int) -> list[Document]:

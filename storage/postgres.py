@@ -32,6 +32,7 @@ from hubbub.storage.records import (
     ChannelEdit,
     ConversationRecord,
     Head,
+    HistoryRead,
     Membership,
     MemberState,
     MessageQuery,
@@ -182,7 +183,9 @@ class PostgresPools:
     precedes: in a reconnect storm thousands of catch-up requests wait for the
     primary pool, and a batch of 500 authentications waiting behind them timed
     out all 500 at once (issue 13). There is at most one batch in flight per
-    kind of lookup, so a pool of two rarely waits."""
+    kind of lookup (``auth``'s sessions, presence's member counts, the catch-up's
+    memberships, unread counts, public channels, heads and history pages), each
+    one short statement, so a batch waits on a pool of two for at most a few others."""
 
     def __init__(
         self,
@@ -344,15 +347,15 @@ class PostgresDirectory:
         """On the lookup lane (``PostgresPools.lookups``): the batched calls of server/lookups.py."""
         return await _run(self.pools.lookups, fn, retry=not write)
 
-    async def _replica(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
-        """A read that tolerates lag: on the replica, or the primary while the replica fails (storage/replica.py)."""
+    async def _replica(self, fn: Callable[[Conn], Awaitable[T]], *, lane: bool = False) -> T:
+        """A read that tolerates lag: on the replica, or the primary while the replica fails (storage/replica.py).
+        ``lane``: the primary's lookup lane instead of its pool (a batched call of server/lookups.py)."""
         pools = self.pools
+        primary = pools.lookups if lane else pools.primary
         route = pools.replica_route
         if route is None:
-            return await _run(pools.primary, fn, retry=True)
-        return await route.read(
-            lambda: _run(pools.replica, fn, retry=True), lambda: _run(pools.primary, fn, retry=True)
-        )
+            return await _run(primary, fn, retry=True)
+        return await route.read(lambda: _run(pools.replica, fn, retry=True), lambda: _run(primary, fn, retry=True))
 
     async def ping(self) -> None:
         await self._primary(lambda c: c.fetchval("SELECT 1"))
@@ -539,11 +542,14 @@ class PostgresDirectory:
         return conversation_record(row) if row else None
 
     async def public_channels(self) -> list[ConversationRecord]:
+        # The lane without a replica: the server asks only through server/listings.py's
+        # batch, which in a storm must not queue behind the requests on the primary pool.
         rows = await self._replica(
             lambda c: c.fetch(
                 f"SELECT {CONVERSATION_COLUMNS} FROM conversations c"
                 " WHERE c.kind = 'channel' AND NOT c.private ORDER BY c.name"
-            )
+            ),
+            lane=True,
         )
         return [conversation_record(r) for r in rows]
 
@@ -1115,6 +1121,30 @@ class PostgresMessageLog:
         rows = await _run(self.pools.primary, lambda c: c.fetch(sql, *args), retry=True)
         return [message_record(r) for r in rows]
 
+    async def history_many(self, reads: Sequence[HistoryRead]) -> dict[HistoryRead, list[MessageRecord]]:
+        distinct = list(dict.fromkeys(reads))
+        if not distinct:
+            return {}
+        bounds = [seq_range(r.before, r.after) for r in distinct]
+        args = (
+            list(range(len(distinct))),
+            [r.conversation_id for r in distinct],
+            [after for after, _ in bounds],
+            [before for _, before in bounds],
+            [r.limit for r in distinct],
+            [r.order == "desc" for r in distinct],
+            [r.thread_root_id for r in distinct],
+            [r.include_replies for r in distinct],
+        )
+        # The lookup lane: the server asks only through server/lookups.py's batches.
+        rows = await _run(self.pools.lookups, lambda c: c.fetch(_HISTORY_MANY_SQL, *args), retry=True)
+        found: dict[HistoryRead, list[MessageRecord]] = {read: [] for read in distinct}
+        for r in rows:
+            found[distinct[r[_WIDTH]]].append(message_record(r))
+        for read, records in found.items():  # each read's rows in its order (the union's is no promise)
+            records.sort(key=lambda m: m.seq, reverse=read.order == "desc")
+        return found
+
     async def pins(self, conversation_id: int, limit: int) -> list[MessageRecord]:
         rows = await _run(self.pools.primary, lambda c: c.fetch(_PINS_SQL, conversation_id, limit), retry=True)
         return [message_record(r) for r in rows]
@@ -1137,8 +1167,9 @@ class PostgresMessageLog:
         ids = sorted(set(conversation_ids))
         if not ids:
             return {}
+        # The lookup lane: the server asks only through server/lookups.py's batches.
         rows = await _run(
-            self.pools.primary,
+            self.pools.lookups,
             lambda c: c.fetch(
                 "SELECT conversation_id, last_seq, last_rev, purged_seq FROM conversation_seq"
                 " WHERE conversation_id = ANY($1::bigint[])",
@@ -1275,6 +1306,37 @@ _TIMELINE_SQL: dict[HistoryOrder, str] = {
 _THREAD_SQL: dict[HistoryOrder, str] = {
     order: history_sql(order, _MARKS, thread_root_id="$5") for order in ("desc", "asc")
 }
+
+
+def _history_branch(order: HistoryOrder, *, thread: bool) -> str:
+    """One shape of ``_HISTORY_MANY_SQL``'s reads: ``history_sql``'s range of one
+    index in one direction, gated by the read's own shape (a one-time filter, so
+    a read of another shape reads nothing here)."""
+    direction = "DESC" if order == "desc" else "ASC"
+    gate = "p.descending" if order == "desc" else "NOT p.descending"
+    which = (
+        "thread_root_id = p.root"  # messages_thread_replies
+        if thread
+        else "p.root IS NULL AND (p.replies OR thread_root_id IS NULL OR also_in_channel)"
+    )
+    return (
+        f"(SELECT {MESSAGE_COLUMNS} FROM messages WHERE {gate} AND {which}"
+        " AND conversation_id = p.cid AND seq > p.after_seq AND seq < p.before_seq"
+        f" ORDER BY seq {direction} LIMIT p.lim)"
+    )
+
+
+_HISTORY_MANY_SQL = (
+    "SELECT m.*, p.n FROM unnest($1::int[], $2::bigint[], $3::bigint[], $4::bigint[], $5::int[], $6::bool[],"
+    " $7::text[], $8::bool[]) AS p(n, cid, after_seq, before_seq, lim, descending, root, replies)"
+    " CROSS JOIN LATERAL ("
+    + " UNION ALL ".join(_history_branch(order, thread=thread) for thread in (False, True) for order in ("asc", "desc"))
+    + ") AS m"
+)
+"""MessageLog.history_many in one statement: each read (its number, conversation,
+seq range, limit, direction, thread root or None, whether replies count) a row of
+the unnest, read as ``history`` reads it, the row's number after the message's
+columns; a read's rows come back in no promised order (sorted by the caller)."""
 _GET_MESSAGE_SQL = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1 AND id = $2"
 _PINS_SQL = (
     f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1 AND pinned_ts IS NOT NULL"

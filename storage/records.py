@@ -286,6 +286,23 @@ class UnreadAsk(Struct, kw_only=True, frozen=True):
     positions: tuple[tuple[int, int | None], ...]
 
 
+HistoryOrder = Literal["desc", "asc"]
+
+
+class HistoryRead(Struct, kw_only=True, frozen=True):
+    """One ``MessageLog.history`` read, as a value (its arguments): hashable, so
+    equal reads asked together are read once, and many distinct ones are one
+    store call (``MessageLog.history_many``: a reconnect storm's catch-up)."""
+
+    conversation_id: int
+    before: int | None
+    after: int | None
+    limit: int
+    order: HistoryOrder
+    thread_root_id: str | None = None
+    include_replies: bool = True
+
+
 class ChangesPage(Struct, kw_only=True, frozen=True):
     """Messages changed after a revision, oldest change first."""
 

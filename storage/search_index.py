@@ -38,6 +38,7 @@ from hubbub.storage.records import (
     Appended,
     ChangesPage,
     Head,
+    HistoryRead,
     MessageQuery,
     MessageRecord,
     NewMessage,
@@ -195,6 +196,9 @@ class IndexedMessageLog:
             thread_root_id=thread_root_id,
             include_replies=include_replies,
         )
+
+    async def history_many(self, reads: Sequence[HistoryRead]) -> dict[HistoryRead, list[MessageRecord]]:
+        return await self.log.history_many(reads)
 
     async def pins(self, conversation_id: int, limit: int) -> list[MessageRecord]:
         return await self.log.pins(conversation_id, limit)

@@ -35,6 +35,7 @@ from hubbub.storage.records import (
     ChannelEdit,
     ConversationRecord,
     Head,
+    HistoryRead,
     Membership,
     MemberState,
     MessageQuery,
@@ -1089,11 +1090,25 @@ class SqliteMessageLog:
         thread_root_id: str | None = None,
         include_replies: bool = True,
     ) -> list[MessageRecord]:
-        sql = _history_sql(order, thread=thread_root_id is not None, include_replies=include_replies)
-        thread = () if thread_root_id is None else (thread_root_id,)
-        params = (conversation_id, *seq_range(before, after), *thread, limit)
-        found = await self.db.run(lambda c: c.execute(sql, params).fetchall())
+        read = HistoryRead(
+            conversation_id=conversation_id,
+            before=before,
+            after=after,
+            limit=limit,
+            order=order,
+            thread_root_id=thread_root_id,
+            include_replies=include_replies,
+        )
+        found = await self.db.run(functools.partial(_history, read=read))
         return [message_record(r) for r in found]
+
+    async def history_many(self, reads: Sequence[HistoryRead]) -> dict[HistoryRead, list[MessageRecord]]:
+        distinct = list(dict.fromkeys(reads))
+        if not distinct:
+            return {}
+        # One thread hop for the batch: each read is an index range of its own.
+        found = await self.db.run(lambda c: [_history(c, read) for read in distinct])
+        return {read: [message_record(r) for r in rows] for read, rows in zip(distinct, found, strict=True)}
 
     async def pins(self, conversation_id: int, limit: int) -> list[MessageRecord]:
         found = await self.db.run(lambda c: c.execute(PINS_SQL, (conversation_id, limit)).fetchall())
@@ -1220,6 +1235,13 @@ PINS_SQL = (
 """(conversation id, limit): the pinned messages, latest pin first (index messages_pins)."""
 CHANGES_SQL = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND rev > ? ORDER BY rev LIMIT ?"
 """(conversation id, after rev, limit): the changes page (index messages_rev)."""
+
+
+def _history(c: sqlite3.Connection, read: HistoryRead) -> list[Any]:
+    """One ``history`` read's rows (``MessageLog.history``'s arguments as a ``HistoryRead``)."""
+    sql = _history_sql(read.order, thread=read.thread_root_id is not None, include_replies=read.include_replies)
+    thread = () if read.thread_root_id is None else (read.thread_root_id,)
+    return c.execute(sql, (read.conversation_id, *seq_range(read.before, read.after), *thread, read.limit)).fetchall()
 
 
 @functools.cache

@@ -100,10 +100,11 @@ async def test_a_call_waiting_for_the_only_postgres_connection_is_counted(pooled
             pooled, lambda p: p[("hubbub_pool_connections_in_use", "postgres", "primary")] == 1, "in use"
         )
         assert busy[("hubbub_pool_waiting", "postgres", "primary")] == 0
-        listing = asyncio.ensure_future(alice.call("channel.list"))
+        # A write: on the primary pool (channel.list's reads are batched on the lookup lane).
+        creating = asyncio.ensure_future(alice.call("channel.create", name="waiting"))
         await until(pooled, lambda p: p[("hubbub_pool_waiting", "postgres", "primary")] == 1, "a waiting call")
-        assert not listing.done()
-    await listing  # served once the connection came back
+        assert not creating.done()
+    await creating  # served once the connection came back
     await until(pooled, lambda p: p[("hubbub_pool_waiting", "postgres", "primary")] == 0, "no more waiting")
 
 

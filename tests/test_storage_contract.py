@@ -17,7 +17,7 @@ import pytest
 
 from hubbub.storage.base import Directory, MessageLog
 from hubbub.storage.errors import Conflict
-from hubbub.storage.records import ChannelEdit, Head, ProfileUpdate
+from hubbub.storage.records import ChannelEdit, Head, HistoryRead, ProfileUpdate
 from tests import storage_contract
 from tests.storage_contract import NOW, fill, new_channel, new_message, new_user
 
@@ -353,6 +353,67 @@ async def test_history(directory: Directory, messages: MessageLog) -> None:
     assert await seqs(after=5, before=6) == []
     empty = await new_channel(directory, alice)
     assert await messages.history(empty.id, before=None, after=None, limit=10, order="desc") == []
+
+
+async def test_history_many_answers_each_read_as_history_would(directory: Directory, messages: MessageLog) -> None:
+    """A storm's catch-up: many distinct reads, of several conversations, shapes
+    and directions, in one call; each read's answer is ``history``'s own."""
+    alice = await new_user(directory)
+    busy = await new_channel(directory, alice)
+    other = await new_channel(directory, alice)
+    empty = await new_channel(directory, alice)
+    stored = await fill(messages, busy, alice, 6)
+    root = stored[1]
+    for n, shown in enumerate((False, True, False)):
+        await messages.append(
+            new_message(busy, alice, f"reply-{n}", thread_root_id=root.id, also_in_channel=shown)
+        )  # seqs 7, 8, 9: 8 is also in the channel
+    await fill(messages, other, alice, 3)
+
+    def read(conversation_id: int, **kwargs: Any) -> HistoryRead:
+        options: dict[str, Any] = {"before": None, "after": None, "limit": 100, "order": "asc", **kwargs}
+        return HistoryRead(conversation_id=conversation_id, **options)
+
+    reads = [
+        read(busy.id),
+        read(busy.id, order="desc", limit=3),
+        read(busy.id, after=4, order="asc", limit=2),
+        read(busy.id, after=2, before=8, order="desc"),
+        read(busy.id, include_replies=False),
+        read(busy.id, include_replies=False, order="desc", limit=2),
+        read(busy.id, thread_root_id=root.id),
+        read(busy.id, thread_root_id=root.id, order="desc", limit=2),
+        read(busy.id, thread_root_id=root.id, after=7),
+        read(other.id, after=1),
+        read(other.id, after=3),
+        read(empty.id, order="desc"),
+    ]
+    found = await messages.history_many([*reads, reads[0]])  # a read twice: answered once
+    assert set(found) == set(reads)
+    for r in reads:
+        alone = await messages.history(
+            r.conversation_id,
+            before=r.before,
+            after=r.after,
+            limit=r.limit,
+            order=r.order,
+            thread_root_id=r.thread_root_id,
+            include_replies=r.include_replies,
+        )
+        assert found[r] == alone, r
+    seqs = {r: [m.seq for m in found[r]] for r in reads}
+    assert seqs[reads[0]] == list(range(1, 10))
+    assert seqs[reads[1]] == [9, 8, 7]
+    assert seqs[reads[2]] == [5, 6]
+    assert seqs[reads[3]] == [7, 6, 5, 4, 3]
+    assert seqs[reads[4]] == [1, 2, 3, 4, 5, 6, 8]
+    assert seqs[reads[5]] == [8, 6]
+    assert seqs[reads[6]] == [7, 8, 9]
+    assert seqs[reads[7]] == [9, 8]
+    assert seqs[reads[8]] == [8, 9]
+    assert seqs[reads[9]] == [2, 3]
+    assert seqs[reads[10]] == seqs[reads[11]] == []
+    assert await messages.history_many([]) == {}
 
 
 async def test_heads(directory: Directory, messages: MessageLog) -> None:

@@ -20,6 +20,7 @@ from hubbub.server import message_changes
 from hubbub.server.channel_roles import administers
 from hubbub.server.clock import now_ms
 from hubbub.server.errors import ApiError, not_found
+from hubbub.server.guarded import sharing_budget
 from hubbub.server.handlers.access import require_member, require_writable, writable_conversation, writable_known
 from hubbub.server.handlers.context import Caller, Context
 from hubbub.server.send_order import SendTurn
@@ -129,17 +130,20 @@ def result(record: MessageRecord, caller: Caller) -> frames.MessageResult:
 async def history(ctx: Context, caller: Caller, req: frames.MessageHistory) -> frames.HistoryPage:
     await require_member(ctx, caller, req.conversation_id)
     # One extra row tells whether another page follows. The head, read beside
-    # it, says where retention's purge stopped (oldest_seq).
+    # it, says where retention's purge stopped (oldest_seq). Both within the
+    # request's store budget, though each is a task of its own.
     records, heads = await asyncio.gather(
-        ctx.messages.history(
-            req.conversation_id,
-            before=req.before,
-            after=req.after,
-            limit=req.limit + 1,
-            order=req.order,
-            include_replies=req.include_replies,
+        sharing_budget(
+            ctx.messages.history(
+                req.conversation_id,
+                before=req.before,
+                after=req.after,
+                limit=req.limit + 1,
+                order=req.order,
+                include_replies=req.include_replies,
+            )
         ),
-        ctx.messages.heads([req.conversation_id]),
+        sharing_budget(ctx.messages.heads([req.conversation_id])),
     )
     more = len(records) > req.limit
     page = records[: req.limit]

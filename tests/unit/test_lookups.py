@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
+from prometheus_client import CollectorRegistry, Histogram
 
 from hubbub.server.guarded import request_budget
-from hubbub.server.lookups import KeyedLookup, KeyedWrites, answered
+from hubbub.server.lookups import BatchProgress, KeyedLookup, KeyedWrites, answered
+from hubbub.server.loop_lag import LoopLagMonitor
 from hubbub.storage.errors import StoreUnavailable
 
 
@@ -207,3 +210,31 @@ async def test_a_request_behind_a_stalled_batch_is_refused_within_its_budget() -
     store.gate.set()
     assert await stuck == 1
     assert await lookup.get(2) == 4  # the refused key's batch still went on; the next reads again
+
+
+async def test_a_slow_batch_is_waited_for_while_its_store_answers_others_and_refused_alone() -> None:
+    progress = BatchProgress()  # one store's: shared by its lookups
+    slow = TimedStore(latency=3 * BUDGET)
+    fast = TimedStore(latency=0.1)
+    others = KeyedLookup(fast.fetch, max_batch=1, progress=progress)
+    answering = [asyncio.ensure_future(others.get(k)) for k in range(1, 21)]  # 2 s of batches answered
+    assert await _answered_within_a_request(KeyedLookup(slow.fetch, progress=progress), 3) == 9
+    assert [await a for a in answering] == [k * k for k in range(1, 21)]
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(StoreUnavailable, match="budget is spent"):  # nothing else answered: the budget holds
+        await _answered_within_a_request(KeyedLookup(slow.fetch, progress=progress), 4)
+    assert asyncio.get_running_loop().time() - started < BUDGET + 0.3
+
+
+async def test_a_request_is_not_refused_for_time_the_event_loop_could_not_run() -> None:
+    monitor = LoopLagMonitor(Histogram("lag", "lag", registry=CollectorRegistry()), interval=0.05)
+    monitor.start()
+    try:
+        store = TimedStore(latency=3 * BUDGET + 0.2)  # answers after the stall, within the budget of the rest
+        lookup = KeyedLookup(store.fetch, progress=BatchProgress(monitor))
+        # The loop blocked past the budget while the batch is in flight (a loaded server's storm).
+        asyncio.get_running_loop().call_later(0.02, time.sleep, 3 * BUDGET)
+        assert await _answered_within_a_request(lookup, 3) == 9
+        assert monitor.stalled() >= 2 * BUDGET
+    finally:
+        await monitor.stop()
