@@ -13,6 +13,7 @@ Its requests are served by its ``Dispatcher`` (server/dispatch.py).
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 from collections.abc import Callable, Sequence
 from importlib.metadata import version
@@ -42,6 +43,26 @@ SERVER_NAME = f"hubbub/{version('hubbub')}"
 """The hello frame's ``server``: this distribution's version, from its installed metadata."""
 PRESENCE_RETRY_SECONDS = (0.5, 2.0, 5.0, 15.0)
 """Waits before each new attempt at an "online" announcement that failed on a store."""
+
+
+@functools.lru_cache(maxsize=8)
+def hello_frame(
+    max_frame_bytes: int, max_message_chars: int, requests_per_second: float, request_burst: int, auth_timeout_ms: int
+) -> bytes:
+    """The hello frame, the same bytes for every connection of a server: encoded
+    and framed once (a storm greets thousands at once), not once per connection."""
+    hello = Hello(
+        protocol=PROTOCOL_VERSION,
+        server=SERVER_NAME,
+        limits=Limits(
+            max_frame_bytes=max_frame_bytes,
+            max_message_chars=max_message_chars,
+            requests_per_second=requests_per_second,
+            request_burst=request_burst,
+            auth_timeout_ms=auth_timeout_ms,
+        ),
+    )
+    return codec.websocket_text_frame(codec.encode(hello))
 
 
 class Session:
@@ -142,18 +163,16 @@ class Session:
         limits = self.services.limits
         self.services.metrics.connections.inc()
         logs.info("connect", conn_id=self.conn_id, address=self.address)
-        hello = Hello(
-            protocol=PROTOCOL_VERSION,
-            server=SERVER_NAME,
-            limits=Limits(
-                max_frame_bytes=limits.max_frame_bytes,
-                max_message_chars=limits.max_message_chars,
-                requests_per_second=limits.rate_per_second,
-                request_burst=limits.rate_burst,
-                auth_timeout_ms=int(self._auth_timeout * 1000),
-            ),
+        self.services.metrics.frames_out_by["hello"].inc()
+        self.conn.send_frame(
+            hello_frame(
+                limits.max_frame_bytes,
+                limits.max_message_chars,
+                limits.rate_per_second,
+                limits.rate_burst,
+                int(self._auth_timeout * 1000),
+            )
         )
-        self.send_payload(codec.encode(hello), "hello")
         self._auth_timer = asyncio.get_running_loop().call_later(self._auth_timeout, self._auth_expired)
 
     def received(self, raw: str | bytes) -> None:
