@@ -71,6 +71,7 @@ class Session:
         "_auth_left",
         "_auth_timeout",
         "_auth_timer",
+        "_authenticating",
         "_finishing",
         "_on_finished",
         "_presence_retry",
@@ -107,6 +108,8 @@ class Session:
         self._auth_timeout = auth_timeout
         """Seconds an unauthenticated connection is kept (``auth_timeout_seconds``)."""
         self._auth_timer: asyncio.TimerHandle | None = None
+        self._authenticating = False
+        """An authentication request of this connection is being served (counted by ``services.auth_first``)."""
         self._auth_left: float | None = None
         """Seconds the deadline had left when an authentication request was taken up (held while it is served)."""
         self._finishing: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
@@ -176,10 +179,17 @@ class Session:
         self._auth_timer = asyncio.get_running_loop().call_later(self._auth_timeout, self._auth_expired)
 
     def received(self, raw: str | bytes) -> None:
-        """A message from the client (its connection reassembled and decoded it)."""
+        """A message from the client (its connection reassembled and decoded it).
+        An authenticated client's may wait while a storm authenticates (server/auth_first.py)."""
+        if self.user is None or self.services.auth_first.admit(self, raw):
+            self.requests.received(raw)
+
+    def serve(self, raw: str | bytes) -> None:
+        """A request that waited behind a storm's authentications, to the dispatcher now."""
         self.requests.received(raw)
 
     def connection_lost(self) -> None:
+        self.services.auth_first.forget(self)
         if self._auth_timer is not None:
             self._auth_timer.cancel()
         if self._presence_retry is not None:
@@ -199,6 +209,9 @@ class Session:
         taken up: its serving does not count against the deadline (the
         deadline measures the client's delay in asking, not the server's in
         answering). One that is taken up after the deadline does not stop it."""
+        if not self._authenticating:
+            self._authenticating = True
+            self.services.auth_first.started()
         timer = self._auth_timer
         if timer is None or self._auth_left is not None:
             return
@@ -212,6 +225,9 @@ class Session:
     def release_auth_deadline(self) -> None:
         """That request is answered: if it did not authenticate, the deadline
         runs on with the time it had left (a failed attempt gains nothing)."""
+        if self._authenticating:
+            self._authenticating = False
+            self.services.auth_first.finished()
         left = self._auth_left
         if left is None:
             return
