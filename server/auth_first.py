@@ -7,11 +7,14 @@ catch-up read served then delays a later client's ``auth``. While at least
 ``auth_first_threshold`` authentication requests are being served, the
 requests of authenticated connections wait here, in arrival order, and go
 to their dispatchers once fewer are in flight, or after
-``auth_first_hold_seconds`` at the latest: everyone is ready sooner, and the
-catch-up follows. Outside a storm (fewer authentications in flight than the
-threshold, 0 turns it off) nothing waits. A connection with more than
-``read_ahead_bytes`` waiting has them served at once, so its dispatcher's
-own backpressure still bounds what a client can make the server hold.
+``auth_first_hold_seconds`` at the latest, so that everyone is meant to be
+ready sooner and the catch-up to follow. Outside a storm (fewer
+authentications in flight than the threshold) nothing waits. Off by default
+(threshold 0): on the shared machine it was measured on it neither clearly
+helped nor hurt (BENCHMARKS.md, "Reconnect storms, fourth pass"); a quiet
+machine's storms decide. A connection with more than ``read_ahead_bytes``
+waiting has them served at once, so its dispatcher's own backpressure still
+bounds what a client can make the server hold.
 """
 
 from __future__ import annotations

@@ -336,9 +336,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=Tr
         Annotated[int, Meta(ge=0)],
         _doc(
             "While this many authentications are being served (a reconnect storm), authenticated connections' "
-            "requests wait for them (server/auth_first.py); 0: never."
+            "requests wait for them (server/auth_first.py); 0: never (the default; 100 is a storm's)."
         ),
-    ] = 100
+    ] = 0
     auth_first_hold_seconds: Annotated[
         PositiveFloat, _doc("Longest an authenticated connection's request waits behind a storm's authentications.")
     ] = 1.0
