@@ -53,6 +53,7 @@ SCENARIO_FLAGS = (
     "rss_interval",
     "warmup",
     "gap_messages",
+    "catch_up",
 )
 
 
@@ -134,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--gap-messages",
         type=int,
         help="storm: messages per room seen before the drop and sent while all are away (default 10)",
+    )
+    load.add_argument(
+        "--no-catch-up",
+        dest="catch_up",
+        action="store_false",
+        default=None,
+        help="storm, Hubbub: reconnect and auth only, no PROTOCOL.md §9 catch-up (the connect cost alone)",
     )
     load.add_argument("--drain-timeout", type=float, default=10.0, help="wait for late acks/deliveries (s)")
 
@@ -395,7 +403,8 @@ def _describe(s: Scenario) -> str:
     if s.storm:
         return (
             f"{s.subscribers} clients in {s.rooms} rooms dropped at once and reconnecting at once, "
-            f"{s.gap_messages} messages per room to catch up, {s.instances} instance(s)"
+            + (f"{s.gap_messages} messages per room to catch up" if s.catch_up else "no catch-up")
+            + f", {s.instances} instance(s)"
         )
     parts = []
     if s.subscribers:

@@ -77,7 +77,7 @@ class Host:
     def new_protocol(self) -> ServerProtocol:
         return ServerProtocol()
 
-    async def respond(self, request: Request) -> Response | None:
+    def respond(self, request: Request) -> Response | None:
         raise NotImplementedError("no handshake here")
 
     def open_session(self, connection: Connection, request: Request) -> Client:

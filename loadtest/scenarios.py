@@ -47,6 +47,8 @@ class Scenario:
     """The reconnect storm instead of a send run (loadtest/storm.py)."""
     gap_messages: int = 10
     """Storm: messages per room seen live before the drop, and as many sent while everyone is away."""
+    catch_up: bool = True
+    """Storm, Hubbub: each reconnected client catches up (PROTOCOL.md §9); False measures the reconnect alone."""
     description: str = ""
 
     @property

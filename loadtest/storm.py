@@ -23,7 +23,9 @@ p50 / p99 / max; failures by error; server CPU seconds during the storm.
 **Correctness** (Hubbub): every subscriber's live seqs and fetched seqs
 together are exactly 1..(last acked seq) of its room, each once; anything
 else is counted as lost or duplicated. The peers keep no history, so they
-report no catch-up (``null``): their figure is the reconnect alone.
+report no catch-up (``null``): their figure is the reconnect alone, as is
+Hubbub's with ``--no-catch-up`` (``Scenario.catch_up``: phase 5 stops at
+``auth``'s reply, nothing is checked).
 """
 
 from __future__ import annotations
@@ -96,6 +98,8 @@ class Storm:
         self.acked: dict[int, int] = {}
         """Per conversation: the highest acknowledged seq."""
         self.conns: list[Conn] = []
+        self.catching_up = target.history and scenario.catch_up
+        """Reconnected clients catch up (Hubbub, unless ``--no-catch-up``): only then is there a catch-up to check."""
 
     # -- connections ---------------------------------------------------------
 
@@ -213,7 +217,7 @@ class Storm:
         try:
             conn = await self._connect(spec)
             ready.append((time.monotonic() - t0) * 1000)
-            if self.target.history:
+            if self.catching_up:
                 await self._catch_up(conn, spec)
                 caught.append((time.monotonic() - t0) * 1000)
         except Exception as exc:
@@ -222,7 +226,7 @@ class Storm:
 
     def _correctness(self) -> dict[str, Any]:
         lost = duplicated = unexpected = 0
-        for spec in self.plan.subscribers:
+        for spec in self.plan.subscribers if self.catching_up else ():
             cid = self.plan.rooms[spec.rooms[0]].channel_id
             top = self.acked.get(cid, 0)
             seen = self.live.get(spec.index, {}).get(cid, 0)
@@ -232,7 +236,7 @@ class Storm:
             unexpected += sum(1 for seq in counts if seq <= seen or seq > top)
             lost += sum(1 for seq in range(seen + 1, top + 1) if seq not in counts)
         return {
-            "checked": self.target.history,
+            "checked": self.catching_up,
             "lost": lost,
             "duplicated": duplicated,
             "unexpected": unexpected,
@@ -293,15 +297,15 @@ class Storm:
         result["storm"] = {
             "connections": total,
             "ready": len(ready),
-            "caught_up": len(caught) if self.target.history else None,
+            "caught_up": len(caught) if self.catching_up else None,
             "failures": sum(self.failures.values()),
             "errors": dict(self.failures.most_common(5)),
             "all_ready_seconds": round(max(ready) / 1000, 3) if len(ready) == total else None,
             "all_caught_up_seconds": round(max(caught) / 1000, 3)
-            if self.target.history and len(caught) == total
+            if self.catching_up and len(caught) == total
             else None,
             "ready_ms": _summary_ms(ready),
-            "caught_up_ms": _summary_ms(caught) if self.target.history else None,
+            "caught_up_ms": _summary_ms(caught) if self.catching_up else None,
             "server_cpu_seconds": None
             if cpu_before is None or cpu_after is None
             else round(cpu_after.cpu_s - cpu_before.cpu_s, 2),
@@ -310,6 +314,8 @@ class Storm:
             else (procstat.listen_overflows() or 0) - overflows_before,
             "what": "TCP + WebSocket handshake + auth with a token, then channel.list, dm.list and message.history "
             "after the last seq seen (PROTOCOL.md §9)"
+            if self.catching_up
+            else "TCP + WebSocket handshake + auth with a token (--no-catch-up)"
             if self.target.history
             else "TCP + WebSocket handshake + join (no history: no catch-up)",
         }

@@ -8,14 +8,14 @@ import re
 import secrets
 import signal
 import socket
-from collections.abc import Awaitable, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
 import redis.asyncio as redis
 from redis.asyncio.cluster import RedisCluster
 from websockets.exceptions import NegotiationError as HandshakeNegotiationError
-from websockets.http11 import Request, Response
+from websockets.http11 import Request
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
@@ -28,7 +28,7 @@ from hubbub.server.broker import Broker, InProcessBroker
 from hubbub.server.config import ConnectionConfig, Settings
 from hubbub.server.connection import LOGGER, Connection
 from hubbub.server.guarded import guarded
-from hubbub.server.http import ProcessRequest, make_process_request
+from hubbub.server.http import Answer, ProcessRequest, make_process_request
 from hubbub.server.keepalive import Keepalive
 from hubbub.server.listings import PublicChannels
 from hubbub.server.lookups import BatchProgress, coalesced, coalesced_log
@@ -265,7 +265,7 @@ class App:
             logger=LOGGER,
         )
 
-    def respond(self, request: Request) -> Awaitable[Response | None]:
+    def respond(self, request: Request) -> Answer:
         if self._respond is None:
             raise RuntimeError("a request before start-up finished")
         return self._respond(request)

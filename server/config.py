@@ -129,6 +129,8 @@ class LimitsConfig(msgspec.Struct, kw_only=True, frozen=True):
     rate_burst: int
     catchup_burst: int
     catchup_window_seconds: float
+    auth_first_threshold: int
+    auth_first_hold_seconds: float
     max_inflight_sends: int
     read_ahead_bytes: int
     storage_timeout_seconds: float
@@ -330,6 +332,16 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=Tr
     catchup_window_seconds: Annotated[
         PositiveFloat, _doc("How long after a connection first authenticates its `catchup_burst` may be used.")
     ] = 30.0
+    auth_first_threshold: Annotated[
+        Annotated[int, Meta(ge=0)],
+        _doc(
+            "While this many authentications are being served (a reconnect storm), authenticated connections' "
+            "requests wait for them (server/auth_first.py); 0: never (the default; 100 is a storm's)."
+        ),
+    ] = 0
+    auth_first_hold_seconds: Annotated[
+        PositiveFloat, _doc("Longest an authenticated connection's request waits behind a storm's authentications.")
+    ] = 1.0
     max_inflight_sends: Annotated[
         Positive,
         _doc("message.send requests of one connection stored together (pipelined) when the store keeps their order."),

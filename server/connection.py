@@ -23,7 +23,11 @@ The connection is the socket's only owner; the session above it sees it as a
   ever making the fan-out wait for it.
 - **Keepalive**: server/keepalive.py calls ``keepalive`` on every connection;
   a ping unanswered for ``ping_timeout_seconds`` closes it (1011).
-- **Reading** is paused during the handshake and whenever the dispatcher's
+- **Handshake**: the request is answered in the ``data_received`` that
+  completes it (server/http.py's ``process_request`` answers at once), so a
+  storm's handshakes cost no task each; only /readyz, which waits on the
+  stores, is answered from a task.
+- **Reading** is paused while /readyz waits and whenever the dispatcher's
   backlog asks for it, and resumed only when neither holds.
 - **Close ordering**: whatever the protocol writes (a close frame, a pong)
   goes after the frames already queued, because ``_send_protocol_output``
@@ -107,7 +111,9 @@ class Host(Protocol):
     @property
     def metrics(self) -> Metrics: ...
     def new_protocol(self) -> ServerProtocol: ...
-    def respond(self, request: Request) -> Awaitable[Response | None]: ...
+    def respond(self, request: Request) -> Response | Awaitable[Response] | None:
+        """A response, None for the WebSocket handshake, or (/readyz) an awaitable of a response."""
+
     def open_session(self, connection: Connection, request: Request) -> Client: ...
 
 
@@ -267,7 +273,8 @@ class Connection(asyncio.Protocol):
         the 101; RFC 6455 says it should wait, not every client does) are
         not given to the protocol before the response is: it would answer a
         ping, or end the stream after a close frame, before the 101 is
-        written. They wait, with the rest of the socket, for ``_handshake``.
+        written: they are given to it after the response (for /readyz, after
+        its task's, with the rest of the socket).
         """
         protocol = self.protocol
         failed = protocol.handshake_exc is not None
@@ -288,8 +295,22 @@ class Connection(asyncio.Protocol):
             return
         if self.transport is None:
             raise RuntimeError("data received before the connection was made")
+        try:
+            answer = self._host.respond(request)
+        except Exception:
+            logs.error("http_request_failed", exc_info=True, path=request.path)
+            answer = protocol.reject(http.HTTPStatus.INTERNAL_SERVER_ERROR, "internal error\n")
+        if answer is None or isinstance(answer, Response):
+            # Answered now, in this call: a storm's handshakes cost no task, no
+            # pause and resume of reading, no extra loop turn each.
+            self._answer(request, answer)
+            early = data[start:]
+            if early and self.protocol.state is _OPEN:
+                self.data_received(early)  # after the 101: pongs, a close's echo and EOF follow it
+            return
+        # Only /readyz waits (on its stores): reading stops until it is answered.
         self.transport.pause_reading()
-        self._handshake_task = asyncio.get_running_loop().create_task(self._handshake(request, data[start:]))
+        self._handshake_task = asyncio.get_running_loop().create_task(self._handshake(request, answer, data[start:]))
 
     def _refused(self, reason: str, status: int | None, exc: BaseException | None, path: str | None = None) -> None:
         refusal_log(self._host).refused(
@@ -491,9 +512,14 @@ class Connection(asyncio.Protocol):
             return
         self.session.received(raw)
 
-    async def _handshake(self, request: Request, early: bytes) -> None:
+    async def _handshake(self, request: Request, answer: Awaitable[Response], early: bytes) -> None:
         try:
-            await self._answer(request)
+            try:
+                response = await answer
+            except Exception:
+                logs.error("http_request_failed", exc_info=True, path=request.path)
+                response = self.protocol.reject(http.HTTPStatus.INTERNAL_SERVER_ERROR, "internal error\n")
+            self._answer(request, response)
             if early and self.protocol.state is State.OPEN:
                 # After the 101 (and the session's start): pongs, a close's echo and EOF follow it.
                 self.data_received(early)
@@ -502,14 +528,10 @@ class Connection(asyncio.Protocol):
             if self.transport is not None and not self.transport.is_closing() and not self._reading_paused:
                 self.transport.resume_reading()
 
-    async def _answer(self, request: Request) -> None:
+    def _answer(self, request: Request, response: Response | None) -> None:
+        """Send ``host.respond``'s answer, or (None) the handshake's, and open the session after a 101."""
         protocol = self.protocol
         host = self._host
-        try:
-            response = await host.respond(request)
-        except Exception:
-            logs.error("http_request_failed", exc_info=True, path=request.path)
-            response = protocol.reject(http.HTTPStatus.INTERNAL_SERVER_ERROR, "internal error\n")
         reason: str | None = None
         if response is None:
             if host.serving:

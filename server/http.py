@@ -86,23 +86,34 @@ def debug_view(services: Services) -> dict[str, object]:
     }
 
 
-ProcessRequest = Callable[[Request], Awaitable[Response | None]]
+Answer = Response | Awaitable[Response] | None
+"""What ``process_request`` gives: a response, None (go on to the WebSocket
+handshake), or, for the one path that waits on the stores (/readyz), an
+awaitable of its response. Every other path is answered at once, so that a
+storm's handshakes are answered in the ``data_received`` that brought them,
+without a task each (server/connection.py)."""
+
+ProcessRequest = Callable[[Request], Answer]
+
+
+async def readyz(services: Services, config: HttpConfig) -> Response:
+    problems = await readiness(services, config.readyz_timeout_seconds)
+    if problems:
+        return _response(http.HTTPStatus.SERVICE_UNAVAILABLE, ("\n".join(problems) + "\n").encode())
+    degraded = services.broker.status()
+    if degraded:
+        # Still serving: local delivery and storage work, only cross-instance routing waits.
+        return _response(http.HTTPStatus.OK, f"ready, degraded: broker: {degraded}\n".encode())
+    return _response(http.HTTPStatus.OK, b"ready\n")
 
 
 def make_process_request(services: Services, config: HttpConfig, open_connections: Callable[[], int]) -> ProcessRequest:
-    async def process_request(request: Request) -> Response | None:
+    def process_request(request: Request) -> Answer:
         path = request.path.split("?", 1)[0]
         if path == "/healthz":
             return _response(http.HTTPStatus.OK, b"ok\n")
         if path == "/readyz":
-            problems = await readiness(services, config.readyz_timeout_seconds)
-            if problems:
-                return _response(http.HTTPStatus.SERVICE_UNAVAILABLE, ("\n".join(problems) + "\n").encode())
-            degraded = services.broker.status()
-            if degraded:
-                # Still serving: local delivery and storage work, only cross-instance routing waits.
-                return _response(http.HTTPStatus.OK, f"ready, degraded: broker: {degraded}\n".encode())
-            return _response(http.HTTPStatus.OK, b"ready\n")
+            return readyz(services, config)
         if path == "/debug/subscriptions" and config.debug_endpoints:
             return _response(http.HTTPStatus.OK, msgspec.json.encode(debug_view(services)), "application/json")
         if path == "/metrics":

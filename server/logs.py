@@ -128,6 +128,12 @@ def configure(level: str) -> None:
     _logger.setLevel(hubbub_level)
     _logger.propagate = True
     logging.captureWarnings(True)
+    # Fields no JSON line shows (its thread, process and process name): logging
+    # looks each up for every record, a third of a record's making, and a storm
+    # makes three records per connection (connect, auth, disconnect).
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     sys.excepthook = _uncaught
     threading.excepthook = _uncaught_in_thread
 

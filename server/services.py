@@ -19,6 +19,7 @@ from ipaddress import IPv4Network, IPv6Network
 
 from hubbub.server.archived import ArchivedChannels
 from hubbub.server.auth import Passwords, Tokens
+from hubbub.server.auth_first import AuthFirst
 from hubbub.server.broker import Broker
 from hubbub.server.catchup import Catchup
 from hubbub.server.config import LimitsConfig, MessagesConfig, ProfilesConfig, TypingConfig
@@ -58,6 +59,10 @@ class Services:
     ) -> None:
         self.limits = limits
         """What one client may do (dispatch and sessions read it)."""
+        self.auth_first = AuthFirst(
+            limits.auth_first_threshold, limits.auth_first_hold_seconds, limits.read_ahead_bytes
+        )
+        """A storm's authentications before the catch-up requests of those already in (sessions use it)."""
         self.trusted_proxies = trusted_proxies
         """Proxies whose X-Forwarded-For gives a client's address."""
         self.presence_max_members = presence_max_members

@@ -13,6 +13,7 @@ Its requests are served by its ``Dispatcher`` (server/dispatch.py).
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 from collections.abc import Callable, Sequence
 from importlib.metadata import version
@@ -44,12 +45,33 @@ PRESENCE_RETRY_SECONDS = (0.5, 2.0, 5.0, 15.0)
 """Waits before each new attempt at an "online" announcement that failed on a store."""
 
 
+@functools.lru_cache(maxsize=8)
+def hello_frame(
+    max_frame_bytes: int, max_message_chars: int, requests_per_second: float, request_burst: int, auth_timeout_ms: int
+) -> bytes:
+    """The hello frame, the same bytes for every connection of a server: encoded
+    and framed once (a storm greets thousands at once), not once per connection."""
+    hello = Hello(
+        protocol=PROTOCOL_VERSION,
+        server=SERVER_NAME,
+        limits=Limits(
+            max_frame_bytes=max_frame_bytes,
+            max_message_chars=max_message_chars,
+            requests_per_second=requests_per_second,
+            request_burst=request_burst,
+            auth_timeout_ms=auth_timeout_ms,
+        ),
+    )
+    return codec.websocket_text_frame(codec.encode(hello))
+
+
 class Session:
     # Slots: thousands of idle connections each carry one of these.
     __slots__ = (
         "_auth_left",
         "_auth_timeout",
         "_auth_timer",
+        "_authenticating",
         "_finishing",
         "_on_finished",
         "_presence_retry",
@@ -86,6 +108,8 @@ class Session:
         self._auth_timeout = auth_timeout
         """Seconds an unauthenticated connection is kept (``auth_timeout_seconds``)."""
         self._auth_timer: asyncio.TimerHandle | None = None
+        self._authenticating = False
+        """An authentication request of this connection is being served (counted by ``services.auth_first``)."""
         self._auth_left: float | None = None
         """Seconds the deadline had left when an authentication request was taken up (held while it is served)."""
         self._finishing: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
@@ -142,25 +166,30 @@ class Session:
         limits = self.services.limits
         self.services.metrics.connections.inc()
         logs.info("connect", conn_id=self.conn_id, address=self.address)
-        hello = Hello(
-            protocol=PROTOCOL_VERSION,
-            server=SERVER_NAME,
-            limits=Limits(
-                max_frame_bytes=limits.max_frame_bytes,
-                max_message_chars=limits.max_message_chars,
-                requests_per_second=limits.rate_per_second,
-                request_burst=limits.rate_burst,
-                auth_timeout_ms=int(self._auth_timeout * 1000),
-            ),
+        self.services.metrics.frames_out_by["hello"].inc()
+        self.conn.send_frame(
+            hello_frame(
+                limits.max_frame_bytes,
+                limits.max_message_chars,
+                limits.rate_per_second,
+                limits.rate_burst,
+                int(self._auth_timeout * 1000),
+            )
         )
-        self.send_payload(codec.encode(hello), "hello")
         self._auth_timer = asyncio.get_running_loop().call_later(self._auth_timeout, self._auth_expired)
 
     def received(self, raw: str | bytes) -> None:
-        """A message from the client (its connection reassembled and decoded it)."""
+        """A message from the client (its connection reassembled and decoded it).
+        An authenticated client's may wait while a storm authenticates (server/auth_first.py)."""
+        if self.user is None or self.services.auth_first.admit(self, raw):
+            self.requests.received(raw)
+
+    def serve(self, raw: str | bytes) -> None:
+        """A request that waited behind a storm's authentications, to the dispatcher now."""
         self.requests.received(raw)
 
     def connection_lost(self) -> None:
+        self.services.auth_first.forget(self)
         if self._auth_timer is not None:
             self._auth_timer.cancel()
         if self._presence_retry is not None:
@@ -180,6 +209,9 @@ class Session:
         taken up: its serving does not count against the deadline (the
         deadline measures the client's delay in asking, not the server's in
         answering). One that is taken up after the deadline does not stop it."""
+        if not self._authenticating:
+            self._authenticating = True
+            self.services.auth_first.started()
         timer = self._auth_timer
         if timer is None or self._auth_left is not None:
             return
@@ -193,6 +225,9 @@ class Session:
     def release_auth_deadline(self) -> None:
         """That request is answered: if it did not authenticate, the deadline
         runs on with the time it had left (a failed attempt gains nothing)."""
+        if self._authenticating:
+            self._authenticating = False
+            self.services.auth_first.finished()
         left = self._auth_left
         if left is None:
             return

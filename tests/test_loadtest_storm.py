@@ -65,3 +65,22 @@ def test_the_catch_up_check_counts_lost_duplicated_and_unexpected_seqs() -> None
     assert storm._correctness() == {"checked": True, "lost": 1, "duplicated": 1, "unexpected": 1, "ok": False}
     storm.fetched[2], storm.fetched[3] = [4, 5, 6], [4, 5, 6]
     assert storm._correctness()["ok"]
+
+
+def test_storm_without_the_catch_up_measures_the_reconnect_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = tmp_path / "storm.json"
+    args = ["--scenario", "storm", "--subscribers", "40", "--rooms", "2", "--publishers", "1", "--gap-messages", "5"]
+    code = cli.main([*args, "--no-catch-up", "--json", str(report), "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    (result,) = json.loads(report.read_text())["results"]
+    storm = result["storm"]
+    assert storm["connections"] == storm["ready"] == 40
+    assert storm["failures"] == 0 and storm["all_ready_seconds"] > 0
+    # Nobody asked for history: nothing caught up, nothing to check.
+    assert storm["caught_up"] is None and storm["all_caught_up_seconds"] is None
+    assert "--no-catch-up" in storm["what"]
+    assert result["correctness"]["checked"] is False and result["correctness"]["ok"]
+    assert storm_ok(result)

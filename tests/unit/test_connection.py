@@ -3,8 +3,9 @@ below it, websockets' own client protocol on the far end, a fake client on top.
 
 The connection is the socket's only owner: these check the promises that
 depend on that: one write per loop turn, queued frames before the close
-frame, the slow-consumer cut, keepalive pings, and reading paused by the
-handshake and by the client's backlog composing.
+frame, the slow-consumer cut, keepalive pings, the handshake answered in the
+call that brought it (or, for a response that waits, from a task with reading
+paused), and that pause and the client's backlog composing.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 from websockets.client import ClientProtocol
+from websockets.datastructures import Headers
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
@@ -104,12 +106,14 @@ class FakeHost:
         self.connection_config = Settings(socket_send_buffer_bytes=0, **settings).connection
         self.metrics = Metrics()
         self.clients: list[FakeClient] = []
+        self.waiting: asyncio.Future[Response] | None = None
+        """Set by a test: the answer is this future (as /readyz's, which waits on the stores)."""
 
     def new_protocol(self) -> ServerProtocol:
         return ServerProtocol()
 
-    async def respond(self, request: Request) -> Response | None:
-        return None
+    def respond(self, request: Request) -> Response | asyncio.Future[Response] | None:
+        return self.waiting
 
     def open_session(self, connection: Connection, request: Request) -> FakeClient:
         client = FakeClient()
@@ -155,9 +159,8 @@ async def open_connection(**settings: Any) -> tuple[Connection, FakeTransport, P
     peer = Peer(connection, transport)
     peer.protocol.send_request(peer.protocol.connect())
     peer.send(b"".join(peer.protocol.data_to_send()))
-    assert not transport.is_reading()  # while the handshake is answered
-    await settle()
-    assert transport.is_reading()
+    # Answered in that call: no task, reading never paused.
+    assert transport.writes[0].startswith(b"HTTP/1.1 101 ") and transport.is_reading()
     assert peer.frames() == [] and peer.protocol.state is State.OPEN
     return connection, transport, peer, host
 
@@ -293,9 +296,7 @@ async def test_reading_paused_by_the_client_stays_paused_until_it_resumes() -> N
     assert not transport.is_reading()  # a closing transport is not read again
 
 
-async def test_a_pause_asked_during_the_handshake_outlasts_it() -> None:
-    """Frames that came with the handshake request are served at its end; if
-    they fill the client's backlog, the handshake's end must not resume reading."""
+async def test_frames_sent_with_the_request_are_served_after_the_101() -> None:
     host = FakeHost()
     connection = Connection(host)  # the default timeouts: 10 s for the handshake, 5 s for the close
     transport = FakeTransport()
@@ -305,14 +306,30 @@ async def test_a_pause_asked_during_the_handshake_outlasts_it() -> None:
     request = b"".join(peer.protocol.data_to_send())
     early = Frame(Opcode.TEXT, b"early").serialize(mask=True, extensions=[])
     connection.data_received(request + early)
-    assert not transport.is_reading()
-    connection.pause_reading()  # as a full backlog would
-    await settle()
     (client,) = host.clients
     assert client.messages == ["early"]
-    assert not transport.is_reading()
+    assert transport.writes[0].startswith(b"HTTP/1.1 101 ")
+    connection.pause_reading()  # as a full backlog would
+    await settle()
+    assert not transport.is_reading()  # nothing of the handshake resumes it
     connection.resume_reading()
     assert transport.is_reading()
+
+
+async def test_a_response_that_waits_is_sent_from_a_task_with_reading_paused_meanwhile() -> None:
+    """/readyz waits on the stores: answered from a task, nothing read meanwhile."""
+    host = FakeHost()
+    host.waiting = asyncio.get_running_loop().create_future()
+    connection = Connection(host)
+    transport = FakeTransport()
+    connection.connection_made(transport)  # type: ignore[arg-type]
+    connection.data_received(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+    await settle()
+    assert transport.writes == [] and not transport.is_reading()
+    host.waiting.set_result(Response(200, "OK", Headers([("Content-Length", "6")]), b"ready\n"))
+    await settle()
+    assert transport.writes[0].startswith(b"HTTP/1.1 200 OK\r\n") and b"Server: hubbub" in transport.writes[0]
+    assert host.clients == []  # no 101, no session
 
 
 async def test_messages_reach_the_client_reassembled_and_decoded() -> None:
@@ -343,9 +360,7 @@ async def test_a_ping_behind_the_request_is_answered_after_the_101(cut: int | No
     if cut is not None:
         connection.data_received(request[:-cut])
     connection.data_received(request[-cut:] + ping if cut is not None else request + ping)
-    assert transport.writes == []  # nothing before the response
-    await settle()
-    assert transport.writes[0].startswith(b"HTTP/1.1 101 ")
+    assert transport.writes[0].startswith(b"HTTP/1.1 101 ")  # nothing before the response
     assert [(f.opcode, f.data) for f in peer.frames()] == [(Opcode.PONG, b"early")]
     assert peer.protocol.state is State.OPEN and transport.is_reading()
 
