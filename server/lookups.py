@@ -97,6 +97,12 @@ class Stalls(Protocol):
         """Seconds the event loop could not run on time, summed, up to now."""
         ...
 
+    def watch(self) -> None:
+        """Somebody reads ``stalled`` until ``unwatch``: measure it meanwhile."""
+        ...
+
+    def unwatch(self) -> None: ...
+
 
 class KeyedLookup(Generic[K, V]):
     def __init__(
@@ -200,21 +206,27 @@ async def answered(lookup: KeyedLookup[K, V], key: K, store: str, op: str) -> V 
         progress = lookup.progress
         stalls = progress.stalls
         mark = loop.time()
-        stalled = stalls.stalled() if stalls else 0.0
-        while True:
-            # Woken by the answer, or when the budget would be spent: not by every batch before it.
-            await asyncio.wait((answer,), timeout=max(0.0, deadline - loop.time()))
-            if answer.done():
-                break
-            if progress.last_finished > mark:  # the store moved: its wait until then was not the store's
-                deadline += progress.last_finished - mark
-                mark = progress.last_finished
-                stalled = stalls.stalled() if stalls else 0.0  # stalls until now: counted in that (or dropped)
-            elif stalls and stalls.stalled() > stalled:  # the loop could not run: nor was that the store's
-                deadline += stalls.stalled() - stalled
-                stalled = stalls.stalled()
-            elif loop.time() >= deadline:
-                raise budget_spent(store, op)
+        if stalls:
+            stalls.watch()
+        try:
+            stalled = stalls.stalled() if stalls else 0.0
+            while True:
+                # Woken by the answer, or when the budget would be spent: not by every batch before it.
+                await asyncio.wait((answer,), timeout=max(0.0, deadline - loop.time()))
+                if answer.done():
+                    break
+                if progress.last_finished > mark:  # the store moved: its wait until then was not the store's
+                    deadline += progress.last_finished - mark
+                    mark = progress.last_finished
+                    stalled = stalls.stalled() if stalls else 0.0  # stalls until now: counted in that (or dropped)
+                elif stalls and stalls.stalled() > stalled:  # the loop could not run: nor was that the store's
+                    deadline += stalls.stalled() - stalled
+                    stalled = stalls.stalled()
+                elif loop.time() >= deadline:
+                    raise budget_spent(store, op)
+        finally:
+            if stalls:
+                stalls.unwatch()
         move_request_deadline(deadline)
         return answer.result()
     finally:

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Histogram
 
 from hubbub.server.guarded import request_budget
 from hubbub.server.lookups import BatchProgress, KeyedLookup, KeyedWrites, answered
-from hubbub.server.loop_lag import LoopLagMonitor
+from hubbub.server.loop_lag import STALL_TICK_SECONDS, LoopLagMonitor
 from hubbub.storage.errors import StoreUnavailable
 
 
@@ -238,3 +238,24 @@ async def test_a_request_is_not_refused_for_time_the_event_loop_could_not_run() 
         assert monitor.stalled() >= 2 * BUDGET
     finally:
         await monitor.stop()
+
+
+async def test_the_stall_clock_runs_only_while_a_request_waits_on_a_batch() -> None:
+    monitor = LoopLagMonitor(Histogram("lag2", "lag", registry=CollectorRegistry()))
+    loop = asyncio.get_running_loop()
+    time.sleep(0.1)  # noqa: ASYNC251 - a stall nobody is waiting through: not counted
+    await asyncio.sleep(0)
+    assert monitor.stalled() == 0.0
+    monitor.watch()
+    try:
+        ticked = loop.create_future()
+        loop.call_later(STALL_TICK_SECONDS, ticked.set_result, None)
+        await ticked  # the clock's first tick is due by now
+        time.sleep(0.2)  # noqa: ASYNC251 - the loop blocked while somebody waits
+        assert monitor.stalled() >= 0.2 - STALL_TICK_SECONDS
+    finally:
+        monitor.unwatch()
+    counted = monitor.stalled()
+    time.sleep(0.1)  # noqa: ASYNC251 - nobody waits any more: not counted
+    await asyncio.sleep(0)
+    assert monitor.stalled() == counted
