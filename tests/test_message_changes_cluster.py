@@ -288,5 +288,10 @@ async def test_refused_changes_are_refused_alike_on_every_instance_and_change_no
     probe = await send(alice, cid, "after the refusals")  # every event after this one would have come before it
     for peer in (alice, bob):
         await peer.expect(frames.MessageNew, lambda e: e.message.id == probe.id)
-        late = [e for e in peer.events[seen[peer.name] :] if not isinstance(e, frames.MessageNew)]
+        # Presence is left out: a presence batch (the connects above, coalesced over
+        # a window and routed through Redis) may still arrive in this span, and no
+        # refusal can cause one.
+        late = [
+            e for e in peer.events[seen[peer.name] :] if not isinstance(e, (frames.MessageNew, frames.PresenceBatch))
+        ]
         assert late == [], f"{peer.name} got events for refused changes: {late}"
