@@ -308,7 +308,7 @@ class RedisBroker:
             except (RedisError, OSError) as exc:
                 if attempt == 2:
                     self._metrics.broker_dropped.inc(len(batch))
-                    self._degraded(f"publishing failed: {exc}")
+                    self._degraded(f"publishing to redis failed: {exc}")
             except Exception:
                 # Unexpected: this batch is lost (receivers fill gaps by seq); the
                 # next one goes out after the supervisor's pause.
@@ -442,7 +442,7 @@ class RedisBroker:
             else:
                 await self._client.publish(self._own_channel, probe)
         except (RedisError, OSError) as exc:
-            self._degraded(f"probe publish failed: {exc}")
+            self._degraded(f"probe publish to redis failed: {exc}")
             return
         silent = time.monotonic() - self._last_probe_received
         if silent > 3 * self._health_interval:

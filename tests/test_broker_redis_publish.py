@@ -142,7 +142,7 @@ async def test_a_batch_whose_replies_never_come_is_dropped_in_time(client: redis
             broker.publish(event(2))
             # Both attempts time out (the second on a new connection, held by the freezer).
             await until(lambda: dropped(metrics) == 1, "the frozen batch dropped", timeout=10.0)
-            assert broker.status() is not None and broker.status().startswith("publishing failed")  # type: ignore[union-attr]
+            assert broker.status() is not None and broker.status().startswith("publishing to redis failed")  # type: ignore[union-attr]
             freezer.thaw()
             broker.publish(event(3))
             await until(lambda: published(metrics) == 2, "the next batch published after the thaw", timeout=10.0)
