@@ -71,14 +71,6 @@ def _deadline(timeout: float) -> float:
     return end if budget is None or budget > end else budget
 
 
-def _time_left(timeout: float) -> float:
-    """``timeout``, or less when the current task's request has less of its budget left."""
-    deadline = request_deadline()
-    if deadline is None:
-        return timeout
-    return min(timeout, deadline - asyncio.get_running_loop().time())
-
-
 async def within_request_budget(awaitable: Awaitable[T], store: str, op: str) -> T:
     """``awaitable`` bounded by what the current task's request has left of its
     store budget; unbounded outside a request. For a call that waits on a
@@ -161,7 +153,7 @@ class _Guarded:
             try:
                 if bounds_itself:  # its TimeoutError is met below, as the timeout's
                     return await method(*args, deadline=_deadline(self._timeout), **kwargs)
-                async with asyncio.timeout(_time_left(self._timeout)):
+                async with asyncio.timeout_at(_deadline(self._timeout)):
                     return await method(*args, **kwargs)
             except (Conflict, StoreUnavailable) as exc:
                 if isinstance(exc, StoreUnavailable):
