@@ -9,9 +9,13 @@ counted on a real server process (callgrind, cProfile), driven from another.
     # 3. N clients at once: handshake, hello, ``auth``, its reply; then all close:
     .venv/bin/python scripts/connect_storm.py storm DIR PORT 200
 
-``run`` does 2 and 3 together (``run DIR N [callgrind|cprofile|none]``) and
-prints the server's instruction total (callgrind) or writes its profile.
+``run`` does 2 and 3 together (``run DIR N [callgrind|cprofile|none] [ROUNDS]``)
+and prints the server's instruction total (callgrind) or writes its profile.
 (total for 2N - total for N) / N is one client's connect, auth and disconnect.
+With ROUNDS (default 1) the N clients storm that many times, one round after
+the other, on the same server: the first is a deploy's storm (a new process
+that has seen none of the tokens), the later ones a network blip's (the
+server issued or verified each token before: server/auth.py remembers them).
 BENCHMARKS.md ("Reconnect storms, fourth pass") records its runs. Accounts are
 in rooms of 50 (``channel.create`` / ``channel.join``), as the storm scenario's.
 """
@@ -163,12 +167,15 @@ async def setup(directory: Path, count: int) -> list[str]:
         stop(server)
 
 
-async def measured(directory: Path, wrapper: list[str], tokens: list[str]) -> dict[str, float]:
+async def measured(directory: Path, wrapper: list[str], tokens: list[str], rounds: int = 1) -> dict[str, float]:
     port = free_port()
     server = start(directory, port, wrapper)
     try:
         await wait_listening(port)
-        return await storm(port, tokens)
+        figures = await storm(port, tokens)
+        for _ in range(rounds - 1):
+            figures = await storm(port, tokens)  # the last round's figures: a blip's
+        return figures
     finally:
         stop(server)
 
@@ -186,13 +193,14 @@ def main(argv: list[str]) -> None:
         return
     if command == "run":
         count, tool = int(argv[2]), argv[3] if len(argv) > 3 else "none"
-        out = directory / f"{tool}-{count}.out"
+        rounds = int(argv[4]) if len(argv) > 4 else 1
+        out = directory / f"{tool}-{count}x{rounds}.out"
         wrapper = {
             "callgrind": ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", PYTHON],
             "cprofile": [PYTHON, "-m", "cProfile", "-o", str(out)],
             "none": [PYTHON],
         }[tool]
-        figures = asyncio.run(measured(directory, wrapper, tokens[:count]))
+        figures = asyncio.run(measured(directory, wrapper, tokens[:count], rounds))
         if tool == "callgrind":
             figures["instructions"] = callgrind_total(out)
         print(json.dumps(figures))
