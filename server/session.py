@@ -68,6 +68,7 @@ def hello_frame(
 class Session:
     # Slots: thousands of idle connections each carry one of these.
     __slots__ = (
+        "_announcing",
         "_auth_left",
         "_auth_timeout",
         "_auth_timer",
@@ -113,6 +114,7 @@ class Session:
         self._auth_left: float | None = None
         """Seconds the deadline had left when an authentication request was taken up (held while it is served)."""
         self._finishing: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
+        self._announcing: asyncio.Task[None] | None = None  # the first "online" announcement; held, as below
         self._presence_retry: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
         self._typing_limit: TokenBucket | None = None  # made on first use: most connections never type
         self.send_order = SendOrder()
@@ -252,6 +254,8 @@ class Session:
             return
         self.services.metrics.authenticated.dec()
         self.services.registry.remove(self)
+        if self._announcing is not None:
+            await self._announcing  # the "online" goes out before the "offline", never after it
         if await self.services.presence.disconnected(self.user_id):
             try:
                 await on_offline(self.services, self.user_id)
@@ -301,12 +305,27 @@ class Session:
             logs.warning("presence_online_failed", conn_id=self.conn_id, user_id=user.id, error=repr(exc))
             return
         if came_online:
-            try:
-                await on_online(self.services, user.id, conversation_ids)
-            except Exception as exc:
-                logs.warning("presence_online_failed", conn_id=self.conn_id, user_id=user.id, error=repr(exc))
+            # Announced from a task of its own, after the reply: its audience is a
+            # store read (member_counts) which, in a reconnect storm, queued with
+            # the other clients' catch-up reads and held this client's `auth`
+            # reply for as long (BENCHMARKS.md, "storm-ready2"). The connection is
+            # counted online already (above), so presence.query sees it at once.
+            announce = self._announce_online(conversation_ids)
+            self._announcing = asyncio.get_running_loop().create_task(announce)
+
+    async def _announce_online(self, conversation_ids: list[int]) -> None:
+        """The "online" event to whoever shares a conversation with the user. The
+        teardown waits for it before the "offline"; a failure is repaired later
+        while the connection lasts."""
+        try:
+            await on_online(self.services, self.user_id, conversation_ids)
+        except Exception as exc:
+            logs.warning("presence_online_failed", conn_id=self.conn_id, user_id=self.user_id, error=repr(exc))
+            if self._finishing is None:  # gone already: its "offline" follows, nothing to repair
                 retry = self._announce_online_later(conversation_ids)
                 self._presence_retry = asyncio.get_running_loop().create_task(retry)
+        finally:
+            self._announcing = None
 
     async def _announce_online_later(self, conversation_ids: list[int]) -> None:
         """Repair a failed "online" announcement while this connection lasts
