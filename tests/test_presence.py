@@ -116,6 +116,29 @@ async def test_online_until_the_last_device_closes(server: RunningServer) -> Non
     assert (status.status, status.last_seen) == ("offline", last.last_seen)
 
 
+async def test_online_is_announced_before_offline_when_a_client_leaves_right_after_auth(server: RunningServer) -> None:
+    """auth answers before its "online" is announced (the audience read runs
+    after the reply): a client gone right after its reply still came online
+    first, and others hear both, in order."""
+    alice = await server.user()
+    bob = await server.user()
+    await bob.call("dm.open", user_ids=[uid(alice)])
+    alice_token = token(alice)
+    await alice.close()
+    assert (await next_presence_of(bob, uid(alice))).status == "offline"
+    for _ in range(5):
+        device = await server.client()
+        await device.auth(alice_token)
+        await device.close()  # at once: its announcement may not have run yet
+        heard: list[frames.Presence] = []
+        async with asyncio.timeout(10):
+            while len(heard) < 2:
+                heard.extend(presence_of([await bob.next_event(frames.PresenceBatch)], uid(alice)))
+        assert [change.status for change in heard] == ["online", "offline"]
+        (status,) = await query(bob, uid(alice))
+        assert status.status == "offline"
+
+
 async def test_presence_reaches_only_those_sharing_a_conversation(server: RunningServer) -> None:
     alice = await server.user()
     dm_peer = await server.user()  # shares a DM with alice
