@@ -32,7 +32,7 @@ from hubbub.server.config import PasswordConfig
 
 ALGORITHM = "HS256"
 TOKEN_CACHE_SIZE = 20_000
-"""Tokens whose claims ``Tokens`` keeps (about 0.5 KB each, 10 MB at most):
+"""Tokens whose claims ``Tokens`` keeps (about 0.5 KB each with the string, 11 MB at most):
 enough for every client of a storm on one instance to find the token it was
 last given, or presented last, without decoding it again. The oldest goes first."""
 _CHECKED_KEYS_SIZE = 4

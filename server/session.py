@@ -306,8 +306,8 @@ class Session:
             return
         if came_online:
             # Announced from a task of its own, after the reply: its audience is a
-            # store read (member_counts) which, in a reconnect storm, queued with
-            # the other clients' catch-up reads and held this client's `auth`
+            # store read (member_counts) which, in a reconnect storm, waits its
+            # turn among the storm's batched reads, and held this client's `auth`
             # reply for as long (BENCHMARKS.md, "storm-ready2"). The connection is
             # counted online already (above), so presence.query sees it at once.
             announce = self._announce_online(conversation_ids)
