@@ -19,7 +19,9 @@ topic of its addressing; one publisher task sends the queue in order, one
 write of packed commands per event-loop turn on one connection, so envelopes
 leave in publish order. The
 subscriber task decodes each envelope once and calls the handler's
-``on_event`` / ``on_membership`` (skipping its own and repeats).
+``on_event`` / ``on_membership``, skipping repeats; this instance's own
+envelopes, which Redis sends back through every topic it watches too, are
+recognised by their first bytes (the origin) and not decoded.
 
 Pub/sub is at-most-once. Publishing delivers locally first and never waits
 for Redis; when Redis is down, local delivery and sending go on, the broker
