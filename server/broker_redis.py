@@ -19,7 +19,9 @@ topic of its addressing; one publisher task sends the queue in order, one
 write of packed commands per event-loop turn on one connection, so envelopes
 leave in publish order. The
 subscriber task decodes each envelope once and calls the handler's
-``on_event`` / ``on_membership`` (skipping its own and repeats).
+``on_event`` / ``on_membership``, skipping repeats; this instance's own
+envelopes, which Redis sends back through every topic it watches too, are
+recognised by their first bytes (the origin) and not decoded.
 
 Pub/sub is at-most-once. Publishing delivers locally first and never waits
 for Redis; when Redis is down, local delivery and sending go on, the broker
@@ -93,6 +95,12 @@ class RedisBroker:
         self._sharded = True
         self._handler: BrokerEventHandler | None = None
         self._numbers = itertools.count(1)
+        # Built once: every publish names its topics, and every received envelope
+        # is checked against this instance's own (see _receive).
+        self._conversation_prefix = f"{self.prefix}:c:"
+        self._user_prefix = f"{self.prefix}:u:"
+        self._probe_envelope = _encoder.encode(Envelope(instance_id, 0, None))
+        self._own_origin = _own_origin(instance_id)
         self._seen: OrderedDict[tuple[str, int], None] = OrderedDict()
         # What this instance needs, and what the live subscription has.
         self._conversations: set[int] = set()
@@ -112,15 +120,11 @@ class RedisBroker:
 
     # -- topics -------------------------------------------------------------
 
-    @property
-    def _conversation_prefix(self) -> str:
-        return f"{self.prefix}:c:"
-
     def _conversation_channel(self, conversation_id: int) -> str:
         return f"{self._conversation_prefix}{conversation_id}"
 
     def _user_channel(self, user_id: int) -> str:
-        return f"{self.prefix}:u:{user_id}"
+        return f"{self._user_prefix}{user_id}"
 
     @property
     def _own_channel(self) -> str:
@@ -264,9 +268,13 @@ class RedisBroker:
             return
         trace = tracing.traceparent() if tracing.enabled else None
         payload = _encoder.encode(Envelope(self.instance_id, next(self._numbers), event, trace))
+        # Plain loops, not generators into extend: a new message has one topic,
+        # and a generator frame per publish cost more than the append.
         outgoing = self._outgoing
-        outgoing.extend((self._conversation_channel(c), payload) for c in event.conversations)
-        outgoing.extend((self._user_channel(u), payload) for u in event.users)
+        for c in event.conversations:
+            outgoing.append((f"{self._conversation_prefix}{c}", payload))
+        for u in event.users:
+            outgoing.append((f"{self._user_prefix}{u}", payload))
         self._outgoing_ready.set()
 
     def publish_membership(self, change: MembershipChange) -> None:
@@ -396,8 +404,18 @@ class RedisBroker:
     def _receive(self, message: dict[str, Any]) -> None:
         if message.get("type") not in ("message", "smessage"):
             return
+        data = message["data"]
+        if type(data) is bytes and data.startswith(self._own_origin):
+            # This instance's own publish, back through a topic it watches too (Redis
+            # sends a message to every subscriber of its channel, the publisher's
+            # own subscription included: in (c) on two instances, one per message).
+            # It was delivered locally when published, so it is not decoded: only
+            # the probe's round trip is noted.
+            if data == self._probe_envelope:
+                self._last_probe_received = time.monotonic()
+            return
         try:
-            envelope = _decoder.decode(message["data"])
+            envelope = _decoder.decode(data)
         except msgspec.DecodeError:
             logs.warning("broker_bad_envelope", channel=str(message.get("channel")))
             return
@@ -407,7 +425,7 @@ class RedisBroker:
                 self._last_probe_received = time.monotonic()
             return
         if envelope.origin == self.instance_id:
-            return  # delivered locally when published
+            return  # delivered locally when published (an envelope encoded otherwise than ours)
         key = (envelope.origin, envelope.number)
         if key in self._seen:
             return  # the same delivery via another of its topics
@@ -500,6 +518,16 @@ async def next_message(
             return {"type": kind, "pattern": None, "channel": response[1], "data": response[2]}
     message = await pubsub.handle_message(response, ignore_subscribe_messages)  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
     return cast(dict[str, Any] | None, message)
+
+
+def _own_origin(instance_id: str) -> bytes:
+    """The bytes every envelope this instance encodes starts with: the array's
+    header and the origin field (msgpack: its length, then its text), so no
+    other origin's envelope can start with them."""
+    encoded = _encoder.encode(Envelope(instance_id, 0, None))
+    origin = _encoder.encode(instance_id)
+    assert encoded[1 : 1 + len(origin)] == origin, "an Envelope's origin follows a one-byte array header"
+    return encoded[: 1 + len(origin)]
 
 
 def _chunks(items: list[str]) -> list[list[str]]:

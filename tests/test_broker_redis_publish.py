@@ -157,3 +157,65 @@ async def test_a_batch_whose_replies_never_come_is_dropped_in_time(client: redis
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
             await broker.close()
+
+
+async def watching(
+    url: str, prefix: str, instance_id: str, probe_seconds: float = 3600.0
+) -> tuple[RedisBroker, Recording]:
+    handler = Recording()
+    broker = RedisBroker(
+        RedisConfig(
+            redis_url=url,
+            redis_cluster=False,
+            redis_prefix=prefix,
+            redis_pool_max=2,
+            broker_probe_seconds=probe_seconds,
+            storage_timeout_seconds=5.0,
+        ),
+        instance_id,
+        Metrics(),
+    )
+    await broker.start(handler)
+    broker.watch(conversations=(CONVERSATION,))
+    await until(lambda: broker.status() is None and broker.topics()["conversations"] == [CONVERSATION], "subscribed")
+    return broker, handler
+
+
+async def test_an_instance_gets_the_others_publishes_once_and_never_its_own_back(prefix: str) -> None:
+    """Both instances watch the conversation, so Redis sends each publish back to its
+    publisher too: that copy is dropped unread (RedisBroker._receive), the other's is
+    delivered, also when one origin is the other's with a suffix."""
+    first, first_seen = await watching(SHARED_REDIS, prefix, "node")
+    second, second_seen = await watching(SHARED_REDIS, prefix, "node-2")
+    try:
+        for seq in range(1, 6):
+            first.publish(event(seq))
+        await until(lambda: len(second_seen.events) == 5, "the second instance has the first's five")
+        for seq in range(6, 9):
+            second.publish(event(seq))
+        # Redis sent the first's own five back to it before the second's three.
+        await until(lambda: len(first_seen.events) == 8, "the first instance has the second's three")
+        assert first_seen.events == [event(seq) for seq in range(1, 9)]
+        assert second_seen.events == [event(seq) for seq in range(1, 9)]
+        # A marker after everything: nothing else arrived on either side meanwhile.
+        first.publish(event(9))
+        await until(lambda: len(second_seen.events) == 9, "the marker")
+        second.publish(event(10))
+        await until(lambda: len(first_seen.events) == 10, "the second marker")
+        assert first_seen.events == second_seen.events == [event(seq) for seq in range(1, 11)]
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_the_probe_still_hears_itself(prefix: str) -> None:
+    """Own envelopes are dropped unread, but the probe's round trip is still noted:
+    the broker stays healthy and its last probe keeps advancing."""
+    broker, _ = await watching(SHARED_REDIS, prefix, "node", probe_seconds=0.05)
+    try:
+        for _ in range(3):
+            before = broker._last_probe_received
+            await until(lambda: broker._last_probe_received > before, "a probe came back")  # noqa: B023
+            assert broker.status() is None
+    finally:
+        await broker.close()
