@@ -8,7 +8,11 @@ the handshake with its origin and subprotocol checks, framing, size limits,
 ping answers, the closing handshake) and does only the I/O around it: bytes
 from the transport into the protocol, its events to the session, its output
 to the transport. An idle connection is this object, the websockets protocol,
-the session and its dispatcher: no task, no future, no queue.
+the session and its dispatcher: no task, no future, no queue. The one
+exception is the frame every request comes in (complete, masked, final,
+text, within the size limit): server/inbound.py finds those in a chunk and
+they skip websockets' Python parser; a chunk with any other frame goes to
+websockets, which is only ever given whole frames (``data_received``).
 
 The connection is the socket's only owner; the session above it sees it as a
 ``Transport`` (server/transport.py):
