@@ -8,7 +8,11 @@ the handshake with its origin and subprotocol checks, framing, size limits,
 ping answers, the closing handshake) and does only the I/O around it: bytes
 from the transport into the protocol, its events to the session, its output
 to the transport. An idle connection is this object, the websockets protocol,
-the session and its dispatcher: no task, no future, no queue.
+the session and its dispatcher: no task, no future, no queue. The one
+exception is the frame every request comes in (complete, masked, final,
+text, within the size limit): server/inbound.py finds those in a chunk and
+they skip websockets' Python parser; a chunk with any other frame goes to
+websockets, which is only ever given whole frames (``data_received``).
 
 The connection is the socket's only owner; the session above it sees it as a
 ``Transport`` (server/transport.py):
@@ -41,6 +45,7 @@ import http
 import itertools
 import logging
 import socket
+import sys
 import time
 import weakref
 from collections.abc import Awaitable
@@ -64,8 +69,14 @@ from websockets.server import ServerProtocol
 from hubbub.protocol.errors import CloseCode
 from hubbub.server import logs
 from hubbub.server.config import ConnectionConfig
+from hubbub.server.inbound import scan
 from hubbub.server.metrics import Metrics
 from hubbub.server.outbound import flusher_of
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # websockets built without its C extension (its own fallback)
+    from websockets.utils import apply_mask
 
 SERVER_HEADER = "hubbub"
 LOGGER = logging.getLogger("websockets.server")
@@ -188,6 +199,8 @@ class Connection(asyncio.Protocol):
         "_fragments_text",
         "_handshake_task",
         "_host",
+        "_inbound",
+        "_inbound_limit",
         "_limit",
         "_open",
         "_out",
@@ -213,6 +226,12 @@ class Connection(asyncio.Protocol):
         self.session: Client | None = None
         self.transport: asyncio.Transport | None = None
         self._fragments: list[bytes] | None = None
+        self._inbound = bytearray()
+        """While open, the start of a frame still arriving (server/inbound.py): websockets
+        is given whole frames only, so it sits at a frame boundary whenever requests skip it."""
+        sizes = [s for s in (self.protocol.max_message_size, self.protocol.max_fragment_size) if s is not None]
+        self._inbound_limit = min(sizes, default=sys.maxsize)
+        """The largest payload websockets would take in one frame; a larger one goes to it (1009)."""
         self._fragments_text = False
         self._handshake_task: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
         # During the handshake: its deadline; after a close frame: the closing deadline.
@@ -258,6 +277,45 @@ class Connection(asyncio.Protocol):
         if not self._open and protocol.state is _CONNECTING:
             self._handshake_data(data)
             return
+        buffer = self._inbound
+        if not self._open or protocol.debug:
+            # Closing: websockets discards, or waits for the close frame; it sat at a
+            # frame boundary when the connection stopped being open, and takes it all.
+            # (At debug level websockets logs every frame: it parses them all.)
+            if buffer:
+                data = bytes(buffer) + data
+                buffer.clear()
+            self._to_protocol(data)
+            return
+        if buffer:
+            buffer += data  # a bytearray: a large request arriving in pieces is not copied again per piece
+        chunk = buffer if buffer else data
+        spans, end, requests_only = scan(chunk, self._inbound_limit)
+        if requests_only and self._fragments is None:
+            # Requests without websockets' parser (server/inbound.py).
+            for key, start, stop in spans:
+                if not self._message(apply_mask(chunk[start:stop], chunk[key:start]), True):
+                    # No longer open (1007, or the session closed): what follows goes to
+                    # websockets, which drops it or finishes the closing handshake, as before.
+                    rest = bytes(chunk[stop:])
+                    buffer.clear()
+                    if rest:
+                        self._to_protocol(rest)
+                    return
+            whole = b""
+        else:
+            whole = bytes(chunk[:end]) if chunk is buffer or end < len(chunk) else data
+        # The start of a frame still arriving waits here: websockets is given whole frames.
+        if chunk is buffer:
+            del buffer[:end]
+        elif end < len(chunk):
+            buffer += chunk[end:]
+        if whole:
+            self._to_protocol(whole)
+
+    def _to_protocol(self, data: bytes) -> None:
+        """Bytes for websockets' parser: its events to the session, its output to the peer."""
+        protocol = self.protocol
         protocol.receive_data(data)
         events = protocol.events_received()
         self._send_protocol_output()
@@ -318,6 +376,10 @@ class Connection(asyncio.Protocol):
         )
 
     def eof_received(self) -> bool | None:
+        if self._inbound:
+            # A request cut short: websockets sees it, and its end of stream (1006), as before.
+            self.protocol.receive_data(bytes(self._inbound))
+            self._inbound.clear()
         self.protocol.receive_eof()
         self._send_protocol_output()
         return None  # the transport closes itself
@@ -498,19 +560,21 @@ class Connection(asyncio.Protocol):
         elif opcode is _PONG and data == self._ping_payload:
             self._ping_payload = None
 
-    def _message(self, data: bytes, text: bool) -> None:
+    def _message(self, data: bytes, text: bool) -> bool:
+        """Hand a message to the session; False once the connection is no longer open."""
         if self.session is None or not self._open:
-            return
+            return self._open
         if not text:
             self.session.received(data)
-            return
+            return self._open
         try:
             raw = data.decode()
         except UnicodeDecodeError as exc:
             self.protocol.fail(CloseCode.INVALID_DATA, f"{exc.reason} at position {exc.start}")
             self._send_protocol_output()
-            return
+            return False
         self.session.received(raw)
+        return self._open
 
     async def _handshake(self, request: Request, answer: Awaitable[Response], early: bytes) -> None:
         try:

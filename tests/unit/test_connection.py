@@ -11,6 +11,7 @@ paused), and that pause and the client's backlog composing.
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import Any
 
 import pytest
@@ -378,3 +379,125 @@ async def test_a_ping_behind_the_request_is_answered_after_the_101(cut: int | No
 )
 def test_where_a_request_may_end_in_a_chunk(data: bytes, ends: tuple[int, ...]) -> None:
     assert request_ends(data) == ends
+
+
+def _protocol_fed(connection: Connection) -> None:
+    """The reference: every byte through websockets' own parser (the path the
+    connection takes when websockets logs frames at debug level)."""
+    connection.protocol.debug = True
+
+
+def _mixed_stream(seed: int) -> tuple[bytes, list[str | bytes]]:
+    """Client frames of every kind the server accepts, and the messages they make."""
+    rng = random.Random(seed)
+    client = ClientProtocol(parse_uri("ws://127.0.0.1/"))
+    client.state = State.OPEN  # frames only: no handshake
+    messages: list[str | bytes] = []
+    for i in range(40):
+        kind = rng.choice(["text", "text", "text", "long", "ping", "binary", "fragmented"])
+        if kind == "text":
+            payload = f"request {i} é".encode()
+            client.send_text(payload)
+            messages.append(payload.decode())
+        elif kind == "long":
+            payload = ("x" * rng.choice([126, 300, 70000])).encode()
+            client.send_text(payload)
+            messages.append(payload.decode())
+        elif kind == "ping":
+            client.send_ping(f"p{i}".encode())
+        elif kind == "binary":
+            client.send_binary(b"\x00" + bytes([i]))
+            messages.append(b"\x00" + bytes([i]))
+        else:
+            client.send_text(b"frag", fin=False)
+            client.send_continuation(f"ment {i}".encode(), fin=True)
+            messages.append(f"fragment {i}")
+    return b"".join(client.data_to_send()), messages
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("piece", [1, 3, 7, 64, 1500, 100_000])
+async def test_requests_in_any_pieces_reach_the_client_as_through_websockets(seed: int, piece: int) -> None:
+    """The receive path's own reader (server/inbound.py) against websockets' parser:
+    the same messages in the same order, the same bytes written (pongs)."""
+    stream, expected = _mixed_stream(seed)
+    outcomes = []
+    for reference in (False, True):
+        connection, transport, _peer, host = await open_connection()
+        if reference:
+            _protocol_fed(connection)
+        for at in range(0, len(stream), piece):
+            connection.data_received(stream[at : at + piece])
+        (client,) = host.clients
+        outcomes.append((client.messages, transport.writes[1:]))
+    assert outcomes[0][0] == expected
+    assert outcomes[0] == outcomes[1]
+
+
+async def test_a_request_over_the_size_limit_closes_1009_before_its_payload_arrives() -> None:
+    connection, _transport, peer, host = await open_connection()
+    peer.protocol.send_text(b"small")
+    peer.protocol.send_text(b"x" * (2**20 + 1))  # websockets' default max_size, the FakeHost's
+    data = b"".join(peer.protocol.data_to_send())
+    connection.data_received(data[: len(data) // 2])
+    (client,) = host.clients
+    assert client.messages == []  # the chunk went to websockets, which failed it whole
+    (close,) = peer.frames()
+    assert close.opcode is Opcode.CLOSE and close.data[:2] == CloseCode.MESSAGE_TOO_BIG.to_bytes(2, "big")
+    assert connection.is_closing()
+
+
+async def test_an_unmasked_frame_closes_1002() -> None:
+    connection, _transport, peer, host = await open_connection()
+    connection.data_received(b"\x81\x02hi")
+    (close,) = peer.frames()
+    assert close.data[:2] == CloseCode.PROTOCOL_ERROR.to_bytes(2, "big") and host.clients[0].messages == []
+
+
+async def test_invalid_utf8_closes_1007_and_drops_the_requests_after_it() -> None:
+    connection, _transport, peer, host = await open_connection()
+    peer.protocol.send_text(b"before")
+    peer.protocol.send_text(b"\xff\xfe")
+    peer.protocol.send_text(b"after")
+    connection.data_received(b"".join(peer.protocol.data_to_send()))
+    peer.protocol.send_text(b"later")
+    later = b"".join(peer.protocol.data_to_send())
+    assert host.clients[0].messages == ["before"]
+    (close,) = peer.frames()
+    assert close.data[:2] == CloseCode.INVALID_DATA.to_bytes(2, "big")
+    connection.data_received(later)
+    assert host.clients[0].messages == ["before"]
+
+
+async def test_the_end_of_stream_inside_a_request_is_an_abnormal_closure() -> None:
+    connection, _transport, peer, host = await open_connection()
+    peer.protocol.send_text(b"cut short")
+    data = b"".join(peer.protocol.data_to_send())
+    connection.data_received(data[:-3])
+    connection.eof_received()
+    assert host.clients[0].messages == []
+    assert connection.protocol.state is State.CLOSED and connection.protocol.close_code == 1006  # abnormal closure
+
+
+async def test_a_close_by_the_session_mid_chunk_leaves_websockets_in_step_for_the_closing_handshake() -> None:
+    connection, _transport, peer, host = await open_connection()
+    (client,) = host.clients
+
+    def received(raw: str | bytes) -> None:
+        client.messages.append(raw)
+        if raw == "bye":
+            connection.close(1000, "bye")
+
+    client.received = received  # type: ignore[method-assign]
+    for text_ in ("first", "bye", "dropped", "x" * 300):
+        peer.protocol.send_text(text_.encode())
+    data = b"".join(peer.protocol.data_to_send())
+    connection.data_received(data[:-100])  # the last request still arriving
+    assert client.messages == ["first", "bye"]
+    assert [f.opcode for f in peer.frames()] == [Opcode.CLOSE]
+    connection.data_received(data[-100:])
+    peer.send(b"".join(peer.protocol.data_to_send()))  # the peer's close reply, after the rest of that request
+    assert client.messages == ["first", "bye"]
+    # websockets parsed the rest of that request, then the close reply: the handshake is complete.
+    assert connection.protocol.close_rcvd is not None and connection.protocol.close_rcvd.code == 1000
+    assert connection.protocol.parser_exc is None
