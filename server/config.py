@@ -134,7 +134,7 @@ class LimitsConfig(msgspec.Struct, kw_only=True, frozen=True):
     max_inflight_sends: int
     read_ahead_bytes: int
     storage_timeout_seconds: float
-    """A request's budget on the stores, all its calls together."""
+    """A request's budget on the stores, all its calls together (their waiting only, server/guarded.py)."""
     max_connections_per_user: int
     login_failures_per_username: int
     login_failures_per_address: int
@@ -400,7 +400,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=Tr
     ping_timeout_seconds: Annotated[PositiveFloat, _doc("A peer not answering a ping this long is dropped.")] = 20.0
     storage_timeout_seconds: Annotated[
         PositiveFloat,
-        _doc("Longest a request waits on the stores, all its calls and retries together, before `unavailable`."),
+        _doc(
+            "Longest a request waits on the stores, all its calls and retries together, before `unavailable`"
+            " (only the waiting: the server's own work between the calls is not counted)."
+        ),
     ] = 5.0
     lookup_batch_timeout_seconds: Annotated[
         PositiveFloat,

@@ -10,9 +10,14 @@ the connection instead of waiting for the server to confirm a cancel).
 A request that makes several store calls shares one budget too: inside
 ``request_budget`` (server/dispatch.py opens it around every handler) each
 call gets only what the request has left, so ``storage_timeout_seconds`` is
-the longest a client waits on the store for one reply. The budget belongs to
-the task that opened it: tasks a request starts (gap fills, presence
-repairs) inherit the context variable but not the budget.
+the longest a request's store calls wait, together. Only the time spent
+waiting on a store is spent: the handler's own work between two calls, and
+the loop turns it waits for on a loaded server, are not the store's (in a
+reconnect storm on PostgreSQL those alone outlived a catch-up request's 5 s
+while every store call answered fast: BENCHMARKS.md, "Reconnect storms,
+sixth pass"). The budget belongs to the task that opened it: tasks a
+request starts (gap fills, presence repairs) inherit the context variable
+but not the budget.
 """
 
 from __future__ import annotations
@@ -30,10 +35,20 @@ from hubbub.storage.errors import Conflict, StoreUnavailable, describe, is_store
 
 T = TypeVar("T")
 
-_request_deadline: ContextVar[tuple[asyncio.Task[Any] | None, float] | None] = ContextVar(
-    "hubbub_request_store_deadline", default=None
-)
-"""(the task serving a request, the loop time its store budget ends)."""
+
+class _Budget:
+    """What one request has left of its store budget: mutated in place by each
+    store call it makes, so a call costs no ``ContextVar.set``."""
+
+    __slots__ = ("remaining", "task")
+
+    def __init__(self, task: asyncio.Task[Any] | None, remaining: float) -> None:
+        self.task = task
+        self.remaining = remaining
+        """Seconds the request's store calls may still wait, together."""
+
+
+_request_budget: ContextVar[_Budget | None] = ContextVar("hubbub_request_store_budget", default=None)
 
 
 class request_budget:  # named as the function it replaced: ``with request_budget(seconds):``
@@ -49,11 +64,18 @@ class request_budget:  # named as the function it replaced: ``with request_budge
         self._seconds = seconds
 
     def __enter__(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._token = _request_deadline.set((asyncio.current_task(loop), loop.time() + self._seconds))
+        self._token = _request_budget.set(_Budget(asyncio.current_task(), self._seconds))
 
     def __exit__(self, *exc: object) -> None:
-        _request_deadline.reset(self._token)
+        _request_budget.reset(self._token)
+
+
+def _current_budget() -> _Budget | None:
+    """The current task's request budget; None outside a request (or in a task a request started)."""
+    budget = _request_budget.get()
+    if budget is None or budget.task is not asyncio.current_task():
+        return None
+    return budget
 
 
 _BOUNDED_BY_STORE = frozenset({"append"})
@@ -64,34 +86,42 @@ timer, a context manager and five Python calls per send (BENCHMARKS.md,
 "The send path on PostgreSQL")."""
 
 
-def _deadline(timeout: float) -> float:
-    """The loop time ``timeout`` from now, or the current task's request budget's end when sooner."""
-    end = asyncio.get_running_loop().time() + timeout
-    budget = request_deadline()
-    return end if budget is None or budget > end else budget
-
-
 async def within_request_budget(awaitable: Awaitable[T], store: str, op: str) -> T:
     """``awaitable`` bounded by what the current task's request has left of its
-    store budget; unbounded outside a request. For a call that waits on a
-    batch made by another task (server/lookups.py), which the budget, being
-    the request task's, does not bound."""
-    deadline = request_deadline()
-    if deadline is None:
+    store budget, the wait spent from it; unbounded outside a request. For a
+    call that waits on a batch made by another task (server/lookups.py), which
+    the budget, being the request task's, does not bound."""
+    budget = _current_budget()
+    if budget is None:
         return await awaitable
+    loop = asyncio.get_running_loop()
+    start = loop.time()
     try:
-        async with asyncio.timeout_at(deadline):
+        async with asyncio.timeout_at(start + budget.remaining):
             return await awaitable
     except TimeoutError:
         raise budget_spent(store, op) from None
+    finally:
+        budget.remaining -= loop.time() - start
 
 
 def request_deadline() -> float | None:
-    """The loop time the current task's request store budget ends; None outside a request."""
-    budget = _request_deadline.get()
-    if budget is None or budget[0] is not asyncio.current_task():
+    """The loop time the current task's request store budget would end at if
+    a wait began now; None outside a request. A caller that waits until then
+    reports back what it spent with ``spend_request_budget``."""
+    budget = _current_budget()
+    if budget is None:
         return None
-    return budget[1]
+    return asyncio.get_running_loop().time() + budget.remaining
+
+
+def spend_request_budget(seconds: float) -> None:
+    """Take ``seconds`` of store waiting off the current task's request budget
+    (server/lookups.py ``answered``: its wait less what it gave back, the time
+    it waited behind batches that kept moving not being the store's)."""
+    budget = _current_budget()
+    if budget is not None:
+        budget.remaining -= seconds
 
 
 def sharing_budget(awaitable: Awaitable[T]) -> Awaitable[T]:
@@ -99,27 +129,22 @@ def sharing_budget(awaitable: Awaitable[T]) -> Awaitable[T]:
     the store budget of the request whose task calls this: a handler's concurrent
     reads (``message.history``'s page and head) are bounded by it as its own
     calls are, not left unbounded as a task the request starts is. Each gets its
-    own copy: a move of one's deadline (``answered``) is not the other's."""
-    deadline = request_deadline()
-    if deadline is None:
+    own copy (what one gives back is not the other's); the request keeps what
+    the one that spent most left, as they waited at the same time."""
+    budget = _current_budget()
+    if budget is None:
         return awaitable
-    return _within(awaitable, deadline)
+    return _within(awaitable, budget)
 
 
-async def _within(awaitable: Awaitable[T], deadline: float) -> T:
-    token = _request_deadline.set((asyncio.current_task(), deadline))
+async def _within(awaitable: Awaitable[T], shared: _Budget) -> T:
+    own = _Budget(asyncio.current_task(), shared.remaining)
+    token = _request_budget.set(own)
     try:
         return await awaitable
     finally:
-        _request_deadline.reset(token)
-
-
-def move_request_deadline(deadline: float) -> None:
-    """Move the current task's request budget to end at ``deadline`` (server/lookups.py
-    ``answered``: the time a read waited behind batches that kept moving is not the store's)."""
-    budget = _request_deadline.get()
-    if budget is not None and budget[0] is asyncio.current_task():
-        _request_deadline.set((budget[0], deadline))
+        _request_budget.reset(token)
+        shared.remaining = min(shared.remaining, own.remaining)
 
 
 def budget_spent(store: str, op: str) -> StoreUnavailable:
@@ -144,16 +169,22 @@ class _Guarded:
         errors = self._metrics.storage_errors.labels(self.name)
         bounds_itself = op in _BOUNDED_BY_STORE
 
+        timeout = self._timeout
+
         @functools.wraps(attr)
         async def call(*args: Any, **kwargs: Any) -> Any:
             start = time.perf_counter()
+            budget = _current_budget()
+            # The call's own timeout, or what the request has left of its budget when less.
+            wait = timeout if budget is None or budget.remaining > timeout else budget.remaining
             # A child span of the request's (server/tracing.py); one attribute read when off.
             span = tracing.start_store_span(self.name, op) if tracing.enabled else None
             failure: str | None = None
             try:
+                deadline = asyncio.get_running_loop().time() + wait
                 if bounds_itself:  # its TimeoutError is met below, as the timeout's
-                    return await method(*args, deadline=_deadline(self._timeout), **kwargs)
-                async with asyncio.timeout_at(_deadline(self._timeout)):
+                    return await method(*args, deadline=deadline, **kwargs)
+                async with asyncio.timeout_at(deadline):
                     return await method(*args, **kwargs)
             except (Conflict, StoreUnavailable) as exc:
                 if isinstance(exc, StoreUnavailable):
@@ -174,7 +205,10 @@ class _Guarded:
                 errors.inc()
                 raise StoreUnavailable(self.name, failure) from exc
             finally:
-                histogram.observe(time.perf_counter() - start)
+                elapsed = time.perf_counter() - start
+                histogram.observe(elapsed)
+                if budget is not None:
+                    budget.remaining -= elapsed
                 if span is not None:
                     tracing.end_store_span(span, failure)
 

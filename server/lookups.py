@@ -53,7 +53,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Any, Generic, Protocol, TypeVar, cast
 
-from hubbub.server.guarded import budget_spent, move_request_deadline, request_deadline, within_request_budget
+from hubbub.server.guarded import budget_spent, request_deadline, spend_request_budget, within_request_budget
 from hubbub.storage.base import Directory, HistoryOrder, MessageLog
 from hubbub.storage.records import (
     Head,
@@ -120,6 +120,9 @@ class KeyedLookup(Generic[K, V]):
         self._flusher: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
         self.batches = 0
         """Store calls made (the tests count them)."""
+        self.answered_batch_began = 0.0
+        """When the batch answered last was sent (loop time): the requests it
+        answered waited that long on the store itself (``answered``)."""
 
     async def get(self, key: K) -> V | None:
         return (await self.get_many((key,))).get(key)
@@ -151,6 +154,7 @@ class KeyedLookup(Generic[K, V]):
                 keys = list(self._waiting)[: self.max_batch]
                 batch = {key: self._waiting.pop(key) for key in keys}
                 self.batches += 1
+                began = asyncio.get_running_loop().time()
                 try:
                     values = await self._fetch(keys)
                 except asyncio.CancelledError:
@@ -163,6 +167,7 @@ class KeyedLookup(Generic[K, V]):
                                 future.set_exception(exc)
                     continue
                 self._finish()
+                self.answered_batch_began = began
                 for key, futures in batch.items():
                     value = values.get(key)
                     for future in futures:
@@ -195,8 +200,10 @@ async def answered(lookup: KeyedLookup[K, V], key: K, store: str, op: str) -> V 
     on a loaded server, and it is not refused for that while the store keeps
     answering the others; a frozen store still answers ``unavailable`` within
     the budget, since then no batch finishes (the batch itself is bounded by
-    ``lookup_batch_timeout_seconds``). Unbounded outside a request (the
-    batches themselves are bounded by their store's timeout)."""
+    ``lookup_batch_timeout_seconds``). Once answered, the request's budget is
+    spent by no more than its own batch's time at the store (server/guarded.py:
+    the next store call of the request gets the rest). Unbounded outside a
+    request (the batches themselves are bounded by their store's timeout)."""
     answer = lookup.ask(key)
     deadline = request_deadline()
     try:
@@ -205,7 +212,8 @@ async def answered(lookup: KeyedLookup[K, V], key: K, store: str, op: str) -> V 
         loop = asyncio.get_running_loop()
         progress = lookup.progress
         stalls = progress.stalls
-        mark = loop.time()
+        mark = began = loop.time()
+        first_deadline = deadline  # what the loop below moves it by is given back, not spent
         if stalls:
             stalls.watch()
         try:
@@ -227,7 +235,12 @@ async def answered(lookup: KeyedLookup[K, V], key: K, store: str, op: str) -> V 
         finally:
             if stalls:
                 stalls.unwatch()
-        move_request_deadline(deadline)
+            waited = loop.time() - began - (deadline - first_deadline)  # less what the loop gave back
+            if answer.done():
+                # Answered: its wait behind the batches before its own was the server's
+                # queue, not the store's, however few of them finished while it waited.
+                waited = min(waited, loop.time() - max(began, lookup.answered_batch_began))
+            spend_request_budget(waited)
         return answer.result()
     finally:
         answer.cancel()  # no-op once answered; else its batch leaves it be

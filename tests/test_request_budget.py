@@ -2,7 +2,9 @@
 
 A request that makes several store calls, each of them under the timeout,
 must still be answered `unavailable` once their sum reaches it: the setting
-is the longest a client waits on the store for one reply (server/guarded.py).
+is the longest a request's store calls wait, together (server/guarded.py).
+Only that waiting is spent: the time between two calls (the handler's own
+work, a loaded loop's queue) is not the store's.
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ class SlowStore:
 
     def __init__(self) -> None:
         self.calls = 0
+        self.latency = SLOW_CALL
 
     async def read(self) -> int:
         self.calls += 1
-        await asyncio.sleep(SLOW_CALL)  # the store's own latency, not a wait for an event
+        await asyncio.sleep(self.latency)  # the store's own latency, not a wait for an event
         return self.calls
 
 
@@ -45,6 +48,21 @@ async def test_calls_of_one_request_share_one_budget() -> None:
         with pytest.raises(StoreUnavailable):
             await store.read()
     assert time.monotonic() - start < TIMEOUT + 0.3
+
+
+async def test_the_time_between_a_requests_store_calls_is_not_spent() -> None:
+    slow = SlowStore()
+    store = guarded(slow, Metrics(), TIMEOUT)
+    with request_budget(TIMEOUT):
+        assert await store.read() == 1
+        # Longer than the budget has left, but spent on other work, not on the store.
+        await asyncio.sleep(TIMEOUT)
+        slow.latency = TIMEOUT - SLOW_CALL - 0.1
+        assert await store.read() == 2
+        # What is left now is less than one more slow call: that one is refused.
+        slow.latency = SLOW_CALL
+        with pytest.raises(StoreUnavailable):
+            await store.read()
 
 
 async def test_each_call_outside_a_request_has_the_whole_timeout() -> None:

@@ -194,6 +194,26 @@ async def test_a_request_is_not_refused_for_queueing_behind_batches_that_keep_fi
     assert store.calls == [[1], [2], [3], [4], [5]]
 
 
+async def test_queueing_behind_batches_spends_only_the_requests_own_batch_of_its_budget() -> None:
+    # Each batch takes 0.15 s. The request's first lookup waits behind two
+    # batches, then its own (0.45 s, answered within the 0.5 s budget, so no
+    # batch before it was given back while it waited): only its own batch's
+    # 0.15 s is spent. A second lookup (0.15 s) is answered from what is left;
+    # a third, 0.3 s at the store, is more than that and is refused.
+    store = TimedStore(latency=0.15)
+    lookup = KeyedLookup(store.fetch, max_batch=1)
+    ahead = [asyncio.ensure_future(lookup.get(k)) for k in (1, 2)]
+    while len(store.calls) + len(lookup._waiting) < len(ahead):  # noqa: ASYNC110 - the lookups run on their own tasks
+        await asyncio.sleep(0)
+    with request_budget(BUDGET):
+        assert await answered(lookup, 5, "fake", "read") == 25
+        assert await answered(lookup, 6, "fake", "read") == 36
+        store.latency = 0.3
+        with pytest.raises(StoreUnavailable, match="budget is spent"):
+            await answered(lookup, 7, "fake", "read")
+    assert [await a for a in ahead] == [1, 4]
+
+
 async def test_a_request_behind_a_stalled_batch_is_refused_within_its_budget() -> None:
     store = TimedStore(latency=0.0)
     store.gate.clear()  # a frozen store: the batch in flight never finishes
