@@ -36,7 +36,7 @@ from hubbub.storage.errors import Conflict, StoreUnavailable, describe, is_store
 T = TypeVar("T")
 
 
-class _Budget:
+class RequestBudget:
     """What one request has left of its store budget: mutated in place by each
     store call it makes, so a call costs no ``ContextVar.set``."""
 
@@ -48,7 +48,7 @@ class _Budget:
         """Seconds the request's store calls may still wait, together."""
 
 
-_request_budget: ContextVar[_Budget | None] = ContextVar("hubbub_request_store_budget", default=None)
+_request_budget: ContextVar[RequestBudget | None] = ContextVar("hubbub_request_store_budget", default=None)
 
 
 class request_budget:  # named as the function it replaced: ``with request_budget(seconds):``
@@ -64,14 +64,15 @@ class request_budget:  # named as the function it replaced: ``with request_budge
         self._seconds = seconds
 
     def __enter__(self) -> None:
-        self._token = _request_budget.set(_Budget(asyncio.current_task(), self._seconds))
+        self._token = _request_budget.set(RequestBudget(asyncio.current_task(), self._seconds))
 
     def __exit__(self, *exc: object) -> None:
         _request_budget.reset(self._token)
 
 
-def _current_budget() -> _Budget | None:
-    """The current task's request budget; None outside a request (or in a task a request started)."""
+def current_request_budget() -> RequestBudget | None:
+    """The current task's request budget; None outside a request (or in a task a
+    request started). A caller that waits on a store takes its wait off ``remaining``."""
     budget = _request_budget.get()
     if budget is None or budget.task is not asyncio.current_task():
         return None
@@ -91,7 +92,7 @@ async def within_request_budget(awaitable: Awaitable[T], store: str, op: str) ->
     store budget, the wait spent from it; unbounded outside a request. For a
     call that waits on a batch made by another task (server/lookups.py), which
     the budget, being the request task's, does not bound."""
-    budget = _current_budget()
+    budget = current_request_budget()
     if budget is None:
         return await awaitable
     loop = asyncio.get_running_loop()
@@ -105,25 +106,6 @@ async def within_request_budget(awaitable: Awaitable[T], store: str, op: str) ->
         budget.remaining -= loop.time() - start
 
 
-def request_deadline() -> float | None:
-    """The loop time the current task's request store budget would end at if
-    a wait began now; None outside a request. A caller that waits until then
-    reports back what it spent with ``spend_request_budget``."""
-    budget = _current_budget()
-    if budget is None:
-        return None
-    return asyncio.get_running_loop().time() + budget.remaining
-
-
-def spend_request_budget(seconds: float) -> None:
-    """Take ``seconds`` of store waiting off the current task's request budget
-    (server/lookups.py ``answered``: its wait less what it gave back, the time
-    it waited behind batches that kept moving not being the store's)."""
-    budget = _current_budget()
-    if budget is not None:
-        budget.remaining -= seconds
-
-
 def sharing_budget(awaitable: Awaitable[T]) -> Awaitable[T]:
     """``awaitable``, to be awaited in a task of its own (``asyncio.gather``), with
     the store budget of the request whose task calls this: a handler's concurrent
@@ -131,14 +113,14 @@ def sharing_budget(awaitable: Awaitable[T]) -> Awaitable[T]:
     calls are, not left unbounded as a task the request starts is. Each gets its
     own copy (what one gives back is not the other's); the request keeps what
     the one that spent most left, as they waited at the same time."""
-    budget = _current_budget()
+    budget = current_request_budget()
     if budget is None:
         return awaitable
     return _within(awaitable, budget)
 
 
-async def _within(awaitable: Awaitable[T], shared: _Budget) -> T:
-    own = _Budget(asyncio.current_task(), shared.remaining)
+async def _within(awaitable: Awaitable[T], shared: RequestBudget) -> T:
+    own = RequestBudget(asyncio.current_task(), shared.remaining)
     token = _request_budget.set(own)
     try:
         return await awaitable
@@ -174,7 +156,7 @@ class _Guarded:
         @functools.wraps(attr)
         async def call(*args: Any, **kwargs: Any) -> Any:
             start = time.perf_counter()
-            budget = _current_budget()
+            budget = current_request_budget()
             # The call's own timeout, or what the request has left of its budget when less.
             wait = timeout if budget is None or budget.remaining > timeout else budget.remaining
             # A child span of the request's (server/tracing.py); one attribute read when off.

@@ -53,7 +53,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Any, Generic, Protocol, TypeVar, cast
 
-from hubbub.server.guarded import budget_spent, request_deadline, spend_request_budget, within_request_budget
+from hubbub.server.guarded import budget_spent, current_request_budget, within_request_budget
 from hubbub.storage.base import Directory, HistoryOrder, MessageLog
 from hubbub.storage.records import (
     Head,
@@ -205,15 +205,15 @@ async def answered(lookup: KeyedLookup[K, V], key: K, store: str, op: str) -> V 
     the next store call of the request gets the rest). Unbounded outside a
     request (the batches themselves are bounded by their store's timeout)."""
     answer = lookup.ask(key)
-    deadline = request_deadline()
+    budget = current_request_budget()
     try:
-        if deadline is None:
+        if budget is None:
             return await answer
         loop = asyncio.get_running_loop()
         progress = lookup.progress
         stalls = progress.stalls
         mark = began = loop.time()
-        first_deadline = deadline  # what the loop below moves it by is given back, not spent
+        deadline = first_deadline = began + budget.remaining  # what the loop below moves it by is given back
         if stalls:
             stalls.watch()
         try:
@@ -240,7 +240,7 @@ async def answered(lookup: KeyedLookup[K, V], key: K, store: str, op: str) -> V 
                 # Answered: its wait behind the batches before its own was the server's
                 # queue, not the store's, however few of them finished while it waited.
                 waited = min(waited, loop.time() - max(began, lookup.answered_batch_began))
-            spend_request_budget(waited)
+            budget.remaining -= waited
         return answer.result()
     finally:
         answer.cancel()  # no-op once answered; else its batch leaves it be
