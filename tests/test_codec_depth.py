@@ -289,13 +289,13 @@ async def test_nested_frames_refused_as_too_large_or_rate_limited_keep_their_id(
 bracket_soup = st.text(alphabet='[]{}"\\,:1 a', max_size=120).map(lambda s: "{" + s)
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=2000)
 @given(text=bracket_soup)
 def test_the_fast_check_agrees_with_the_reference_measure(text: str) -> None:
     assert codec.too_deep(text) == (codec.nesting_depth(text) > LIMIT)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(depth=st.integers(min_value=LIMIT - 2, max_value=LIMIT + 2), filler=st.sampled_from(["", "1,", '"]",', " "]))
 def test_the_fast_check_at_the_limit(depth: int, filler: str) -> None:
     text = '{"x":' + (filler.join("[" for _ in range(depth - 1))) + "]" * (depth - 1) + "}"

@@ -506,7 +506,6 @@ def check_replies(sent: list[tuple[Fuzz, str | bytes, frames.RequestId | None]],
 def test_random_frames_get_exactly_one_valid_reply(live: Live) -> None:
     @settings(
         max_examples=MAX_EXAMPLES,
-        deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
     @given(batch=st.lists(fuzz_frames(), max_size=MAX_FRAMES))
